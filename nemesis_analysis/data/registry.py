@@ -1,0 +1,121 @@
+"""Dataset registry: a plain dict filled by a decorator where each reader is defined."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from nemesis_analysis.data.base import DatasetSplits
+from nemesis_analysis.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    reader: Callable[[Path | None], DatasetSplits]
+    folder: str | None  # sub-folder under --data-root; None for embedded datasets
+    test_only: bool = False
+    description: str = ""
+
+
+DATASETS: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(name: str, *, folder: str | None, test_only: bool = False, description: str = ""):
+    """Decorator: ``@register_dataset("caltech101", folder="caltech-101")`` over ``reader(root) -> DatasetSplits``."""
+
+    def decorate(reader: Callable[[Path | None], DatasetSplits]):
+        if name in DATASETS:
+            raise RuntimeError(f"dataset {name!r} registered twice")
+        DATASETS[name] = DatasetEntry(name, reader, folder, test_only, description)
+        return reader
+
+    return decorate
+
+
+def _ensure_loaded() -> None:
+    # Importing the reader modules fills the registry.
+    from nemesis_analysis.data import embedded  # noqa: F401
+
+    try:
+        from nemesis_analysis.data import coop  # noqa: F401
+    except ImportError:  # pragma: no cover - coop readers are optional during development
+        pass
+    try:
+        from nemesis_analysis.data import custom  # noqa: F401
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def dataset_names() -> list[str]:
+    _ensure_loaded()
+    return sorted(DATASETS)
+
+
+def get_dataset_entry(name: str) -> DatasetEntry:
+    _ensure_loaded()
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+DATA_ROOT_ENV = "NEMESIS_DATA"
+CUSTOM_PREFIXES = ("folder:", "manifest:")
+
+
+def resolve_data_root(data_root: Path | str | None = None) -> Path | None:
+    """The data root from the argument, else from ``$NEMESIS_DATA``; None when neither is set."""
+    if data_root is None or str(data_root).strip() == "":
+        data_root = os.environ.get(DATA_ROOT_ENV, "").strip() or None
+    return None if data_root is None else Path(data_root).expanduser()
+
+
+def _load_custom(spec: str) -> DatasetSplits:
+    """``folder:PATH`` (train/val/test class folders) or ``manifest:PATH`` (CSV/Parquet with path,label,split)."""
+    from nemesis_analysis.data import custom
+
+    kind, _, raw_path = spec.partition(":")
+    if not raw_path.strip():
+        raise ConfigError(f"dataset spec {spec!r} has no path; write {kind}:PATH, e.g. {kind}:/data/my_dataset")
+    path = Path(raw_path).expanduser()
+    if kind == "folder":
+        return custom.load_image_folder(path)
+    elif kind == "manifest":
+        # A class-name file next to the manifest is the only way to name integer labels from a one-word spec.
+        beside = path.parent / custom.MANIFEST_CLASSNAMES_FILE
+        return custom.load_manifest(path, beside if beside.is_file() else None)
+    else:
+        raise ConfigError(f"unknown custom dataset kind {kind!r}; use folder:PATH or manifest:PATH")
+
+
+def load_dataset(name: str, data_root: Path | str | None = None) -> DatasetSplits:
+    """Load a registered dataset (or a ``folder:PATH`` / ``manifest:PATH`` custom one) with all its splits.
+
+    ``data_root`` is the folder that holds the datasets' folders (``caltech-101/``, ``imagenet/``...);
+    it falls back to ``$NEMESIS_DATA``. Embedded datasets (``folder=None``) need no data root.
+    """
+    if name.startswith(CUSTOM_PREFIXES):
+        return _load_custom(name)
+    _ensure_loaded()
+    if name not in DATASETS:
+        raise ConfigError(
+            f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))} "
+            f"(or folder:PATH / manifest:PATH for your own images)"
+        )
+    entry = DATASETS[name]
+    if entry.folder is None:
+        return entry.reader(None)
+    root = resolve_data_root(data_root)
+    if root is None:
+        raise DataError(
+            f"dataset {name} needs --data-root DIR (or {DATA_ROOT_ENV}) "
+            f"pointing at the folder that contains {entry.folder}/"
+        )
+    if not root.is_dir():
+        raise DataError(
+            f"data root {root} does not exist; pass --data-root DIR (or {DATA_ROOT_ENV}) pointing at the folder "
+            f"that contains {entry.folder}/"
+        )
+    return entry.reader(root)

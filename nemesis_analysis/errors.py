@@ -1,0 +1,25 @@
+"""Domain exceptions. The library raises them; only the CLI turns them into a message and exit code 2."""
+
+
+class NemesisError(Exception):
+    """A user-facing problem: the message names what is wrong and how to fix it."""
+
+
+class ConfigError(NemesisError, ValueError):
+    """A configuration value is invalid (bad flag, unknown choice, incompatible options)."""
+
+
+class DataError(NemesisError):
+    """A dataset cannot be found or read."""
+
+
+class ModelError(NemesisError):
+    """Weights cannot be loaded, or a checkpoint does not fit the model."""
+
+
+class NoDataError(NemesisError):
+    """A table or artifact that a command needs has not been produced yet."""
+
+
+class TrainingDiverged(NemesisError):
+    """A loss or a norm became NaN or infinite."""

@@ -1,0 +1,209 @@
+"""Load a frozen CLIP (any open_clip architecture, or the embedded tiny CLIP) and encode with it.
+
+The text-tower shim :func:`encode_text_from_embeddings` runs the model's *own* modules on token
+embeddings, so that learnable context vectors can be spliced in; it cuts every batch at its longest
+EOS, which is exact because CLIP's text attention is causal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transform import PreprocessCfg, image_transform_v2
+
+from nemesis_analysis.config import Precision
+from nemesis_analysis.errors import ConfigError, ModelError
+
+logger = logging.getLogger(__name__)
+
+TINY_BACKBONE = "nemesis-tiny"
+_MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_RANDOM_TAGS = {"none", "random"}
+
+
+def register_model_configs() -> None:
+    """Make the toolkit's own architectures (``nemesis-tiny``) known to open_clip."""
+    if TINY_BACKBONE not in open_clip.list_models():
+        open_clip.add_model_config(_MODEL_CONFIG_DIR)
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """``None`` or "auto": CUDA when available, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return resolved
+
+
+@dataclass
+class LoadedModel:
+    """A frozen CLIP with everything needed around it."""
+
+    model: torch.nn.Module
+    tokenizer: Callable
+    preprocess: Callable  # deterministic eval transform: PIL image -> normalised tensor
+    preprocess_cfg: dict  # size, mean, std, interpolation (for the training augmentation)
+    backbone: str
+    pretrained: str
+    weights_id: str  # identifies the weights in cache keys
+    device: torch.device
+    precision: Precision
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def text_width(self) -> int:
+        return self.model.token_embedding.embedding_dim
+
+    @property
+    def embed_dim(self) -> int:
+        projection = self.model.text_projection
+        return projection.out_features if isinstance(projection, torch.nn.Linear) else projection.shape[1]
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.detach().float().exp()
+
+    @property
+    def identity(self) -> str:
+        """Cache key of the image tower's output: architecture, weights and precision."""
+        return f"{self.backbone}|{self.weights_id}|{self.precision.value}"
+
+    def autocast(self):
+        """bf16 autocast for the frozen towers under ``amp`` on CUDA; nothing otherwise."""
+        if self.precision == Precision.AMP and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts).to(self.device)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised fp32 image features of a preprocessed batch (batch, 3, H, W)."""
+        dtype = next(self.model.visual.parameters()).dtype
+        with self.autocast():
+            features = self.model.encode_image(images.to(self.device, dtype=dtype))
+        return F.normalize(features.float(), dim=-1)
+
+    def encode_text_embeddings(self, embeddings: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
+        """L2-normalised fp32 text features from token embeddings (batch, length, width)."""
+        with self.autocast():
+            features = encode_text_from_embeddings(self.model, embeddings, eos_positions)
+        return F.normalize(features.float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised features of plain text prompts (used for zero-shot classifiers)."""
+        tokens = self.tokenize(texts)
+        embeddings = self.model.token_embedding(tokens)
+        return self.encode_text_embeddings(embeddings, eos_positions(tokens))
+
+
+def eos_positions(tokens: torch.Tensor) -> torch.Tensor:
+    """Index of the EOS token in each row: CLIP's EOS has the largest token id (open_clip's argmax pooling)."""
+    return tokens.argmax(dim=-1)
+
+
+def encode_text_from_embeddings(
+    model: torch.nn.Module, embeddings: torch.Tensor, eos: torch.Tensor, truncate: bool = True
+) -> torch.Tensor:
+    """Text features (unnormalised) from token embeddings, through the model's own text modules.
+
+    ``embeddings`` is (batch, length, width) *before* the positional embedding; ``eos`` (batch,)
+    holds each row's EOS index. Equals ``model.encode_text(tokens)`` when fed
+    ``model.token_embedding(tokens)``. With ``truncate`` the sequence is cut after the longest EOS:
+    exact, since the causal mask keeps later tokens from influencing earlier ones.
+    """
+    if not hasattr(model, "transformer") or not hasattr(model, "token_embedding"):
+        raise ModelError(
+            f"{type(model).__name__} has no built-in CLIP text transformer; "
+            "prompt learning needs an open_clip CLIP model with its own text tower"
+        )
+    pool_type = getattr(model, "text_pool_type", "argmax")
+    if pool_type not in ("argmax", "eos"):
+        raise ModelError(f"text pooling {pool_type!r} is not supported; prompt learning needs EOS pooling")
+    if truncate:
+        length = int(eos.max().item()) + 1
+        embeddings = embeddings[:, :length]
+    length = embeddings.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = embeddings.to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)  # (batch, length, width)
+    attn_mask = model.attn_mask
+    if attn_mask is not None:
+        attn_mask = attn_mask[:length, :length]
+    x = model.transformer(x, attn_mask=attn_mask)  # open_clip's Transformer takes batch-first input
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), eos]  # (batch, width)
+    projection = model.text_projection
+    if projection is not None:
+        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+    return x
+
+
+def _file_weights_id(path: Path) -> str:
+    stat = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return f"file:{path.name}:{digest}"
+
+
+def load_model(
+    backbone: str = TINY_BACKBONE,
+    pretrained: str = "embedded",
+    device: str | torch.device | None = None,
+    precision: Precision | str | None = None,
+    checkpoints_dir: Path | str = "checkpoints",
+    offline: bool = False,
+    progress: bool = True,
+) -> LoadedModel:
+    """Create a frozen CLIP.
+
+    ``pretrained``: an open_clip tag (e.g. ``openai``), a local weights file, ``embedded`` (the
+    toolkit's pretrained tiny CLIP, only for ``nemesis-tiny``) or ``none`` (random init, seeded).
+    """
+    from nemesis_analysis import weights  # local import: weights imports this module
+
+    register_model_configs()
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    if precision is None:
+        precision = Precision.AMP if device.type == "cuda" else Precision.FP32
+    precision = Precision(precision)
+    if backbone not in open_clip.list_models():
+        raise ConfigError(
+            f"unknown backbone {backbone!r}; run `nemesis models` to list architectures "
+            f"(e.g. RN50, ViT-B-16, {TINY_BACKBONE})"
+        )
+    pretrained = pretrained or "none"
+    model, weights_id = weights.create_with_weights(
+        backbone, pretrained, checkpoints_dir=Path(checkpoints_dir), offline=offline, progress=progress
+    )
+    if precision == Precision.FP16:
+        model = model.half()
+    model = model.to(device).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    preprocess_cfg = dict(model.visual.preprocess_cfg)
+    preprocess = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
+    return LoadedModel(
+        model=model,
+        tokenizer=open_clip.get_tokenizer(backbone),
+        preprocess=preprocess,
+        preprocess_cfg=preprocess_cfg,
+        backbone=backbone,
+        pretrained=pretrained,
+        weights_id=weights_id,
+        device=device,
+        precision=precision,
+    )

@@ -1,0 +1,702 @@
+"""Publication figures from the Parquet tables; every function returns a matplotlib Figure.
+
+Nothing here saves (except `save_figure`), shows, or imports torch. Figures are built with
+`matplotlib.figure.Figure` directly, not through pyplot, so a notebook neither shows them
+twice nor keeps them alive in pyplot's registry; Jupyter renders a returned Figure inline.
+
+Colours come from colour-blind-safe palettes (Okabe-Ito for methods, seaborn's
+"colorblind" for datasets) and are fixed per name, so a method keeps its colour in every
+figure: `method_color("nemesis-pun")` is always vermillion.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import re
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib import colors as mcolors
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator, NullLocator
+
+from nemesis_analysis import analysis
+from nemesis_analysis.errors import ConfigError, NoDataError
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- style
+
+# Okabe & Ito (2008), the colour-blind-safe qualitative palette.
+OKABE_ITO: dict[str, str] = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky_blue": "#56B4E9",
+    "green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "purple": "#CC79A7",
+}
+METHOD_COLORS: dict[str, str] = {
+    "coop": OKABE_ITO["blue"],
+    "nemesis-pun": OKABE_ITO["vermillion"],
+    "nemesis-pan": OKABE_ITO["green"],
+    "zero-shot": OKABE_ITO["black"],
+}
+# Other methods (e.g. nemesis-beta0.5) draw from these by a stable hash of their name.
+# Yellow is left out: it is unreadable as a thin line on white.
+_EXTRA_METHOD_COLORS: tuple[str, ...] = (OKABE_ITO["orange"], OKABE_ITO["purple"], OKABE_ITO["sky_blue"], "#7F7F7F")
+# seaborn's "colorblind" palette, written out so that importing this module stays light.
+COLORBLIND10: tuple[str, ...] = (
+    "#0173B2", "#DE8F05", "#029E73", "#D55E00", "#CC78BC",
+    "#CA9161", "#FBAFE4", "#949494", "#ECE133", "#56B4E9",
+)  # fmt: skip
+# Datasets: the same palette without its yellow and pale pink, too faint as lines on white.
+DATASET_COLORS: tuple[str, ...] = tuple(c for c in COLORBLIND10 if c not in ("#ECE133", "#FBAFE4"))
+# 7 markers against 8 colours (coprime): the first 56 datasets get distinct pairs.
+DATASET_MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X")
+# CoOp's benchmark order; the key is the name lower-cased with non-alphanumerics removed.
+_KNOWN_DATASETS: tuple[tuple[str, str], ...] = (
+    ("imagenet", "ImageNet"),
+    ("caltech101", "Caltech101"),
+    ("oxfordpets", "OxfordPets"),
+    ("stanfordcars", "StanfordCars"),
+    ("oxfordflowers", "Flowers102"),
+    ("food101", "Food101"),
+    ("fgvcaircraft", "FGVCAircraft"),
+    ("sun397", "SUN397"),
+    ("dtd", "DTD"),
+    ("eurosat", "EuroSAT"),
+    ("ucf101", "UCF101"),
+    ("digits", "Digits"),
+    ("imagenetv2", "ImageNet-V2"),
+    ("imagenetsketch", "ImageNet-Sketch"),
+    ("imageneta", "ImageNet-A"),
+    ("imagenetr", "ImageNet-R"),
+)
+_DATASET_ALIASES: dict[str, str] = {"flowers102": "oxfordflowers", "pets": "oxfordpets", "aircraft": "fgvcaircraft"}
+_DATASET_INDEX: dict[str, int] = {key: i for i, (key, _) in enumerate(_KNOWN_DATASETS)}
+_DATASET_LABELS: dict[str, str] = dict(_KNOWN_DATASETS)
+
+NORM_LABELS: dict[str, str] = {
+    "norm": "L2 norm ‖p_i‖₂",
+    "norm_l1": "L1 norm ‖p_i‖₁",
+    "norm_inf": "L∞ norm ‖p_i‖∞",
+}
+DELTA_LABEL = "Δ accuracy (points)"
+_OP_TITLES = {"rescale": "RESCALE: p_i ← s · p_i", "replace": "REPLACE: p_i ← N(0, σ²I)"}
+_OP_XLABELS = {"rescale": "Scale factor s", "replace": "Replacement std σ"}
+_CONTEXT_COLUMNS = ("dataset", "backbone", "shots", "method")
+
+STYLE: dict[str, object] = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "legend.title_fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "figure.titlesize": 11,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.5,
+    "lines.linewidth": 1.6,
+    "lines.markersize": 5,
+    "legend.frameon": False,
+    "svg.hashsalt": "nemesis-analysis",  # deterministic ids in saved SVGs
+}
+
+
+def _styled(function):
+    """Build the figure under STYLE; artists keep the style after the context ends."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(STYLE):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+def _stable_index(name: str, modulo: int) -> int:
+    # crc32, not hash(): Python salts str hashes per process, colours must not change.
+    return zlib.crc32(name.encode("utf-8")) % modulo
+
+
+def method_color(method: str) -> str:
+    """The colour of a method in every figure (Okabe-Ito)."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return _EXTRA_METHOD_COLORS[_stable_index(method, len(_EXTRA_METHOD_COLORS))]
+
+
+def method_label(method: str) -> str:
+    """Display name: coop -> CoOp, nemesis-pun -> Nemesis (PUN), nemesis-beta0.5 -> Nemesis (β = 0.5)."""
+    fixed = {"coop": "CoOp", "nemesis-pun": "Nemesis (PUN)", "nemesis-pan": "Nemesis (PAN)", "zero-shot": "Zero-shot CLIP"}
+    if method in fixed:
+        return fixed[method]
+    beta = re.fullmatch(r"nemesis-beta([0-9.]+)", method)
+    if beta:
+        return f"Nemesis (β = {beta.group(1)})"
+    return str(method)
+
+
+def _dataset_key(dataset: str) -> str:
+    key = re.sub(r"[^0-9a-z]", "", str(dataset).lower())
+    return _DATASET_ALIASES.get(key, key)
+
+
+def dataset_label(dataset: str) -> str:
+    """Display name of a dataset: oxford_pets -> OxfordPets; unknown names unchanged."""
+    return _DATASET_LABELS.get(_dataset_key(dataset), str(dataset))
+
+
+def dataset_style(dataset: str) -> tuple[str, str]:
+    """(colour, marker) of a dataset in every figure."""
+    key = _dataset_key(dataset)
+    index = _DATASET_INDEX.get(key)
+    if index is None:
+        index = len(_KNOWN_DATASETS) + _stable_index(key, 1000)
+    return DATASET_COLORS[index % len(DATASET_COLORS)], DATASET_MARKERS[index % len(DATASET_MARKERS)]
+
+
+def _format_value(column: str, value) -> str:
+    if column == "method":
+        return method_label(value)
+    if column == "dataset":
+        return dataset_label(value)
+    if column == "shots":
+        return f"{int(value)}-shot"
+    return str(value)
+
+
+def _context(df: pd.DataFrame, columns: Sequence[str] = _CONTEXT_COLUMNS) -> str:
+    """'OxfordPets · ViT-B-16 · 16-shot' from the columns with a single value."""
+    parts = []
+    for column in columns:
+        if column in df.columns:
+            values = df[column].dropna().unique()
+            if len(values) == 1:
+                parts.append(_format_value(column, values[0]))
+    return " · ".join(parts)
+
+
+def _varying(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    return [c for c in columns if c in df.columns and df[c].nunique(dropna=False) > 1]
+
+
+def _series_label(key: dict[str, object]) -> str:
+    return " · ".join(_format_value(c, v) for c, v in key.items())
+
+
+def _title(base: str, context: str, override: str | None) -> str:
+    if override is not None:
+        return override
+    # The context goes on its own line: a title wider than its axes would make constrained
+    # layout shrink the axes on every draw.
+    return f"{base}\n{context}" if context else base
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    """NoDataError when the table is missing, empty, or lacks a needed column."""
+    if df is None or not isinstance(df, pd.DataFrame):
+        raise NoDataError(f"{what}: expected a DataFrame, got {type(df).__name__}")
+    analysis.require_columns(df, columns, what)
+    if df.empty:
+        raise NoDataError(f"{what} is empty: nothing to plot")
+
+
+# --------------------------------------------------------------------------- frequency
+
+
+def _as_frequency_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Accept the aggregate, the per-seed table, or raw corruption rows."""
+    if "frequency_mean" in table.columns:
+        return table
+    if "frequency" in table.columns and "seed" in table.columns:
+        by = [c for c in analysis.GROUP_COLUMNS if c in table.columns]
+        per_seed = table.dropna(subset=["frequency"])
+        grouped = per_seed.groupby(by, sort=True, dropna=False)["frequency"]
+        return pd.DataFrame(
+            {"frequency_mean": grouped.mean(), "frequency_std": grouped.agg(analysis.sample_std), "num_seeds": grouped.count()}
+        ).reset_index()
+    if {"op", "norm_before", "norm_after", "delta"} <= set(table.columns):
+        return analysis.low_norm_frequency(table)
+    return table  # _require below names what is missing
+
+
+@_styled
+def plot_frequency(freq: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Figure 1(b): Low-Norm Effect frequency (%) against shots per class, one line per dataset.
+
+    `freq` is `analysis.low_norm_frequency(...)` (per-seed or raw corruption rows are
+    aggregated first). Error bars are the std over seeds. With a single shot count the
+    figure is one bar per dataset. When several methods or backbones are present each gets
+    its own line style (lines) or bar group (bars).
+    """
+    if isinstance(freq, pd.DataFrame):
+        freq = _as_frequency_table(freq)
+    _require(freq, ["dataset", "shots", "frequency_mean"], "Low-Norm Effect frequency table")
+    freq = freq.dropna(subset=["frequency_mean"])
+    if freq.empty:
+        raise NoDataError("Low-Norm Effect frequency table has no defined frequency (no norm-reducing corruption)")
+    freq = freq.assign(frequency_std=freq["frequency_std"] if "frequency_std" in freq.columns else np.nan)
+    shots = sorted(int(s) for s in freq["shots"].unique())
+    series_columns = _varying(freq, ["method", "backbone"])
+    series_keys = (
+        [tuple(k) for k in freq[series_columns].drop_duplicates().sort_values(series_columns).itertuples(index=False)]
+        if series_columns
+        else [()]
+    )
+
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    ylabel = "Low-Norm Effect frequency (%)"
+    top = float((freq["frequency_mean"] + freq["frequency_std"].fillna(0)).max())
+
+    if len(shots) == 1:
+        datasets = sorted(freq["dataset"].unique(), key=dataset_label)
+        x = np.arange(len(datasets))
+        width = 0.8 / len(series_keys)
+        for i, key in enumerate(series_keys):
+            rows = freq
+            for column, value in zip(series_columns, key):
+                rows = rows[rows[column] == value]
+            rows = rows.groupby("dataset").first().reindex(datasets)
+            offset = (i - (len(series_keys) - 1) / 2) * width
+            if series_columns:
+                label = _series_label(dict(zip(series_columns, key)))
+                color = method_color(key[0]) if series_columns[0] == "method" else COLORBLIND10[i % len(COLORBLIND10)]
+            else:
+                label, color = None, [dataset_style(d)[0] for d in datasets]
+            bars = ax.bar(
+                x + offset,
+                rows["frequency_mean"].to_numpy(float),
+                width * 0.92,
+                yerr=rows["frequency_std"].to_numpy(float),
+                color=color,
+                edgecolor="black",
+                linewidth=0.4,
+                capsize=3,
+                error_kw={"elinewidth": 0.8, "ecolor": "black"},
+                label=label,
+            )
+            ax.bar_label(bars, fmt="%.1f", padding=2, fontsize=7)
+        crowded = len(datasets) > 4
+        ax.set_xticks(x, [dataset_label(d) for d in datasets], rotation=30 if crowded else 0, ha="right" if crowded else "center")
+        ax.set_xlabel("Dataset")
+        ax.grid(axis="x", visible=False)
+        if series_columns:
+            ax.legend(title=" · ".join(c.capitalize() for c in series_columns))
+        base = f"Low-Norm Effect frequency ({shots[0]} shots per class)"
+        context = _context(freq, ("dataset", "backbone", "method"))
+    else:
+        linestyles = ("-", "--", ":", "-.")
+        for i, key in enumerate(series_keys):
+            rows = freq
+            for column, value in zip(series_columns, key):
+                rows = rows[rows[column] == value]
+            for dataset in sorted(rows["dataset"].unique(), key=dataset_label):
+                line = rows[rows["dataset"] == dataset].groupby("shots").first().sort_index()
+                color, marker = dataset_style(dataset)
+                label = dataset_label(dataset)
+                if series_columns:
+                    label = f"{label} · {_series_label(dict(zip(series_columns, key)))}"
+                ax.errorbar(
+                    line.index.to_numpy(float),
+                    line["frequency_mean"].to_numpy(float),
+                    yerr=line["frequency_std"].to_numpy(float),
+                    color=color,
+                    marker=marker,
+                    linestyle=linestyles[i % len(linestyles)],
+                    capsize=3,
+                    elinewidth=0.8,
+                    label=label,
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(shots, [str(s) for s in shots])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(shots[0] / 1.4, shots[-1] * 1.4)
+        ax.set_xlabel("Shots per class (log₂ scale)")
+        n_entries = len(ax.get_legend_handles_labels()[1])
+        ax.legend(title="Dataset", ncol=2 if n_entries > 6 else 1, loc="best")
+        base = "Low-Norm Effect frequency vs. shots"
+        context = _context(freq, ("dataset", "backbone", "method"))
+
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, max(5.0, top * 1.15))
+    ax.set_title(_title(base, context, title))
+    fig.text(0.01, 0.01, analysis.FREQUENCY_SHORT, fontsize=7, ha="left", va="bottom", color="#444444")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+# --------------------------------------------------------------------------- trajectory
+
+
+def _run_column(df: pd.DataFrame) -> str | None:
+    for column in ("run_id", "seed"):
+        if column in df.columns:
+            return column
+    return None
+
+
+def _series_groups(df: pd.DataFrame) -> list[tuple[dict[str, object], pd.DataFrame]]:
+    """Split by method plus whichever of dataset/backbone/shots vary, in a stable order."""
+    columns = ["method", *_varying(df, ("dataset", "backbone", "shots"))]
+    groups = []
+    for key, rows in df.groupby(columns, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        groups.append((dict(zip(columns, key)), rows))
+    return groups
+
+
+def _series_colors(groups: list[tuple[dict[str, object], pd.DataFrame]]) -> list[str]:
+    methods = [key["method"] for key, _ in groups]
+    if len(set(methods)) == len(methods):
+        return [method_color(m) for m in methods]
+    # The same method appears in several series: fall back to distinct palette colours.
+    return [COLORBLIND10[i % len(COLORBLIND10)] for i in range(len(groups))]
+
+
+def _epoch_curves(rows: pd.DataFrame, norm_column: str, run: str | None) -> pd.DataFrame:
+    """Per epoch: mean norm over positions then runs, its std over runs, and mean test accuracy."""
+    keys = [run, "epoch"] if run else ["epoch"]
+    positions = rows[(rows["position"] >= 0) & rows[norm_column].notna()]
+    norm = positions.groupby(keys)[norm_column].mean()
+    acc = rows.dropna(subset=["test_acc"]).groupby(keys)["test_acc"].mean()
+    if run:
+        norm_std = norm.groupby(level="epoch").agg(analysis.sample_std)
+        norm = norm.groupby(level="epoch").mean()
+        acc = acc.groupby(level="epoch").mean()
+    else:
+        norm_std = pd.Series(np.nan, index=norm.index)
+    return pd.DataFrame({"norm": norm, "norm_std": norm_std, "test_acc": acc}).sort_index()
+
+
+@_styled
+def plot_trajectory(
+    traj: pd.DataFrame,
+    per_position: bool = False,
+    *,
+    norm_column: str = "norm",
+    title: str | None = None,
+) -> Figure:
+    """Figure 3: context-vector norm (left axis, solid) and test accuracy (right axis, dashed) per epoch.
+
+    One colour per method. Norms are averaged over positions, then over seeds (shaded band:
+    std over seeds); accuracy is averaged over seeds. With `per_position=True` each method
+    gets a panel in which every position's norm (mean over seeds) is a thin line.
+    `norm_column` picks `norm` (L2), `norm_l1` or `norm_inf`.
+    """
+    _require(traj, ["epoch", "position", norm_column, "test_acc", "method"], "trajectory table")
+    run = _run_column(traj)
+    groups = _series_groups(traj)
+    colors = _series_colors(groups)
+    norm_name = NORM_LABELS.get(norm_column, norm_column)
+    acc_label = "Test accuracy (%)"
+    style_handles = [
+        Line2D([], [], color="black", linestyle="-", label=f"Mean {norm_name} (left axis)"),
+        Line2D([], [], color="black", linestyle="--", label="Test accuracy (right axis)"),
+    ]
+
+    if not per_position:
+        fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+        ax = fig.add_subplot()
+        ax_acc = ax.twinx()
+        ax_acc.spines["right"].set_visible(True)
+        ax_acc.grid(False)
+        method_handles = []
+        for (key, rows), color in zip(groups, colors):
+            curves = _epoch_curves(rows, norm_column, run)
+            label = _series_label(key)
+            ax.plot(curves.index, curves["norm"], color=color, linestyle="-", label=label)
+            if curves["norm_std"].notna().any():
+                low, high = curves["norm"] - curves["norm_std"], curves["norm"] + curves["norm_std"]
+                ax.fill_between(curves.index, low, high, color=color, alpha=0.15, linewidth=0)
+            acc = curves["test_acc"].dropna()
+            ax_acc.plot(acc.index, acc.to_numpy(), color=color, linestyle="--", label=f"{label} (accuracy)")
+            method_handles.append(Line2D([], [], color=color, linewidth=3, label=label))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(f"Mean {norm_name}")
+        ax_acc.set_ylabel(acc_label)
+        context = _context(traj, ("dataset", "backbone", "shots"))
+        ax.set_title(_title("Prompt norm and test accuracy during training", context, title))
+        fig.legend(handles=[*method_handles, *style_handles], loc="outside lower center", ncol=min(4, len(method_handles) + 2))
+        return fig
+
+    ncols = min(3, len(groups))
+    nrows = math.ceil(len(groups) / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    acc_axes = []
+    for index, (ax, (key, rows), color) in enumerate(zip(axes, groups, colors)):
+        keys = ["position", "epoch"]
+        per_run = rows[(rows["position"] >= 0) & rows[norm_column].notna()]
+        if run:
+            per_run = per_run.groupby([run, *keys])[norm_column].mean()
+            by_position = per_run.groupby(level=keys).mean()
+        else:
+            by_position = per_run.groupby(keys)[norm_column].mean()
+        for _, line in by_position.groupby(level="position"):
+            line = line.droplevel("position").sort_index()
+            ax.plot(line.index, line.to_numpy(), color=color, linewidth=0.6, alpha=0.45)
+        curves = _epoch_curves(rows, norm_column, run)
+        ax.plot(curves.index, curves["norm"], color=color, linewidth=2.2, linestyle="-")
+        ax_acc = ax.twinx()
+        ax_acc.spines["right"].set_visible(True)
+        ax_acc.grid(False)
+        acc = curves["test_acc"].dropna()
+        ax_acc.plot(acc.index, acc.to_numpy(), color="black", linestyle="--", linewidth=1.4)
+        acc_axes.append(ax_acc)
+        ax.set_title(_series_label(key))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("Epoch")
+        # Shared scales: name each axis once per row, on the outer side.
+        if index % ncols == 0:
+            ax.set_ylabel(norm_name)
+        if index % ncols == ncols - 1 or index == len(groups) - 1:
+            ax_acc.set_ylabel(acc_label)
+    for ax in axes[len(groups) :]:
+        ax.set_visible(False)
+    # One accuracy scale for every panel, so panels compare at a glance.
+    lows, highs = zip(*(a.get_ylim() for a in acc_axes))
+    for a in acc_axes:
+        a.set_ylim(min(lows), max(highs))
+    fig.suptitle(_title("Per-position prompt norms during training", _context(traj, ("dataset", "backbone", "shots")), title))
+    handles = [
+        Line2D([], [], color="gray", linewidth=0.6, label=f"Per-position {norm_name}"),
+        Line2D([], [], color="gray", linewidth=2.2, label=f"Mean {norm_name} (left axis)"),
+        Line2D([], [], color="black", linestyle="--", label="Test accuracy (right axis)"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3)
+    return fig
+
+
+# --------------------------------------------------------------------------- heatmap
+
+
+@_styled
+def plot_heatmap(
+    corruptions: pd.DataFrame,
+    *,
+    dataset: str | None = None,
+    method: str | None = None,
+    annotate: bool | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Accuracy delta by position (rows) x factor or std (columns), one panel per corruption op.
+
+    Cells are `analysis.delta_grid` (reps then seeds averaged). The colour map is diverging
+    and centred at 0 with one symmetric scale shared by the panels; grey cells were not
+    measured. `annotate` writes the value in each cell (default: when the grid is small).
+    """
+    _require(corruptions, [*analysis.CORRUPTION_KEY, "delta"], "corruption table")
+    grids = {op: analysis.delta_grid(corruptions, dataset, op, method=method) for op in analysis.CORRUPTION_OPS}
+    grids = {op: grid for op, grid in grids.items() if not grid.empty}
+    if not grids:
+        where = f" for dataset {dataset!r}" if dataset else ""
+        raise NoDataError(f"corruption table has no rescale/replace rows to plot{where}")
+    halfrange = max(float(np.nanmax(np.abs(g.to_numpy()))) if np.isfinite(g.to_numpy()).any() else 0.0 for g in grids.values())
+    norm = mcolors.CenteredNorm(vcenter=0.0, halfrange=halfrange if halfrange > 0 else 1.0)
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#D9D9D9")
+    n_positions = max(len(g.index) for g in grids.values())
+    n_factors = sum(len(g.columns) for g in grids.values())
+    if annotate is None:
+        annotate = max(len(g.index) * len(g.columns) for g in grids.values()) <= 160
+
+    fig = Figure(
+        figsize=(min(16.0, 1.6 + 0.55 * n_factors + 1.2 * len(grids)), min(12.0, 1.6 + 0.3 * n_positions)),
+        layout="constrained",
+    )
+    axes = fig.subplots(1, len(grids), squeeze=False).ravel()
+    for ax, (op, grid) in zip(axes, grids.items()):
+        values = np.ma.masked_invalid(grid.to_numpy(float))  # (positions, factors)
+        mesh = ax.pcolormesh(values, cmap=cmap, norm=norm, edgecolors="white", linewidth=0.5)
+        ax.set_xticks(np.arange(grid.shape[1]) + 0.5, [f"{f:g}" for f in grid.columns])
+        ax.set_yticks(np.arange(grid.shape[0]) + 0.5, [str(p) for p in grid.index])
+        ax.invert_yaxis()  # position 0 on top, as the prompt reads
+        ax.grid(False)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.tick_params(length=0)
+        ax.set_xlabel(_OP_XLABELS[op])
+        ax.set_ylabel("Context position i")
+        ax.set_title(_OP_TITLES[op])
+        if annotate:
+            for (row, column), value in np.ndenumerate(grid.to_numpy(float)):
+                if np.isfinite(value):
+                    dark = abs(norm(value) - 0.5) > 0.3
+                    text = f"{value:+.1f}" if round(value, 1) != 0 else "0.0"  # no "-0.0"
+                    color = "white" if dark else "black"
+                    ax.text(column + 0.5, row + 0.5, text, ha="center", va="center", fontsize=6, color=color)
+    colorbar = fig.colorbar(mesh, ax=list(axes), label=DELTA_LABEL, shrink=0.9)
+    colorbar.outline.set_visible(False)
+    table = corruptions if dataset is None else corruptions[corruptions["dataset"] == dataset]
+    if method is not None:
+        table = table[table["method"] == method]
+    num_runs = table["run_id"].nunique()
+    context = _context(table)
+    suffix = f"mean over {num_runs} run{'s' if num_runs != 1 else ''} and reps"
+    context = f"{context} ({suffix})" if context else suffix
+    fig.suptitle(_title("Accuracy change from corrupting one context vector", context, title))
+    return fig
+
+
+# --------------------------------------------------------------------------- norms
+
+
+def _norms_from_table(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(mean, std over runs) per position, from a trajectory, corruption or plain norm table."""
+    run = _run_column(table)
+    if "position" not in table.columns:
+        raise NoDataError("norm table lacks column position")
+    rows = table[table["position"] >= 0]
+    if "epoch" in rows.columns and "norm" in rows.columns:  # trajectories: the last epoch of each run
+        last = rows.groupby(run)["epoch"].transform("max") if run else rows["epoch"].max()
+        rows, value = rows[rows["epoch"] == last], "norm"
+    elif "norm_before" in rows.columns:  # corruptions: the trained (uncorrupted) norm
+        rows, value = rows[rows["op"] != "none"] if "op" in rows.columns else rows, "norm_before"
+    elif "norm" in rows.columns:
+        value = "norm"
+    else:
+        raise NoDataError("norm table needs a norm or norm_before column")
+    if rows.empty:
+        raise NoDataError("norm table has no per-position rows")
+    if run:
+        per_run = rows.groupby([run, "position"])[value].mean()
+        grouped = per_run.groupby(level="position")
+        return grouped.mean(), grouped.agg(analysis.sample_std)
+    mean = rows.groupby("position")[value].mean()
+    return mean, pd.Series(np.nan, index=mean.index)
+
+
+@_styled
+def plot_norms(
+    norms: Sequence[float] | pd.DataFrame,
+    highlight: Sequence[int] = (),
+    *,
+    title: str | None = None,
+    ylabel: str = "L2 norm ‖p_i‖₂",
+) -> Figure:
+    """Per-position norms of a trained prompt as bars; `highlight` positions in a contrasting colour.
+
+    `norms` is a sequence (position i = index i) or a table: trajectories (last epoch),
+    corruptions (`norm_before`) or any table with `position` and `norm`; several runs are
+    averaged, with their std as error bars. Pass `analysis.low_norm_positions(...)` as
+    `highlight` to mark the positions where shrinking the vector raised accuracy.
+    """
+    if isinstance(norms, pd.DataFrame):
+        if norms.empty:
+            raise NoDataError("norm table is empty: nothing to plot")
+        mean, std = _norms_from_table(norms)
+        context = _context(norms)
+    else:
+        values = np.asarray(list(norms) if norms is not None else [], dtype=float)
+        if values.ndim != 1 or values.size == 0:
+            raise NoDataError("no norms to plot: expected a non-empty 1-D sequence")
+        mean = pd.Series(values, index=np.arange(values.size))
+        std = pd.Series(np.nan, index=mean.index)
+        context = ""
+    positions = mean.index.astype(int).to_numpy()
+    highlight = sorted({int(h) for h in highlight})
+    unknown = [h for h in highlight if h not in set(positions)]
+    if unknown:
+        valid = f"{positions.min()}..{positions.max()}"
+        raise ConfigError(f"highlight position(s) {unknown} are not context positions; positions are {valid}")
+    is_hit = np.isin(positions, highlight)
+
+    fig = Figure(figsize=(max(5.6, 0.3 * len(positions) + 1.5), 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    error = std.fillna(0).to_numpy(float) if std.notna().any() else None
+    groups = [(~is_hit, OKABE_ITO["blue"], "Other positions"), (is_hit, OKABE_ITO["vermillion"], "Shrinking raised accuracy")]
+    for mask, color, label in groups:
+        if mask.any():
+            ax.bar(
+                positions[mask],
+                mean.to_numpy(float)[mask],
+                0.8,
+                yerr=None if error is None else error[mask],
+                color=color,
+                edgecolor="black",
+                linewidth=0.4,
+                capsize=2,
+                error_kw={"elinewidth": 0.8},
+                label=label if highlight else None,
+            )
+    ax.axhline(float(mean.mean()), color="#555555", linestyle=":", linewidth=1.0, label="Mean over positions")
+    if len(positions) <= 40:
+        ax.set_xticks(positions, [str(p) for p in positions])
+    ax.grid(axis="x", visible=False)
+    ax.set_xlabel("Context position i")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, None)
+    # Outside the axes: a legend wider than a narrow axes would push constrained layout around.
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3)
+    ax.set_title(_title("Per-position norms of the learned context", context, title))
+    return fig
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, format: str | None = None) -> Path:
+    """Save atomically (temp file in the same folder, then rename); 300 dpi. Returns the path.
+
+    `format` defaults to the path's suffix, or "png" when it has none (the suffix is then
+    added). Parent folders are created.
+    """
+    path = Path(path)
+    supported = fig.canvas.get_supported_filetypes()
+    suffix = path.suffix[1:].lower()
+    if format is None:
+        format = suffix if suffix in supported else "png"
+    format = format.lower()
+    if format not in supported:
+        raise ConfigError(f"unsupported figure format {format!r}; choose one of: {', '.join(sorted(supported))}")
+    if suffix in supported and suffix != format:
+        raise ConfigError(f"figure path {str(path)!r} has suffix .{suffix} but format is {format!r}")
+    if suffix != format:
+        path = path.with_name(f"{path.name}.{format}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Dates left out so that re-saving the same figure gives the same bytes.
+    metadata = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(format)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle, matplotlib.rc_context({"svg.hashsalt": STYLE["svg.hashsalt"]}):
+            fig.savefig(handle, format=format, dpi=300, bbox_inches="tight", metadata=metadata)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    logger.info("saved figure %s", path)
+    return path
+
+
+__all__ = [
+    "COLORBLIND10",
+    "METHOD_COLORS",
+    "OKABE_ITO",
+    "dataset_label",
+    "dataset_style",
+    "method_color",
+    "method_label",
+    "plot_frequency",
+    "plot_heatmap",
+    "plot_norms",
+    "plot_trajectory",
+    "save_figure",
+]

@@ -1,0 +1,293 @@
+"""Low-Norm Effect frequency and seed aggregates, checked against hand-computed numbers."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nemesis_analysis import analysis
+from nemesis_analysis.errors import NoDataError
+
+RUN_DEFAULTS = {
+    "backbone": "ViT-B-16",
+    "pretrained": "openai",
+    "shots": 16,
+    "method": "coop",
+    "n_ctx": 4,
+    "csc": False,
+    "class_token_position": "end",
+    "precision": "fp32",
+}
+
+
+def corruption_row(run_id, dataset, seed, op, position, factor, delta, norm_before, norm_after, rep=0, acc_original=60.0, **overrides):
+    row = {"run_id": run_id, "dataset": dataset, "seed": seed, **RUN_DEFAULTS, **overrides}
+    row.update(
+        op=op,
+        position=position,
+        factor=factor,
+        rep=rep,
+        acc=acc_original + delta,
+        acc_original=acc_original,
+        delta=delta,
+        norm_before=norm_before,
+        norm_after=norm_after,
+        low_norm_effect=bool(op != "none" and norm_after < norm_before and delta > 0),
+        n_test=500,
+    )
+    return row
+
+
+@pytest.fixture
+def corruptions() -> pd.DataFrame:
+    r = corruption_row
+    rows = [
+        # dtd, seed 1: reducing rows pos0 (+1.0, effect), pos1 (-0.5), replace pos2 (+0.2, effect).
+        r("a1", "dtd", 1, "none", -1, np.nan, 0.0, 1.0, 1.0),  # baseline: excluded
+        r("a1", "dtd", 1, "rescale", 0, 0.5, 1.0, 2.0, 1.0),
+        r("a1", "dtd", 1, "rescale", 1, 0.5, -0.5, 2.0, 1.0),
+        r("a1", "dtd", 1, "rescale", 1, 2.0, 3.0, 2.0, 4.0),  # norm grows: excluded
+        r("a1", "dtd", 1, "replace", 2, 0.0, 0.2, 2.0, 0.0),
+        # dtd, seed 2: pos0 first measured -1.0 then re-measured +2.0 (dedupe keeps the last).
+        r("a2", "dtd", 2, "none", -1, np.nan, 0.0, 1.0, 1.0, acc_original=62.0),
+        r("a2", "dtd", 2, "rescale", 0, 0.5, -1.0, 2.0, 1.0, acc_original=62.0),
+        r("a2", "dtd", 2, "rescale", 1, 0.5, 0.0, 2.0, 1.0, acc_original=62.0),  # delta 0 is not an effect
+        r("a2", "dtd", 2, "rescale", 1, 1.0, 1.0, 2.0, 2.0, acc_original=62.0),  # equal norm: excluded
+        r("a2", "dtd", 2, "replace", 0, 1.0, 5.0, 2.0, 3.0, acc_original=62.0),  # norm grows: excluded
+        r("a2", "dtd", 2, "rescale", 0, 0.5, 2.0, 2.0, 1.0, acc_original=62.0),  # duplicate key, newer
+        # eurosat: seed 1 100 %, seed 2 50 %.
+        r("b1", "eurosat", 1, "rescale", 0, 0.5, 1.0, 3.0, 1.5, acc_original=80.0),
+        r("b1", "eurosat", 1, "rescale", 1, 0.5, 2.0, 3.0, 1.5, acc_original=80.0),
+        r("b2", "eurosat", 2, "rescale", 0, 0.5, -1.0, 3.0, 1.5, acc_original=82.0),
+        r("b2", "eurosat", 2, "rescale", 1, 0.5, 1.0, 3.0, 1.5, acc_original=82.0),
+        # nemesis-pun on dtd, one seed only.
+        r("c1", "dtd", 1, "rescale", 0, 0.5, 1.0, 1.0, 0.5, method="nemesis-pun"),
+    ]
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def runs() -> pd.DataFrame:
+    rows = [
+        {"run_id": "a1", "dataset": "dtd", "seed": 1, "final_test_acc": 10.0, "zero_shot_acc": 40.0},  # stale
+        {"run_id": "a2", "dataset": "dtd", "seed": 2, "final_test_acc": 72.0, "zero_shot_acc": 40.0},
+        {"run_id": "a1", "dataset": "dtd", "seed": 1, "final_test_acc": 70.0, "zero_shot_acc": 40.0},
+        {"run_id": "b1", "dataset": "eurosat", "seed": 1, "final_test_acc": 80.0, "zero_shot_acc": np.nan},
+    ]
+    table = pd.DataFrame([{**RUN_DEFAULTS, **row, "checkpoint": f"checkpoints/{row['run_id']}", "seconds": 1.0} for row in rows])
+    return table
+
+
+def select(df: pd.DataFrame, **where) -> pd.Series:
+    mask = np.ones(len(df), dtype=bool)
+    for column, value in where.items():
+        mask &= df[column].to_numpy() == value
+    assert mask.sum() == 1, f"expected one row for {where}, got {mask.sum()}"
+    return df[mask].iloc[0]
+
+
+# --------------------------------------------------------------------------- frequency
+
+
+def test_frequency_per_seed_counts_and_percent(corruptions):
+    per_seed = analysis.low_norm_frequency_per_seed(corruptions)
+    assert list(per_seed.columns) == ["dataset", "backbone", "shots", "method", "seed", "n_reducing", "n_effect", "frequency"]
+    assert len(per_seed) == 5
+    expected = {
+        ("dtd", "coop", 1): (3, 2, 200 / 3),
+        ("dtd", "coop", 2): (2, 1, 50.0),
+        ("eurosat", "coop", 1): (2, 2, 100.0),
+        ("eurosat", "coop", 2): (2, 1, 50.0),
+        ("dtd", "nemesis-pun", 1): (1, 1, 100.0),
+    }
+    for (dataset, method, seed), (n_reducing, n_effect, frequency) in expected.items():
+        row = select(per_seed, dataset=dataset, method=method, seed=seed)
+        assert (row["n_reducing"], row["n_effect"]) == (n_reducing, n_effect)
+        assert row["frequency"] == pytest.approx(frequency)
+
+
+def test_frequency_min_delta(corruptions):
+    per_seed = analysis.low_norm_frequency_per_seed(corruptions, min_delta=0.5)
+    # dtd seed 1: +1.0 counts, +0.2 no longer does; seed 2: +2.0 counts.
+    assert select(per_seed, dataset="dtd", method="coop", seed=1)["frequency"] == pytest.approx(100 / 3)
+    assert select(per_seed, dataset="dtd", method="coop", seed=2)["frequency"] == pytest.approx(50.0)
+    aggregate = analysis.low_norm_frequency(corruptions, min_delta=0.5)
+    assert select(aggregate, dataset="dtd", method="coop")["frequency_mean"] == pytest.approx((100 / 3 + 50) / 2)
+    # min_delta above every delta: zero effects, the frequency is 0 (not NaN).
+    high = analysis.low_norm_frequency_per_seed(corruptions, min_delta=10.0)
+    assert (high["n_effect"] == 0).all() and (high["frequency"] == 0).all()
+
+
+def test_frequency_aggregate_mean_std_over_seeds(corruptions):
+    freq = analysis.low_norm_frequency(corruptions)
+    assert list(freq.columns) == [
+        "dataset", "backbone", "shots", "method",
+        "frequency_mean", "frequency_std", "num_seeds", "n_effect", "n_reducing", "frequency_pooled",
+    ]  # fmt: skip
+    assert len(freq) == 3
+    dtd = select(freq, dataset="dtd", method="coop")
+    assert dtd["frequency_mean"] == pytest.approx((200 / 3 + 50) / 2)
+    assert dtd["frequency_std"] == pytest.approx(abs(200 / 3 - 50) / math.sqrt(2))  # ddof=1
+    assert (dtd["num_seeds"], dtd["n_effect"], dtd["n_reducing"]) == (2, 3, 5)
+    assert dtd["frequency_pooled"] == pytest.approx(60.0)
+    eurosat = select(freq, dataset="eurosat", method="coop")
+    assert eurosat["frequency_mean"] == pytest.approx(75.0)
+    assert eurosat["frequency_std"] == pytest.approx(50 / math.sqrt(2))
+    single = select(freq, dataset="dtd", method="nemesis-pun")
+    assert single["frequency_mean"] == pytest.approx(100.0)
+    assert math.isnan(single["frequency_std"]) and single["num_seeds"] == 1
+
+
+def test_frequency_custom_grouping(corruptions):
+    freq = analysis.low_norm_frequency(corruptions, by=("dataset",))
+    dtd = select(freq, dataset="dtd")
+    # Seed 1 now pools coop and nemesis-pun: 3 effects of 4 reducing rows.
+    assert dtd["frequency_mean"] == pytest.approx((75.0 + 50.0) / 2)
+    assert (dtd["n_effect"], dtd["n_reducing"]) == (4, 6)
+
+
+def test_frequency_dedupe_keeps_last(corruptions):
+    # Swap the two measurements of the duplicated key: now the -1.0 one is the latest.
+    rows = corruptions.copy()
+    duplicate = rows[(rows.run_id == "a2") & (rows.op == "rescale") & (rows.position == 0)].index
+    rows.loc[duplicate, "delta"] = rows.loc[duplicate[::-1], "delta"].to_numpy()
+    per_seed = analysis.low_norm_frequency_per_seed(rows)
+    row = select(per_seed, dataset="dtd", method="coop", seed=2)
+    assert (row["n_reducing"], row["n_effect"]) == (2, 0)
+
+
+def test_frequency_empty_and_baseline_only(corruptions):
+    empty = analysis.low_norm_frequency(corruptions.iloc[0:0])
+    assert empty.empty and "frequency_mean" in empty.columns
+    baseline = analysis.low_norm_frequency_per_seed(corruptions[corruptions.op == "none"])
+    assert baseline.empty
+    with pytest.raises(NoDataError, match="norm_after"):
+        analysis.low_norm_frequency(corruptions.drop(columns=["norm_after"]))
+
+
+def test_frequency_nan_when_nothing_reduces(corruptions):
+    grows = corruptions[(corruptions.run_id == "a1") & (corruptions.factor == 2.0)]
+    per_seed = analysis.low_norm_frequency_per_seed(grows)
+    assert per_seed["n_reducing"].tolist() == [0]
+    assert math.isnan(per_seed["frequency"].iloc[0])
+
+
+def test_frequency_definition_mentions_the_rule():
+    text = analysis.FREQUENCY_DEFINITION
+    for phrase in ("norm_after < norm_before", "delta > min_delta", "percentage", "seed"):
+        assert phrase in text
+
+
+# --------------------------------------------------------------------------- positions, grid
+
+
+def test_low_norm_positions(corruptions):
+    assert analysis.low_norm_positions(corruptions, "a1") == [0, 2]  # pos1 f2.0 raised acc but grew the norm
+    assert analysis.low_norm_positions(corruptions, "a2") == [0]  # via the deduped +2.0
+    assert analysis.low_norm_positions(corruptions, "b2") == [1]
+    with pytest.raises(NoDataError, match="zz"):
+        analysis.low_norm_positions(corruptions, "zz")
+
+
+def test_delta_grid_values(corruptions):
+    grid = analysis.delta_grid(corruptions, dataset="dtd", op="rescale", method="coop")
+    assert grid.index.name == "position" and grid.columns.name == "factor"
+    assert grid.index.tolist() == [0, 1]
+    assert grid.columns.tolist() == [0.5, 1.0, 2.0]
+    expected = np.array([[1.5, np.nan, np.nan], [-0.25, 1.0, 3.0]])
+    np.testing.assert_allclose(grid.to_numpy(), expected)
+    replace = analysis.delta_grid(corruptions, dataset="dtd", op="replace")
+    np.testing.assert_allclose(replace.to_numpy(), [[np.nan, 5.0], [0.2, np.nan]])
+    assert replace.index.tolist() == [0, 2]
+    assert analysis.delta_grid(corruptions, dataset="nowhere").empty
+    with pytest.raises(ValueError, match="none"):
+        analysis.delta_grid(corruptions, op="none")
+
+
+def test_delta_grid_averages_reps_then_seeds():
+    r = corruption_row
+    rows = pd.DataFrame(
+        [
+            r("s1", "dtd", 1, "rescale", 0, 0.5, 1.0, 2.0, 1.0, rep=0),
+            r("s1", "dtd", 1, "rescale", 0, 0.5, 2.0, 2.0, 1.0, rep=1),
+            r("s1", "dtd", 1, "rescale", 0, 0.5, 3.0, 2.0, 1.0, rep=2),
+            r("s2", "dtd", 2, "rescale", 0, 0.5, 4.0, 2.0, 1.0, rep=0),
+        ]
+    )
+    grid = analysis.delta_grid(rows)
+    # Seeds weigh equally: mean(mean(1, 2, 3), 4) = 3.0, not the flat mean 2.5.
+    assert grid.loc[0, 0.5] == pytest.approx(3.0)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def test_summarize_runs(runs):
+    summary = analysis.summarize_runs(runs)
+    assert list(summary.columns) == [
+        "dataset", "backbone", "shots", "method",
+        "final_test_acc_mean", "final_test_acc_std", "zero_shot_acc_mean", "zero_shot_acc_std", "num_seeds",
+    ]  # fmt: skip
+    dtd = select(summary, dataset="dtd")
+    assert dtd["final_test_acc_mean"] == pytest.approx(71.0)  # the stale 10.0 row is replaced
+    assert dtd["final_test_acc_std"] == pytest.approx(math.sqrt(2))
+    assert dtd["zero_shot_acc_mean"] == pytest.approx(40.0) and dtd["zero_shot_acc_std"] == pytest.approx(0.0)
+    assert dtd["num_seeds"] == 2
+    eurosat = select(summary, dataset="eurosat")
+    assert eurosat["final_test_acc_mean"] == pytest.approx(80.0)
+    assert math.isnan(eurosat["final_test_acc_std"]) and math.isnan(eurosat["zero_shot_acc_mean"])
+    assert eurosat["num_seeds"] == 1
+
+
+def test_summarize_corruptions(corruptions):
+    summary = analysis.summarize_corruptions(corruptions)
+    assert "none" not in set(summary["op"])
+    rescale = select(summary, dataset="dtd", method="coop", op="rescale")
+    assert rescale["best_delta"] == pytest.approx(3.0)
+    assert rescale["worst_delta"] == pytest.approx(-0.5)
+    assert rescale["mean_delta"] == pytest.approx((1.0 - 0.5 + 3.0 + 2.0 + 0.0 + 1.0) / 6)
+    assert rescale["acc_original_mean"] == pytest.approx(61.0)
+    assert rescale["acc_original_std"] == pytest.approx(math.sqrt(2))
+    assert (rescale["num_seeds"], rescale["n_rows"], rescale["n_low_norm_effect"]) == (2, 6, 2)
+    replace = select(summary, dataset="dtd", method="coop", op="replace")
+    assert (replace["best_delta"], replace["worst_delta"], replace["n_low_norm_effect"]) == (5.0, 0.2, 1)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def test_format_mean_std():
+    assert analysis.format_mean_std(71.234, 0.449) == "71.23 ± 0.45"
+    assert analysis.format_mean_std(71.234, float("nan")) == "71.23"
+    assert analysis.format_mean_std(float("nan"), 1.0) == ""
+    assert analysis.format_mean_std(5, 1, fmt="{:.1f}") == "5.0 ± 1.0"
+
+
+def test_merge_mean_std_and_markdown(runs):
+    merged = analysis.merge_mean_std(analysis.summarize_runs(runs))
+    assert list(merged.columns) == ["dataset", "backbone", "shots", "method", "final_test_acc", "zero_shot_acc", "num_seeds"]
+    assert merged["final_test_acc"].tolist() == ["71.00 ± 1.41", "80.00"]
+    assert merged["zero_shot_acc"].tolist() == ["40.00 ± 0.00", ""]
+    only = analysis.merge_mean_std(analysis.summarize_runs(runs), columns=["zero_shot_acc"])
+    assert "final_test_acc_mean" in only.columns and "zero_shot_acc" in only.columns
+
+    table = pd.DataFrame({"dataset": ["dtd", "a|b"], "acc": [71.234, np.nan], "num_seeds": [2, 1]})
+    lines = analysis.format_table_markdown(table).splitlines()
+    assert len(lines) == 4
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == ["dataset", "acc", "num_seeds"]
+    assert lines[1].replace(" ", "") == "|-------|----:|--------:|"
+    assert "71.23" in lines[2] and lines[2].startswith("| dtd")
+    assert "a\\|b" in lines[3] and "–" in lines[3]
+    assert "71.2 " in analysis.format_table_markdown(table, float_fmt="{:.1f}")
+
+
+def test_analysis_does_not_import_torch():
+    code = "import sys, nemesis_analysis.analysis, nemesis_analysis.plots; sys.exit('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
