@@ -306,7 +306,7 @@ def train_prompt(
                     norm_loss, hits = _nemesis_term(learner, features, labels, logits, spec, omega_value, generator)
                     alpha_hits += hits
                 loss = ce + norm_loss
-                _check_finite(float(loss), "the training loss", epoch)
+                _check_finite(float(loss.detach()), "the training loss", epoch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -20,9 +20,11 @@ def _random_init(backbone: str) -> torch.nn.Module:
     # Seeded so that "random init" is the same model in every process (tests and caches rely on it).
     state = torch.random.get_rng_state()
     torch.manual_seed(RANDOM_INIT_SEED)
+    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly" on the root logger: intended here
     try:
         return open_clip.create_model(backbone, pretrained=None)
     finally:
+        logging.disable(logging.NOTSET)
         torch.random.set_rng_state(state)
 
 
