@@ -153,6 +153,6 @@ def pretrain_tiny_clip(recipe: TinyRecipe = TinyRecipe(), progress: bool = True)
             schedule.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, 4.6052)
-            advance(loss=float(loss))
+            advance(loss=float(loss.detach()))
     logger.info("pretrained nemesis-tiny in %.1f s", time.perf_counter() - started)
     return {k: v.detach().contiguous() for k, v in model.state_dict().items()}

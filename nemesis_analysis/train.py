@@ -306,13 +306,14 @@ def train_prompt(
                     norm_loss, hits = _nemesis_term(learner, features, labels, logits, spec, omega_value, generator)
                     alpha_hits += hits
                 loss = ce + norm_loss
-                _check_finite(float(loss.detach()), "the training loss", epoch)
+                loss_value = float(loss.detach())
+                _check_finite(loss_value, "the training loss", epoch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                sums["loss"] += float(loss) * len(batch)
-                sums["ce"] += float(ce) * len(batch)
-                sums["norm"] += float(norm_loss) * len(batch)
+                sums["loss"] += loss_value * len(batch)
+                sums["ce"] += float(ce.detach()) * len(batch)
+                sums["norm"] += float(norm_loss.detach()) * len(batch)
 
             with torch.no_grad():
                 test_acc = accuracy(test_features_device, test_labels, learner.text_features()[0])

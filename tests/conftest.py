@@ -1,0 +1,36 @@
+"""Shared fixtures. The tiny CLIP is pretrained once per test session (about half a minute) and cached."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def checkpoints_dir(tmp_path_factory) -> Path:
+    """One checkpoints folder for the session, so the tiny CLIP and feature caches are built once.
+
+    Set NEMESIS_TEST_CHECKPOINTS to reuse a folder across sessions (e.g. a developer's warm cache).
+    """
+    shared = os.environ.get("NEMESIS_TEST_CHECKPOINTS")
+    if shared:
+        path = Path(shared)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def tiny_context(checkpoints_dir):
+    """The embedded tiny CLIP and the digits dataset, loaded once (a RunContext)."""
+    from nemesis_analysis.config import RunConfig
+    from nemesis_analysis.train import Workspace, prepare
+
+    return prepare(RunConfig(), Workspace(checkpoints_dir, checkpoints_dir.parent / "unused-reports"), progress=False)

@@ -1,0 +1,51 @@
+"""CLI: errors are one line with exit code 2; train writes its tables."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from nemesis_analysis.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["--backbone", "ViT-Z-99"], "unknown backbone 'ViT-Z-99'"),
+        (["--dataset", "caltech101", "--data-root", "/nonexistent/data"], "data root /nonexistent/data does not exist"),
+        (["--dataset", "caltech101"], "needs --data-root"),
+        (["--shots", "0"], "--shots must be at least 1"),
+        (["--n-ctx", "0"], "--n-ctx must be at least 1"),
+        (["--class-token-position", "side"], "unknown class-token position 'side'"),
+        (["--pun", "--pan"], "only one of --pun, --pan"),
+        (["--precision", "amp", "--device", "cpu"], "needs a CUDA device"),
+        (["--pretrained", "/no/such/weights.pt"], "weights file /no/such/weights.pt not found"),
+    ],
+)
+def test_train_errors_are_one_line_exit_2(args, message, tmp_path, monkeypatch):
+    monkeypatch.delenv("NEMESIS_DATA", raising=False)
+    result = runner.invoke(app, ["train", "--quiet", "--checkpoints", str(tmp_path / "ck"),
+                                 "--reports", str(tmp_path / "rep"), *args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "rep").exists()  # nothing written
+
+
+def test_train_cli_writes_tables(checkpoints_dir, tmp_path):
+    args = ["train", "--quiet", "--shots", "1", "--epochs", "2", "--pun", "--checkpoints", str(checkpoints_dir),
+            "--reports", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "nemesis-pun" in result.output and "zero-shot accuracy" in result.output
+    runs = pd.read_parquet(tmp_path / "runs")
+    assert list(runs.method) == ["nemesis-pun"] and runs.epochs.iloc[0] == 2
+    assert len(pd.read_parquet(tmp_path / "trajectories")) == 2 * 16
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "reused finished run" in again.output
+    assert len(pd.read_parquet(tmp_path / "runs")) == 1
