@@ -244,9 +244,345 @@ def demo(
 
 # ---------------------------------------------------------------------- corruption commands (corrupt)
 
+PromptPathOpt = Annotated[
+    Optional[Path],
+    typer.Option("--prompt", help="Analyse this saved prompt (a folder with prompt.safetensors + prompt.json) instead of training."),
+]
+SeedsOpt = Annotated[
+    Optional[str], typer.Option("--seeds", help="Sweep several training seeds, e.g. 1,2,3 (overrides --seed).")
+]
+OpsOpt = Annotated[str, typer.Option("--ops", help="Corruption ops, comma-separated: rescale, replace.")]
+PositionsOpt = Annotated[
+    Optional[str], typer.Option("--positions", help="Context positions, e.g. 0,3,5-7 (default: all).")
+]
+FactorsOpt = Annotated[
+    Optional[str],
+    typer.Option("--factors", help="Rescale factors (default 0,0.001,0.01,0.1,0.5,0.9,1.1,2,5,10)."),
+]
+StdsOpt = Annotated[
+    Optional[str],
+    typer.Option("--stds", help="Replace stds of N(0, std^2) (default 0,0.0001,0.001,0.01,0.02,0.05,0.1,0.5,1)."),
+]
+RepsOpt = Annotated[int, typer.Option("--reps", help="Random draws per replace cell.")]
+ChunkOpt = Annotated[
+    Optional[int], typer.Option("--chunk", help="Variants per text-tower pass (default: from a memory budget).")
+]
+
+
+@app.command()
+@handle_errors
+def corrupt(
+    dataset: DatasetOpt = "digits",
+    shots: ShotsOpt = 16,
+    seed: SeedOpt = 1,
+    backbone: BackboneOpt = "nemesis-tiny",
+    pretrained: PretrainedOpt = None,
+    n_ctx: NCtxOpt = 16,
+    csc: CscOpt = False,
+    class_token_position: PositionOpt = "end",
+    ctx_init: CtxInitOpt = None,
+    epochs: EpochsOpt = None,
+    precision: PrecisionOpt = None,
+    pun: PunOpt = False,
+    pan: PanOpt = False,
+    beta: BetaOpt = None,
+    alpha: AlphaOpt = 1.0,
+    norm_type: NormTypeOpt = "l2",
+    pan_positions: PanPositionsOpt = 1,
+    pan_factor: PanFactorOpt = 0.1,
+    omega: OmegaOpt = "sigmoid",
+    recipe: RecipeOpt = None,
+    lr: LrOpt = 0.002,
+    batch_size: BatchOpt = 32,
+    force: ForceOpt = False,
+    prompt: PromptPathOpt = None,
+    seeds: SeedsOpt = None,
+    ops: OpsOpt = "rescale,replace",
+    positions: PositionsOpt = None,
+    factors: FactorsOpt = None,
+    stds: StdsOpt = None,
+    reps: RepsOpt = 3,
+    chunk: ChunkOpt = None,
+    data_root: DataRootOpt = None,
+    offline: OfflineOpt = False,
+    device: DeviceOpt = "auto",
+    checkpoints: CheckpointsOpt = Path("checkpoints"),
+    reports: ReportsOpt = Path("reports"),
+    quiet: QuietOpt = False,
+) -> None:
+    """Corrupt every context position (rescale, replace) and record test accuracy: the Low-Norm Effect.
+
+    Trains the run first when it has not finished (same flags as `train`), or analyses --prompt.
+    Rows already in reports/corruptions are skipped, so widening the grid computes only what is new.
+    """
+    import dataclasses
+
+    from nemesis_analysis import corrupt as corruption
+    from nemesis_analysis import corrupt_ops
+    from nemesis_analysis.config import PromptConfig
+    from nemesis_analysis.errors import ConfigError
+    from nemesis_analysis.prompts import PromptLearner
+    from nemesis_analysis.train import Workspace, prepare, train_prompt
+
+    _setup_logging(quiet)
+    # Every flag is checked (positions against the real n_ctx too) before any model, training or write.
+    op_list = [item.strip() for item in ops.split(",") if item.strip()]
+    position_list = corrupt_ops.parse_int_list(positions, "--positions") if positions is not None else None
+    factor_list = corrupt_ops.parse_float_list(factors, "--factors") if factors is not None else corrupt_ops.DEFAULT_FACTORS
+    std_list = corrupt_ops.parse_float_list(stds, "--stds") if stds is not None else corrupt_ops.DEFAULT_STDS
+    seed_list = corrupt_ops.parse_int_list(seeds, "--seeds") if seeds is not None else (seed,)
+    if chunk is not None and chunk < 1:
+        raise ConfigError(f"--chunk must be at least 1, got {chunk}")
+    if prompt is not None and seeds is not None:
+        raise ConfigError("--seeds trains and sweeps several runs; --prompt analyses one saved prompt: give only one")
+    config = build_run_config(
+        dataset, shots, seed_list[0], backbone, pretrained, n_ctx, csc, class_token_position, ctx_init, epochs,
+        precision, pun, pan, beta, alpha, norm_type, pan_positions, pan_factor, omega, recipe, lr, batch_size,
+    )  # fmt: skip
+    analysed = corruption.load_context_for_analysis(prompt) if prompt is not None else None
+    real_n_ctx = analysed.n_ctx if analysed is not None else corruption.resolve_n_ctx(config)
+    grid = corrupt_ops.expand_grid(real_n_ctx, op_list, position_list, factor_list, std_list, reps)
+
+    workspace = Workspace(checkpoints, reports)
+    context = prepare(config, workspace, data_root=data_root, device=device, offline=offline, progress=not quiet)
+    summaries = []
+    if analysed is not None:
+        layout = analysed.prompt_config or PromptConfig(
+            n_ctx=analysed.n_ctx, csc=analysed.csc, class_token_position=config.prompt.class_token_position
+        )
+        learner = PromptLearner(context.loaded, context.dataset.classnames, layout)
+        corruption.check_context_fits(analysed, learner)
+        identity = corruption.identity_for_prompt(analysed, config.resolved(context.loaded.device.type), learner)
+        console.print(f"analysing {analysed.path} (run_id {analysed.run_id})", highlight=False)
+        summaries.append(
+            corruption.run_corruption_sweep(
+                context, analysed.ctx, identity, grid, workspace, learner=learner, chunk=chunk, progress=not quiet
+            )
+        )
+    else:
+        for run_seed in seed_list:
+            run = train_prompt(dataclasses.replace(config, seed=run_seed), workspace, context=context, force=force,
+                               progress=not quiet)  # fmt: skip
+            print_run_result(run)
+            summaries.append(corruption.sweep_trained_run(context, run, grid, workspace, chunk=chunk, progress=not quiet))
+    for summary_ in summaries:
+        for line in corruption.format_summary(summary_):
+            console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"rows in {workspace.reports_dir / 'corruptions'}/", highlight=False)
+
 # ------------------------------------------------------------- figures and tables (plot ..., summary)
 
+FigureOutOpt = Annotated[
+    Optional[Path], typer.Option("--out", "-o", help="Figure file to write (default: REPORTS/figures/<name>.<format>).")
+]
+FigureFormatOpt = Annotated[
+    Optional[str], typer.Option("--format", "-f", help="png (300 dpi), pdf or svg (default: the --out suffix, else png).")
+]
+
+
+def _write_figure(build, reports: Path, name: str, out: Path | None, format: str | None) -> None:
+    """Check the output first (a bad --format fails before any work), build, save, print the path."""
+    from nemesis_analysis import figures
+
+    path, format = figures.resolve_output(reports, name, out, format)
+    path = figures.save(build(), path, format)
+    console.print(str(path), highlight=False, soft_wrap=True)
+
+
+@plot_app.command("frequency")
+@handle_errors
+def plot_frequency_command(
+    backbone: Annotated[Optional[str], typer.Option("--backbone", help="Only this backbone.")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="Only this method (coop, nemesis-pun, ...).")] = None,
+    datasets: Annotated[Optional[str], typer.Option("--datasets", help="Only these datasets, comma-separated.")] = None,
+    min_delta: Annotated[float, typer.Option("--min-delta", help="Count a corruption when it raises accuracy by more than this (points).")] = 0.0,
+    reports: ReportsOpt = Path("reports"),
+    out: FigureOutOpt = None,
+    format: FigureFormatOpt = None,
+) -> None:
+    """Figure 1(b): Low-Norm Effect frequency against shots, one line per dataset (from reports/corruptions)."""
+    from nemesis_analysis import figures
+
+    build = lambda: figures.frequency_figure(reports, backbone, method, datasets, min_delta)  # noqa: E731
+    _write_figure(build, reports, figures.figure_name("frequency"), out, format)
+
+
+@plot_app.command("trajectory")
+@handle_errors
+def plot_trajectory_command(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset of the runs.")],
+    shots: Annotated[int, typer.Option("--shots", "-k", help="Shots per class of the runs.")],
+    seed: Annotated[int, typer.Option("--seed", help="Split seed of the runs.")],
+    backbone: Annotated[Optional[str], typer.Option("--backbone", help="Backbone (needed when several were trained).")] = None,
+    per_position: Annotated[bool, typer.Option("--per-position", help="One panel per method, a line per position.")] = False,
+    reports: ReportsOpt = Path("reports"),
+    out: FigureOutOpt = None,
+    format: FigureFormatOpt = None,
+) -> None:
+    """Figure 3: norm and test accuracy per epoch, CoOp against each Nemesis variant (from reports/trajectories)."""
+    from nemesis_analysis import figures
+
+    build = lambda: figures.trajectory_figure(reports, dataset, shots, seed, backbone, per_position)  # noqa: E731
+    name = figures.figure_name("trajectory", dataset=dataset, shots=shots, seed=seed, per_position=per_position)
+    _write_figure(build, reports, name, out, format)
+
+
+@plot_app.command("heatmap")
+@handle_errors
+def plot_heatmap_command(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset of the corrupted runs.")],
+    method: Annotated[Optional[str], typer.Option("--method", help="Method of the runs (default: coop, or the only one).")] = None,
+    backbone: Annotated[Optional[str], typer.Option("--backbone", help="Only this backbone.")] = None,
+    shots: Annotated[Optional[int], typer.Option("--shots", "-k", help="Only this shot count.")] = None,
+    reports: ReportsOpt = Path("reports"),
+    out: FigureOutOpt = None,
+    format: FigureFormatOpt = None,
+) -> None:
+    """Accuracy delta by position x factor/std, one panel per op, seeds averaged (from reports/corruptions)."""
+    from nemesis_analysis import figures
+
+    build = lambda: figures.heatmap_figure(reports, dataset, method, backbone, shots)  # noqa: E731
+    _write_figure(build, reports, figures.figure_name("heatmap", dataset=dataset), out, format)
+
+
+@plot_app.command("norms")
+@handle_errors
+def plot_norms_command(
+    run: Annotated[str, typer.Option("--run", help="Run id (or a unique prefix of it).")],
+    reports: ReportsOpt = Path("reports"),
+    out: FigureOutOpt = None,
+    format: FigureFormatOpt = None,
+) -> None:
+    """Per-position norms of a trained prompt; positions where shrinking raised accuracy highlighted."""
+    from nemesis_analysis import figures
+
+    _write_figure(lambda: figures.norms_figure(reports, run), reports, figures.figure_name("norms", run_id=run), out, format)
+
+
+@app.command()
+@handle_errors
+def summary(
+    reports: ReportsOpt = Path("reports"),
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for summary_*.csv/.md (default: REPORTS).")] = None,
+    min_delta: Annotated[float, typer.Option("--min-delta", help="Low-Norm Effect threshold for the frequency (points).")] = 0.0,
+) -> None:
+    """Accuracy tables, mean ± std over seeds per (dataset, shots, method); saved as CSV and Markdown."""
+    from nemesis_analysis import figures
+
+    tables = figures.summary_tables(reports, min_delta=min_delta)
+    titles = {
+        "runs": "trained runs: test accuracy (%), zero-shot accuracy (%), mean context norm",
+        "corruptions": "corruptions: uncorrupted accuracy (%) and accuracy change (points) per op",
+        "frequency": "Low-Norm Effect frequency (%)",
+    }
+    for name, frame in tables.items():
+        shown = figures.display_table(frame)
+        table = Table(title=titles.get(name, name))
+        for column in shown.columns:
+            table.add_column(str(column), overflow="fold")
+        for row in shown.itertuples(index=False, name=None):
+            table.add_row(*(_cell(value) for value in row))
+        console.print(table)
+    for name in ("runs", "corruptions"):
+        if name not in tables:
+            console.print(f"no {name} rows yet in {reports / name}", highlight=False)
+    for path in figures.write_summary(tables, out if out is not None else reports):
+        console.print(str(path), highlight=False, soft_wrap=True)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "–" if value != value else f"{value:.2f}"
+    return str(value)
+
+
 # ------------------------------------------------------------------------ data and models (datasets, models)
+
+CacheDirOpt = Annotated[
+    Optional[Path],
+    typer.Option("--cache-dir", help="open_clip weights cache (default: the Hugging Face cache and ~/.cache/clip)."),
+]
+
+
+@app.command()
+@handle_errors
+def datasets(
+    data_root: DataRootOpt = None,
+    sample: Annotated[int, typer.Option("--sample", help="Images decoded per split (0: none; existence is always checked).")] = 50,
+    quiet: QuietOpt = False,
+) -> None:
+    """Report every CoOp dataset under the data root: found or not, images per split, classes, problems and fixes.
+
+    Reads only; modifies nothing. Exit code 0 whatever it finds (it is a report).
+    """
+    from nemesis_analysis.data.diagnose import SPLITS, diagnose_datasets
+
+    _setup_logging(quiet)
+    if sample < 0:
+        from nemesis_analysis.errors import ConfigError
+
+        raise ConfigError(f"--sample must be at least 0, got {sample}")
+    reports = diagnose_datasets(data_root, sample_size=sample)
+    table = Table(title="datasets", title_justify="left")
+    for column in ("dataset", "status", "classes", *SPLITS, "folder"):
+        table.add_column(column, justify="right" if column in ("classes", *SPLITS) else "left")
+    for report in reports:
+        if not report.found:
+            status = "[red]not found[/]"
+        elif report.ok:
+            status = "[green]ok[/]"
+        else:
+            status = f"[yellow]{len(report.problems)} problem(s)[/]"
+        counts = [str(report.counts[s]) if s in report.counts else "-" for s in SPLITS]
+        classes = str(report.num_classes) if report.counts else "-"
+        table.add_row(report.name, status, classes, *counts, str(report.root))
+    console.print(table)
+    problems = [line for report in reports for line in report.problems]
+    for line in problems:
+        console.print(f"[yellow]problem:[/] {line}", highlight=False, soft_wrap=True)
+    found = sum(r.found for r in reports)
+    usable = sum(r.ok for r in reports)
+    console.print(f"{found} of {len(reports)} datasets found, {usable} without problems", highlight=False)
+
+
+@app.command()
+@handle_errors
+def models(
+    filter: Annotated[Optional[str], typer.Option("--filter", help="Only architectures whose name contains this (case-insensitive).")] = None,
+    cache_dir: CacheDirOpt = None,
+    checkpoints: CheckpointsOpt = Path("checkpoints"),
+) -> None:
+    """List open_clip architectures (and nemesis-tiny), their pretrained tags and which are cached locally."""
+    import open_clip
+
+    from nemesis_analysis import weights
+    from nemesis_analysis.models import TINY_BACKBONE, register_model_configs
+    from nemesis_analysis.tiny import tiny_cache_path
+
+    register_model_configs()
+    names = [n for n in open_clip.list_models() if not filter or filter.lower() in n.lower()]
+    if not names:
+        console.print(f"no architecture matches {filter!r}; run `nemesis models` for the full list", highlight=False)
+        return
+    table = Table(title="architectures", title_justify="left")
+    for column in ("architecture", "pretrained tags", "cached locally", "QuickGELU"):
+        table.add_column(column, overflow="fold")
+    for name in names:
+        if name == TINY_BACKBONE:
+            tags = ["embedded", "none"]
+            cached = ["embedded"] if tiny_cache_path(checkpoints).is_file() else []
+        else:
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            cached = weights.cached_tags(name, cache_dir)
+        quick = weights.architecture_uses_quick_gelu(name)
+        table.add_row(name, ", ".join(tags) or "-", ", ".join(cached) or "-", "yes" if quick else "")
+    console.print(table)
+    console.print(
+        "any architecture also takes --pretrained FILE (a local weights file) or --pretrained none (random init); "
+        "OpenAI weights pick the QuickGELU variant automatically",
+        highlight=False,
+    )
+
 
 
 def main() -> None:

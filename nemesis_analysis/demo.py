@@ -63,8 +63,26 @@ def run_demo(
     console.print(table)
 
     # ---- step 3: corruption sweep on the CoOp run (Low-Norm Effect)
+    console.rule("[bold]3. corruption sweep on the CoOp run (Low-Norm Effect)")
+    from nemesis_analysis.corrupt import format_summary, sweep_trained_run
+    from nemesis_analysis.corrupt_ops import expand_grid
+
+    grid = expand_grid(len(coop.position_norms))  # the default grid: every position, rescale and replace
+    sweep = sweep_trained_run(context, coop, grid, workspace, progress=progress)
+    result.extra["corruption"] = sweep
+    for line in format_summary(sweep):
+        console.print(line, highlight=False, soft_wrap=True)
 
     # ---- step 4: figures
+    from nemesis_analysis.figures import render_all  # no torch: tables and matplotlib only
+
+    console.rule("[bold]4. figures")
+    figure_paths = render_all(workspace.reports_dir)
+    result.extra["figures"] = figure_paths
+    for path in figure_paths:
+        console.print(str(path), highlight=False, soft_wrap=True)
+    if not figure_paths:
+        console.print("no figures: the reports tables are empty", highlight=False)
 
     result.seconds = time.perf_counter() - started
     console.rule("[bold]summary")

@@ -167,11 +167,15 @@ def load_model(
     checkpoints_dir: Path | str = "checkpoints",
     offline: bool = False,
     progress: bool = True,
+    cache_dir: Path | str | None = None,
 ) -> LoadedModel:
     """Create a frozen CLIP.
 
     ``pretrained``: an open_clip tag (e.g. ``openai``), a local weights file, ``embedded`` (the
     toolkit's pretrained tiny CLIP, only for ``nemesis-tiny``) or ``none`` (random init, seeded).
+    Tags are read from the local caches first (``cache_dir``, else the Hugging Face cache and
+    ``~/.cache/clip``); ``offline`` (or ``HF_HUB_OFFLINE=1``) never touches the network. Weights
+    trained with QuickGELU (OpenAI's) get a QuickGELU architecture (``RN50`` -> ``RN50-quickgelu``).
     """
     from nemesis_analysis import weights  # local import: weights imports this module
 
@@ -187,7 +191,8 @@ def load_model(
         )
     pretrained = pretrained or "none"
     model, weights_id = weights.create_with_weights(
-        backbone, pretrained, checkpoints_dir=Path(checkpoints_dir), offline=offline, progress=progress
+        backbone, pretrained, checkpoints_dir=Path(checkpoints_dir), offline=offline, progress=progress,
+        cache_dir=cache_dir,
     )
     if precision == Precision.FP16:
         model = model.half()
@@ -206,4 +211,12 @@ def load_model(
         weights_id=weights_id,
         device=device,
         precision=precision,
+        extra={"quick_gelu": _uses_quick_gelu(model)},
     )
+
+
+def _uses_quick_gelu(model: torch.nn.Module) -> bool:
+    """Whether the built model's activations are QuickGELU (what the weights need, see weights.py)."""
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(module, QuickGELU) for module in model.modules())

@@ -1,0 +1,208 @@
+"""Corruption sweep speed: the batched engine against the reference-style naive path.
+
+    python benchmarks/bench_corrupt.py            # case 1 in full (naive path on all 593 variants: minutes)
+    python benchmarks/bench_corrupt.py --quick    # naive path on a spread sample of variants, fewer ViT variants
+
+Case 1 (digits): nemesis-tiny on the embedded digits, a short CoOp run, the default grid (593 variants for
+n_ctx=16) on the 540 test images.
+  naive: for every variant, re-encode the test images and run the corrupted prompts at full length (77
+         tokens), one variant at a time (what the reference code does per corruption);
+  ours:  ``run_corruption_sweep`` end to end (cached image features, stacked variants cut at the longest
+         EOS, chunks, Parquet writes), divided by the number of variants;
+  floor: one stacked text-tower pass over all variants (no corruption, no classification, no I/O),
+         divided by their number.
+  Predictions of the naive path and ours are asserted equal.
+
+Case 2 (caltech101-size): random-init ViT-B-16 (``--pretrained none``, no download) with Caltech101's 100
+class names and synthetic 224-pixel images. The naive cost is *projected* to Caltech101's 2,465 test
+images from a measured per-image encode time and a measured per-variant 77-token text pass. Ours runs the
+batched prediction (corruption, stacked text pass, classification) on a reduced number of variants against
+2,465 synthetic random image features (fine for ours: image features are encoded once and cached, so
+their values do not change the cost). Prints one line per case and, last, ``speedup: <x>`` for case 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nemesis_analysis.config import PromptConfig, RunConfig
+from nemesis_analysis.corrupt import (
+    FullLengthPrompts,
+    learner_for_identity,
+    predict_corruptions,
+    predict_variants,
+    run_corruption_sweep,
+)
+from nemesis_analysis.corrupt_ops import apply_corruptions, corrupt_context, expand_grid
+from nemesis_analysis.features import encode_samples, image_features
+from nemesis_analysis.models import load_model
+from nemesis_analysis.prompts import PromptLearner, load_prompt
+from nemesis_analysis.train import Workspace, prepare, train_prompt
+
+CALTECH_TEST_IMAGES = 2465
+# Caltech101's class names as CoOp uses them: realistic token lengths for the prompts.
+CALTECH_CLASSNAMES = (
+    "face leopard motorbike accordion airplane anchor ant barrel bass beaver binocular bonsai brain brontosaurus "
+    "buddha butterfly camera cannon car_side ceiling_fan cellphone chair chandelier cougar_body cougar_face crab "
+    "crayfish crocodile crocodile_head cup dalmatian dollar_bill dolphin dragonfly electric_guitar elephant emu "
+    "euphonium ewer ferry flamingo flamingo_head garfield gerenuk gramophone grand_piano hawksbill headphone "
+    "hedgehog helicopter ibis inline_skate joshua_tree kangaroo ketch lamp laptop llama lobster lotus mandolin "
+    "mayfly menorah metronome minaret nautilus octopus okapi pagoda panda pigeon pizza platypus pyramid revolver "
+    "rhino rooster saxophone schooner scissors scorpion sea_horse snoopy soccer_ball stapler starfish stegosaurus "
+    "stop_sign strawberry sunflower tick trilobite umbrella watch water_lilly wheelchair wild_cat windsor_chair "
+    "wrench yin_yang"
+).split()
+assert len(CALTECH_CLASSNAMES) == 100
+
+
+def _seconds(function, repeat: int = 1) -> float:
+    """Best of ``repeat`` wall-clock timings of ``function()``."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _line(name: str, naive: float, ours: float, floor: float, note: str = "") -> str:
+    speedup = naive / ours
+    return (
+        f"case {name}: naive {naive:.4g}s/variant{note}, ours {ours:.4g}s/variant, floor {floor:.4g}s/variant, "
+        f"speedup {speedup:.0f}x{note}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------- case 1
+
+
+def case_digits(checkpoints: Path, quick: bool) -> float:
+    workspace = Workspace(checkpoints, Path(tempfile.mkdtemp(prefix="bench-corrupt-reports-")))
+    config = RunConfig(shots=4, epochs=10)
+    context = prepare(config, workspace, progress=False)
+    run = train_prompt(config, workspace, context=context, progress=False)
+    ctx, _ = load_prompt(run.run_dir)
+    identity = run.config.identity_columns()
+    identity["n_ctx"] = ctx.shape[-2]
+    grid = expand_grid(ctx.shape[-2])
+    learner = learner_for_identity(context, identity)
+    features, labels = image_features(  # warms the shared cache, as training already did
+        context.loaded, context.dataset, context.dataset.test, workspace.feature_cache, progress=False
+    )
+    test = context.dataset.test
+
+    # ours: the whole sweep, end to end, into an empty table
+    started = time.perf_counter()
+    summary = run_corruption_sweep(context, ctx, identity, grid, workspace, learner=learner, progress=False)
+    ours = (time.perf_counter() - started) / len(grid)
+    assert summary.rows_written == len(grid)
+
+    # floor: one stacked text pass over every variant
+    variants = apply_corruptions(ctx, grid, run.run_id)  # (593, n_ctx, width)
+    with torch.no_grad():
+        floor = _seconds(lambda: learner.text_features(variants), repeat=2) / len(grid)
+
+    # naive: every variant alone, images re-encoded, 77 tokens
+    measured = grid[:: max(1, len(grid) // 24)] if quick else grid
+    full = FullLengthPrompts(learner)
+    naive_predictions = []
+    started = time.perf_counter()
+    with torch.no_grad():
+        for corruption in measured:
+            variant = corrupt_context(ctx, corruption, run.run_id)
+            image = encode_samples(context.loaded, context.dataset, test, progress=False)  # (n_test, embed)
+            text = full.text_features(variant)  # (classes, embed)
+            naive_predictions.append((image @ text.T).argmax(-1))
+    naive = (time.perf_counter() - started) / len(measured)
+
+    ours_predictions = predict_corruptions(learner, ctx, measured, run.run_id, features)
+    assert torch.equal(torch.stack(naive_predictions), ours_predictions), "naive and batched predictions differ"
+    accs = summary.rows.set_index(["op", "position", "factor", "rep"])["acc"]
+    for corruption, predictions in zip(measured, naive_predictions):
+        assert accs[corruption.key()] == 100.0 * float((predictions == labels).double().mean())
+
+    print(
+        f"digits: {len(grid)} variants x {context.dataset.num_classes} classes, {len(test)} test images, "
+        f"prompt length {learner.base.shape[1]} of 77 tokens; naive measured on {len(measured)} of {len(grid)} "
+        f"variants; predictions equal; acc_original {summary.acc_original:.2f}%"
+    )
+    print(_line("digits", naive, ours, floor))
+    shutil.rmtree(workspace.reports_dir, ignore_errors=True)  # the benchmark's throw-away table
+    return naive / ours
+
+
+# --------------------------------------------------------------------------------------------------- case 2
+
+
+def case_caltech_size(checkpoints: Path, quick: bool, num_variants: int) -> float:
+    loaded = load_model("ViT-B-16", "none", device="cpu", checkpoints_dir=checkpoints, progress=False)
+    learner = PromptLearner(loaded, CALTECH_CLASSNAMES, PromptConfig(n_ctx=16), seed=1)
+    ctx = learner.ctx.detach().cpu()
+    grid = expand_grid(16)
+    sample = grid[:: max(1, len(grid) // num_variants)][:num_variants]
+
+    # naive per-image cost: PIL image -> preprocess -> image tower, on a few synthetic images
+    generator = torch.Generator().manual_seed(0)
+    num_images = 2 if quick else 8
+    from PIL import Image
+
+    pixels = (torch.rand(num_images, 224, 224, 3, generator=generator) * 255).to(torch.uint8).numpy()
+    images = [Image.fromarray(p) for p in pixels]
+    encode = lambda: loaded.encode_images(torch.stack([loaded.preprocess(i) for i in images]))  # noqa: E731
+    encode()  # warm-up
+    per_image = _seconds(encode) / num_images
+    sample_features = encode()  # (num_images, embed)
+
+    # naive per-variant text cost: 100 prompts of 77 tokens
+    full = FullLengthPrompts(learner)
+    variant = corrupt_context(ctx, sample[1], "bench")
+    per_text = _seconds(lambda: full.text_features(variant))
+    naive = CALTECH_TEST_IMAGES * per_image + per_text
+    naive_predictions = (sample_features @ full.text_features(variant).T).argmax(-1)
+    ours_predictions = predict_variants(learner, variant[None], sample_features)[0]
+    assert torch.equal(naive_predictions, ours_predictions), "naive and batched predictions differ"
+
+    # ours: batched predictions on the reduced grid against 2,465 cached (synthetic) features
+    features = F.normalize(torch.randn(CALTECH_TEST_IMAGES, loaded.embed_dim, generator=generator), dim=-1)
+    ours = _seconds(lambda: predict_corruptions(learner, ctx, sample, "bench", features)) / len(sample)
+    variants = apply_corruptions(ctx, sample, "bench")
+    with torch.no_grad():
+        floor = _seconds(lambda: learner.text_features(variants)) / len(sample)
+
+    print(
+        f"caltech101-size: random-init ViT-B-16, 100 classes, prompt length {learner.base.shape[1]} of 77 tokens; "
+        f"naive projected to {CALTECH_TEST_IMAGES} images from {per_image:.3f} s/image ({num_images} measured) + "
+        f"{per_text:.2f} s per 77-token text pass; ours and floor on {len(sample)} variants with synthetic cached "
+        f"features"
+    )
+    print(_line("caltech101-size", naive, ours, floor, note=" (projected)"))
+    return naive / ours
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Naive path on a sample of variants; fewer ViT variants.")
+    parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="Holds the tiny CLIP cache.")
+    parser.add_argument("--variants", type=int, default=None, help="Case 2: variants for ours (default 32; quick 4).")
+    parser.add_argument("--skip-case2", action="store_true", help="Only case 1.")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.manual_seed(0)
+    speedup = case_digits(args.checkpoints, args.quick)
+    if not args.skip_case2:
+        case_caltech_size(args.checkpoints, args.quick, args.variants or (4 if args.quick else 32))
+    print(f"speedup: {speedup:.0f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

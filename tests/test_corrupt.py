@@ -1,0 +1,297 @@
+"""The corruption engine: exact baseline, batched == naive, CSC, resume, kills, and the `corrupt` CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nemesis_analysis import store
+from nemesis_analysis.cli import app
+from nemesis_analysis.config import PromptConfig, RunConfig
+from nemesis_analysis.corrupt import (
+    auto_chunk,
+    evaluate_naive,
+    format_summary,
+    learner_for_identity,
+    load_context_for_analysis,
+    predict_corruptions,
+    run_corruption_sweep,
+    sweep_trained_run,
+)
+from nemesis_analysis.corrupt_ops import Corruption, apply_corruptions, expand_grid
+from nemesis_analysis.errors import ModelError
+from nemesis_analysis.features import image_features
+from nemesis_analysis.nemesis import position_norms
+from nemesis_analysis.prompts import load_prompt
+from nemesis_analysis.train import Workspace, train_prompt
+
+runner = CliRunner()
+KEY = ["op", "position", "factor", "rep"]
+
+
+@pytest.fixture(scope="module")
+def generic_run(tiny_context, checkpoints_dir, tmp_path_factory):
+    workspace = Workspace(checkpoints_dir, tmp_path_factory.mktemp("train-reports"))
+    return train_prompt(RunConfig(shots=2, epochs=3), workspace, context=tiny_context, progress=False)
+
+
+@pytest.fixture(scope="module")
+def csc_run(tiny_context, checkpoints_dir, tmp_path_factory):
+    workspace = Workspace(checkpoints_dir, tmp_path_factory.mktemp("train-reports"))
+    config = RunConfig(shots=2, epochs=2, prompt=PromptConfig(n_ctx=4, csc=True))
+    return train_prompt(config, workspace, context=tiny_context, progress=False)
+
+
+@pytest.fixture
+def workspace(checkpoints_dir, tmp_path):
+    return Workspace(checkpoints_dir, tmp_path / "reports")
+
+
+def _identity(run, ctx) -> dict:
+    identity = run.config.identity_columns()
+    identity["n_ctx"] = ctx.shape[-2]
+    return identity
+
+
+def _table(workspace, dedupe=True) -> pd.DataFrame:
+    return store.read_table(workspace.reports_dir, "corruptions", dedupe=dedupe)
+
+
+def test_factor_one_reproduces_uncorrupted_accuracy(tiny_context, generic_run, workspace):
+    grid = expand_grid(16, ops=["rescale", "replace"], factors=[1.0, 0.0], stds=[0.0], reps=1)
+    summary = sweep_trained_run(tiny_context, generic_run, grid, workspace, progress=False)
+    rows = _table(workspace)
+    assert len(rows) == len(grid) == 1 + 16 * 2 + 16
+    identity_rows = rows[(rows.op == "rescale") & (rows.factor == 1.0)]
+    assert len(identity_rows) == 16
+    assert (identity_rows.acc == summary.acc_original).all()  # exactly, not approximately
+    assert (identity_rows.delta == 0.0).all()
+    assert not identity_rows.low_norm_effect.any()
+    assert (identity_rows.norm_after == identity_rows.norm_before).all()
+    # the baseline equals the accuracy the training loop reported for the same prompt
+    assert summary.acc_original == pytest.approx(generic_run.final_test_acc, abs=1e-4)
+    baseline = rows[rows.op == "none"].iloc[0]
+    assert baseline.position == -1 and baseline.factor == 1.0 and baseline.acc == summary.acc_original
+    assert baseline.norm_before == pytest.approx(sum(generic_run.position_norms) / 16, rel=1e-5)
+    assert rows.n_test.unique().tolist() == [len(tiny_context.dataset.test)]
+    assert set(rows.run_id) == {generic_run.run_id} and set(rows.method) == {"coop"}
+    # the summary is what the rows say
+    corrupted = rows[rows.op != "none"]
+    assert summary.best["acc"] == corrupted.acc.max() and summary.worst["acc"] == corrupted.acc.min()
+    assert summary.num_norm_reducing == int((corrupted.norm_after < corrupted.norm_before).sum()) == 32
+    assert summary.num_low_norm_effect == int(corrupted.low_norm_effect.sum())
+    assert summary.rows_written == len(grid) and summary.num_corruptions == len(grid) - 1
+    assert (rows.delta == rows.acc - rows.acc_original).all()
+    zeroed = corrupted[corrupted.factor == 0.0]
+    assert (zeroed.norm_after == 0.0).all()
+    assert (zeroed.low_norm_effect == (zeroed.delta > 0)).all()
+    assert "uncorrupted accuracy" in format_summary(summary)[0]
+
+
+@pytest.mark.parametrize("which", ["generic", "csc"])
+def test_batched_equals_naive(which, tiny_context, generic_run, csc_run, workspace):
+    run = generic_run if which == "generic" else csc_run
+    ctx, _ = load_prompt(run.run_dir)
+    n_ctx = ctx.shape[-2]
+    grid = expand_grid(n_ctx, positions=[0, n_ctx - 1], factors=[0, 10], stds=[0.5], reps=1)  # 7 variants
+    identity = _identity(run, ctx)
+    learner = learner_for_identity(tiny_context, identity)
+    features, labels = image_features(
+        tiny_context.loaded, tiny_context.dataset, tiny_context.dataset.test, workspace.feature_cache, progress=False
+    )
+    batched = predict_corruptions(learner, ctx, grid, run.run_id, features, chunk=4)
+    assert batched.shape == (len(grid), len(labels))
+    # The naive path re-encodes the images for every variant: a fixed sample of the test split keeps it fast.
+    subset = list(range(0, len(labels), 9))  # 60 images, every class
+    samples = [tiny_context.dataset.test[i] for i in subset]
+    naive = evaluate_naive(tiny_context, ctx, grid, run.run_id, learner, samples=samples)
+    assert naive.shape == (len(grid), len(subset))
+    assert torch.equal(batched[:, subset], naive)
+    assert len(set(naive.flatten().tolist())) > 1  # not a degenerate all-one-class comparison
+    # the sweep's accuracies are those predictions', row by row
+    summary = run_corruption_sweep(tiny_context, ctx, identity, grid, workspace, chunk=5, progress=False)
+    expected = (100.0 * (batched == labels[None]).double().mean(1)).tolist()
+    assert summary.rows["acc"].tolist() == pytest.approx(expected, abs=1e-9)
+
+
+def test_csc_corrupts_the_position_of_every_class(tiny_context, csc_run, workspace):
+    ctx, _ = load_prompt(csc_run.run_dir)
+    assert ctx.shape == (10, 4, 128)
+    identity = _identity(csc_run, ctx)
+    learner = learner_for_identity(tiny_context, identity)
+    variants = apply_corruptions(ctx, [Corruption("rescale", 2, 0.0), Corruption("replace", 1, 0.5, 0)], "r")
+    prompts = learner.build_embeddings(variants)  # (2, classes, length, width)
+    slots = learner.ctx_index  # (classes, n_ctx)
+    for c in range(10):
+        assert torch.equal(prompts[0, c, slots[c, 2]], torch.zeros(128))
+        assert torch.equal(prompts[0, c, slots[c, 1]], ctx[c, 1])
+        assert not torch.equal(prompts[1, c, slots[c, 1]], ctx[c, 1])
+        assert torch.equal(prompts[1, c, slots[c, 2]], ctx[c, 2])
+    draws = variants[1, :, 1]  # (classes, width): independent draws per class
+    assert not torch.equal(draws[0], draws[1])
+
+    grid = expand_grid(4, positions=[2], factors=[0.0, 2.0], stds=[0.5], reps=1)
+    run_corruption_sweep(tiny_context, ctx, identity, grid, workspace, progress=False)
+    rows = _table(workspace).set_index(KEY)
+    per_class = torch.linalg.vector_norm(ctx[:, 2], dim=-1)  # (classes,)
+    before = float(per_class.mean())
+    assert rows.loc[("rescale", 2, 0.0, 0), "norm_before"] == pytest.approx(before, rel=1e-6)
+    assert rows.loc[("rescale", 2, 0.0, 0), "norm_after"] == 0.0
+    assert rows.loc[("rescale", 2, 2.0, 0), "norm_after"] == pytest.approx(2 * before, rel=1e-6)
+    assert before == pytest.approx(float(position_norms(ctx)[2]), rel=1e-6)
+    assert rows.loc[("replace", 2, 0.5, 0), "norm_after"] == pytest.approx(0.5 * 128**0.5, rel=0.2)
+    assert bool(rows.csc.all()) and (rows.n_ctx == 4).all()
+
+
+def test_resume_adds_only_missing_rows(tiny_context, generic_run, workspace):
+    small = expand_grid(16, positions=[0, 1], factors=[0.5], stds=[0.1], reps=1)
+    first = sweep_trained_run(tiny_context, generic_run, small, workspace, progress=False)
+    assert first.rows_written == 1 + 2 + 2
+    again = sweep_trained_run(tiny_context, generic_run, small, workspace, progress=False)
+    assert again.rows_written == 0 and again.rows_reused == 5
+    assert again.acc_original == first.acc_original and again.best == first.best
+    assert len(_table(workspace, dedupe=False)) == 5
+
+    wider = expand_grid(16, positions=[0, 1, 2], factors=[0.5, 2.0], stds=[0.1], reps=2)
+    before = set(_table(workspace)[KEY].itertuples(index=False, name=None))
+    widened = sweep_trained_run(tiny_context, generic_run, wider, workspace, progress=False)
+    after = _table(workspace, dedupe=False)
+    assert len(after) == len(wider) == 1 + 3 * 2 + 3 * 2
+    assert widened.rows_written == len(wider) - 5 and widened.rows_reused == 5
+    new_keys = set(after[KEY].itertuples(index=False, name=None)) - before
+    assert new_keys == {c.key() for c in wider} - {c.key() for c in small}
+    assert not after.duplicated(KEY).any()
+
+
+def test_killed_sweep_leaves_readable_tables_and_resumes(tiny_context, generic_run, workspace):
+    grid = expand_grid(16, positions=[0, 1, 2, 3], factors=[0.0, 2.0], stds=[0.5], reps=1)  # 1 + 12 rows
+
+    def die(index, rows):
+        raise KeyboardInterrupt("killed after the first chunk")
+
+    ctx, identity = _ctx_identity(generic_run)
+    with pytest.raises(KeyboardInterrupt):
+        run_corruption_sweep(tiny_context, ctx, identity, grid, workspace, chunk=5, progress=False, on_chunk=die)
+    partial = _table(workspace, dedupe=False)
+    assert len(partial) == 1 + 5  # the baseline and the first chunk, nothing else
+    assert len(list((workspace.reports_dir / "corruptions").glob(".*"))) == 0  # no leftover temporary part
+    assert len(pd.read_parquet(workspace.reports_dir / "corruptions")) == 6
+
+    done = sweep_trained_run(tiny_context, generic_run, grid, workspace, chunk=5, progress=False)
+    final = _table(workspace, dedupe=False)
+    assert done.rows_written == 12 - 5
+    assert len(final) == len(grid) and not final.duplicated(KEY).any()
+
+
+def _ctx_identity(run):
+    ctx, _ = load_prompt(run.run_dir)
+    return ctx, _identity(run, ctx)
+
+
+def test_auto_chunk_bounds_memory(tiny_context, generic_run):
+    ctx, identity = _ctx_identity(generic_run)
+    learner = learner_for_identity(tiny_context, identity)
+    per_variant = 10 * learner.base.shape[1] * 128
+    assert auto_chunk(learner, memory_budget=per_variant * 7) == 7
+    assert auto_chunk(learner, memory_budget=1) == 1
+
+
+def test_load_context_for_analysis_checks_fit(tiny_context, generic_run, tmp_path):
+    ctx, identity = _ctx_identity(generic_run)
+    learner = learner_for_identity(tiny_context, identity)
+    prompt = load_context_for_analysis(generic_run.run_dir, learner)
+    assert prompt.run_id == generic_run.run_id and torch.equal(prompt.ctx, ctx)
+    assert prompt.prompt_config.n_ctx == 16 and not prompt.prompt_config.csc
+
+    copy = tmp_path / "renamed"
+    shutil.copytree(generic_run.run_dir, copy)
+    meta = json.loads((copy / "prompt.json").read_text())
+    meta["classnames"] = [f"class {i}" for i in range(10)]
+    del meta["run_id"]
+    (copy / "prompt.json").write_text(json.dumps(meta))
+    loaded = load_context_for_analysis(copy)  # reading alone does not check
+    assert loaded.run_id.startswith("file-") and len(loaded.run_id) == len("file-") + 12
+    with pytest.raises(ModelError, match="other class names"):
+        load_context_for_analysis(copy, learner)
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--positions", "0,16"], "position 16 is outside 0..15"),
+        (["--n-ctx", "4", "--positions", "2-5"], "position 4 is outside 0..3"),
+        (["--stds", "0,-0.5"], "replace std -0.5 is invalid"),
+        (["--ops", "rescale,shuffle"], "unknown corruption op 'shuffle'"),
+        (["--ops", ""], "no corruption ops selected"),
+        (["--positions", ""], "--positions: '' is not a comma-separated list"),
+        (["--ops", "rescale", "--factors", "1,x"], "--factors: 'x' is not a number"),
+        (["--reps", "0"], "reps must be >= 1"),
+        (["--chunk", "0"], "--chunk must be at least 1"),
+        (["--seeds", "1,2", "--prompt", "somewhere"], "give only one"),
+        (["--prompt", "/no/such/prompt"], "--prompt /no/such/prompt does not exist"),
+    ],
+)
+def test_corrupt_cli_errors_are_one_line_exit_2(args, message, tmp_path):
+    result = runner.invoke(app, ["corrupt", "--quiet", "--checkpoints", str(tmp_path / "ck"),
+                                 "--reports", str(tmp_path / "rep"), *args])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "ck").exists()  # checked before any work
+
+
+def test_corrupt_cli_end_to_end(checkpoints_dir, tmp_path):
+    args = ["corrupt", "--quiet", "--dataset", "digits", "--shots", "2", "--epochs", "2", "--positions", "0,1",
+            "--factors", "0,2", "--stds", "0", "--reps", "1",
+            "--checkpoints", str(checkpoints_dir), "--reports", str(tmp_path)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_parquet(tmp_path / "corruptions")
+    assert len(rows) == 1 + 2 * 2 + 2 * 1
+    assert sorted(rows.op.unique()) == ["none", "replace", "rescale"]
+    assert set(rows.position) == {-1, 0, 1} and set(rows[rows.op == "rescale"].factor) == {0.0, 2.0}
+    runs = pd.read_parquet(tmp_path / "runs")
+    assert len(runs) == 1 and set(rows.run_id) == {runs.run_id.iloc[0]}
+    assert rows.acc_original.iloc[0] == pytest.approx(runs.final_test_acc.iloc[0], abs=1e-4)
+    assert f"uncorrupted accuracy {rows.acc_original.iloc[0]:.2f}%" in result.output
+    assert "best:" in result.output and "worst:" in result.output and "Low-Norm Effect:" in result.output
+    zeroed = rows[(rows.op == "replace") & (rows.factor == 0.0)]
+    assert (zeroed.norm_after == 0.0).all()
+
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "0 rows written" in again.output
+    assert len(pd.read_parquet(tmp_path / "corruptions")) == 7
+
+    # the same prompt through --prompt: same run_id, same numbers, nothing new
+    run_dir = checkpoints_dir / runs.run_id.iloc[0]
+    via_prompt = runner.invoke(app, ["corrupt", "--quiet", "--prompt", str(run_dir), "--positions", "0,1",
+                                     "--factors", "0,2", "--stds", "0", "--reps", "1",
+                                     "--checkpoints", str(checkpoints_dir), "--reports", str(tmp_path)])  # fmt: skip
+    assert via_prompt.exit_code == 0, via_prompt.output
+    assert "0 rows written" in via_prompt.output
+    # two seeds in one call: the second run is trained and swept, the first reused
+    seeds = runner.invoke(app, [*args, "--seeds", "1,2", "--positions", "0", "--ops", "rescale"])
+    assert seeds.exit_code == 0, seeds.output
+    table = pd.read_parquet(tmp_path / "corruptions")
+    assert sorted(table.seed.unique()) == [1, 2] and len(table[table.seed == 2]) == 1 + 2
+
+
+def test_corrupt_cli_rejects_prompt_for_other_classes(checkpoints_dir, generic_run, tmp_path):
+    copy = tmp_path / "prompt"
+    shutil.copytree(generic_run.run_dir, copy)
+    meta = json.loads((copy / "prompt.json").read_text())
+    meta["classnames"] = list(reversed(meta["classnames"]))
+    (copy / "prompt.json").write_text(json.dumps(meta))
+    result = runner.invoke(app, ["corrupt", "--quiet", "--prompt", str(copy), "--checkpoints", str(checkpoints_dir),
+                                 "--reports", str(tmp_path / "rep")])  # fmt: skip
+    assert result.exit_code == 2 and "the order differs" in result.output, result.output
+    assert not (tmp_path / "rep").exists()
