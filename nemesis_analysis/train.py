@@ -31,7 +31,7 @@ from nemesis_analysis.data.fewshot import sample_few_shot, save_split
 from nemesis_analysis.data.registry import load_dataset
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
 from nemesis_analysis.features import image_features
-from nemesis_analysis.models import LoadedModel, load_model
+from nemesis_analysis.models import LoadedModel, load_model, resolve_device
 from nemesis_analysis.progress import progress_bar
 from nemesis_analysis.prompts import PromptLearner, learner_metadata, save_prompt
 
@@ -102,13 +102,13 @@ def prepare(
     offline: bool = False,
     progress: bool = True,
 ) -> RunContext:
+    resolved_device = resolve_device(device)
+    config.resolved(resolved_device.type)  # bad precision/device combinations fail before any loading
     dataset = load_dataset(config.dataset, data_root)
-    if not dataset.train:
-        raise ConfigError(f"dataset {config.dataset} has no train split (test-only); train on its source dataset")
     loaded = load_model(
         config.backbone,
         config.pretrained,
-        device=device,
+        device=resolved_device,
         precision=config.precision,
         checkpoints_dir=workspace.checkpoints_dir,
         offline=offline,
@@ -249,6 +249,8 @@ def train_prompt(
     workspace = workspace or Workspace()
     context = context or prepare(config, workspace, data_root, device, offline, progress)
     loaded, dataset = context.loaded, context.dataset
+    if not dataset.train:
+        raise ConfigError(f"dataset {config.dataset} has no train split (test-only); train on its source dataset")
     config = config.resolved(loaded.device.type)
     run_id = config.run_id
     run_dir = workspace.run_dir(run_id)
