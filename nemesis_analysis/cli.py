@@ -28,8 +28,10 @@ app = typer.Typer(
 plot_app = typer.Typer(help="Render the paper's figures from the Parquet tables.", no_args_is_help=True)
 app.add_typer(plot_app, name="plot")
 
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal (pipes, CI logs, notebooks) rich would wrap tables at 80 columns; give them room.
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 
 
 def handle_errors(command):
