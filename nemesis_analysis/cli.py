@@ -7,6 +7,7 @@ line on stderr and exit code 2.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -159,6 +160,57 @@ def build_run_config(
     return config
 
 
+# Every command that trains takes these flags, in this order; `training_options` adds them to its signature.
+TRAINING_OPTIONS: dict[str, tuple[object, object]] = {
+    "dataset": (DatasetOpt, "digits"),
+    "shots": (ShotsOpt, 16),
+    "seed": (SeedOpt, 1),
+    "backbone": (BackboneOpt, "nemesis-tiny"),
+    "pretrained": (PretrainedOpt, None),
+    "n_ctx": (NCtxOpt, 16),
+    "csc": (CscOpt, False),
+    "class_token_position": (PositionOpt, "end"),
+    "ctx_init": (CtxInitOpt, None),
+    "epochs": (EpochsOpt, None),
+    "precision": (PrecisionOpt, None),
+    "pun": (PunOpt, False),
+    "pan": (PanOpt, False),
+    "beta": (BetaOpt, None),
+    "alpha": (AlphaOpt, 1.0),
+    "norm_type": (NormTypeOpt, "l2"),
+    "pan_positions": (PanPositionsOpt, 1),
+    "pan_factor": (PanFactorOpt, 0.1),
+    "omega": (OmegaOpt, "sigmoid"),
+    "recipe": (RecipeOpt, None),
+    "lr": (LrOpt, 0.002),
+    "batch_size": (BatchOpt, 32),
+}
+
+
+def training_options(command):
+    """Give ``command`` the shared training flags; it receives their values as one dict, ``training``.
+
+    One table (:data:`TRAINING_OPTIONS`) instead of the same twenty-two parameters in every command.
+    """
+    own = inspect.signature(command, eval_str=True).parameters
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, (annotation, default) in TRAINING_OPTIONS.items()
+    ]
+    rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for name, p in own.items() if name != "training"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        training = {name: kwargs.pop(name) for name in TRAINING_OPTIONS}
+        return command(training=training, **kwargs)
+
+    parameters = shared + rest
+    wrapper.__signature__ = inspect.Signature(parameters)
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    del wrapper.__wrapped__  # typer must see the new signature, not the wrapped function's
+    return wrapper
+
+
 def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     # open_clip logs through the root logger; keep its chatter out of our output.
@@ -169,30 +221,10 @@ def _setup_logging(quiet: bool) -> None:
 
 
 @app.command()
+@training_options
 @handle_errors
 def train(
-    dataset: DatasetOpt = "digits",
-    shots: ShotsOpt = 16,
-    seed: SeedOpt = 1,
-    backbone: BackboneOpt = "nemesis-tiny",
-    pretrained: PretrainedOpt = None,
-    n_ctx: NCtxOpt = 16,
-    csc: CscOpt = False,
-    class_token_position: PositionOpt = "end",
-    ctx_init: CtxInitOpt = None,
-    epochs: EpochsOpt = None,
-    precision: PrecisionOpt = None,
-    pun: PunOpt = False,
-    pan: PanOpt = False,
-    beta: BetaOpt = None,
-    alpha: AlphaOpt = 1.0,
-    norm_type: NormTypeOpt = "l2",
-    pan_positions: PanPositionsOpt = 1,
-    pan_factor: PanFactorOpt = 0.1,
-    omega: OmegaOpt = "sigmoid",
-    recipe: RecipeOpt = None,
-    lr: LrOpt = 0.002,
-    batch_size: BatchOpt = 32,
+    training: dict,
     force: ForceOpt = False,
     data_root: DataRootOpt = None,
     offline: OfflineOpt = False,
@@ -205,10 +237,7 @@ def train(
     from nemesis_analysis.train import Workspace, train_prompt
 
     _setup_logging(quiet)
-    config = build_run_config(
-        dataset, shots, seed, backbone, pretrained, n_ctx, csc, class_token_position, ctx_init, epochs,
-        precision, pun, pan, beta, alpha, norm_type, pan_positions, pan_factor, omega, recipe, lr, batch_size,
-    )  # fmt: skip
+    config = build_run_config(**training)
     result = train_prompt(
         config, Workspace(checkpoints, reports), data_root=data_root, device=device, offline=offline,
         force=force, progress=not quiet,
@@ -272,30 +301,10 @@ ChunkOpt = Annotated[
 
 
 @app.command()
+@training_options
 @handle_errors
 def corrupt(
-    dataset: DatasetOpt = "digits",
-    shots: ShotsOpt = 16,
-    seed: SeedOpt = 1,
-    backbone: BackboneOpt = "nemesis-tiny",
-    pretrained: PretrainedOpt = None,
-    n_ctx: NCtxOpt = 16,
-    csc: CscOpt = False,
-    class_token_position: PositionOpt = "end",
-    ctx_init: CtxInitOpt = None,
-    epochs: EpochsOpt = None,
-    precision: PrecisionOpt = None,
-    pun: PunOpt = False,
-    pan: PanOpt = False,
-    beta: BetaOpt = None,
-    alpha: AlphaOpt = 1.0,
-    norm_type: NormTypeOpt = "l2",
-    pan_positions: PanPositionsOpt = 1,
-    pan_factor: PanFactorOpt = 0.1,
-    omega: OmegaOpt = "sigmoid",
-    recipe: RecipeOpt = None,
-    lr: LrOpt = 0.002,
-    batch_size: BatchOpt = 32,
+    training: dict,
     force: ForceOpt = False,
     prompt: PromptPathOpt = None,
     seeds: SeedsOpt = None,
@@ -332,15 +341,12 @@ def corrupt(
     position_list = corrupt_ops.parse_int_list(positions, "--positions") if positions is not None else None
     factor_list = corrupt_ops.parse_float_list(factors, "--factors") if factors is not None else corrupt_ops.DEFAULT_FACTORS
     std_list = corrupt_ops.parse_float_list(stds, "--stds") if stds is not None else corrupt_ops.DEFAULT_STDS
-    seed_list = corrupt_ops.parse_int_list(seeds, "--seeds") if seeds is not None else (seed,)
+    seed_list = corrupt_ops.parse_int_list(seeds, "--seeds") if seeds is not None else (training["seed"],)
     if chunk is not None and chunk < 1:
         raise ConfigError(f"--chunk must be at least 1, got {chunk}")
     if prompt is not None and seeds is not None:
         raise ConfigError("--seeds trains and sweeps several runs; --prompt analyses one saved prompt: give only one")
-    config = build_run_config(
-        dataset, shots, seed_list[0], backbone, pretrained, n_ctx, csc, class_token_position, ctx_init, epochs,
-        precision, pun, pan, beta, alpha, norm_type, pan_positions, pan_factor, omega, recipe, lr, batch_size,
-    )  # fmt: skip
+    config = build_run_config(**{**training, "seed": seed_list[0]})
     analysed = corruption.load_context_for_analysis(prompt) if prompt is not None else None
     real_n_ctx = analysed.n_ctx if analysed is not None else corruption.resolve_n_ctx(config)
     grid = corrupt_ops.expand_grid(real_n_ctx, op_list, position_list, factor_list, std_list, reps)
