@@ -326,57 +326,36 @@ def corrupt(
     Trains the run first when it has not finished (same flags as `train`), or analyses --prompt.
     Rows already in reports/corruptions are skipped, so widening the grid computes only what is new.
     """
-    import dataclasses
-
     from nemesis_analysis import corrupt as corruption
     from nemesis_analysis import corrupt_ops
-    from nemesis_analysis.config import PromptConfig
-    from nemesis_analysis.errors import ConfigError
-    from nemesis_analysis.prompts import PromptLearner
-    from nemesis_analysis.train import Workspace, prepare, train_prompt
+    from nemesis_analysis.train import Workspace
 
     _setup_logging(quiet)
-    # Every flag is checked (positions against the real n_ctx too) before any model, training or write.
-    op_list = [item.strip() for item in ops.split(",") if item.strip()]
-    position_list = corrupt_ops.parse_int_list(positions, "--positions") if positions is not None else None
-    factor_list = corrupt_ops.parse_float_list(factors, "--factors") if factors is not None else corrupt_ops.DEFAULT_FACTORS
-    std_list = corrupt_ops.parse_float_list(stds, "--stds") if stds is not None else corrupt_ops.DEFAULT_STDS
-    seed_list = corrupt_ops.parse_int_list(seeds, "--seeds") if seeds is not None else (training["seed"],)
-    if chunk is not None and chunk < 1:
-        raise ConfigError(f"--chunk must be at least 1, got {chunk}")
-    if prompt is not None and seeds is not None:
-        raise ConfigError("--seeds trains and sweeps several runs; --prompt analyses one saved prompt: give only one")
-    config = build_run_config(**{**training, "seed": seed_list[0]})
-    analysed = corruption.load_context_for_analysis(prompt) if prompt is not None else None
-    real_n_ctx = analysed.n_ctx if analysed is not None else corruption.resolve_n_ctx(config)
-    grid = corrupt_ops.expand_grid(real_n_ctx, op_list, position_list, factor_list, std_list, reps)
-
     workspace = Workspace(checkpoints, reports)
-    context = prepare(config, workspace, data_root=data_root, device=device, offline=offline, progress=not quiet)
-    summaries = []
-    if analysed is not None:
-        layout = analysed.prompt_config or PromptConfig(
-            n_ctx=analysed.n_ctx, csc=analysed.csc, class_token_position=config.prompt.class_token_position
-        )
-        learner = PromptLearner(context.loaded, context.dataset.classnames, layout)
-        corruption.check_context_fits(analysed, learner)
-        identity = corruption.identity_for_prompt(analysed, config.resolved(context.loaded.device.type), learner)
-        console.print(f"analysing {analysed.path} (run_id {analysed.run_id})", highlight=False)
-        summaries.append(
-            corruption.run_corruption_sweep(
-                context, analysed.ctx, identity, grid, workspace, learner=learner, chunk=chunk, progress=not quiet
-            )
-        )
-    else:
-        for run_seed in seed_list:
-            run = train_prompt(dataclasses.replace(config, seed=run_seed), workspace, context=context, force=force,
-                               progress=not quiet)  # fmt: skip
-            print_run_result(run)
-            summaries.append(corruption.sweep_trained_run(context, run, grid, workspace, chunk=chunk, progress=not quiet))
+    summaries = corruption.sweep_runs(
+        build_run_config(**training),
+        workspace,
+        ops=[item.strip() for item in ops.split(",") if item.strip()],
+        positions=corrupt_ops.parse_int_list(positions, "--positions") if positions is not None else None,
+        factors=corrupt_ops.parse_float_list(factors, "--factors") if factors is not None else None,
+        stds=corrupt_ops.parse_float_list(stds, "--stds") if stds is not None else None,
+        reps=reps,
+        seeds=corrupt_ops.parse_int_list(seeds, "--seeds") if seeds is not None else None,
+        prompt=prompt,
+        chunk=chunk,
+        data_root=data_root,
+        device=device,
+        offline=offline,
+        force=force,
+        progress=not quiet,
+        on_run=print_run_result,
+        on_prompt=lambda p: console.print(f"analysing {p.path} (run_id {p.run_id})", highlight=False),
+    )
     for summary_ in summaries:
         for line in corruption.format_summary(summary_):
             console.print(line, highlight=False, soft_wrap=True)
     console.print(f"rows in {workspace.reports_dir / 'corruptions'}/", highlight=False)
+
 
 # ------------------------------------------------------------- figures and tables (plot ..., summary)
 
@@ -590,7 +569,6 @@ def models(
         "OpenAI weights pick the QuickGELU variant automatically",
         highlight=False,
     )
-
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ test images re-encoded for every variant) that tests and ``benchmarks/bench_corr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -331,6 +332,75 @@ def sweep_trained_run(
     identity = run.config.identity_columns()
     identity["n_ctx"] = ctx.shape[-2]
     return run_corruption_sweep(context, ctx, identity, grid, workspace, chunk=chunk, progress=progress)
+
+
+def sweep_runs(
+    config: RunConfig,
+    workspace: Workspace,
+    *,
+    ops: Sequence[str] = ("rescale", "replace"),
+    positions: Sequence[int] | None = None,
+    factors: Sequence[float] | None = None,
+    stds: Sequence[float] | None = None,
+    reps: int | None = None,
+    seeds: Sequence[int] | None = None,
+    prompt: Path | str | None = None,
+    chunk: int | None = None,
+    data_root: Path | str | None = None,
+    device: str | None = None,
+    offline: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    on_run: Callable[[RunResult], None] | None = None,
+    on_prompt: Callable[[AnalysisPrompt], None] | None = None,
+) -> list[SweepSummary]:
+    """What ``nemesis corrupt`` does: sweep the grid on ``prompt``, or on the run of ``config`` for each seed
+    (training it first when it has not finished). Every argument is checked, positions against the real
+    n_ctx included, before any model is loaded, anything is trained or any row is written.
+    """
+    from nemesis_analysis import corrupt_ops
+    from nemesis_analysis.train import prepare, train_prompt
+
+    if chunk is not None and chunk < 1:
+        raise ConfigError(f"--chunk must be at least 1, got {chunk}")
+    if prompt is not None and seeds is not None:
+        raise ConfigError("--seeds trains and sweeps several runs; --prompt analyses one saved prompt: give only one")
+    seeds = list(seeds) if seeds is not None else [config.seed]
+    analysed = load_context_for_analysis(prompt) if prompt is not None else None
+    n_ctx = analysed.n_ctx if analysed is not None else resolve_n_ctx(config)
+    grid = corrupt_ops.expand_grid(
+        n_ctx,
+        ops,
+        positions,
+        corrupt_ops.DEFAULT_FACTORS if factors is None else factors,
+        corrupt_ops.DEFAULT_STDS if stds is None else stds,
+        corrupt_ops.DEFAULT_REPS if reps is None else reps,
+    )
+    config = dataclasses.replace(config, seed=seeds[0])
+    context = prepare(config, workspace, data_root=data_root, device=device, offline=offline, progress=progress)
+    if analysed is not None:
+        layout = analysed.prompt_config or PromptConfig(
+            n_ctx=analysed.n_ctx, csc=analysed.csc, class_token_position=config.prompt.class_token_position
+        )
+        learner = PromptLearner(context.loaded, context.dataset.classnames, layout)
+        check_context_fits(analysed, learner)
+        identity = identity_for_prompt(analysed, config.resolved(context.loaded.device.type), learner)
+        if on_prompt is not None:
+            on_prompt(analysed)
+        return [
+            run_corruption_sweep(
+                context, analysed.ctx, identity, grid, workspace, learner=learner, chunk=chunk, progress=progress
+            )
+        ]
+    summaries = []
+    for seed in seeds:
+        run = train_prompt(
+            dataclasses.replace(config, seed=seed), workspace, context=context, force=force, progress=progress
+        )
+        if on_run is not None:
+            on_run(run)
+        summaries.append(sweep_trained_run(context, run, grid, workspace, chunk=chunk, progress=progress))
+    return summaries
 
 
 def resolve_n_ctx(config: RunConfig) -> int:
