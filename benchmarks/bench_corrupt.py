@@ -43,6 +43,7 @@ from nemesis_analysis.corrupt import (
     run_corruption_sweep,
 )
 from nemesis_analysis.corrupt_ops import apply_corruptions, corrupt_context, expand_grid
+from nemesis_analysis.metrics import differing_predictions
 from nemesis_analysis.features import encode_samples, image_features
 from nemesis_analysis.models import load_model
 from nemesis_analysis.prompts import PromptLearner, load_prompt
@@ -114,26 +115,27 @@ def case_digits(checkpoints: Path, quick: bool) -> float:
     # naive: every variant alone, images re-encoded, 77 tokens
     measured = grid[:: max(1, len(grid) // 24)] if quick else grid
     full = FullLengthPrompts(learner)
-    naive_predictions = []
+    naive_scores = []
     started = time.perf_counter()
     with torch.no_grad():
         for corruption in measured:
             variant = corrupt_context(ctx, corruption, run.run_id)
             image = encode_samples(context.loaded, context.dataset, test, progress=False)  # (n_test, embed)
             text = full.text_features(variant)  # (classes, embed)
-            naive_predictions.append((image @ text.T).argmax(-1))
+            naive_scores.append(image @ text.T)  # (n_test, classes)
     naive = (time.perf_counter() - started) / len(measured)
 
+    # Same predictions, except where two classes' cosines agree to float32 precision (then rounding decides).
     ours_predictions = predict_corruptions(learner, ctx, measured, run.run_id, features)
-    assert torch.equal(torch.stack(naive_predictions), ours_predictions), "naive and batched predictions differ"
+    ties = differing_predictions(torch.stack(naive_scores), ours_predictions)
     accs = summary.rows.set_index(["op", "position", "factor", "rep"])["acc"]
-    for corruption, predictions in zip(measured, naive_predictions):
+    for corruption, predictions in zip(measured, ours_predictions):
         assert accs[corruption.key()] == 100.0 * float((predictions == labels).double().mean())
 
     print(
         f"digits: {len(grid)} variants x {context.dataset.num_classes} classes, {len(test)} test images, "
         f"prompt length {learner.base.shape[1]} of 77 tokens; naive measured on {len(measured)} of {len(grid)} "
-        f"variants; predictions equal; acc_original {summary.acc_original:.2f}%"
+        f"variants; predictions equal but for {ties} float ties of {len(measured) * len(test)}; acc_original {summary.acc_original:.2f}%"
     )
     print(_line("digits", naive, ours, floor))
     shutil.rmtree(workspace.reports_dir, ignore_errors=True)  # the benchmark's throw-away table
@@ -167,9 +169,9 @@ def case_caltech_size(checkpoints: Path, quick: bool, num_variants: int) -> floa
     variant = corrupt_context(ctx, sample[1], "bench")
     per_text = _seconds(lambda: full.text_features(variant))
     naive = CALTECH_TEST_IMAGES * per_image + per_text
-    naive_predictions = (sample_features @ full.text_features(variant).T).argmax(-1)
+    naive_scores = sample_features @ full.text_features(variant).T  # (images, classes)
     ours_predictions = predict_variants(learner, variant[None], sample_features)[0]
-    assert torch.equal(naive_predictions, ours_predictions), "naive and batched predictions differ"
+    differing_predictions(naive_scores, ours_predictions)  # raises unless equal up to float ties
 
     # ours: batched predictions on the reduced grid against 2,465 cached (synthetic) features
     features = F.normalize(torch.randn(CALTECH_TEST_IMAGES, loaded.embed_dim, generator=generator), dim=-1)

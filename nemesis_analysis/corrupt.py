@@ -32,6 +32,7 @@ from nemesis_analysis.config import PromptConfig, RunConfig
 from nemesis_analysis.corrupt_ops import NO_CORRUPTION, Corruption, apply_corruptions, corrupt_context
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.features import encode_samples, image_features
+from nemesis_analysis.metrics import predict_classes
 from nemesis_analysis.models import encode_text_from_embeddings, eos_positions
 from nemesis_analysis.nemesis import position_norms
 from nemesis_analysis.progress import progress_bar
@@ -84,7 +85,7 @@ def predict_variants(learner: PromptLearner, ctx_variants: Tensor, features: Ten
     device = learner.base.device
     text = learner.text_features(ctx_variants.to(device))  # (variants, classes, embed)
     scores = torch.matmul(features.to(device)[None], text.transpose(1, 2))  # (variants, n_test, classes)
-    return scores.argmax(-1).cpu()
+    return predict_classes(scores).cpu()
 
 
 def predict_corruptions(
@@ -587,7 +588,7 @@ def evaluate_naive(
             variant = corrupt_context(ctx.detach().float().cpu(), corruption, run_id)
             features = encode_samples(loaded, dataset, samples, progress=False).to(loaded.device)  # (n_test, embed)
             text = full.text_features(variant)  # (classes, embed)
-            out.append((features @ text.T).argmax(-1).cpu())
+            out.append(predict_classes(features @ text.T).cpu())
             advance(1)
     if not out:
         return torch.empty(0, len(samples), dtype=torch.long)

@@ -31,6 +31,7 @@ from nemesis_analysis.data.fewshot import sample_few_shot, save_split
 from nemesis_analysis.data.registry import load_dataset
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
 from nemesis_analysis.features import image_features
+from nemesis_analysis.metrics import top1_accuracy
 from nemesis_analysis.models import LoadedModel, load_model, resolve_device
 from nemesis_analysis.progress import progress_bar
 from nemesis_analysis.prompts import PromptLearner, learner_metadata, save_prompt
@@ -119,8 +120,7 @@ def prepare(
 
 def accuracy(features: torch.Tensor, labels: torch.Tensor, text_features: torch.Tensor) -> float:
     """Top-1 accuracy (percent) of cosine classification; text_features (classes, embed)."""
-    predictions = (features.to(text_features.device) @ text_features.T).argmax(-1).cpu()
-    return 100.0 * float((predictions == labels).float().mean())
+    return top1_accuracy(features.to(text_features.device) @ text_features.T, labels)
 
 
 def zero_shot_accuracy(ctx: RunContext, features: torch.Tensor, labels: torch.Tensor) -> float:
