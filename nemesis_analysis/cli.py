@@ -61,6 +61,10 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.
 DataRootOpt = Annotated[
     Optional[Path], typer.Option("--data-root", help="Folder holding the CoOp datasets (default: $NEMESIS_DATA).")
 ]
+CacheDirOpt = Annotated[
+    Optional[Path],
+    typer.Option("--cache-dir", help="open_clip weights cache (default: the Hugging Face cache and ~/.cache/clip)."),
+]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network; say which file is missing.")]
 DatasetOpt = Annotated[
     str, typer.Option("--dataset", "-d", help="digits (embedded), a CoOp dataset, or folder:PATH / manifest:PATH.")
@@ -228,6 +232,7 @@ def train(
     force: ForceOpt = False,
     data_root: DataRootOpt = None,
     offline: OfflineOpt = False,
+    cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
     checkpoints: CheckpointsOpt = Path("checkpoints"),
     reports: ReportsOpt = Path("reports"),
@@ -239,7 +244,7 @@ def train(
     _setup_logging(quiet)
     config = build_run_config(**training)
     result = train_prompt(
-        config, Workspace(checkpoints, reports), data_root=data_root, device=device, offline=offline,
+        config, Workspace(checkpoints, reports, cache_dir), data_root=data_root, device=device, offline=offline,
         force=force, progress=not quiet,
     )  # fmt: skip
     print_run_result(result)
@@ -316,6 +321,7 @@ def corrupt(
     chunk: ChunkOpt = None,
     data_root: DataRootOpt = None,
     offline: OfflineOpt = False,
+    cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
     checkpoints: CheckpointsOpt = Path("checkpoints"),
     reports: ReportsOpt = Path("reports"),
@@ -331,7 +337,7 @@ def corrupt(
     from nemesis_analysis.train import Workspace
 
     _setup_logging(quiet)
-    workspace = Workspace(checkpoints, reports)
+    workspace = Workspace(checkpoints, reports, cache_dir)
     summaries = corruption.sweep_runs(
         build_run_config(**training),
         workspace,
@@ -485,10 +491,6 @@ def _cell(value) -> str:
 
 # ------------------------------------------------------------------------ data and models (datasets, models)
 
-CacheDirOpt = Annotated[
-    Optional[Path],
-    typer.Option("--cache-dir", help="open_clip weights cache (default: the Hugging Face cache and ~/.cache/clip)."),
-]
 
 
 @app.command()

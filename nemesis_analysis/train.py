@@ -56,14 +56,17 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 @dataclass
 class Workspace:
-    """Output folders shared by every command."""
+    """Folders shared by every command: outputs, and where open_clip weights are cached."""
 
     checkpoints_dir: Path = Path("checkpoints")
     reports_dir: Path = Path("reports")
+    weights_cache_dir: Path | None = None  # None: the Hugging Face cache and ~/.cache/clip
 
     def __post_init__(self) -> None:
         self.checkpoints_dir = Path(self.checkpoints_dir)
         self.reports_dir = Path(self.reports_dir)
+        if self.weights_cache_dir is not None:
+            self.weights_cache_dir = Path(self.weights_cache_dir)
 
     def run_dir(self, run_id: str) -> Path:
         return self.checkpoints_dir / run_id
@@ -112,6 +115,7 @@ def prepare(
         device=resolved_device,
         precision=config.precision,
         checkpoints_dir=workspace.checkpoints_dir,
+        cache_dir=workspace.weights_cache_dir,
         offline=offline,
         progress=progress,
     )

@@ -24,6 +24,10 @@ runner = CliRunner()
         (["--pun", "--pan"], "only one of --pun, --pan"),
         (["--precision", "amp", "--device", "cpu"], "needs a CUDA device"),
         (["--pretrained", "/no/such/weights.pt"], "weights file /no/such/weights.pt not found"),
+        (
+            ["--backbone", "RN50", "--pretrained", "openai", "--offline", "--cache-dir", "/no/such/cache"],
+            "not in the local cache and offline mode forbids downloading",
+        ),
     ],
 )
 def test_train_errors_are_one_line_exit_2(args, message, tmp_path, monkeypatch):
