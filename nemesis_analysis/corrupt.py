@@ -33,10 +33,10 @@ from nemesis_analysis.corrupt_ops import NO_CORRUPTION, Corruption, apply_corrup
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.features import encode_samples, image_features
 from nemesis_analysis.metrics import predict_classes
-from nemesis_analysis.models import encode_text_from_embeddings, eos_positions
+from nemesis_analysis.models import encode_text_from_embeddings, eos_positions, supports_prefix_reuse
 from nemesis_analysis.nemesis import position_norms
 from nemesis_analysis.progress import progress_bar
-from nemesis_analysis.prompts import ARTIFACT_TENSORS, PromptLearner, _layout_tokens, load_prompt
+from nemesis_analysis.prompts import ARTIFACT_TENSORS, PrefixCache, PromptLearner, _layout_tokens, load_prompt
 from nemesis_analysis.train import RunContext, RunResult, Workspace
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,38 @@ def predict_variants(learner: PromptLearner, ctx_variants: Tensor, features: Ten
     return predict_classes(scores).cpu()
 
 
+def prefix_cache(learner: PromptLearner, ctx: Tensor, reuse_prefix: bool = True) -> PrefixCache | None:
+    """A :class:`PrefixCache` of ``ctx`` when the text tower supports it (and it is wanted), else None."""
+    if reuse_prefix and supports_prefix_reuse(learner.loaded.model):
+        return PrefixCache(learner, ctx.detach().float())
+    return None
+
+
+@torch.no_grad()
+def predict_single_position_variants(
+    learner: PromptLearner,
+    cache: PrefixCache | None,
+    variants: Tensor,
+    positions: Sequence[int],
+    features: Tensor,
+) -> Tensor:
+    """Predictions (variants, n_test) for variants that each change the one position given for them.
+
+    With a prefix cache, variants are grouped by position and only the tokens from that position on are
+    computed; without one, this is :func:`predict_variants`.
+    """
+    if cache is None:
+        return predict_variants(learner, variants, features)
+    device = learner.base.device
+    features = features.to(device)
+    out = torch.empty(len(positions), features.shape[0], dtype=torch.long)
+    for position in sorted(set(positions)):
+        rows = [i for i, p in enumerate(positions) if p == position]
+        text = cache.text_features(variants[rows], position)  # (group, classes, embed)
+        out[rows] = predict_classes(torch.matmul(features[None], text.transpose(1, 2))).cpu()
+    return out
+
+
 def predict_corruptions(
     learner: PromptLearner,
     ctx: Tensor,
@@ -95,13 +127,20 @@ def predict_corruptions(
     run_id: str,
     features: Tensor,
     chunk: int | None = None,
+    reuse_prefix: bool = True,
 ) -> Tensor:
     """Batched predictions for every corruption of ``ctx``: (len(corruptions), n_test), in order."""
     chunk = chunk or auto_chunk(learner)
+    ctx = ctx.detach().float().cpu()
+    cache = prefix_cache(learner, ctx, reuse_prefix)
     parts = []
     for start in range(0, len(corruptions), chunk):
-        variants = apply_corruptions(ctx.detach().float().cpu(), corruptions[start : start + chunk], run_id)
-        parts.append(predict_variants(learner, variants, features))
+        part = corruptions[start : start + chunk]
+        if any(c.op == "none" for c in part):  # the baseline changes no position: a plain pass
+            parts.append(predict_variants(learner, apply_corruptions(ctx, part, run_id), features))
+            continue
+        variants = apply_corruptions(ctx, part, run_id)
+        parts.append(predict_single_position_variants(learner, cache, variants, [c.position for c in part], features))
     if not parts:
         return torch.empty(0, features.shape[0], dtype=torch.long)
     return torch.cat(parts)
@@ -150,6 +189,7 @@ def run_corruption_sweep(
     learner: PromptLearner | None = None,
     chunk: int | None = None,
     memory_budget: int | None = None,
+    reuse_prefix: bool = True,
     progress: bool = True,
     on_chunk: Callable[[int, list[dict]], None] | None = None,
 ) -> SweepSummary:
@@ -158,6 +198,8 @@ def run_corruption_sweep(
     ``ctx``: the trained context, (n_ctx, width) or (classes, n_ctx, width) with CSC. ``identity``: the
     run's identity columns (``RunConfig.identity_columns()`` with the learner's n_ctx); its ``run_id``
     also seeds the replace draws. ``chunk``: variants per text pass (default: from ``memory_budget``).
+    ``reuse_prefix``: compute each variant from its corrupted position on, reusing the unchanged prompt's
+    states before it (:class:`~nemesis_analysis.prompts.PrefixCache`; exact under the causal mask).
     ``on_chunk(index, rows)`` is called after each chunk's part is written.
 
     Columns follow ``store.SCHEMAS["corruptions"]``. ``norm_before``/``norm_after`` are the L2 norms of
@@ -212,13 +254,19 @@ def run_corruption_sweep(
         )  # fmt: skip
     todo = [c for c in grid if c.op != "none" and c.key() not in done]
     todo = list({c.key(): c for c in todo}.values())  # a grid with repeats evaluates each key once
+    # Chunks of one position share the longest prefix; rows are reordered to grid order afterwards.
+    todo.sort(key=lambda c: c.position)
+    cache = prefix_cache(learner, ctx, reuse_prefix)
     new_rows: list[dict] = list(pending)
 
     with progress_bar(f"corrupting {run_id}", total=len(todo), enabled=progress) as advance:
         for index, start in enumerate(range(0, len(todo), chunk)):
             part = todo[start : start + chunk]
             variants = apply_corruptions(ctx, part, run_id)  # (variants, [classes,] n_ctx, width)
-            accs = _accuracy(predict_variants(learner, variants, features), labels).tolist()
+            predictions = predict_single_position_variants(
+                learner, cache, variants, [c.position for c in part], features
+            )
+            accs = _accuracy(predictions, labels).tolist()
             after = _variant_norms(variants)  # (variants, n_ctx)
             rows = list(pending)
             pending = []

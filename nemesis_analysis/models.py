@@ -153,6 +153,63 @@ def encode_text_from_embeddings(
     return x
 
 
+def supports_prefix_reuse(model: torch.nn.Module) -> bool:
+    """Whether :func:`encode_text_from_prefix` can run this text tower: open_clip's plain residual blocks."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    transformer = getattr(model, "transformer", None)
+    if transformer is None or not getattr(transformer, "batch_first", False):
+        return False
+    if getattr(transformer, "grad_checkpointing", False):
+        return False
+    return all(type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv") for block in transformer.resblocks)
+
+
+def text_layer_inputs(model: torch.nn.Module, embeddings: torch.Tensor) -> list[torch.Tensor]:
+    """The hidden states entering each residual block, for token embeddings (batch, length, width).
+
+    Under the causal mask the states of the first ``k`` tokens depend on those tokens alone, so prompts
+    that share a prefix share these states there (see :func:`encode_text_from_prefix`).
+    """
+    length = embeddings.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = embeddings.to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)  # (batch, length, width)
+    attn_mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
+    states = []
+    for block in model.transformer.resblocks:
+        states.append(x)
+        x = block(x, attn_mask=attn_mask)
+    return states
+
+
+def encode_text_from_prefix(
+    model: torch.nn.Module, prefix_states: list[torch.Tensor], suffix: torch.Tensor, eos: torch.Tensor
+) -> torch.Tensor:
+    """Text features (unnormalised) of prompts whose first ``start`` tokens are a shared, already-encoded prefix.
+
+    ``prefix_states`` holds, per residual block, the prefix's input states (batch, start, width), from
+    :func:`text_layer_inputs`; ``suffix`` the embeddings of the remaining tokens (batch, length - start,
+    width); ``eos`` the EOS index of each row in the whole sequence. Only the suffix tokens are computed:
+    each block attends from them to the prefix and the suffix, with the model's own attention, MLP and
+    norms, exactly as the block's own forward would for those rows.
+    """
+    start = prefix_states[0].shape[1]
+    length = start + suffix.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = suffix.to(cast_dtype) + model.positional_embedding[start:length].to(cast_dtype)  # (batch, suffix, width)
+    attn_mask = model.attn_mask[start:length, :length] if model.attn_mask is not None else None
+    for block, prefix in zip(model.transformer.resblocks, prefix_states):
+        keys = block.ln_1(torch.cat([prefix.to(x.dtype), x], dim=1))  # (batch, length, width)
+        x = x + block.ls_1(block.attention(q_x=block.ln_1(x), k_x=keys, v_x=keys, attn_mask=attn_mask))
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), eos - start]  # (batch, width)
+    projection = model.text_projection
+    if projection is not None:
+        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+    return x
+
+
 def _file_weights_id(path: Path) -> str:
     stat = path.stat()
     digest = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]

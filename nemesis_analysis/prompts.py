@@ -109,6 +109,40 @@ class PromptLearner(nn.Module):
         return features.reshape(num_variants, num_classes, -1)  # (variants, classes, embed)
 
 
+class PrefixCache:
+    """Text features of variants of ``ctx`` that each change a single context position.
+
+    Everything before that position's first slot is the unchanged prompt, whose per-block states are
+    computed once here; each variant then costs only its remaining tokens (on average about half).
+    """
+
+    def __init__(self, learner: PromptLearner, ctx: torch.Tensor):
+        from nemesis_analysis.models import text_layer_inputs
+
+        self.learner = learner
+        prompts = learner.build_embeddings(ctx[None].to(learner.base.device))[0]  # (classes, length, width)
+        with learner.loaded.autocast():
+            self.states = text_layer_inputs(learner.loaded.model, prompts)  # per block: (classes, length, width)
+
+    def start(self, position: int) -> int:
+        """First token index that a change at ``position`` touches, over all classes."""
+        return int(self.learner.ctx_index[:, position].min())
+
+    def text_features(self, ctx_variants: torch.Tensor, position: int) -> torch.Tensor:
+        """Like :meth:`PromptLearner.text_features` for variants that differ from ``ctx`` only at ``position``."""
+        from nemesis_analysis.models import encode_text_from_prefix
+
+        learner, start = self.learner, self.start(position)
+        prompts = learner.build_embeddings(ctx_variants.to(learner.base.device))  # (variants, classes, length, width)
+        num_variants, num_classes, length, width = prompts.shape
+        suffix = prompts[:, :, start:].reshape(num_variants * num_classes, length - start, width)
+        prefix = [s[None, :, :start].expand(num_variants, -1, -1, -1).reshape(-1, start, width) for s in self.states]
+        with learner.loaded.autocast():
+            features = encode_text_from_prefix(learner.loaded.model, prefix, suffix, learner.eos.repeat(num_variants))
+        features = torch.nn.functional.normalize(features.float(), dim=-1)
+        return features.reshape(num_variants, num_classes, -1)  # (variants, classes, embed)
+
+
 def _layout_tokens(
     loaded: LoadedModel, classnames: list[str], n_ctx: int, position: ClassTokenPosition
 ) -> tuple[torch.Tensor, torch.Tensor]:

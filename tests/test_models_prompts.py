@@ -105,3 +105,23 @@ def test_context_is_fp32_and_init_from_words(tiny_random):
     with torch.no_grad():
         plain = tiny_random.encode_texts(["a photo of a cat."])
     torch.testing.assert_close(learner.text_features()[0], plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("position", ["end", "middle", "front"])
+@pytest.mark.parametrize("csc", [False, True])
+def test_prefix_reuse_equals_full_pass(random_model, position, csc):
+    from nemesis_analysis.corrupt_ops import rescale
+    from nemesis_analysis.models import supports_prefix_reuse
+    from nemesis_analysis.prompts import PrefixCache
+
+    assert supports_prefix_reuse(random_model.model)
+    learner = PromptLearner(random_model, ["cat", "sea lion"], PromptConfig(n_ctx=4, csc=csc, class_token_position=position))
+    ctx = torch.randn(learner.ctx.shape, generator=torch.Generator().manual_seed(0)) * 0.3
+    cache = PrefixCache(learner, ctx)
+    with torch.no_grad():
+        for p in range(4):
+            variants = torch.stack([rescale(ctx, p, factor) for factor in (0.0, 0.5, 4.0)])
+            torch.testing.assert_close(cache.text_features(variants, p), learner.text_features(variants),
+                                       atol=1e-5, rtol=1e-5)
+    # a change at the last position leaves the longest prefix to reuse
+    assert cache.start(3) > cache.start(0) >= 1
