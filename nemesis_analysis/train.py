@@ -21,6 +21,7 @@ from typing import Callable
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from nemesis_analysis import nemesis, store
@@ -175,11 +176,11 @@ def _save_state(run_dir: Path, learner: PromptLearner, optimizer, epoch: int, ro
     if momentum is not None:
         tensors["momentum"] = momentum.detach().cpu().contiguous()
     tmp = run_dir / f".{STATE_TENSORS}.tmp"
-    save_file(tensors, str(tmp))
+    save_file(tensors, str(tmp), metadata={"epoch": str(epoch)})
     tmp_json = run_dir / f".{STATE_JSON}.tmp"
     tmp_json.write_text(json.dumps({"epoch": epoch, "rows": rows}))
-    # The JSON (which names the epoch) is replaced last: a kill in between leaves a consistent older pair
-    # only if tensors and JSON agree, so both carry the epoch.
+    # Two renames cannot be one atomic step: both files name their epoch, and a pair that disagrees
+    # (a kill between the renames) is not resumed from.
     tmp.replace(run_dir / STATE_TENSORS)
     tmp_json.replace(run_dir / STATE_JSON)
 
@@ -190,6 +191,11 @@ def _load_state(run_dir: Path, learner: PromptLearner, optimizer) -> tuple[int, 
     if not state_json.is_file() or not state_tensors.is_file():
         return 0, []
     state = json.loads(state_json.read_text())
+    with safe_open(str(state_tensors), framework="pt") as handle:
+        tensor_epoch = (handle.metadata() or {}).get("epoch")
+    if tensor_epoch != str(state["epoch"]):
+        logger.warning("%s: saved state is incomplete (interrupted while saving); training from the start", run_dir.name)
+        return 0, []
     tensors = load_file(str(state_tensors))
     if tensors["ctx"].shape != learner.ctx.shape:
         return 0, []

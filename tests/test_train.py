@@ -149,3 +149,22 @@ def test_non_finite_loss_stops_with_epoch(tiny_context, checkpoints_dir, tmp_pat
 def test_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig.from_dict({**RunConfig().to_dict(), **kwargs})
+
+
+def test_state_killed_between_its_two_files_is_not_resumed(tiny_context, checkpoints_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    config = _config(epochs=3)
+    ws = Workspace(tmp_path / "ck", tmp_path / "reports")
+    ws.checkpoints_dir.mkdir()
+    (ws.checkpoints_dir / "features").symlink_to(checkpoints_dir / "features")
+    with pytest.raises(KeyboardInterrupt):
+        train_prompt(config, ws, context=tiny_context, progress=False, save_every=1, stop_after_epoch=1)
+    run_dir = ws.run_dir(config.resolved("cpu").run_id)
+    # Simulate a kill after the tensors of epoch 1 were replaced but before the JSON was: an older JSON.
+    state = json.loads((run_dir / "state.json").read_text())
+    (run_dir / "state.json").write_text(json.dumps({"epoch": 0, "rows": state["rows"][:4]}))
+    resumed = train_prompt(config, ws, context=tiny_context, progress=False, save_every=1)
+    clean = train_prompt(config, Workspace(checkpoints_dir, tmp_path / "clean"), context=tiny_context, progress=False)
+    assert resumed.position_norms == clean.position_norms and resumed.final_test_acc == clean.final_test_acc
+    assert load_file(str(run_dir / "state.safetensors"))["ctx"].shape == (16, 128)
