@@ -136,11 +136,12 @@ def predict_corruptions(
     parts = []
     for start in range(0, len(corruptions), chunk):
         part = corruptions[start : start + chunk]
-        if any(c.op == "none" for c in part):  # the baseline changes no position: a plain pass
-            parts.append(predict_variants(learner, apply_corruptions(ctx, part, run_id), features))
-            continue
         variants = apply_corruptions(ctx, part, run_id)
-        parts.append(predict_single_position_variants(learner, cache, variants, [c.position for c in part], features))
+        if any(c.op == "none" for c in part):  # the baseline changes no position: a plain pass
+            parts.append(predict_variants(learner, variants, features))
+        else:
+            positions = [c.position for c in part]
+            parts.append(predict_single_position_variants(learner, cache, variants, positions, features))
     if not parts:
         return torch.empty(0, features.shape[0], dtype=torch.long)
     return torch.cat(parts)
@@ -256,7 +257,7 @@ def run_corruption_sweep(
     todo = list({c.key(): c for c in todo}.values())  # a grid with repeats evaluates each key once
     # Chunks of one position share the longest prefix; rows are reordered to grid order afterwards.
     todo.sort(key=lambda c: c.position)
-    cache = prefix_cache(learner, ctx, reuse_prefix)
+    cache = prefix_cache(learner, ctx, reuse_prefix) if todo else None  # a complete rerun needs no text pass
     new_rows: list[dict] = list(pending)
 
     with progress_bar(f"corrupting {run_id}", total=len(todo), enabled=progress) as advance:
