@@ -1,0 +1,136 @@
+"""The one home of run identity, table schemas and table keys (torch-free: tables load fast anywhere).
+
+Every Parquet row carries the columns of :class:`RunIdentity`. Each table has a key: rows with the same
+key describe the same observation and the newest one wins. A corruption is identified within its run by
+:data:`CORRUPTION_KEY`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+
+import pyarrow as pa
+
+from nemesis_analysis.choices import plain
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """The columns that identify the trained prompt a row belongs to (DESIGN.md section 4)."""
+
+    run_id: str  # hash of the run's resolved config (or of an imported prompt's tensor file)
+    dataset: str
+    backbone: str
+    pretrained: str
+    shots: int
+    seed: int
+    method: str  # coop, nemesis-pun, nemesis-pan or nemesis-beta<B>
+    n_ctx: int  # context vectors M, as trained (ctx_init fixes it from the words)
+    csc: bool  # class-specific context
+    class_token_position: str  # end, middle or front
+    precision: str  # fp32, amp or fp16 ("" when unknown)
+
+    def __post_init__(self) -> None:
+        # Rows come from configs (enums) and from Parquet (numpy scalars): store plain Python values.
+        for f in fields(self):
+            value = plain(getattr(self, f.name))
+            value = {"str": str, "int": int, "bool": bool}[f.type](value)
+            object.__setattr__(self, f.name, value)
+
+    def as_row(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: Mapping) -> "RunIdentity":
+        """The identity of a table row (or any mapping with at least the identity columns)."""
+        missing = [name for name in IDENTITY_COLUMNS if name not in row]
+        if missing:
+            raise ValueError(f"a row lacks the identity columns {missing}")
+        return cls(**{name: row[name] for name in IDENTITY_COLUMNS})
+
+
+IDENTITY_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RunIdentity))
+_ARROW = {"str": pa.string(), "int": pa.int64(), "bool": pa.bool_()}
+IDENTITY_SCHEMA: list[tuple[str, pa.DataType]] = [(f.name, _ARROW[f.type]) for f in fields(RunIdentity)]
+
+# One corruption within its run. The baseline row is ("none", -1, 1.0, 0).
+CORRUPTION_KEY: tuple[str, ...] = ("op", "position", "factor", "rep")
+BASELINE_KEY: tuple = ("none", -1, 1.0, 0)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "corruptions": pa.schema(
+        IDENTITY_SCHEMA
+        + [
+            ("op", pa.string()),  # none, rescale or replace
+            ("position", pa.int64()),  # 0-based context position; -1 for the baseline
+            ("factor", pa.float64()),  # rescale factor or replace std; 1.0 for the baseline
+            ("rep", pa.int64()),  # replace draw; 0 otherwise
+            ("acc", pa.float64()),  # top-1 test accuracy, percent
+            ("acc_original", pa.float64()),  # the uncorrupted prompt's accuracy, percent
+            ("delta", pa.float64()),  # acc - acc_original, points
+            ("norm_before", pa.float64()),  # L2 norm of the position before (baseline: mean over positions)
+            ("norm_after", pa.float64()),
+            ("low_norm_effect", pa.bool_()),  # norm_after < norm_before and delta > 0
+            ("n_test", pa.int64()),
+        ]
+    ),
+    "trajectories": pa.schema(
+        IDENTITY_SCHEMA
+        + [
+            ("epoch", pa.int64()),
+            ("position", pa.int64()),
+            ("norm", pa.float64()),
+            ("norm_l1", pa.float64()),
+            ("norm_inf", pa.float64()),
+            ("test_acc", pa.float64()),
+            ("train_loss", pa.float64()),
+            ("ce_loss", pa.float64()),
+            ("norm_loss", pa.float64()),
+            ("omega", pa.float64()),
+            ("alpha", pa.float64()),  # share of the epoch's PAN steps that marked the position (NaN without PAN)
+            ("lr", pa.float64()),
+        ]
+    ),
+    "runs": pa.schema(
+        IDENTITY_SCHEMA
+        + [
+            ("epochs", pa.int64()),
+            ("ctx_init", pa.string()),
+            ("beta", pa.float64()),
+            ("norm_weight", pa.float64()),  # the norm-loss weight (flag --alpha)
+            ("norm_type", pa.string()),
+            ("pan_positions", pa.int64()),
+            ("pan_factor", pa.float64()),
+            ("omega_schedule", pa.string()),
+            ("lr", pa.float64()),
+            ("batch_size", pa.int64()),
+            ("recipe", pa.string()),
+            ("final_test_acc", pa.float64()),
+            ("zero_shot_acc", pa.float64()),
+            ("mean_norm", pa.float64()),
+            ("checkpoint", pa.string()),
+            ("seconds", pa.float64()),
+        ]
+    ),
+}
+
+# Rows with the same key describe the same observation; the newest one wins.
+KEYS: dict[str, tuple[str, ...]] = {
+    "corruptions": ("run_id", *CORRUPTION_KEY),
+    "trajectories": ("run_id", "epoch", "position"),
+    "runs": ("run_id",),
+}
+
+TABLES: tuple[str, ...] = tuple(SCHEMAS)
+
+
+def columns(table: str) -> list[str]:
+    """The column names of ``table`` in schema order."""
+    return list(schema_of(table).names)
+
+
+def schema_of(table: str) -> pa.Schema:
+    if table not in SCHEMAS:
+        raise ValueError(f"unknown table {table!r}; tables: {', '.join(SCHEMAS)}")
+    return SCHEMAS[table]

@@ -1,0 +1,52 @@
+"""The environment a command runs in (folders, device, network policy) and the caches it owns.
+
+A :class:`Session` is built once per command (or notebook) and passed down instead of a handful of
+loose arguments: it knows where checkpoints and reports go, which device and data root to use, whether
+the network may be touched, and it keeps loaded models and datasets so that several runs of one command
+(seeds, the demo's three methods, a study's jobs) share them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CACHE_ENV = "NEMESIS_CACHE"
+
+
+def default_cache_root() -> Path:
+    """Per-user cache shared by every workspace: $NEMESIS_CACHE, else $XDG_CACHE_HOME/nemesis, else ~/.cache/nemesis."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "nemesis"
+
+
+@dataclass
+class Session:
+    """Environment options (one field per shared CLI option) plus the caches of one process."""
+
+    checkpoints_dir: Path = Path("checkpoints")  # --checkpoints: trained prompts and feature caches
+    reports_dir: Path = Path("reports")  # --reports: Parquet tables and figures
+    device: str = "auto"  # --device: auto, cpu, cuda or cuda:N
+    offline: bool = False  # --offline: never touch the network
+    data_root: Path | None = None  # --data-root: the CoOp datasets (default: $NEMESIS_DATA)
+    weights_cache_dir: Path | None = None  # --cache-dir: open_clip weights (default: HF cache, ~/.cache/clip)
+    progress: bool = True  # not --quiet
+    _models: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)
+    _datasets: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.checkpoints_dir = Path(self.checkpoints_dir).expanduser()
+        self.reports_dir = Path(self.reports_dir).expanduser()
+        if self.data_root is not None:
+            self.data_root = Path(self.data_root).expanduser()
+        if self.weights_cache_dir is not None:
+            self.weights_cache_dir = Path(self.weights_cache_dir).expanduser()
+
+    @property
+    def feature_cache(self) -> Path:
+        """Folder of cached frozen image features."""
+        return self.checkpoints_dir / "features"
