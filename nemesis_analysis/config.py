@@ -9,43 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
-from enum import Enum
 
+from nemesis_analysis.choices import ClassTokenPosition, NormType, OmegaSchedule, Precision, choice, plain
 from nemesis_analysis.errors import ConfigError
-
-
-class ClassTokenPosition(str, Enum):
-    END = "end"
-    MIDDLE = "middle"
-    FRONT = "front"
-
-
-class Precision(str, Enum):
-    FP32 = "fp32"  # everything in fp32 (always on CPU)
-    AMP = "amp"  # frozen towers under bf16 autocast (CUDA default)
-    FP16 = "fp16"  # frozen towers cast to half, as the reference code does
-
-
-class NormType(str, Enum):
-    L2 = "l2"
-    L1 = "l1"
-    INF = "inf"
-
-
-class OmegaSchedule(str, Enum):
-    SIGMOID = "sigmoid"  # omega(t) = 1 - sigmoid(0.2 (t - T/2))
-    CONSTANT = "constant"  # omega(t) = 1
-
-
-def _choice(enum_type: type[Enum], value, what: str):
-    """Coerce ``value`` to ``enum_type`` or raise a ConfigError naming the valid choices."""
-    if isinstance(value, enum_type):
-        return value
-    try:
-        return enum_type(value)
-    except ValueError:
-        valid = ", ".join(member.value for member in enum_type)
-        raise ConfigError(f"unknown {what} {value!r}; choose one of: {valid}") from None
+from nemesis_analysis.schema import RunIdentity
 
 
 # CoOp's few-shot protocol: epochs by number of shots (ImageNet uses 50 for every shot count).
@@ -72,7 +39,7 @@ class PromptConfig:
     init_std: float = 0.02  # std of the N(0, std^2) init when ctx_init is None
 
     def __post_init__(self) -> None:
-        self.class_token_position = _choice(ClassTokenPosition, self.class_token_position, "class-token position")
+        self.class_token_position = choice(ClassTokenPosition, self.class_token_position, "class-token position")
         if self.ctx_init is not None and not self.ctx_init.strip():
             self.ctx_init = None
         if self.ctx_init is None and self.n_ctx < 1:
@@ -97,8 +64,8 @@ class NemesisConfig:
     omega: OmegaSchedule = OmegaSchedule.SIGMOID
 
     def __post_init__(self) -> None:
-        self.norm_type = _choice(NormType, self.norm_type, "norm type")
-        self.omega = _choice(OmegaSchedule, self.omega, "omega schedule")
+        self.norm_type = choice(NormType, self.norm_type, "norm type")
+        self.omega = choice(OmegaSchedule, self.omega, "omega schedule")
         if self.beta is not None and not 0.0 <= self.beta <= 1.0:
             raise ConfigError(f"--beta must lie in [0, 1], got {self.beta}")
         if self.weight < 0:
@@ -167,7 +134,7 @@ class RunConfig:
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         if self.precision is not None:
-            self.precision = _choice(Precision, self.precision, "precision")
+            self.precision = choice(Precision, self.precision, "precision")
 
     @property
     def num_epochs(self) -> int:
@@ -188,7 +155,7 @@ class RunConfig:
         return RunConfig.from_dict(data)
 
     def to_dict(self) -> dict:
-        return _plain(asdict(self))
+        return plain(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
@@ -207,21 +174,25 @@ class RunConfig:
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
+    def identity(self, n_ctx: int | None = None) -> RunIdentity:
+        """The identity every Parquet row of this run carries; ``n_ctx`` as trained when ``ctx_init`` fixed it."""
+        return RunIdentity(
+            run_id=self.run_id,
+            dataset=self.dataset,
+            backbone=self.backbone,
+            pretrained=self.pretrained,
+            shots=self.shots,
+            seed=self.seed,
+            method=self.method,
+            n_ctx=self.prompt.n_ctx if n_ctx is None else n_ctx,
+            csc=self.prompt.csc,
+            class_token_position=plain(self.prompt.class_token_position),
+            precision=plain(self.precision) if self.precision is not None else "",
+        )
+
     def identity_columns(self) -> dict:
-        """The columns every Parquet row of this run carries (DESIGN.md section 4)."""
-        return {
-            "run_id": self.run_id,
-            "dataset": self.dataset,
-            "backbone": self.backbone,
-            "pretrained": self.pretrained,
-            "shots": self.shots,
-            "seed": self.seed,
-            "method": self.method,
-            "n_ctx": self.prompt.n_ctx,
-            "csc": self.prompt.csc,
-            "class_token_position": _plain(self.prompt.class_token_position),
-            "precision": _plain(self.precision) if self.precision is not None else "",
-        }
+        """The identity as a row dict (see :meth:`identity`)."""
+        return self.identity().as_row()
 
     def config_columns(self) -> dict:
         """Identity columns plus every knob, flattened, for the runs table."""
@@ -231,26 +202,15 @@ class RunConfig:
             ctx_init=self.prompt.ctx_init or "",
             beta=float("nan") if self.nemesis.beta is None else self.nemesis.beta,
             norm_weight=self.nemesis.weight,
-            norm_type=_plain(self.nemesis.norm_type),
+            norm_type=plain(self.nemesis.norm_type),
             pan_positions=self.nemesis.pan_positions,
             pan_factor=self.nemesis.pan_factor,
-            omega_schedule=_plain(self.nemesis.omega),
+            omega_schedule=plain(self.nemesis.omega),
             lr=self.optim.lr,
             batch_size=self.optim.batch_size,
             recipe=self.recipe or "",
         )
         return flat
-
-
-def _plain(value):
-    """Enums to their values, recursively, so configs serialise to JSON."""
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 # ------------------------------------------------------------------------------------------------ recipes

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
-from nemesis_analysis.config import Precision
+from nemesis_analysis.choices import Precision
 from nemesis_analysis.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from nemesis_analysis.config import ClassTokenPosition, PromptConfig, _plain
+from nemesis_analysis.choices import ClassTokenPosition, plain
+from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.models import LoadedModel, eos_positions
 
@@ -193,7 +194,7 @@ def save_prompt(directory: Path, ctx: torch.Tensor, metadata: dict) -> Path:
     save_file({"ctx": ctx.detach().float().cpu().contiguous()}, str(tmp))
     tmp.replace(directory / ARTIFACT_TENSORS)
     tmp_meta = directory / f".{ARTIFACT_META}.{os.getpid()}.tmp"
-    tmp_meta.write_text(json.dumps(_plain(metadata), indent=1, sort_keys=True))
+    tmp_meta.write_text(json.dumps(plain(metadata), indent=1, sort_keys=True))
     tmp_meta.replace(directory / ARTIFACT_META)
     return directory
 
