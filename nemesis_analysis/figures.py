@@ -433,6 +433,36 @@ def write_summary(tables: dict[str, pd.DataFrame], out_dir: Path | str) -> list[
     return paths
 
 
+TABLE_SUFFIXES = {"md": "md", "latex": "tex", "csv": "csv"}
+
+
+def paper_table(reports_dir: Path | str, kind: str | None, format: str = "md", compare: str | None = None) -> tuple[str, str]:
+    """(file name, text) of the paper table ``kind`` built from reports/runs and reports/evaluations."""
+    from nemesis_analysis import tables
+
+    if kind is None:
+        raise ConfigError(f"--compare needs --table; choose one of: {', '.join(tables.TABLE_KINDS)}")
+    if compare not in (None, "paper"):
+        raise ConfigError(f"--compare takes 'paper'; got {compare!r}")
+    if format not in tables.FORMATS:
+        raise ConfigError(f"unknown --format {format!r} for --table; choose one of: {', '.join(tables.FORMATS)}")
+    runs = store.read_table(reports_dir, "runs")
+    evaluations = store.read_table(reports_dir, "evaluations")
+    table = tables.build(kind, runs, evaluations)
+    if compare == "paper":
+        table = tables.compare_paper(table)
+    suffix = "_vs_paper" if compare else ""
+    return f"table_{kind}{suffix}.{TABLE_SUFFIXES[format]}", tables.render(table, format)
+
+
+def print_paper_table(reports_dir, out_dir, kind, format="md", compare=None, echo=print) -> list[Path]:
+    """Print the paper table and save it under ``out_dir`` (default: the reports folder); returns the path."""
+    name, text = paper_table(reports_dir, kind, format, compare)
+    echo(text.rstrip("\n"))
+    path = Path(out_dir if out_dir is not None else reports_dir) / name
+    return [fsio.atomic_write_text(path, text, "a summary table")]
+
+
 __all__ = [
     "FIGURE_FORMATS",
     "checkpoint_norms",
@@ -446,5 +476,7 @@ __all__ = [
     "run_norms",
     "summary_tables",
     "trajectory_figure",
+    "paper_table",
+    "print_paper_table",
     "write_summary",
 ]

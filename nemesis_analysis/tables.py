@@ -264,10 +264,13 @@ def compare_paper(table: ResultTable) -> ResultTable:
             if not math.isnan(value):
                 table.cells.setdefault((row, column), Cell(note=NO_RUN)).paper = value
     table.compared = True
-    sources = sorted(set(paper.load(table.kind)["source"])) if table.kind != "crossdataset" else []
+    sources = sorted(set(published[published["method"] != "zero-shot"]["source"])) if published is not None else []
     table.notes += [f"Paper: {s}" for s in sources]
     if table.kind == "fewshot":
         table.notes.append("Paper values were read off a plot (+-0.1) and exist only for the 11-dataset average.")
+    if table.kind in ("fewshot", "base2new"):
+        n = len(table.rows) - 1
+        table.notes.append(f"Our average row is over the {n} dataset(s) in this table; the paper's is over its full dataset set.")
     if table.kind in ("dg", "base2new"):
         table.notes.append(paper.OMEGA_CAVEAT)
     if table.kind == "crossdataset":
@@ -338,7 +341,7 @@ def to_latex(table: ResultTable) -> str:
     for line in body:
         if line[0] == AVERAGE:
             lines.append("\\midrule")
-        cells = [escape(c) for c in line]
+        cells = [escape(c).replace("–", "--") for c in line]
         lines.append(" & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     lines += [f"% {latex_escape(note)}" for note in table.notes]
