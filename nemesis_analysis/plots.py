@@ -441,57 +441,72 @@ def plot_trajectory(
     run = _run_column(traj)
     groups = _series_groups(traj)
     colors = _series_colors(groups)
+    if not per_position:
+        return _trajectory_lines(traj, groups, colors, norm_column, run, title)
+    return _trajectory_panels(traj, groups, colors, norm_column, run, title)
+
+
+def _trajectory_lines(traj, groups, colors, norm_column: str, run: str | None, title: str | None) -> Figure:
+    """One axes: mean norm per method (solid, left) and test accuracy (dashed, right)."""
     norm_name = NORM_LABELS.get(norm_column, norm_column)
-    acc_label = "Test accuracy (%)"
     style_handles = [
         Line2D([], [], color="black", linestyle="-", label=f"Mean {norm_name} (left axis)"),
         Line2D([], [], color="black", linestyle="--", label="Test accuracy (right axis)"),
     ]
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax_acc = ax.twinx()
+    ax_acc.spines["right"].set_visible(True)
+    ax_acc.grid(False)
+    method_handles = []
+    for (key, rows), color in zip(groups, colors):
+        curves = _epoch_curves(rows, norm_column, run)
+        label = _series_label(key)
+        ax.plot(curves.index, curves["norm"], color=color, linestyle="-", label=label)
+        if curves["norm_std"].notna().any():
+            low, high = curves["norm"] - curves["norm_std"], curves["norm"] + curves["norm_std"]
+            ax.fill_between(curves.index, low, high, color=color, alpha=0.15, linewidth=0)
+        acc = curves["test_acc"].dropna()
+        ax_acc.plot(acc.index, acc.to_numpy(), color=color, linestyle="--", label=f"{label} (accuracy)")
+        method_handles.append(Line2D([], [], color=color, linewidth=3, label=label))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel(f"Mean {norm_name}")
+    ax_acc.set_ylabel("Test accuracy (%)")
+    context = _context(traj, ("dataset", "backbone", "shots"))
+    ax.set_title(_title("Prompt norm and test accuracy during training", context, title))
+    fig.legend(handles=[*method_handles, *style_handles], loc="outside lower center", ncol=min(4, len(method_handles) + 2))
+    return fig
 
-    if not per_position:
-        fig = Figure(figsize=(6.4, 4.4), layout="constrained")
-        ax = fig.add_subplot()
-        ax_acc = ax.twinx()
-        ax_acc.spines["right"].set_visible(True)
-        ax_acc.grid(False)
-        method_handles = []
-        for (key, rows), color in zip(groups, colors):
-            curves = _epoch_curves(rows, norm_column, run)
-            label = _series_label(key)
-            ax.plot(curves.index, curves["norm"], color=color, linestyle="-", label=label)
-            if curves["norm_std"].notna().any():
-                low, high = curves["norm"] - curves["norm_std"], curves["norm"] + curves["norm_std"]
-                ax.fill_between(curves.index, low, high, color=color, alpha=0.15, linewidth=0)
-            acc = curves["test_acc"].dropna()
-            ax_acc.plot(acc.index, acc.to_numpy(), color=color, linestyle="--", label=f"{label} (accuracy)")
-            method_handles.append(Line2D([], [], color=color, linewidth=3, label=label))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("Epoch")
-        ax.set_ylabel(f"Mean {norm_name}")
-        ax_acc.set_ylabel(acc_label)
-        context = _context(traj, ("dataset", "backbone", "shots"))
-        ax.set_title(_title("Prompt norm and test accuracy during training", context, title))
-        fig.legend(handles=[*method_handles, *style_handles], loc="outside lower center", ncol=min(4, len(method_handles) + 2))
-        return fig
 
+def _position_lines(ax, rows: pd.DataFrame, color: str, norm_column: str, run: str | None) -> pd.DataFrame:
+    """Every position's norm (mean over seeds, thin) and their mean (thick); returns the epoch curves."""
+    keys = ["position", "epoch"]
+    per_run = rows[(rows["position"] >= 0) & rows[norm_column].notna()]
+    if run:
+        per_run = per_run.groupby([run, *keys])[norm_column].mean()
+        by_position = per_run.groupby(level=keys).mean()
+    else:
+        by_position = per_run.groupby(keys)[norm_column].mean()
+    for _, line in by_position.groupby(level="position"):
+        line = line.droplevel("position").sort_index()
+        ax.plot(line.index, line.to_numpy(), color=color, linewidth=0.6, alpha=0.45)
+    curves = _epoch_curves(rows, norm_column, run)
+    ax.plot(curves.index, curves["norm"], color=color, linewidth=2.2, linestyle="-")
+    return curves
+
+
+def _trajectory_panels(traj, groups, colors, norm_column: str, run: str | None, title: str | None) -> Figure:
+    """One panel per method: per-position norms and the method's test accuracy."""
+    norm_name = NORM_LABELS.get(norm_column, norm_column)
+    acc_label = "Test accuracy (%)"
     ncols = min(3, len(groups))
     nrows = math.ceil(len(groups) / ncols)
     fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows + 0.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
     acc_axes = []
     for index, (ax, (key, rows), color) in enumerate(zip(axes, groups, colors)):
-        keys = ["position", "epoch"]
-        per_run = rows[(rows["position"] >= 0) & rows[norm_column].notna()]
-        if run:
-            per_run = per_run.groupby([run, *keys])[norm_column].mean()
-            by_position = per_run.groupby(level=keys).mean()
-        else:
-            by_position = per_run.groupby(keys)[norm_column].mean()
-        for _, line in by_position.groupby(level="position"):
-            line = line.droplevel("position").sort_index()
-            ax.plot(line.index, line.to_numpy(), color=color, linewidth=0.6, alpha=0.45)
-        curves = _epoch_curves(rows, norm_column, run)
-        ax.plot(curves.index, curves["norm"], color=color, linewidth=2.2, linestyle="-")
+        curves = _position_lines(ax, rows, color, norm_column, run)
         ax_acc = ax.twinx()
         ax_acc.spines["right"].set_visible(True)
         ax_acc.grid(False)

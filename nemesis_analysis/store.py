@@ -1,4 +1,4 @@
-"""Parquet tables on disk (DESIGN.md section 4): one folder per table, one part file per write.
+"""Reads and writes the Parquet tables (DESIGN.md section 4), one folder per table and one part file per write.
 
 Schemas, keys and column defaults come from :mod:`nemesis_analysis.schema`. No torch here: tables load
 fast in a notebook.
