@@ -466,7 +466,7 @@ def summary(
     """Accuracy tables, mean ± std over seeds per (dataset, shots, method); saved as CSV and Markdown."""
     from nemesis_analysis import figures
 
-    if table_kind is not None or compare is not None:
+    if table_kind is not None or compare is not None or table_format != "md":
         for path in figures.print_paper_table(reports, out, table_kind, table_format, compare, echo=console.out):
             console.print(str(path), highlight=False, soft_wrap=True)
         return

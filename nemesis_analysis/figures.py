@@ -441,7 +441,7 @@ def paper_table(reports_dir: Path | str, kind: str | None, format: str = "md", c
     from nemesis_analysis import tables
 
     if kind is None:
-        raise ConfigError(f"--compare needs --table; choose one of: {', '.join(tables.TABLE_KINDS)}")
+        raise ConfigError(f"--compare and --format need --table; choose one of: {', '.join(tables.TABLE_KINDS)}")
     if compare not in (None, "paper"):
         raise ConfigError(f"--compare takes 'paper'; got {compare!r}")
     if format not in tables.FORMATS:

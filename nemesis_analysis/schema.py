@@ -2,7 +2,8 @@
 
 Every Parquet row carries the columns of :class:`RunIdentity`. Each table has a key: rows with the same
 key describe the same observation and the newest one wins. A corruption is identified within its run by
-:data:`CORRUPTION_KEY`.
+:data:`CORRUPTION_KEY`. A column added to a table later declares, in :data:`COLUMN_DEFAULTS`, the value
+it takes in parts written before it existed, so old reports keep loading.
 """
 
 from __future__ import annotations
