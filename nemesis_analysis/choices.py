@@ -36,6 +36,19 @@ class CorruptionOp(str, Enum):
     REPLACE = "replace"  # p_i <- N(0, std^2 I)
 
 
+class Protocol(str, Enum):
+    FEWSHOT = "fewshot"  # train and test on all classes of one dataset
+    BASE2NEW = "base2new"  # train on the base half of the classes, test on base and on new
+    CROSSDATASET = "crossdataset"  # train on ImageNet, test on the ten other datasets
+    DG = "dg"  # train on ImageNet, test on ImageNet-V2, -Sketch, -A and -R
+
+
+class EvalClasses(str, Enum):
+    ALL = "all"  # every class of the dataset
+    BASE = "base"  # base2new: the first ceil(n/2) sorted label ids
+    NEW = "new"  # base2new: the remaining label ids
+
+
 def choice(enum_type: type[Enum], value, what: str):
     """Coerce ``value`` to ``enum_type`` or raise a ConfigError naming ``what`` and the valid choices."""
     if isinstance(value, enum_type):

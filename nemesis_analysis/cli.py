@@ -229,6 +229,7 @@ def _setup_logging(quiet: bool) -> None:
 @handle_errors
 def train(
     training: dict,
+    protocol: Annotated[str, typer.Option("--protocol", help="fewshot, base2new, crossdataset or dg.")] = "fewshot",
     force: ForceOpt = False,
     data_root: DataRootOpt = None,
     offline: OfflineOpt = False,
@@ -239,15 +240,19 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train CoOp (or CoOp + Nemesis with --pun / --pan / --beta) and record it in Parquet."""
+    import dataclasses
+
     from nemesis_analysis.train import Workspace, train_prompt
 
     _setup_logging(quiet)
-    config = build_run_config(**training)
+    config = dataclasses.replace(build_run_config(**training), protocol=protocol)
     result = train_prompt(
         config, Workspace(checkpoints, reports, cache_dir), data_root=data_root, device=device, offline=offline,
         force=force, progress=not quiet,
     )  # fmt: skip
     print_run_result(result)
+    for evaluation in result.extra.get("evaluations", []):
+        console.print(f"  {evaluation.eval_dataset} {evaluation.eval_classes} classes: {evaluation.acc:.2f}%", highlight=False)
 
 
 def print_run_result(result) -> None:
@@ -580,6 +585,11 @@ def models(
         "OpenAI weights pick the QuickGELU variant automatically",
         highlight=False,
     )
+
+
+from nemesis_analysis.cli_evaluate import evaluate_command  # noqa: E402  (it imports the options above)
+
+app.command("evaluate")(evaluate_command)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from nemesis_analysis.choices import ClassTokenPosition, NormType, OmegaSchedule, Precision, choice, plain
+from nemesis_analysis.choices import ClassTokenPosition, NormType, OmegaSchedule, Precision, Protocol, choice, plain
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.schema import RunIdentity
 
@@ -127,8 +127,10 @@ class RunConfig:
     nemesis: NemesisConfig = field(default_factory=NemesisConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     recipe: str | None = None  # a named recipe whose settings were applied (recorded, not hashed twice)
+    protocol: Protocol = Protocol.FEWSHOT  # hashed only when not the default, so older run ids stay
 
     def __post_init__(self) -> None:
+        self.protocol = choice(Protocol, self.protocol, "protocol")
         if self.shots < 1:
             raise ConfigError(f"--shots must be at least 1, got {self.shots}")
         if self.epochs is not None and self.epochs < 1:
@@ -171,6 +173,8 @@ class RunConfig:
         """A 12-hex-digit hash of the full config (the recipe name is bookkeeping and left out)."""
         data = self.to_dict()
         data.pop("recipe", None)
+        if data.get("protocol") == Protocol.FEWSHOT.value:
+            data.pop("protocol")
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -209,6 +213,7 @@ class RunConfig:
             lr=self.optim.lr,
             batch_size=self.optim.batch_size,
             recipe=self.recipe or "",
+            protocol=plain(self.protocol),
         )
         return flat
 

@@ -241,6 +241,7 @@ def run_corruption_sweep(
         **identity,
         "acc_original": acc_original,
         "n_test": n_test,
+        "eval_classes": "all",
     }
 
     table = store.read_table(workspace.reports_dir, TABLE)

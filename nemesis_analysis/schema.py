@@ -56,8 +56,8 @@ _ARROW = {"str": pa.string(), "int": pa.int64(), "bool": pa.bool_()}
 IDENTITY_SCHEMA: list[tuple[str, pa.DataType]] = [(f.name, _ARROW[f.type]) for f in fields(RunIdentity)]
 
 # One corruption within its run. The baseline row is ("none", -1, 1.0, 0).
-CORRUPTION_KEY: tuple[str, ...] = ("op", "position", "factor", "rep")
-BASELINE_KEY: tuple = ("none", -1, 1.0, 0)
+CORRUPTION_KEY: tuple[str, ...] = ("op", "position", "factor", "rep", "eval_classes")
+BASELINE_KEY: tuple = ("none", -1, 1.0, 0, "all")
 
 SCHEMAS: dict[str, pa.Schema] = {
     "corruptions": pa.schema(
@@ -74,6 +74,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("norm_after", pa.float64()),
             ("low_norm_effect", pa.bool_()),  # norm_after < norm_before and delta > 0
             ("n_test", pa.int64()),
+            ("eval_classes", pa.string()),  # all; base or new for a base2new run (each its own accuracy)
         ]
     ),
     "trajectories": pa.schema(
@@ -112,6 +113,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("mean_norm", pa.float64()),
             ("checkpoint", pa.string()),
             ("seconds", pa.float64()),
+            ("protocol", pa.string()),  # fewshot, base2new, dg or crossdataset
         ]
     ),
     "evaluations": pa.schema(
@@ -140,6 +142,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 # so that old reports keep loading; a column without an entry reads as null (NaN, None).
 COLUMN_DEFAULTS: dict[str, dict[str, object]] = {
     "*": {"protocol": "fewshot", "prompt_method": "coop"},
+    "corruptions": {"eval_classes": "all"},
 }
 
 

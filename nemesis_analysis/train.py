@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from nemesis_analysis import nemesis, store
+from nemesis_analysis import evaluate, nemesis, protocols, store
+from nemesis_analysis.choices import Protocol
 from nemesis_analysis.augment import augment_image
 from nemesis_analysis.config import RunConfig
 from nemesis_analysis.data.base import DatasetSplits, Sample
@@ -257,6 +258,7 @@ def train_prompt(
     ``stop_after_epoch`` simulates an interruption (for tests): training stops after saving that epoch.
     """
     workspace = workspace or Workspace()
+    protocols.check_protocol(config.protocol, config.dataset, config.prompt.csc)
     context = context or prepare(config, workspace, data_root, device, offline, progress)
     loaded, dataset = context.loaded, context.dataset
     if not dataset.train:
@@ -267,6 +269,7 @@ def train_prompt(
     if force and run_dir.exists():
         shutil.rmtree(run_dir)
     elif (done := _finished(workspace, config)) is not None:
+        done.extra["evaluations"] = _protocol_evaluations(context, config, run_dir, workspace, data_root, progress)
         return done
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True))
@@ -274,9 +277,11 @@ def train_prompt(
 
     train_samples = sample_few_shot(dataset.train, config.shots, config.seed)
     val_samples = sample_few_shot(dataset.val, min(config.shots, 4), config.seed) if dataset.val else []
+    # base2new: the sample drawn over all classes is restricted to the base classes (CoOp's order).
+    dataset, train_samples, val_samples = protocols.training_view(config.protocol, dataset, train_samples, val_samples)
     save_split(run_dir / "split.json", {"train": train_samples, "val": val_samples}, dataset.classnames)
     test_features, test_labels = image_features(loaded, dataset, dataset.test, workspace.feature_cache, progress)
-    zero_shot = zero_shot_accuracy(context, test_features, test_labels)
+    zero_shot = zero_shot_accuracy(RunContext(loaded, dataset), test_features, test_labels)
 
     learner = PromptLearner(loaded, dataset.classnames, config.prompt, seed=config.seed)
     optimizer = torch.optim.SGD(
@@ -389,7 +394,19 @@ def train_prompt(
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(run_dir / RESULT_JSON)
     _ensure_reported(workspace, run_id)
-    return RunResult(config, run_id, run_dir, zero_shot, final_acc, mean_norm, position_norms, seconds)
+    evaluations = _protocol_evaluations(context, config, run_dir, workspace, data_root, progress)
+    return RunResult(config, run_id, run_dir, zero_shot, final_acc, mean_norm, position_norms, seconds,
+                     extra={"evaluations": evaluations})  # fmt: skip
+
+
+def _protocol_evaluations(context: RunContext, config: RunConfig, run_dir: Path, workspace: Workspace, data_root, progress: bool) -> list:
+    """The evaluations the run's protocol asks for (base and new, or the transfer targets), written once."""
+    if config.protocol is Protocol.FEWSHOT:
+        return []
+    load = lambda name: load_dataset(name, data_root)  # noqa: E731
+    return evaluate.write_run_evaluations(
+        context.loaded, run_dir, context.dataset, load, workspace.reports_dir, workspace.feature_cache, progress
+    )
 
 
 def _nemesis_term(
