@@ -1,0 +1,120 @@
+"""Protocols: the base/new class split and relabelling on fixtures in the real layouts, target lists, refusals, run ids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pytest
+
+from nemesis_analysis import protocols
+from nemesis_analysis.choices import EvalClasses, Protocol
+from nemesis_analysis.config import PromptConfig, RunConfig
+from nemesis_analysis.data.base import Sample
+from nemesis_analysis.data.fewshot import sample_few_shot
+from nemesis_analysis.data.fixtures import make_fixture_root
+from nemesis_analysis.data.registry import load_dataset
+from nemesis_analysis.errors import ConfigError
+
+
+@pytest.mark.parametrize("n, base, new", [(5, [0, 1, 2], [3, 4]), (4, [0, 1], [2, 3]), (1, [0], []), (10, [0, 1, 2, 3, 4], [5, 6, 7, 8, 9])])
+def test_split_rule_is_ceil_half_of_sorted_ids(n, base, new):
+    labels = list(reversed(range(n))) * 2  # order and repeats do not matter
+    assert protocols.split_base_new(labels) == (base, new)
+    assert len(base) == math.ceil(n / 2)
+
+
+def test_split_of_sparse_ids_and_relabeler():
+    assert protocols.split_base_new([40, 7, 19, 3, 7]) == ([3, 7], [19, 40])
+    assert protocols.relabeler([40, 19]) == {19: 0, 40: 1}
+    samples = [Sample("a", 40), Sample("b", 3), Sample("c", 19)]
+    assert protocols.restrict_samples(samples, [19, 40]) == [Sample("a", 1), Sample("c", 0)]
+
+
+@pytest.mark.parametrize("num_classes", [5, 4])
+@pytest.mark.parametrize("name", ["dtd", "caltech101", "fgvc_aircraft"])
+def test_class_views_on_real_layouts(tmp_path, name, num_classes):
+    root = make_fixture_root(tmp_path, [name], num_classes=num_classes, images_per_split=(3, 1, 2))
+    dataset = load_dataset(name, root)
+    cut = math.ceil(num_classes / 2)
+    base = protocols.class_view(dataset, "base")
+    new = protocols.class_view(dataset, "new")
+    assert base.classnames == dataset.classnames[:cut]
+    assert new.classnames == dataset.classnames[cut:]
+    assert protocols.class_view(dataset, "all") is dataset
+    for view, offset in ((base, 0), (new, cut)):
+        for split in ("train", "val", "test"):
+            original = {s.source: s.label for s in dataset.split(split)}
+            kept = view.split(split)
+            # every image of the half, none of the other, each relabelled to its position in the half
+            assert len(kept) == sum(1 for label in original.values() if (label < cut) == (offset == 0))
+            for sample in kept:
+                assert original[sample.source] == sample.label + offset
+                assert view.classnames[sample.label] == dataset.classnames[original[sample.source]]
+
+
+def test_few_shot_sample_is_the_fewshot_protocols_before_restriction(tmp_path):
+    root = make_fixture_root(tmp_path, ["oxford_pets"], num_classes=5, images_per_split=(6, 3, 2))
+    dataset = load_dataset("oxford_pets", root)
+    train = sample_few_shot(dataset.train, 2, 3)
+    val = sample_few_shot(dataset.val, 2, 3)
+    same = protocols.training_view(Protocol.FEWSHOT, dataset, train, val)
+    assert same[0] is dataset and same[1] == train and same[2] == val
+    view, base_train, base_val = protocols.training_view(Protocol.BASE2NEW, dataset, train, val)
+    assert view.classnames == dataset.classnames[:3]
+    assert base_train == [s for s in train if s.label < 3]  # base ids 0..2 keep their numbers
+    assert base_val == [s for s in val if s.label < 3]
+    assert len(base_train) == 3 * 2
+
+
+def test_evaluation_plans():
+    assert protocols.evaluation_plan("fewshot", "dtd") == []
+    assert protocols.evaluation_plan("base2new", "dtd") == [("dtd", EvalClasses.BASE), ("dtd", EvalClasses.NEW)]
+    dg = protocols.evaluation_plan("dg", "imagenet")
+    assert [d for d, _ in dg] == ["imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+    cross = protocols.evaluation_plan("crossdataset", "imagenet")
+    assert len(cross) == 11 and {c for _, c in cross} == {EvalClasses.ALL}
+    assert "imagenet" not in protocols.CROSSDATASET_TARGETS[1:]
+
+
+def test_refusals_are_one_line():
+    with pytest.raises(ConfigError, match="class-specific context") as error:
+        protocols.check_protocol("base2new", "digits", csc=True)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="--dataset imagenet"):
+        protocols.check_protocol("dg", "digits", csc=False)
+    with pytest.raises(ConfigError, match="unknown protocol"):
+        protocols.check_protocol("zeroshot", "digits", csc=False)
+    assert protocols.check_protocol("fewshot", "digits", csc=True) is Protocol.FEWSHOT
+    with pytest.raises(ConfigError):
+        protocols.check_transfer(True, ["a", "b"], ["c"])
+    protocols.check_transfer(True, ["a", "b"], ["a", "b"])
+    protocols.check_transfer(False, ["a", "b"], ["c"])
+
+
+def test_subsequence_indices_keep_repeated_names_apart():
+    parent = ["crane", "goldfinch", "crane", "junco", "vulture"]
+    assert protocols.subsequence_indices(["crane", "junco"], parent) == [0, 3]
+    assert protocols.subsequence_indices(["goldfinch", "crane", "vulture"], parent) == [1, 2, 4]
+    with pytest.raises(ConfigError):
+        protocols.subsequence_indices(["junco", "goldfinch"], parent)
+
+
+def test_default_protocol_leaves_run_ids_unchanged():
+    # Values computed before the protocol field existed.
+    assert RunConfig().run_id == "972e6ed68120"
+    assert RunConfig(shots=4, seed=1).resolved("cpu").run_id == "abb67dc80b0c"
+    config = RunConfig(shots=4, seed=1)
+    data = config.to_dict()
+    data.pop("recipe")
+    data.pop("protocol")
+    expected = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+    assert config.run_id == expected
+    other = RunConfig(shots=4, seed=1, protocol="base2new")
+    assert other.run_id != config.run_id and other.protocol is Protocol.BASE2NEW
+    assert RunConfig.from_dict(json.loads(json.dumps(other.to_dict()))).run_id == other.run_id
+    assert other.config_columns()["protocol"] == "base2new"
+    with pytest.raises(ConfigError, match="unknown protocol"):
+        RunConfig(protocol="nope")
+    assert RunConfig(prompt=PromptConfig(csc=True), protocol="fewshot").run_id == RunConfig(prompt=PromptConfig(csc=True)).run_id
