@@ -118,3 +118,87 @@ def test_default_protocol_leaves_run_ids_unchanged():
     with pytest.raises(ConfigError, match="unknown protocol"):
         RunConfig(protocol="nope")
     assert RunConfig(prompt=PromptConfig(csc=True), protocol="fewshot").run_id == RunConfig(prompt=PromptConfig(csc=True)).run_id
+
+
+# ------------------------------------------------------------------------------ corruption under a protocol
+
+
+def _identity(run_id: str = "r1", seed: int = 1) -> dict:
+    return dict(run_id=run_id, dataset="digits", backbone="nemesis-tiny", pretrained="embedded", shots=2, seed=seed,
+                method="coop", n_ctx=2, csc=False, class_token_position="end", precision="fp32")  # fmt: skip
+
+
+def _hand_rows(run_id="r1", seed=1):
+    from nemesis_analysis.corrupt_ops import Corruption
+    from nemesis_analysis.corrupt_protocols import SubsetAccuracies, corruption_rows
+
+    grid = [Corruption("rescale", 0, 0.5), Corruption("rescale", 1, 1.5)]
+    subsets = [SubsetAccuracies("base", 50.0, [60.0, 40.0], 10), SubsetAccuracies("new", 30.0, [20.0, 35.0], 8)]
+    return corruption_rows(_identity(run_id, seed), grid, [1.0, 2.0], [0.5, 3.0], subsets)
+
+
+def test_corruption_rows_per_subset_by_hand(tmp_path):
+    import pandas as pd
+
+    from nemesis_analysis import schema, store
+
+    rows = pd.DataFrame(_hand_rows())
+    assert list(rows.eval_classes) == ["base"] * 3 + ["new"] * 3
+    assert list(rows.op) == ["none", "rescale", "rescale"] * 2
+    assert list(rows.delta) == [0.0, 10.0, -10.0, 0.0, -10.0, 5.0]
+    assert list(rows.low_norm_effect) == [False, True, False, False, False, False]
+    assert list(rows.n_test) == [10] * 3 + [8] * 3
+    assert rows.norm_before.iloc[0] == 1.5 and rows.norm_after.iloc[0] == 1.5  # baseline: mean position norm
+    # the rows fit the table; base and new rows of one corruption are different keys; old parts read as "all"
+    store.append_rows(tmp_path, "corruptions", rows)
+    old = rows[rows.eval_classes == "base"].drop(columns=["eval_classes"]).assign(run_id="old")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "corruptions" / "part-0.parquet").parent.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(old, preserve_index=False), tmp_path / "corruptions" / "part-0.parquet")
+    table = store.read_table(tmp_path, "corruptions")
+    assert len(table) == 9 and set(table[table.run_id == "old"].eval_classes) == {"all"}
+    assert "eval_classes" in schema.CORRUPTION_KEY
+
+
+def test_base_new_frequency_and_figure():
+    import pandas as pd
+
+    from nemesis_analysis.figures_protocols import base_new_frequency, base_new_frequency_figure
+
+    rows = pd.DataFrame(_hand_rows("r1", 1) + _hand_rows("r2", 2))
+    frequency = base_new_frequency(rows).set_index("eval_classes")
+    assert frequency.loc["base", "frequency_mean"] == 100.0  # 1 of 1 norm-reducing corruption helped
+    assert frequency.loc["new", "frequency_mean"] == 0.0
+    assert frequency.loc["base", "num_seeds"] == 2 and frequency.loc["base", "frequency_std"] == 0.0
+    figure = base_new_frequency_figure(frequency.reset_index())
+    from matplotlib.container import BarContainer
+
+    bars = [c for c in figure.axes[0].containers if isinstance(c, BarContainer)]
+    heights = [[patch.get_height() for patch in container.patches] for container in bars]
+    assert heights == [[100.0], [0.0]]
+
+
+def test_class_subsets_for_a_sweep():
+    import torch
+
+    from nemesis_analysis.corrupt_protocols import class_subsets, sweep_classes
+
+    assert [c.value for c in sweep_classes("base2new")] == ["base", "new"]
+    assert [c.value for c in sweep_classes("fewshot")] == ["all"]
+    dataset = _stub_dataset(["a", "b", "c", "d", "e"])
+    features = torch.arange(10.0)[:, None]
+    labels = torch.tensor([4, 0, 3, 1, 2, 4, 0, 3, 1, 2])
+    base, new = class_subsets("base2new", dataset, features, labels)
+    assert base.classnames == ["a", "b", "c"] and new.classnames == ["d", "e"]
+    assert base.features[:, 0].tolist() == [1, 3, 4, 6, 8, 9] and base.labels.tolist() == [0, 1, 2, 0, 1, 2]
+    assert new.features[:, 0].tolist() == [0, 2, 5, 7] and new.labels.tolist() == [1, 0, 1, 0]
+    (everything,) = class_subsets("fewshot", dataset, features, labels)
+    assert torch.equal(everything.labels, labels) and everything.classnames == list("abcde")
+
+
+def _stub_dataset(classnames):
+    from nemesis_analysis.data.base import DatasetSplits
+
+    return DatasetSplits("stub", classnames, [], [], [])
