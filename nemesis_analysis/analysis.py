@@ -57,6 +57,7 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], what: str) -> None
 
 def dedupe_corruptions(corruptions: pd.DataFrame) -> pd.DataFrame:
     """Keep the last row per (run_id, op, position, factor, rep); later rows are newer results."""
+    corruptions = schema.with_column_defaults("corruptions", corruptions)  # frames without eval_classes
     key = [c for c in _KEY if c in corruptions.columns]
     if not key or corruptions.empty:
         return corruptions.reset_index(drop=True)
@@ -159,6 +160,7 @@ def low_norm_frequency_per_seed(
     """
     by = list(by)
     columns = [*by, "seed", "n_reducing", "n_effect", "frequency"]
+    corruptions = schema.with_column_defaults("corruptions", corruptions)  # frames without eval_classes
     require_columns(corruptions, [*by, "seed", *_KEY, "delta", "norm_before", "norm_after"], "corruption table")
     table = dedupe_corruptions(corruptions)
     table = table[table["op"] != "none"]
@@ -250,6 +252,7 @@ def low_norm_counts(
 
 def low_norm_positions(corruptions: pd.DataFrame, run_id: str) -> list[int]:
     """Sorted positions of `run_id` where some norm-reducing corruption raised accuracy (delta > 0)."""
+    corruptions = schema.with_column_defaults("corruptions", corruptions)  # frames without eval_classes
     require_columns(corruptions, [*_KEY, "delta", "norm_before", "norm_after"], "corruption table")
     table = corruptions[corruptions["run_id"] == run_id]
     if table.empty:
@@ -304,6 +307,7 @@ def summarize_corruptions(corruptions: pd.DataFrame, by: Sequence[str] = GROUP_C
         "n_rows",
         "n_low_norm_effect",
     ]
+    corruptions = schema.with_column_defaults("corruptions", corruptions)  # frames without eval_classes
     require_columns(corruptions, [*by, "seed", *_KEY, "delta", "acc_original", "low_norm_effect"], "corruption table")
     table = dedupe_corruptions(corruptions)
     table = table[table["op"] != "none"]
@@ -346,6 +350,7 @@ def delta_grid(
     """
     if op not in CORRUPTION_OPS:
         raise ConfigError(f"op must be one of {', '.join(CORRUPTION_OPS)}; got {op!r}")
+    corruptions = schema.with_column_defaults("corruptions", corruptions)  # frames without eval_classes
     require_columns(corruptions, [*_KEY, "delta"], "corruption table")
     table = dedupe_corruptions(corruptions)
     mask = table["op"] == op

@@ -153,6 +153,20 @@ def column_default(table: str, column: str) -> object:
         return declared[column]
     return COLUMN_DEFAULTS["*"].get(column)
 
+def with_column_defaults(table: str, frame):
+    """``frame`` (a DataFrame of ``table`` rows) with each missing column that declares a default filled with it.
+
+    Rows built before a column existed (old run folders' Parquet, callers not yet updated) keep writing
+    and analysing; a missing column without a declared default stays missing.
+    """
+    missing = {
+        name: value
+        for name in schema_of(table).names
+        if name not in frame.columns and (value := column_default(table, name)) is not None
+    }
+    return frame.assign(**missing) if missing else frame
+
+
 TABLES: tuple[str, ...] = tuple(SCHEMAS)
 
 
