@@ -587,9 +587,10 @@ def models(
     )
 
 
-from nemesis_analysis.cli_evaluate import evaluate_command  # noqa: E402  (it imports the options above)
+from nemesis_analysis.cli_protocols import evaluate_command, plot_base_new_command  # noqa: E402
 
 app.command("evaluate")(evaluate_command)
+plot_app.command("base-new")(plot_base_new_command)
 
 
 def main() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 from matplotlib.figure import Figure
 
-from nemesis_analysis import analysis
+from nemesis_analysis import analysis, store
 from nemesis_analysis.errors import NoDataError
 
 BY: tuple[str, ...] = (*analysis.GROUP_COLUMNS, "eval_classes")
@@ -45,3 +47,8 @@ def base_new_frequency_figure(frequency: pd.DataFrame) -> Figure:
     figure.text(0.01, 0.01, analysis.FREQUENCY_SHORT, fontsize=6)
     figure.tight_layout(rect=(0, 0.04, 1, 1))
     return figure
+
+
+def base_new_figure(reports_dir: Path | str, min_delta: float = 0.0) -> Figure:
+    """The base-vs-new figure from ``reports_dir``'s corruptions table."""
+    return base_new_frequency_figure(base_new_frequency(store.read_table(reports_dir, "corruptions"), min_delta))

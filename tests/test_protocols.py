@@ -202,3 +202,20 @@ def _stub_dataset(classnames):
     from nemesis_analysis.data.base import DatasetSplits
 
     return DatasetSplits("stub", classnames, [], [], [])
+
+
+def test_plot_base_new_command_writes_the_figure(tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from nemesis_analysis import store
+    from nemesis_analysis.cli import app
+
+    runner = CliRunner()
+    empty = runner.invoke(app, ["plot", "base-new", "--reports", str(tmp_path)])
+    assert empty.exit_code == 2 and "base2new" in empty.output
+    store.append_rows(tmp_path, "corruptions", pd.DataFrame(_hand_rows()))
+    result = runner.invoke(app, ["plot", "base-new", "--reports", str(tmp_path), "--format", "svg"])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "figures" / "frequency_base_new.svg"
+    assert path.is_file() and path.read_text().lstrip().startswith("<?xml")
