@@ -72,7 +72,9 @@ def evaluate_command(
 
 
 def plot_base_new_command(
-    min_delta: Annotated[float, typer.Option("--min-delta", help="Count a corruption when it raises accuracy by more than this (points).")] = 0.0,
+    min_delta: Annotated[
+        float, typer.Option("--min-delta", help="Count a corruption when it raises accuracy by more than this (points).")
+    ] = 0.0,
     reports: ReportsOpt = Path("reports"),
     out: FigureOutOpt = None,
     format: FigureFormatOpt = None,

@@ -76,7 +76,8 @@ def corruption_rows(
     for subset in subsets:
         if len(subset.accs) != len(corruptions):
             raise ValueError(f"{subset.eval_classes}: {len(subset.accs)} accuracies for {len(corruptions)} corruptions")
-        common = {**identity, "acc_original": float(subset.acc_original), "n_test": int(subset.n_test), "eval_classes": subset.eval_classes}
+        common = {**identity, "acc_original": float(subset.acc_original), "n_test": int(subset.n_test),
+                  "eval_classes": subset.eval_classes}  # fmt: skip
         rows.append({**common, "op": "none", "position": -1, "factor": 1.0, "rep": 0, "acc": float(subset.acc_original),
                      "delta": 0.0, "norm_before": mean_norm, "norm_after": mean_norm, "low_norm_effect": False})  # fmt: skip
         for corruption, acc, after in zip(corruptions, subset.accs, norms_after):

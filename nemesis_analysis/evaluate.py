@@ -61,7 +61,9 @@ class LearnedPrompt:
 # ------------------------------------------------------------------------------------------ pure math
 
 
-def subset_scores(features: torch.Tensor, labels: torch.Tensor, selected: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def subset_scores(
+    features: torch.Tensor, labels: torch.Tensor, selected: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The test rows whose label is in ``selected``, and their labels renumbered from 0 in sorted order."""
     mapping = protocols.relabeler(selected)
     keep = torch.tensor([int(label) in mapping for label in labels.tolist()], dtype=torch.bool)
@@ -99,7 +101,9 @@ def run_prompt_dir(checkpoints_dir: Path | str, run_id: str) -> Path:
     """The folder of a finished run's prompt, or a NoDataError naming the fix."""
     folder = Path(checkpoints_dir) / run_id
     if not (folder / ARTIFACT_TENSORS).is_file():
-        raise NoDataError(f"run {run_id} has no saved prompt under {Path(checkpoints_dir)}; train it first or pass --checkpoints")
+        raise NoDataError(
+            f"run {run_id} has no saved prompt under {Path(checkpoints_dir)}; train it first or pass --checkpoints"
+        )
     return folder
 
 
@@ -153,6 +157,29 @@ def evaluate_context(
     return Evaluation(name or dataset.name, classes.value, acc, int(labels.numel()), len(names))
 
 
+def evaluate_masked(
+    loaded: LoadedModel,
+    prompt: LearnedPrompt,
+    subset: DatasetSplits,
+    parent: DatasetSplits,
+    cache_dir: Path | None,
+    progress: bool = True,
+) -> Evaluation:
+    """ImageNet-A/R the other way: the parent's (1,000-way) logits masked to ``subset``'s classes.
+
+    Equals :func:`evaluate_context` on ``subset`` (its own class list) for generic context: a class's text
+    feature does not depend on the other classes.
+    """
+    protocols.check_transfer(prompt.csc, prompt.classnames, parent.classnames)
+    features, labels = image_features(loaded, subset, subset.test, cache_dir, progress)
+    indices = protocols.subsequence_indices(subset.classnames, parent.classnames)
+    learner = PromptLearner(loaded, parent.classnames, prompt.prompt_config)
+    with torch.no_grad():
+        text = learner.text_features(prompt.ctx[None].to(loaded.device))[0]  # (parent classes, embed)
+        acc = masked_accuracy(features.to(loaded.device), labels, text, indices)
+    return Evaluation(subset.name, EvalClasses.ALL.value, acc, int(labels.numel()), len(indices))
+
+
 def evaluation_row(identity: dict, protocol: Protocol | str, evaluation: Evaluation) -> dict:
     """One ``evaluations`` row: the trained run's identity columns plus the protocol and the result."""
     return {
@@ -169,10 +196,12 @@ def evaluation_row(identity: dict, protocol: Protocol | str, evaluation: Evaluat
 def _recorded(reports_dir: Path, run_id: str) -> dict[tuple[str, str], Evaluation]:
     table = store.read_table(reports_dir, TABLE)
     table = table[table["run_id"] == run_id]
-    return {
-        (r.eval_dataset, r.eval_classes): Evaluation(r.eval_dataset, r.eval_classes, float(r.acc), int(r.n_test), int(r.n_classes), True)
-        for r in table.itertuples(index=False)
-    }
+    found = {}
+    for r in table.itertuples(index=False):
+        found[(r.eval_dataset, r.eval_classes)] = Evaluation(
+            r.eval_dataset, r.eval_classes, float(r.acc), int(r.n_test), int(r.n_classes), reused=True
+        )
+    return found
 
 
 def evaluate_targets(

@@ -137,3 +137,22 @@ def test_200_way_equals_masked_1000_way_on_an_imagenet_a_like_fixture(tiny_conte
     indices = protocols.subsequence_indices(child.classnames, parent.classnames)
     assert indices == [1, 2, 5, 6]
     assert evaluate.masked_accuracy(features, labels, parent_text, indices) == subset_way.acc
+    masked = evaluate.evaluate_masked(loaded, prompt, child, parent, tmp_path / "features", progress=False)
+    assert (masked.acc, masked.n_test, masked.n_classes) == (subset_way.acc, subset_way.n_test, subset_way.n_classes)
+
+
+@pytest.mark.parametrize("protocol", ["dg", "crossdataset"])
+def test_transfer_protocols_evaluate_every_target_on_fixtures(protocol, tiny_context, checkpoints_dir, tmp_path):
+    targets = list(protocols.DG_TARGETS if protocol == "dg" else protocols.CROSSDATASET_TARGETS)
+    root = make_fixture_root(tmp_path / "data", ["imagenet", *targets], num_classes=3, images_per_split=(2, 1, 2))
+    context = RunContext(tiny_context.loaded, load_dataset("imagenet", root))
+    config = _config(dataset="imagenet", protocol=protocol, shots=1, epochs=1)
+    run = train_prompt(config, Workspace(tmp_path / "ck", tmp_path / "reports"), context=context, data_root=root, progress=False)
+    rows = _evaluations(tmp_path / "reports")
+    assert list(rows.eval_dataset) == ["imagenet", *targets] and set(rows.protocol) == {protocol}
+    assert set(rows.eval_classes) == {"all"} and set(rows.dataset) == {"imagenet"}
+    assert rows.acc.iloc[0] == run.final_test_acc
+    for target, n_classes in zip(rows.eval_dataset, rows.n_classes):
+        assert n_classes == load_dataset(target, root).num_classes
+    with pytest.raises(ConfigError, match="--dataset imagenet"):
+        train_prompt(_config(protocol=protocol), Workspace(tmp_path / "ck", tmp_path / "r2"), context=tiny_context)
