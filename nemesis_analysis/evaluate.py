@@ -22,6 +22,7 @@ from nemesis_analysis.features import image_features
 from nemesis_analysis.metrics import top1_accuracy
 from nemesis_analysis.models import LoadedModel
 from nemesis_analysis.prompts import ARTIFACT_TENSORS, PromptLearner, load_prompt
+from nemesis_analysis.session import Session
 
 TABLE = "evaluations"
 
@@ -259,7 +260,7 @@ def write_run_evaluations(
 # ------------------------------------------------------------------------------------------ the command
 
 
-def load_for_prompt(prompt: LearnedPrompt, session) -> LoadedModel:
+def load_for_prompt(prompt: LearnedPrompt, session: Session) -> LoadedModel:
     """The frozen model the prompt was trained with, at its precision on CUDA (fp32 elsewhere)."""
     from nemesis_analysis.models import load_model, resolve_device
 
@@ -278,7 +279,7 @@ def load_for_prompt(prompt: LearnedPrompt, session) -> LoadedModel:
 
 
 def evaluate_saved(
-    session,
+    session: Session,
     *,
     run_id: str | None = None,
     prompt_path: Path | str | None = None,
