@@ -316,3 +316,36 @@ def test_cli_train_reports_missing_manifest_files(checkpoints_dir, tmp_path):
     (tmp_path / "m" / "img" / "train_b_0.png").unlink()
     result = runner.invoke(app, train_args(f"manifest:{manifest}", checkpoints_dir, tmp_path / "reports"))
     assert_one_line_exit_2(result, "names 1 train file(s) that do not exist")
+
+
+def test_coop_readers_get_the_same_checks_before_encoding(tmp_path):
+    from nemesis_analysis.features import encode_samples
+
+    root = make_fixture_root(tmp_path, ["dtd"], image_size=32)
+    dtd = load_dataset("dtd", root)
+    bad = damage_image(Path(dtd.test[3].source), "truncate")
+    dtd.check_images("train")
+    with pytest.raises(DataError) as excinfo:
+        dtd.check_images("test")
+    assert one_line(excinfo).startswith(f"dtd: 1 of 6 test images are damaged ({bad};")
+    # Encoding checks its samples first: the model is never called (a stub without encode_images suffices).
+    with pytest.raises(DataError) as excinfo:
+        encode_samples(fake_model(), dtd, dtd.test, progress=False)
+    assert one_line(excinfo).startswith(f"dtd: 1 of 6 test images are damaged ({bad};")
+    Path(dtd.train[0].source).unlink()
+    with pytest.raises(DataError) as excinfo:
+        sample_train_shots(dtd, 2, seed=1)
+    assert one_line(excinfo).startswith(f"dtd: 1 of 6 train images do not exist ({dtd.train[0].source})")
+
+
+def test_replaced_dataset_names_its_own_splits(tmp_path):
+    import dataclasses
+
+    path = make_custom_folder(tmp_path / "ds", {"train": {"a": 2}, "test": {"a": 1}}, image_size=32)
+    bad = damage_image(path / "train" / "a" / "1.png", "garbage")
+    data = load_image_folder(path)
+    moved = dataclasses.replace(data, name="renamed", train=[], test=data.train)
+    assert moved.load_image == data.load_image  # same loader, compared by the function it wraps
+    with pytest.raises(DataError) as excinfo:
+        moved.load_image(str(bad))
+    assert one_line(excinfo).startswith(f"renamed: test image {bad} cannot be read")

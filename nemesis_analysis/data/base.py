@@ -80,8 +80,9 @@ class DatasetSplits:
     _split_index: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.sources_are_files and not isinstance(self.load_image, _NamedErrorLoader):
-            self.load_image = _NamedErrorLoader(self.load_image, self)
+        if self.sources_are_files:  # re-wrapped for dataclasses.replace, so errors name this dataset's splits
+            inner = self.load_image.inner if isinstance(self.load_image, _NamedErrorLoader) else self.load_image
+            self.load_image = _NamedErrorLoader(inner, self)
 
     @property
     def identity(self) -> str:
