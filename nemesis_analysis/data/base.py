@@ -49,7 +49,7 @@ class _NamedErrorLoader:
     def __call__(self, source: str) -> Image.Image:
         try:
             return self.inner(source)
-        except (*integrity.IMAGE_ERRORS, FileNotFoundError) as exc:
+        except integrity.IMAGE_ERRORS as exc:  # OSError covers missing and truncated files
             split = self.dataset.split_of(source) or "unknown"
             raise DataError(
                 f"{self.dataset.name}: {split} image {source} cannot be read ({type(exc).__name__}: {exc}); "
