@@ -71,7 +71,7 @@ def models(
     import open_clip
 
     from nemesis_analysis import weights
-    from nemesis_analysis.models import TINY_BACKBONE, register_model_configs
+    from nemesis_analysis.architectures import TINY_BACKBONE, register_model_configs
     from nemesis_analysis.tiny import tiny_cache_path
 
     session = build_session(checkpoints=checkpoints, cache_dir=cache_dir, quiet=True)
