@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -191,17 +190,17 @@ PARAM_FIELDS = {
 }  # fmt: skip
 
 
-def given_on_command_line(name: str) -> bool:
-    """Whether option ``name`` was typed on the command line (not left at its default)."""
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return True
-    return ctx.get_parameter_source(name) in (click.core.ParameterSource.COMMANDLINE,
-                                              click.core.ParameterSource.ENVIRONMENT)
+def given_options(ctx: typer.Context) -> set[str]:
+    """Names of the parameters typed on the command line (or set from the environment), not left at defaults."""
+    return {
+        name for name in ctx.params
+        if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+    }  # fmt: skip
 
 
 def build_run_config(
     *,
+    given: set[str] | None = None,
     config_file: Path | None = None,
     sets: list[str] | None = None,
     pun: bool = False,
@@ -211,9 +210,9 @@ def build_run_config(
 ):
     """Layer defaults < config file < explicit flags < --set into a validated RunConfig, then apply the recipe.
 
-    ``flags`` are the command's config flags by parameter name (:data:`PARAM_FIELDS`); only those given
-    on the command line override the config file (outside a command line, all of them do). Nothing heavy
-    is imported, so a bad value fails at once.
+    ``flags`` are the command's config flags by parameter name (:data:`PARAM_FIELDS`); only those named
+    in ``given`` (typed on the command line, see :func:`given_options`) override the config file; with
+    ``given=None`` (a call from Python) all of them do. Nothing heavy is imported: bad values fail at once.
     """
     from nemesis_analysis.config import RunConfig, apply_recipe, load_config_file, parse_assignment, with_overrides
 
@@ -223,7 +222,7 @@ def build_run_config(
     if sum([pun, pan, beta is not None]) > 1:
         raise ConfigError("give only one of --pun, --pan and --beta B")
     layered = load_config_file(config_file) if config_file is not None else {}
-    layered.update({PARAM_FIELDS[name]: value for name, value in flags.items() if given_on_command_line(name)})
+    layered.update({PARAM_FIELDS[name]: value for name, value in flags.items() if given is None or name in given})
     if pun or pan or beta is not None:
         layered["nemesis.beta"] = 1.0 if pun else 0.0 if pan else beta
     layered.update(parse_assignment(item) for item in sets or [])

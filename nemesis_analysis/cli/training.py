@@ -15,6 +15,7 @@ import typer
 from nemesis_analysis.cli.options import (
     DEFAULT_CHECKPOINTS,
     DEFAULT_REPORTS,
+    PARAM_FIELDS,
     BackboneOpt,
     BatchOpt,
     BetaOpt,
@@ -49,6 +50,7 @@ from nemesis_analysis.cli.options import (
     SetOpt,
     ShotsOpt,
     build_run_config,
+    given_options,
     build_session,
     console,
     handle_errors,
@@ -91,10 +93,15 @@ def run_demo_pipeline(session: Session):
                     progress=session.progress, console=console)
 
 
-def config_of_run(session: Session, run_id: str):
+def config_of_run(session: Session, run_id: str, given: set[str], prompt: Path | None):
     """The RunConfig a finished or started run was trained with (``run_id`` or a unique prefix of it)."""
     from nemesis_analysis.config import RunConfig
     from nemesis_analysis.errors import NoDataError
+
+    clashing = sorted(given & (set(PARAM_FIELDS) | {"pun", "pan", "beta", "config_file", "set_"}))
+    if clashing or prompt is not None:
+        what = "--prompt" if prompt is not None else ", ".join(f"--{n.rstrip('_').replace('_', '-')}" for n in clashing)
+        raise ConfigError(f"--run {run_id} sweeps the run with its own config; drop {what}")
 
     folder = session.checkpoints_dir
     matches = sorted(p for p in folder.glob(f"{run_id}*") if (p / "config.json").is_file()) if folder.is_dir() else []
@@ -129,6 +136,7 @@ def print_config_and_stop(config) -> None:
 
 @handle_errors
 def train(
+    ctx: typer.Context,
     dataset: DatasetOpt = "digits",
     shots: ShotsOpt = 16,
     seed: SeedOpt = 1,
@@ -165,7 +173,7 @@ def train(
 ) -> None:
     """Train CoOp (or CoOp + Nemesis with --pun / --pan / --beta) and record it in Parquet."""
     config = build_run_config(
-        config_file=config_file, sets=set_, pun=pun, pan=pan, beta=beta, dataset=dataset, shots=shots, seed=seed,
+        given=given_options(ctx), config_file=config_file, sets=set_, pun=pun, pan=pan, beta=beta, dataset=dataset, shots=shots, seed=seed,
         backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
         ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
         pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
@@ -226,6 +234,7 @@ def parse_grid(ops: str, positions: str | None, factors: str | None, stds: str |
 
 @handle_errors
 def corrupt(
+    ctx: typer.Context,
     dataset: DatasetOpt = "digits",
     shots: ShotsOpt = 16,
     seed: SeedOpt = 1,
@@ -274,21 +283,19 @@ def corrupt(
     Trains the run first when it has not finished (same flags as `train`), or analyses --prompt or --run.
     Rows already in reports/corruptions are skipped, so widening the grid computes only what is new.
     """
-    from nemesis_analysis.corrupt_ops import parse_int_list
-
     config = build_run_config(
-        config_file=config_file, sets=set_, pun=pun, pan=pan, beta=beta, dataset=dataset, shots=shots, seed=seed,
+        given=given_options(ctx), config_file=config_file, sets=set_, pun=pun, pan=pan, beta=beta, dataset=dataset, shots=shots, seed=seed,
         backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
         ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
         pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
     )  # fmt: skip
+    from nemesis_analysis.corrupt_ops import parse_int_list  # imports torch: only once the config is valid
+
     grid = parse_grid(ops, positions, factors, stds, reps)
     session = build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
                             offline=offline, cache_dir=cache_dir, quiet=quiet)
     if run is not None:
-        if prompt is not None:
-            raise ConfigError("give either --run RUN_ID or --prompt PATH, not both")
-        config = config_of_run(session, run)
+        config = config_of_run(session, run, given_options(ctx), prompt)
     if print_config:
         print_config_and_stop(config)
     summaries = run_sweep(
