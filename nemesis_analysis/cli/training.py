@@ -221,8 +221,6 @@ def parse_grid(ops: str, positions: str | None, factors: str | None, stds: str |
     """The corruption grid flags as the library's keyword arguments (lists parsed, nothing expanded yet)."""
     from nemesis_analysis import corrupt_ops
 
-    if reps < 1:
-        raise ConfigError(f"--reps must be at least 1, got {reps}")
     return dict(
         ops=[item.strip() for item in ops.split(",") if item.strip()],
         positions=corrupt_ops.parse_int_list(positions, "--positions") if positions is not None else None,
