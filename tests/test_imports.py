@@ -163,3 +163,14 @@ def test_module_imports_without_torch(module):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False", f"importing nemesis_analysis.{module} imports torch"
+
+
+def test_dataset_registry_imports_no_reader_and_is_complete_whatever_is_imported_first():
+    readers = {f"{PACKAGE}.data.{name}" for name in ("coop", "embedded", "custom", "specs", "diagnose", "fixtures")}
+    assert not {target for target, _, _ in imports_of(f"{PACKAGE}.data.registry")} & readers
+    source = MODULES[f"{PACKAGE}.data.registry"].read_text()
+    assert "except ImportError" not in source  # a broken reader must fail loudly, not read as "unknown dataset"
+    code = ("import nemesis_analysis.data.registry as r; "
+            "print(len(r.dataset_names()), 'digits' in r.DATASETS, sorted(r.DATASET_KINDS))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, timeout=120)
+    assert result.stdout.strip().split(maxsplit=2) == ["16", "True", "['folder', 'manifest']"], result.stdout + result.stderr
