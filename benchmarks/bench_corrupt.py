@@ -45,7 +45,7 @@ from nemesis_analysis.corrupt import (
 from nemesis_analysis.corrupt_ops import apply_corruptions, corrupt_context, expand_grid
 from nemesis_analysis.metrics import differing_predictions
 from nemesis_analysis.features import encode_samples, image_features
-from nemesis_analysis.models import load_model
+from nemesis_analysis.loading import load_model
 from nemesis_analysis.prompts import PromptLearner, load_prompt
 from nemesis_analysis.train import Workspace, prepare, train_prompt
 

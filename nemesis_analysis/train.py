@@ -33,7 +33,8 @@ from nemesis_analysis.data.registry import load_dataset
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
 from nemesis_analysis.features import image_features
 from nemesis_analysis.metrics import top1_accuracy
-from nemesis_analysis.models import LoadedModel, load_model, resolve_device
+from nemesis_analysis.loading import load_model
+from nemesis_analysis.models import LoadedModel, resolve_device
 from nemesis_analysis.progress import progress_bar
 from nemesis_analysis.prompts import PromptLearner, learner_metadata, save_prompt
 

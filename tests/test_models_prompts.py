@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nemesis_analysis.config import PromptConfig
-from nemesis_analysis.models import encode_text_from_embeddings, eos_positions, load_model
+from nemesis_analysis.loading import load_model
+from nemesis_analysis.models import encode_text_from_embeddings, eos_positions
 from nemesis_analysis.prompts import PLACEHOLDER, PromptLearner
 
 TEXTS = ["a photo of a dog.", "x", "an unusually long sentence about a small red bicycle near the river bank."]

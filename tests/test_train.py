@@ -139,10 +139,10 @@ def test_non_finite_loss_stops_with_epoch(tiny_context, checkpoints_dir, tmp_pat
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(shots=0), "--shots"),
-        (dict(prompt=dict(n_ctx=0)), "--n-ctx"),
+        (dict(shots=0), "shots must be at least 1"),
+        (dict(prompt=dict(n_ctx=0)), "prompt.n_ctx must be at least 1"),
         (dict(prompt=dict(class_token_position="side")), "class-token position"),
-        (dict(nemesis=dict(beta=2.0)), "--beta"),
+        (dict(nemesis=dict(beta=2.0)), r"nemesis.beta must lie in \[0, 1\]"),
         (dict(precision="fp64"), "precision"),
     ],
 )

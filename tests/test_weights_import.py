@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from nemesis_analysis import weights
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ModelError
-from nemesis_analysis.models import load_model
+from nemesis_analysis.loading import load_model
 from nemesis_analysis.prompt_import import find_dassl_checkpoint, load_prompt_any
 from nemesis_analysis.prompts import PromptLearner, save_prompt
 
