@@ -49,7 +49,8 @@ from nemesis_analysis.choices import Precision  # noqa: E402
 from nemesis_analysis.config import PromptConfig  # noqa: E402
 from nemesis_analysis.data.fewshot import sample_few_shot  # noqa: E402
 from nemesis_analysis.data.registry import load_dataset  # noqa: E402
-from nemesis_analysis.models import LoadedModel, encode_text_from_embeddings, load_model  # noqa: E402
+from nemesis_analysis.models import LoadedModel, encode_text_from_embeddings  # noqa: E402
+from nemesis_analysis.loading import load_model  # noqa: E402
 from nemesis_analysis.prompts import PromptLearner  # noqa: E402
 from nemesis_analysis.textpass import encode_prompts, shared_prefix_length  # noqa: E402
 

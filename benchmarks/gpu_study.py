@@ -31,7 +31,7 @@ from classnames import CALTECH_CLASSNAMES, imagenet_size_classnames  # noqa: E40
 from nemesis_analysis.config import PromptConfig  # noqa: E402
 from nemesis_analysis.corrupt import predict_corruptions  # noqa: E402
 from nemesis_analysis.corrupt_ops import expand_grid  # noqa: E402
-from nemesis_analysis.models import load_model  # noqa: E402
+from nemesis_analysis.loading import load_model  # noqa: E402
 from nemesis_analysis.prompts import PromptLearner  # noqa: E402
 from nemesis_analysis.textpass import shared_prefix_length  # noqa: E402
 

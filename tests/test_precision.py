@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from nemesis_analysis.choices import Precision
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.features import encode_samples
-from nemesis_analysis.models import encode_text_from_embeddings, load_model
+from nemesis_analysis.models import encode_text_from_embeddings
+from nemesis_analysis.loading import load_model
 from nemesis_analysis.prompts import PrefixCache, PromptLearner
 from nemesis_analysis.textpass import encode_prompts, shared_prefix_length
 

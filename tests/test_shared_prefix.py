@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from nemesis_analysis.config import PromptConfig
-from nemesis_analysis.models import encode_text_from_embeddings, load_model, text_layer_inputs
+from nemesis_analysis.models import encode_text_from_embeddings, text_layer_inputs
+from nemesis_analysis.loading import load_model
 from nemesis_analysis.prompts import PromptLearner
 from nemesis_analysis.textpass import (
     SharedPrefixUnsupported,
