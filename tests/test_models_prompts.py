@@ -7,7 +7,8 @@ import torch
 
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.models import encode_text_from_embeddings, eos_positions, load_model
-from nemesis_analysis.prompts import PLACEHOLDER, PromptLearner
+from nemesis_analysis.methods.coop import CoOp as PromptLearner
+from nemesis_analysis.prompts import PLACEHOLDER
 
 TEXTS = ["a photo of a dog.", "x", "an unusually long sentence about a small red bicycle near the river bank."]
 
@@ -112,7 +113,7 @@ def test_context_is_fp32_and_init_from_words(tiny_random):
 def test_prefix_reuse_equals_full_pass(random_model, position, csc):
     from nemesis_analysis.corrupt_ops import rescale
     from nemesis_analysis.models import supports_prefix_reuse
-    from nemesis_analysis.prompts import PrefixCache
+    from nemesis_analysis.methods.coop import PrefixCache
 
     assert supports_prefix_reuse(random_model.model)
     learner = PromptLearner(random_model, ["cat", "sea lion"], PromptConfig(n_ctx=4, csc=csc, class_token_position=position))

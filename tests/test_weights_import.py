@@ -14,8 +14,8 @@ from nemesis_analysis import weights
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ModelError
 from nemesis_analysis.models import load_model
-from nemesis_analysis.prompt_import import find_dassl_checkpoint, load_prompt_any
-from nemesis_analysis.prompts import PromptLearner, save_prompt
+from nemesis_analysis.artifacts import find_dassl_checkpoint, load_prompt_any, save_prompt
+from nemesis_analysis.methods.coop import CoOp as PromptLearner
 
 
 @pytest.fixture()
