@@ -26,6 +26,17 @@ def demo_config(beta: float | None) -> RunConfig:
     return RunConfig(dataset=DEMO_DATASET, shots=DEMO_SHOTS, seed=DEMO_SEED, nemesis=NemesisConfig(beta=beta))
 
 
+def runs_table(runs: dict[str, RunResult]) -> Table:
+    """Accuracy and per-position norms of each method's run."""
+    table = Table(title="accuracy and context norms (test split)")
+    for column in ("method", "run_id", "test acc %", "mean norm", "per-position L2 norms"):
+        table.add_column(column)
+    for method, run in runs.items():
+        norms = " ".join(f"{n:.2f}" for n in run.position_norms)
+        table.add_row(method, run.run_id, f"{run.final_test_acc:.2f}", f"{run.mean_norm:.4f}", norms)
+    return table
+
+
 @dataclass
 class DemoResult:
     runs: dict[str, RunResult] = field(default_factory=dict)
@@ -55,13 +66,7 @@ def run_demo(
         result.runs[method] = run
     coop = result.runs["coop"]
     console.print(f"zero-shot accuracy (hand-crafted prompt): {coop.zero_shot_acc:.2f}%", highlight=False)
-    table = Table(title="accuracy and context norms (test split)")
-    for column in ("method", "run_id", "test acc %", "mean norm", "per-position L2 norms"):
-        table.add_column(column)
-    for method, run in result.runs.items():
-        norms = " ".join(f"{n:.2f}" for n in run.position_norms)
-        table.add_row(method, run.run_id, f"{run.final_test_acc:.2f}", f"{run.mean_norm:.4f}", norms)
-    console.print(table)
+    console.print(runs_table(result.runs))
 
     # ---- step 3: corruption sweep on the CoOp run (Low-Norm Effect)
     console.rule("[bold]3. corruption sweep on the CoOp run (Low-Norm Effect)")
