@@ -14,12 +14,12 @@ from nemesis_analysis.artifacts import AnalysisPrompt, check_fits, load_prompt, 
 from nemesis_analysis.config import PromptConfig, RunConfig
 from nemesis_analysis.corrupt_ops import Corruption, GridSpec
 from nemesis_analysis.errors import ConfigError, NoDataError
-from nemesis_analysis.methods.coop import CoOp
+from nemesis_analysis.methods import PromptMethod, method_class
 from nemesis_analysis.prompts import backbone_tokenizer, resolve_n_ctx
 from nemesis_analysis.schema import RunIdentity
 from nemesis_analysis.session import Session
 from nemesis_analysis.sweep import SweepSummary, run_corruption_sweep
-from nemesis_analysis.train import RunResult, load_model_and_data, train_prompt
+from nemesis_analysis.train import METHOD, RunResult, load_model_and_data, train_prompt
 
 
 def sweep_runs(
@@ -91,7 +91,7 @@ def sweep_prompt(
     layout = prompt.prompt_config or PromptConfig(
         n_ctx=prompt.n_ctx, csc=prompt.csc, class_token_position=config.prompt.class_token_position
     )
-    method = CoOp(loaded, dataset.classnames, layout)
+    method = method_class(METHOD)(loaded, dataset.classnames, layout)
     check_fits(prompt.ctx, method, prompt.metadata, source=str(prompt.path))
     identity = identity_for_prompt(prompt, config.resolved(loaded.device.type), method)
     if on_prompt is not None:
@@ -99,17 +99,17 @@ def sweep_prompt(
     return run_corruption_sweep(session, method, prompt.ctx, identity, grid, chunk=chunk)
 
 
-def method_for_identity(loaded, classnames: list[str], identity: RunIdentity) -> CoOp:
+def method_for_identity(loaded, classnames: list[str], identity: RunIdentity) -> PromptMethod:
     """The prompt layout of a run, rebuilt from its identity (n_ctx, csc, class-token position).
 
     ``ctx_init`` only changes the initial values, not the layout (each slot is one placeholder token), so
     these three fields are enough to splice a trained context back in.
     """
     prompt = PromptConfig(n_ctx=identity.n_ctx, csc=identity.csc, class_token_position=identity.class_token_position)
-    return CoOp(loaded, classnames, prompt)
+    return method_class(METHOD)(loaded, classnames, prompt)
 
 
-def identity_for_prompt(prompt: AnalysisPrompt, config: RunConfig, method: CoOp) -> RunIdentity:
+def identity_for_prompt(prompt: AnalysisPrompt, config: RunConfig, method: PromptMethod) -> RunIdentity:
     """The identity of an analysed artifact: the artifact's own config when recorded, else the flags'."""
     recorded = prompt.metadata.get("config")
     source = RunConfig.from_dict(recorded) if recorded else config

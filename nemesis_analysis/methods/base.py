@@ -37,6 +37,7 @@ from typing import Callable, ClassVar
 import torch
 from torch import Tensor, nn
 
+from nemesis_analysis.artifacts import load_prompt, save_prompt
 from nemesis_analysis.errors import ConfigError
 
 METHODS: dict[str, type["PromptMethod"]] = {}
@@ -135,14 +136,10 @@ class PromptMethod(nn.Module):
 
     def save(self, directory: Path, extra: dict | None = None) -> Path:
         """Write the method's artifact (tensors + metadata) into ``directory``."""
-        from nemesis_analysis.artifacts import save_prompt
-
         return save_prompt(directory, self.position_tensor(), {**self.metadata(), **(extra or {})})
 
     def load(self, directory: Path) -> dict:
         """Load the slot values saved by :meth:`save`; returns the artifact's metadata."""
-        from nemesis_analysis.artifacts import load_prompt
-
         value, metadata = load_prompt(directory)
         with torch.no_grad():
             self.position_tensor().copy_(value.to(self.position_tensor().device))
