@@ -189,3 +189,12 @@ def test_run_files_get_umask_permissions(tiny_session, checkpoints_dir, tmp_path
     modes.update({f.name: stat.S_IMODE(os.stat(f).st_mode) for f in features})
     assert modes == {name: file_mode() for name in modes}
     assert not [p for p in result.run_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_session_caches_are_shared_by_its_copies(tiny_session, tmp_path):
+    other = tiny_session.replace(reports_dir=tmp_path / "reports")
+    assert other.reports_dir == tmp_path / "reports" and tiny_session.reports_dir != other.reports_dir
+    assert other.model("nemesis-tiny", "embedded") is tiny_session.model("nemesis-tiny", "embedded")
+    assert other.dataset("digits") is tiny_session.dataset("digits")
+    assert other.run_dir("abc").path == tiny_session.checkpoints_dir / "abc"
+    assert other.feature_cache == tiny_session.checkpoints_dir / "features"
