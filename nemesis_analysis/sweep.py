@@ -58,7 +58,7 @@ class SweepSummary:
 
 
 @dataclass
-class TestSet:
+class EvalSet:
     """The test split's cached image features on the model's device, and their labels."""
 
     features: Tensor  # (n_test, embed)
@@ -147,14 +147,14 @@ def resolve_chunk(method: PromptMethod, chunk: int | None, memory_budget: int | 
     return chunk
 
 
-def load_test_set(session: Session, method: PromptMethod, dataset_name: str) -> TestSet:
+def load_test_set(session: Session, method: PromptMethod, dataset_name: str) -> EvalSet:
     """The test split's features (encoded once, from the session's feature cache) on the model's device."""
     dataset = session.dataset(dataset_name)
     loaded = method.loaded
     features, labels = image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
     if labels.shape[0] == 0:
         raise ConfigError(f"dataset {dataset.name} has an empty test split; nothing to evaluate")
-    return TestSet(features.to(loaded.device), labels)
+    return EvalSet(features.to(loaded.device), labels)
 
 
 def previous_rows(session: Session, run_id: str) -> pd.DataFrame:
@@ -185,7 +185,7 @@ def evaluate_chunk(
     slot_value: Tensor,
     part: Sequence[Corruption],
     run_id: str,
-    test: TestSet,
+    test: EvalSet,
     base_row: dict,
     base_norms: Tensor,
 ) -> list[dict]:
