@@ -201,7 +201,9 @@ def check_fits(ctx: Tensor, method, metadata: dict | None = None, source: str = 
     """Raise a one-line ModelError unless ``ctx`` (and what ``metadata`` recorded) fits the loaded method."""
     meta, backbone = metadata or {}, method.loaded.backbone
     if ctx.dim() not in (2, 3):
-        raise ModelError(f"{source}: context must be (n_ctx, width) or (num_classes, n_ctx, width), got {tuple(ctx.shape)}")
+        raise ModelError(
+            f"{source}: context must be (n_ctx, width) or (num_classes, n_ctx, width), got {tuple(ctx.shape)}"
+        )
     if meta.get("backbone") and meta["backbone"] != backbone:
         raise ModelError(
             f"{source} was trained on {meta['backbone']} but the model is {backbone}; "

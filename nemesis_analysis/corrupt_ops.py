@@ -182,7 +182,10 @@ def expand_grid(
                 if not (math.isfinite(std) and std >= 0):
                     raise ConfigError(f"replace std {std} is invalid; stds must be finite and >= 0")
             grid.extend(
-                Corruption(CorruptionOp.REPLACE.value, p, s, r) for p in position_list for s in std_list for r in range(reps)
+                Corruption(CorruptionOp.REPLACE.value, p, s, r)
+                for p in position_list
+                for s in std_list
+                for r in range(reps)
             )
         else:
             raise ConfigError(f"unknown corruption op {op!r}; choose from {', '.join(GRID_OPS)}")

@@ -1,4 +1,4 @@
-"""``nemesis demo``: the whole pipeline (train three methods, sweep corruptions, draw figures) on the embedded default, offline.
+"""``nemesis demo``: the whole pipeline (train, sweep corruptions, draw figures) on the embedded default, offline.
 
 Callable from a notebook too: :func:`run_demo` returns everything it computed.
 """

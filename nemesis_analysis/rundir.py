@@ -100,7 +100,8 @@ class RunDir:
         with safe_open(str(state_tensors), framework="pt") as handle:
             tensor_epoch = (handle.metadata() or {}).get("epoch")
         if tensor_epoch != str(state["epoch"]):
-            logger.warning("%s: saved state is incomplete (interrupted while saving); training from the start", self.run_id)
+            message = "%s: saved state is incomplete (interrupted while saving); training from the start"
+            logger.warning(message, self.run_id)
             return None
         return ResumeState(state["epoch"], state["rows"], load_file(str(state_tensors)))
 

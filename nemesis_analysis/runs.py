@@ -42,7 +42,10 @@ def sweep_runs(
         config = load_run_config(session, run_id)
     seeds = list(seeds) if seeds is not None else [config.seed]
     analysed = read_prompt(prompt) if prompt is not None else None
-    n_ctx = analysed.n_ctx if analysed is not None else resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
+    if analysed is not None:
+        n_ctx = analysed.n_ctx
+    else:
+        n_ctx = resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
     corruptions = grid.expand(n_ctx)
     config = dataclasses.replace(config, seed=seeds[0])
     if analysed is not None:
@@ -132,9 +135,12 @@ def load_run_config(session: Session, run_id: str) -> RunConfig:
     if not run_id:
         raise ConfigError("--run needs a run id (or a unique prefix of one); see the runs table")
     folder = session.checkpoints_dir
-    matches = sorted(p.name for p in folder.glob(f"{run_id}*") if (p / "config.json").is_file()) if folder.is_dir() else []
+    candidates = folder.glob(f"{run_id}*") if folder.is_dir() else []
+    matches = sorted(p.name for p in candidates if session.run_dir(p.name).load_config_dict() is not None)
     if not matches:
-        raise NoDataError(f"no run {run_id!r} in {folder}; pass a run id from the runs table or the right --checkpoints")
+        raise NoDataError(
+            f"no run {run_id!r} in {folder}; pass a run id from the runs table or the right --checkpoints"
+        )
     if len(matches) > 1:
         raise ConfigError(f"run id prefix {run_id!r} is ambiguous ({', '.join(matches[:4])}); give more characters")
     return RunConfig.from_dict(session.run_dir(matches[0]).load_config_dict())

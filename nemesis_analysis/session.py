@@ -18,7 +18,8 @@ CACHE_ENV = "NEMESIS_CACHE"
 
 
 def default_cache_root() -> Path:
-    """Per-user cache shared by every checkpoints folder: $NEMESIS_CACHE, else $XDG_CACHE_HOME/nemesis, else ~/.cache/nemesis."""
+    """Per-user cache shared by every checkpoints folder: $NEMESIS_CACHE, else $XDG_CACHE_HOME/nemesis,
+    else ~/.cache/nemesis."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -70,7 +71,8 @@ class Session:
         from nemesis_analysis.models import load_model
 
         device = self.torch_device()
-        key = (backbone, pretrained, None if precision is None else str(getattr(precision, "value", precision)), str(device))
+        precision_name = None if precision is None else str(getattr(precision, "value", precision))
+        key = (backbone, pretrained, precision_name, str(device))
         if key not in self._models:
             self._models[key] = load_model(
                 backbone,

@@ -112,7 +112,9 @@ def run_corruption_sweep(
     with progress_bar(f"corrupting {identity.run_id}", total=len(todo), enabled=session.progress) as advance:
         for index, start in enumerate(range(0, len(todo), chunk)):
             part = todo[start : start + chunk]
-            rows = pending + evaluate_chunk(method, cache, slot_value, part, identity.run_id, test, base_row, base_norms)
+            rows = pending + evaluate_chunk(
+                method, cache, slot_value, part, identity.run_id, test, base_row, base_norms
+            )
             pending = []
             store.append_rows(session.reports_dir, TABLE, rows)
             new_rows.extend(rows[-len(part) :])
@@ -122,7 +124,8 @@ def run_corruption_sweep(
     if pending:  # nothing left to corrupt, but the baseline row was missing
         store.append_rows(session.reports_dir, TABLE, pending)
     frame = grid_rows(previous, new_rows, grid)
-    return summarise(frame, identity.run_id, acc_original, test.size, len(new_rows), chunk, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return summarise(frame, identity.run_id, acc_original, test.size, len(new_rows), chunk, seconds)
 
 
 def check_slot(slot_value: Tensor, identity: RunIdentity) -> Tensor:

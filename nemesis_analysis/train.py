@@ -173,7 +173,9 @@ def load_model_and_data(config: RunConfig, session: Session) -> tuple[LoadedMode
     return session.model(config.backbone, config.pretrained, config.precision), dataset
 
 
-def start_run(config: RunConfig, session: Session, loaded: LoadedModel, dataset: DatasetSplits, run_dir: RunDir) -> TrainingRun:
+def start_run(
+    config: RunConfig, session: Session, loaded: LoadedModel, dataset: DatasetSplits, run_dir: RunDir
+) -> TrainingRun:
     """Sample and save the split, encode the test split, build the method and restore a saved epoch."""
     train_samples = sample_few_shot(dataset.train, config.shots, config.seed)
     val_samples = sample_few_shot(dataset.val, min(config.shots, 4), config.seed) if dataset.val else []
@@ -234,7 +236,12 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> EpochStats:
 
 
 def train_step(
-    run: TrainingRun, pixels: torch.Tensor, labels: torch.Tensor, omega_value: float, generator: torch.Generator, epoch: int
+    run: TrainingRun,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    omega_value: float,
+    generator: torch.Generator,
+    epoch: int,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """One SGD step on CE + the method's extra loss + the Nemesis term; returns the losses and PAN's marks."""
     method, spec = run.method, run.config.nemesis
@@ -294,7 +301,9 @@ def evaluate(method: PromptMethod, features: torch.Tensor, labels: torch.Tensor)
         return top1_accuracy(method.scores(features), labels)
 
 
-def zero_shot_accuracy(loaded: LoadedModel, dataset: DatasetSplits, features: torch.Tensor, labels: torch.Tensor) -> float:
+def zero_shot_accuracy(
+    loaded: LoadedModel, dataset: DatasetSplits, features: torch.Tensor, labels: torch.Tensor
+) -> float:
     """Top-1 accuracy (percent) of the dataset's hand-crafted template."""
     texts = [dataset.template.format(name.replace("_", " ")) for name in dataset.classnames]
     text = loaded.encode_texts(texts)  # (classes, embed)
@@ -445,7 +454,7 @@ def Workspace(  # noqa: N802 (called like the class it replaces)
     weights_cache_dir: Path | str | None = None,
 ) -> Session:
     """Deprecated: a :class:`Session` with these folders."""
-    return Session(checkpoints_dir=Path(checkpoints_dir), reports_dir=Path(reports_dir), weights_cache_dir=weights_cache_dir)
+    return Session(Path(checkpoints_dir), Path(reports_dir), weights_cache_dir=weights_cache_dir)
 
 
 def legacy_session(
