@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from nemesis_analysis import store
 from nemesis_analysis.artifacts import save_prompt
 from nemesis_analysis.data.base import Sample
+from nemesis_analysis.data.fewshot import save_split
 from nemesis_analysis.fsio import atomic_path, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -75,11 +76,9 @@ class RunDir:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def save_split(self, splits: dict[str, list[Sample]], classnames: list[str]) -> None:
-        """The sampled splits: ``{"classnames": [...], "train": [[source, label, name], ...], ...}``."""
-        payload: dict = {"classnames": classnames}
-        for name, samples in splits.items():
-            payload[name] = [[s.source, s.label, classnames[s.label]] for s in samples]
-        atomic_write_text(self.file(SPLIT_JSON), json.dumps(payload, indent=1), "the few-shot split")
+        """The sampled splits, in :func:`~nemesis_analysis.data.fewshot.save_split`'s format."""
+        with atomic_path(self.file(SPLIT_JSON), "the few-shot split") as tmp:
+            save_split(tmp, splits, classnames)
 
     # --------------------------------------------------------------------------------------- resume state
 
