@@ -51,14 +51,14 @@ from nemesis_analysis.data.fewshot import sample_few_shot  # noqa: E402
 from nemesis_analysis.data.registry import load_dataset  # noqa: E402
 from nemesis_analysis.models import LoadedModel, encode_text_from_embeddings  # noqa: E402
 from nemesis_analysis.loading import load_model  # noqa: E402
-from nemesis_analysis.prompts import PromptLearner  # noqa: E402
+from nemesis_analysis.methods.coop import CoOp  # noqa: E402
 from nemesis_analysis.textpass import encode_prompts, shared_prefix_length  # noqa: E402
 
 BATCH = 32  # CoOp's batch size
 LR = 0.002
 
 
-def train_text_features(learner: PromptLearner, ctx: torch.Tensor, shared: int) -> torch.Tensor:
+def train_text_features(learner: CoOp, ctx: torch.Tensor, shared: int) -> torch.Tensor:
     """Normalised class text features (classes, embed) for the training step: EOS cut, class-shared prefix."""
     loaded = learner.loaded
     with loaded.autocast():
@@ -69,7 +69,7 @@ def train_text_features(learner: PromptLearner, ctx: torch.Tensor, shared: int) 
 class FullLength:
     """The reference-style text pass: every class's whole context-length sequence, fp32, no cut."""
 
-    def __init__(self, learner: PromptLearner):
+    def __init__(self, learner: CoOp):
         model = learner.loaded.model
         context_length = model.positional_embedding.shape[0]
         tokens = F.pad(learner.tokens, (0, context_length - learner.tokens.shape[1]))  # open_clip pads with 0
@@ -243,7 +243,7 @@ def case_digits(device: torch.device, checkpoints: Path, steps: int) -> None:
             [augment_image(dataset.load_image(s.source), loaded.preprocess_cfg, dataset.augmentation, generator) for s in chosen]
         )
         batches.append((pixels.to(device), torch.tensor([s.label for s in chosen], device=device)))
-    learner = PromptLearner(loaded, dataset.classnames, PromptConfig(n_ctx=16), seed=1)
+    learner = CoOp(loaded, dataset.classnames, PromptConfig(n_ctx=16), seed=1)
     reference, ours, note, shared = _compare(loaded, learner, batches, exact=loaded.precision == Precision.FP32)
     print(
         f"digits: nemesis-tiny, {dataset.num_classes} classes, batch {BATCH}, {steps} measured steps, prompt "
@@ -254,7 +254,7 @@ def case_digits(device: torch.device, checkpoints: Path, steps: int) -> None:
 
 def case_caltech_size(device: torch.device, steps: int, backbone: str) -> PathResult:
     loaded = load_model(backbone, "none", device=device, progress=False)
-    learner = PromptLearner(loaded, CALTECH_CLASSNAMES, PromptConfig(n_ctx=16), seed=1)
+    learner = CoOp(loaded, CALTECH_CLASSNAMES, PromptConfig(n_ctx=16), seed=1)
     batches = _synthetic_batches(loaded, learner.num_classes, steps + 1, seed=2)
     reference, ours, note, shared = _compare(loaded, learner, batches, exact=loaded.precision == Precision.FP32)
     image = _image_seconds(loaded, batches)
@@ -281,7 +281,7 @@ def _image_seconds(loaded: LoadedModel, batches: list) -> float:
 
 def case_imagenet_size(loaded: LoadedModel, reference_100: PathResult, image: float, steps: int) -> None:
     names = imagenet_size_classnames(1000)
-    learner = PromptLearner(loaded, names, PromptConfig(n_ctx=16), seed=1)
+    learner = CoOp(loaded, names, PromptConfig(n_ctx=16), seed=1)
     shared = shared_prefix_length(learner.ctx_index, learner.eos)
     batches = _synthetic_batches(loaded, learner.num_classes, steps + 1, seed=3)
     ours = run_steps(loaded, lambda ctx: train_text_features(learner, ctx, shared), learner.ctx.detach(), batches)

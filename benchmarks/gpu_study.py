@@ -29,10 +29,10 @@ from bench_train import BATCH, LR, train_text_features  # noqa: E402
 from classnames import CALTECH_CLASSNAMES, imagenet_size_classnames  # noqa: E402
 
 from nemesis_analysis.config import PromptConfig  # noqa: E402
-from nemesis_analysis.corrupt import predict_corruptions  # noqa: E402
+from nemesis_analysis.engine import predict_corruptions  # noqa: E402
 from nemesis_analysis.corrupt_ops import expand_grid  # noqa: E402
 from nemesis_analysis.loading import load_model  # noqa: E402
-from nemesis_analysis.prompts import PromptLearner  # noqa: E402
+from nemesis_analysis.methods.coop import CoOp  # noqa: E402
 from nemesis_analysis.textpass import shared_prefix_length  # noqa: E402
 
 CALTECH_TEST_IMAGES = 2465
@@ -52,7 +52,7 @@ def _peak() -> str:
 
 def sweep(loaded) -> None:
     torch.cuda.reset_peak_memory_stats()
-    learner = PromptLearner(loaded, CALTECH_CLASSNAMES, PromptConfig(n_ctx=16), seed=1)
+    learner = CoOp(loaded, CALTECH_CLASSNAMES, PromptConfig(n_ctx=16), seed=1)
     generator = torch.Generator(device="cuda").manual_seed(0)
 
     def encode():
@@ -76,7 +76,7 @@ def sweep(loaded) -> None:
 
 def train(loaded, epochs: int, shots: int, budget: float) -> None:
     torch.cuda.reset_peak_memory_stats()
-    learner = PromptLearner(loaded, imagenet_size_classnames(1000), PromptConfig(n_ctx=16), seed=1)
+    learner = CoOp(loaded, imagenet_size_classnames(1000), PromptConfig(n_ctx=16), seed=1)
     shared = shared_prefix_length(learner.ctx_index, learner.eos)
     ctx = learner.ctx.detach().clone().requires_grad_()
     optimizer = torch.optim.SGD([ctx], lr=LR, momentum=0.9)

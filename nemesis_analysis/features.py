@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from nemesis_analysis.data.base import DatasetSplits, Sample, fingerprint_samples
+from nemesis_analysis.fsio import atomic_path
 from nemesis_analysis.models import LoadedModel
 from nemesis_analysis.progress import progress_bar
 
@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def feature_cache_key(loaded: LoadedModel, dataset: DatasetSplits, samples: list[Sample]) -> str:
+    """A hash of everything that changes the features: model weights, dataset, samples, eval transform."""
     text = "|".join([loaded.identity, dataset.identity, fingerprint_samples(samples), repr(loaded.preprocess)])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -61,8 +62,6 @@ def image_features(
             return cached["features"], labels
         logger.warning("feature cache %s does not match its samples; re-encoding", path)
     features = encode_samples(loaded, dataset, samples, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({"features": features.contiguous(), "labels": labels}, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path, "the image feature cache") as tmp:
+        save_file({"features": features.contiguous(), "labels": labels}, str(tmp))
     return features, labels

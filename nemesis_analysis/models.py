@@ -15,7 +15,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis.architectures import TINY_BACKBONE, register_model_configs  # noqa: F401  (re-exported)
 from nemesis_analysis.choices import Precision
 from nemesis_analysis.errors import ConfigError, ModelError
 

@@ -13,7 +13,7 @@ from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.features import encode_samples
 from nemesis_analysis.models import encode_text_from_embeddings
 from nemesis_analysis.loading import load_model
-from nemesis_analysis.prompts import PrefixCache, PromptLearner
+from nemesis_analysis.methods.coop import CoOp, PrefixCache
 from nemesis_analysis.textpass import encode_prompts, shared_prefix_length
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -55,7 +55,7 @@ def test_amp_on_cpu_matches_fp32_within_tolerance(tiny_context):
 def test_amp_shared_prefix_training_pass_on_cpu(tiny_context):
     """Under CPU autocast the shared-prefix pass stays close to the plain one and the fp32 context gets its gradient."""
     amp = dataclasses.replace(tiny_context.loaded, precision=Precision.AMP)
-    learner = PromptLearner(amp, tiny_context.dataset.classnames, PromptConfig(n_ctx=16))
+    learner = CoOp(amp, tiny_context.dataset.classnames, PromptConfig(n_ctx=16))
     shared = shared_prefix_length(learner.ctx_index, learner.eos)
     assert shared == 17
     results = []
@@ -87,7 +87,7 @@ def test_amp_on_cuda_matches_fp32_on_cpu(tiny_context, checkpoints_dir):
 @pytest.mark.parametrize("backbone", ["ViT-B-16", "RN50"])
 def test_shared_prefix_exact_on_cuda_fp32(backbone):
     loaded = load_model(backbone, "none", device="cuda", precision="fp32")
-    learner = PromptLearner(loaded, ["cat", "sea lion", "hot air balloon"], PromptConfig(n_ctx=16))
+    learner = CoOp(loaded, ["cat", "sea lion", "hot air balloon"], PromptConfig(n_ctx=16))
     shared = shared_prefix_length(learner.ctx_index, learner.eos)
     ctx = learner.ctx.detach().clone().requires_grad_()
     with torch.no_grad():
@@ -102,7 +102,7 @@ def test_shared_prefix_exact_on_cuda_fp32(backbone):
 @cuda
 def test_fp16_and_prefix_cache_on_cuda():
     loaded = load_model("ViT-B-16", "none", device="cuda", precision="fp16")
-    learner = PromptLearner(loaded, ["cat", "sea lion"], PromptConfig(n_ctx=8))
+    learner = CoOp(loaded, ["cat", "sea lion"], PromptConfig(n_ctx=8))
     ctx = learner.ctx.detach()
     cache = PrefixCache(learner, ctx)
     assert all(state.device.type == "cuda" and state.dtype == torch.float16 for state in cache.states)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.models import encode_text_from_embeddings, text_layer_inputs
 from nemesis_analysis.loading import load_model
-from nemesis_analysis.prompts import PromptLearner
+from nemesis_analysis.methods.coop import CoOp
 from nemesis_analysis.textpass import (
     SharedPrefixUnsupported,
     encode_prompts,
@@ -48,7 +48,7 @@ def _assert_close_to_scale(actual, expected, tolerance=1e-5):
 
 
 def _learner(loaded, position, csc, n_ctx=4):
-    return PromptLearner(loaded, NAMES, PromptConfig(n_ctx=n_ctx, csc=csc, class_token_position=position))
+    return CoOp(loaded, NAMES, PromptConfig(n_ctx=n_ctx, csc=csc, class_token_position=position))
 
 
 @pytest.mark.parametrize("position, expected", [("end", 5), ("middle", 3), ("front", 1)])

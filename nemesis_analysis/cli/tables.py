@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from nemesis_analysis.cli.options import DEFAULT_REPORTS, ReportsOpt, build_session, console, handle_errors
+from nemesis_analysis.cli.options import DEFAULT_REPORTS, ReportsOpt, console, handle_errors
 
 
 FigureOutOpt = Annotated[

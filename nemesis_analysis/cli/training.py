@@ -1,8 +1,7 @@
 """The commands that train or sweep prompts (train, corrupt, demo): parse, build config and Session, call, print.
 
-Each library call goes through one small adapter (``run_training``, ``run_sweep``, ``run_demo_pipeline``)
-that maps the Session onto the library's current signature, so switching to a Session-taking API is a
-few lines here.
+Each library call goes through one small function (``run_training``, ``run_sweep``, ``run_demo_pipeline``),
+which tests patch to check what the command passes on.
 """
 
 from __future__ import annotations
@@ -58,29 +57,22 @@ from nemesis_analysis.cli.options import (
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.session import Session
 
-# ------------------------------------------------------------------------- adapters to the library API
+# --------------------------------------------------------------------------------- calls into the library
 
 
 def run_training(config, session: Session, *, force: bool):
     """Train (or reuse) one run."""
-    from nemesis_analysis.train import Workspace, train_prompt
+    from nemesis_analysis.train import train_prompt
 
-    workspace = Workspace(session.checkpoints_dir, session.reports_dir, session.weights_cache_dir)
-    return train_prompt(
-        config, workspace, data_root=session.data_root, device=session.device, offline=session.offline,
-        force=force, progress=session.progress,
-    )  # fmt: skip
+    return train_prompt(config, session, force=force)
 
 
-def run_sweep(config, session: Session, grid: dict, *, seeds, prompt, chunk, force: bool, on_run, on_prompt):
-    """Sweep the corruption grid (``grid``: ops, positions, factors, stds, reps) on each seed's run or on ``prompt``."""
-    from nemesis_analysis import corrupt
-    from nemesis_analysis.train import Workspace
+def run_sweep(config, session: Session, grid, *, seeds, prompt, run_id, chunk, force: bool, on_run, on_prompt):
+    """Sweep the corruption grid (a ``GridSpec``) on each seed's run, on ``prompt`` or on the run ``run_id``."""
+    from nemesis_analysis.runs import sweep_runs
 
-    workspace = Workspace(session.checkpoints_dir, session.reports_dir, session.weights_cache_dir)
-    return corrupt.sweep_runs(
-        config, workspace, **grid, seeds=seeds, prompt=prompt, chunk=chunk, data_root=session.data_root,
-        device=session.device, offline=session.offline, force=force, progress=session.progress,
+    return sweep_runs(
+        config, session, grid, seeds=seeds, prompt=prompt, run_id=run_id, chunk=chunk, force=force,
         on_run=on_run, on_prompt=on_prompt,
     )  # fmt: skip
 
@@ -95,23 +87,13 @@ def run_demo_pipeline(session: Session):
 
 def config_of_run(session: Session, run_id: str, given: set[str], prompt: Path | None):
     """The RunConfig a finished or started run was trained with (``run_id`` or a unique prefix of it)."""
-    from nemesis_analysis.config import RunConfig
-    from nemesis_analysis.errors import NoDataError
+    from nemesis_analysis.runs import load_run_config
 
     clashing = sorted(given & (set(PARAM_FIELDS) | {"pun", "pan", "beta", "config_file", "set_"}))
     if clashing or prompt is not None:
         what = "--prompt" if prompt is not None else ", ".join(f"--{n.rstrip('_').replace('_', '-')}" for n in clashing)
         raise ConfigError(f"--run {run_id} sweeps the run with its own config; drop {what}")
-
-    folder = session.checkpoints_dir
-    matches = sorted(p for p in folder.glob(f"{run_id}*") if (p / "config.json").is_file()) if folder.is_dir() else []
-    if len(matches) != 1:
-        found = "no run" if not matches else f"{len(matches)} runs"
-        raise NoDataError(f"{found} matching --run {run_id!r} in {folder}; pass a run id listed in reports/runs "
-                          "(or the --checkpoints folder it was trained in)")
-    import json
-
-    return RunConfig.from_dict(json.loads((matches[0] / "config.json").read_text()))
+    return load_run_config(session, run_id)
 
 
 def print_run_result(result) -> None:
@@ -217,19 +199,6 @@ ChunkOpt = Annotated[
 ]
 
 
-def parse_grid(ops: str, positions: str | None, factors: str | None, stds: str | None, reps: int) -> dict:
-    """The corruption grid flags as the library's keyword arguments (lists parsed, nothing expanded yet)."""
-    from nemesis_analysis import corrupt_ops
-
-    return dict(
-        ops=[item.strip() for item in ops.split(",") if item.strip()],
-        positions=corrupt_ops.parse_int_list(positions, "--positions") if positions is not None else None,
-        factors=corrupt_ops.parse_float_list(factors, "--factors") if factors is not None else None,
-        stds=corrupt_ops.parse_float_list(stds, "--stds") if stds is not None else None,
-        reps=reps,
-    )
-
-
 @handle_errors
 def corrupt(
     ctx: typer.Context,
@@ -287,9 +256,9 @@ def corrupt(
         ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
         pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
     )  # fmt: skip
-    from nemesis_analysis.corrupt_ops import parse_int_list  # imports torch: only once the config is valid
+    from nemesis_analysis.corrupt_ops import GridSpec, parse_int_list  # imports torch: only once the config is valid
 
-    grid = parse_grid(ops, positions, factors, stds, reps)
+    grid = GridSpec.parse(ops, positions, factors, stds, reps)
     session = build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
                             offline=offline, cache_dir=cache_dir, quiet=quiet)
     if run is not None:
@@ -298,11 +267,11 @@ def corrupt(
         print_config_and_stop(config)
     summaries = run_sweep(
         config, session, grid,
-        seeds=parse_int_list(seeds, "--seeds") if seeds is not None else None, prompt=prompt, chunk=chunk,
+        seeds=parse_int_list(seeds, "--seeds") if seeds is not None else None, prompt=prompt, run_id=None, chunk=chunk,
         force=force, on_run=print_run_result,
         on_prompt=lambda p: console.print(f"analysing {p.path} (run_id {p.run_id})", highlight=False),
     )  # fmt: skip
-    from nemesis_analysis.corrupt import format_summary
+    from nemesis_analysis.sweep import format_summary
 
     for summary_ in summaries:
         for line in format_summary(summary_):
