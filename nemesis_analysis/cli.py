@@ -28,6 +28,8 @@ app = typer.Typer(
 )
 plot_app = typer.Typer(help="Render the paper's figures from the Parquet tables.", no_args_is_help=True)
 app.add_typer(plot_app, name="plot")
+from nemesis_analysis.cli_study import study_app  # noqa: E402 - the study commands live in their own module
+app.add_typer(study_app, name="study")
 
 # Off a terminal (pipes, CI logs, notebooks) rich would wrap tables at 80 columns; give them room.
 _WIDTH = None if sys.stdout.isatty() else 160

@@ -113,6 +113,22 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("seconds", pa.float64()),
         ]
     ),
+    # One row per state change of a study job (nemesis study run); the newest row of a job is its state.
+    "jobs": pa.schema(
+        [
+            ("job_id", pa.string()),  # encode:..., train:<run_id>, corrupt:<run_id>:<grid>, evaluate:...
+            ("kind", pa.string()),  # encode, train, corrupt or evaluate
+            ("run_id", pa.string()),  # "" for encode jobs
+            ("dataset", pa.string()),
+            ("study", pa.string()),
+            ("state", pa.string()),  # running, done, failed, lost (worker died; retried) or blocked
+            ("attempts", pa.int64()),
+            ("seconds", pa.float64()),  # time the job ran on its worker
+            ("host", pa.string()),
+            ("error", pa.string()),  # one line; "" unless failed, lost or blocked
+            ("updated", pa.float64()),  # unix time of the row; the newest row wins
+        ]
+    ),
 }
 
 # Rows with the same key describe the same observation; the newest one wins.
@@ -120,6 +136,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "corruptions": ("run_id", *CORRUPTION_KEY),
     "trajectories": ("run_id", "epoch", "position"),
     "runs": ("run_id",),
+    "jobs": ("job_id",),
 }
 
 TABLES: tuple[str, ...] = tuple(SCHEMAS)
