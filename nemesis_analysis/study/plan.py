@@ -154,9 +154,13 @@ def done_jobs(study: Study, jobs: list[Job]) -> set[str]:
             done.add(job.id)
         elif job.kind in ("encode", "evaluate") and recorded.get(job.id) == "done":
             done.add(job.id)
+    dependents: dict[str, list[str]] = {}
+    for job in jobs:
+        for dep in job.deps:
+            dependents.setdefault(dep, []).append(job.id)
     for job in jobs:  # an encode whose every dependent is done has nothing left to feed
-        dependents = [j for j in jobs if job.id in j.deps]
-        if job.kind == "encode" and dependents and all(j.id in done for j in dependents):
+        after = dependents.get(job.id, [])
+        if job.kind == "encode" and after and all(j in done for j in after):
             done.add(job.id)
     return done
 

@@ -56,13 +56,7 @@ def append_jobs(reports_dir: Path | str, rows: list[dict]) -> Path | None:
 
 def read_jobs(reports_dir: Path | str) -> pd.DataFrame:
     """The newest row of every job (empty, with the schema's columns, when nothing is written yet)."""
-    schema = schema_of(TABLE)
-    folder = Path(reports_dir) / TABLE
-    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
-    if not parts:
-        return schema.empty_table().to_pandas()
-    frame = pd.concat([pq.read_table(p, schema=schema).to_pandas() for p in parts], ignore_index=True)
-    frame = frame.sort_values("updated", kind="stable")
+    frame = read_job_history(reports_dir)
     return frame.drop_duplicates(list(KEYS[TABLE]), keep="last").reset_index(drop=True)
 
 
