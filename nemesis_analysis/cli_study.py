@@ -132,7 +132,7 @@ def run(
         f"{len(report.done)} done, {len(report.failed)} failed, {len(report.blocked)} blocked, "
         f"{len(report.waiting)} waiting for other shards, {sum(report.retries.values())} retries; "
         f"{report.wall_seconds:.1f} s wall, {report.job_seconds:.1f} s in jobs, "
-        f"scheduling overhead {report.overhead_per_job * 1000:.0f} ms per job",
+        f"scheduling overhead {report.overhead_per_job * 1000:.0f} ms per job (median)",
         highlight=False,
     )
     for job_id, error in report.failed.items():

@@ -176,12 +176,14 @@ class Plan:
     def todo(self) -> list[Job]:
         return [job for job in self.jobs if job.id not in self.done]
 
+    def __post_init__(self) -> None:
+        self.recorded: dict[str, str] = dict(zip(self.records["job_id"], self.records["state"]))
+
     def state(self, job: Job) -> str:
-        """done, failed, blocked, running or todo (failed/running as last recorded in reports/jobs)."""
+        """done, failed, blocked, running or todo (failed/blocked/running as last recorded in reports/jobs)."""
         if job.id in self.done:
             return "done"
-        rows = self.records[self.records["job_id"] == job.id]
-        recorded = rows["state"].iloc[-1] if not rows.empty else ""
+        recorded = self.recorded.get(job.id, "")
         return recorded if recorded in ("failed", "blocked", "running") else "todo"
 
 

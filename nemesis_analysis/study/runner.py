@@ -29,7 +29,12 @@ class RunReport:
 
     @property
     def overhead_per_job(self) -> float:
-        return sum(self.overheads) / len(self.overheads) if self.overheads else float("nan")
+        """Median scheduling overhead per job, seconds (the median leaves out the workers' start-up)."""
+        if not self.overheads:
+            return float("nan")
+        ordered = sorted(self.overheads)
+        middle = len(ordered) // 2
+        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 class _Recorder:
@@ -50,62 +55,82 @@ class _Recorder:
         self.rows(jobs, "running")
 
 
+class _Driver:
+    """The state of one invocation: which jobs succeeded, failed or wait, and what is queued."""
+
+    def __init__(self, plan: Plan, jobs: list[Job], executor):
+        self.plan, self.jobs, self.executor = plan, {job.id: job for job in jobs}, executor
+        self.report, self.recorder = RunReport(), _Recorder(plan)
+        self.succeeded, self.failed = set(plan.done), set()
+        self.queue, self.submitted = list(jobs), {}
+
+    def take_ready(self, advance) -> list[Job]:
+        """Remove blocked and waiting jobs from the queue; return the ready ones that fit the free workers."""
+        ready, report = [], self.report
+        for job in list(self.queue):
+            bad = [d for d in job.deps if d in self.failed]
+            if bad:
+                self.queue.remove(job)
+                self.failed.add(job.id)
+                report.blocked[job.id] = bad[0]
+                self.recorder.rows([job], "blocked", error=f"dependency {bad[0]} did not finish")
+                advance(1, failed=len(self.failed))
+            elif any((d not in self.succeeded and d not in self.jobs) or d in report.waiting for d in job.deps):
+                self.queue.remove(job)  # another shard's dependency: a later invocation runs it
+                report.waiting.append(job.id)
+                advance(1)
+            elif all(d in self.succeeded for d in job.deps) and len(ready) + self.executor.running < self.executor.capacity:
+                ready.append(job)
+        return ready
+
+    def dispatch(self, ready: list[Job]) -> None:
+        for job in ready:
+            self.queue.remove(job)
+            self.executor.submit(job)
+            self.submitted[job.id] = time.perf_counter()
+        if ready:
+            self.recorder.start(ready)
+
+    def settle(self, outcome) -> bool:
+        """Record one outcome; False when the job goes back to the queue for another attempt."""
+        job, report = self.jobs[outcome.job_id], self.report
+        report.overheads.append(time.perf_counter() - self.submitted.pop(job.id) - outcome.seconds)
+        report.job_seconds += outcome.seconds
+        common = {"seconds": outcome.seconds, "host": outcome.host, "error": outcome.error}
+        if outcome.ok:
+            self.succeeded.add(job.id)
+            report.done.append(job.id)
+            self.recorder.rows([job], "done", **common)
+        elif outcome.retryable and report.retries.get(job.id, 0) < self.plan.study.resources.max_retries:
+            report.retries[job.id] = report.retries.get(job.id, 0) + 1
+            self.recorder.rows([job], "lost", **common)
+            self.queue.insert(0, job)
+            return False
+        else:
+            self.failed.add(job.id)
+            report.failed[job.id] = outcome.error
+            self.recorder.rows([job], "failed", **common)
+        return True
+
+
 def run_jobs(plan: Plan, jobs: list[Job], executor, progress: bool = True) -> RunReport:
     """Run ``jobs`` (a subset of the plan's, in dependency order) with ``executor``; returns what happened."""
     started_at = time.perf_counter()
-    report, recorder = RunReport(), _Recorder(plan)
-    selected = {job.id for job in jobs}
-    succeeded, failed = set(plan.done), set()
-    queue, submitted = list(jobs), {}
-    max_retries = plan.study.resources.max_retries
+    driver = _Driver(plan, jobs, executor)
     executor.start(len(jobs))
     with progress_bar(f"study {plan.study.name}", total=len(jobs), enabled=progress) as advance:
-        while queue or executor.running:
-            ready = []
-            for job in list(queue):
-                bad = [d for d in job.deps if d in failed]
-                if bad:
-                    queue.remove(job)
-                    failed.add(job.id)
-                    report.blocked[job.id] = bad[0]
-                    recorder.rows([job], "blocked", error=f"dependency {bad[0]} did not finish")
-                    advance(1, failed=len(failed))
-                elif any((d not in succeeded and d not in selected) or d in report.waiting for d in job.deps):
-                    queue.remove(job)
-                    report.waiting.append(job.id)
-                    advance(1)
-                elif all(d in succeeded for d in job.deps) and len(ready) + executor.running < executor.capacity:
-                    ready.append(job)
-            for job in ready:
-                queue.remove(job)
-                executor.submit(job)
-                submitted[job.id] = time.perf_counter()
-            if ready:
-                recorder.start(ready)
+        while driver.queue or executor.running:
+            ready = driver.take_ready(advance)
+            driver.dispatch(ready)
             if not ready and not executor.running:
-                break  # nothing runnable is left (cannot happen with dependency-ordered jobs; kept as a guard)
+                break  # nothing runnable is left (a guard: dependency-ordered jobs never get here)
+            advance(0, done=len(driver.report.done), failed=len(driver.failed), running=executor.running)
             for outcome in executor.wait():
-                job = next(j for j in jobs if j.id == outcome.job_id)
-                report.overheads.append(time.perf_counter() - submitted.pop(job.id) - outcome.seconds)
-                report.job_seconds += outcome.seconds
-                common = {"seconds": outcome.seconds, "host": outcome.host, "error": outcome.error}
-                if outcome.ok:
-                    succeeded.add(job.id)
-                    report.done.append(job.id)
-                    recorder.rows([job], "done", **common)
-                elif outcome.retryable and report.retries.get(job.id, 0) < max_retries:
-                    report.retries[job.id] = report.retries.get(job.id, 0) + 1
-                    recorder.rows([job], "lost", **common)
-                    queue.insert(0, job)
-                    continue
-                else:
-                    failed.add(job.id)
-                    report.failed[job.id] = outcome.error
-                    recorder.rows([job], "failed", **common)
-                advance(1, done=len(report.done), failed=len(failed), running=executor.running)
-    report.waiting += [job.id for job in queue]
-    report.wall_seconds = time.perf_counter() - started_at
-    return report
+                if driver.settle(outcome):
+                    advance(1, done=len(driver.report.done), failed=len(driver.failed), running=executor.running)
+    driver.report.waiting += [job.id for job in driver.queue]
+    driver.report.wall_seconds = time.perf_counter() - started_at
+    return driver.report
 
 
 def run_study(
