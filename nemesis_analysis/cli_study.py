@@ -23,8 +23,8 @@ console = Console(width=_WIDTH)
 err_console = Console(stderr=True, width=_WIDTH)
 
 StudyArg = Annotated[Path, typer.Argument(help="The study file (TOML); `nemesis study init` writes a template.")]
-CheckpointsOpt = Annotated[Optional[Path], typer.Option("--checkpoints", help="Override [outputs] checkpoints.")]
-ReportsOpt = Annotated[Optional[Path], typer.Option("--reports", help="Override [outputs] reports.")]
+CheckpointsOpt = Annotated[Optional[Path], typer.Option("--checkpoints", help="Override the study file's outputs.checkpoints.")]
+ReportsOpt = Annotated[Optional[Path], typer.Option("--reports", help="Override the study file's outputs.reports.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
 
 
@@ -121,6 +121,10 @@ def run(
     from nemesis_analysis.study.plan import make_plan, parse_shard, select_jobs
     from nemesis_analysis.study.runner import run_study
 
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor {executor!r}: choose local or ray")
+    if address is not None and executor != "ray":
+        raise ConfigError("--address joins a Ray cluster: add --executor ray")
     if max_parallel is not None and max_parallel < 1:
         raise ConfigError(f"--max-parallel must be at least 1, got {max_parallel}")
     study = _load(study_file, checkpoints, reports)

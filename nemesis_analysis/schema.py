@@ -124,7 +124,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("state", pa.string()),  # running, done, failed, lost (worker died; retried) or blocked
             ("attempts", pa.int64()),
             ("seconds", pa.float64()),  # time the job ran on its worker
-            ("host", pa.string()),
+            ("host", pa.string()),  # the worker's host (the driver's on running and blocked rows)
             ("error", pa.string()),  # one line; "" unless failed, lost or blocked
             ("updated", pa.float64()),  # unix time of the row; the newest row wins
         ]
