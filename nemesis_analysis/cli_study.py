@@ -38,6 +38,9 @@ def handle_errors(command):
         except NemesisError as error:
             err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: finished jobs are saved; run the same command again to resume")
+            raise typer.Exit(code=130) from None
 
     return wrapper
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from nemesis_analysis.cli import app
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig
 from nemesis_analysis.errors import ConfigError
-from nemesis_analysis.study import records
+from nemesis_analysis.study import records, spec
 from nemesis_analysis.study.plan import expand_jobs, expected_corruption_keys, make_plan, parse_shard, select_jobs
 from nemesis_analysis.study.runner import run_study
 from nemesis_analysis.study.spec import StudyFileError, load_study, parse_study
@@ -59,10 +59,8 @@ def test_plan_gives_exactly_the_expected_jobs_and_dependencies(tmp_path):
     ],
 )
 def test_bad_study_files_are_refused_by_dotted_key(tmp_path, section, key):
-    import tomllib
-
     with pytest.raises(StudyFileError) as error:
-        parse_study(tomllib.loads(section))
+        parse_study(spec.tomllib.loads(section))
     assert str(error.value).startswith(key) and "\n" not in str(error.value)
     path = tmp_path / "bad.toml"
     path.write_text(section)

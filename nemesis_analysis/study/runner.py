@@ -118,7 +118,19 @@ def run_jobs(plan: Plan, jobs: list[Job], executor, progress: bool = True) -> Ru
     started_at = time.perf_counter()
     driver = _Driver(plan, jobs, executor)
     executor.start(len(jobs))
-    with progress_bar(f"study {plan.study.name}", total=len(jobs), enabled=progress) as advance:
+    try:
+        _drive(driver, executor, progress)
+    except KeyboardInterrupt:  # the jobs in flight are not running any more: say so in reports/jobs
+        lost = [driver.jobs[job_id] for job_id in driver.submitted]
+        driver.recorder.rows(lost, "lost", error="interrupted on the driver")
+        raise
+    driver.report.waiting += [job.id for job in driver.queue]
+    driver.report.wall_seconds = time.perf_counter() - started_at
+    return driver.report
+
+
+def _drive(driver: _Driver, executor, progress: bool) -> None:
+    with progress_bar(f"study {driver.plan.study.name}", total=len(driver.jobs), enabled=progress) as advance:
         while driver.queue or executor.running:
             ready = driver.take_ready(advance)
             driver.dispatch(ready)
@@ -128,9 +140,6 @@ def run_jobs(plan: Plan, jobs: list[Job], executor, progress: bool = True) -> Ru
             for outcome in executor.wait():
                 if driver.settle(outcome):
                     advance(1, done=len(driver.report.done), failed=len(driver.failed), running=executor.running)
-    driver.report.waiting += [job.id for job in driver.queue]
-    driver.report.wall_seconds = time.perf_counter() - started_at
-    return driver.report
 
 
 def run_study(
