@@ -1,11 +1,12 @@
-"""Low-Norm Effect frequency and seed aggregates over the Parquet tables (pure pandas).
+"""Low-Norm Effect frequency and seed aggregates computed from the tables' DataFrames (pure pandas).
 
 Every function takes the tidy tables of DESIGN.md section 4 as DataFrames and returns a
 new DataFrame; nothing here trains, loads a model or imports torch, so a notebook can
 load tables and figures in a fraction of a second.
 
 Corruption tables may hold the same observation twice (a resumed or repeated run appends
-it again); every function first keeps the *last* row per `CORRUPTION_KEY`.
+it again); every function first keeps the *last* row per `schema.KEYS["corruptions"]`.
+Identity columns, table keys and the corruption key live in :mod:`nemesis_analysis.schema`.
 """
 
 from __future__ import annotations
@@ -17,28 +18,15 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from nemesis_analysis import schema
 from nemesis_analysis.errors import ConfigError, NoDataError
 
 logger = logging.getLogger(__name__)
 
-# The identifying columns every table row carries (DESIGN.md section 4).
-RUN_COLUMNS: tuple[str, ...] = (
-    "run_id",
-    "dataset",
-    "backbone",
-    "pretrained",
-    "shots",
-    "seed",
-    "method",
-    "n_ctx",
-    "csc",
-    "class_token_position",
-    "precision",
-)
 # What a paper table aggregates over: seeds vary inside a group, nothing else does.
 GROUP_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "shots", "method")
-# One corruption observation; a repeated key is a re-run of the same observation.
-CORRUPTION_KEY: tuple[str, ...] = ("run_id", "op", "position", "factor", "rep")
+# One corruption observation within the table: run_id plus schema.CORRUPTION_KEY.
+_KEY: tuple[str, ...] = schema.KEYS["corruptions"]
 CORRUPTION_OPS: tuple[str, ...] = ("rescale", "replace")
 
 FREQUENCY_DEFINITION = (
@@ -69,10 +57,10 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], what: str) -> None
 
 def dedupe_corruptions(corruptions: pd.DataFrame) -> pd.DataFrame:
     """Keep the last row per (run_id, op, position, factor, rep); later rows are newer results."""
-    key = [c for c in CORRUPTION_KEY if c in corruptions.columns]
+    key = [c for c in _KEY if c in corruptions.columns]
     if not key or corruptions.empty:
         return corruptions.reset_index(drop=True)
-    # drop_duplicates treats NaN == NaN, so the baseline row (factor NaN) dedupes too.
+    # The baseline row's key is ("none", -1, 1.0, 0) (schema.BASELINE_KEY), so it dedupes like any row.
     return corruptions.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
 
 
@@ -98,6 +86,62 @@ def _aggregate_over_seeds(per_seed: pd.DataFrame, by: list[str], value: str) -> 
     )
 
 
+# --------------------------------------------------------------------------- grids
+
+
+def grid_gaps(corruptions: pd.DataFrame, by: Sequence[str] = GROUP_COLUMNS) -> pd.DataFrame:
+    """Per group and run: the corruption cells the run lacks that another run of its group has.
+
+    A cell is a key (op, position, factor, rep) of a non-baseline row. Columns: the `by` columns,
+    `seed`, `run_id`, `n_cells` (the run's cells), `n_union` (cells of the group), `missing` (sorted
+    list of the keys it lacks). Only runs with at least one missing cell appear.
+    """
+    by = list(by)
+    columns = [*by, "seed", "run_id", "n_cells", "n_union", "missing"]
+    table = dedupe_corruptions(corruptions)
+    table = table[table["op"] != "none"]
+    out = []
+    for group, rows in table.groupby(by, sort=True, dropna=False):
+        cells = {run: set(part[list(schema.CORRUPTION_KEY)].itertuples(index=False, name=None)) for run, part in rows.groupby("run_id")}
+        union = set().union(*cells.values())
+        seeds = rows.drop_duplicates("run_id").set_index("run_id")["seed"]
+        for run, have in cells.items():
+            if have != union:
+                missing = sorted(union - have, key=str)
+                out.append([*group, int(seeds[run]), run, len(have), len(union), missing])
+    return pd.DataFrame(out, columns=columns)
+
+
+def restrict_to_common_grid(corruptions: pd.DataFrame, by: Sequence[str] = GROUP_COLUMNS) -> pd.DataFrame:
+    """Keep, per group, only the corruption cells every run of the group measured (baselines stay).
+
+    Seeds swept with different grids (e.g. a full grid for seed 1, eight cells for seeds 2 and 3)
+    are otherwise incomparable: a frequency over 200 cells and one over 8 are not averaged. Logs a
+    warning naming, per seed, how many cells it lacks and the first few.
+    """
+    by = list(by)
+    gaps = grid_gaps(corruptions, by)
+    table = dedupe_corruptions(corruptions)
+    if gaps.empty:
+        return table
+    keep = pd.Series(True, index=table.index)
+    key = list(schema.CORRUPTION_KEY)
+    for group, rows in table[table["op"] != "none"].groupby(by, sort=True, dropna=False):
+        cells = [set(part[key].itertuples(index=False, name=None)) for _, part in rows.groupby("run_id")]
+        common = set.intersection(*cells)
+        row_keys = list(rows[key].itertuples(index=False, name=None))
+        keep[rows.index] = [k in common for k in row_keys]
+        group_gaps = gaps[(gaps[by] == pd.Series(group, index=by)).all(axis=1)]
+        for gap in group_gaps.itertuples(index=False):
+            shown = ", ".join(map(str, gap.missing[:3])) + (", ..." if len(gap.missing) > 3 else "")
+            logger.warning(
+                "%s: seed %d (run %s) lacks %d of the group's %d corruption cells (%s); "
+                "aggregating over the %d cells every seed has",
+                "/".join(map(str, group)), gap.seed, gap.run_id, len(gap.missing), gap.n_union, shown, len(common),
+            )  # fmt: skip
+    return table[keep].reset_index(drop=True)
+
+
 # --------------------------------------------------------------------------- frequency
 
 
@@ -115,7 +159,7 @@ def low_norm_frequency_per_seed(
     """
     by = list(by)
     columns = [*by, "seed", "n_reducing", "n_effect", "frequency"]
-    require_columns(corruptions, [*by, "seed", *CORRUPTION_KEY, "delta", "norm_before", "norm_after"], "corruption table")
+    require_columns(corruptions, [*by, "seed", *_KEY, "delta", "norm_before", "norm_after"], "corruption table")
     table = dedupe_corruptions(corruptions)
     table = table[table["op"] != "none"]
     if table.empty:
@@ -143,15 +187,20 @@ def low_norm_frequency(
     corruptions: pd.DataFrame,
     min_delta: float = 0.0,
     by: Sequence[str] = GROUP_COLUMNS,
+    same_grid: bool = False,
 ) -> pd.DataFrame:
     """One row per group: `frequency_mean`, `frequency_std` over seeds, and totals.
 
     Columns: the `by` columns, `frequency_mean`, `frequency_std` (ddof=1; NaN with one seed),
     `num_seeds` (seeds with a defined frequency), `n_effect` and `n_reducing` (summed over
     seeds) and `frequency_pooled` = 100 * n_effect / n_reducing over all seeds together.
+    With `same_grid`, each group first keeps only the cells all its runs measured
+    (:func:`restrict_to_common_grid`; the figures and `nemesis summary` use this).
     See FREQUENCY_DEFINITION.
     """
     by = list(by)
+    if same_grid:
+        corruptions = restrict_to_common_grid(corruptions, by)
     columns = [*by, "frequency_mean", "frequency_std", "num_seeds", "n_effect", "n_reducing", "frequency_pooled"]
     per_seed = low_norm_frequency_per_seed(corruptions, min_delta=min_delta, by=by)
     if per_seed.empty:
@@ -167,9 +216,41 @@ def low_norm_frequency(
     return out.reset_index()[columns]
 
 
+def low_norm_counts(
+    corruptions: pd.DataFrame,
+    min_delta: float = 0.0,
+    by: Sequence[str] = GROUP_COLUMNS,
+    same_grid: bool = False,
+) -> pd.DataFrame:
+    """One row per group: the count of Low-Norm Effect corruptions, mean and std over seeds.
+
+    The paper's Figure 1(b) plots counts, not percentages. Columns: the `by` columns, `count_mean`,
+    `count_std` (ddof=1; NaN with one seed) of `n_effect`, `n_reducing_mean` (the denominator the
+    percentage would use) and `num_seeds`.
+    """
+    by = list(by)
+    columns = [*by, "count_mean", "count_std", "n_reducing_mean", "num_seeds"]
+    if same_grid:
+        corruptions = restrict_to_common_grid(corruptions, by)
+    per_seed = low_norm_frequency_per_seed(corruptions, min_delta=min_delta, by=by)
+    if per_seed.empty:
+        return pd.DataFrame(columns=columns)
+    per_seed = per_seed.astype({"n_effect": float, "n_reducing": float})
+    grouped = per_seed.groupby(by, sort=True, dropna=False)
+    out = pd.DataFrame(
+        {
+            "count_mean": grouped["n_effect"].mean(),
+            "count_std": grouped["n_effect"].agg(sample_std),
+            "n_reducing_mean": grouped["n_reducing"].mean(),
+            "num_seeds": grouped["seed"].nunique(),
+        }
+    )
+    return out.reset_index()[columns]
+
+
 def low_norm_positions(corruptions: pd.DataFrame, run_id: str) -> list[int]:
     """Sorted positions of `run_id` where some norm-reducing corruption raised accuracy (delta > 0)."""
-    require_columns(corruptions, [*CORRUPTION_KEY, "delta", "norm_before", "norm_after"], "corruption table")
+    require_columns(corruptions, [*_KEY, "delta", "norm_before", "norm_after"], "corruption table")
     table = corruptions[corruptions["run_id"] == run_id]
     if table.empty:
         raise NoDataError(f"no corruption rows for run_id {run_id!r}")
@@ -223,7 +304,7 @@ def summarize_corruptions(corruptions: pd.DataFrame, by: Sequence[str] = GROUP_C
         "n_rows",
         "n_low_norm_effect",
     ]
-    require_columns(corruptions, [*by, "seed", *CORRUPTION_KEY, "delta", "acc_original", "low_norm_effect"], "corruption table")
+    require_columns(corruptions, [*by, "seed", *_KEY, "delta", "acc_original", "low_norm_effect"], "corruption table")
     table = dedupe_corruptions(corruptions)
     table = table[table["op"] != "none"]
     if table.empty:
@@ -265,7 +346,7 @@ def delta_grid(
     """
     if op not in CORRUPTION_OPS:
         raise ConfigError(f"op must be one of {', '.join(CORRUPTION_OPS)}; got {op!r}")
-    require_columns(corruptions, [*CORRUPTION_KEY, "delta"], "corruption table")
+    require_columns(corruptions, [*_KEY, "delta"], "corruption table")
     table = dedupe_corruptions(corruptions)
     mask = table["op"] == op
     for column, value in (("dataset", dataset), ("method", method), ("backbone", backbone), ("shots", shots)):

@@ -394,11 +394,12 @@ def plot_frequency_command(
     reports: ReportsOpt = Path("reports"),
     out: FigureOutOpt = None,
     format: FigureFormatOpt = None,
+    measure: Annotated[str, typer.Option("--as", help="percent (of norm-reducing corruptions) or count (as the paper's Figure 1(b)).")] = "percent",
 ) -> None:
     """Figure 1(b): Low-Norm Effect frequency against shots, one line per dataset (from reports/corruptions)."""
     from nemesis_analysis import figures
 
-    build = lambda: figures.frequency_figure(reports, backbone, method, datasets, min_delta)  # noqa: E731
+    build = lambda: figures.frequency_figure(reports, backbone, method, datasets, min_delta, measure)  # noqa: E731
     _write_figure(build, reports, figures.figure_name("frequency"), out, format)
 
 
@@ -460,15 +461,23 @@ def summary(
     reports: ReportsOpt = Path("reports"),
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for summary_*.csv/.md (default: REPORTS).")] = None,
     min_delta: Annotated[float, typer.Option("--min-delta", help="Low-Norm Effect threshold for the frequency (points).")] = 0.0,
+    table_kind: Annotated[Optional[str], typer.Option("--table", help="A paper table instead: fewshot, base2new, dg or crossdataset.")] = None,
+    table_format: Annotated[str, typer.Option("--format", help="With --table: md, latex or csv.")] = "md",
+    compare: Annotated[Optional[str], typer.Option("--compare", help="With --table: 'paper' adds the published values and the difference.")] = None,
 ) -> None:
     """Accuracy tables, mean ± std over seeds per (dataset, shots, method); saved as CSV and Markdown."""
     from nemesis_analysis import figures
 
+    if table_kind is not None or compare is not None or table_format != "md":
+        for path in figures.print_paper_table(reports, out, table_kind, table_format, compare, echo=console.out):
+            console.print(str(path), highlight=False, soft_wrap=True)
+        return
     tables = figures.summary_tables(reports, min_delta=min_delta)
     titles = {
         "runs": "trained runs: test accuracy (%), zero-shot accuracy (%), mean context norm",
         "corruptions": "corruptions: uncorrupted accuracy (%) and accuracy change (points) per op",
         "frequency": "Low-Norm Effect frequency (%)",
+        "frequency_counts": "Low-Norm Effect count per seed: n_effect of n_reducing norm-reducing corruptions",
     }
     for name, frame in tables.items():
         shown = figures.display_table(frame)

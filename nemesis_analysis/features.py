@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def feature_cache_key(loaded: LoadedModel, dataset: DatasetSplits, samples: list[Sample]) -> str:
-    text = "|".join([loaded.identity, dataset.name, fingerprint_samples(samples), repr(loaded.preprocess)])
+    text = "|".join([loaded.identity, dataset.identity, fingerprint_samples(samples), repr(loaded.preprocess)])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -30,6 +30,7 @@ def encode_samples(
     loaded: LoadedModel, dataset: DatasetSplits, samples: list[Sample], batch_size: int = 256, progress: bool = True
 ) -> torch.Tensor:
     """Encode ``samples`` with the eval transform: (n, embed) L2-normalised fp32 features on the CPU."""
+    dataset.check_samples(samples)  # a missing or damaged file: one line naming it, before any decoding
     chunks = []
     with progress_bar(f"encoding {dataset.name} images", total=len(samples), enabled=progress) as advance:
         for start in range(0, len(samples), batch_size):

@@ -1,4 +1,4 @@
-"""Glue from the Parquet tables to the paper's figures and summary tables (no torch here).
+"""Turns the tables under a reports folder into the paper's figures and summary files (no torch here).
 
 Each ``*_figure`` function reads the tables under a reports folder, filters them, and returns a
 matplotlib Figure from :mod:`nemesis_analysis.plots`. When the rows a figure needs are not there
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from nemesis_analysis import analysis, plots, store
+from nemesis_analysis import analysis, fsio, plots, schema, store
 from nemesis_analysis.errors import ConfigError, NoDataError
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,8 @@ def figure_name(kind: str, **params: object) -> str:
             stem += "_positions"
     elif kind == "heatmap":
         stem = f"heatmap_{params['dataset']}"
+        if params.get("shots") is not None:
+            stem += f"_{int(params['shots'])}shot"
     elif kind == "norms":
         stem = f"norms_{params['run_id']}"
     else:
@@ -149,15 +151,22 @@ def frequency_figure(
     method: str | None = None,
     datasets: str | Sequence[str] | None = None,
     min_delta: float = 0.0,
+    measure: str = "percent",
 ) -> Figure:
-    """Figure 1(b): Low-Norm Effect frequency against shots, one line per dataset (bars for one shot count)."""
+    """Figure 1(b): Low-Norm Effect frequency (percent or count) against shots, one line per dataset.
+
+    Seeds of a (dataset, backbone, shots, method) are compared on the corruption cells they all have
+    (analysis.restrict_to_common_grid warns about the cells a seed lacks).
+    """
     table_dir = store.table_path(reports_dir, "corruptions")
     corruptions = read_nonempty(reports_dir, "corruptions")
     corruptions = _filter(
         corruptions, table_dir, PRODUCERS["corruptions"], backbone=backbone, method=method, dataset=_split_names(datasets)
     )
-    freq = analysis.low_norm_frequency(corruptions, min_delta=min_delta)
-    return plots.plot_frequency(freq)
+    if measure == "count":
+        return plots.plot_frequency(analysis.low_norm_counts(corruptions, min_delta, same_grid=True), measure="count")
+    freq = analysis.low_norm_frequency(corruptions, min_delta=min_delta, same_grid=True)
+    return plots.plot_frequency(freq, measure=measure)
 
 
 def _pick_trajectory_runs(traj: pd.DataFrame) -> pd.DataFrame:
@@ -221,14 +230,22 @@ def heatmap_figure(
     backbone: str | None = None,
     shots: int | None = None,
 ) -> Figure:
-    """Accuracy delta by position x factor/std, one panel per op, seeds (and reps) averaged."""
+    """Accuracy delta by position x factor/std, one panel per op and shot count (never averaged over shots)."""
     table_dir = store.table_path(reports_dir, "corruptions")
     corruptions = read_nonempty(reports_dir, "corruptions")
     producer = f"`nemesis corrupt --dataset {dataset}`"
     corruptions = _filter(corruptions, table_dir, producer, dataset=dataset, backbone=backbone, shots=None if shots is None else int(shots))
     method = _default_method(corruptions, method)
     corruptions = _filter(corruptions, table_dir, producer, method=method)
-    return plots.plot_heatmap(corruptions, dataset=dataset, method=method)
+    present = sorted(int(k) for k in corruptions["shots"].unique())
+    n_seeds = corruptions["seed"].nunique()
+    context = " · ".join(
+        [plots.dataset_label(dataset), *sorted(map(str, corruptions["backbone"].unique())),
+         "one row per shot count" if len(present) > 1 else f"{present[0]}-shot", plots.method_label(method),
+         f"mean over {n_seeds} seed{'s' if n_seeds != 1 else ''} and reps"]
+    )  # fmt: skip
+    title = f"Accuracy change from corrupting one context vector\n{context}"
+    return plots.plot_heatmap(corruptions, dataset=dataset, method=method, title=title)
 
 
 def _match_run_id(run_id: str, known: Iterable[str]) -> str | None:
@@ -271,10 +288,10 @@ def run_norms(reports_dir: Path | str, run_id: str) -> tuple[str, pd.DataFrame]:
     rows = traj[(traj["run_id"] == full) & (traj["position"] >= 0)]
     if not rows.empty:
         rows = rows[rows["epoch"] == rows["epoch"].max()]
-        return full, rows[[*analysis.RUN_COLUMNS, "position", "norm"]].reset_index(drop=True)
+        return full, rows[[*schema.IDENTITY_COLUMNS, "position", "norm"]].reset_index(drop=True)
     run = runs[runs["run_id"] == full].iloc[-1]
     norms = checkpoint_norms(run["checkpoint"])
-    identity = {c: run[c] for c in analysis.RUN_COLUMNS}
+    identity = {c: run[c] for c in schema.IDENTITY_COLUMNS}
     return full, pd.DataFrame([{**identity, "position": i, "norm": n} for i, n in enumerate(norms)])
 
 
@@ -369,7 +386,9 @@ def summary_tables(reports_dir: Path | str, min_delta: float = 0.0) -> dict[str,
 
     "runs": final test, zero-shot accuracy and mean context norm (from reports/runs);
     "corruptions": per op, uncorrupted accuracy over seeds and best/worst/mean delta;
-    "frequency": the Low-Norm Effect frequency (analysis.FREQUENCY_DEFINITION).
+    "frequency": the Low-Norm Effect frequency (analysis.FREQUENCY_DEFINITION), seeds compared on
+    their common corruption cells; "frequency_counts": per seed, the count of Low-Norm Effect
+    corruptions `n_effect` out of the `n_reducing` norm-reducing ones (the paper plots counts).
     Tables without rows are left out; NoDataError when neither runs nor corruptions exist.
     """
     by = list(analysis.GROUP_COLUMNS)
@@ -387,9 +406,11 @@ def summary_tables(reports_dir: Path | str, min_delta: float = 0.0) -> dict[str,
         summary = analysis.summarize_corruptions(corruptions, by)
         if not summary.empty:
             tables["corruptions"] = summary
-        frequency = analysis.low_norm_frequency(corruptions, min_delta=min_delta, by=by)
+        common = analysis.restrict_to_common_grid(corruptions, by)
+        frequency = analysis.low_norm_frequency(common, min_delta=min_delta, by=by)
         if not frequency.empty:
             tables["frequency"] = frequency
+            tables["frequency_counts"] = analysis.low_norm_frequency_per_seed(common, min_delta=min_delta, by=by)
     return tables
 
 
@@ -401,22 +422,45 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 def write_summary(tables: dict[str, pd.DataFrame], out_dir: Path | str) -> list[Path]:
     """summary_<name>.csv (numeric mean/std columns) and summary_<name>.md (mean ± std) per table."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, table in tables.items():
         csv = out_dir / f"summary_{name}.csv"
         markdown = out_dir / f"summary_{name}.md"
-        _write_atomic(csv, table.to_csv(index=False))
+        fsio.atomic_write_text(csv, table.to_csv(index=False), "a summary table")
         text = f"{analysis.FREQUENCY_DEFINITION}\n\n" if name == "frequency" else ""
-        _write_atomic(markdown, text + analysis.format_table_markdown(display_table(table)) + "\n")
+        fsio.atomic_write_text(markdown, text + analysis.format_table_markdown(display_table(table)) + "\n", "a summary table")
         paths += [csv, markdown]
     return paths
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+TABLE_SUFFIXES = {"md": "md", "latex": "tex", "csv": "csv"}
+
+
+def paper_table(reports_dir: Path | str, kind: str | None, format: str = "md", compare: str | None = None) -> tuple[str, str]:
+    """(file name, text) of the paper table ``kind`` built from reports/runs and reports/evaluations."""
+    from nemesis_analysis import tables
+
+    if kind is None:
+        raise ConfigError(f"--compare and --format need --table; choose one of: {', '.join(tables.TABLE_KINDS)}")
+    if compare not in (None, "paper"):
+        raise ConfigError(f"--compare takes 'paper'; got {compare!r}")
+    if format not in tables.FORMATS:
+        raise ConfigError(f"unknown --format {format!r} for --table; choose one of: {', '.join(tables.FORMATS)}")
+    runs = store.read_table(reports_dir, "runs")
+    evaluations = store.read_table(reports_dir, "evaluations")
+    table = tables.build(kind, runs, evaluations)
+    if compare == "paper":
+        table = tables.compare_paper(table)
+    suffix = "_vs_paper" if compare else ""
+    return f"table_{kind}{suffix}.{TABLE_SUFFIXES[format]}", tables.render(table, format)
+
+
+def print_paper_table(reports_dir, out_dir, kind, format="md", compare=None, echo=print) -> list[Path]:
+    """Print the paper table and save it under ``out_dir`` (default: the reports folder); returns the path."""
+    name, text = paper_table(reports_dir, kind, format, compare)
+    echo(text.rstrip("\n"))
+    path = Path(out_dir if out_dir is not None else reports_dir) / name
+    return [fsio.atomic_write_text(path, text, "a summary table")]
 
 
 __all__ = [
@@ -432,5 +476,7 @@ __all__ = [
     "run_norms",
     "summary_tables",
     "trajectory_figure",
+    "paper_table",
+    "print_paper_table",
     "write_summary",
 ]

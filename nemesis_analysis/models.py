@@ -82,9 +82,9 @@ class LoadedModel:
         return f"{self.backbone}|{self.weights_id}|{self.precision.value}"
 
     def autocast(self):
-        """bf16 autocast for the frozen towers under ``amp`` on CUDA; nothing otherwise."""
-        if self.precision == Precision.AMP and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast for the frozen towers under ``amp``, on whatever device the model is (CUDA or CPU)."""
+        if self.precision == Precision.AMP:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
@@ -145,10 +145,10 @@ def encode_text_from_embeddings(
     if attn_mask is not None:
         attn_mask = attn_mask[:length, :length]
     x = model.transformer(x, attn_mask=attn_mask)  # open_clip's Transformer takes batch-first input
-    return _pool_and_project(model, x, eos)
+    return pool_and_project(model, x, eos)
 
 
-def _pool_and_project(model: torch.nn.Module, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+def pool_and_project(model: torch.nn.Module, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
     """The text tower's head: ``ln_final``, the state at each row's EOS, ``text_projection``: (batch, embed)."""
     x = model.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), eos]  # (batch, width)
@@ -207,7 +207,7 @@ def encode_text_from_prefix(
         keys = block.ln_1(torch.cat([prefix.to(x.dtype), x], dim=1))  # (batch, length, width)
         x = x + block.ls_1(block.attention(q_x=block.ln_1(x), k_x=keys, v_x=keys, attn_mask=attn_mask))
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    return _pool_and_project(model, x, eos - start)
+    return pool_and_project(model, x, eos - start)
 
 
 def _file_weights_id(path: Path) -> str:

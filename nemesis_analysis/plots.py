@@ -1,4 +1,4 @@
-"""Publication figures from the Parquet tables; every function returns a matplotlib Figure.
+"""Draws the publication figures from table DataFrames, each function returning a matplotlib Figure.
 
 Nothing here saves (except `save_figure`), shows, or imports torch. Figures are built with
 `matplotlib.figure.Figure` directly, not through pyplot, so a notebook neither shows them
@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -29,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-from nemesis_analysis import analysis
+from nemesis_analysis import analysis, fsio, schema
 from nemesis_analysis.errors import ConfigError, NoDataError
 
 logger = logging.getLogger(__name__)
@@ -237,108 +236,145 @@ def _as_frequency_table(table: pd.DataFrame) -> pd.DataFrame:
     return table  # _require below names what is missing
 
 
-@_styled
-def plot_frequency(freq: pd.DataFrame, *, title: str | None = None) -> Figure:
-    """Figure 1(b): Low-Norm Effect frequency (%) against shots per class, one line per dataset.
+FREQUENCY_MEASURES: tuple[str, ...] = ("percent", "count")
+_MEASURE_TEXT = {
+    "percent": ("Low-Norm Effect frequency (%)", "Low-Norm Effect frequency", analysis.FREQUENCY_SHORT),
+    "count": (
+        "Corruptions with the Low-Norm Effect (count)",
+        "Low-Norm Effect count",
+        "Count = norm-reducing single-position corruptions (rescale/replace) that raise test accuracy; "
+        "mean ± std over seeds.",
+    ),
+}
 
-    `freq` is `analysis.low_norm_frequency(...)` (per-seed or raw corruption rows are
-    aggregated first). Error bars are the std over seeds. With a single shot count the
-    figure is one bar per dataset. When several methods or backbones are present each gets
-    its own line style (lines) or bar group (bars).
-    """
-    if isinstance(freq, pd.DataFrame):
-        freq = _as_frequency_table(freq)
-    _require(freq, ["dataset", "shots", "frequency_mean"], "Low-Norm Effect frequency table")
-    freq = freq.dropna(subset=["frequency_mean"])
-    if freq.empty:
-        raise NoDataError("Low-Norm Effect frequency table has no defined frequency (no norm-reducing corruption)")
-    freq = freq.assign(frequency_std=freq["frequency_std"] if "frequency_std" in freq.columns else np.nan)
-    shots = sorted(int(s) for s in freq["shots"].unique())
-    series_columns = _varying(freq, ["method", "backbone"])
-    series_keys = (
-        [tuple(k) for k in freq[series_columns].drop_duplicates().sort_values(series_columns).itertuples(index=False)]
-        if series_columns
-        else [()]
-    )
 
-    fig = Figure(figsize=(6.4, 4.2))
-    ax = fig.add_subplot()
-    ylabel = "Low-Norm Effect frequency (%)"
-    top = float((freq["frequency_mean"] + freq["frequency_std"].fillna(0)).max())
+def _measured(freq: pd.DataFrame, measure: str) -> pd.DataFrame:
+    """The table to draw, with the measure's mean/std in `frequency_mean`/`frequency_std`."""
+    if measure not in FREQUENCY_MEASURES:
+        raise ConfigError(f"unknown frequency measure {measure!r}; choose one of: {', '.join(FREQUENCY_MEASURES)}")
+    if not isinstance(freq, pd.DataFrame):
+        return freq
+    if measure == "percent":
+        return _as_frequency_table(freq)
+    if "count_mean" not in freq.columns and {"op", "norm_before", "norm_after", "delta"} <= set(freq.columns):
+        freq = analysis.low_norm_counts(freq)
+    _require(freq, ["dataset", "shots", "count_mean"], "Low-Norm Effect count table")
+    std = freq["count_std"] if "count_std" in freq.columns else np.nan
+    return freq.assign(frequency_mean=freq["count_mean"], frequency_std=std)
 
-    if len(shots) == 1:
-        datasets = sorted(freq["dataset"].unique(), key=dataset_label)
-        x = np.arange(len(datasets))
-        width = 0.8 / len(series_keys)
-        for i, key in enumerate(series_keys):
-            rows = freq
-            for column, value in zip(series_columns, key):
-                rows = rows[rows[column] == value]
-            rows = rows.groupby("dataset").first().reindex(datasets)
-            offset = (i - (len(series_keys) - 1) / 2) * width
+
+def _series_keys(freq: pd.DataFrame) -> tuple[list[str], list[tuple]]:
+    columns = _varying(freq, ["method", "backbone"])
+    if not columns:
+        return columns, [()]
+    return columns, [tuple(k) for k in freq[columns].drop_duplicates().sort_values(columns).itertuples(index=False)]
+
+
+def _series_rows(freq: pd.DataFrame, columns: list[str], key: tuple) -> pd.DataFrame:
+    rows = freq
+    for column, value in zip(columns, key):
+        rows = rows[rows[column] == value]
+    return rows
+
+
+def _frequency_bars(ax, freq: pd.DataFrame, integer: bool) -> None:
+    """One bar per dataset (and series) for a single shot count."""
+    series_columns, series_keys = _series_keys(freq)
+    datasets = sorted(freq["dataset"].unique(), key=dataset_label)
+    x = np.arange(len(datasets))
+    width = 0.8 / len(series_keys)
+    for i, key in enumerate(series_keys):
+        rows = _series_rows(freq, series_columns, key).groupby("dataset").first().reindex(datasets)
+        offset = (i - (len(series_keys) - 1) / 2) * width
+        if series_columns:
+            label = _series_label(dict(zip(series_columns, key)))
+            color = method_color(key[0]) if series_columns[0] == "method" else COLORBLIND10[i % len(COLORBLIND10)]
+        else:
+            label, color = None, [dataset_style(d)[0] for d in datasets]
+        bars = ax.bar(
+            x + offset,
+            rows["frequency_mean"].to_numpy(float),
+            width * 0.92,
+            yerr=rows["frequency_std"].to_numpy(float),
+            color=color,
+            edgecolor="black",
+            linewidth=0.4,
+            capsize=3,
+            error_kw={"elinewidth": 0.8, "ecolor": "black"},
+            label=label,
+        )
+        ax.bar_label(bars, fmt="%.0f" if integer else "%.1f", padding=2, fontsize=7)
+    crowded = len(datasets) > 4
+    ax.set_xticks(x, [dataset_label(d) for d in datasets], rotation=30 if crowded else 0, ha="right" if crowded else "center")
+    ax.set_xlabel("Dataset")
+    ax.grid(axis="x", visible=False)
+    if series_columns:
+        ax.legend(title=" · ".join(c.capitalize() for c in series_columns))
+
+
+def _frequency_lines(ax, freq: pd.DataFrame, shots: list[int]) -> None:
+    """One line per dataset (and series) against shots on a log2 axis."""
+    series_columns, series_keys = _series_keys(freq)
+    linestyles = ("-", "--", ":", "-.")
+    for i, key in enumerate(series_keys):
+        rows = _series_rows(freq, series_columns, key)
+        for dataset in sorted(rows["dataset"].unique(), key=dataset_label):
+            line = rows[rows["dataset"] == dataset].groupby("shots").first().sort_index()
+            color, marker = dataset_style(dataset)
+            label = dataset_label(dataset)
             if series_columns:
-                label = _series_label(dict(zip(series_columns, key)))
-                color = method_color(key[0]) if series_columns[0] == "method" else COLORBLIND10[i % len(COLORBLIND10)]
-            else:
-                label, color = None, [dataset_style(d)[0] for d in datasets]
-            bars = ax.bar(
-                x + offset,
-                rows["frequency_mean"].to_numpy(float),
-                width * 0.92,
-                yerr=rows["frequency_std"].to_numpy(float),
+                label = f"{label} · {_series_label(dict(zip(series_columns, key)))}"
+            ax.errorbar(
+                line.index.to_numpy(float),
+                line["frequency_mean"].to_numpy(float),
+                yerr=line["frequency_std"].to_numpy(float),
                 color=color,
-                edgecolor="black",
-                linewidth=0.4,
+                marker=marker,
+                linestyle=linestyles[i % len(linestyles)],
                 capsize=3,
-                error_kw={"elinewidth": 0.8, "ecolor": "black"},
+                elinewidth=0.8,
                 label=label,
             )
-            ax.bar_label(bars, fmt="%.1f", padding=2, fontsize=7)
-        crowded = len(datasets) > 4
-        ax.set_xticks(x, [dataset_label(d) for d in datasets], rotation=30 if crowded else 0, ha="right" if crowded else "center")
-        ax.set_xlabel("Dataset")
-        ax.grid(axis="x", visible=False)
-        if series_columns:
-            ax.legend(title=" · ".join(c.capitalize() for c in series_columns))
-        base = f"Low-Norm Effect frequency ({shots[0]} shots per class)"
-        context = _context(freq, ("dataset", "backbone", "method"))
-    else:
-        linestyles = ("-", "--", ":", "-.")
-        for i, key in enumerate(series_keys):
-            rows = freq
-            for column, value in zip(series_columns, key):
-                rows = rows[rows[column] == value]
-            for dataset in sorted(rows["dataset"].unique(), key=dataset_label):
-                line = rows[rows["dataset"] == dataset].groupby("shots").first().sort_index()
-                color, marker = dataset_style(dataset)
-                label = dataset_label(dataset)
-                if series_columns:
-                    label = f"{label} · {_series_label(dict(zip(series_columns, key)))}"
-                ax.errorbar(
-                    line.index.to_numpy(float),
-                    line["frequency_mean"].to_numpy(float),
-                    yerr=line["frequency_std"].to_numpy(float),
-                    color=color,
-                    marker=marker,
-                    linestyle=linestyles[i % len(linestyles)],
-                    capsize=3,
-                    elinewidth=0.8,
-                    label=label,
-                )
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(shots, [str(s) for s in shots])
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlim(shots[0] / 1.4, shots[-1] * 1.4)
-        ax.set_xlabel("Shots per class (log₂ scale)")
-        n_entries = len(ax.get_legend_handles_labels()[1])
-        ax.legend(title="Dataset", ncol=2 if n_entries > 6 else 1, loc="best")
-        base = "Low-Norm Effect frequency vs. shots"
-        context = _context(freq, ("dataset", "backbone", "method"))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(shots, [str(s) for s in shots])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(shots[0] / 1.4, shots[-1] * 1.4)
+    ax.set_xlabel("Shots per class (log₂ scale)")
+    n_entries = len(ax.get_legend_handles_labels()[1])
+    ax.legend(title="Dataset", ncol=2 if n_entries > 6 else 1, loc="best")
 
+
+@_styled
+def plot_frequency(freq: pd.DataFrame, *, title: str | None = None, measure: str = "percent") -> Figure:
+    """Figure 1(b): Low-Norm Effect frequency (%) or count against shots per class, one line per dataset.
+
+    `freq` is `analysis.low_norm_frequency(...)` for `measure="percent"` or `analysis.low_norm_counts(...)`
+    for `measure="count"` (per-seed or raw corruption rows are aggregated first). Error bars are the
+    std over seeds. With a single shot count the figure is one bar per dataset. When several methods or
+    backbones are present each gets its own line style (lines) or bar group (bars).
+    """
+    freq = _measured(freq, measure)
+    ylabel, name, caption = _MEASURE_TEXT[measure]
+    _require(freq, ["dataset", "shots", "frequency_mean"], f"{name} table")
+    freq = freq.dropna(subset=["frequency_mean"])
+    if freq.empty:
+        raise NoDataError(f"{name} table has no defined value (no norm-reducing corruption)")
+    freq = freq.assign(frequency_std=freq["frequency_std"] if "frequency_std" in freq.columns else np.nan)
+    shots = sorted(int(s) for s in freq["shots"].unique())
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    top = float((freq["frequency_mean"] + freq["frequency_std"].fillna(0)).max())
+    if len(shots) == 1:
+        _frequency_bars(ax, freq, integer=measure == "count")
+        base = f"{name} ({shots[0]} shots per class)"
+    else:
+        _frequency_lines(ax, freq, shots)
+        base = f"{name} vs. shots"
+    context = _context(freq, ("dataset", "backbone", "method"))
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, max(5.0, top * 1.15))
     ax.set_title(_title(base, context, title))
-    fig.text(0.01, 0.01, analysis.FREQUENCY_SHORT, fontsize=7, ha="left", va="bottom", color="#444444")
+    fig.text(0.01, 0.01, caption, fontsize=7, ha="left", va="bottom", color="#444444")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
@@ -405,57 +441,72 @@ def plot_trajectory(
     run = _run_column(traj)
     groups = _series_groups(traj)
     colors = _series_colors(groups)
+    if not per_position:
+        return _trajectory_lines(traj, groups, colors, norm_column, run, title)
+    return _trajectory_panels(traj, groups, colors, norm_column, run, title)
+
+
+def _trajectory_lines(traj, groups, colors, norm_column: str, run: str | None, title: str | None) -> Figure:
+    """One axes: mean norm per method (solid, left) and test accuracy (dashed, right)."""
     norm_name = NORM_LABELS.get(norm_column, norm_column)
-    acc_label = "Test accuracy (%)"
     style_handles = [
         Line2D([], [], color="black", linestyle="-", label=f"Mean {norm_name} (left axis)"),
         Line2D([], [], color="black", linestyle="--", label="Test accuracy (right axis)"),
     ]
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax_acc = ax.twinx()
+    ax_acc.spines["right"].set_visible(True)
+    ax_acc.grid(False)
+    method_handles = []
+    for (key, rows), color in zip(groups, colors):
+        curves = _epoch_curves(rows, norm_column, run)
+        label = _series_label(key)
+        ax.plot(curves.index, curves["norm"], color=color, linestyle="-", label=label)
+        if curves["norm_std"].notna().any():
+            low, high = curves["norm"] - curves["norm_std"], curves["norm"] + curves["norm_std"]
+            ax.fill_between(curves.index, low, high, color=color, alpha=0.15, linewidth=0)
+        acc = curves["test_acc"].dropna()
+        ax_acc.plot(acc.index, acc.to_numpy(), color=color, linestyle="--", label=f"{label} (accuracy)")
+        method_handles.append(Line2D([], [], color=color, linewidth=3, label=label))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel(f"Mean {norm_name}")
+    ax_acc.set_ylabel("Test accuracy (%)")
+    context = _context(traj, ("dataset", "backbone", "shots"))
+    ax.set_title(_title("Prompt norm and test accuracy during training", context, title))
+    fig.legend(handles=[*method_handles, *style_handles], loc="outside lower center", ncol=min(4, len(method_handles) + 2))
+    return fig
 
-    if not per_position:
-        fig = Figure(figsize=(6.4, 4.4), layout="constrained")
-        ax = fig.add_subplot()
-        ax_acc = ax.twinx()
-        ax_acc.spines["right"].set_visible(True)
-        ax_acc.grid(False)
-        method_handles = []
-        for (key, rows), color in zip(groups, colors):
-            curves = _epoch_curves(rows, norm_column, run)
-            label = _series_label(key)
-            ax.plot(curves.index, curves["norm"], color=color, linestyle="-", label=label)
-            if curves["norm_std"].notna().any():
-                low, high = curves["norm"] - curves["norm_std"], curves["norm"] + curves["norm_std"]
-                ax.fill_between(curves.index, low, high, color=color, alpha=0.15, linewidth=0)
-            acc = curves["test_acc"].dropna()
-            ax_acc.plot(acc.index, acc.to_numpy(), color=color, linestyle="--", label=f"{label} (accuracy)")
-            method_handles.append(Line2D([], [], color=color, linewidth=3, label=label))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("Epoch")
-        ax.set_ylabel(f"Mean {norm_name}")
-        ax_acc.set_ylabel(acc_label)
-        context = _context(traj, ("dataset", "backbone", "shots"))
-        ax.set_title(_title("Prompt norm and test accuracy during training", context, title))
-        fig.legend(handles=[*method_handles, *style_handles], loc="outside lower center", ncol=min(4, len(method_handles) + 2))
-        return fig
 
+def _position_lines(ax, rows: pd.DataFrame, color: str, norm_column: str, run: str | None) -> pd.DataFrame:
+    """Every position's norm (mean over seeds, thin) and their mean (thick); returns the epoch curves."""
+    keys = ["position", "epoch"]
+    per_run = rows[(rows["position"] >= 0) & rows[norm_column].notna()]
+    if run:
+        per_run = per_run.groupby([run, *keys])[norm_column].mean()
+        by_position = per_run.groupby(level=keys).mean()
+    else:
+        by_position = per_run.groupby(keys)[norm_column].mean()
+    for _, line in by_position.groupby(level="position"):
+        line = line.droplevel("position").sort_index()
+        ax.plot(line.index, line.to_numpy(), color=color, linewidth=0.6, alpha=0.45)
+    curves = _epoch_curves(rows, norm_column, run)
+    ax.plot(curves.index, curves["norm"], color=color, linewidth=2.2, linestyle="-")
+    return curves
+
+
+def _trajectory_panels(traj, groups, colors, norm_column: str, run: str | None, title: str | None) -> Figure:
+    """One panel per method: per-position norms and the method's test accuracy."""
+    norm_name = NORM_LABELS.get(norm_column, norm_column)
+    acc_label = "Test accuracy (%)"
     ncols = min(3, len(groups))
     nrows = math.ceil(len(groups) / ncols)
     fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows + 0.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
     acc_axes = []
     for index, (ax, (key, rows), color) in enumerate(zip(axes, groups, colors)):
-        keys = ["position", "epoch"]
-        per_run = rows[(rows["position"] >= 0) & rows[norm_column].notna()]
-        if run:
-            per_run = per_run.groupby([run, *keys])[norm_column].mean()
-            by_position = per_run.groupby(level=keys).mean()
-        else:
-            by_position = per_run.groupby(keys)[norm_column].mean()
-        for _, line in by_position.groupby(level="position"):
-            line = line.droplevel("position").sort_index()
-            ax.plot(line.index, line.to_numpy(), color=color, linewidth=0.6, alpha=0.45)
-        curves = _epoch_curves(rows, norm_column, run)
-        ax.plot(curves.index, curves["norm"], color=color, linewidth=2.2, linestyle="-")
+        curves = _position_lines(ax, rows, color, norm_column, run)
         ax_acc = ax.twinx()
         ax_acc.spines["right"].set_visible(True)
         ax_acc.grid(False)
@@ -489,6 +540,41 @@ def plot_trajectory(
 # --------------------------------------------------------------------------- heatmap
 
 
+def _heatmap_grids(corruptions: pd.DataFrame, dataset: str | None, method: str | None) -> dict[tuple, pd.DataFrame]:
+    """{(shots, op): delta grid}, one facet row per shot count: prompts of different shots are not averaged."""
+    shot_counts = sorted(corruptions["shots"].dropna().unique()) if "shots" in corruptions.columns else [None]
+    grids = {}
+    for shots in shot_counts:
+        rows = corruptions if shots is None else corruptions[corruptions["shots"] == shots]
+        for op in analysis.CORRUPTION_OPS:
+            grid = analysis.delta_grid(rows, dataset, op, method=method)
+            if not grid.empty:
+                grids[(None if shots is None else int(shots), op)] = grid
+    return grids
+
+
+def _draw_heatmap_panel(ax, grid: pd.DataFrame, op: str, shots: int | None, faceted: bool, norm, cmap, annotate: bool):
+    values = np.ma.masked_invalid(grid.to_numpy(float))  # (positions, factors)
+    mesh = ax.pcolormesh(values, cmap=cmap, norm=norm, edgecolors="white", linewidth=0.5)
+    ax.set_xticks(np.arange(grid.shape[1]) + 0.5, [f"{f:g}" for f in grid.columns])
+    ax.set_yticks(np.arange(grid.shape[0]) + 0.5, [str(p) for p in grid.index])
+    ax.invert_yaxis()  # position 0 on top, as the prompt reads
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.tick_params(length=0)
+    ax.set_xlabel(_OP_XLABELS[op])
+    ax.set_ylabel("Context position i")
+    ax.set_title(f"{_OP_TITLES[op]} ({shots}-shot)" if faceted else _OP_TITLES[op])
+    if annotate:
+        for (row, column), value in np.ndenumerate(grid.to_numpy(float)):
+            if np.isfinite(value):
+                dark = abs(norm(value) - 0.5) > 0.3
+                text = f"{value:+.1f}" if round(value, 1) != 0 else "0.0"  # no "-0.0"
+                ax.text(column + 0.5, row + 0.5, text, ha="center", va="center", fontsize=6, color="white" if dark else "black")
+    return mesh
+
+
 @_styled
 def plot_heatmap(
     corruptions: pd.DataFrame,
@@ -498,59 +584,47 @@ def plot_heatmap(
     annotate: bool | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Accuracy delta by position (rows) x factor or std (columns), one panel per corruption op.
+    """Accuracy delta by position (rows) x factor or std (columns), one panel per corruption op and shot count.
 
-    Cells are `analysis.delta_grid` (reps then seeds averaged). The colour map is diverging
-    and centred at 0 with one symmetric scale shared by the panels; grey cells were not
-    measured. `annotate` writes the value in each cell (default: when the grid is small).
+    Cells are `analysis.delta_grid` (reps then seeds averaged) within one shot count; several shot
+    counts give one row of panels each. The colour map is diverging and centred at 0 with one
+    symmetric scale shared by the panels; grey cells were not measured. `annotate` writes the value
+    in each cell (default: when the grid is small).
     """
-    _require(corruptions, [*analysis.CORRUPTION_KEY, "delta"], "corruption table")
-    grids = {op: analysis.delta_grid(corruptions, dataset, op, method=method) for op in analysis.CORRUPTION_OPS}
-    grids = {op: grid for op, grid in grids.items() if not grid.empty}
+    _require(corruptions, [*schema.KEYS["corruptions"], "delta"], "corruption table")
+    grids = _heatmap_grids(corruptions, dataset, method)
     if not grids:
         where = f" for dataset {dataset!r}" if dataset else ""
         raise NoDataError(f"corruption table has no rescale/replace rows to plot{where}")
     halfrange = max(float(np.nanmax(np.abs(g.to_numpy()))) if np.isfinite(g.to_numpy()).any() else 0.0 for g in grids.values())
     norm = mcolors.CenteredNorm(vcenter=0.0, halfrange=halfrange if halfrange > 0 else 1.0)
     cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#D9D9D9")
+    facets = sorted({shots for shots, _ in grids}, key=lambda k: -1 if k is None else k)
+    ops = [op for op in analysis.CORRUPTION_OPS if any(o == op for _, o in grids)]
     n_positions = max(len(g.index) for g in grids.values())
-    n_factors = sum(len(g.columns) for g in grids.values())
+    n_factors = sum(max(len(g.columns) for (_, o), g in grids.items() if o == op) for op in ops)
     if annotate is None:
         annotate = max(len(g.index) * len(g.columns) for g in grids.values()) <= 160
-
     fig = Figure(
-        figsize=(min(16.0, 1.6 + 0.55 * n_factors + 1.2 * len(grids)), min(12.0, 1.6 + 0.3 * n_positions)),
+        figsize=(min(16.0, 1.6 + 0.55 * n_factors + 1.2 * len(ops)), min(12.0 * len(facets), (1.6 + 0.3 * n_positions) * len(facets))),
         layout="constrained",
     )
-    axes = fig.subplots(1, len(grids), squeeze=False).ravel()
-    for ax, (op, grid) in zip(axes, grids.items()):
-        values = np.ma.masked_invalid(grid.to_numpy(float))  # (positions, factors)
-        mesh = ax.pcolormesh(values, cmap=cmap, norm=norm, edgecolors="white", linewidth=0.5)
-        ax.set_xticks(np.arange(grid.shape[1]) + 0.5, [f"{f:g}" for f in grid.columns])
-        ax.set_yticks(np.arange(grid.shape[0]) + 0.5, [str(p) for p in grid.index])
-        ax.invert_yaxis()  # position 0 on top, as the prompt reads
-        ax.grid(False)
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-        ax.tick_params(length=0)
-        ax.set_xlabel(_OP_XLABELS[op])
-        ax.set_ylabel("Context position i")
-        ax.set_title(_OP_TITLES[op])
-        if annotate:
-            for (row, column), value in np.ndenumerate(grid.to_numpy(float)):
-                if np.isfinite(value):
-                    dark = abs(norm(value) - 0.5) > 0.3
-                    text = f"{value:+.1f}" if round(value, 1) != 0 else "0.0"  # no "-0.0"
-                    color = "white" if dark else "black"
-                    ax.text(column + 0.5, row + 0.5, text, ha="center", va="center", fontsize=6, color=color)
-    colorbar = fig.colorbar(mesh, ax=list(axes), label=DELTA_LABEL, shrink=0.9)
+    axes = fig.subplots(len(facets), len(ops), squeeze=False)
+    for row, shots in enumerate(facets):
+        for column, op in enumerate(ops):
+            ax = axes[row][column]
+            if (shots, op) not in grids:
+                ax.set_axis_off()
+                continue
+            mesh = _draw_heatmap_panel(ax, grids[(shots, op)], op, shots, len(facets) > 1, norm, cmap, annotate)
+    colorbar = fig.colorbar(mesh, ax=list(axes.ravel()), label=DELTA_LABEL, shrink=0.9)
     colorbar.outline.set_visible(False)
     table = corruptions if dataset is None else corruptions[corruptions["dataset"] == dataset]
     if method is not None:
         table = table[table["method"] == method]
-    num_runs = table["run_id"].nunique()
+    n_seeds = table["seed"].nunique() if "seed" in table.columns else table["run_id"].nunique()
     context = _context(table)
-    suffix = f"mean over {num_runs} run{'s' if num_runs != 1 else ''} and reps"
+    suffix = f"mean over {n_seeds} seed{'s' if n_seeds != 1 else ''} and reps"
     context = f"{context} ({suffix})" if context else suffix
     fig.suptitle(_title("Accuracy change from corrupting one context vector", context, title))
     return fig
@@ -654,7 +728,7 @@ def plot_norms(
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, format: str | None = None) -> Path:
-    """Save atomically (temp file in the same folder, then rename); 300 dpi. Returns the path.
+    """Save atomically with the umask's permissions (fsio.atomic_path); 300 dpi. Returns the path.
 
     `format` defaults to the path's suffix, or "png" when it has none (the suffix is then
     added). Parent folders are created.
@@ -674,14 +748,8 @@ def save_figure(fig: Figure, path: str | os.PathLike, format: str | None = None)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Dates left out so that re-saving the same figure gives the same bytes.
     metadata = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(format)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle, matplotlib.rc_context({"svg.hashsalt": STYLE["svg.hashsalt"]}):
-            fig.savefig(handle, format=format, dpi=300, bbox_inches="tight", metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with fsio.atomic_path(path, "a figure") as temporary, matplotlib.rc_context({"svg.hashsalt": STYLE["svg.hashsalt"]}):
+        fig.savefig(temporary, format=format, dpi=300, bbox_inches="tight", metadata=metadata)
     logger.info("saved figure %s", path)
     return path
 

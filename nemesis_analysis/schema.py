@@ -2,7 +2,8 @@
 
 Every Parquet row carries the columns of :class:`RunIdentity`. Each table has a key: rows with the same
 key describe the same observation and the newest one wins. A corruption is identified within its run by
-:data:`CORRUPTION_KEY`.
+:data:`CORRUPTION_KEY`. A column added to a table later declares, in :data:`COLUMN_DEFAULTS`, the value
+it takes in parts written before it existed, so old reports keep loading.
 """
 
 from __future__ import annotations
@@ -113,6 +114,17 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("seconds", pa.float64()),
         ]
     ),
+    "evaluations": pa.schema(
+        IDENTITY_SCHEMA
+        + [
+            ("protocol", pa.string()),  # fewshot, base2new, dg or crossdataset
+            ("eval_dataset", pa.string()),  # the dataset whose test split was evaluated
+            ("eval_classes", pa.string()),  # all, base or new
+            ("acc", pa.float64()),  # top-1 test accuracy, percent
+            ("n_test", pa.int64()),
+            ("n_classes", pa.int64()),
+        ]
+    ),
     # One row per state change of a study job (nemesis study run); the newest row of a job is its state.
     "jobs": pa.schema(
         [
@@ -136,8 +148,24 @@ KEYS: dict[str, tuple[str, ...]] = {
     "corruptions": ("run_id", *CORRUPTION_KEY),
     "trajectories": ("run_id", "epoch", "position"),
     "runs": ("run_id",),
+    "evaluations": ("run_id", "eval_dataset", "eval_classes"),
     "jobs": ("job_id",),
 }
+
+# The value a column takes in parts written before the column existed (read by store.read_table).
+# A column added to a table later MUST be declared here (per table, or for every table under "*")
+# so that old reports keep loading; a column without an entry reads as null (NaN, None).
+COLUMN_DEFAULTS: dict[str, dict[str, object]] = {
+    "*": {"protocol": "fewshot", "prompt_method": "coop"},
+}
+
+
+def column_default(table: str, column: str) -> object:
+    """The value ``column`` of ``table`` takes in rows written before the column existed (None: null)."""
+    declared = COLUMN_DEFAULTS.get(table, {})
+    if column in declared:
+        return declared[column]
+    return COLUMN_DEFAULTS["*"].get(column)
 
 TABLES: tuple[str, ...] = tuple(SCHEMAS)
 

@@ -1,143 +1,255 @@
-"""Parquet tables (DESIGN.md section 4): one folder per table, one part file per write.
+"""Reads and writes the Parquet tables (DESIGN.md section 4), one folder per table and one part file per write.
 
-Appending writes a new part atomically (hidden temporary file, then rename), so a killed process
-leaves either the whole part or nothing, and concurrent writers never touch each other's files.
-``pandas.read_parquet(folder)`` reads a table; :func:`read_table` also orders parts by time and
-removes superseded duplicates. No torch here: tables load fast in a notebook.
+Schemas, keys and column defaults come from :mod:`nemesis_analysis.schema`. No torch here: tables load
+fast in a notebook.
+
+What is guaranteed
+------------------
+* **Whole parts.** A part is written under a hidden temporary name and renamed into place
+  (:func:`nemesis_analysis.fsio.atomic_path`), so a killed writer leaves the whole part or nothing, and
+  every part gets the permissions of the user's umask.
+* **No duplicate keys from concurrent writers.** Every writer that adds rows for a run does so inside
+  :func:`claim` (an exclusive ``fcntl.flock`` on the hidden file ``.lock-<run_id>`` in the table folder,
+  held while it checks what is missing and appends). :meth:`Claim.append` drops rows whose key is already
+  in the table or repeated in the batch. So two ``nemesis corrupt`` processes on the same run and folder
+  never make a key appear twice in what a plain ``pandas.read_parquet(folder)`` returns: the second one
+  waits, then finds the rows of the first. Writers that bypass :func:`claim` (a bare :func:`append_rows`)
+  get no such promise; :func:`read_table` still keeps the newest row per key, and :func:`compact`
+  removes the older copies on disk.
+* **Superseding a run.** :func:`supersede_run` (a forced retrain) rewrites, under the run's lock in every
+  named table, each part that holds rows of the run without them, one atomic rename per part; a reader
+  at any moment sees each part old or new, so it may still see an old row but never a duplicate.
+* **Rewrites never race each other.** :func:`compact` and :func:`supersede_run` also take the table's
+  exclusive ``.lock-table`` file; appenders never rewrite a part, so they need only the run's lock.
+  Locks are taken run first, table second, so no two lockers wait on each other.
+* **Old parts stay readable.** :func:`read_table` reads parts written under an older schema: a column
+  the part lacks gets the default ``schema.column_default`` declares (a null when none is declared), and
+  a column the schema no longer has is dropped.
+
+Locks are advisory and local to one machine's kernel (flock on a network filesystem may be a no-op).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import re
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-IDENTITY = [
-    ("run_id", pa.string()),
-    ("dataset", pa.string()),
-    ("backbone", pa.string()),
-    ("pretrained", pa.string()),
-    ("shots", pa.int64()),
-    ("seed", pa.int64()),
-    ("method", pa.string()),
-    ("n_ctx", pa.int64()),
-    ("csc", pa.bool_()),
-    ("class_token_position", pa.string()),
-    ("precision", pa.string()),
-]
+from nemesis_analysis import fsio, schema
 
-SCHEMAS: dict[str, pa.Schema] = {
-    "corruptions": pa.schema(
-        IDENTITY
-        + [
-            ("op", pa.string()),
-            ("position", pa.int64()),
-            ("factor", pa.float64()),
-            ("rep", pa.int64()),
-            ("acc", pa.float64()),
-            ("acc_original", pa.float64()),
-            ("delta", pa.float64()),
-            ("norm_before", pa.float64()),
-            ("norm_after", pa.float64()),
-            ("low_norm_effect", pa.bool_()),
-            ("n_test", pa.int64()),
-        ]
-    ),
-    "trajectories": pa.schema(
-        IDENTITY
-        + [
-            ("epoch", pa.int64()),
-            ("position", pa.int64()),
-            ("norm", pa.float64()),
-            ("norm_l1", pa.float64()),
-            ("norm_inf", pa.float64()),
-            ("test_acc", pa.float64()),
-            ("train_loss", pa.float64()),
-            ("ce_loss", pa.float64()),
-            ("norm_loss", pa.float64()),
-            ("omega", pa.float64()),
-            ("alpha", pa.float64()),
-            ("lr", pa.float64()),
-        ]
-    ),
-    "runs": pa.schema(
-        IDENTITY
-        + [
-            ("epochs", pa.int64()),
-            ("ctx_init", pa.string()),
-            ("beta", pa.float64()),
-            ("norm_weight", pa.float64()),
-            ("norm_type", pa.string()),
-            ("pan_positions", pa.int64()),
-            ("pan_factor", pa.float64()),
-            ("omega_schedule", pa.string()),
-            ("lr", pa.float64()),
-            ("batch_size", pa.int64()),
-            ("recipe", pa.string()),
-            ("final_test_acc", pa.float64()),
-            ("zero_shot_acc", pa.float64()),
-            ("mean_norm", pa.float64()),
-            ("checkpoint", pa.string()),
-            ("seconds", pa.float64()),
-        ]
-    ),
-}
+# Re-exports for modules that still read the schemas from here; schema.py is their home.
+SCHEMAS = schema.SCHEMAS
+KEYS = schema.KEYS
+IDENTITY = schema.IDENTITY_SCHEMA
 
-# Rows with the same key describe the same observation; the newest one wins.
-KEYS: dict[str, list[str]] = {
-    "corruptions": ["run_id", "op", "position", "factor", "rep"],
-    "trajectories": ["run_id", "epoch", "position"],
-    "runs": ["run_id"],
-}
+TABLE_LOCK = ".lock-table"
 
 
 def table_path(reports_dir: Path | str, table: str) -> Path:
-    if table not in SCHEMAS:
-        raise ValueError(f"unknown table {table!r}; tables: {', '.join(SCHEMAS)}")
+    schema.schema_of(table)  # raises on an unknown table
     return Path(reports_dir) / table
 
 
+def _parts(folder: Path) -> list[Path]:
+    """Visible part files, oldest first (names sort by write time)."""
+    return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+
+
+def _to_arrow(table: str, frame: pd.DataFrame) -> pa.Table:
+    target = schema.schema_of(table)
+    missing = [name for name in target.names if name not in frame.columns]
+    if missing:
+        raise ValueError(f"rows for {table} lack columns {missing}")
+    return pa.Table.from_pandas(frame[target.names], schema=target, preserve_index=False)
+
+
+def _write_part(folder: Path, arrow: pa.Table, name: str | None = None) -> Path:
+    # Names sort by time, so "newest wins" needs no metadata; the uuid keeps writers apart.
+    name = name or f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    path = folder / name
+    with fsio.atomic_path(path, f"the {folder.name} table") as tmp:
+        pq.write_table(arrow, tmp)
+    return path
+
+
 def append_rows(reports_dir: Path | str, table: str, rows: list[dict] | pd.DataFrame) -> Path | None:
-    """Write ``rows`` as a new part of ``table``; returns the part's path (None for no rows)."""
+    """Write ``rows`` as a new part of ``table``; returns the part's path (None for no rows).
+
+    No check against rows already written: use :func:`claim` where two writers may add the same keys.
+    """
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     if frame.empty:
         return None
-    schema = SCHEMAS[table]
-    missing = [name for name in schema.names if name not in frame.columns]
-    if missing:
-        raise ValueError(f"rows for {table} lack columns {missing}")
-    arrow = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
-    folder = table_path(reports_dir, table)
-    folder.mkdir(parents=True, exist_ok=True)
-    # Names sort by time, so "newest wins" needs no metadata; the uuid keeps writers apart.
-    name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-    tmp = folder / f".{name}.tmp"  # pyarrow skips hidden files when reading the folder
-    pq.write_table(arrow, tmp)
-    os.replace(tmp, folder / name)
-    return folder / name
+    return _write_part(table_path(reports_dir, table), _to_arrow(table, frame))
+
+
+def _conform(part: pa.Table, table: str) -> pa.Table:
+    """A part's rows under the current schema: missing columns filled with their declared default."""
+    target = schema.schema_of(table)
+    arrays = []
+    for field in target:
+        if field.name in part.column_names:
+            arrays.append(part.column(field.name).cast(field.type))
+        else:
+            default = schema.column_default(table, field.name)
+            arrays.append(pa.array([default] * part.num_rows, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=target)
+
+
+def _read_parts(parts: list[Path], table: str) -> pd.DataFrame:
+    if not parts:
+        return schema.schema_of(table).empty_table().to_pandas()
+    arrow = pa.concat_tables([_conform(pq.read_table(p), table) for p in parts])
+    return arrow.to_pandas()
+
+
+def _dedupe(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    return frame.drop_duplicates(subset=list(schema.KEYS[table]), keep="last").reset_index(drop=True)
 
 
 def read_table(reports_dir: Path | str, table: str, dedupe: bool = True) -> pd.DataFrame:
-    """The whole table as a DataFrame (empty, with the schema's columns, when nothing is written yet)."""
-    folder = table_path(reports_dir, table)
-    schema = SCHEMAS[table]
-    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
-    if not parts:
-        return schema.empty_table().to_pandas()
-    frame = pd.concat([pq.read_table(p, schema=schema).to_pandas() for p in parts], ignore_index=True)
-    if dedupe:
-        frame = frame.drop_duplicates(subset=KEYS[table], keep="last").reset_index(drop=True)
-    return frame
+    """The whole table as a DataFrame (empty, with the schema's columns, when nothing is written yet).
+
+    Parts written under an older schema are read with the current one (see the module docstring).
+    With ``dedupe`` the newest row per key is kept.
+    """
+    frame = _read_parts(_parts(table_path(reports_dir, table)), table)
+    return _dedupe(frame, table) if dedupe else frame
+
+
+def _keys_of(frame: pd.DataFrame, table: str, run_id: str) -> set[tuple]:
+    frame = frame[frame["run_id"] == run_id]
+    columns = [c for c in schema.KEYS[table] if c != "run_id"]
+    return set(frame[columns].itertuples(index=False, name=None))
 
 
 def existing_keys(reports_dir: Path | str, table: str, run_id: str) -> set[tuple]:
     """Keys (without run_id) already written for ``run_id``: what a resumed job can skip."""
-    frame = read_table(reports_dir, table)
-    frame = frame[frame["run_id"] == run_id]
-    columns = [c for c in KEYS[table] if c != "run_id"]
-    return set(frame[columns].itertuples(index=False, name=None))
+    return _keys_of(read_table(reports_dir, table), table, run_id)
+
+
+# --------------------------------------------------------------------------- locks
+
+
+def _lock_name(run_id: str) -> str:
+    return ".lock-run-" + re.sub(r"[^0-9A-Za-z._-]+", "_", str(run_id))
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created, hidden, empty) for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, fsio.file_mode())
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+class Claim:
+    """The right to add rows of one run to one table, held inside :func:`claim`."""
+
+    def __init__(self, reports_dir: Path | str, table: str, run_id: str) -> None:
+        self.reports_dir, self.table, self.run_id = Path(reports_dir), table, str(run_id)
+
+    def existing_keys(self) -> set[tuple]:
+        """Keys (without run_id) of this run already in the table: what is left to compute is the rest."""
+        return existing_keys(self.reports_dir, self.table, self.run_id)
+
+    def append(self, rows: list[dict] | pd.DataFrame) -> Path | None:
+        """Append the rows whose key is not in the table yet (and the last of keys repeated in ``rows``)."""
+        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+        if frame.empty:
+            return None
+        if (frame["run_id"].astype(str) != self.run_id).any():
+            raise ValueError(f"a claim on run {self.run_id} can only append that run's rows")
+        frame = _dedupe(frame, self.table)
+        columns = [c for c in schema.KEYS[self.table] if c != "run_id"]
+        done = self.existing_keys()
+        fresh = [key not in done for key in frame[columns].itertuples(index=False, name=None)]
+        return append_rows(self.reports_dir, self.table, frame[fresh])
+
+
+@contextlib.contextmanager
+def claim(reports_dir: Path | str, table: str, run_id: str) -> Iterator[Claim]:
+    """Exclusive right to add rows of ``run_id`` to ``table`` for the block (other claims wait).
+
+    Inside the block, read :meth:`Claim.existing_keys`, compute what is missing and :meth:`Claim.append`
+    it; a second process claiming the same run waits and then sees those rows.
+    """
+    folder = table_path(reports_dir, table)
+    with _flock(folder / _lock_name(run_id)):
+        yield Claim(reports_dir, table, run_id)
+
+
+# --------------------------------------------------------------------------- rewrites
+
+
+def _rewrite_parts(folder: Path, table: str, parts: list[Path], keep) -> int:
+    """Rewrite each of ``parts`` in place through ``keep(frame, index) -> mask``; returns rows removed."""
+    removed = 0
+    for index, part in enumerate(parts):
+        arrow = _conform(pq.read_table(part), table)
+        mask = keep(arrow.to_pandas(), index)
+        if mask.all():
+            continue
+        removed += int((~mask).sum())
+        if mask.any():
+            _write_part(folder, arrow.filter(pa.array(mask.to_numpy())), name=part.name)
+        else:
+            part.unlink()
+    return removed
+
+
+def supersede_run(reports_dir: Path | str, run_id: str, tables: tuple[str, ...] | list[str] = schema.TABLES) -> int:
+    """Remove every row of ``run_id`` from ``tables`` (a forced retrain); returns the rows removed.
+
+    Each affected part is rewritten atomically without those rows, under the run's lock in every table
+    and the table's rewrite lock; call it before appending the retrained run's rows.
+    """
+    removed = 0
+    with contextlib.ExitStack() as stack:
+        for table in tables:
+            stack.enter_context(claim(reports_dir, table, run_id))
+        for table in tables:
+            folder = table_path(reports_dir, table)
+            with _flock(folder / TABLE_LOCK):
+                removed += _rewrite_parts(folder, table, _parts(folder), lambda frame, _: frame["run_id"] != run_id)
+    return removed
+
+
+def compact(reports_dir: Path | str, table: str) -> int:
+    """Remove rows superseded by a newer row with the same key, part by part; returns the rows removed.
+
+    Each part is rewritten in place (atomically) without its superseded rows and deleted when empty, so
+    a concurrent reader never sees a row twice that it did not see twice before, nor loses a newest row.
+    Parts are not merged (merging would show a row twice for a moment).
+    """
+    folder = table_path(reports_dir, table)
+    key = list(schema.KEYS[table])
+    with _flock(folder / TABLE_LOCK):
+        parts = _parts(folder)
+        frames = [_conform(pq.read_table(p), table).to_pandas() for p in parts]
+        if not frames:
+            return 0
+        everything = pd.concat(frames, ignore_index=True)  # row i of part k has index offsets[k] + i
+        winners = set(everything.drop_duplicates(subset=key, keep="last").index)
+        offsets = [0]
+        for frame in frames:
+            offsets.append(offsets[-1] + len(frame))
+
+        def keep(frame: pd.DataFrame, index: int) -> pd.Series:
+            return pd.Series([offsets[index] + i in winners for i in range(len(frame))], index=frame.index)
+
+        return _rewrite_parts(folder, table, parts, keep)
+

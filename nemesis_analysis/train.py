@@ -28,7 +28,7 @@ from nemesis_analysis import nemesis, store
 from nemesis_analysis.augment import augment_image
 from nemesis_analysis.config import RunConfig
 from nemesis_analysis.data.base import DatasetSplits, Sample
-from nemesis_analysis.data.fewshot import sample_few_shot, save_split
+from nemesis_analysis.data.fewshot import sample_train_shots, save_split
 from nemesis_analysis.data.registry import load_dataset
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
 from nemesis_analysis.features import image_features
@@ -261,6 +261,7 @@ def train_prompt(
     loaded, dataset = context.loaded, context.dataset
     if not dataset.train:
         raise ConfigError(f"dataset {config.dataset} has no train split (test-only); train on its source dataset")
+    train_samples, val_samples = sample_train_shots(dataset, config.shots, config.seed)  # before anything is written
     config = config.resolved(loaded.device.type)
     run_id = config.run_id
     run_dir = workspace.run_dir(run_id)
@@ -272,8 +273,6 @@ def train_prompt(
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True))
     started = time.perf_counter()
 
-    train_samples = sample_few_shot(dataset.train, config.shots, config.seed)
-    val_samples = sample_few_shot(dataset.val, min(config.shots, 4), config.seed) if dataset.val else []
     save_split(run_dir / "split.json", {"train": train_samples, "val": val_samples}, dataset.classnames)
     test_features, test_labels = image_features(loaded, dataset, dataset.test, workspace.feature_cache, progress)
     zero_shot = zero_shot_accuracy(context, test_features, test_labels)
