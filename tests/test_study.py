@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from nemesis_analysis.cli import app
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig
 from nemesis_analysis.errors import ConfigError
-from nemesis_analysis.study import records, spec
+from nemesis_analysis.data.registry import load_dataset
+from nemesis_analysis.study import costs, records, spec
 from nemesis_analysis.study.plan import expand_jobs, expected_corruption_keys, make_plan, parse_shard, select_jobs
 from nemesis_analysis.study.runner import run_study
 from nemesis_analysis.study.spec import StudyFileError, load_study, parse_study
@@ -37,6 +38,12 @@ def test_plan_gives_exactly_the_expected_jobs_and_dependencies(tmp_path):
     assert [(job.run_id, job.deps) for job in corrupt] == [(r, (f"train:{r}",)) for r in run_ids]
     assert len(jobs) == 9 and len({job.id for job in jobs}) == 9
     assert expected_corruption_keys(corrupt[0]) == {("none", -1, 1.0, 0), ("rescale", 0, 0.5, 0), ("rescale", 1, 0.5, 0)}
+    cost = costs.estimate(jobs, records.read_job_history(tmp_path / "reports")).set_index("kind")
+    n_test = len(load_dataset("digits").test)
+    assert cost.loc["encode", "images_encoded"] == n_test
+    # 4 runs x 2 epochs; x 2 shots x 10 classes images seen
+    assert (cost.loc["train", "epochs"], cost.loc["train", "train_images"]) == (4 * 2, 4 * 2 * 2 * 10)
+    assert cost.loc["corrupt", "variants"] == 4 * 3
     # corrupt.methods narrows the sweeps; evaluate adds one job per run and target, after its train job
     text = (tmp_path / "study.toml").read_text().replace("chunk = 1", 'chunk = 1\nmethods = ["pun"]')
     (tmp_path / "narrow.toml").write_text(text + '\n[evaluate]\ntargets = ["digits"]\n')
