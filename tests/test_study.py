@@ -116,3 +116,13 @@ def test_shards_cover_every_job_once_and_plan_counts_a_partial_run(tmp_path, tin
     assert history[history["state"] == "running"]["job_id"].value_counts().max() == 1
     result = runner.invoke(app, ["study", "status", str(study.path), "--json"])
     assert result.exit_code == 0 and '"todo": 0' in result.output and '"done": 4' in result.output
+
+
+def test_help_of_every_study_command():
+    result = runner.invoke(app, ["study", "--help"])
+    assert result.exit_code == 0 and all(name in result.output for name in ("init", "plan", "run", "status"))
+    result = runner.invoke(app, ["study", "run", "--help"])
+    assert result.exit_code == 0
+    assert all(flag in result.output for flag in ("--executor", "--address", "--max-parallel", "--shard"))
+    for command in ("init", "plan", "status"):
+        assert runner.invoke(app, ["study", command, "--help"]).exit_code == 0
