@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nemesis_analysis.errors import NemesisError
@@ -36,7 +37,7 @@ def handle_errors(command):
         try:
             return command(*args, **kwargs)
         except NemesisError as error:
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted: finished jobs are saved; run the same command again to resume")
@@ -63,7 +64,7 @@ def _print_frame(frame, title: str) -> None:
 def _cell(value) -> str:
     if isinstance(value, float):
         return "?" if value != value else f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-    return str(value)
+    return escape(str(value))
 
 
 @study_app.command()
@@ -143,10 +144,10 @@ def run(
         highlight=False,
     )
     for job_id, error in report.failed.items():
-        console.print(f"  failed {job_id}: {error}", highlight=False, soft_wrap=True)
+        console.print(f"  failed {job_id}: {error}", highlight=False, soft_wrap=True, markup=False)
     if not shard:
         for path in write_study_outputs(study, figures=figures):
-            console.print(f"  {path}", highlight=False, soft_wrap=True)
+            console.print(f"  {path}", highlight=False, soft_wrap=True, markup=False)
     if report.failed or report.blocked:
         raise typer.Exit(code=1)
 

@@ -120,8 +120,7 @@ def corrupt_job(job, session: Session) -> dict:
 def evaluate_job(job, session: Session) -> dict:
     """Evaluate a trained prompt on a protocol target: not available until `nemesis evaluate` exists."""
     raise NotAvailableError(
-        f"job {job.id}: evaluate jobs need `nemesis evaluate`, which this version does not have yet; "
-        "remove [evaluate] from the study file"
+        "evaluate jobs need `nemesis evaluate`, which this version does not have yet; remove [evaluate] from the study file"
     )
 
 
