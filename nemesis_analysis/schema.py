@@ -125,6 +125,22 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("n_classes", pa.int64()),
         ]
     ),
+    # One row per state change of a study job (nemesis study run); the newest row of a job is its state.
+    "jobs": pa.schema(
+        [
+            ("job_id", pa.string()),  # encode:..., train:<run_id>, corrupt:<run_id>:<grid>, evaluate:...
+            ("kind", pa.string()),  # encode, train, corrupt or evaluate
+            ("run_id", pa.string()),  # "" for encode jobs
+            ("dataset", pa.string()),
+            ("study", pa.string()),
+            ("state", pa.string()),  # running, done, failed, lost (worker died; retried) or blocked
+            ("attempts", pa.int64()),
+            ("seconds", pa.float64()),  # time the job ran on its worker
+            ("host", pa.string()),  # the worker's host (the driver's on running and blocked rows)
+            ("error", pa.string()),  # one line; "" unless failed, lost or blocked
+            ("updated", pa.float64()),  # unix time of the row; the newest row wins
+        ]
+    ),
 }
 
 # Rows with the same key describe the same observation; the newest one wins.
@@ -133,6 +149,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "trajectories": ("run_id", "epoch", "position"),
     "runs": ("run_id",),
     "evaluations": ("run_id", "eval_dataset", "eval_classes"),
+    "jobs": ("job_id",),
 }
 
 # The value a column takes in parts written before the column existed (read by store.read_table).

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from nemesis_analysis.cli import inventory, tables, training
+from nemesis_analysis.cli import inventory, study, tables, training
 
 app = typer.Typer(
     name="nemesis",
@@ -29,6 +29,7 @@ plot_app.command("trajectory")(tables.plot_trajectory_command)
 plot_app.command("heatmap")(tables.plot_heatmap_command)
 plot_app.command("norms")(tables.plot_norms_command)
 app.add_typer(plot_app, name="plot")
+app.add_typer(study.study_app, name="study")
 
 
 def main() -> None:
