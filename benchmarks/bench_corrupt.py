@@ -35,19 +35,19 @@ import torch
 import torch.nn.functional as F
 
 from nemesis_analysis.config import PromptConfig, RunConfig
-from nemesis_analysis.corrupt import (
-    FullLengthPrompts,
-    learner_for_identity,
-    predict_corruptions,
-    predict_variants,
-    run_corruption_sweep,
-)
+from nemesis_analysis.artifacts import load_prompt
 from nemesis_analysis.corrupt_ops import apply_corruptions, corrupt_context, expand_grid
-from nemesis_analysis.metrics import differing_predictions
+from nemesis_analysis.engine import predict_corruptions, predict_variants
 from nemesis_analysis.features import encode_samples, image_features
-from nemesis_analysis.models import load_model
-from nemesis_analysis.prompts import PromptLearner, load_prompt
-from nemesis_analysis.train import Workspace, prepare, train_prompt
+from nemesis_analysis.methods.coop import CoOp
+from nemesis_analysis.metrics import differing_predictions
+from nemesis_analysis.loading import load_model
+from nemesis_analysis.reference import FullLengthPrompts
+from nemesis_analysis.runs import method_for_identity
+from nemesis_analysis.schema import CORRUPTION_KEY
+from nemesis_analysis.session import Session
+from nemesis_analysis.sweep import run_corruption_sweep
+from nemesis_analysis.train import load_model_and_data, train_prompt
 
 CALTECH_TEST_IMAGES = 2465
 # Caltech101's class names as CoOp uses them: realistic token lengths for the prompts.
@@ -87,23 +87,22 @@ def _line(name: str, naive: float, ours: float, floor: float, note: str = "") ->
 
 
 def case_digits(checkpoints: Path, quick: bool) -> float:
-    workspace = Workspace(checkpoints, Path(tempfile.mkdtemp(prefix="bench-corrupt-reports-")))
+    session = Session(checkpoints, Path(tempfile.mkdtemp(prefix="bench-corrupt-reports-")), progress=False)
     config = RunConfig(shots=4, epochs=10)
-    context = prepare(config, workspace, progress=False)
-    run = train_prompt(config, workspace, context=context, progress=False)
+    loaded, dataset = load_model_and_data(config, session)
+    run = train_prompt(config, session)
     ctx, _ = load_prompt(run.run_dir)
-    identity = run.config.identity_columns()
-    identity["n_ctx"] = ctx.shape[-2]
+    identity = run.config.identity(n_ctx=ctx.shape[-2])
     grid = expand_grid(ctx.shape[-2])
-    learner = learner_for_identity(context, identity)
+    learner = method_for_identity(loaded, dataset.classnames, identity)
     features, labels = image_features(  # warms the shared cache, as training already did
-        context.loaded, context.dataset, context.dataset.test, workspace.feature_cache, progress=False
+        loaded, dataset, dataset.test, session.feature_cache, progress=False
     )
-    test = context.dataset.test
+    test = dataset.test
 
     # ours: the whole sweep, end to end, into an empty table
     started = time.perf_counter()
-    summary = run_corruption_sweep(context, ctx, identity, grid, workspace, learner=learner, progress=False)
+    summary = run_corruption_sweep(session, learner, ctx, identity, grid)
     ours = (time.perf_counter() - started) / len(grid)
     assert summary.rows_written == len(grid)
 
@@ -120,7 +119,7 @@ def case_digits(checkpoints: Path, quick: bool) -> float:
     with torch.no_grad():
         for corruption in measured:
             variant = corrupt_context(ctx, corruption, run.run_id)
-            image = encode_samples(context.loaded, context.dataset, test, progress=False)  # (n_test, embed)
+            image = encode_samples(loaded, dataset, test, progress=False)  # (n_test, embed)
             text = full.text_features(variant)  # (classes, embed)
             naive_scores.append(image @ text.T)  # (n_test, classes)
     naive = (time.perf_counter() - started) / len(measured)
@@ -128,17 +127,17 @@ def case_digits(checkpoints: Path, quick: bool) -> float:
     # Same predictions, except where two classes' cosines agree to float32 precision (then rounding decides).
     ours_predictions = predict_corruptions(learner, ctx, measured, run.run_id, features)
     ties = differing_predictions(torch.stack(naive_scores), ours_predictions)
-    accs = summary.rows.set_index(["op", "position", "factor", "rep"])["acc"]
+    accs = summary.rows.set_index(list(CORRUPTION_KEY))["acc"]
     for corruption, predictions in zip(measured, ours_predictions):
         assert accs[corruption.key()] == 100.0 * float((predictions == labels).double().mean())
 
     print(
-        f"digits: {len(grid)} variants x {context.dataset.num_classes} classes, {len(test)} test images, "
+        f"digits: {len(grid)} variants x {dataset.num_classes} classes, {len(test)} test images, "
         f"prompt length {learner.base.shape[1]} of 77 tokens; naive measured on {len(measured)} of {len(grid)} "
         f"variants; predictions equal but for {ties} float ties of {len(measured) * len(test)}; acc_original {summary.acc_original:.2f}%"
     )
     print(_line("digits", naive, ours, floor))
-    shutil.rmtree(workspace.reports_dir, ignore_errors=True)  # the benchmark's throw-away table
+    shutil.rmtree(session.reports_dir, ignore_errors=True)  # the benchmark's throw-away table
     return naive / ours
 
 
@@ -147,7 +146,7 @@ def case_digits(checkpoints: Path, quick: bool) -> float:
 
 def case_caltech_size(checkpoints: Path, quick: bool, num_variants: int) -> float:
     loaded = load_model("ViT-B-16", "none", device="cpu", checkpoints_dir=checkpoints, progress=False)
-    learner = PromptLearner(loaded, CALTECH_CLASSNAMES, PromptConfig(n_ctx=16), seed=1)
+    learner = CoOp(loaded, CALTECH_CLASSNAMES, PromptConfig(n_ctx=16), seed=1)
     ctx = learner.ctx.detach().cpu()
     grid = expand_grid(16)
     sample = grid[:: max(1, len(grid) // num_variants)][:num_variants]

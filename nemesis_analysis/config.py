@@ -1,17 +1,24 @@
-"""Typed configuration: one dataclass per concern, closed choices as str enums, checks in __post_init__.
+"""Typed run configuration: dataclasses whose fields declare their type, rule and help, checked in one place.
 
 A training run is a pure function of its resolved :class:`RunConfig`; ``run_id`` is a short hash of the
-fields that change the result (never of output folders or progress settings).
+fields that change the result (never of output folders or progress settings). Every numeric field
+declares one :class:`Rule` next to it (``spec(..., check=positive)``); one generic validator enforces
+them for flags, config files (``load_config_file``, ``--set`` overrides) and the library API alike,
+and names the field by its dotted name (``nemesis.beta``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+import math
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, ClassVar
 
 from nemesis_analysis.choices import ClassTokenPosition, NormType, OmegaSchedule, Precision, Protocol, choice, plain
-from nemesis_analysis.errors import ConfigError
+from nemesis_analysis.errors import ConfigError, FieldError
 from nemesis_analysis.schema import RunIdentity
 
 
@@ -28,24 +35,93 @@ def coop_epochs(shots: int, dataset: str = "") -> int:
     return COOP_EPOCHS_BY_SHOTS[max(eligible)] if eligible else COOP_EPOCHS_BY_SHOTS[1]
 
 
+@dataclass(frozen=True)
+class Rule:
+    """One validation rule of a numeric field: ``test(value)`` must hold; ``text`` says what it demands."""
+
+    test: Callable[[float], bool]
+    text: str
+
+
+positive = Rule(lambda v: v > 0, "must be positive")
+non_negative = Rule(lambda v: v >= 0, "must be >= 0")
+at_least_one = Rule(lambda v: v >= 1, "must be at least 1")
+unit_interval = Rule(lambda v: 0 <= v <= 1, "must lie in [0, 1]")
+unit_interval_open = Rule(lambda v: 0 <= v < 1, "must lie in [0, 1)")
+any_number = Rule(lambda v: True, "must be a finite number")
+
+
+def spec(default=MISSING, *, check: Rule | None = None, help: str = "", default_factory=MISSING):
+    """A dataclass field with its validation rule and help text declared next to it."""
+    metadata = {"check": check, "help": help}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _field_types(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _base_type(annotation):
+    """``int | None`` -> int; a plain type is returned unchanged."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def check_value(section: str, name: str, annotation, rule: Rule | None, value):
+    """Validate (and normalise: int -> float for float fields) one field value; raise a FieldError naming it."""
+    dotted = f"{section}.{name}" if section else name
+    if value is None:
+        if type(None) in typing.get_args(annotation):
+            return None
+        raise FieldError(dotted, f"{dotted} must be set, got None")
+    kind = _base_type(annotation)
+    if kind is bool and not isinstance(value, bool):
+        raise FieldError(dotted, f"{dotted} must be true or false, got {value!r}")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise FieldError(dotted, f"{dotted} must be an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FieldError(dotted, f"{dotted} must be a number, got {value!r}")
+        value = float(value)
+    if kind is str and not isinstance(value, str):
+        raise FieldError(dotted, f"{dotted} must be a string, got {value!r}")
+    if rule is not None:
+        if not math.isfinite(value):
+            raise FieldError(dotted, f"{dotted} must be a finite number, got {value!r}")
+        if not rule.test(value):
+            raise FieldError(dotted, f"{dotted} {rule.text}, got {value!r}")
+    return value
+
+
+def validate_fields(config) -> None:
+    """The one validator: check every field of a config dataclass against its declared type and rule."""
+    hints = _field_types(type(config))
+    for item in fields(config):
+        if item.name in NESTED:
+            continue
+        value = check_value(config.SECTION, item.name, hints[item.name], item.metadata.get("check"),
+                            getattr(config, item.name))
+        object.__setattr__(config, item.name, value)
+
+
 @dataclass
 class PromptConfig:
     """How the learnable context is laid out (CoOp)."""
 
-    n_ctx: int = 16  # number of context vectors M
-    csc: bool = False  # class-specific context: one set of M vectors per class
-    class_token_position: ClassTokenPosition = ClassTokenPosition.END  # where the class name goes
-    ctx_init: str | None = None  # initialise from these words (n_ctx becomes their token count)
-    init_std: float = 0.02  # std of the N(0, std^2) init when ctx_init is None
+    SECTION: ClassVar[str] = "prompt"
+    n_ctx: int = spec(16, check=at_least_one, help="number of context vectors M")
+    csc: bool = spec(False, help="class-specific context: one set of M vectors per class")
+    class_token_position: ClassTokenPosition = spec(ClassTokenPosition.END, help="where the class name goes")
+    ctx_init: str | None = spec(None, help="initialise from these words (n_ctx becomes their token count)")
+    init_std: float = spec(0.02, check=non_negative, help="std of the N(0, std^2) init when ctx_init is None")
 
     def __post_init__(self) -> None:
         self.class_token_position = choice(ClassTokenPosition, self.class_token_position, "class-token position")
-        if self.ctx_init is not None and not self.ctx_init.strip():
+        if isinstance(self.ctx_init, str) and not self.ctx_init.strip():
             self.ctx_init = None
-        if self.ctx_init is None and self.n_ctx < 1:
-            raise ConfigError(f"--n-ctx must be at least 1, got {self.n_ctx}")
-        if self.init_std < 0:
-            raise ConfigError(f"init std must be >= 0, got {self.init_std}")
+        validate_fields(self)
 
 
 @dataclass
@@ -56,22 +132,18 @@ class NemesisConfig:
     per class and position and averaged over classes.
     """
 
-    beta: float | None = None  # 1 = PUN, 0 = PAN, in between = a mix; None = CoOp
-    weight: float = 1.0  # A: weight of the norm terms (PUN's factor and PAN's alpha value)
-    norm_type: NormType = NormType.L2  # q in ||p_i||_q
-    pan_positions: int = 1  # NP: positions chosen at random each step for PAN's pre-inference
-    pan_factor: float = 0.1  # CW: rescale factor applied to each chosen position in PAN
-    omega: OmegaSchedule = OmegaSchedule.SIGMOID
+    SECTION: ClassVar[str] = "nemesis"
+    beta: float | None = spec(None, check=unit_interval, help="1 = PUN, 0 = PAN, in between a mix; unset = CoOp")
+    weight: float = spec(1.0, check=non_negative, help="norm-loss weight (reference: A)")
+    norm_type: NormType = spec(NormType.L2, help="q in ||p_i||_q: l2, l1 or inf")
+    pan_positions: int = spec(1, check=at_least_one, help="PAN: positions rescaled per step (reference: NP)")
+    pan_factor: float = spec(0.1, check=positive, help="PAN: rescale factor of a chosen position (reference: CW)")
+    omega: OmegaSchedule = spec(OmegaSchedule.SIGMOID, help="sigmoid (1 - sigmoid(0.2 (t - T/2))) or constant")
 
     def __post_init__(self) -> None:
         self.norm_type = choice(NormType, self.norm_type, "norm type")
         self.omega = choice(OmegaSchedule, self.omega, "omega schedule")
-        if self.beta is not None and not 0.0 <= self.beta <= 1.0:
-            raise ConfigError(f"--beta must lie in [0, 1], got {self.beta}")
-        if self.weight < 0:
-            raise ConfigError(f"--alpha (norm-loss weight) must be >= 0, got {self.weight}")
-        if self.pan_positions < 1:
-            raise ConfigError(f"--pan-positions must be at least 1, got {self.pan_positions}")
+        validate_fields(self)
 
     @property
     def enabled(self) -> bool:
@@ -98,46 +170,44 @@ class NemesisConfig:
 class OptimConfig:
     """CoOp's recipe: SGD, cosine over the epochs, one constant warm-up epoch."""
 
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 32
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
+    SECTION: ClassVar[str] = "optim"
+    lr: float = spec(0.002, check=positive, help="SGD learning rate")
+    momentum: float = spec(0.9, check=unit_interval_open, help="SGD momentum")
+    weight_decay: float = spec(5e-4, check=non_negative, help="SGD weight decay")
+    batch_size: int = spec(32, check=at_least_one, help="training batch size")
+    warmup_epochs: int = spec(1, check=non_negative, help="constant warm-up epochs")
+    warmup_lr: float = spec(1e-5, check=positive, help="learning rate during warm-up")
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        validate_fields(self)
 
 
 @dataclass
 class RunConfig:
     """Everything that determines a trained prompt. ``run_id`` hashes all of it."""
 
-    dataset: str = "digits"
-    shots: int = 16
-    seed: int = 1
-    backbone: str = "nemesis-tiny"
-    pretrained: str = "embedded"  # an open_clip tag, a weights file, "embedded" (tiny CLIP) or "none"
-    epochs: int | None = None  # None: CoOp's epochs for the shot count
-    precision: Precision | None = None  # None: fp32 on CPU, amp on CUDA
-    prompt: PromptConfig = field(default_factory=PromptConfig)
-    nemesis: NemesisConfig = field(default_factory=NemesisConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    recipe: str | None = None  # a named recipe whose settings were applied (recorded, not hashed twice)
-    protocol: Protocol = Protocol.FEWSHOT  # hashed only when not the default, so older run ids stay
+    SECTION: ClassVar[str] = ""
+    dataset: str = spec("digits", help="digits (embedded), a CoOp dataset, or folder:PATH / manifest:PATH")
+    shots: int = spec(16, check=at_least_one, help="training images per class")
+    seed: int = spec(1, check=any_number, help="few-shot sampling and initialisation seed")
+    backbone: str = spec("nemesis-tiny", help="open_clip architecture")
+    pretrained: str = spec("embedded", help="an open_clip tag, a weights file, embedded (tiny CLIP) or none")
+    epochs: int | None = spec(None, check=at_least_one, help="unset: CoOp's epochs for the shot count")
+    precision: Precision | None = spec(None, help="unset: fp32 on CPU, amp on CUDA")
+    prompt: PromptConfig = spec(default_factory=PromptConfig)
+    nemesis: NemesisConfig = spec(default_factory=NemesisConfig)
+    optim: OptimConfig = spec(default_factory=OptimConfig)
+    recipe: str | None = spec(None, help="a named recipe whose settings were applied (recorded, not hashed)")
+    protocol: Protocol = spec(Protocol.FEWSHOT, help="fewshot, base2new, crossdataset or dg (hashed unless fewshot)")
 
     def __post_init__(self) -> None:
         self.protocol = choice(Protocol, self.protocol, "protocol")
-        if self.shots < 1:
-            raise ConfigError(f"--shots must be at least 1, got {self.shots}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         if self.precision is not None:
             self.precision = choice(Precision, self.precision, "precision")
-
+        for name, section in NESTED.items():
+            if not isinstance(getattr(self, name), section):
+                raise FieldError(name, f"{name} must be a {section.__name__}, got {getattr(self, name)!r}")
+        validate_fields(self)
     @property
     def num_epochs(self) -> int:
         return self.epochs if self.epochs is not None else coop_epochs(self.shots, self.dataset)
@@ -151,8 +221,8 @@ class RunConfig:
         data = self.to_dict()
         if data["precision"] is None:
             data["precision"] = Precision.AMP.value if device_type == "cuda" else Precision.FP32.value
-        if device_type != "cuda" and data["precision"] != Precision.FP32.value:
-            raise ConfigError(f"--precision {data['precision']} needs a CUDA device; use --precision fp32 on CPU")
+        if device_type != "cuda" and data["precision"] == Precision.FP16.value:
+            raise ConfigError("--precision fp16 needs a CUDA device; use --precision amp (bf16 autocast) or fp32 on CPU")
         data["epochs"] = self.num_epochs
         return RunConfig.from_dict(data)
 
@@ -160,11 +230,19 @@ class RunConfig:
         return plain(asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RunConfig":
+    def from_dict(cls, data: dict, strict: bool = False) -> "RunConfig":
+        """Build from ``to_dict()``'s layout; ``strict`` refuses unknown keys (config files), else ignores them."""
         data = dict(data)
-        data["prompt"] = PromptConfig(**data.get("prompt", {}))
-        data["nemesis"] = NemesisConfig(**data.get("nemesis", {}))
-        data["optim"] = OptimConfig(**data.get("optim", {}))
+        if strict:
+            unknown = sorted(set(flatten(data)) - set(field_annotations()))
+            if unknown:
+                raise FieldError(unknown[0], f"unknown config key {unknown[0]!r}; known keys: {', '.join(field_annotations())}")
+        for name, section in NESTED.items():
+            value = data.get(name, {})
+            if not isinstance(value, dict):
+                raise FieldError(name, f"{name} must be a table of {section.__name__} fields, got {value!r}")
+            known = {f.name for f in fields(section)}
+            data[name] = section(**{k: v for k, v in value.items() if k in known})
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -174,7 +252,7 @@ class RunConfig:
         data = self.to_dict()
         data.pop("recipe", None)
         if data.get("protocol") == Protocol.FEWSHOT.value:
-            data.pop("protocol")
+            data.pop("protocol")  # older run ids stay what they were
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -216,6 +294,133 @@ class RunConfig:
             protocol=plain(self.protocol),
         )
         return flat
+
+
+NESTED = {"prompt": PromptConfig, "nemesis": NemesisConfig, "optim": OptimConfig}
+
+
+# ------------------------------------------------------------------- dotted names, overrides, config files
+
+
+def field_annotations() -> dict[str, typing.Any]:
+    """Every leaf field of :class:`RunConfig` by dotted name (``nemesis.beta``), with its type annotation."""
+    names: dict[str, typing.Any] = {}
+    for name, kind in _field_types(RunConfig).items():
+        if name == "SECTION":
+            continue
+        if name in NESTED:
+            names.update({f"{name}.{k}": v for k, v in _field_types(NESTED[name]).items() if k != "SECTION"})
+        else:
+            names[name] = kind
+    return names
+
+
+def field_help(dotted: str) -> str:
+    """The help text declared next to a field."""
+    *section, name = dotted.split(".")
+    cls = NESTED[section[0]] if section else RunConfig
+    return next(f.metadata.get("help", "") for f in fields(cls) if f.name == name)
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """``{"nemesis": {"beta": 0.5}}`` -> ``{"nemesis.beta": 0.5}``."""
+    flat: dict = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and not prefix and key in NESTED:
+            flat.update(flatten(value, f"{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def with_overrides(data: dict, overrides: dict) -> dict:
+    """A copy of ``to_dict()``-style ``data`` with dotted ``overrides`` applied; unknown names are refused."""
+    known = field_annotations()
+    data = json.loads(json.dumps(data))
+    for dotted, value in overrides.items():
+        if dotted not in known:
+            raise FieldError(dotted, f"unknown config key {dotted!r}; known keys: {', '.join(known)}")
+        target = data
+        *parents, leaf = dotted.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return data
+
+
+def parse_value(dotted: str, text: str):
+    """Parse ``text`` by the type of field ``dotted`` (``none`` unsets an optional field)."""
+    annotation = field_annotations()[dotted]
+    optional = type(None) in typing.get_args(annotation)
+    kind = _base_type(annotation)
+    if optional and text.strip().lower() in ("none", "null", ""):
+        return None
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return lowered in ("true", "1", "yes")
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        raise FieldError(dotted, f"{dotted}: cannot read {text!r} as {kind.__name__}") from None
+    return text
+
+
+def parse_assignment(text: str) -> tuple[str, object]:
+    """``"nemesis.beta=0.5"`` -> ``("nemesis.beta", 0.5)``, parsed by the field's type."""
+    dotted, sep, raw = text.partition("=")
+    dotted = dotted.strip()
+    if not sep or not dotted:
+        raise ConfigError(f"--set {text!r}: write KEY=VALUE with a dotted config name, e.g. nemesis.beta=0.5")
+    if dotted not in field_annotations():
+        raise FieldError(dotted, f"unknown config key {dotted!r}; known keys: {', '.join(field_annotations())}")
+    return dotted, parse_value(dotted, raw.strip())
+
+
+def load_config_file(path: Path | str) -> dict:
+    """Read a TOML run config (top-level fields plus [prompt], [nemesis], [optim]) as flat dotted overrides."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    path = Path(path).expanduser()
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; check the path given to --config") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} cannot be read ({error}); pass a readable TOML file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    flat = flatten(data)
+    known = field_annotations()
+    for dotted in flat:
+        if dotted not in known:
+            raise FieldError(dotted, f"unknown config key {dotted!r} in {path}; known keys: {', '.join(known)}")
+    return flat
+
+
+def to_toml(config: "RunConfig") -> str:
+    """The config as TOML in the layout :func:`load_config_file` reads (unset optional fields as comments)."""
+
+    def line(name: str, value) -> str:
+        if value is None:
+            return f"# {name} = (unset)"
+        if isinstance(value, bool):
+            return f"{name} = {'true' if value else 'false'}"
+        if isinstance(value, (int, float)):
+            return f"{name} = {value!r}"
+        return f"{name} = {json.dumps(str(value))}"
+
+    data = config.to_dict()
+    lines = [line(k, v) for k, v in data.items() if k not in NESTED]
+    for section in NESTED:
+        lines += ["", f"[{section}]"] + [line(k, v) for k, v in data[section].items()]
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------ recipes

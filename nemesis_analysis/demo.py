@@ -1,4 +1,4 @@
-"""``nemesis demo``: the main job on the embedded default (digits + nemesis-tiny), offline.
+"""``nemesis demo``: the whole pipeline (train, sweep corruptions, draw figures) on the embedded default, offline.
 
 Callable from a notebook too: :func:`run_demo` returns everything it computed.
 """
@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from nemesis_analysis.config import NemesisConfig, RunConfig
-from nemesis_analysis.train import RunResult, Workspace, prepare, train_prompt
+from nemesis_analysis.session import Session
+from nemesis_analysis.train import RunResult, load_model_and_data, train_prompt
 
 DEMO_DATASET = "digits"
 DEMO_SHOTS = 16
@@ -23,6 +24,17 @@ DEMO_METHODS = {"coop": None, "nemesis-pun": 1.0, "nemesis-pan": 0.0}
 
 def demo_config(beta: float | None) -> RunConfig:
     return RunConfig(dataset=DEMO_DATASET, shots=DEMO_SHOTS, seed=DEMO_SEED, nemesis=NemesisConfig(beta=beta))
+
+
+def runs_table(runs: dict[str, RunResult]) -> Table:
+    """Accuracy and per-position norms of each method's run."""
+    table = Table(title="accuracy and context norms (test split)")
+    for column in ("method", "run_id", "test acc %", "mean norm", "per-position L2 norms"):
+        table.add_column(column)
+    for method, run in runs.items():
+        norms = " ".join(f"{n:.2f}" for n in run.position_norms)
+        table.add_row(method, run.run_id, f"{run.final_test_acc:.2f}", f"{run.mean_norm:.4f}", norms)
+    return table
 
 
 @dataclass
@@ -41,34 +53,29 @@ def run_demo(
 ) -> DemoResult:
     console = console or Console()
     started = time.perf_counter()
-    workspace = Workspace(Path(checkpoints), Path(reports))
+    session = Session(Path(checkpoints), Path(reports), device=device or "auto", progress=progress)
     result = DemoResult()
 
     console.rule("[bold]1. the embedded tiny CLIP")
-    context = prepare(demo_config(None), workspace, device=device, progress=progress)
-    console.print(f"nemesis-tiny ready ({context.loaded.weights_id}) on {context.loaded.device}", highlight=False)
+    loaded, _ = load_model_and_data(demo_config(None), session)
+    console.print(f"nemesis-tiny ready ({loaded.weights_id}) on {loaded.device}", highlight=False)
 
     console.rule(f"[bold]2. CoOp and Nemesis on {DEMO_DATASET}, {DEMO_SHOTS} shots, seed {DEMO_SEED}")
     for method, beta in DEMO_METHODS.items():
-        run = train_prompt(demo_config(beta), workspace, context=context, progress=progress)
+        run = train_prompt(demo_config(beta), session)
         result.runs[method] = run
     coop = result.runs["coop"]
     console.print(f"zero-shot accuracy (hand-crafted prompt): {coop.zero_shot_acc:.2f}%", highlight=False)
-    table = Table(title="accuracy and context norms (test split)")
-    for column in ("method", "run_id", "test acc %", "mean norm", "per-position L2 norms"):
-        table.add_column(column)
-    for method, run in result.runs.items():
-        norms = " ".join(f"{n:.2f}" for n in run.position_norms)
-        table.add_row(method, run.run_id, f"{run.final_test_acc:.2f}", f"{run.mean_norm:.4f}", norms)
-    console.print(table)
+    console.print(runs_table(result.runs))
 
     # ---- step 3: corruption sweep on the CoOp run (Low-Norm Effect)
     console.rule("[bold]3. corruption sweep on the CoOp run (Low-Norm Effect)")
-    from nemesis_analysis.corrupt import format_summary, sweep_trained_run
-    from nemesis_analysis.corrupt_ops import expand_grid
+    from nemesis_analysis.corrupt_ops import GridSpec
+    from nemesis_analysis.runs import sweep_trained_run
+    from nemesis_analysis.sweep import format_summary
 
-    grid = expand_grid(len(coop.position_norms))  # the default grid: every position, rescale and replace
-    sweep = sweep_trained_run(context, coop, grid, workspace, progress=progress)
+    grid = GridSpec().expand(len(coop.position_norms))  # the default grid: every position, rescale and replace
+    sweep = sweep_trained_run(session, coop, grid)
     result.extra["corruption"] = sweep
     for line in format_summary(sweep):
         console.print(line, highlight=False, soft_wrap=True)
@@ -77,7 +84,7 @@ def run_demo(
     from nemesis_analysis.figures import render_all  # no torch: tables and matplotlib only
 
     console.rule("[bold]4. figures")
-    figure_paths = render_all(workspace.reports_dir)
+    figure_paths = render_all(session.reports_dir)
     result.extra["figures"] = figure_paths
     for path in figure_paths:
         console.print(str(path), highlight=False, soft_wrap=True)
@@ -92,6 +99,6 @@ def run_demo(
         f"{result.runs['nemesis-pun'].mean_norm:.4f} vs CoOp {coop.mean_norm:.4f}",
         highlight=False,
     )
-    console.print(f"checkpoints: {workspace.checkpoints_dir}/<run_id>/   tables: {workspace.reports_dir}/", highlight=False)
+    console.print(f"checkpoints: {session.checkpoints_dir}/<run_id>/   tables: {session.reports_dir}/", highlight=False)
     console.print(f"done in {result.seconds:.0f} s", highlight=False)
     return result

@@ -23,3 +23,11 @@ class NoDataError(NemesisError):
 
 class TrainingDiverged(NemesisError):
     """A loss or a norm became NaN or infinite."""
+
+
+class FieldError(ConfigError):
+    """A config field has a bad value; ``field`` is its dotted name (the CLI adds the flag that sets it)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field

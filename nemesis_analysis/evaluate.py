@@ -14,14 +14,15 @@ from pathlib import Path
 import torch
 
 from nemesis_analysis import protocols, store
+from nemesis_analysis.artifacts import ARTIFACT_TENSORS, load_prompt
 from nemesis_analysis.choices import EvalClasses, Protocol, choice, plain
 from nemesis_analysis.config import PromptConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits
+from nemesis_analysis.engine import accuracy_of, predict_variants
 from nemesis_analysis.errors import ConfigError, NoDataError
 from nemesis_analysis.features import image_features
-from nemesis_analysis.metrics import top1_accuracy
+from nemesis_analysis.methods.coop import CoOp
 from nemesis_analysis.models import LoadedModel
-from nemesis_analysis.prompts import ARTIFACT_TENSORS, PromptLearner, load_prompt
 from nemesis_analysis.session import Session
 
 TABLE = "evaluations"
@@ -62,7 +63,7 @@ class LearnedPrompt:
 # ------------------------------------------------------------------------------------------ pure math
 
 
-def subset_scores(
+def restrict_to_classes(
     features: torch.Tensor, labels: torch.Tensor, selected: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The test rows whose label is in ``selected``, and their labels renumbered from 0 in sorted order."""
@@ -72,9 +73,12 @@ def subset_scores(
     return features[keep], new_labels
 
 
-def cosine_accuracy(features: torch.Tensor, labels: torch.Tensor, text_features: torch.Tensor) -> float:
-    """Top-1 accuracy (percent) of ``features @ text_features.T`` (as training computes it)."""
-    return top1_accuracy(features.to(text_features.device) @ text_features.T, labels)
+def subset_accuracy(loaded: LoadedModel, prompt: "LearnedPrompt", classnames: Sequence[str], features, labels) -> float:
+    """Top-1 accuracy (percent) of the prompt's context over ``classnames`` (a generic-context CoOp built for
+    them), through the engine's batched prediction."""
+    method = CoOp(loaded, list(classnames), prompt.prompt_config)
+    predictions = predict_variants(method, prompt.ctx[None], features.to(method.device))  # (1, n)
+    return float(accuracy_of(predictions, labels.cpu())[0])
 
 
 def masked_accuracy(
@@ -148,13 +152,10 @@ def evaluate_context(
     names = [dataset.classnames[label] for label in selected]
     protocols.check_transfer(prompt.csc, prompt.classnames, names)
     features, labels = image_features(loaded, dataset, dataset.test, cache_dir, progress)
-    features, labels = subset_scores(features, labels, selected)
+    features, labels = restrict_to_classes(features, labels, selected)
     if labels.numel() == 0:
         raise ConfigError(f"dataset {dataset.name} has no test images of its {classes.value} classes")
-    learner = PromptLearner(loaded, names, prompt.prompt_config)
-    with torch.no_grad():
-        text = learner.text_features(prompt.ctx[None].to(loaded.device))[0]  # (classes, embed)
-        acc = cosine_accuracy(features.to(loaded.device), labels, text)
+    acc = subset_accuracy(loaded, prompt, names, features, labels)
     return Evaluation(name or dataset.name, classes.value, acc, int(labels.numel()), len(names))
 
 
@@ -174,10 +175,10 @@ def evaluate_masked(
     protocols.check_transfer(prompt.csc, prompt.classnames, parent.classnames)
     features, labels = image_features(loaded, subset, subset.test, cache_dir, progress)
     indices = protocols.subsequence_indices(subset.classnames, parent.classnames)
-    learner = PromptLearner(loaded, parent.classnames, prompt.prompt_config)
+    method = CoOp(loaded, parent.classnames, prompt.prompt_config)
     with torch.no_grad():
-        text = learner.text_features(prompt.ctx[None].to(loaded.device))[0]  # (parent classes, embed)
-        acc = masked_accuracy(features.to(loaded.device), labels, text, indices)
+        text = method.text_features(prompt.ctx[None].to(method.device))[0]  # (parent classes, embed)
+        acc = masked_accuracy(features.to(method.device), labels, text, indices)
     return Evaluation(subset.name, EvalClasses.ALL.value, acc, int(labels.numel()), len(indices))
 
 
@@ -233,49 +234,28 @@ def evaluate_targets(
 
 
 def write_run_evaluations(
-    loaded: LoadedModel,
-    run_dir: Path,
-    dataset: DatasetSplits,
-    load: Callable[[str], DatasetSplits],
-    reports_dir: Path | str,
-    cache_dir: Path | None,
-    progress: bool = True,
+    session: Session, config: RunConfig, run_dir: Path, loaded: LoadedModel | None = None
 ) -> list[Evaluation]:
-    """After training: the evaluations the run's protocol asks for (none for fewshot), appended once.
-
-    ``dataset`` is the training dataset with all its classes; ``load`` reads the other targets.
-    """
-    prompt = load_learned_prompt(run_dir)
-    source = str(prompt.identity["dataset"])
-    plan = protocols.evaluation_plan(prompt.protocol, source)
+    """After training ``config`` into ``run_dir``: the evaluations its protocol asks for (none for fewshot,
+    and then nothing is read), appended once. ``loaded``: the run's model (default: the session's)."""
+    plan = protocols.evaluation_plan(config.protocol, config.dataset)
     if not plan:
         return []
-
-    def load_target(name: str) -> DatasetSplits:
-        return dataset if name == source else load(name)
-
-    return evaluate_targets(loaded, prompt, plan, load_target, reports_dir, cache_dir, progress)
+    prompt = load_learned_prompt(run_dir)
+    loaded = loaded or model_for_prompt(session, prompt)
+    return evaluate_targets(
+        loaded, prompt, plan, session.dataset, session.reports_dir, session.feature_cache, session.progress
+    )
 
 
 # ------------------------------------------------------------------------------------------ the command
 
 
-def load_for_prompt(prompt: LearnedPrompt, session: Session) -> LoadedModel:
-    """The frozen model the prompt was trained with, at its precision on CUDA (fp32 elsewhere)."""
-    from nemesis_analysis.models import load_model, resolve_device
-
-    device = resolve_device(None if session.device == "auto" else session.device)
-    precision = (prompt.identity.get("precision") or None) if device.type == "cuda" else "fp32"
-    return load_model(
-        prompt.identity["backbone"],
-        prompt.identity["pretrained"],
-        device=device,
-        precision=precision,
-        checkpoints_dir=session.checkpoints_dir,
-        offline=session.offline,
-        progress=session.progress,
-        cache_dir=session.weights_cache_dir,
-    )
+def model_for_prompt(session: Session, prompt: LearnedPrompt) -> LoadedModel:
+    """The session's frozen model the prompt was trained with, at its precision on CUDA (fp32 elsewhere)."""
+    cuda = session.torch_device().type == "cuda"
+    precision = (prompt.identity.get("precision") or None) if cuda else None
+    return session.model(prompt.identity["backbone"], prompt.identity["pretrained"], precision)
 
 
 def evaluate_saved(
@@ -290,17 +270,14 @@ def evaluate_saved(
 
     ``dataset`` defaults to the one the prompt was trained on; the row is appended unless already there.
     """
-    from nemesis_analysis.data.registry import load_dataset
-
     if (run_id is None) == (prompt_path is None):
         raise ConfigError("give exactly one of --run RUN_ID and --prompt PATH")
     classes = choice(EvalClasses, classes, "class subset")
     path = run_prompt_dir(session.checkpoints_dir, run_id) if run_id is not None else prompt_path
     prompt = load_learned_prompt(path)
     name = dataset or str(prompt.identity["dataset"])
-    loaded = load_for_prompt(prompt, session)
-    load = lambda target: load_dataset(target, session.data_root)  # noqa: E731
     (evaluation,) = evaluate_targets(
-        loaded, prompt, [(name, classes)], load, session.reports_dir, session.feature_cache, session.progress
-    )
+        model_for_prompt(session, prompt), prompt, [(name, classes)], session.dataset, session.reports_dir,
+        session.feature_cache, session.progress,
+    )  # fmt: skip
     return prompt, evaluation

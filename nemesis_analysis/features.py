@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from nemesis_analysis.data.base import DatasetSplits, Sample, fingerprint_samples
+from nemesis_analysis.fsio import atomic_path
 from nemesis_analysis.models import LoadedModel
 from nemesis_analysis.progress import progress_bar
 
@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 def feature_cache_key(loaded: LoadedModel, dataset: DatasetSplits, samples: list[Sample]) -> str:
-    text = "|".join([loaded.identity, dataset.name, fingerprint_samples(samples), repr(loaded.preprocess)])
+    """A hash of everything that changes the features: model weights, dataset, samples, eval transform."""
+    text = "|".join([loaded.identity, dataset.identity, fingerprint_samples(samples), repr(loaded.preprocess)])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -30,6 +31,7 @@ def encode_samples(
     loaded: LoadedModel, dataset: DatasetSplits, samples: list[Sample], batch_size: int = 256, progress: bool = True
 ) -> torch.Tensor:
     """Encode ``samples`` with the eval transform: (n, embed) L2-normalised fp32 features on the CPU."""
+    dataset.check_samples(samples)  # a missing or damaged file: one line naming it, before any decoding
     chunks = []
     with progress_bar(f"encoding {dataset.name} images", total=len(samples), enabled=progress) as advance:
         for start in range(0, len(samples), batch_size):
@@ -60,8 +62,6 @@ def image_features(
             return cached["features"], labels
         logger.warning("feature cache %s does not match its samples; re-encoding", path)
     features = encode_samples(loaded, dataset, samples, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({"features": features.contiguous(), "labels": labels}, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path, "the image feature cache") as tmp:
+        save_file({"features": features.contiguous(), "labels": labels}, str(tmp))
     return features, labels

@@ -19,7 +19,7 @@ def base_new_frequency(corruptions: pd.DataFrame, min_delta: float = 0.0) -> pd.
 
     Rows of other subsets ("all") are left out; seeds are compared on the cells they all measured.
     """
-    analysis.require_columns(corruptions, ["eval_classes"], "corruption table")
+    corruptions = analysis.rows_for_view(corruptions, BY)  # every subset, eval_classes filled where missing
     rows = corruptions[corruptions["eval_classes"].isin(SUBSETS)]
     if rows.empty:
         raise NoDataError("no corruption rows on base or new classes; run `nemesis corrupt` on a --protocol base2new run")

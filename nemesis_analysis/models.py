@@ -1,4 +1,4 @@
-"""Load a frozen CLIP (any open_clip architecture, or the embedded tiny CLIP) and encode with it.
+"""A loaded frozen CLIP (:class:`LoadedModel`, the device) and encoding with it; loading lives in ``loading.py``.
 
 The text-tower shim :func:`encode_text_from_embeddings` runs the model's *own* modules on token
 embeddings, so that learnable context vectors can be spliced in; it cuts every batch at its longest
@@ -8,31 +8,17 @@ EOS, which is exact because CLIP's text attention is causal.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
-import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transform import PreprocessCfg, image_transform_v2
 
 from nemesis_analysis.choices import Precision
 from nemesis_analysis.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
-
-TINY_BACKBONE = "nemesis-tiny"
-_MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-_RANDOM_TAGS = {"none", "random"}
-
-
-def register_model_configs() -> None:
-    """Make the toolkit's own architectures (``nemesis-tiny``) known to open_clip."""
-    if TINY_BACKBONE not in open_clip.list_models():
-        open_clip.add_model_config(_MODEL_CONFIG_DIR)
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -82,9 +68,9 @@ class LoadedModel:
         return f"{self.backbone}|{self.weights_id}|{self.precision.value}"
 
     def autocast(self):
-        """bf16 autocast for the frozen towers under ``amp`` on CUDA; nothing otherwise."""
-        if self.precision == Precision.AMP and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast for the frozen towers under ``amp``, on whatever device the model is (CUDA or CPU)."""
+        if self.precision == Precision.AMP:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
@@ -145,10 +131,10 @@ def encode_text_from_embeddings(
     if attn_mask is not None:
         attn_mask = attn_mask[:length, :length]
     x = model.transformer(x, attn_mask=attn_mask)  # open_clip's Transformer takes batch-first input
-    return _pool_and_project(model, x, eos)
+    return pool_and_project(model, x, eos)
 
 
-def _pool_and_project(model: torch.nn.Module, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+def pool_and_project(model: torch.nn.Module, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
     """The text tower's head: ``ln_final``, the state at each row's EOS, ``text_projection``: (batch, embed)."""
     x = model.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), eos]  # (batch, width)
@@ -207,73 +193,4 @@ def encode_text_from_prefix(
         keys = block.ln_1(torch.cat([prefix.to(x.dtype), x], dim=1))  # (batch, length, width)
         x = x + block.ls_1(block.attention(q_x=block.ln_1(x), k_x=keys, v_x=keys, attn_mask=attn_mask))
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    return _pool_and_project(model, x, eos - start)
-
-
-def _file_weights_id(path: Path) -> str:
-    stat = path.stat()
-    digest = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return f"file:{path.name}:{digest}"
-
-
-def load_model(
-    backbone: str = TINY_BACKBONE,
-    pretrained: str = "embedded",
-    device: str | torch.device | None = None,
-    precision: Precision | str | None = None,
-    checkpoints_dir: Path | str = "checkpoints",
-    offline: bool = False,
-    progress: bool = True,
-    cache_dir: Path | str | None = None,
-) -> LoadedModel:
-    """Create a frozen CLIP.
-
-    ``pretrained``: an open_clip tag (e.g. ``openai``), a local weights file, ``embedded`` (the
-    toolkit's pretrained tiny CLIP, only for ``nemesis-tiny``) or ``none`` (random init, seeded).
-    Tags are read from the local caches first (``cache_dir``, else the Hugging Face cache and
-    ``~/.cache/clip``); ``offline`` (or ``HF_HUB_OFFLINE=1``) never touches the network. Weights
-    trained with QuickGELU (OpenAI's) get a QuickGELU architecture (``RN50`` -> ``RN50-quickgelu``).
-    """
-    from nemesis_analysis import weights  # local import: weights imports this module
-
-    register_model_configs()
-    device = device if isinstance(device, torch.device) else resolve_device(device)
-    if precision is None:
-        precision = Precision.AMP if device.type == "cuda" else Precision.FP32
-    precision = Precision(precision)
-    if backbone not in open_clip.list_models():
-        raise ConfigError(
-            f"unknown backbone {backbone!r}; run `nemesis models` to list architectures "
-            f"(e.g. RN50, ViT-B-16, {TINY_BACKBONE})"
-        )
-    pretrained = pretrained or "none"
-    model, weights_id = weights.create_with_weights(
-        backbone, pretrained, checkpoints_dir=Path(checkpoints_dir), offline=offline, progress=progress,
-        cache_dir=cache_dir,
-    )
-    if precision == Precision.FP16:
-        model = model.half()
-    model = model.to(device).eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    preprocess_cfg = dict(model.visual.preprocess_cfg)
-    preprocess = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
-    return LoadedModel(
-        model=model,
-        tokenizer=open_clip.get_tokenizer(backbone),
-        preprocess=preprocess,
-        preprocess_cfg=preprocess_cfg,
-        backbone=backbone,
-        pretrained=pretrained,
-        weights_id=weights_id,
-        device=device,
-        precision=precision,
-        extra={"quick_gelu": _uses_quick_gelu(model)},
-    )
-
-
-def _uses_quick_gelu(model: torch.nn.Module) -> bool:
-    """Whether the built model's activations are QuickGELU (what the weights need, see weights.py)."""
-    from open_clip.transformer import QuickGELU
-
-    return any(isinstance(module, QuickGELU) for module in model.modules())
+    return pool_and_project(model, x, eos - start)

@@ -10,7 +10,7 @@ can compose them and the tests can check them against hand computation. DESIGN.m
 - total: ``CE + omega(t) * (beta * L_pun + (1 - beta) * L_pan)``, ``omega(t) = 1 - sigmoid(0.2 (t - T/2))``.
 
 Context tensors are either generic, shape ``(n_ctx, width)``, or class-specific (CSC), shape
-``(n_cls, n_ctx, width)``. For CSC a "position" means that position in every class's context.
+``(num_classes, n_ctx, width)``. For CSC a "position" means that position in every class's context.
 """
 
 from __future__ import annotations
@@ -41,19 +41,19 @@ def _norm_ord(norm_type: str) -> float:
 def _check_ctx(ctx: Tensor) -> None:
     if ctx.dim() not in (2, 3):
         raise ValueError(
-            f"ctx must be (n_ctx, width) or (n_cls, n_ctx, width), got shape {tuple(ctx.shape)}"
+            f"ctx must be (n_ctx, width) or (num_classes, n_ctx, width), got shape {tuple(ctx.shape)}"
         )
 
 
 def position_norms(ctx: Tensor, norm_type: str = "l2") -> Tensor:
     """Norm of each context position, shape ``(n_ctx,)``; differentiable.
 
-    Generic ctx ``(n_ctx, width)``: ``||p_i||_q``. CSC ctx ``(n_cls, n_ctx, width)``: the norm of each
+    Generic ctx ``(n_ctx, width)``: ``||p_i||_q``. CSC ctx ``(num_classes, n_ctx, width)``: the norm of each
     (class, position) vector, averaged over classes (the mean of norms, not the norm of the mean).
     """
     _check_ctx(ctx)
     ord_ = _norm_ord(norm_type)
-    norms = torch.linalg.vector_norm(ctx, ord=ord_, dim=-1)  # (n_ctx,) or (n_cls, n_ctx)
+    norms = torch.linalg.vector_norm(ctx, ord=ord_, dim=-1)  # (n_ctx,) or (num_classes, n_ctx)
     if norms.dim() == 2:
         norms = norms.mean(dim=0)  # (n_ctx,): average over classes
     return norms
@@ -126,7 +126,7 @@ def rescale_positions_variants(ctx: Tensor, positions: Tensor, factor: float) ->
     scale[rows, positions.to(device=ctx.device, dtype=torch.long)] = factor
     if ctx.dim() == 2:
         return ctx.unsqueeze(0) * scale[:, :, None]  # (NP, n_ctx, width)
-    return ctx.unsqueeze(0) * scale[:, None, :, None]  # (NP, n_cls, n_ctx, width)
+    return ctx.unsqueeze(0) * scale[:, None, :, None]  # (NP, num_classes, n_ctx, width)
 
 
 def omega(epoch: int, num_epochs: int, schedule: str = "sigmoid") -> float:

@@ -71,13 +71,27 @@ def class_view(dataset: DatasetSplits, classes: EvalClasses | str) -> DatasetSpl
 
 
 def training_view(
-    protocol: Protocol | str, dataset: DatasetSplits, train: list[Sample], val: list[Sample]
-) -> tuple[DatasetSplits, list[Sample], list[Sample]]:
-    """What a run trains on: base2new restricts the already drawn few-shot samples to the base classes."""
+    protocol: Protocol | str, dataset: DatasetSplits, samples: tuple[list[Sample], list[Sample]]
+) -> tuple[DatasetSplits, tuple[list[Sample], list[Sample]]]:
+    """What a run trains on: base2new restricts the already drawn (train, val) few-shot samples to the base
+    classes and the dataset to its base view; other protocols keep both."""
     if choice(Protocol, protocol, "protocol") is not Protocol.BASE2NEW:
-        return dataset, train, val
+        return dataset, samples
     base, _ = split_base_new(range(dataset.num_classes))
-    return class_view(dataset, EvalClasses.BASE), restrict_samples(train, base), restrict_samples(val, base)
+    train, val = samples
+    return class_view(dataset, EvalClasses.BASE), (restrict_samples(train, base), restrict_samples(val, base))
+
+
+def sweep_classes(protocol: Protocol | str) -> tuple[EvalClasses, ...]:
+    """The class subsets a corruption sweep of a run evaluates: base and new for base2new, all otherwise."""
+    if choice(Protocol, protocol, "protocol") is Protocol.BASE2NEW:
+        return (EvalClasses.BASE, EvalClasses.NEW)
+    return (EvalClasses.ALL,)
+
+
+def subset_classnames(classnames: Sequence[str], classes: EvalClasses | str) -> list[str]:
+    """The class names of a subset (all, base or new) of a dataset's classes, in label order."""
+    return [classnames[label] for label in selected_labels(range(len(classnames)), classes)]
 
 
 def evaluation_plan(protocol: Protocol | str, dataset: str) -> list[tuple[str, EvalClasses]]:

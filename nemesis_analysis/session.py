@@ -8,6 +8,7 @@ the network may be touched, and it keeps loaded models and datasets so that seve
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,8 @@ CACHE_ENV = "NEMESIS_CACHE"
 
 
 def default_cache_root() -> Path:
-    """Per-user cache shared by every workspace: $NEMESIS_CACHE, else $XDG_CACHE_HOME/nemesis, else ~/.cache/nemesis."""
+    """Per-user cache shared by every checkpoints folder: $NEMESIS_CACHE, else $XDG_CACHE_HOME/nemesis,
+    else ~/.cache/nemesis."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -50,3 +52,51 @@ class Session:
     def feature_cache(self) -> Path:
         """Folder of cached frozen image features."""
         return self.checkpoints_dir / "features"
+
+    # ------------------------------------------------------------------------------------------- caches
+
+    def replace(self, **changes) -> "Session":
+        """A copy with some options changed that shares this session's caches (e.g. another reports folder)."""
+        other = dataclasses.replace(self, **changes)
+        other._models, other._datasets = self._models, self._datasets
+        return other
+
+    def torch_device(self):
+        from nemesis_analysis.models import resolve_device
+
+        return resolve_device(self.device)
+
+    def model(self, backbone: str, pretrained: str, precision=None):
+        """The frozen CLIP ``(backbone, pretrained)`` at ``precision`` on this session's device, loaded once."""
+        from nemesis_analysis.loading import load_model
+
+        device = self.torch_device()
+        precision_name = None if precision is None else str(getattr(precision, "value", precision))
+        key = (backbone, pretrained, precision_name, str(device))
+        if key not in self._models:
+            self._models[key] = load_model(
+                backbone,
+                pretrained,
+                device=device,
+                precision=precision,
+                checkpoints_dir=self.checkpoints_dir,
+                cache_dir=self.weights_cache_dir,
+                offline=self.offline,
+                progress=self.progress,
+            )
+        return self._models[key]
+
+    def dataset(self, name: str):
+        """The dataset ``name`` with all its splits (from ``data_root``), loaded once."""
+        from nemesis_analysis.data.registry import load_dataset
+
+        key = (name, str(self.data_root))
+        if key not in self._datasets:
+            self._datasets[key] = load_dataset(name, self.data_root)
+        return self._datasets[key]
+
+    def run_dir(self, run_id: str):
+        """The folder of run ``run_id`` (a :class:`~nemesis_analysis.rundir.RunDir`)."""
+        from nemesis_analysis.rundir import RunDir
+
+        return RunDir(self.checkpoints_dir / run_id)

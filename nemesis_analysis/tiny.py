@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from nemesis_analysis.architectures import MODEL_CONFIG_DIR, TINY_BACKBONE, random_init, register_model_configs
 from nemesis_analysis.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -53,9 +54,7 @@ class TinyRecipe:
 
 
 def _config_text() -> str:
-    from nemesis_analysis.models import _MODEL_CONFIG_DIR, TINY_BACKBONE
-
-    return (_MODEL_CONFIG_DIR / f"{TINY_BACKBONE}.json").read_text()
+    return (MODEL_CONFIG_DIR / f"{TINY_BACKBONE}.json").read_text()
 
 
 def tiny_cache_path(checkpoints_dir: Path, recipe: TinyRecipe = TinyRecipe()) -> Path:
@@ -94,15 +93,12 @@ def pretrain_tiny_clip(recipe: TinyRecipe = TinyRecipe(), progress: bool = True)
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     from nemesis_analysis.data.registry import load_dataset
-    from nemesis_analysis.models import TINY_BACKBONE, eos_positions, encode_text_from_embeddings
-    from nemesis_analysis.weights import _random_init
-
-    from nemesis_analysis.models import register_model_configs
+    from nemesis_analysis.models import eos_positions, encode_text_from_embeddings
 
     register_model_configs()
     started = time.perf_counter()
     data = load_dataset("digits")
-    model = _random_init(TINY_BACKBONE).train()
+    model = random_init(TINY_BACKBONE).train()
     preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
     images = torch.stack([preprocess(data.load_image(s.source)) for s in data.train])  # (n, 3, H, W)
     labels = torch.tensor([s.label for s in data.train])

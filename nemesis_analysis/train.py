@@ -1,4 +1,4 @@
-"""The training loop: CoOp, and CoOp + Nemesis (PUN, PAN, or their beta mix).
+"""The training loop of a prompt method: CoOp, and CoOp + Nemesis (PUN, PAN, or their beta mix).
 
 One run is a pure function of its :class:`RunConfig`. Test-split image features are encoded once and
 reused every epoch. Each epoch draws its shuffling, augmentation and PAN positions from a generator
@@ -8,40 +8,38 @@ last saved epoch produces exactly the rows of an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
-from nemesis_analysis import evaluate, nemesis, protocols, store
-from nemesis_analysis.choices import Protocol
+from nemesis_analysis import nemesis, protocols
 from nemesis_analysis.augment import augment_image
-from nemesis_analysis.config import RunConfig
+from nemesis_analysis.config import NemesisConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits, Sample
-from nemesis_analysis.data.fewshot import sample_few_shot, save_split
-from nemesis_analysis.data.registry import load_dataset
+from nemesis_analysis.data.fewshot import sample_train_shots
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
+from nemesis_analysis.evaluate import write_run_evaluations
 from nemesis_analysis.features import image_features
+from nemesis_analysis.methods import method_class
+from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.metrics import top1_accuracy
-from nemesis_analysis.models import LoadedModel, load_model, resolve_device
+from nemesis_analysis.models import LoadedModel
 from nemesis_analysis.progress import progress_bar
-from nemesis_analysis.prompts import PromptLearner, learner_metadata, save_prompt
+from nemesis_analysis.rundir import RunDir
+from nemesis_analysis.session import Session
 
 logger = logging.getLogger(__name__)
 
 NORM_COLUMNS = {"norm": "l2", "norm_l1": "l1", "norm_inf": "inf"}
 IN_MEMORY_LIMIT = 4096  # few-shot train sets up to this size are decoded once and kept in memory
+SAVE_EVERY = 10  # epochs between resume states (and always the last one)
+METHOD = "coop"  # the prompt method every run trains today (Nemesis is a loss on top of it)
 
 
 def lr_at_epoch(epoch: int, config: RunConfig) -> float:
@@ -57,28 +55,6 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 @dataclass
-class Workspace:
-    """Folders shared by every command: outputs, and where open_clip weights are cached."""
-
-    checkpoints_dir: Path = Path("checkpoints")
-    reports_dir: Path = Path("reports")
-    weights_cache_dir: Path | None = None  # None: the Hugging Face cache and ~/.cache/clip
-
-    def __post_init__(self) -> None:
-        self.checkpoints_dir = Path(self.checkpoints_dir)
-        self.reports_dir = Path(self.reports_dir)
-        if self.weights_cache_dir is not None:
-            self.weights_cache_dir = Path(self.weights_cache_dir)
-
-    def run_dir(self, run_id: str) -> Path:
-        return self.checkpoints_dir / run_id
-
-    @property
-    def feature_cache(self) -> Path:
-        return self.checkpoints_dir / "features"
-
-
-@dataclass
 class RunResult:
     config: RunConfig
     run_id: str
@@ -90,58 +66,19 @@ class RunResult:
     seconds: float
     reused: bool = False
     extra: dict = field(default_factory=dict)
+    stopped: bool = False  # should_stop ended training before the last epoch (nothing reported)
 
 
-@dataclass
-class RunContext:
-    """Model and data shared by the runs of one session (the demo trains several on the same split)."""
-
-    loaded: LoadedModel
-    dataset: DatasetSplits
-
-
-def prepare(
-    config: RunConfig,
-    workspace: Workspace,
-    data_root: Path | str | None = None,
-    device: str | None = None,
-    offline: bool = False,
-    progress: bool = True,
-) -> RunContext:
-    resolved_device = resolve_device(device)
-    config.resolved(resolved_device.type)  # bad precision/device combinations fail before any loading
-    dataset = load_dataset(config.dataset, data_root)
-    loaded = load_model(
-        config.backbone,
-        config.pretrained,
-        device=resolved_device,
-        precision=config.precision,
-        checkpoints_dir=workspace.checkpoints_dir,
-        cache_dir=workspace.weights_cache_dir,
-        offline=offline,
-        progress=progress,
-    )
-    return RunContext(loaded, dataset)
-
-
-def accuracy(features: torch.Tensor, labels: torch.Tensor, text_features: torch.Tensor) -> float:
-    """Top-1 accuracy (percent) of cosine classification; text_features (classes, embed)."""
-    return top1_accuracy(features.to(text_features.device) @ text_features.T, labels)
-
-
-def zero_shot_accuracy(ctx: RunContext, features: torch.Tensor, labels: torch.Tensor) -> float:
-    template = ctx.dataset.template
-    texts = [template.format(name.replace("_", " ")) for name in ctx.dataset.classnames]
-    return accuracy(features, labels, ctx.loaded.encode_texts(texts))
-
-
-class _TrainImages:
+class TrainImages:
     """Few-shot training images, decoded once when small, with per-image seeded augmentation."""
 
     def __init__(self, dataset: DatasetSplits, samples: list[Sample], preprocess_cfg: dict):
         self.dataset, self.samples, self.preprocess_cfg = dataset, samples, preprocess_cfg
         self.cache = [dataset.load_image(s.source) for s in samples] if len(samples) <= IN_MEMORY_LIMIT else None
         self.labels = torch.tensor([s.label for s in samples])
+
+    def __len__(self) -> int:
+        return len(self.samples)
 
     def batch(self, indices: list[int], seeds: list[int]) -> torch.Tensor:
         images = []
@@ -152,72 +89,352 @@ class _TrainImages:
         return torch.stack(images)  # (batch, 3, H, W)
 
 
-def _norm_row_values(ctx: torch.Tensor) -> dict[str, list[float]]:
+@dataclass
+class TrainingRun:
+    """Everything one run's epochs share: the method, its optimiser, the data and the rows so far."""
+
+    config: RunConfig  # resolved
+    loaded: LoadedModel
+    method: PromptMethod
+    optimizer: torch.optim.Optimizer
+    images: TrainImages
+    test_features: torch.Tensor  # (n_test, embed) on the model's device
+    test_labels: torch.Tensor  # (n_test,)
+    zero_shot_acc: float
+    run_dir: RunDir
+    rows: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+
+
+@dataclass
+class EpochStats:
+    """Per-sample means of one epoch's losses, and how often PAN marked each position."""
+
+    train_loss: float
+    ce_loss: float
+    norm_loss: float
+    omega: float
+    alpha: list[float]  # per position; NaN without PAN
+    lr: float
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+
+def train_prompt(
+    config: RunConfig,
+    session: Session,
+    *,
+    force: bool = False,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+    save_every: int = SAVE_EVERY,
+) -> RunResult:
+    """Train (or reuse, or resume) the run described by ``config``; returns its result.
+
+    ``on_epoch(epoch, {"test_acc", "norms"})`` is called after every epoch; ``should_stop(epoch)`` returning
+    True ends training after that epoch is saved (a later call resumes from it) and returns a result with
+    ``stopped=True``. ``save_every``: epochs between resume states (the last epoch is always saved).
+    """
+    protocols.check_protocol(config.protocol, config.dataset, config.prompt.csc)
+    loaded, dataset = load_model_and_data(config, session)
+    if not dataset.train:
+        raise ConfigError(f"dataset {config.dataset} has no train split (test-only); train on its source dataset")
+    samples = sample_train_shots(dataset, config.shots, config.seed)  # data errors before anything is written
+    dataset, samples = protocols.training_view(config.protocol, dataset, samples)  # base2new: base classes only
+    config = config.resolved(loaded.device.type)
+    run_dir = session.run_dir(config.run_id)
+    if force:
+        run_dir.reset()
+    elif (done := finished_result(session, config)) is not None:
+        return with_protocol_evaluations(done, session, loaded)
+    run_dir.save_config(config.to_dict())
+    started = time.perf_counter()
+    run = start_run(config, session, loaded, dataset, run_dir, samples)
+    label = f"{config.method} {config.dataset} {config.shots}-shot seed {config.seed}"
+    with progress_bar(label, total=config.num_epochs, enabled=session.progress) as advance:
+        advance(run.start_epoch)
+        for epoch in range(run.start_epoch, config.num_epochs):
+            stop = should_stop is not None and should_stop(epoch) and epoch + 1 < config.num_epochs
+            test_acc, norms = run_epoch(run, epoch, save=stop or (epoch + 1) % save_every == 0)
+            advance(1, acc=test_acc, loss=run.rows[-1]["train_loss"])
+            if on_epoch is not None:
+                on_epoch(epoch, {"test_acc": test_acc, "norms": norms})
+            if stop:
+                return result_of(run, time.perf_counter() - started, stopped=True)
+    return with_protocol_evaluations(finish_run(run, session, time.perf_counter() - started), session, loaded)
+
+
+def load_model_and_data(config: RunConfig, session: Session) -> tuple[LoadedModel, DatasetSplits]:
+    """The session's model and dataset for ``config``; bad precision/device pairs fail before any loading."""
+    config.resolved(session.torch_device().type)
+    dataset = session.dataset(config.dataset)
+    return session.model(config.backbone, config.pretrained, config.precision), dataset
+
+
+def start_run(
+    config: RunConfig,
+    session: Session,
+    loaded: LoadedModel,
+    dataset: DatasetSplits,
+    run_dir: RunDir,
+    samples: tuple[list[Sample], list[Sample]],
+) -> TrainingRun:
+    """Save the few-shot split, encode the test split, build the method and restore a saved epoch."""
+    train_samples, val_samples = samples
+    run_dir.save_split({"train": train_samples, "val": val_samples}, dataset.classnames)
+    test_features, test_labels = image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
+    zero_shot = zero_shot_accuracy(loaded, dataset, test_features, test_labels)
+    method = method_class(METHOD)(loaded, dataset.classnames, config.prompt, seed=config.seed)
+    optim = config.optim
+    parameters = list(method.slots().values())
+    optimizer = torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    run = TrainingRun(config, loaded, method, optimizer, TrainImages(dataset, train_samples, loaded.preprocess_cfg),
+                      test_features.to(loaded.device), test_labels, zero_shot, run_dir)  # fmt: skip
+    restore_state(run)
+    return run
+
+
+def run_epoch(run: TrainingRun, epoch: int, save: bool) -> tuple[float, list[float]]:
+    """Train one epoch, evaluate, append its trajectory rows and save the state when asked (or last)."""
+    stats = train_one_epoch(run, epoch)
+    test_acc = evaluate(run.method, run.test_features, run.test_labels)
+    norms = norm_values(run.method.position_tensor())
+    for value in norms["norm"]:
+        check_finite(value, "a context norm", epoch)
+    run.rows.extend(trajectory_rows(run, epoch, test_acc, norms, stats))
+    if save or epoch + 1 == run.config.num_epochs:
+        save_state(run, epoch)
+    return test_acc, norms["norm"]
+
+
+# ---------------------------------------------------------------------------------------- one epoch
+
+
+def train_one_epoch(run: TrainingRun, epoch: int) -> EpochStats:
+    """One pass over the few-shot images in seeded order, with seeded augmentation and PAN draws."""
+    config, method, images = run.config, run.method, run.images
+    lr = lr_at_epoch(epoch, config)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    spec = config.nemesis
+    omega_value = nemesis.omega(epoch, config.num_epochs, spec.omega.value) if spec.enabled else 0.0
+    generator = epoch_generator(config.seed, epoch)
+    order = torch.randperm(len(images), generator=generator).tolist()
+    seeds = torch.randint(0, 2**62, (len(images),), generator=generator).tolist()
+    batch_size = config.optim.batch_size
+    steps = math.ceil(len(images) / batch_size)  # the last, smaller batch is kept
+    sums = {"loss": 0.0, "ce": 0.0, "norm": 0.0}
+    alpha_hits = torch.zeros(method.n_positions)
+    for step in range(steps):
+        batch = order[step * batch_size : (step + 1) * batch_size]
+        losses, hits = train_step(run, images.batch(batch, [seeds[i] for i in batch]), images.labels[batch],
+                                  omega_value, generator, epoch)  # fmt: skip
+        alpha_hits += hits
+        for name, value in losses.items():
+            sums[name] += value * len(batch)
+    count = len(images)
+    alpha = [float(h) / steps if spec.uses_pan else float("nan") for h in alpha_hits]
+    return EpochStats(sums["loss"] / count, sums["ce"] / count, sums["norm"] / count, omega_value, alpha, lr)
+
+
+def train_step(
+    run: TrainingRun,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    omega_value: float,
+    generator: torch.Generator,
+    epoch: int,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """One SGD step on CE + the method's extra loss + the Nemesis term; returns the losses and PAN's marks."""
+    method, spec = run.method, run.config.nemesis
+    labels = labels.to(run.loaded.device)
+    features = run.loaded.encode_images(pixels)  # (batch, embed), frozen tower
+    logits = method.logits(features)  # (batch, classes)
+    ce = F.cross_entropy(logits, labels)
+    extra = method.extra_loss(features, labels, logits)  # zero for CoOp (KgCoOp adds one)
+    norm_loss = torch.zeros((), device=ce.device)
+    hits = torch.zeros(method.n_positions)
+    if spec.enabled:
+        norm_loss, hits = nemesis_term(method, features, labels, logits, spec, omega_value, generator)
+    loss = ce + extra + norm_loss
+    loss_value = float(loss.detach())
+    check_finite(loss_value, "the training loss", epoch)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    return {"loss": loss_value, "ce": float(ce.detach()), "norm": float(norm_loss.detach())}, hits
+
+
+def nemesis_term(
+    method: PromptMethod,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    logits: torch.Tensor,
+    spec: NemesisConfig,
+    omega_value: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """omega * (beta * L_pun + (1 - beta) * L_pan) on the method's position slot; also which positions PAN
+    marked (n_positions,)."""
+    slot = method.position_tensor()
+    norm_type = spec.norm_type.value
+    zero = torch.zeros((), device=slot.device)
+    hits = torch.zeros(method.n_positions)
+    pun = nemesis.pun_loss(slot, spec.weight, norm_type) if spec.beta > 0 else zero
+    pan = zero
+    if spec.uses_pan:
+        positions = nemesis.choose_pan_positions(method.n_positions, spec.pan_positions, generator)
+        with torch.no_grad():
+            # Pre-inference reuses this step's image features; all NP variants in one text pass.
+            variants = nemesis.rescale_positions_variants(slot.detach(), positions.to(slot.device), spec.pan_factor)
+            text = method.text_features(variants)  # (NP, classes, embed)
+            rescaled_logits = torch.einsum("be,pce->pbc", features, text)  # (NP, batch, classes)
+            correct_rescaled = (rescaled_logits.argmax(-1) == labels[None]).sum(-1)  # (NP,)
+            correct_base = (logits.argmax(-1) == labels).sum()
+            alpha = nemesis.pan_alpha(correct_base, correct_rescaled, spec.weight)
+        pan = nemesis.pan_loss(slot, positions.to(slot.device), alpha.to(slot.device), norm_type)
+        hits[positions[alpha.cpu() > 0]] += 1
+    return nemesis.nemesis_loss(pun, pan, spec.beta, omega_value), hits
+
+
+def evaluate(method: PromptMethod, features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 test accuracy (percent) of the method's current prompt."""
     with torch.no_grad():
-        return {column: nemesis.position_norms(ctx, kind).tolist() for column, kind in NORM_COLUMNS.items()}
+        return top1_accuracy(method.scores(features), labels)
 
 
-def _check_finite(value: float, what: str, epoch: int) -> None:
+def zero_shot_accuracy(
+    loaded: LoadedModel, dataset: DatasetSplits, features: torch.Tensor, labels: torch.Tensor
+) -> float:
+    """Top-1 accuracy (percent) of the dataset's hand-crafted template."""
+    texts = [dataset.template.format(name.replace("_", " ")) for name in dataset.classnames]
+    text = loaded.encode_texts(texts)  # (classes, embed)
+    return top1_accuracy(features.to(text.device) @ text.T, labels)
+
+
+def norm_values(slot: torch.Tensor) -> dict[str, list[float]]:
+    """Per-position norms of a slot for each trajectory norm column."""
+    with torch.no_grad():
+        return {column: nemesis.position_norms(slot, kind).tolist() for column, kind in NORM_COLUMNS.items()}
+
+
+def check_finite(value: float, what: str, epoch: int) -> None:
     if not math.isfinite(value):
         raise TrainingDiverged(
             f"{what} became {value} at epoch {epoch}; the last good checkpoint is kept: lower --lr or --alpha"
         )
 
 
-# ------------------------------------------------------------------------------------------ checkpoints
+def trajectory_rows(run: TrainingRun, epoch: int, test_acc: float, norms: dict, stats: EpochStats) -> list[dict]:
+    """One ``trajectories`` row per position for this epoch."""
+    identity = run.config.identity(n_ctx=run.method.n_positions).as_row()
+    return [
+        {
+            **identity,
+            "epoch": epoch,
+            "position": position,
+            **{column: values[position] for column, values in norms.items()},
+            "test_acc": test_acc,
+            "train_loss": stats.train_loss,
+            "ce_loss": stats.ce_loss,
+            "norm_loss": stats.norm_loss,
+            "omega": stats.omega,
+            "alpha": stats.alpha[position],
+            "lr": stats.lr,
+        }
+        for position in range(run.method.n_positions)
+    ]
 
-STATE_TENSORS = "state.safetensors"
-STATE_JSON = "state.json"
-RESULT_JSON = "result.json"
+
+# ------------------------------------------------------------------------------------- state and end
 
 
-def _save_state(run_dir: Path, learner: PromptLearner, optimizer, epoch: int, rows: list[dict]) -> None:
-    tensors = {"ctx": learner.ctx.detach().cpu().contiguous()}
-    momentum = optimizer.state.get(learner.ctx, {}).get("momentum_buffer")
-    if momentum is not None:
-        tensors["momentum"] = momentum.detach().cpu().contiguous()
-    tmp = run_dir / f".{STATE_TENSORS}.tmp"
-    save_file(tensors, str(tmp), metadata={"epoch": str(epoch)})
-    tmp_json = run_dir / f".{STATE_JSON}.tmp"
-    tmp_json.write_text(json.dumps({"epoch": epoch, "rows": rows}))
-    # Two renames cannot be one atomic step: both files name their epoch, and a pair that disagrees
-    # (a kill between the renames) is not resumed from.
-    tmp.replace(run_dir / STATE_TENSORS)
-    tmp_json.replace(run_dir / STATE_JSON)
+def save_state(run: TrainingRun, epoch: int) -> None:
+    """The slots and their SGD momentum after ``epoch``, with the rows so far."""
+    tensors = {}
+    for name, slot in run.method.slots().items():
+        tensors[name] = slot
+        momentum = run.optimizer.state.get(slot, {}).get("momentum_buffer")
+        if momentum is not None:
+            tensors["momentum" if name == run.method.position_slot else f"momentum.{name}"] = momentum
+    run.run_dir.save_state(epoch, run.rows, tensors)
 
 
-def _load_state(run_dir: Path, learner: PromptLearner, optimizer) -> tuple[int, list[dict]]:
-    """Restore the last saved epoch; returns (next epoch, rows so far)."""
-    state_json, state_tensors = run_dir / STATE_JSON, run_dir / STATE_TENSORS
-    if not state_json.is_file() or not state_tensors.is_file():
-        return 0, []
-    state = json.loads(state_json.read_text())
-    with safe_open(str(state_tensors), framework="pt") as handle:
-        tensor_epoch = (handle.metadata() or {}).get("epoch")
-    if tensor_epoch != str(state["epoch"]):
-        logger.warning("%s: saved state is incomplete (interrupted while saving); training from the start", run_dir.name)
-        return 0, []
-    tensors = load_file(str(state_tensors))
-    if tensors["ctx"].shape != learner.ctx.shape:
-        return 0, []
+def restore_state(run: TrainingRun) -> None:
+    """Continue after the last saved epoch when its state fits the method; else start from epoch 0."""
+    state = run.run_dir.load_state()
+    slots = run.method.slots()
+    if state is None or any(state.tensors.get(name) is None or state.tensors[name].shape != slot.shape
+                            for name, slot in slots.items()):  # fmt: skip
+        return
     with torch.no_grad():
-        learner.ctx.copy_(tensors["ctx"])
-    if "momentum" in tensors:
-        optimizer.state[learner.ctx]["momentum_buffer"] = tensors["momentum"].to(learner.ctx.device)
-    logger.info("resuming %s after epoch %d", run_dir.name, state["epoch"])
-    return state["epoch"] + 1, state["rows"]
+        for name, slot in slots.items():
+            slot.copy_(state.tensors[name])
+            key = "momentum" if name == run.method.position_slot else f"momentum.{name}"
+            if key in state.tensors:
+                run.optimizer.state[slot]["momentum_buffer"] = state.tensors[key].to(slot.device)
+    logger.info("resuming %s after epoch %d", run.run_dir.run_id, state.epoch)
+    run.start_epoch, run.rows = state.epoch + 1, state.rows
 
 
-def _finished(workspace: Workspace, config: RunConfig) -> RunResult | None:
-    path = workspace.run_dir(config.run_id) / RESULT_JSON
-    if not path.is_file():
+def result_of(run: TrainingRun, seconds: float, stopped: bool = False) -> RunResult:
+    last = run.rows[-run.method.n_positions :]
+    position_norms = [row["norm"] for row in last]
+    return RunResult(
+        config=run.config,
+        run_id=run.config.run_id,
+        run_dir=run.run_dir.path,
+        zero_shot_acc=run.zero_shot_acc,
+        final_test_acc=last[0]["test_acc"],
+        mean_norm=sum(position_norms) / len(position_norms),
+        position_norms=position_norms,
+        seconds=seconds,
+        stopped=stopped,
+    )
+
+
+def finish_run(run: TrainingRun, session: Session, seconds: float) -> RunResult:
+    """Save the artifact, the run's table rows and its result (last), then report the rows."""
+    result = result_of(run, seconds)
+    config = run.config
+    run.method.save(run.run_dir.path, {"run_id": config.run_id, "dataset": config.dataset, "config": config.to_dict()})
+    run_row = {
+        **config.config_columns(),
+        "n_ctx": run.method.n_positions,
+        "final_test_acc": result.final_test_acc,
+        "zero_shot_acc": result.zero_shot_acc,
+        "mean_norm": result.mean_norm,
+        "checkpoint": str(run.run_dir.path),
+        "seconds": seconds,
+    }
+    run.run_dir.save_tables(run_row, run.rows)
+    run.run_dir.save_result(
+        {"zero_shot_acc": result.zero_shot_acc, "final_test_acc": result.final_test_acc, "mean_norm": result.mean_norm,
+         "position_norms": result.position_norms, "seconds": seconds}
+    )  # fmt: skip
+    run.run_dir.ensure_reported(session.reports_dir)
+    return result
+
+
+def with_protocol_evaluations(result: RunResult, session: Session, loaded: LoadedModel) -> RunResult:
+    """The result with the evaluations its protocol asks for (none for fewshot) in ``extra["evaluations"]``,
+    computed and recorded once (a reused run reads them back)."""
+    result.extra["evaluations"] = write_run_evaluations(session, result.config, result.run_dir, loaded)
+    return result
+
+
+def finished_result(session: Session, config: RunConfig) -> RunResult | None:
+    """The result of a finished run (its rows re-reported when needed), or None."""
+    run_dir = session.run_dir(config.run_id)
+    data = run_dir.load_result()
+    if data is None:
         return None
-    data = json.loads(path.read_text())
-    _ensure_reported(workspace, config.run_id)
+    run_dir.ensure_reported(session.reports_dir)
     return RunResult(
         config=config,
         run_id=config.run_id,
-        run_dir=workspace.run_dir(config.run_id),
+        run_dir=run_dir.path,
         zero_shot_acc=data["zero_shot_acc"],
         final_test_acc=data["final_test_acc"],
         mean_norm=data["mean_norm"],
@@ -225,216 +442,3 @@ def _finished(workspace: Workspace, config: RunConfig) -> RunResult | None:
         seconds=data["seconds"],
         reused=True,
     )
-
-
-def _ensure_reported(workspace: Workspace, run_id: str) -> None:
-    """Re-append a finished run's rows when the reports folder was cleared or is a new one."""
-    run_dir = workspace.run_dir(run_id)
-    for table in ("runs", "trajectories"):
-        if not store.existing_keys(workspace.reports_dir, table, run_id):
-            saved = run_dir / f"{table}.parquet"
-            if saved.is_file():
-                store.append_rows(workspace.reports_dir, table, pd.read_parquet(saved))
-
-
-# ------------------------------------------------------------------------------------------- training
-
-
-def train_prompt(
-    config: RunConfig,
-    workspace: Workspace | None = None,
-    context: RunContext | None = None,
-    data_root: Path | str | None = None,
-    device: str | None = None,
-    offline: bool = False,
-    force: bool = False,
-    progress: bool = True,
-    save_every: int = 10,
-    stop_after_epoch: int | None = None,
-    on_epoch: Callable[[int, dict], None] | None = None,
-) -> RunResult:
-    """Train (or reuse, or resume) the run described by ``config``; returns its result.
-
-    ``stop_after_epoch`` simulates an interruption (for tests): training stops after saving that epoch.
-    """
-    workspace = workspace or Workspace()
-    protocols.check_protocol(config.protocol, config.dataset, config.prompt.csc)
-    context = context or prepare(config, workspace, data_root, device, offline, progress)
-    loaded, dataset = context.loaded, context.dataset
-    if not dataset.train:
-        raise ConfigError(f"dataset {config.dataset} has no train split (test-only); train on its source dataset")
-    config = config.resolved(loaded.device.type)
-    run_id = config.run_id
-    run_dir = workspace.run_dir(run_id)
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    elif (done := _finished(workspace, config)) is not None:
-        done.extra["evaluations"] = _protocol_evaluations(context, config, run_dir, workspace, data_root, progress)
-        return done
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True))
-    started = time.perf_counter()
-
-    train_samples = sample_few_shot(dataset.train, config.shots, config.seed)
-    val_samples = sample_few_shot(dataset.val, min(config.shots, 4), config.seed) if dataset.val else []
-    # base2new: the sample drawn over all classes is restricted to the base classes (CoOp's order).
-    dataset, train_samples, val_samples = protocols.training_view(config.protocol, dataset, train_samples, val_samples)
-    save_split(run_dir / "split.json", {"train": train_samples, "val": val_samples}, dataset.classnames)
-    test_features, test_labels = image_features(loaded, dataset, dataset.test, workspace.feature_cache, progress)
-    zero_shot = zero_shot_accuracy(RunContext(loaded, dataset), test_features, test_labels)
-
-    learner = PromptLearner(loaded, dataset.classnames, config.prompt, seed=config.seed)
-    optimizer = torch.optim.SGD(
-        [learner.ctx], lr=config.optim.lr, momentum=config.optim.momentum, weight_decay=config.optim.weight_decay
-    )
-    start_epoch, rows = _load_state(run_dir, learner, optimizer)
-    images = _TrainImages(dataset, train_samples, loaded.preprocess_cfg)
-    identity = config.identity_columns()
-    identity["n_ctx"] = learner.n_ctx
-    num_epochs, batch_size = config.num_epochs, config.optim.batch_size
-    steps_per_epoch = math.ceil(len(train_samples) / batch_size)  # the last, smaller batch is kept
-    spec = config.nemesis
-    logit_scale = loaded.logit_scale
-    test_features_device = test_features.to(loaded.device)
-
-    label = f"{config.method} {config.dataset} {config.shots}-shot seed {config.seed}"
-    with progress_bar(label, total=num_epochs, enabled=progress) as advance:
-        advance(start_epoch)
-        for epoch in range(start_epoch, num_epochs):
-            lr = lr_at_epoch(epoch, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            omega_value = nemesis.omega(epoch, num_epochs, spec.omega.value) if spec.enabled else 0.0
-            generator = epoch_generator(config.seed, epoch)
-            order = torch.randperm(len(train_samples), generator=generator).tolist()
-            seeds = torch.randint(0, 2**62, (len(train_samples),), generator=generator).tolist()
-            sums = {"loss": 0.0, "ce": 0.0, "norm": 0.0}
-            alpha_hits = torch.zeros(learner.n_ctx)
-            for step in range(steps_per_epoch):
-                batch = order[step * batch_size : (step + 1) * batch_size]
-                pixels = images.batch(batch, [seeds[i] for i in batch])
-                labels = images.labels[batch].to(loaded.device)
-                features = loaded.encode_images(pixels)  # (batch, embed), frozen tower
-                text = learner.text_features()[0]  # (classes, embed)
-                logits = logit_scale * features @ text.T  # (batch, classes)
-                ce = F.cross_entropy(logits, labels)
-                norm_loss = torch.zeros((), device=ce.device)
-                if spec.enabled:
-                    norm_loss, hits = _nemesis_term(learner, features, labels, logits, spec, omega_value, generator)
-                    alpha_hits += hits
-                loss = ce + norm_loss
-                loss_value = float(loss.detach())
-                _check_finite(loss_value, "the training loss", epoch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                sums["loss"] += loss_value * len(batch)
-                sums["ce"] += float(ce.detach()) * len(batch)
-                sums["norm"] += float(norm_loss.detach()) * len(batch)
-
-            with torch.no_grad():
-                test_acc = accuracy(test_features_device, test_labels, learner.text_features()[0])
-            norms = _norm_row_values(learner.ctx)
-            for value in norms["norm"]:
-                _check_finite(value, "a context norm", epoch)
-            count = len(train_samples)
-            for position in range(learner.n_ctx):
-                rows.append(
-                    {
-                        **identity,
-                        "epoch": epoch,
-                        "position": position,
-                        **{column: values[position] for column, values in norms.items()},
-                        "test_acc": test_acc,
-                        "train_loss": sums["loss"] / count,
-                        "ce_loss": sums["ce"] / count,
-                        "norm_loss": sums["norm"] / count,
-                        "omega": omega_value,
-                        "alpha": float(alpha_hits[position]) / steps_per_epoch if spec.uses_pan else float("nan"),
-                        "lr": lr,
-                    }
-                )
-            if (epoch + 1) % save_every == 0 or epoch + 1 == num_epochs or epoch == stop_after_epoch:
-                _save_state(run_dir, learner, optimizer, epoch, rows)
-            advance(1, acc=test_acc, loss=sums["loss"] / count)
-            if on_epoch is not None:
-                on_epoch(epoch, {"test_acc": test_acc, "norms": norms["norm"]})
-            if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch + 1 < num_epochs:
-                raise KeyboardInterrupt(f"stopped after epoch {epoch}")
-
-    final_norms = rows[-learner.n_ctx :]
-    position_norms = [row["norm"] for row in final_norms]
-    final_acc = final_norms[0]["test_acc"]
-    seconds = time.perf_counter() - started
-    mean_norm = sum(position_norms) / len(position_norms)
-    save_prompt(
-        run_dir,
-        learner.ctx,
-        learner_metadata(learner, {"run_id": run_id, "dataset": config.dataset, "config": config.to_dict()}),
-    )
-    run_row = {
-        **config.config_columns(),
-        "n_ctx": learner.n_ctx,
-        "final_test_acc": final_acc,
-        "zero_shot_acc": zero_shot,
-        "mean_norm": mean_norm,
-        "checkpoint": str(run_dir),
-        "seconds": seconds,
-    }
-    pd.DataFrame(rows).to_parquet(run_dir / "trajectories.parquet", index=False)
-    pd.DataFrame([run_row]).to_parquet(run_dir / "runs.parquet", index=False)
-    result = {
-        "zero_shot_acc": zero_shot,
-        "final_test_acc": final_acc,
-        "mean_norm": mean_norm,
-        "position_norms": position_norms,
-        "seconds": seconds,
-    }
-    tmp = run_dir / f".{RESULT_JSON}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(run_dir / RESULT_JSON)
-    _ensure_reported(workspace, run_id)
-    evaluations = _protocol_evaluations(context, config, run_dir, workspace, data_root, progress)
-    return RunResult(config, run_id, run_dir, zero_shot, final_acc, mean_norm, position_norms, seconds,
-                     extra={"evaluations": evaluations})  # fmt: skip
-
-
-def _protocol_evaluations(context: RunContext, config: RunConfig, run_dir: Path, workspace: Workspace, data_root, progress: bool) -> list:
-    """The evaluations the run's protocol asks for (base and new, or the transfer targets), written once."""
-    if config.protocol is Protocol.FEWSHOT:
-        return []
-    load = lambda name: load_dataset(name, data_root)  # noqa: E731
-    return evaluate.write_run_evaluations(
-        context.loaded, run_dir, context.dataset, load, workspace.reports_dir, workspace.feature_cache, progress
-    )
-
-
-def _nemesis_term(
-    learner: PromptLearner,
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    logits: torch.Tensor,
-    spec,
-    omega_value: float,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """omega * (beta * L_pun + (1 - beta) * L_pan); also which positions PAN marked (n_ctx,)."""
-    ctx = learner.ctx
-    norm_type = spec.norm_type.value
-    zero = torch.zeros((), device=ctx.device)
-    hits = torch.zeros(learner.n_ctx)
-    pun = nemesis.pun_loss(ctx, spec.weight, norm_type) if spec.beta > 0 else zero
-    pan = zero
-    if spec.uses_pan:
-        positions = nemesis.choose_pan_positions(learner.n_ctx, spec.pan_positions, generator)
-        with torch.no_grad():
-            # Pre-inference reuses this step's image features; all NP variants in one text pass.
-            variants = nemesis.rescale_positions_variants(ctx.detach(), positions.to(ctx.device), spec.pan_factor)
-            text = learner.text_features(variants)  # (NP, classes, embed)
-            rescaled_logits = torch.einsum("be,pce->pbc", features, text)  # (NP, batch, classes)
-            correct_rescaled = (rescaled_logits.argmax(-1) == labels[None]).sum(-1)  # (NP,)
-            correct_base = (logits.argmax(-1) == labels).sum()
-            alpha = nemesis.pan_alpha(correct_base, correct_rescaled, spec.weight)
-        pan = nemesis.pan_loss(ctx, positions.to(ctx.device), alpha.to(ctx.device), norm_type)
-        hits[positions[alpha.cpu() > 0]] += 1
-    return nemesis.nemesis_loss(pun, pan, spec.beta, omega_value), hits

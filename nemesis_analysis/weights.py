@@ -12,6 +12,7 @@ an explicit contradiction is refused.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import zipfile
@@ -22,12 +23,13 @@ import open_clip
 import torch
 from open_clip.pretrained import get_pretrained_cfg
 
+from nemesis_analysis import tiny
+from nemesis_analysis.architectures import RANDOM_INIT_SEED, TINY_BACKBONE, random_init
 from nemesis_analysis.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
 RANDOM_TAGS = ("none", "random")
-RANDOM_INIT_SEED = 0
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".tar")
 QUICKGELU_SUFFIX = "-quickgelu"
 HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"  # open_clip's default file name in a hub repo
@@ -281,18 +283,6 @@ def _reachable(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> 
         return False
 
 
-def _random_init(backbone: str) -> torch.nn.Module:
-    # Seeded so that "random init" is the same model in every process (tests and caches rely on it).
-    state = torch.random.get_rng_state()
-    torch.manual_seed(RANDOM_INIT_SEED)
-    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly" on the root logger: intended here
-    try:
-        return open_clip.create_model(backbone, pretrained=None)
-    finally:
-        logging.disable(logging.NOTSET)
-        torch.random.set_rng_state(state)
-
-
 def _suffix(architecture: Architecture, backbone: str) -> str:
     # The activation changes every feature: it is part of the weights' identity in cache keys.
     return "+quickgelu" if architecture.quick_gelu and not architecture_uses_quick_gelu(backbone) else ""
@@ -307,21 +297,17 @@ def create_with_weights(
     cache_dir: Path | str | None = None,
 ) -> tuple[torch.nn.Module, str]:
     """Build ``backbone`` and load ``pretrained`` into it; returns (model, weights_id)."""
-    from nemesis_analysis.models import TINY_BACKBONE
-
     if pretrained in RANDOM_TAGS:
-        return _random_init(backbone), f"random-init-seed{RANDOM_INIT_SEED}"
+        return random_init(backbone), f"random-init-seed{RANDOM_INIT_SEED}"
     if pretrained == "embedded":
         if backbone != TINY_BACKBONE:
             raise ModelError(
                 f"--pretrained embedded only exists for {TINY_BACKBONE}; for {backbone} pass an open_clip tag "
                 "(e.g. openai) or a weights file"
             )
-        from nemesis_analysis.tiny import ensure_tiny_clip, load_tiny_state
-
-        path = ensure_tiny_clip(checkpoints_dir, progress=progress)
-        model = _random_init(backbone)
-        model.load_state_dict(load_tiny_state(path))
+        path = tiny.ensure_tiny_clip(checkpoints_dir, progress=progress)
+        model = random_init(backbone)
+        model.load_state_dict(tiny.load_tiny_state(path))
         return model, f"embedded:{path.stem}"
     path = Path(pretrained).expanduser()
     if path.suffix in WEIGHT_SUFFIXES or path.exists() or os.sep in pretrained:
@@ -331,9 +317,7 @@ def create_with_weights(
         label = f"the weights in {path.name}" + (f" ({tag})" if tag else "")
         architecture = resolve_architecture(backbone, quick_gelu, label)
         model = _build_from_file(architecture, path, tag_config(backbone, tag) if tag else None)
-        from nemesis_analysis.models import _file_weights_id
-
-        return model, _file_weights_id(path) + _suffix(architecture, backbone)
+        return model, file_weights_id(path) + _suffix(architecture, backbone)
     architecture = resolve_tag_architecture(backbone, pretrained)
     config = tag_config(backbone, pretrained)
     cached = cached_weights_path(backbone, pretrained, cache_dir)
@@ -358,3 +342,9 @@ def create_with_weights(
             f"({missing_weights_message(backbone, pretrained, cache_dir).split(': ', 1)[1]})"
         ) from None
     return model, weights_id
+
+
+def file_weights_id(path: Path) -> str:
+    stat = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return f"file:{path.name}:{digest}"

@@ -28,9 +28,13 @@ def checkpoints_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_context(checkpoints_dir):
-    """The embedded tiny CLIP and the digits dataset, loaded once (a RunContext)."""
+def tiny_session(checkpoints_dir):
+    """A quiet Session on the shared checkpoints folder whose caches hold the embedded tiny CLIP and the
+    digits dataset (loaded once); tests take ``tiny_session.replace(reports_dir=...)`` for their own tables."""
     from nemesis_analysis.config import RunConfig
-    from nemesis_analysis.train import Workspace, prepare
+    from nemesis_analysis.session import Session
+    from nemesis_analysis.train import load_model_and_data
 
-    return prepare(RunConfig(), Workspace(checkpoints_dir, checkpoints_dir.parent / "unused-reports"), progress=False)
+    session = Session(checkpoints_dir, checkpoints_dir.parent / "unused-reports", progress=False)
+    load_model_and_data(RunConfig(), session)
+    return session

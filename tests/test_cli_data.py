@@ -125,8 +125,8 @@ def test_recipe_coop_is_printed_and_recorded(tmp_path, monkeypatch):
     assert result.exit_code == 2, result.output
     assert "recipe coop: backbone=RN50, pretrained=openai" in result.output and "epochs=100" in result.output
     assert "RN50/openai are not in the local cache" in result.output
-    config = build_run_config("caltech101", 2, 1, "nemesis-tiny", None, 4, True, "front", None, None, None,
-                              False, False, None, 1.0, "l2", 1, 0.1, "sigmoid", "coop", 0.002, 32)
+    config = build_run_config(dataset="caltech101", shots=2, n_ctx=4, csc=True, class_token_position="front",
+                              recipe="coop")
     assert config.recipe == "coop" and config.backbone == "RN50" and config.prompt.n_ctx == 16
     assert not config.prompt.csc and config.config_columns()["recipe"] == "coop"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -13,59 +14,65 @@ from typer.testing import CliRunner
 from nemesis_analysis import store
 from nemesis_analysis.cli import app
 from nemesis_analysis.config import PromptConfig, RunConfig
-from nemesis_analysis.corrupt import (
-    auto_chunk,
-    evaluate_naive,
-    format_summary,
-    learner_for_identity,
-    load_context_for_analysis,
-    predict_corruptions,
-    run_corruption_sweep,
-    sweep_trained_run,
-)
-from nemesis_analysis.corrupt_ops import Corruption, apply_corruptions, expand_grid
-from nemesis_analysis.errors import ModelError
+from nemesis_analysis.artifacts import check_fits, load_prompt, read_prompt
+from nemesis_analysis.corrupt_ops import Corruption, GridSpec, apply_corruptions, expand_grid
+from nemesis_analysis.engine import auto_chunk, predict_corruptions
+from nemesis_analysis.errors import ConfigError, ModelError, NoDataError
 from nemesis_analysis.features import image_features
 from nemesis_analysis.nemesis import position_norms
-from nemesis_analysis.prompts import load_prompt
-from nemesis_analysis.train import Workspace, train_prompt
+from nemesis_analysis.reference import evaluate_naive
+from nemesis_analysis.runs import load_run_config, method_for_identity, sweep_runs, sweep_trained_run
+from nemesis_analysis.schema import CORRUPTION_KEY
+from nemesis_analysis.sweep import format_summary, run_corruption_sweep
+from nemesis_analysis.train import train_prompt
 
 runner = CliRunner()
-KEY = ["op", "position", "factor", "rep"]
+KEY = list(CORRUPTION_KEY)
 
 
 @pytest.fixture(scope="module")
-def generic_run(tiny_context, checkpoints_dir, tmp_path_factory):
-    workspace = Workspace(checkpoints_dir, tmp_path_factory.mktemp("train-reports"))
-    return train_prompt(RunConfig(shots=2, epochs=3), workspace, context=tiny_context, progress=False)
+def generic_run(tiny_session, tmp_path_factory):
+    session = tiny_session.replace(reports_dir=tmp_path_factory.mktemp("train-reports"))
+    return train_prompt(RunConfig(shots=2, epochs=3), session)
 
 
 @pytest.fixture(scope="module")
-def csc_run(tiny_context, checkpoints_dir, tmp_path_factory):
-    workspace = Workspace(checkpoints_dir, tmp_path_factory.mktemp("train-reports"))
+def csc_run(tiny_session, tmp_path_factory):
+    session = tiny_session.replace(reports_dir=tmp_path_factory.mktemp("train-reports"))
     config = RunConfig(shots=2, epochs=2, prompt=PromptConfig(n_ctx=4, csc=True))
-    return train_prompt(config, workspace, context=tiny_context, progress=False)
+    return train_prompt(config, session)
 
 
 @pytest.fixture
-def workspace(checkpoints_dir, tmp_path):
-    return Workspace(checkpoints_dir, tmp_path / "reports")
+def session(tiny_session, tmp_path):
+    return tiny_session.replace(reports_dir=tmp_path / "reports")
 
 
-def _identity(run, ctx) -> dict:
-    identity = run.config.identity_columns()
-    identity["n_ctx"] = ctx.shape[-2]
-    return identity
+@pytest.fixture
+def tiny_setup(tiny_session):
+    """The loaded tiny CLIP and digits (from the session's caches)."""
+    from nemesis_analysis.train import load_model_and_data
+
+    loaded, dataset = load_model_and_data(RunConfig(), tiny_session)
+    return SimpleNamespace(loaded=loaded, dataset=dataset)
 
 
-def _table(workspace, dedupe=True) -> pd.DataFrame:
-    return store.read_table(workspace.reports_dir, "corruptions", dedupe=dedupe)
+def _identity(run, ctx):
+    return run.config.identity(n_ctx=ctx.shape[-2])
 
 
-def test_factor_one_reproduces_uncorrupted_accuracy(tiny_context, generic_run, workspace):
+def method_for_run(context, identity):
+    return method_for_identity(context.loaded, context.dataset.classnames, identity)
+
+
+def _table(session, dedupe=True) -> pd.DataFrame:
+    return store.read_table(session.reports_dir, "corruptions", dedupe=dedupe)
+
+
+def test_factor_one_reproduces_uncorrupted_accuracy(tiny_setup, generic_run, session):
     grid = expand_grid(16, ops=["rescale", "replace"], factors=[1.0, 0.0], stds=[0.0], reps=1)
-    summary = sweep_trained_run(tiny_context, generic_run, grid, workspace, progress=False)
-    rows = _table(workspace)
+    summary = sweep_trained_run(session, generic_run, grid)
+    rows = _table(session)
     assert len(rows) == len(grid) == 1 + 16 * 2 + 16
     identity_rows = rows[(rows.op == "rescale") & (rows.factor == 1.0)]
     assert len(identity_rows) == 16
@@ -78,7 +85,7 @@ def test_factor_one_reproduces_uncorrupted_accuracy(tiny_context, generic_run, w
     baseline = rows[rows.op == "none"].iloc[0]
     assert baseline.position == -1 and baseline.factor == 1.0 and baseline.acc == summary.acc_original
     assert baseline.norm_before == pytest.approx(sum(generic_run.position_norms) / 16, rel=1e-5)
-    assert rows.n_test.unique().tolist() == [len(tiny_context.dataset.test)]
+    assert rows.n_test.unique().tolist() == [len(tiny_setup.dataset.test)]
     assert set(rows.run_id) == {generic_run.run_id} and set(rows.method) == {"coop"}
     # the summary is what the rows say
     corrupted = rows[rows.op != "none"]
@@ -94,39 +101,39 @@ def test_factor_one_reproduces_uncorrupted_accuracy(tiny_context, generic_run, w
 
 
 @pytest.mark.parametrize("which", ["generic", "csc"])
-def test_batched_equals_naive(which, tiny_context, generic_run, csc_run, workspace):
+def test_batched_equals_naive(which, tiny_setup, generic_run, csc_run, session):
     run = generic_run if which == "generic" else csc_run
     ctx, _ = load_prompt(run.run_dir)
     n_ctx = ctx.shape[-2]
     grid = expand_grid(n_ctx, positions=[0, n_ctx - 1], factors=[0, 10], stds=[0.5], reps=1)  # 7 variants
     identity = _identity(run, ctx)
-    learner = learner_for_identity(tiny_context, identity)
+    method = method_for_run(tiny_setup, identity)
     features, labels = image_features(
-        tiny_context.loaded, tiny_context.dataset, tiny_context.dataset.test, workspace.feature_cache, progress=False
+        tiny_setup.loaded, tiny_setup.dataset, tiny_setup.dataset.test, session.feature_cache, progress=False
     )
-    batched = predict_corruptions(learner, ctx, grid, run.run_id, features, chunk=4)
+    batched = predict_corruptions(method, ctx, grid, run.run_id, features, chunk=4)
     assert batched.shape == (len(grid), len(labels))
     # The naive path re-encodes the images for every variant: a fixed sample of the test split keeps it fast.
     subset = list(range(0, len(labels), 9))  # 60 images, every class
-    samples = [tiny_context.dataset.test[i] for i in subset]
-    naive = evaluate_naive(tiny_context, ctx, grid, run.run_id, learner, samples=samples)
+    samples = [tiny_setup.dataset.test[i] for i in subset]
+    naive = evaluate_naive(method, tiny_setup.dataset, ctx, grid, run.run_id, samples=samples)
     assert naive.shape == (len(grid), len(subset))
     assert torch.equal(batched[:, subset], naive)
     assert len(set(naive.flatten().tolist())) > 1  # not a degenerate all-one-class comparison
     # the sweep's accuracies are those predictions', row by row
-    summary = run_corruption_sweep(tiny_context, ctx, identity, grid, workspace, chunk=5, progress=False)
+    summary = run_corruption_sweep(session, method, ctx, identity, grid, chunk=5)
     expected = (100.0 * (batched == labels[None]).double().mean(1)).tolist()
     assert summary.rows["acc"].tolist() == pytest.approx(expected, abs=1e-9)
 
 
-def test_csc_corrupts_the_position_of_every_class(tiny_context, csc_run, workspace):
+def test_csc_corrupts_the_position_of_every_class(tiny_setup, csc_run, session):
     ctx, _ = load_prompt(csc_run.run_dir)
     assert ctx.shape == (10, 4, 128)
     identity = _identity(csc_run, ctx)
-    learner = learner_for_identity(tiny_context, identity)
+    method = method_for_run(tiny_setup, identity)
     variants = apply_corruptions(ctx, [Corruption("rescale", 2, 0.0), Corruption("replace", 1, 0.5, 0)], "r")
-    prompts = learner.build_embeddings(variants)  # (2, classes, length, width)
-    slots = learner.ctx_index  # (classes, n_ctx)
+    prompts = method.build_embeddings(variants)  # (2, classes, length, width)
+    slots = method.ctx_index  # (classes, n_ctx)
     for c in range(10):
         assert torch.equal(prompts[0, c, slots[c, 2]], torch.zeros(128))
         assert torch.equal(prompts[0, c, slots[c, 1]], ctx[c, 1])
@@ -136,8 +143,8 @@ def test_csc_corrupts_the_position_of_every_class(tiny_context, csc_run, workspa
     assert not torch.equal(draws[0], draws[1])
 
     grid = expand_grid(4, positions=[2], factors=[0.0, 2.0], stds=[0.5], reps=1)
-    run_corruption_sweep(tiny_context, ctx, identity, grid, workspace, progress=False)
-    rows = _table(workspace).set_index(KEY)
+    run_corruption_sweep(session, method, ctx, identity, grid)
+    rows = _table(session).set_index(KEY)
     per_class = torch.linalg.vector_norm(ctx[:, 2], dim=-1)  # (classes,)
     before = float(per_class.mean())
     assert rows.loc[("rescale", 2, 0.0, 0), "norm_before"] == pytest.approx(before, rel=1e-6)
@@ -148,19 +155,19 @@ def test_csc_corrupts_the_position_of_every_class(tiny_context, csc_run, workspa
     assert bool(rows.csc.all()) and (rows.n_ctx == 4).all()
 
 
-def test_resume_adds_only_missing_rows(tiny_context, generic_run, workspace):
+def test_resume_adds_only_missing_rows(tiny_setup, generic_run, session):
     small = expand_grid(16, positions=[0, 1], factors=[0.5], stds=[0.1], reps=1)
-    first = sweep_trained_run(tiny_context, generic_run, small, workspace, progress=False)
+    first = sweep_trained_run(session, generic_run, small)
     assert first.rows_written == 1 + 2 + 2
-    again = sweep_trained_run(tiny_context, generic_run, small, workspace, progress=False)
+    again = sweep_trained_run(session, generic_run, small)
     assert again.rows_written == 0 and again.rows_reused == 5
     assert again.acc_original == first.acc_original and again.best == first.best
-    assert len(_table(workspace, dedupe=False)) == 5
+    assert len(_table(session, dedupe=False)) == 5
 
     wider = expand_grid(16, positions=[0, 1, 2], factors=[0.5, 2.0], stds=[0.1], reps=2)
-    before = set(_table(workspace)[KEY].itertuples(index=False, name=None))
-    widened = sweep_trained_run(tiny_context, generic_run, wider, workspace, progress=False)
-    after = _table(workspace, dedupe=False)
+    before = set(_table(session)[KEY].itertuples(index=False, name=None))
+    widened = sweep_trained_run(session, generic_run, wider)
+    after = _table(session, dedupe=False)
     assert len(after) == len(wider) == 1 + 3 * 2 + 3 * 2
     assert widened.rows_written == len(wider) - 5 and widened.rows_reused == 5
     new_keys = set(after[KEY].itertuples(index=False, name=None)) - before
@@ -168,7 +175,7 @@ def test_resume_adds_only_missing_rows(tiny_context, generic_run, workspace):
     assert not after.duplicated(KEY).any()
 
 
-def test_killed_sweep_leaves_readable_tables_and_resumes(tiny_context, generic_run, workspace):
+def test_killed_sweep_leaves_readable_tables_and_resumes(tiny_setup, generic_run, session):
     grid = expand_grid(16, positions=[0, 1, 2, 3], factors=[0.0, 2.0], stds=[0.5], reps=1)  # 1 + 12 rows
 
     def die(index, rows):
@@ -176,14 +183,15 @@ def test_killed_sweep_leaves_readable_tables_and_resumes(tiny_context, generic_r
 
     ctx, identity = _ctx_identity(generic_run)
     with pytest.raises(KeyboardInterrupt):
-        run_corruption_sweep(tiny_context, ctx, identity, grid, workspace, chunk=5, progress=False, on_chunk=die)
-    partial = _table(workspace, dedupe=False)
+        method = method_for_run(tiny_setup, identity)
+        run_corruption_sweep(session, method, ctx, identity, grid, chunk=5, on_chunk=die)
+    partial = _table(session, dedupe=False)
     assert len(partial) == 1 + 5  # the baseline and the first chunk, nothing else
-    assert len(list((workspace.reports_dir / "corruptions").glob(".*"))) == 0  # no leftover temporary part
-    assert len(pd.read_parquet(workspace.reports_dir / "corruptions")) == 6
+    assert len(list((session.reports_dir / "corruptions").glob(".*"))) == 0  # no leftover temporary part
+    assert len(pd.read_parquet(session.reports_dir / "corruptions")) == 6
 
-    done = sweep_trained_run(tiny_context, generic_run, grid, workspace, chunk=5, progress=False)
-    final = _table(workspace, dedupe=False)
+    done = sweep_trained_run(session, generic_run, grid, chunk=5)
+    final = _table(session, dedupe=False)
     assert done.rows_written == 12 - 5
     assert len(final) == len(grid) and not final.duplicated(KEY).any()
 
@@ -193,18 +201,19 @@ def _ctx_identity(run):
     return ctx, _identity(run, ctx)
 
 
-def test_auto_chunk_bounds_memory(tiny_context, generic_run):
+def test_auto_chunk_bounds_memory(tiny_setup, generic_run):
     ctx, identity = _ctx_identity(generic_run)
-    learner = learner_for_identity(tiny_context, identity)
-    per_variant = 10 * learner.base.shape[1] * 128
-    assert auto_chunk(learner, memory_budget=per_variant * 7) == 7
-    assert auto_chunk(learner, memory_budget=1) == 1
+    method = method_for_run(tiny_setup, identity)
+    per_variant = 10 * method.base.shape[1] * 128
+    assert auto_chunk(method, memory_budget=per_variant * 7) == 7
+    assert auto_chunk(method, memory_budget=1) == 1
 
 
-def test_load_context_for_analysis_checks_fit(tiny_context, generic_run, tmp_path):
+def test_read_prompt_and_check_fits(tiny_setup, generic_run, tmp_path):
     ctx, identity = _ctx_identity(generic_run)
-    learner = learner_for_identity(tiny_context, identity)
-    prompt = load_context_for_analysis(generic_run.run_dir, learner)
+    method = method_for_run(tiny_setup, identity)
+    prompt = read_prompt(generic_run.run_dir)
+    check_fits(prompt.ctx, method, prompt.metadata)
     assert prompt.run_id == generic_run.run_id and torch.equal(prompt.ctx, ctx)
     assert prompt.prompt_config.n_ctx == 16 and not prompt.prompt_config.csc
 
@@ -214,10 +223,37 @@ def test_load_context_for_analysis_checks_fit(tiny_context, generic_run, tmp_pat
     meta["classnames"] = [f"class {i}" for i in range(10)]
     del meta["run_id"]
     (copy / "prompt.json").write_text(json.dumps(meta))
-    loaded = load_context_for_analysis(copy)  # reading alone does not check
+    loaded = read_prompt(copy)  # reading alone does not check
     assert loaded.run_id.startswith("file-") and len(loaded.run_id) == len("file-") + 12
     with pytest.raises(ModelError, match="other class names"):
-        load_context_for_analysis(copy, learner)
+        check_fits(loaded.ctx, method, loaded.metadata)
+
+
+def test_sweep_a_recorded_run_by_id_prefix(generic_run, session):
+    grid = GridSpec(positions=(0, range(1, 2)), factors=(0.0, 2.0), stds=(0.0,), reps=1)
+    by_config = sweep_runs(generic_run.config, session, grid)[0]
+    prefix = generic_run.run_id[:8]
+    by_run = sweep_runs(RunConfig(dataset="digits", shots=7), session, grid, run_id=prefix)[0]
+    assert by_run.run_id == generic_run.run_id and by_run.rows_written == 0 and by_run.rows_reused == 1 + 4 + 2
+    pd.testing.assert_frame_equal(by_run.rows, by_config.rows)
+    assert load_run_config(session, prefix).run_id == generic_run.run_id
+    with pytest.raises(NoDataError, match="no run 'zzzz'"):
+        load_run_config(session, "zzzz")
+    elsewhere = session.replace(checkpoints_dir=session.reports_dir.parent / "ck")
+    for run_id in ("abc123000000", "abc456000000"):
+        elsewhere.run_dir(run_id).save_config(generic_run.config.to_dict())
+    with pytest.raises(ConfigError, match="ambiguous"):
+        load_run_config(elsewhere, "abc")
+    assert load_run_config(elsewhere, "abc4").run_id == generic_run.run_id  # the recorded config decides
+
+
+def test_huge_position_range_fails_before_expanding():
+    grid = GridSpec.parse(positions="0-100000000")
+    with pytest.raises(ConfigError, match="position 16 is outside 0..15"):
+        grid.expand(16)
+    assert GridSpec.parse(positions="1,3-4", factors="2", stds="0", reps=1).expand(16) == expand_grid(
+        16, positions=[1, 3, 4], factors=[2.0], stds=[0.0], reps=1
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ CLI

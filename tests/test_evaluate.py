@@ -19,8 +19,9 @@ from nemesis_analysis.data.fixtures import make_fixture_root
 from nemesis_analysis.data.registry import load_dataset
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.features import image_features
-from nemesis_analysis.prompts import PromptLearner
-from nemesis_analysis.train import RunContext, Workspace, train_prompt
+from nemesis_analysis.methods.coop import CoOp
+from nemesis_analysis.metrics import top1_accuracy
+from nemesis_analysis.train import load_model_and_data, train_prompt
 
 runner = CliRunner()
 
@@ -35,9 +36,23 @@ def _evaluations(reports) -> pd.DataFrame:
     return store.read_table(reports, "evaluations", dedupe=False)
 
 
-def test_evaluate_a_digits_run_equals_its_final_accuracy_and_reruns_add_nothing(tiny_context, checkpoints_dir, tmp_path):
-    reports = tmp_path / "reports"
-    run = train_prompt(_config(), Workspace(checkpoints_dir, reports), context=tiny_context, progress=False)
+@pytest.fixture
+def session(tiny_session, tmp_path):
+    return tiny_session.replace(reports_dir=tmp_path / "reports")
+
+
+@pytest.fixture
+def tiny_context(tiny_session):
+    """The loaded tiny CLIP and digits, from the session's caches."""
+    from types import SimpleNamespace
+
+    loaded, dataset = load_model_and_data(RunConfig(), tiny_session)
+    return SimpleNamespace(loaded=loaded, dataset=dataset)
+
+
+def test_evaluate_a_digits_run_equals_its_final_accuracy_and_reruns_add_nothing(tiny_context, session, checkpoints_dir):
+    reports = session.reports_dir
+    run = train_prompt(_config(), session)
     assert run.extra.get("evaluations", []) == [] and not store.table_path(reports, "evaluations").exists()
     args = ["evaluate", "--run", run.run_id, "--quiet", "--checkpoints", str(checkpoints_dir), "--reports", str(reports)]
     result = runner.invoke(app, args)
@@ -56,10 +71,10 @@ def test_evaluate_a_digits_run_equals_its_final_accuracy_and_reruns_add_nothing(
     assert by_path.exit_code == 0 and len(_evaluations(reports)) == 1
 
 
-def test_base2new_run_trains_on_base_and_records_base_and_new(tiny_context, checkpoints_dir, tmp_path):
-    reports = tmp_path / "reports"
+def test_base2new_run_trains_on_base_and_records_base_and_new(tiny_context, session, checkpoints_dir):
+    reports = session.reports_dir
     config = _config(protocol="base2new", seed=2)
-    run = train_prompt(config, Workspace(checkpoints_dir, reports), context=tiny_context, progress=False)
+    run = train_prompt(config, session)
     dataset = tiny_context.dataset
     split = json.loads((run.run_dir / "split.json").read_text())
     assert split["classnames"] == dataset.classnames[:5]
@@ -76,7 +91,7 @@ def test_base2new_run_trains_on_base_and_records_base_and_new(tiny_context, chec
     # the new-class accuracy by hand: new test images, new class names, the learned context
     prompt = evaluate.load_learned_prompt(run.run_dir)
     view = protocols.class_view(dataset, "new")
-    learner = PromptLearner(tiny_context.loaded, view.classnames, PromptConfig(n_ctx=4))
+    learner = CoOp(tiny_context.loaded, view.classnames, PromptConfig(n_ctx=4))
     features = torch.stack([tiny_context.loaded.preprocess(dataset.load_image(s.source)) for s in view.test])
     with torch.no_grad():
         image = tiny_context.loaded.encode_images(features)
@@ -84,7 +99,7 @@ def test_base2new_run_trains_on_base_and_records_base_and_new(tiny_context, chec
     expected = 100.0 * float(((image @ text.T).argmax(1) == torch.tensor([s.label for s in view.test])).double().mean())
     assert rows.loc["new", "acc"] == pytest.approx(expected, abs=100.0 / n_new + 1e-9)  # at most one float tie apart
     # a reused run writes nothing twice; `evaluate --classes new` finds the row already there
-    again = train_prompt(config, Workspace(checkpoints_dir, reports), context=tiny_context, progress=False)
+    again = train_prompt(config, session)
     assert again.reused and [e.reused for e in again.extra["evaluations"]] == [True, True]
     result = runner.invoke(app, ["evaluate", "--run", run.run_id, "--classes", "new", "--quiet",
                                  "--checkpoints", str(checkpoints_dir), "--reports", str(reports)])  # fmt: skip
@@ -92,10 +107,10 @@ def test_base2new_run_trains_on_base_and_records_base_and_new(tiny_context, chec
     assert len(_evaluations(reports)) == 2
 
 
-def test_base2new_refuses_class_specific_context(tiny_context, checkpoints_dir, tmp_path):
+def test_base2new_refuses_class_specific_context(session, checkpoints_dir, tmp_path):
     config = _config(protocol="base2new", prompt=PromptConfig(n_ctx=4, csc=True))
     with pytest.raises(ConfigError, match="class-specific"):
-        train_prompt(config, Workspace(checkpoints_dir, tmp_path), context=tiny_context, progress=False)
+        train_prompt(config, session)
     result = runner.invoke(app, ["train", "--protocol", "base2new", "--csc", "--quiet", "--checkpoints", str(checkpoints_dir),
                                  "--reports", str(tmp_path)])  # fmt: skip
     assert result.exit_code == 2 and "class-specific" in result.output
@@ -107,7 +122,7 @@ def test_masked_accuracy_equals_subset_way_on_random_scores():
     features = torch.randn(50, 8, generator=generator)
     indices = [1, 4, 5, 9]
     labels = torch.randint(0, 4, (50,), generator=generator)
-    subset_way = evaluate.cosine_accuracy(features, labels, parent_text[indices])
+    subset_way = top1_accuracy(features @ parent_text[indices].T, labels)
     assert evaluate.masked_accuracy(features, labels, parent_text, indices) == subset_way
     unmasked = 100.0 * float(((features @ parent_text.T).argmax(1) == torch.tensor(indices)[labels]).double().mean())
     assert unmasked <= subset_way
@@ -124,12 +139,12 @@ def test_200_way_equals_masked_1000_way_on_an_imagenet_a_like_fixture(tiny_conte
     parent = load_dataset("imagenet", root)
     child = _imagenet_a_like(parent, [1, 2, 5, 6])
     loaded = tiny_context.loaded
-    learner = PromptLearner(loaded, parent.classnames, PromptConfig(n_ctx=4), seed=3)
+    learner = CoOp(loaded, parent.classnames, PromptConfig(n_ctx=4), seed=3)
     ctx = learner.ctx.detach()
     prompt = evaluate.LearnedPrompt(ctx, PromptConfig(n_ctx=4), parent.classnames, {"run_id": "x"}, Protocol.DG, tmp_path)
     subset_way = evaluate.evaluate_context(loaded, prompt, child, "all", tmp_path / "features", progress=False)
     assert subset_way.n_classes == 4 and subset_way.n_test == 4 * 3
-    features, labels = evaluate.subset_scores(
+    features, labels = evaluate.restrict_to_classes(
         *image_features(loaded, parent, parent.test, tmp_path / "features", False), [1, 2, 5, 6]
     )
     with torch.no_grad():
@@ -142,12 +157,12 @@ def test_200_way_equals_masked_1000_way_on_an_imagenet_a_like_fixture(tiny_conte
 
 
 @pytest.mark.parametrize("protocol", ["dg", "crossdataset"])
-def test_transfer_protocols_evaluate_every_target_on_fixtures(protocol, tiny_context, checkpoints_dir, tmp_path):
+def test_transfer_protocols_evaluate_every_target_on_fixtures(protocol, tiny_session, tmp_path):
     targets = list(protocols.DG_TARGETS if protocol == "dg" else protocols.CROSSDATASET_TARGETS)
     root = make_fixture_root(tmp_path / "data", ["imagenet", *targets], num_classes=3, images_per_split=(2, 1, 2))
-    context = RunContext(tiny_context.loaded, load_dataset("imagenet", root))
+    session = tiny_session.replace(checkpoints_dir=tmp_path / "ck", reports_dir=tmp_path / "reports", data_root=root)
     config = _config(dataset="imagenet", protocol=protocol, shots=1, epochs=1)
-    run = train_prompt(config, Workspace(tmp_path / "ck", tmp_path / "reports"), context=context, data_root=root, progress=False)
+    run = train_prompt(config, session)
     rows = _evaluations(tmp_path / "reports")
     assert list(rows.eval_dataset) == ["imagenet", *targets] and set(rows.protocol) == {protocol}
     assert set(rows.eval_classes) == {"all"} and set(rows.dataset) == {"imagenet"}
@@ -155,4 +170,4 @@ def test_transfer_protocols_evaluate_every_target_on_fixtures(protocol, tiny_con
     for target, n_classes in zip(rows.eval_dataset, rows.n_classes):
         assert n_classes == load_dataset(target, root).num_classes
     with pytest.raises(ConfigError, match="--dataset imagenet"):
-        train_prompt(_config(protocol=protocol), Workspace(tmp_path / "ck", tmp_path / "r2"), context=tiny_context)
+        train_prompt(_config(protocol=protocol), session.replace(reports_dir=tmp_path / "r2", data_root=None))

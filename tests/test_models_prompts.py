@@ -6,8 +6,11 @@ import pytest
 import torch
 
 from nemesis_analysis.config import PromptConfig
-from nemesis_analysis.models import encode_text_from_embeddings, eos_positions, load_model
-from nemesis_analysis.prompts import PLACEHOLDER, PromptLearner
+from nemesis_analysis.errors import ConfigError
+from nemesis_analysis.models import encode_text_from_embeddings, eos_positions
+from nemesis_analysis.loading import load_model
+from nemesis_analysis.methods.coop import CoOp
+from nemesis_analysis.prompts import PLACEHOLDER
 
 TEXTS = ["a photo of a dog.", "x", "an unusually long sentence about a small red bicycle near the river bank."]
 
@@ -43,7 +46,7 @@ def test_dimensions_read_from_model(random_model):
     # RN50's text tower is 512 wide and projects to 1024; nothing may assume 512 everywhere.
     expected = {"RN50": (512, 1024), "ViT-B-16": (512, 512), "nemesis-tiny": (128, 128)}[random_model.backbone]
     assert (random_model.text_width, random_model.embed_dim) == expected
-    learner = PromptLearner(random_model, ["cat", "dog"], PromptConfig(n_ctx=4))
+    learner = CoOp(random_model, ["cat", "dog"], PromptConfig(n_ctx=4))
     assert learner.ctx.shape == (4, expected[0])
     assert learner.text_features().shape == (1, 2, expected[1])
 
@@ -56,7 +59,7 @@ def tiny_random():
 @pytest.mark.parametrize("position", ["end", "middle", "front"])
 def test_class_tokens_placed_where_expected(tiny_random, position):
     names = ["cat", "sea lion", "hot air balloon"]
-    learner = PromptLearner(tiny_random, names, PromptConfig(n_ctx=4, class_token_position=position))
+    learner = CoOp(tiny_random, names, PromptConfig(n_ctx=4, class_token_position=position))
     placeholder = int(tiny_random.tokenize([PLACEHOLDER])[0, 1])
     for c, name in enumerate(names):
         tokens = learner.tokens[c]
@@ -77,7 +80,7 @@ def test_class_tokens_placed_where_expected(tiny_random, position):
 
 
 def test_prompt_embeddings_splice_context(tiny_random):
-    learner = PromptLearner(tiny_random, ["cat", "dog"], PromptConfig(n_ctx=3, class_token_position="middle"))
+    learner = CoOp(tiny_random, ["cat", "dog"], PromptConfig(n_ctx=3, class_token_position="middle"))
     variants = torch.randn(5, 3, learner.width)
     prompts = learner.build_embeddings(variants)
     assert prompts.shape == (5, 2, learner.base.shape[1], learner.width)
@@ -88,7 +91,7 @@ def test_prompt_embeddings_splice_context(tiny_random):
 
 
 def test_batched_variants_equal_one_at_a_time(tiny_random):
-    learner = PromptLearner(tiny_random, ["cat", "dog", "bird"], PromptConfig(n_ctx=4, csc=True))
+    learner = CoOp(tiny_random, ["cat", "dog", "bird"], PromptConfig(n_ctx=4, csc=True))
     variants = torch.randn(3, 3, 4, learner.width) * 0.05
     with torch.no_grad():
         batched = learner.text_features(variants)
@@ -97,7 +100,7 @@ def test_batched_variants_equal_one_at_a_time(tiny_random):
 
 
 def test_context_is_fp32_and_init_from_words(tiny_random):
-    learner = PromptLearner(tiny_random, ["cat"], PromptConfig(ctx_init="a photo of a"))
+    learner = CoOp(tiny_random, ["cat"], PromptConfig(ctx_init="a photo of a"))
     assert learner.ctx.dtype == torch.float32 and learner.n_ctx == 4
     tokens = tiny_random.tokenize(["a photo of a"])
     torch.testing.assert_close(learner.ctx.detach(), tiny_random.model.token_embedding(tokens)[0, 1:5])
@@ -112,10 +115,10 @@ def test_context_is_fp32_and_init_from_words(tiny_random):
 def test_prefix_reuse_equals_full_pass(random_model, position, csc):
     from nemesis_analysis.corrupt_ops import rescale
     from nemesis_analysis.models import supports_prefix_reuse
-    from nemesis_analysis.prompts import PrefixCache
+    from nemesis_analysis.methods.coop import PrefixCache
 
     assert supports_prefix_reuse(random_model.model)
-    learner = PromptLearner(random_model, ["cat", "sea lion"], PromptConfig(n_ctx=4, csc=csc, class_token_position=position))
+    learner = CoOp(random_model, ["cat", "sea lion"], PromptConfig(n_ctx=4, csc=csc, class_token_position=position))
     ctx = torch.randn(learner.ctx.shape, generator=torch.Generator().manual_seed(0)) * 0.3
     cache = PrefixCache(learner, ctx)
     with torch.no_grad():
@@ -125,3 +128,25 @@ def test_prefix_reuse_equals_full_pass(random_model, position, csc):
                                        atol=1e-5, rtol=1e-5)
     # a change at the last position leaves the longest prefix to reuse
     assert cache.start(3) > cache.start(0) >= 1
+
+
+def test_coop_through_the_method_interface(tiny_random, tmp_path):
+    from nemesis_analysis.methods import METHODS, method_class
+
+    assert METHODS["coop"] is CoOp and method_class("coop") is CoOp
+    method = method_class("coop")(tiny_random, ["cat", "dog", "bird"], PromptConfig(n_ctx=4, csc=True), seed=3)
+    assert list(method.slots()) == ["ctx"] and method.position_tensor() is method.ctx
+    assert method.ctx.shape == (3, 4, method.width) and method.n_positions == 4  # positions on axis -2
+    features = torch.nn.functional.normalize(torch.randn(5, tiny_random.embed_dim), dim=-1)
+    with torch.no_grad():
+        text = method.text_features()[0]  # (classes, embed)
+        assert torch.equal(method.scores(features), features @ text.T)
+        assert torch.equal(method.logits(features), tiny_random.logit_scale * features @ text.T)
+        assert float(method.extra_loss(features, torch.zeros(5, dtype=torch.long), method.logits(features))) == 0.0
+    method.save(tmp_path / "artifact", {"run_id": "r"})
+    other = method_class("coop")(tiny_random, ["cat", "dog", "bird"], PromptConfig(n_ctx=4, csc=True), seed=4)
+    assert not torch.equal(other.ctx, method.ctx)
+    metadata = other.load(tmp_path / "artifact")
+    assert torch.equal(other.ctx, method.ctx) and metadata["run_id"] == "r" and metadata["prompt"]["n_ctx"] == 4
+    with pytest.raises(ConfigError, match="unknown prompt method 'cocoop'"):
+        method_class("cocoop")

@@ -59,9 +59,9 @@ def test_few_shot_sample_is_the_fewshot_protocols_before_restriction(tmp_path):
     dataset = load_dataset("oxford_pets", root)
     train = sample_few_shot(dataset.train, 2, 3)
     val = sample_few_shot(dataset.val, 2, 3)
-    same = protocols.training_view(Protocol.FEWSHOT, dataset, train, val)
-    assert same[0] is dataset and same[1] == train and same[2] == val
-    view, base_train, base_val = protocols.training_view(Protocol.BASE2NEW, dataset, train, val)
+    same, samples = protocols.training_view(Protocol.FEWSHOT, dataset, (train, val))
+    assert same is dataset and samples == (train, val)
+    view, (base_train, base_val) = protocols.training_view(Protocol.BASE2NEW, dataset, (train, val))
     assert view.classnames == dataset.classnames[:3]
     assert base_train == [s for s in train if s.label < 3]  # base ids 0..2 keep their numbers
     assert base_val == [s for s in val if s.label < 3]
@@ -128,38 +128,66 @@ def _identity(run_id: str = "r1", seed: int = 1) -> dict:
                 method="coop", n_ctx=2, csc=False, class_token_position="end", precision="fp32")  # fmt: skip
 
 
-def _hand_rows(run_id="r1", seed=1):
-    from nemesis_analysis.corrupt_ops import Corruption
-    from nemesis_analysis.corrupt_protocols import SubsetAccuracies, corruption_rows
+def _row(identity: dict, eval_classes: str, op: str, position: int, factor: float, acc: float, acc_original: float,
+         norm_before: float, norm_after: float, n_test: int) -> dict:
+    delta = acc - acc_original
+    return {**identity, "eval_classes": eval_classes, "op": op, "position": position, "factor": factor, "rep": 0,
+            "acc": acc, "acc_original": acc_original, "delta": delta, "norm_before": norm_before,
+            "norm_after": norm_after, "low_norm_effect": norm_after < norm_before and delta > 0, "n_test": n_test}
 
-    grid = [Corruption("rescale", 0, 0.5), Corruption("rescale", 1, 1.5)]
-    subsets = [SubsetAccuracies("base", 50.0, [60.0, 40.0], 10), SubsetAccuracies("new", 30.0, [20.0, 35.0], 8)]
-    return corruption_rows(_identity(run_id, seed), grid, [1.0, 2.0], [0.5, 3.0], subsets)
+
+def _hand_rows(run_id="r1", seed=1, subsets=("base", "new")):
+    """Per subset a baseline and two rescales of a 2-position context with norms (1, 2): on base the first
+    lowers the norm and helps (+10), on new it lowers the norm and hurts (-10); the second raises the norm."""
+    identity = _identity(run_id, seed)
+    numbers = {"base": (50.0, 60.0, 40.0, 10), "new": (30.0, 20.0, 35.0, 8), "all": (40.0, 45.0, 30.0, 18)}
+    rows = []
+    for subset in subsets:
+        original, first, second, n_test = numbers[subset]
+        rows += [_row(identity, subset, "none", -1, 1.0, original, original, 1.5, 1.5, n_test),
+                 _row(identity, subset, "rescale", 0, 0.5, first, original, 1.0, 0.5, n_test),
+                 _row(identity, subset, "rescale", 1, 1.5, second, original, 2.0, 3.0, n_test)]  # fmt: skip
+    return rows
 
 
-def test_corruption_rows_per_subset_by_hand(tmp_path):
+def test_base_and_new_rows_are_separate_keys_and_old_parts_read_as_all(tmp_path):
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from nemesis_analysis import schema, store
 
     rows = pd.DataFrame(_hand_rows())
-    assert list(rows.eval_classes) == ["base"] * 3 + ["new"] * 3
-    assert list(rows.op) == ["none", "rescale", "rescale"] * 2
-    assert list(rows.delta) == [0.0, 10.0, -10.0, 0.0, -10.0, 5.0]
-    assert list(rows.low_norm_effect) == [False, True, False, False, False, False]
-    assert list(rows.n_test) == [10] * 3 + [8] * 3
-    assert rows.norm_before.iloc[0] == 1.5 and rows.norm_after.iloc[0] == 1.5  # baseline: mean position norm
-    # the rows fit the table; base and new rows of one corruption are different keys; old parts read as "all"
     store.append_rows(tmp_path, "corruptions", rows)
     old = rows[rows.eval_classes == "base"].drop(columns=["eval_classes"]).assign(run_id="old")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    (tmp_path / "corruptions" / "part-0.parquet").parent.mkdir(exist_ok=True)
     pq.write_table(pa.Table.from_pandas(old, preserve_index=False), tmp_path / "corruptions" / "part-0.parquet")
     table = store.read_table(tmp_path, "corruptions")
     assert len(table) == 9 and set(table[table.run_id == "old"].eval_classes) == {"all"}
-    assert "eval_classes" in schema.CORRUPTION_KEY
+    assert set(table[table.run_id == "r1"].eval_classes) == {"base", "new"}
+    assert schema.KEYS["corruptions"][-1] == "eval_classes" and "eval_classes" not in schema.CORRUPTION_KEY
+    with store.claim(tmp_path, "corruptions", "r1") as claim:
+        assert ("rescale", 0, 0.5, 0, "base") in claim.existing_keys()
+        assert claim.append(rows) is None  # every key is there already: nothing is written
+
+
+def test_default_views_never_pool_base_and_new_rows():
+    import pandas as pd
+
+    from nemesis_analysis import analysis
+
+    only_subsets = pd.DataFrame(_hand_rows())
+    assert analysis.low_norm_frequency(only_subsets).empty  # the default view reads "all" rows only
+    assert analysis.summarize_corruptions(only_subsets).empty
+    assert analysis.delta_grid(only_subsets, "digits").empty
+    mixed = pd.DataFrame(_hand_rows() + _hand_rows("r1", 1, ("all",)))
+    frequency = analysis.low_norm_frequency(mixed)
+    assert len(frequency) == 1 and frequency.n_reducing.iloc[0] == 1 and frequency.frequency_mean.iloc[0] == 100.0
+    by_subset = analysis.low_norm_frequency(mixed, by=(*analysis.GROUP_COLUMNS, "eval_classes"))
+    assert by_subset.set_index("eval_classes").frequency_mean.to_dict() == {"all": 100.0, "base": 100.0, "new": 0.0}
+    assert analysis.delta_grid(mixed, "digits").loc[0, 0.5] == 5.0  # the "all" rows' delta, not a pooled mean
+    assert analysis.delta_grid(mixed, "digits", eval_classes="new").loc[0, 0.5] == -10.0
+    assert analysis.low_norm_positions(mixed, "r1", eval_classes="new") == []
+    assert analysis.low_norm_positions(mixed, "r1", eval_classes="base") == [0]
 
 
 def test_base_new_frequency_and_figure():
@@ -183,25 +211,19 @@ def test_base_new_frequency_and_figure():
 def test_class_subsets_for_a_sweep():
     import torch
 
-    from nemesis_analysis.corrupt_protocols import class_subsets, sweep_classes
+    from nemesis_analysis.evaluate import restrict_to_classes
 
-    assert [c.value for c in sweep_classes("base2new")] == ["base", "new"]
-    assert [c.value for c in sweep_classes("fewshot")] == ["all"]
-    dataset = _stub_dataset(["a", "b", "c", "d", "e"])
+    assert [c.value for c in protocols.sweep_classes("base2new")] == ["base", "new"]
+    assert [c.value for c in protocols.sweep_classes("fewshot")] == ["all"]
+    assert protocols.subset_classnames(list("abcde"), "base") == ["a", "b", "c"]
+    assert protocols.subset_classnames(list("abcde"), "new") == ["d", "e"]
+    assert protocols.subset_classnames(list("abcde"), "all") == list("abcde")
     features = torch.arange(10.0)[:, None]
     labels = torch.tensor([4, 0, 3, 1, 2, 4, 0, 3, 1, 2])
-    base, new = class_subsets("base2new", dataset, features, labels)
-    assert base.classnames == ["a", "b", "c"] and new.classnames == ["d", "e"]
-    assert base.features[:, 0].tolist() == [1, 3, 4, 6, 8, 9] and base.labels.tolist() == [0, 1, 2, 0, 1, 2]
-    assert new.features[:, 0].tolist() == [0, 2, 5, 7] and new.labels.tolist() == [1, 0, 1, 0]
-    (everything,) = class_subsets("fewshot", dataset, features, labels)
-    assert torch.equal(everything.labels, labels) and everything.classnames == list("abcde")
-
-
-def _stub_dataset(classnames):
-    from nemesis_analysis.data.base import DatasetSplits
-
-    return DatasetSplits("stub", classnames, [], [], [])
+    base_features, base_labels = restrict_to_classes(features, labels, [0, 1, 2])
+    assert base_features[:, 0].tolist() == [1, 3, 4, 6, 8, 9] and base_labels.tolist() == [0, 1, 2, 0, 1, 2]
+    new_features, new_labels = restrict_to_classes(features, labels, [3, 4])
+    assert new_features[:, 0].tolist() == [0, 2, 5, 7] and new_labels.tolist() == [1, 0, 1, 0]
 
 
 def test_plot_base_new_command_writes_the_figure(tmp_path):

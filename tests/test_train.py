@@ -14,7 +14,7 @@ from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, Ru
 from nemesis_analysis.data.fewshot import load_split, sample_few_shot
 from nemesis_analysis.data.registry import load_dataset
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
-from nemesis_analysis.train import Workspace, lr_at_epoch, train_prompt
+from nemesis_analysis.train import lr_at_epoch, train_prompt
 
 
 def test_run_id_is_stable_and_sensitive():
@@ -70,19 +70,23 @@ def _config(**kwargs) -> RunConfig:
     return RunConfig(**base)
 
 
-def test_resume_equals_uninterrupted(tiny_context, checkpoints_dir, tmp_path):
-    config = _config(nemesis=NemesisConfig(beta=0.5))
-    full_ws = Workspace(checkpoints_dir, tmp_path / "full")
-    full = train_prompt(config, full_ws, context=tiny_context, progress=False, save_every=1)
+def _stop_after(last_epoch: int):
+    return lambda epoch: epoch >= last_epoch
 
-    resumed_ws = Workspace(tmp_path / "ck", tmp_path / "resumed")
+
+def test_resume_equals_uninterrupted(tiny_session, checkpoints_dir, tmp_path):
+    config = _config(nemesis=NemesisConfig(beta=0.5))
+    full_ws = tiny_session.replace(reports_dir=tmp_path / "full")
+    full = train_prompt(config, full_ws, save_every=1)
+
+    resumed_ws = tiny_session.replace(checkpoints_dir=tmp_path / "ck", reports_dir=tmp_path / "resumed")
     resumed_ws.checkpoints_dir.mkdir()
     (resumed_ws.checkpoints_dir / "features").symlink_to(checkpoints_dir / "features")
-    with pytest.raises(KeyboardInterrupt):
-        train_prompt(config, resumed_ws, context=tiny_context, progress=False, save_every=1, stop_after_epoch=1)
+    stopped = train_prompt(config, resumed_ws, save_every=1, should_stop=_stop_after(1))
+    assert stopped.stopped and not stopped.reused
     assert not store.existing_keys(resumed_ws.reports_dir, "trajectories", full.run_id)  # nothing half-written
-    resumed = train_prompt(config, resumed_ws, context=tiny_context, progress=False, save_every=1)
-    assert resumed.run_id == full.run_id and not resumed.reused
+    resumed = train_prompt(config, resumed_ws, save_every=1)
+    assert resumed.run_id == full.run_id and not resumed.reused and not resumed.stopped
 
     a = store.read_table(full_ws.reports_dir, "trajectories").drop(columns=[])
     b = store.read_table(resumed_ws.reports_dir, "trajectories")
@@ -90,15 +94,15 @@ def test_resume_equals_uninterrupted(tiny_context, checkpoints_dir, tmp_path):
     assert resumed.final_test_acc == full.final_test_acc and resumed.position_norms == full.position_norms
 
     # a finished run is reused, not redone
-    again = train_prompt(config, full_ws, context=tiny_context, progress=False)
+    again = train_prompt(config, full_ws)
     assert again.reused and again.final_test_acc == full.final_test_acc
     assert len(store.read_table(full_ws.reports_dir, "runs", dedupe=False)) == 1
 
 
-def test_trajectory_table_has_one_row_per_epoch_and_position(tiny_context, checkpoints_dir, tmp_path):
+def test_trajectory_table_has_one_row_per_epoch_and_position(tiny_session, tmp_path):
     config = _config(epochs=3, prompt=PromptConfig(n_ctx=5), nemesis=NemesisConfig(beta=0.0))
-    ws = Workspace(checkpoints_dir, tmp_path / "reports")
-    result = train_prompt(config, ws, context=tiny_context, progress=False)
+    ws = tiny_session.replace(reports_dir=tmp_path / "reports")
+    result = train_prompt(config, ws)
     traj = pd.read_parquet(tmp_path / "reports" / "trajectories")
     assert len(traj) == 3 * 5
     assert sorted(set(zip(traj.epoch, traj.position))) == [(e, p) for e in range(3) for p in range(5)]
@@ -117,21 +121,19 @@ def test_trajectory_table_has_one_row_per_epoch_and_position(tiny_context, check
     assert (result.run_dir / "prompt.safetensors").is_file()
 
 
-def test_coop_beats_zero_shot_and_pun_shrinks_norms(tiny_context, checkpoints_dir, tmp_path):
-    ws = Workspace(checkpoints_dir, tmp_path / "reports")
-    coop = train_prompt(RunConfig(shots=16, epochs=40), ws, context=tiny_context, progress=False)
+def test_coop_beats_zero_shot_and_pun_shrinks_norms(tiny_session, tmp_path):
+    ws = tiny_session.replace(reports_dir=tmp_path / "reports")
+    coop = train_prompt(RunConfig(shots=16, epochs=40), ws)
     assert coop.final_test_acc > coop.zero_shot_acc + 10
-    pun = train_prompt(RunConfig(shots=16, epochs=40, nemesis=NemesisConfig(beta=1.0)), ws, context=tiny_context,
-                       progress=False)
+    pun = train_prompt(RunConfig(shots=16, epochs=40, nemesis=NemesisConfig(beta=1.0)), ws)
     assert pun.mean_norm < coop.mean_norm
     assert pun.zero_shot_acc == coop.zero_shot_acc
 
 
-def test_non_finite_loss_stops_with_epoch(tiny_context, checkpoints_dir, tmp_path):
+def test_non_finite_loss_stops_with_epoch(tiny_session, checkpoints_dir, tmp_path):
     config = _config(epochs=3, optim=OptimConfig(lr=1e30, batch_size=8))
     with pytest.raises(TrainingDiverged, match="epoch 1"):
-        train_prompt(config, Workspace(checkpoints_dir, tmp_path / "r"), context=tiny_context, progress=False,
-                     save_every=1)
+        train_prompt(config, tiny_session.replace(reports_dir=tmp_path / "r"), save_every=1)
     state = json.loads((checkpoints_dir / config.resolved("cpu").run_id / "state.json").read_text())
     assert state["epoch"] == 0  # the last good checkpoint stays
 
@@ -139,10 +141,10 @@ def test_non_finite_loss_stops_with_epoch(tiny_context, checkpoints_dir, tmp_pat
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(shots=0), "--shots"),
-        (dict(prompt=dict(n_ctx=0)), "--n-ctx"),
+        (dict(shots=0), "shots must be at least 1"),
+        (dict(prompt=dict(n_ctx=0)), "prompt.n_ctx must be at least 1"),
         (dict(prompt=dict(class_token_position="side")), "class-token position"),
-        (dict(nemesis=dict(beta=2.0)), "--beta"),
+        (dict(nemesis=dict(beta=2.0)), r"nemesis.beta must lie in \[0, 1\]"),
         (dict(precision="fp64"), "precision"),
     ],
 )
@@ -151,20 +153,48 @@ def test_config_errors(kwargs, message):
         RunConfig.from_dict({**RunConfig().to_dict(), **kwargs})
 
 
-def test_state_killed_between_its_two_files_is_not_resumed(tiny_context, checkpoints_dir, tmp_path):
+def test_state_killed_between_its_two_files_is_not_resumed(tiny_session, checkpoints_dir, tmp_path):
     from safetensors.torch import load_file
 
     config = _config(epochs=3)
-    ws = Workspace(tmp_path / "ck", tmp_path / "reports")
+    ws = tiny_session.replace(checkpoints_dir=tmp_path / "ck", reports_dir=tmp_path / "reports")
     ws.checkpoints_dir.mkdir()
     (ws.checkpoints_dir / "features").symlink_to(checkpoints_dir / "features")
-    with pytest.raises(KeyboardInterrupt):
-        train_prompt(config, ws, context=tiny_context, progress=False, save_every=1, stop_after_epoch=1)
-    run_dir = ws.run_dir(config.resolved("cpu").run_id)
+    assert train_prompt(config, ws, save_every=1, should_stop=_stop_after(1)).stopped
+    run_dir = ws.run_dir(config.resolved("cpu").run_id).path
     # Simulate a kill after the tensors of epoch 1 were replaced but before the JSON was: an older JSON.
     state = json.loads((run_dir / "state.json").read_text())
     (run_dir / "state.json").write_text(json.dumps({"epoch": 0, "rows": state["rows"][:4]}))
-    resumed = train_prompt(config, ws, context=tiny_context, progress=False, save_every=1)
-    clean = train_prompt(config, Workspace(checkpoints_dir, tmp_path / "clean"), context=tiny_context, progress=False)
+    resumed = train_prompt(config, ws, save_every=1)
+    clean = train_prompt(config, tiny_session.replace(reports_dir=tmp_path / "clean"))
     assert resumed.position_norms == clean.position_norms and resumed.final_test_acc == clean.final_test_acc
     assert load_file(str(run_dir / "state.safetensors"))["ctx"].shape == (16, 128)
+
+
+def test_run_files_get_umask_permissions(tiny_session, checkpoints_dir, tmp_path):
+    """safetensors writes private 0600 files; every file of a run (and the feature cache) gets the umask's mode."""
+    import os
+    import stat
+
+    from nemesis_analysis.fsio import file_mode
+
+    ws = tiny_session.replace(checkpoints_dir=tmp_path / "ck", reports_dir=tmp_path / "reports")
+    config = _config(epochs=2, prompt=PromptConfig(n_ctx=3))
+    result = train_prompt(config, ws)
+    names = ["prompt.safetensors", "prompt.json", "state.safetensors", "state.json", "result.json", "split.json",
+             "config.json", "runs.parquet", "trajectories.parquet"]  # fmt: skip
+    modes = {name: stat.S_IMODE(os.stat(result.run_dir / name).st_mode) for name in names}
+    features = list((ws.checkpoints_dir / "features").glob("*.safetensors"))
+    assert features
+    modes.update({f.name: stat.S_IMODE(os.stat(f).st_mode) for f in features})
+    assert modes == {name: file_mode() for name in modes}
+    assert not [p for p in result.run_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_session_caches_are_shared_by_its_copies(tiny_session, tmp_path):
+    other = tiny_session.replace(reports_dir=tmp_path / "reports")
+    assert other.reports_dir == tmp_path / "reports" and tiny_session.reports_dir != other.reports_dir
+    assert other.model("nemesis-tiny", "embedded") is tiny_session.model("nemesis-tiny", "embedded")
+    assert other.dataset("digits") is tiny_session.dataset("digits")
+    assert other.run_dir("abc").path == tiny_session.checkpoints_dir / "abc"
+    assert other.feature_cache == tiny_session.checkpoints_dir / "features"

@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 from nemesis_analysis import weights
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ModelError
-from nemesis_analysis.models import load_model
-from nemesis_analysis.prompt_import import find_dassl_checkpoint, load_prompt_any
-from nemesis_analysis.prompts import PromptLearner, save_prompt
+from nemesis_analysis.loading import load_model
+from nemesis_analysis.artifacts import find_dassl_checkpoint, load_prompt_any, save_prompt
+from nemesis_analysis.methods.coop import CoOp
 
 
 @pytest.fixture()
@@ -193,7 +193,7 @@ def write_dassl(run_dir: Path, ctx: torch.Tensor, epoch: int = 50) -> Path:
 
 @pytest.mark.parametrize("csc", [False, True])
 def test_dassl_checkpoint_round_trip(tiny_random, tmp_path, csc):
-    learner = PromptLearner(tiny_random, CLASSES, PromptConfig(n_ctx=4, csc=csc))
+    learner = CoOp(tiny_random, CLASSES, PromptConfig(n_ctx=4, csc=csc))
     ctx = learner.ctx.detach().half().float()  # exactly representable in the checkpoint's fp16
     path = write_dassl(tmp_path / "run", ctx)
     write_dassl(tmp_path / "run", torch.zeros_like(ctx), epoch=10)  # an older epoch beside it
@@ -205,7 +205,7 @@ def test_dassl_checkpoint_round_trip(tiny_random, tmp_path, csc):
 
 
 def test_our_artifact_loads_through_the_same_door(tiny_random, tmp_path):
-    learner = PromptLearner(tiny_random, CLASSES, PromptConfig(n_ctx=4))
+    learner = CoOp(tiny_random, CLASSES, PromptConfig(n_ctx=4))
     save_prompt(tmp_path / "artifact", learner.ctx, {"width": learner.width})
     for given in (tmp_path / "artifact", tmp_path / "artifact" / "prompt.safetensors"):
         ctx, meta = load_prompt_any(given, learner)
@@ -223,7 +223,7 @@ def test_our_artifact_loads_through_the_same_door(tiny_random, tmp_path):
     ],
 )
 def test_shape_mismatch_is_one_clear_line(tiny_random, tmp_path, shape, prompt, message):
-    learner = PromptLearner(tiny_random, CLASSES, prompt)
+    learner = CoOp(tiny_random, CLASSES, prompt)
     path = write_dassl(tmp_path / "run", torch.zeros(shape))
     with pytest.raises(ModelError, match=message) as excinfo:
         load_prompt_any(path, learner)

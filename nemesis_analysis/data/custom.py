@@ -3,6 +3,17 @@
 Both return the same :class:`DatasetSplits` as the CoOp readers, so few-shot sampling, training and
 corruption work unchanged. Nothing here registers a dataset: ``load_dataset("folder:PATH")`` and
 ``load_dataset("manifest:PATH")`` in :mod:`nemesis_analysis.data.registry` route to these functions.
+
+The class list is defined once for the whole dataset and every split maps names to the same label
+ids: for a folder, the sorted union of the class folder names over all splits (an empty or absent
+class folder in one split changes no label); for a manifest, the declared class list when there is
+one (a class-name file, by default ``classnames.txt`` beside the manifest, one name per line in label
+order; required for integer labels), else the sorted union of the label names over all splits.
+Classes with too few training images are reported by :func:`nemesis_analysis.data.fewshot.check_shots`.
+
+Every sample path is absolute, and the dataset's ``fingerprint`` hashes the resolved path and every
+file's size and times, so a moved, edited or different dataset never shares run ids or cached
+features with another one. Files named by a manifest that do not exist are reported at load time.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ import os
 import random
 from pathlib import Path
 
-from nemesis_analysis.data.base import DatasetSplits, Sample
+from nemesis_analysis.data.base import DatasetSplits, Sample, fingerprint_files
 from nemesis_analysis.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +51,19 @@ def _class_folders(split_dir: Path) -> dict[str, list[str]]:
     return out
 
 
+def _display_names(where: Path, raw: list[str]) -> list[str]:
+    """Folder/label names as prompts see them (``_`` -> space); two raw names that collide are a DataError."""
+    names = [c.replace("_", " ") for c in raw]
+    seen: dict[str, str] = {}
+    for raw_name, name in zip(raw, names):
+        if name in seen:
+            raise DataError(
+                f"{where}: classes {seen[name]!r} and {raw_name!r} both read as {name!r} in prompts; rename one of them"
+            )
+        seen[name] = raw_name
+    return names
+
+
 def _carve_val(train: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """Move ``round(n * val_fraction)`` images of each class from train to val, keeping >= 1 in train."""
     by_class: dict[int, list[Sample]] = {}
@@ -63,7 +87,7 @@ def load_image_folder(path: Path, val_fraction: float = 0.0, seed: int = 0) -> D
     depend on which split a class happens to appear in. Without ``val/``, ``val_fraction`` of each
     train class is moved to val, reproducibly by ``seed``.
     """
-    path = Path(path).expanduser()
+    path = Path(os.path.abspath(Path(path).expanduser()))
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if not path.is_dir():
@@ -92,13 +116,17 @@ def load_image_folder(path: Path, val_fraction: float = 0.0, seed: int = 0) -> D
     for s in ("train", "test"):
         if not splits[s]:
             raise DataError(f"image folder {path}/{s}/ holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    classnames = _display_names(path, folders)
     logger.info("%s: %d classes, %s", path, len(folders), {s: len(v) for s, v in splits.items()})
     return DatasetSplits(
         name=path.name,
-        classnames=[c.replace("_", " ") for c in folders],
+        classnames=classnames,
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
+        fingerprint=fingerprint_files(
+            path, classnames, splits, f"image folder {path}", "check that no other process is changing the folder"
+        ),
     )
 
 
@@ -164,7 +192,7 @@ def load_manifest(path: Path, classnames_file: Path | None = None) -> DatasetSpl
     """
     import pandas as pd
 
-    path = Path(path).expanduser()
+    path = Path(os.path.abspath(Path(path).expanduser()))
     if not path.is_file():
         raise DataError(f"manifest {path} not found; write a CSV or Parquet file with columns path,label,split")
     table = _read_table(path)
@@ -189,11 +217,18 @@ def load_manifest(path: Path, classnames_file: Path | None = None) -> DatasetSpl
         labels, classnames = _labels_from_ints(path, values, classnames)
     else:
         labels, classnames = _labels_from_names(path, values, classnames)
-    base = path.parent.absolute()
+    base = path.parent
     splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     for source, label, split in zip(table["path"].astype(str), labels, splits_col):
-        full = source if os.path.isabs(source) else os.path.join(base, source)
+        full = os.path.abspath(os.path.join(base, os.path.expanduser(source)))  # absolute paths stay as they are
         splits[split].append(Sample(full, label))
+    fingerprint = fingerprint_files(  # the rows and the class list are all a manifest contributes
+        path,
+        list(classnames),
+        splits,
+        f"manifest {path}",
+        f"fix the paths in the manifest (relative ones are relative to {base}) or drop those rows",
+    )
     logger.info("%s: %d classes, %s", path, len(classnames), {s: len(v) for s, v in splits.items()})
     return DatasetSplits(
         name=path.stem,
@@ -201,4 +236,5 @@ def load_manifest(path: Path, classnames_file: Path | None = None) -> DatasetSpl
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
+        fingerprint=fingerprint,
     )

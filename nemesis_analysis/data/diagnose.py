@@ -1,25 +1,28 @@
-"""Check a data root before a long run: which CoOp datasets are there, how big, and what is broken.
+"""Check datasets before a long run: which CoOp datasets are there (or a custom one), how big, and what is broken.
 
 Every problem is one line that names the file and the fix. Nothing is written, moved or deleted:
 the checks only list folders, read split files through the real readers and open images with PIL.
+Custom datasets (``folder:PATH``, ``manifest:PATH``) get the checks a training run would make first:
+classes without (enough) training images, missing files, and a header check of every image.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
+from nemesis_analysis.data import integrity
 from nemesis_analysis.data.base import DatasetSplits, Sample
 from nemesis_analysis.data.coop import LAYOUTS
+from nemesis_analysis.data.fewshot import describe_short_classes, short_classes
 from nemesis_analysis.data.registry import (
+    CUSTOM_PREFIXES,
     DATA_ROOT_ENV,
     DATASETS,
     DatasetEntry,
     dataset_names,
+    load_dataset,
     resolve_data_root,
 )
 from nemesis_analysis.errors import ConfigError, DataError
@@ -28,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 DEFAULT_SAMPLE_SIZE = 50  # images opened per split: catches a broken extraction without decoding ImageNet
-MAX_EXAMPLES = 3  # file names quoted per problem line
+CUSTOM_FIX = "replace them with intact copies or remove them from the dataset"
 
 
 @dataclass
@@ -60,9 +63,7 @@ def _how_to_get(name: str) -> str:
     return layout.how_to_get() if layout is not None else "see the dataset's download instructions"
 
 
-def _examples(paths: list[str]) -> str:
-    shown = ", ".join(paths[:MAX_EXAMPLES])
-    return shown + (f" and {len(paths) - MAX_EXAMPLES} more" if len(paths) > MAX_EXAMPLES else "")
+_examples = integrity.examples
 
 
 def _spread(samples: list[Sample], sample_size: int | None) -> list[Sample]:
@@ -75,34 +76,41 @@ def _spread(samples: list[Sample], sample_size: int | None) -> list[Sample]:
     return [samples[int(i * step)] for i in range(sample_size)]
 
 
-def _unreadable_reason(path: str) -> str | None:
-    """Why PIL cannot decode ``path``, or None when it can. Decoding (``load``) catches truncated files too."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+def check_split_files(
+    name: str, split: str, samples: list[Sample], sample_size: int | None, header_check_all: bool = False
+) -> list[str]:
+    """Problems of one split: entries whose file is missing (all checked), images PIL cannot decode (a sample).
 
-
-def check_split_files(name: str, split: str, samples: list[Sample], sample_size: int | None) -> list[str]:
-    """Problems of one split: entries whose file is missing (all checked), images PIL cannot open (a sample)."""
+    ``header_check_all`` adds the cheap header check of every image (what training does first).
+    """
     problems = []
-    missing = [s.source for s in samples if not os.path.isfile(s.source)]
+    custom = name.startswith(CUSTOM_PREFIXES)
+    missing = integrity.missing_sources(samples)
     if missing:
-        problems.append(
-            f"{name}: {len(missing)} of {len(samples)} {split} entries point at missing files ({_examples(missing)}); "
+        fix = "restore the files or remove them from the dataset" if custom else (
             f"re-extract the images so these paths exist, or download the split file again ({_how_to_get(name)})"
         )
+        problems.append(
+            f"{name}: {len(missing)} of {len(samples)} {split} entries point at missing files ({_examples(missing)}); "
+            f"{fix}"
+        )
+    fix = CUSTOM_FIX if custom else f"replace them with intact copies from the original archive ({_how_to_get(name)})"
     missing_set = set(missing)
+    if header_check_all:
+        damaged = integrity.unreadable_images(samples)
+        if damaged:
+            problems.append(
+                f"{name}: {len(damaged)} of {len(samples)} {split} images are damaged "
+                f"({_examples([p for p, _ in damaged])}; first error {damaged[0][1]}); {fix}"
+            )
+        missing_set |= {p for p, _ in damaged}
     sampled = [s for s in _spread(samples, sample_size) if s.source not in missing_set]
-    broken = [(s.source, reason) for s in sampled if (reason := _unreadable_reason(s.source)) is not None]
+    broken = integrity.unreadable_images(sampled, decode=True)
     if broken:
         first_path, first_reason = broken[0]
         problems.append(
             f"{name}: {len(broken)} of {len(sampled)} sampled {split} images cannot be opened "
-            f"({_examples([p for p, _ in broken])}; first error {first_reason}); replace them with intact copies "
-            f"from the original archive ({_how_to_get(name)})"
+            f"({_examples([p for p, _ in broken])}; first error {first_reason}); {fix}"
         )
     return problems
 
@@ -146,18 +154,70 @@ def diagnose_dataset(entry: DatasetEntry, root: Path, sample_size: int | None = 
     return DatasetReport(entry.name, dataset_dir, True, counts, splits.num_classes, problems)
 
 
+def class_problems(name: str, splits: DatasetSplits, shots: int | None) -> list[str]:
+    """Classes without training images (always a problem), or with fewer than ``shots`` when given: one line."""
+    if not splits.train:
+        return []
+    short = short_classes(splits, 1 if shots is None else shots)
+    if not short:
+        return []
+    line = describe_short_classes(splits, 1 if shots is None else shots, short)
+    return [f"{name}: {line}; add images, lower --shots, or train with --allow-missing-classes"]
+
+
+def diagnose_custom(
+    spec: str, *, shots: int | None = None, sample_size: int | None = DEFAULT_SAMPLE_SIZE
+) -> DatasetReport:
+    """Report a ``folder:PATH`` or ``manifest:PATH`` dataset as training would see it, modifying nothing.
+
+    Problems: the loader's own error (missing manifest files, bad columns...), empty train/test
+    splits, classes with no training image (or fewer than ``shots``), and per split the missing and
+    damaged images (header check of every image, full decode of ``sample_size`` of them).
+    """
+    path = Path(spec.partition(":")[2]).expanduser()
+    if not path.exists():
+        return DatasetReport(spec, path, found=False, problems=[f"{spec}: {path} not found; check the path"])
+    try:
+        splits = load_dataset(spec)
+    except DataError as exc:
+        return DatasetReport(spec, path, found=True, problems=[str(exc)])
+    except OSError as exc:
+        problem = f"{spec}: cannot read {path} ({exc}); check its permissions"
+        return DatasetReport(spec, path, found=True, problems=[problem])
+    problems = [
+        f"{spec}: the {s} split is empty; add images to it" for s in ("train", "test") if not splits.split(s)
+    ]
+    problems += class_problems(spec, splits, shots)
+    for split in SPLITS:
+        problems += check_split_files(spec, split, splits.split(split), sample_size, header_check_all=True)
+    counts = {s: len(splits.split(s)) for s in SPLITS}
+    return DatasetReport(spec, path, True, counts, splits.num_classes, problems)
+
+
 def diagnose_datasets(
     root: Path | None,
     *,
     names: list[str] | None = None,
     sample_size: int | None = DEFAULT_SAMPLE_SIZE,
+    shots: int | None = None,
 ) -> list[DatasetReport]:
     """Report every registered on-disk dataset (or ``names``) under the data root, modifying nothing.
 
     ``root`` falls back to ``$NEMESIS_DATA``. Every split entry's file is checked for existence;
     ``sample_size`` images per split (None: all) are decoded with PIL, which is what a training run
-    would hit first. Datasets without a folder (embedded ones) are skipped.
+    would hit first. Datasets without a folder (embedded ones) are skipped. ``names`` may also hold
+    custom specs (``folder:PATH``, ``manifest:PATH``, see :func:`diagnose_custom`, which uses
+    ``shots``); a data root is needed only for registered datasets.
     """
+    custom = [n for n in names or [] if n.startswith(CUSTOM_PREFIXES)]
+    custom_reports = [diagnose_custom(n, shots=shots, sample_size=sample_size) for n in custom]
+    if names is not None and len(custom) == len(names):
+        return custom_reports
+    names = None if names is None else [n for n in names if n not in custom]
+    return _diagnose_registered(root, names, sample_size) + custom_reports
+
+
+def _diagnose_registered(root: Path | None, names: list[str] | None, sample_size: int | None) -> list[DatasetReport]:
     resolved = resolve_data_root(root)
     if resolved is None:
         raise DataError(

@@ -67,4 +67,5 @@ def load_digits_dataset(root=None) -> DatasetSplits:
         # Flipping a digit changes its meaning and tiny crops erase it: milder than CoOp's default.
         augmentation=Augmentation(crop_scale=(0.5, 1.0), flip=False),
         template="a photo of a {}.",
+        sources_are_files=False,  # sources are "digits:<index>" keys into the embedded array
     )

@@ -278,3 +278,64 @@ def make_fixture_root(
         _builder(layout)(layout, root, classes, counts, writer)
         logger.debug("fixture %s written under %s", name, layout.dataset_dir(root))
     return root
+
+
+# --------------------------------------------------------------------------------------------------
+# Custom datasets (folder:PATH, manifest:PATH) with uneven splits, and damaged files
+# --------------------------------------------------------------------------------------------------
+
+
+def make_custom_folder(
+    path: Path, counts: dict[str, dict[str, int]], image_size: int = 8, seed: int = 0, suffix: str = ".png"
+) -> Path:
+    """Write ``path/<split>/<class>/<k><suffix>`` with ``counts[split][class]`` images (0: an empty class folder).
+
+    An image's colour is that of its class's index in the sorted union of all class names, so a test
+    can tell from the pixels which label an image must get.
+    """
+    path = Path(path)
+    classes = sorted({c for per_class in counts.values() for c in per_class})
+    writer = _ImageWriter(path.name, len(classes), image_size, seed)
+    for split, per_class in counts.items():
+        for name, n in per_class.items():
+            (path / split / name).mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                writer.write(path / split / name / f"{k}{suffix}", classes.index(name))
+    return path
+
+
+def make_custom_manifest(
+    folder: Path, rows: list[tuple[str, str, int]], name: str = "manifest.csv", image_size: int = 8, seed: int = 0
+) -> Path:
+    """Write images ``folder/img/<split>_<label>_<k>.png`` and a manifest (csv or parquet by ``name``) of them.
+
+    ``rows`` are ``(split, label name, count)``; colours follow the sorted union of label names.
+    """
+    import pandas as pd
+
+    folder = Path(folder)
+    labels = sorted({label for _, label, _ in rows})
+    writer = _ImageWriter(folder.name, len(labels), image_size, seed)
+    table = []
+    for split, label, count in rows:
+        for k in range(count):
+            relative = f"img/{split}_{label}_{k}.png"
+            writer.write(folder / relative, labels.index(label))
+            table.append({"path": relative, "label": label, "split": split})
+    frame = pd.DataFrame(table, columns=["path", "label", "split"])
+    target = folder / name
+    frame.to_parquet(target) if target.suffix == ".parquet" else frame.to_csv(target, index=False)
+    return target
+
+
+def damage_image(path: Path, how: str = "truncate") -> Path:
+    """Damage an image file in place: ``truncate`` keeps its first half (header intact), ``garbage`` replaces it."""
+    path = Path(path)
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        path.write_bytes(b"this is not an image")
+    else:
+        raise ConfigError(f"unknown damage {how!r}; use truncate or garbage")
+    return path

@@ -1,4 +1,8 @@
-"""Dataset registry: a plain dict filled by a decorator where each reader is defined."""
+"""Dataset registry: plain dicts filled by decorators where each reader is defined; it imports no reader.
+
+The package (``nemesis_analysis/data/__init__.py``) imports every reader module, so the registry is
+complete whenever any ``nemesis_analysis.data`` module has been imported, whatever the import order.
+"""
 
 from __future__ import annotations
 
@@ -35,34 +39,34 @@ def register_dataset(name: str, *, folder: str | None, test_only: bool = False, 
     return decorate
 
 
-def _ensure_loaded() -> None:
-    # Importing the reader modules fills the registry.
-    from nemesis_analysis.data import embedded  # noqa: F401
+# Custom dataset kinds: ``folder:PATH`` -> the loader registered for "folder".
+DATASET_KINDS: dict[str, Callable[[Path], DatasetSplits]] = {}
 
-    try:
-        from nemesis_analysis.data import coop  # noqa: F401
-    except ImportError:  # pragma: no cover - coop readers are optional during development
-        pass
-    try:
-        from nemesis_analysis.data import custom  # noqa: F401
-    except ImportError:  # pragma: no cover
-        pass
+
+def register_dataset_kind(kind: str):
+    """Decorator: ``@register_dataset_kind("folder")`` over ``loader(path) -> DatasetSplits`` for ``folder:PATH``."""
+
+    def decorate(loader: Callable[[Path], DatasetSplits]):
+        if kind in DATASET_KINDS:
+            raise RuntimeError(f"dataset kind {kind!r} registered twice")
+        DATASET_KINDS[kind] = loader
+        return loader
+
+    return decorate
 
 
 def dataset_names() -> list[str]:
-    _ensure_loaded()
     return sorted(DATASETS)
 
 
 def get_dataset_entry(name: str) -> DatasetEntry:
-    _ensure_loaded()
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}")
     return DATASETS[name]
 
 
 DATA_ROOT_ENV = "NEMESIS_DATA"
-CUSTOM_PREFIXES = ("folder:", "manifest:")
+CUSTOM_PREFIXES = ("folder:", "manifest:")  # the kinds registered by nemesis_analysis.data.specs
 
 
 def resolve_data_root(data_root: Path | str | None = None) -> Path | None:
@@ -72,22 +76,14 @@ def resolve_data_root(data_root: Path | str | None = None) -> Path | None:
     return None if data_root is None else Path(data_root).expanduser()
 
 
-def _load_custom(spec: str) -> DatasetSplits:
-    """``folder:PATH`` (train/val/test class folders) or ``manifest:PATH`` (CSV/Parquet with path,label,split)."""
-    from nemesis_analysis.data import custom
-
+def load_custom(spec: str) -> DatasetSplits:
+    """``folder:PATH`` / ``manifest:PATH``: the loader registered for the kind, on the expanded path."""
     kind, _, raw_path = spec.partition(":")
     if not raw_path.strip():
         raise ConfigError(f"dataset spec {spec!r} has no path; write {kind}:PATH, e.g. {kind}:/data/my_dataset")
-    path = Path(raw_path).expanduser()
-    if kind == "folder":
-        return custom.load_image_folder(path)
-    elif kind == "manifest":
-        # A class-name file next to the manifest is the only way to name integer labels from a one-word spec.
-        beside = path.parent / custom.MANIFEST_CLASSNAMES_FILE
-        return custom.load_manifest(path, beside if beside.is_file() else None)
-    else:
+    if kind not in DATASET_KINDS:
         raise ConfigError(f"unknown custom dataset kind {kind!r}; use folder:PATH or manifest:PATH")
+    return DATASET_KINDS[kind](Path(raw_path).expanduser())
 
 
 def load_dataset(name: str, data_root: Path | str | None = None) -> DatasetSplits:
@@ -97,8 +93,7 @@ def load_dataset(name: str, data_root: Path | str | None = None) -> DatasetSplit
     it falls back to ``$NEMESIS_DATA``. Embedded datasets (``folder=None``) need no data root.
     """
     if name.startswith(CUSTOM_PREFIXES):
-        return _load_custom(name)
-    _ensure_loaded()
+        return load_custom(name)
     if name not in DATASETS:
         raise ConfigError(
             f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))} "

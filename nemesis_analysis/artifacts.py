@@ -1,0 +1,243 @@
+"""Prompt artifacts: write ours, and read a learned context from ours, a CoOp/Dassl checkpoint or a bare tensor file.
+
+Our artifact is a folder with ``prompt.safetensors`` (the context) and ``prompt.json`` (layout, class
+names, backbone, run config). A Dassl checkpoint (``output/.../prompt_learner/model.pth.tar-50``) is a
+dict ``{"state_dict": {"ctx": ..., "token_prefix": ..., "token_suffix": ...}, "epoch": 50, ...}``; only
+``ctx`` is learned (the prefix/suffix buffers are rebuilt from the model), and it is read with
+``torch.load(..., weights_only=True)``: tensors and plain containers, never code. A bare ``.safetensors``
+file holding one tensor (or a ``ctx`` tensor) is read as a context with no metadata. :func:`check_fits`
+is the one check that a context fits a loaded prompt method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from nemesis_analysis.choices import plain
+from nemesis_analysis.config import PromptConfig
+from nemesis_analysis.errors import ModelError
+from nemesis_analysis.fsio import atomic_path, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+ARTIFACT_TENSORS = "prompt.safetensors"
+ARTIFACT_META = "prompt.json"
+DASSL_PATTERN = re.compile(r"^model(?:-best)?\.pth\.tar(?:-(\d+))?$")  # model.pth.tar-50, model-best.pth.tar
+DASSL_SUBFOLDER = "prompt_learner"  # CoOp's trainer registers its learner under this name
+
+
+# ------------------------------------------------------------------------------------------ our artifact
+
+
+def save_prompt(directory: Path, ctx: Tensor, metadata: dict) -> Path:
+    """Write ``prompt.safetensors`` (the context) and ``prompt.json`` (config, class names...), atomically."""
+    directory = Path(directory)
+    with atomic_path(directory / ARTIFACT_TENSORS, "the prompt artifact") as tmp:
+        save_file({"ctx": ctx.detach().float().cpu().contiguous()}, str(tmp))
+    atomic_write_json(directory / ARTIFACT_META, plain(metadata), "the prompt metadata")
+    return directory
+
+
+def load_prompt(path: Path) -> tuple[Tensor, dict]:
+    """Read our prompt artifact (its folder or its .safetensors/.json file): (ctx, metadata)."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    tensors, meta = directory / ARTIFACT_TENSORS, directory / ARTIFACT_META
+    if not tensors.is_file() or not meta.is_file():
+        raise ModelError(f"{path} is not a prompt artifact: expected {ARTIFACT_TENSORS} and {ARTIFACT_META} there")
+    return load_file(str(tensors))["ctx"], json.loads(meta.read_text())
+
+
+def is_artifact(path: Path) -> bool:
+    directory = path if path.is_dir() else path.parent
+    return (directory / ARTIFACT_TENSORS).is_file() and (directory / ARTIFACT_META).is_file()
+
+
+# --------------------------------------------------------------------------------------- Dassl checkpoints
+
+
+def find_dassl_checkpoint(path: Path) -> Path | None:
+    """The checkpoint file meant by ``path``: the file itself, or the latest epoch in a folder
+    (``prompt_learner/`` or the run folder above it). None when there is none."""
+    path = Path(path)
+    if path.is_file():
+        return path if DASSL_PATTERN.match(path.name) else None
+    for folder in (path / DASSL_SUBFOLDER, path):
+        if not folder.is_dir():
+            continue
+        candidates = [p for p in folder.iterdir() if p.is_file() and DASSL_PATTERN.match(p.name)]
+        if candidates:
+            # The highest epoch; model-best (no epoch) only when there is nothing else.
+            def epoch_of(p: Path) -> int:
+                number = DASSL_PATTERN.match(p.name).group(1)
+                return int(number) if number is not None else -1
+
+            return max(candidates, key=epoch_of)
+    return None
+def read_dassl_checkpoint(path: Path) -> tuple[torch.Tensor, dict]:
+    """(ctx as fp32, metadata) from a CoOp/Dassl ``model.pth.tar-N``; never unpickles code."""
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ModelError(
+            f"cannot read CoOp checkpoint {path} safely ({first}); it must hold only tensors and plain values "
+            "(torch.load weights_only=True)"
+        ) from None
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or "ctx" not in state:
+        keys = sorted(state)[:8] if isinstance(state, dict) else type(checkpoint).__name__
+        raise ModelError(
+            f"{path} is not a CoOp prompt-learner checkpoint: no 'ctx' in its state_dict (found {keys}); "
+            f"pass the file under {DASSL_SUBFOLDER}/ (model.pth.tar-N)"
+        )
+    ctx = state["ctx"]
+    if not isinstance(ctx, torch.Tensor) or ctx.dim() not in (2, 3):
+        shape = tuple(ctx.shape) if isinstance(ctx, torch.Tensor) else type(ctx).__name__
+        raise ModelError(f"{path}: 'ctx' must be (n_ctx, width) or (num_classes, n_ctx, width), got {shape}")
+    ctx = ctx.detach().float().cpu()
+    ignored = sorted(k for k in state if k != "ctx")
+    if ignored:
+        logger.info("%s: using ctx, ignoring %s (rebuilt from the model)", path.name, ", ".join(ignored))
+    metadata = {
+        "source": "coop-checkpoint",
+        "path": str(path),
+        "epoch": checkpoint.get("epoch") if isinstance(checkpoint, dict) else None,
+        "csc": ctx.dim() == 3,
+        "n_ctx": int(ctx.shape[-2]),
+        "width": int(ctx.shape[-1]),
+    }
+    return ctx, metadata
+
+
+def read_bare_tensor(path: Path) -> tuple[Tensor, dict]:
+    """(ctx, metadata) from a ``.safetensors`` file holding one tensor or a ``ctx`` tensor."""
+    tensors = load_file(str(path))
+    if "ctx" not in tensors and len(tensors) != 1:
+        raise ModelError(f"{path} holds {len(tensors)} tensors and none is named 'ctx'; save the context alone")
+    ctx = tensors.get("ctx", next(iter(tensors.values())))
+    return ctx.detach().float().cpu(), {"source": "tensor-file", "path": str(path)}
+
+
+# ------------------------------------------------------------------------------------------ one reader
+
+
+@dataclass
+class AnalysisPrompt:
+    """A learned context read from disk, with what is known of where it came from."""
+
+    ctx: Tensor  # (n_ctx, width) or (num_classes, n_ctx, width), fp32
+    run_id: str  # the artifact's run_id, or a hash of its tensor file when it records none
+    metadata: dict  # the artifact's metadata plus "source" and "path"
+    prompt_config: PromptConfig | None  # the layout recorded with the context, when recorded
+    path: Path
+
+    @property
+    def n_ctx(self) -> int:
+        return self.ctx.shape[-2]
+
+    @property
+    def csc(self) -> bool:
+        return self.ctx.dim() == 3
+
+
+def read_prompt(path: Path | str) -> AnalysisPrompt:
+    """Read a context from our artifact (folder or file), a CoOp/Dassl checkpoint or a bare tensor file."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelError(
+            f"--prompt {path} does not exist (not found); pass a prompt folder (prompt.safetensors + prompt.json) "
+            "or a CoOp model.pth.tar-N file"
+        )
+    if is_artifact(path):
+        directory = path if path.is_dir() else path.parent
+        ctx, metadata = load_prompt(directory)
+        metadata, tensor_file = {**metadata, "source": "artifact", "path": str(directory)}, directory / ARTIFACT_TENSORS
+    elif (checkpoint := find_dassl_checkpoint(path)) is not None:
+        (ctx, metadata), tensor_file = read_dassl_checkpoint(checkpoint), checkpoint
+    elif path.is_file() and path.suffix == ".safetensors":
+        (ctx, metadata), tensor_file = read_bare_tensor(path), path
+    else:
+        raise ModelError(
+            f"{path} is neither a prompt artifact ({ARTIFACT_TENSORS} + {ARTIFACT_META}) nor a CoOp checkpoint "
+            f"({DASSL_SUBFOLDER}/model.pth.tar-N) nor a .safetensors tensor file"
+        )
+    run_id = metadata.get("run_id") or f"file-{hashlib.sha256(tensor_file.read_bytes()).hexdigest()[:12]}"
+    return AnalysisPrompt(ctx.float(), str(run_id), metadata, recorded_layout(metadata, ctx), path)
+
+
+def recorded_layout(metadata: dict, ctx: Tensor) -> PromptConfig | None:
+    """The prompt layout an artifact recorded (n_ctx, csc, class-token position), or None."""
+    if "prompt" not in metadata:
+        return None
+    recorded = dict(metadata["prompt"])
+    return PromptConfig(
+        n_ctx=int(recorded.get("n_ctx", ctx.shape[-2])),
+        csc=bool(recorded.get("csc", ctx.dim() == 3)),
+        class_token_position=recorded.get("class_token_position", "end"),
+    )
+
+
+def load_prompt_any(path: Path | str, method=None) -> tuple[Tensor, dict]:
+    """(ctx, metadata) from any supported file (see :func:`read_prompt`); checked against ``method`` if given."""
+    prompt = read_prompt(path)
+    if method is not None:
+        check_fits(prompt.ctx, method, prompt.metadata, source=Path(path).name)
+    return prompt.ctx, prompt.metadata
+
+
+def check_fits(ctx: Tensor, method, metadata: dict | None = None, source: str = "checkpoint") -> None:
+    """Raise a one-line ModelError unless ``ctx`` (and what ``metadata`` recorded) fits the loaded method."""
+    meta, backbone = metadata or {}, method.loaded.backbone
+    if ctx.dim() not in (2, 3):
+        raise ModelError(
+            f"{source}: context must be (n_ctx, width) or (num_classes, n_ctx, width), got {tuple(ctx.shape)}"
+        )
+    if meta.get("backbone") and meta["backbone"] != backbone:
+        raise ModelError(
+            f"{source} was trained on {meta['backbone']} but the model is {backbone}; "
+            f"pass --backbone {meta['backbone']} (and its --pretrained weights)"
+        )
+    width, n_ctx = int(ctx.shape[-1]), int(ctx.shape[-2])
+    if width != method.width or meta.get("width", width) != method.width:
+        raise ModelError(
+            f"{source}: checkpoint context has width {width} but {backbone}'s text width is {method.width}; "
+            "use the --backbone the prompt was trained with"
+        )
+    _check_classnames(meta.get("classnames"), method, source)
+    if n_ctx != method.n_ctx:
+        raise ModelError(
+            f"{source}: checkpoint has {n_ctx} context vectors but the prompt is set up for {method.n_ctx}; "
+            f"pass --n-ctx {n_ctx}"
+        )
+    csc = ctx.dim() == 3
+    if csc != bool(method.config.csc):
+        hint, kind = ("add --csc", "class-specific") if csc else ("drop --csc", "generic")
+        raise ModelError(f"{source}: checkpoint has {kind} context {tuple(ctx.shape)}; {hint}")
+    if csc and int(ctx.shape[0]) != method.num_classes:
+        raise ModelError(
+            f"{source}: checkpoint has class-specific context for {int(ctx.shape[0])} classes but the dataset has "
+            f"{method.num_classes}; use the dataset the prompt was trained on"
+        )
+
+
+def _check_classnames(names: list[str] | None, method, source: str) -> None:
+    if names is None or list(names) == list(method.classnames):
+        return
+    extra = sorted(set(names) ^ set(method.classnames))[:3]
+    detail = f"e.g. {', '.join(map(repr, extra))} differ" if extra else "the order differs"
+    raise ModelError(
+        f"{source} was learned for {len(names)} other class names than the dataset's "
+        f"{len(method.classnames)} ({detail}); pass the dataset it was trained on"
+    )

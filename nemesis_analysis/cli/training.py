@@ -1,0 +1,307 @@
+"""The commands that train or sweep prompts (train, corrupt, demo): parse, build config and Session, call, print.
+
+Each library call goes through one small function (``run_training``, ``run_sweep``, ``run_demo_pipeline``),
+which tests patch to check what the command passes on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from nemesis_analysis.cli.options import (
+    DEFAULT_CHECKPOINTS,
+    DEFAULT_REPORTS,
+    PARAM_FIELDS,
+    BackboneOpt,
+    BatchOpt,
+    BetaOpt,
+    CacheDirOpt,
+    CheckpointsOpt,
+    ConfigFileOpt,
+    CscOpt,
+    CtxInitOpt,
+    DataRootOpt,
+    DatasetOpt,
+    DeviceOpt,
+    EpochsOpt,
+    ForceOpt,
+    LrOpt,
+    NCtxOpt,
+    NormTypeOpt,
+    NormWeightOpt,
+    OfflineOpt,
+    OmegaOpt,
+    PanFactorOpt,
+    PanOpt,
+    PanPositionsOpt,
+    PositionOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    PrintConfigOpt,
+    ProtocolOpt,
+    PunOpt,
+    QuietOpt,
+    RecipeOpt,
+    ReportsOpt,
+    SeedOpt,
+    SetOpt,
+    ShotsOpt,
+    build_run_config,
+    given_options,
+    build_session,
+    console,
+    handle_errors,
+)
+from nemesis_analysis.errors import ConfigError
+from nemesis_analysis.session import Session
+
+# --------------------------------------------------------------------------------- calls into the library
+
+
+def run_training(config, session: Session, *, force: bool):
+    """Train (or reuse) one run."""
+    from nemesis_analysis.train import train_prompt
+
+    return train_prompt(config, session, force=force)
+
+
+def run_sweep(config, session: Session, grid, *, seeds, prompt, run_id, chunk, force: bool, on_run, on_prompt):
+    """Sweep the corruption grid (a ``GridSpec``) on each seed's run, on ``prompt`` or on the run ``run_id``."""
+    from nemesis_analysis.runs import sweep_runs
+
+    return sweep_runs(
+        config, session, grid, seeds=seeds, prompt=prompt, run_id=run_id, chunk=chunk, force=force,
+        on_run=on_run, on_prompt=on_prompt,
+    )  # fmt: skip
+
+
+def run_demo_pipeline(session: Session):
+    """The demo on the session's folders and device."""
+    from nemesis_analysis.demo import run_demo
+
+    return run_demo(session.checkpoints_dir, session.reports_dir, device=session.device,
+                    progress=session.progress, console=console)
+
+
+def config_of_run(session: Session, run_id: str, given: set[str], prompt: Path | None):
+    """The RunConfig a finished or started run was trained with (``run_id`` or a unique prefix of it)."""
+    from nemesis_analysis.runs import load_run_config
+
+    clashing = sorted(given & (set(PARAM_FIELDS) | {"pun", "pan", "beta", "config_file", "set_"}))
+    if clashing or prompt is not None:
+        what = "--prompt" if prompt is not None else ", ".join(f"--{n.rstrip('_').replace('_', '-')}" for n in clashing)
+        raise ConfigError(f"--run {run_id} sweeps the run with its own config; drop {what}")
+    return load_run_config(session, run_id)
+
+
+def print_run_result(result) -> None:
+    state = "reused finished run" if result.reused else f"trained in {result.seconds:.1f} s"
+    console.print(f"[bold]{result.config.method}[/] run {result.run_id} ({state}) -> {result.run_dir}")
+    console.print(
+        f"  zero-shot accuracy {result.zero_shot_acc:.2f}%   final test accuracy {result.final_test_acc:.2f}%   "
+        f"mean context norm {result.mean_norm:.4f}",
+        highlight=False,
+    )
+    print_evaluations(result)
+
+
+def print_evaluations(result) -> None:
+    """The protocol's evaluations of a run (base and new classes, or the transfer targets), one per line."""
+    for evaluation in result.extra.get("evaluations", []):
+        console.print(
+            f"  {evaluation.eval_dataset} {evaluation.eval_classes} classes: {evaluation.acc:.2f}%", highlight=False
+        )
+
+
+def print_config_and_stop(config) -> None:
+    from nemesis_analysis.config import to_toml
+
+    typer.echo(to_toml(config), nl=False)
+    raise typer.Exit(code=0)
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+@handle_errors
+def train(
+    ctx: typer.Context,
+    dataset: DatasetOpt = "digits",
+    shots: ShotsOpt = 16,
+    seed: SeedOpt = 1,
+    backbone: BackboneOpt = "nemesis-tiny",
+    pretrained: PretrainedOpt = None,
+    n_ctx: NCtxOpt = 16,
+    csc: CscOpt = False,
+    class_token_position: PositionOpt = "end",
+    ctx_init: CtxInitOpt = None,
+    epochs: EpochsOpt = None,
+    precision: PrecisionOpt = None,
+    pun: PunOpt = False,
+    pan: PanOpt = False,
+    beta: BetaOpt = None,
+    norm_weight: NormWeightOpt = 1.0,
+    norm_type: NormTypeOpt = "l2",
+    pan_positions: PanPositionsOpt = 1,
+    pan_factor: PanFactorOpt = 0.1,
+    omega: OmegaOpt = "sigmoid",
+    recipe: RecipeOpt = None,
+    protocol: ProtocolOpt = "fewshot",
+    lr: LrOpt = 0.002,
+    batch_size: BatchOpt = 32,
+    config_file: ConfigFileOpt = None,
+    set_: SetOpt = None,
+    print_config: PrintConfigOpt = False,
+    force: ForceOpt = False,
+    checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
+    reports: ReportsOpt = DEFAULT_REPORTS,
+    data_root: DataRootOpt = None,
+    device: DeviceOpt = "auto",
+    offline: OfflineOpt = False,
+    cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train CoOp (or CoOp + Nemesis with --pun / --pan / --beta) and record it in Parquet."""
+    config = build_run_config(
+        given=given_options(ctx), config_file=config_file, sets=set_, pun=pun, pan=pan, beta=beta, dataset=dataset, shots=shots, seed=seed,
+        backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
+        ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
+        pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
+        protocol=protocol,
+    )  # fmt: skip
+    if print_config:
+        print_config_and_stop(config)
+    session = build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
+                            offline=offline, cache_dir=cache_dir, quiet=quiet)
+    print_run_result(run_training(config, session, force=force))
+
+
+# ---------------------------------------------------------------------------------------------- corrupt
+
+PromptPathOpt = Annotated[
+    Optional[Path],
+    typer.Option("--prompt", help="Analyse this saved prompt (a folder with prompt.safetensors + prompt.json, "
+                 "or a CoOp checkpoint) instead of training."),
+]
+RunOpt = Annotated[
+    Optional[str],
+    typer.Option("--run", help="Sweep this existing run (id or unique prefix) with the config it was trained with."),
+]
+SeedsOpt = Annotated[
+    Optional[str], typer.Option("--seeds", help="Sweep several training seeds, e.g. 1,2,3 (overrides --seed).")
+]
+OpsOpt = Annotated[str, typer.Option("--ops", help="Corruption ops, comma-separated: rescale, replace.")]
+PositionsOpt = Annotated[
+    Optional[str], typer.Option("--positions", help="Context positions, e.g. 0,3,5-7 (default: all).")
+]
+FactorsOpt = Annotated[
+    Optional[str],
+    typer.Option("--factors", help="Rescale factors, comma-separated.", show_default="0,0.001,0.01,0.1,0.5,0.9,1.1,2,5,10"),
+]
+StdsOpt = Annotated[
+    Optional[str],
+    typer.Option("--stds", help="Replace stds of N(0, std^2), comma-separated.", show_default="0,0.0001,0.001,0.01,0.02,0.05,0.1,0.5,1"),
+]
+RepsOpt = Annotated[int, typer.Option("--reps", help="Random draws per replace cell.")]
+ChunkOpt = Annotated[
+    Optional[int], typer.Option("--chunk", help="Variants per text-tower pass (default: from a memory budget).")
+]
+
+
+@handle_errors
+def corrupt(
+    ctx: typer.Context,
+    dataset: DatasetOpt = "digits",
+    shots: ShotsOpt = 16,
+    seed: SeedOpt = 1,
+    backbone: BackboneOpt = "nemesis-tiny",
+    pretrained: PretrainedOpt = None,
+    n_ctx: NCtxOpt = 16,
+    csc: CscOpt = False,
+    class_token_position: PositionOpt = "end",
+    ctx_init: CtxInitOpt = None,
+    epochs: EpochsOpt = None,
+    precision: PrecisionOpt = None,
+    pun: PunOpt = False,
+    pan: PanOpt = False,
+    beta: BetaOpt = None,
+    norm_weight: NormWeightOpt = 1.0,
+    norm_type: NormTypeOpt = "l2",
+    pan_positions: PanPositionsOpt = 1,
+    pan_factor: PanFactorOpt = 0.1,
+    omega: OmegaOpt = "sigmoid",
+    recipe: RecipeOpt = None,
+    protocol: ProtocolOpt = "fewshot",
+    lr: LrOpt = 0.002,
+    batch_size: BatchOpt = 32,
+    config_file: ConfigFileOpt = None,
+    set_: SetOpt = None,
+    print_config: PrintConfigOpt = False,
+    force: ForceOpt = False,
+    prompt: PromptPathOpt = None,
+    run: RunOpt = None,
+    seeds: SeedsOpt = None,
+    ops: OpsOpt = "rescale,replace",
+    positions: PositionsOpt = None,
+    factors: FactorsOpt = None,
+    stds: StdsOpt = None,
+    reps: RepsOpt = 3,
+    chunk: ChunkOpt = None,
+    checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
+    reports: ReportsOpt = DEFAULT_REPORTS,
+    data_root: DataRootOpt = None,
+    device: DeviceOpt = "auto",
+    offline: OfflineOpt = False,
+    cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Corrupt every context position (rescale, replace) and record test accuracy: the Low-Norm Effect.
+
+    Trains the run first when it has not finished (same flags as `train`), or analyses --prompt or --run.
+    Rows already in reports/corruptions are skipped, so widening the grid computes only what is new.
+    """
+    config = build_run_config(
+        given=given_options(ctx), config_file=config_file, sets=set_, pun=pun, pan=pan, beta=beta, dataset=dataset, shots=shots, seed=seed,
+        backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
+        ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
+        pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
+        protocol=protocol,
+    )  # fmt: skip
+    from nemesis_analysis.corrupt_ops import GridSpec, parse_int_list  # imports torch: only once the config is valid
+
+    grid = GridSpec.parse(ops, positions, factors, stds, reps)
+    session = build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
+                            offline=offline, cache_dir=cache_dir, quiet=quiet)
+    if run is not None:
+        config = config_of_run(session, run, given_options(ctx), prompt)
+    if print_config:
+        print_config_and_stop(config)
+    summaries = run_sweep(
+        config, session, grid,
+        seeds=parse_int_list(seeds, "--seeds") if seeds is not None else None, prompt=prompt, run_id=None, chunk=chunk,
+        force=force, on_run=print_run_result,
+        on_prompt=lambda p: console.print(f"analysing {p.path} (run_id {p.run_id})", highlight=False),
+    )  # fmt: skip
+    from nemesis_analysis.sweep import format_summary
+
+    for summary_ in summaries:
+        for line in format_summary(summary_):
+            console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"rows in {session.reports_dir / 'corruptions'}/", highlight=False)
+
+
+# ------------------------------------------------------------------------------------------------- demo
+
+
+@handle_errors
+def demo(
+    checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
+    reports: ReportsOpt = DEFAULT_REPORTS,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """The whole pipeline on the embedded default (digits + nemesis-tiny), offline, in minutes."""
+    run_demo_pipeline(build_session(checkpoints=checkpoints, reports=reports, device=device, quiet=quiet))

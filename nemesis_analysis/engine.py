@@ -1,0 +1,109 @@
+"""The batched prediction engine: top-1 predictions of the test images under many variants of a prompt slot.
+
+The image tower is frozen, so the test features are encoded once and every variant only costs a text
+pass. Variants are stacked and pushed through the text tower together, in chunks that bound memory,
+with sequences cut at the longest EOS (exact: CLIP's text mask is causal). Variants that change a single
+position reuse the unchanged prompt's states before it when the method offers a prefix cache.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from nemesis_analysis.choices import CorruptionOp
+from nemesis_analysis.corrupt_ops import Corruption, apply_corruptions
+from nemesis_analysis.methods.base import PromptMethod
+from nemesis_analysis.metrics import predict_classes
+
+# Floats allowed in one chunk's prompt activations, variants * classes * length * width; the text tower's
+# MLP holds 4x that at its peak. On a CPU, moderate chunks stay cache-friendly (one 593-variant pass of the
+# tiny CLIP is ~1.4x slower than two chunks); on a GPU, larger chunks fill the device.
+CPU_MEMORY_BUDGET = 2**23  # 32 MiB in fp32
+CUDA_MEMORY_BUDGET = 2**27  # 512 MiB in fp32
+
+
+def auto_chunk(method: PromptMethod, memory_budget: int | None = None) -> int:
+    """Variants per text pass so that variants * classes * length * width stays within ``memory_budget``
+    (default: by device, :data:`CPU_MEMORY_BUDGET` or :data:`CUDA_MEMORY_BUDGET`)."""
+    if memory_budget is None:
+        memory_budget = CUDA_MEMORY_BUDGET if method.device.type == "cuda" else CPU_MEMORY_BUDGET
+    return max(1, int(memory_budget) // method.variant_floats())
+
+
+@torch.no_grad()
+def predict_variants(method: PromptMethod, slot_variants: Tensor, features: Tensor) -> Tensor:
+    """Top-1 class of every test image under every slot variant: (variants, n_test), long, on the CPU.
+
+    ``slot_variants`` (variants, [classes,] n_ctx, width); ``features`` (n_test, embed), L2-normalised, on
+    the model's device. One stacked text pass (cut at the longest EOS) for all variants.
+    """
+    device = method.device
+    text = method.text_features(slot_variants.to(device))  # (variants, classes, embed)
+    scores = torch.matmul(features.to(device)[None], text.transpose(1, 2))  # (variants, n_test, classes)
+    return predict_classes(scores).cpu()
+
+
+def prefix_cache(method: PromptMethod, slot_value: Tensor, reuse_prefix: bool = True):
+    """The method's prefix cache of ``slot_value`` when it offers one (and it is wanted), else None."""
+    return method.prefix_cache(slot_value) if reuse_prefix else None
+
+
+@torch.no_grad()
+def predict_single_position_variants(
+    method: PromptMethod, cache, variants: Tensor, positions: Sequence[int], features: Tensor
+) -> Tensor:
+    """Predictions (variants, n_test) for variants that each change the one position given for them.
+
+    With a prefix cache, variants are grouped by position and only the tokens from that position on are
+    computed; without one, this is :func:`predict_variants`.
+    """
+    if cache is None:
+        return predict_variants(method, variants, features)
+    features = features.to(method.device)
+    out = torch.empty(len(positions), features.shape[0], dtype=torch.long)
+    for position in sorted(set(positions)):
+        rows = [i for i, p in enumerate(positions) if p == position]
+        text = cache.text_features(variants[rows], position)  # (group, classes, embed)
+        out[rows] = predict_classes(torch.matmul(features[None], text.transpose(1, 2))).cpu()
+    return out
+
+
+def predict_corruptions(
+    method: PromptMethod,
+    slot_value: Tensor,
+    corruptions: Sequence[Corruption],
+    run_id: str,
+    features: Tensor,
+    chunk: int | None = None,
+    reuse_prefix: bool = True,
+) -> Tensor:
+    """Batched predictions for every corruption of ``slot_value``: (len(corruptions), n_test), in order."""
+    chunk = chunk or auto_chunk(method)
+    slot_value = slot_value.detach().float().cpu()
+    cache = prefix_cache(method, slot_value, reuse_prefix)
+    parts = []
+    for start in range(0, len(corruptions), chunk):
+        part = corruptions[start : start + chunk]
+        variants = apply_corruptions(slot_value, part, run_id)
+        if any(c.op == CorruptionOp.NONE.value for c in part):  # the baseline changes no position: a plain pass
+            parts.append(predict_variants(method, variants, features))
+        else:
+            positions = [c.position for c in part]
+            parts.append(predict_single_position_variants(method, cache, variants, positions, features))
+    if not parts:
+        return torch.empty(0, features.shape[0], dtype=torch.long)
+    return torch.cat(parts)
+
+
+def accuracy_of(predictions: Tensor, labels: Tensor) -> Tensor:
+    """Top-1 accuracy in percent of each row of predictions (variants, n_test): (variants,) float64."""
+    return 100.0 * (predictions == labels[None]).double().mean(dim=1)
+
+
+def variant_norms(variants: Tensor) -> Tensor:
+    """L2 norm of each position of each variant, averaged over classes for CSC: (variants, n_ctx)."""
+    norms = torch.linalg.vector_norm(variants.float(), ord=2, dim=-1)  # (variants, [classes,] n_ctx)
+    return norms.mean(dim=1) if norms.dim() == 3 else norms

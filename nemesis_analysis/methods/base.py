@@ -1,0 +1,146 @@
+"""The interface every prompt-learning method implements, and the registry that names them.
+
+Design note. A method owns learnable tensors, exposed as named **slots**: each slot is a tensor whose
+axis ``-2`` is the *position* axis (the axis the corruption engine corrupts, the norm losses measure and
+the trajectories record), e.g. CoOp's one slot ``ctx`` of shape ``([num_classes,] n_ctx, width)``.
+Everything outside a method (training loop, corruption engine, PAN, trajectories) talks to it only
+through this interface:
+
+- :meth:`PromptMethod.slots` the learnable tensors by name; :attr:`PromptMethod.position_slot` names the
+  one whose positions are analysed.
+- :meth:`PromptMethod.text_features` class text features for a *stack* of slot variants, so many
+  corruptions go through the text tower in one pass.
+- :meth:`PromptMethod.logits` scores of cached image features. It receives the image features (and, when
+  the method needs them, local features), so it can express methods whose text depends on the image.
+- :meth:`PromptMethod.extra_loss` a method-specific term added to the cross-entropy (zero by default).
+- :meth:`PromptMethod.save` / :meth:`PromptMethod.load` its artifact.
+
+How the next methods fit:
+
+- CoCoOp: a meta-network maps each image feature to a bias added to every context vector. Its slot is
+  still ``ctx`` (``(n_ctx, width)``) plus the meta-network's weights (not a position slot). ``logits``
+  computes, per image, the text features of ``ctx + meta(image)`` and scores the image against its own
+  text features, which is why ``logits`` takes the image features rather than text features.
+- PLOT: N prompts per class matched to local image features by optimal transport. Its slot has shape
+  ``(N, n_ctx, width)`` (or ``(N, num_classes, n_ctx, width)``): a position is a (prompt, position) pair,
+  still on axis ``-2``. ``logits`` receives ``local_features`` (``(batch, tokens, embed)``) to solve the
+  transport; ``text_features`` returns ``(variants, num_classes, embed)`` averaged over prompts (or the
+  method overrides ``logits`` to use all N).
+- KgCoOp: CoOp plus ``extra_loss`` = distance of the learned text features to the hand-crafted ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from nemesis_analysis.artifacts import load_prompt, save_prompt
+from nemesis_analysis.errors import ConfigError
+
+METHODS: dict[str, type["PromptMethod"]] = {}
+
+
+def register_method(name: str) -> Callable[[type["PromptMethod"]], type["PromptMethod"]]:
+    """Class decorator: make a method available under ``name`` (e.g. ``@register_method("coop")``)."""
+
+    def decorate(cls: type[PromptMethod]) -> type[PromptMethod]:
+        if name in METHODS and METHODS[name] is not cls:
+            raise ValueError(f"prompt method {name!r} is registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def method_class(name: str) -> type["PromptMethod"]:
+    """The registered class of ``name``; a ConfigError listing the choices otherwise."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown prompt method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+class PromptMethod(nn.Module):
+    """A prompt-learning method on a frozen CLIP (see the module's design note).
+
+    Implementations hold ``loaded`` (the frozen :class:`~nemesis_analysis.models.LoadedModel`) and
+    ``classnames``, and are registered with :func:`register_method`.
+    """
+
+    name: ClassVar[str] = ""
+    position_slot: ClassVar[str] = "ctx"  # the slot whose axis -2 is corrupted, normed and recorded
+
+    @property
+    def num_classes(self) -> int:
+        raise NotImplementedError
+
+    def slots(self) -> dict[str, Tensor]:
+        """The learnable tensors by name; each has its positions on axis -2."""
+        raise NotImplementedError
+
+    def position_tensor(self) -> Tensor:
+        """The slot that corruption, norm losses and trajectories operate on."""
+        return self.slots()[self.position_slot]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the method's tensors (and the frozen model) live."""
+        raise NotImplementedError
+
+    def variant_floats(self) -> int:
+        """Floats of one slot variant's prompt activations (classes * tokens * width): sizes engine chunks."""
+        raise NotImplementedError
+
+    @property
+    def n_positions(self) -> int:
+        return self.position_tensor().shape[-2]
+
+    def text_features(self, slot_variants: Tensor | None = None) -> Tensor:
+        """Normalised class text features for a stack of variants of the position slot.
+
+        ``slot_variants``: ``(variants, *slot.shape)``; None means the method's own values (one variant).
+        Returns ``(variants, num_classes, embed)``.
+        """
+        raise NotImplementedError
+
+    def scores(self, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
+        """Cosine scores ``(batch, num_classes)`` of L2-normalised ``image_features`` ``(batch, embed)``: what
+        accuracy is measured on.
+
+        The default scores against :meth:`text_features` of the method's own values; methods whose
+        prompts depend on the image (CoCoOp: per-image text features) or that match local features
+        (PLOT: ``local_features`` ``(batch, tokens, embed)``) override it and :meth:`logits`.
+        """
+        text = self.text_features()[0]  # (classes, embed)
+        return image_features.to(text.device) @ text.T
+
+    def logits(self, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
+        """Training logits ``(batch, num_classes)``: CLIP's logit scale times the cosine scores."""
+        text = self.text_features()[0]  # (classes, embed)
+        return self.loaded.logit_scale * image_features @ text.T
+
+    def extra_loss(self, image_features: Tensor, labels: Tensor, logits: Tensor) -> Tensor:
+        """A method-specific term added to the training loss (zero unless the method defines one)."""
+        return torch.zeros((), device=logits.device)
+
+    def prefix_cache(self, slot_value: Tensor):
+        """An object whose ``text_features(variants, position)`` reuses the unchanged prefix, or None."""
+        return None
+
+    def metadata(self) -> dict:
+        """What the artifact records beside the tensors (layout, class names, backbone)."""
+        raise NotImplementedError
+
+    def save(self, directory: Path, extra: dict | None = None) -> Path:
+        """Write the method's artifact (tensors + metadata) into ``directory``."""
+        return save_prompt(directory, self.position_tensor(), {**self.metadata(), **(extra or {})})
+
+    def load(self, directory: Path) -> dict:
+        """Load the slot values saved by :meth:`save`; returns the artifact's metadata."""
+        value, metadata = load_prompt(directory)
+        with torch.no_grad():
+            self.position_tensor().copy_(value.to(self.position_tensor().device))
+        return metadata

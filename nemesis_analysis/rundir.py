@@ -1,0 +1,132 @@
+"""A run's folder and every file in it (config, split, resume state, artifact, result, table copies).
+
+Layout of ``CHECKPOINTS/<run_id>/``: ``config.json`` (the resolved config), ``split.json`` (the few-shot
+images), ``state.safetensors`` + ``state.json`` (the last saved epoch, both naming it), the prompt
+artifact (``prompt.safetensors`` + ``prompt.json``), ``runs.parquet`` and ``trajectories.parquet`` (the
+run's table rows) and ``result.json`` (written last: its presence marks a finished run). Every file is
+written atomically with the user's umask permissions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from nemesis_analysis import store
+from nemesis_analysis.artifacts import save_prompt
+from nemesis_analysis.data.base import Sample
+from nemesis_analysis.data.fewshot import save_split
+from nemesis_analysis.fsio import atomic_path, atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+CONFIG_JSON = "config.json"
+SPLIT_JSON = "split.json"
+STATE_TENSORS = "state.safetensors"
+STATE_JSON = "state.json"
+RESULT_JSON = "result.json"
+REPORTED_TABLES = ("runs", "trajectories")
+
+
+@dataclass
+class ResumeState:
+    """What a saved epoch restores: the epoch, the rows so far and the tensors (slot values, momentum)."""
+
+    epoch: int
+    rows: list[dict]
+    tensors: dict[str, torch.Tensor]
+
+
+@dataclass
+class RunDir:
+    """The folder of one run, ``CHECKPOINTS/<run_id>``."""
+
+    path: Path
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def reset(self) -> None:
+        """Remove everything of this run (``--force``)."""
+        if self.path.exists():
+            shutil.rmtree(self.path)
+
+    # --------------------------------------------------------------------------------- config and split
+
+    def save_config(self, config_dict: dict) -> None:
+        atomic_write_json(self.file(CONFIG_JSON), config_dict, "the run config")
+
+    def load_config_dict(self) -> dict | None:
+        path = self.file(CONFIG_JSON)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save_split(self, splits: dict[str, list[Sample]], classnames: list[str]) -> None:
+        """The sampled splits, in :func:`~nemesis_analysis.data.fewshot.save_split`'s format."""
+        with atomic_path(self.file(SPLIT_JSON), "the few-shot split") as tmp:
+            save_split(tmp, splits, classnames)
+
+    # --------------------------------------------------------------------------------------- resume state
+
+    def save_state(self, epoch: int, rows: list[dict], tensors: dict[str, torch.Tensor]) -> None:
+        """Both state files name their epoch; two renames cannot be one atomic step, and a pair that
+        disagrees (a kill between the renames) is not resumed from."""
+        tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+        with atomic_path(self.file(STATE_TENSORS), "the resume state") as tmp:
+            save_file(tensors, str(tmp), metadata={"epoch": str(epoch)})
+        atomic_write_text(self.file(STATE_JSON), json.dumps({"epoch": epoch, "rows": rows}), "the resume state")
+
+    def load_state(self) -> ResumeState | None:
+        """The last saved epoch, or None when there is none or the pair is inconsistent."""
+        state_json, state_tensors = self.file(STATE_JSON), self.file(STATE_TENSORS)
+        if not state_json.is_file() or not state_tensors.is_file():
+            return None
+        state = json.loads(state_json.read_text())
+        with safe_open(str(state_tensors), framework="pt") as handle:
+            tensor_epoch = (handle.metadata() or {}).get("epoch")
+        if tensor_epoch != str(state["epoch"]):
+            message = "%s: saved state is incomplete (interrupted while saving); training from the start"
+            logger.warning(message, self.run_id)
+            return None
+        return ResumeState(state["epoch"], state["rows"], load_file(str(state_tensors)))
+
+    # --------------------------------------------------------------------------------- finished run
+
+    def save_artifact(self, ctx: torch.Tensor, metadata: dict) -> None:
+        save_prompt(self.path, ctx, metadata)
+
+    def save_tables(self, run_row: dict, trajectory_rows: list[dict]) -> None:
+        """The run's own copies of its table rows (re-appended when a reports folder lacks them)."""
+        for table, frame in (("trajectories", pd.DataFrame(trajectory_rows)), ("runs", pd.DataFrame([run_row]))):
+            with atomic_path(self.file(f"{table}.parquet"), f"the run's {table} rows") as tmp:
+                frame.to_parquet(tmp, index=False)
+
+    def save_result(self, result: dict) -> None:
+        """Written last: a run with ``result.json`` is finished."""
+        atomic_write_json(self.file(RESULT_JSON), result, "the run result")
+
+    def load_result(self) -> dict | None:
+        path = self.file(RESULT_JSON)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def ensure_reported(self, reports_dir: Path) -> None:
+        """Re-append a finished run's rows when the reports folder was cleared or is a new one."""
+        for table in REPORTED_TABLES:
+            if not store.existing_keys(reports_dir, table, self.run_id):
+                saved = self.file(f"{table}.parquet")
+                if saved.is_file():
+                    store.append_rows(reports_dir, table, pd.read_parquet(saved))

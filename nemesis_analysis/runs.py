@@ -1,0 +1,160 @@
+"""Corruption sweeps across runs: sweep trained runs (training missing ones first), a recorded run, or a saved prompt.
+
+This is what ``nemesis corrupt`` does. Every argument is checked, positions against the real n_ctx
+included, before any model is loaded, anything is trained or any row is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Sequence
+
+from nemesis_analysis import protocols
+from nemesis_analysis.artifacts import AnalysisPrompt, check_fits, load_prompt, read_prompt
+from nemesis_analysis.choices import EvalClasses
+from nemesis_analysis.config import PromptConfig, RunConfig
+from nemesis_analysis.corrupt_ops import Corruption, GridSpec
+from nemesis_analysis.errors import ConfigError, NoDataError
+from nemesis_analysis.methods import PromptMethod, method_class
+from nemesis_analysis.prompts import backbone_tokenizer, resolve_n_ctx
+from nemesis_analysis.schema import RunIdentity
+from nemesis_analysis.session import Session
+from nemesis_analysis.sweep import SweepSummary, run_corruption_sweep
+from nemesis_analysis.train import METHOD, RunResult, load_model_and_data, train_prompt
+
+
+def sweep_runs(
+    config: RunConfig,
+    session: Session,
+    grid: GridSpec,
+    *,
+    seeds: Sequence[int] | None = None,
+    prompt: Path | str | None = None,
+    run_id: str | None = None,
+    chunk: int | None = None,
+    force: bool = False,
+    on_run: Callable[[RunResult], None] | None = None,
+    on_prompt: Callable[[AnalysisPrompt], None] | None = None,
+) -> list[SweepSummary]:
+    """Sweep ``grid`` on ``prompt``; or on the recorded run ``run_id`` (an id or a unique prefix: its config
+    replaces ``config``); or on the run of ``config`` for each seed (training it first when unfinished)."""
+    check_sources(seeds, prompt, run_id, chunk)
+    if run_id is not None:
+        config = load_run_config(session, run_id)
+    seeds = list(seeds) if seeds is not None else [config.seed]
+    analysed = read_prompt(prompt) if prompt is not None else None
+    if analysed is not None:
+        n_ctx = analysed.n_ctx
+    else:
+        n_ctx = resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
+    corruptions = grid.expand(n_ctx)
+    config = dataclasses.replace(config, seed=seeds[0])
+    if analysed is not None:
+        return [sweep_prompt(config, session, analysed, corruptions, chunk=chunk, on_prompt=on_prompt)]
+    summaries = []
+    for seed in seeds:
+        run = train_prompt(dataclasses.replace(config, seed=seed), session, force=force)
+        if on_run is not None:
+            on_run(run)
+        summaries.extend(sweep_run_subsets(session, run, corruptions, chunk=chunk))
+    return summaries
+
+
+def check_sources(seeds, prompt, run_id, chunk) -> None:
+    """One source of prompts at a time, and a positive chunk."""
+    if chunk is not None and chunk < 1:
+        raise ConfigError(f"--chunk must be at least 1, got {chunk}")
+    if prompt is not None and seeds is not None:
+        raise ConfigError("--seeds trains and sweeps several runs; --prompt analyses one saved prompt: give only one")
+    if run_id is not None and (prompt is not None or seeds is not None):
+        raise ConfigError("--run sweeps one recorded run; drop --prompt and --seeds")
+
+
+def sweep_trained_run(
+    session: Session,
+    run: RunResult,
+    grid: Sequence[Corruption],
+    chunk: int | None = None,
+    classes: EvalClasses | str = EvalClasses.ALL,
+) -> SweepSummary:
+    """Sweep the prompt that :func:`~nemesis_analysis.train.train_prompt` saved for ``run`` on one class
+    subset (all classes, or base2new's base or new: a generic context over that subset's class names)."""
+    ctx, _ = load_prompt(run.run_dir)
+    config = run.config
+    loaded, dataset = load_model_and_data(config, session)
+    identity = config.identity(n_ctx=ctx.shape[-2])
+    method = method_for_identity(loaded, protocols.subset_classnames(dataset.classnames, classes), identity)
+    return run_corruption_sweep(session, method, ctx, identity, grid, chunk=chunk, classes=classes)
+
+
+def sweep_run_subsets(
+    session: Session, run: RunResult, grid: Sequence[Corruption], chunk: int | None = None
+) -> list[SweepSummary]:
+    """:func:`sweep_trained_run` on every class subset the run's protocol evaluates (base2new: base, then new)."""
+    return [sweep_trained_run(session, run, grid, chunk, classes) for classes in protocols.sweep_classes(run.config.protocol)]
+
+
+def sweep_prompt(
+    config: RunConfig,
+    session: Session,
+    prompt: AnalysisPrompt,
+    grid: Sequence[Corruption],
+    chunk: int | None = None,
+    on_prompt: Callable[[AnalysisPrompt], None] | None = None,
+) -> SweepSummary:
+    """Sweep a saved prompt on ``config``'s model and dataset (the prompt's recorded layout wins)."""
+    loaded, dataset = load_model_and_data(config, session)
+    layout = prompt.prompt_config or PromptConfig(
+        n_ctx=prompt.n_ctx, csc=prompt.csc, class_token_position=config.prompt.class_token_position
+    )
+    method = method_class(METHOD)(loaded, dataset.classnames, layout)
+    check_fits(prompt.ctx, method, prompt.metadata, source=str(prompt.path))
+    identity = identity_for_prompt(prompt, config.resolved(loaded.device.type), method)
+    if on_prompt is not None:
+        on_prompt(prompt)
+    return run_corruption_sweep(session, method, prompt.ctx, identity, grid, chunk=chunk)
+
+
+def method_for_identity(loaded, classnames: list[str], identity: RunIdentity) -> PromptMethod:
+    """The prompt layout of a run, rebuilt from its identity (n_ctx, csc, class-token position).
+
+    ``ctx_init`` only changes the initial values, not the layout (each slot is one placeholder token), so
+    these three fields are enough to splice a trained context back in.
+    """
+    prompt = PromptConfig(n_ctx=identity.n_ctx, csc=identity.csc, class_token_position=identity.class_token_position)
+    return method_class(METHOD)(loaded, classnames, prompt)
+
+
+def identity_for_prompt(prompt: AnalysisPrompt, config: RunConfig, method: PromptMethod) -> RunIdentity:
+    """The identity of an analysed artifact: the artifact's own config when recorded, else the flags'."""
+    recorded = prompt.metadata.get("config")
+    source = RunConfig.from_dict(recorded) if recorded else config
+    identity = source.identity()
+    return dataclasses.replace(
+        identity,
+        run_id=prompt.run_id,
+        dataset=config.dataset,
+        backbone=method.loaded.backbone,
+        pretrained=identity.pretrained if recorded else method.loaded.pretrained,
+        n_ctx=prompt.n_ctx,
+        csc=prompt.csc,
+        class_token_position=method.config.class_token_position.value,
+        precision=identity.precision or method.loaded.precision.value,
+    )
+
+
+def load_run_config(session: Session, run_id: str) -> RunConfig:
+    """The recorded config of the run ``run_id`` (or a unique prefix of it) in the checkpoints folder."""
+    if not run_id:
+        raise ConfigError("--run needs a run id (or a unique prefix of one); see the runs table")
+    folder = session.checkpoints_dir
+    candidates = folder.glob(f"{run_id}*") if folder.is_dir() else []
+    matches = sorted(p.name for p in candidates if session.run_dir(p.name).load_config_dict() is not None)
+    if not matches:
+        raise NoDataError(
+            f"no run {run_id!r} in {folder}; pass a run id from the runs table or the right --checkpoints"
+        )
+    if len(matches) > 1:
+        raise ConfigError(f"run id prefix {run_id!r} is ambiguous ({', '.join(matches[:4])}); give more characters")
+    return RunConfig.from_dict(session.run_dir(matches[0]).load_config_dict())

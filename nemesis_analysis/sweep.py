@@ -1,0 +1,308 @@
+"""The corruption sweep of one prompt: grid, resume from the table, rows, and the summary of what it found.
+
+Every finished chunk becomes its own Parquet part of ``reports/corruptions``, so a killed sweep loses at
+most the chunk in flight, and a rerun computes only the keys :data:`~nemesis_analysis.schema.CORRUPTION_KEY`
+missing for the run. Columns follow ``schema.SCHEMAS["corruptions"]``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import pandas as pd
+from torch import Tensor
+
+from nemesis_analysis import protocols, store
+from nemesis_analysis.choices import CorruptionOp, EvalClasses
+from nemesis_analysis.corrupt_ops import NO_CORRUPTION, Corruption, apply_corruptions
+from nemesis_analysis.engine import (
+    accuracy_of,
+    auto_chunk,
+    predict_single_position_variants,
+    predict_variants,
+    prefix_cache,
+    variant_norms,
+)
+from nemesis_analysis.errors import ConfigError, ModelError
+from nemesis_analysis.evaluate import restrict_to_classes
+from nemesis_analysis.features import image_features
+from nemesis_analysis.methods.base import PromptMethod
+from nemesis_analysis.nemesis import position_norms
+from nemesis_analysis.progress import progress_bar
+from nemesis_analysis.schema import CORRUPTION_KEY, SCHEMAS, RunIdentity
+from nemesis_analysis.session import Session
+
+TABLE = "corruptions"
+NONE, RESCALE, REPLACE = (op.value for op in CorruptionOp)
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep found, over every row of the grid for this run (new and previously written)."""
+
+    run_id: str
+    acc_original: float  # uncorrupted top-1 accuracy, percent
+    n_test: int
+    num_corruptions: int  # corrupted variants in the grid (the "none" baseline excluded)
+    rows_written: int  # rows appended by this call (0 on a complete rerun)
+    rows_reused: int  # grid rows that were already in the table
+    best: dict | None  # the corrupted row with the highest accuracy (first in grid order on ties)
+    worst: dict | None  # the corrupted row with the lowest accuracy
+    num_norm_reducing: int  # corruptions with norm_after < norm_before
+    num_low_norm_effect: int  # ... of which raised accuracy (delta > 0): the Low-Norm Effect
+    chunk: int  # variants per text pass
+    seconds: float
+    rows: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # the grid's rows, grid order
+    eval_classes: str = EvalClasses.ALL.value  # the class subset evaluated (base2new: base or new)
+
+
+@dataclass
+class EvalSet:
+    """The test split's cached image features on the model's device, and their labels."""
+
+    features: Tensor  # (n_test, embed)
+    labels: Tensor  # (n_test,)
+
+    @property
+    def size(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def run_corruption_sweep(
+    session: Session,
+    method: PromptMethod,
+    slot_value: Tensor,
+    identity: RunIdentity,
+    grid: Sequence[Corruption],
+    *,
+    chunk: int | None = None,
+    memory_budget: int | None = None,
+    reuse_prefix: bool = True,
+    on_chunk: Callable[[int, list[dict]], None] | None = None,
+    classes: EvalClasses | str = EvalClasses.ALL,
+) -> SweepSummary:
+    """Evaluate every corruption in ``grid`` on the test split of ``identity.dataset`` and append the rows.
+
+    ``slot_value``: the trained position slot (CoOp's ``ctx``, (n_ctx, width) or (classes, n_ctx, width)).
+    ``identity.run_id`` also seeds the replace draws. ``chunk``: variants per text pass (default: from
+    ``memory_budget``). ``reuse_prefix``: compute each variant from its corrupted position on, reusing the
+    unchanged prompt's states before it (exact under the causal mask). ``on_chunk(index, rows)`` is called
+    after each chunk's part is written. ``classes``: the class subset to evaluate (base2new's base or new;
+    ``method`` must be built over that subset's class names), recorded in ``eval_classes``.
+
+    ``norm_before``/``norm_after`` are the L2 norms of the corrupted position before and after (CSC:
+    averaged over classes, as :func:`nemesis.position_norms`). The baseline row (op "none", position -1,
+    factor 1.0) has no position: both columns hold the mean of the position norms, so it never counts as
+    norm-reducing. The uncorrupted accuracy is recomputed on every call (one text pass); the rows already
+    written for this run are skipped.
+    """
+    started = time.perf_counter()
+    slot_value = check_slot(slot_value, identity)
+    chunk = resolve_chunk(method, chunk, memory_budget)
+    classes = EvalClasses(classes).value
+    test = load_test_set(session, method, identity.dataset, classes)
+    acc_original = float(accuracy_of(predict_variants(method, slot_value[None], test.features), test.labels)[0])
+    base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size, "eval_classes": classes}
+    base_norms = position_norms(slot_value)  # (n_ctx,)
+
+    previous = previous_rows(session, identity.run_id, classes)
+    done = set(previous[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
+    pending = [] if NO_CORRUPTION.key() in done else [baseline_row(base_row, base_norms)]
+    todo = pending_corruptions(grid, done)
+    new_rows = list(pending)
+    cache = prefix_cache(method, slot_value, reuse_prefix) if todo else None  # a complete rerun needs no text pass
+    with progress_bar(f"corrupting {identity.run_id}", total=len(todo), enabled=session.progress) as advance:
+        for index, start in enumerate(range(0, len(todo), chunk)):
+            part = todo[start : start + chunk]
+            rows = pending + evaluate_chunk(
+                method, cache, slot_value, part, identity.run_id, test, base_row, base_norms
+            )
+            pending = []
+            append_rows(session, identity.run_id, rows)
+            new_rows.extend(rows[-len(part) :])
+            advance(len(part), best=max(row["acc"] for row in rows[-len(part) :]))
+            if on_chunk is not None:
+                on_chunk(index, rows)
+    if pending:  # nothing left to corrupt, but the baseline row was missing
+        append_rows(session, identity.run_id, pending)
+    frame = grid_rows(previous, new_rows, grid)
+    seconds = time.perf_counter() - started
+    summary = summarise(frame, identity.run_id, acc_original, test.size, len(new_rows), chunk, seconds)
+    summary.eval_classes = classes
+    return summary
+
+
+def check_slot(slot_value: Tensor, identity: RunIdentity) -> Tensor:
+    """The slot as fp32 on the CPU, after checking it matches the identity's n_ctx and csc."""
+    slot_value = slot_value.detach().float().cpu()
+    if slot_value.dim() not in (2, 3):
+        raise ModelError(
+            f"a context must be (n_ctx, width) or (num_classes, n_ctx, width), got {tuple(slot_value.shape)}"
+        )
+    if identity.n_ctx != slot_value.shape[-2] or identity.csc != (slot_value.dim() == 3):
+        raise ModelError(
+            f"context of shape {tuple(slot_value.shape)} does not match the run's n_ctx={identity.n_ctx}, "
+            f"csc={identity.csc}"
+        )
+    return slot_value
+
+
+def resolve_chunk(method: PromptMethod, chunk: int | None, memory_budget: int | None) -> int:
+    chunk = int(chunk) if chunk else auto_chunk(method, memory_budget)
+    if chunk < 1:
+        raise ConfigError(f"--chunk must be at least 1, got {chunk}")
+    return chunk
+
+
+def load_test_set(
+    session: Session, method: PromptMethod, dataset_name: str, classes: EvalClasses | str = EvalClasses.ALL
+) -> EvalSet:
+    """The test split's features (encoded once, from the session's feature cache) on the model's device;
+    for a class subset, its images relabelled from 0 (``method`` holds the subset's class names)."""
+    dataset = session.dataset(dataset_name)
+    loaded = method.loaded
+    features, labels = image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
+    if EvalClasses(classes) is not EvalClasses.ALL:
+        selected = protocols.selected_labels(range(dataset.num_classes), classes)
+        features, labels = restrict_to_classes(features, labels, selected)
+    if labels.shape[0] == 0:
+        raise ConfigError(f"dataset {dataset.name} has an empty test split; nothing to evaluate")
+    return EvalSet(features.to(loaded.device), labels)
+
+
+def previous_rows(session: Session, run_id: str, classes: str = EvalClasses.ALL.value) -> pd.DataFrame:
+    """The rows already written for ``run_id`` on the class subset ``classes``."""
+    table = store.read_table(session.reports_dir, TABLE)
+    return table[(table["run_id"] == run_id) & (table["eval_classes"] == classes)]
+
+
+def append_rows(session: Session, run_id: str, rows: list[dict]) -> None:
+    """Append a chunk's rows under the run's claim (rows whose key another writer added meanwhile are dropped)."""
+    with store.claim(session.reports_dir, TABLE, run_id) as claim:
+        claim.append(rows)
+
+
+def pending_corruptions(grid: Sequence[Corruption], done: set) -> list[Corruption]:
+    """The grid's corruptions not yet in the table, each key once, sorted by position (chunks of one
+    position share the longest prefix; rows are put back in grid order by :func:`grid_rows`)."""
+    todo = [c for c in grid if c.op != NONE and c.key() not in done]
+    todo = list({c.key(): c for c in todo}.values())
+    todo.sort(key=lambda c: c.position)
+    return todo
+
+
+def baseline_row(base_row: dict, base_norms: Tensor) -> dict:
+    """The uncorrupted row: op "none", position -1, factor 1.0; both norms are the mean position norm."""
+    mean_norm = float(base_norms.mean())
+    op, position, factor, rep = NO_CORRUPTION.key()
+    return {**base_row, "op": op, "position": position, "factor": factor, "rep": rep, "acc": base_row["acc_original"],
+            "delta": 0.0, "norm_before": mean_norm, "norm_after": mean_norm, "low_norm_effect": False}  # fmt: skip
+
+
+def evaluate_chunk(
+    method: PromptMethod,
+    cache,
+    slot_value: Tensor,
+    part: Sequence[Corruption],
+    run_id: str,
+    test: EvalSet,
+    base_row: dict,
+    base_norms: Tensor,
+) -> list[dict]:
+    """The table rows of one chunk of corruptions (one stacked text pass)."""
+    variants = apply_corruptions(slot_value, part, run_id)  # (variants, [classes,] n_ctx, width)
+    predictions = predict_single_position_variants(method, cache, variants, [c.position for c in part], test.features)
+    accs = accuracy_of(predictions, test.labels).tolist()
+    after = variant_norms(variants)  # (variants, n_ctx)
+    rows = []
+    for i, corruption in enumerate(part):
+        norm_before = float(base_norms[corruption.position])
+        norm_after = float(after[i, corruption.position])
+        delta = accs[i] - base_row["acc_original"]
+        rows.append(
+            {**base_row, "op": corruption.op, "position": corruption.position, "factor": float(corruption.factor),
+             "rep": corruption.rep, "acc": accs[i], "delta": delta, "norm_before": norm_before,
+             "norm_after": norm_after, "low_norm_effect": bool(norm_after < norm_before and delta > 0)}
+        )  # fmt: skip
+    return rows
+
+
+def grid_rows(previous: pd.DataFrame, new_rows: list[dict], grid: Sequence[Corruption]) -> pd.DataFrame:
+    """This run's rows for the grid's keys, newest first wins, in grid order."""
+    columns, key = SCHEMAS[TABLE].names, list(CORRUPTION_KEY)
+    frames = [f for f in (previous[columns], pd.DataFrame(new_rows, columns=columns)) if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    frame = pd.concat(frames, ignore_index=True).drop_duplicates(key, keep="last")
+    order = {c.key(): i for i, c in reversed(list(enumerate(grid)))}
+    keys = list(frame[key].itertuples(index=False, name=None))
+    frame = frame.assign(_order=[order.get((op, int(p), float(f), int(r)), -1) for op, p, f, r in keys])
+    frame = frame[frame["_order"] >= 0].sort_values("_order", kind="stable").drop(columns="_order")
+    return frame.reset_index(drop=True)
+
+
+def summarise(
+    frame: pd.DataFrame, run_id: str, acc_original: float, n_test: int, rows_written: int, chunk: int, seconds: float
+) -> SweepSummary:
+    """The :class:`SweepSummary` of a run's grid rows."""
+    corrupted = frame[frame["op"] != NONE]
+    best = worst = None
+    if not corrupted.empty:
+        best = corrupted.loc[corrupted["acc"].idxmax()].to_dict()
+        worst = corrupted.loc[corrupted["acc"].idxmin()].to_dict()
+    reducing = corrupted["norm_after"] < corrupted["norm_before"]
+    return SweepSummary(
+        run_id=run_id,
+        acc_original=acc_original,
+        n_test=n_test,
+        num_corruptions=len(corrupted),
+        rows_written=rows_written,
+        rows_reused=max(0, len(frame) - rows_written),
+        best=best,
+        worst=worst,
+        num_norm_reducing=int(reducing.sum()),
+        num_low_norm_effect=int((reducing & (corrupted["delta"] > 0)).sum()),
+        chunk=chunk,
+        seconds=seconds,
+        rows=frame,
+    )
+
+
+def describe_corruption(row: dict) -> str:
+    """``rescale position 3 by 0.5`` / ``replace position 3 with N(0, 0.1^2) draw 2``."""
+    if row["op"] == RESCALE:
+        return f"rescale position {int(row['position'])} by {row['factor']:g}"
+    elif row["op"] == REPLACE:
+        return f"replace position {int(row['position'])} with N(0, {row['factor']:g}^2) draw {int(row['rep'])}"
+    elif row["op"] == NONE:
+        return "no corruption"
+    else:
+        raise ValueError(f"unknown corruption op {row['op']!r}")
+
+
+def subset_label(eval_classes: str) -> str:
+    """`` (base classes)`` for a class subset; empty for all classes."""
+    return "" if eval_classes == EvalClasses.ALL.value else f" ({eval_classes} classes)"
+
+
+def format_summary(summary: SweepSummary) -> list[str]:
+    """Plain-text lines for the CLI and the demo (the library itself never prints)."""
+    lines = [
+        f"run {summary.run_id}{subset_label(summary.eval_classes)}: uncorrupted accuracy {summary.acc_original:.2f}% "
+        f"on {summary.n_test} test images; "
+        f"{summary.num_corruptions} corruptions ({summary.rows_written} rows written, {summary.rows_reused} reused, "
+        f"{summary.seconds:.1f} s, chunk {summary.chunk})"
+    ]
+    for label, row in (("best", summary.best), ("worst", summary.worst)):
+        if row is not None:
+            lines.append(
+                f"  {label}: {describe_corruption(row)} -> {row['acc']:.2f}% ({row['delta']:+.2f} points, "
+                f"norm {row['norm_before']:.4f} -> {row['norm_after']:.4f})"
+            )
+    lines.append(
+        f"  Low-Norm Effect: {summary.num_low_norm_effect} of {summary.num_norm_reducing} norm-reducing "
+        f"corruptions raised accuracy"
+    )
+    return lines
