@@ -68,7 +68,9 @@ def dedupe_corruptions(corruptions: pd.DataFrame) -> pd.DataFrame:
     return corruptions.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
 
 
-def rows_for_view(corruptions: pd.DataFrame, by: Sequence[str] = (), eval_classes: str = ALL_CLASSES) -> pd.DataFrame:
+def rows_for_view(
+    corruptions: pd.DataFrame, by: Sequence[str] = (), eval_classes: str = ALL_CLASSES
+) -> pd.DataFrame:
     """The rows a view aggregates: every class subset when ``by`` groups by ``eval_classes``, else only the
     rows of ``eval_classes`` (default "all"), so base2new's base and new rows are never pooled with them."""
     corruptions = schema.with_column_defaults("corruptions", corruptions)  # frames without eval_classes

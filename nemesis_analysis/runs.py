@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from nemesis_analysis import protocols
 from nemesis_analysis.artifacts import AnalysisPrompt, check_fits, load_prompt, read_prompt
-from nemesis_analysis.choices import EvalClasses
+from nemesis_analysis.choices import EvalClasses, Protocol
 from nemesis_analysis.config import PromptConfig, RunConfig
 from nemesis_analysis.corrupt_ops import Corruption, GridSpec
 from nemesis_analysis.errors import ConfigError, NoDataError
@@ -92,7 +92,8 @@ def sweep_run_subsets(
     session: Session, run: RunResult, grid: Sequence[Corruption], chunk: int | None = None
 ) -> list[SweepSummary]:
     """:func:`sweep_trained_run` on every class subset the run's protocol evaluates (base2new: base, then new)."""
-    return [sweep_trained_run(session, run, grid, chunk, classes) for classes in protocols.sweep_classes(run.config.protocol)]
+    subsets = protocols.sweep_classes(run.config.protocol)
+    return [sweep_trained_run(session, run, grid, chunk, classes) for classes in subsets]
 
 
 def sweep_prompt(
@@ -104,6 +105,7 @@ def sweep_prompt(
     on_prompt: Callable[[AnalysisPrompt], None] | None = None,
 ) -> SweepSummary:
     """Sweep a saved prompt on ``config``'s model and dataset (the prompt's recorded layout wins)."""
+    check_prompt_protocol(prompt)
     loaded, dataset = load_model_and_data(config, session)
     layout = prompt.prompt_config or PromptConfig(
         n_ctx=prompt.n_ctx, csc=prompt.csc, class_token_position=config.prompt.class_token_position
@@ -114,6 +116,16 @@ def sweep_prompt(
     if on_prompt is not None:
         on_prompt(prompt)
     return run_corruption_sweep(session, method, prompt.ctx, identity, grid, chunk=chunk)
+
+
+def check_prompt_protocol(prompt: AnalysisPrompt) -> None:
+    """A base2new prompt is swept per class subset through its run (``--run``), not as an all-class prompt."""
+    recorded = prompt.metadata.get("config") or {}
+    if recorded.get("protocol", Protocol.FEWSHOT.value) == Protocol.BASE2NEW.value:
+        raise ConfigError(
+            f"{prompt.path} was trained with --protocol base2new; sweep it on its base and new classes with "
+            f"--run {prompt.run_id} (and its --checkpoints)"
+        )
 
 
 def method_for_identity(loaded, classnames: list[str], identity: RunIdentity) -> PromptMethod:

@@ -55,7 +55,7 @@ def evaluate_command(
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate a learned prompt on a dataset's test split (all, base or new classes); append to reports/evaluations."""
+    """Evaluate a learned prompt on a dataset's test split (all, base or new classes) into reports/evaluations."""
     session = build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
                             offline=offline, cache_dir=cache_dir, quiet=quiet)  # fmt: skip
     learned, result = run_evaluation(session, run_id=run, prompt_path=prompt, dataset=dataset, classes=classes)
