@@ -129,10 +129,11 @@ def expand_jobs(study: Study) -> list[Job]:
 def expected_corruption_keys(job: Job) -> set[tuple]:
     """The (op, position, factor, rep) keys a corrupt job writes for its run."""
     from nemesis_analysis import corrupt_ops
-    from nemesis_analysis.corrupt import resolve_n_ctx
+    from nemesis_analysis.prompts import backbone_tokenizer, resolve_n_ctx
 
     config = RunConfig.from_dict(job.payload["config"])
-    return {c.key() for c in corrupt_ops.expand_grid(resolve_n_ctx(config), **job.payload["grid"])}
+    n_ctx = resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
+    return {c.key() for c in corrupt_ops.expand_grid(n_ctx, **job.payload["grid"])}
 
 
 def done_jobs(study: Study, jobs: list[Job]) -> set[str]:
