@@ -126,3 +126,24 @@ def test_help_of_every_study_command():
     assert all(flag in result.output for flag in ("--executor", "--address", "--max-parallel", "--shard"))
     for command in ("init", "plan", "status"):
         assert runner.invoke(app, ["study", command, "--help"]).exit_code == 0
+
+
+def test_evaluate_jobs_record_each_trained_prompt_on_its_targets(tmp_path, tiny_session, checkpoints_dir):
+    """An [evaluate] section adds one job per run and target; evaluating a prompt on its own dataset gives
+    exactly the run's final test accuracy, and a rerun has nothing left to do."""
+    import pandas as pd
+
+    extra = '\n[evaluate]\ntargets = ["digits"]\nclasses = "all"\n'
+    text = write_tiny_study(tmp_path, checkpoints_dir).read_text().replace("seeds = [1, 2]", "seeds = [1]")
+    path = tmp_path / "study-eval.toml"
+    path.write_text(text.replace('methods = ["coop", "pun"]', 'methods = ["coop"]') + extra)
+    study = load_study(path).with_outputs()
+    plan = make_plan(study)
+    assert [job.kind for job in plan.todo].count("evaluate") == 1
+    report = run_study(plan, plan.todo, "local", progress=False)
+    assert not report.failed
+    runs = pd.read_parquet(study.outputs.reports / "runs")
+    evaluations = pd.read_parquet(study.outputs.reports / "evaluations")
+    assert len(evaluations) == 1 and evaluations["eval_dataset"].iloc[0] == "digits"
+    assert evaluations["acc"].iloc[0] == pytest.approx(runs["final_test_acc"].iloc[0], abs=1e-9)
+    assert not make_plan(study).todo

@@ -57,6 +57,7 @@ def run_config(study: Study, dataset: str, backbone, shots: int, seed: int, meth
             pretrained=backbone.pretrained,
             epochs=grid.epochs,
             precision=grid.precision,
+            protocol=grid.protocol,
             prompt=PromptConfig(**study.prompt),
             nemesis=NemesisConfig(**study.variant(method)),
             optim=OptimConfig(**study.optim),

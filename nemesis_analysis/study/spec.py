@@ -20,6 +20,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from nemesis_analysis.choices import Protocol
 from nemesis_analysis.errors import ConfigError
 
 
@@ -109,7 +110,7 @@ def _backbone(key: str, value: Any) -> Backbone:
     return Backbone(checked["name"], checked.get("pretrained", default_pretrained(checked["name"])))
 
 
-PROTOCOLS = ("fewshot",)  # base2new, crossdataset and dg arrive with `nemesis evaluate`
+PROTOCOLS = tuple(p.value for p in Protocol)  # fewshot, base2new, crossdataset, dg
 BUILTIN_VARIANTS: dict[str, dict] = {"coop": {}, "pun": {"beta": 1.0}, "pan": {"beta": 0.0}}
 _BETA_NAME = re.compile(r"^beta(\d+(?:\.\d+)?)$")
 

@@ -22,7 +22,7 @@ shots = [4]                        # training images per class
 seeds = [1, 2]
 backbones = ["nemesis-tiny"]       # or [{ name = "RN50", pretrained = "openai" }]; default tag: embedded / openai
 methods = ["coop", "pun"]          # coop, pun, pan, betaB (e.g. beta0.5), or a [variants.NAME] below
-protocol = "fewshot"               # fewshot (base2new, crossdataset, dg come with `nemesis evaluate`)
+protocol = "fewshot"               # fewshot, base2new, crossdataset or dg (see README, Protocols)
 # precision = "fp32"               # fp32, amp or fp16; default: amp when jobs hold a GPU, else fp32
 epochs = 5                         # default: CoOp's epochs for the shot count (50/100/100/200/200)
 # recipe = "paper"                 # coop or paper (see `nemesis train --help`)
@@ -55,7 +55,7 @@ reps = 1                           # replace draws per cell (default 3)
 # chunk = 64                       # variants per text pass (default: from memory)
 # methods = ["coop"]               # sweep only these methods' runs
 
-# [evaluate]                       # protocol evaluations (need `nemesis evaluate`; not in this version)
+# [evaluate]                       # extra evaluations of every trained prompt (as `nemesis evaluate`)
 # targets = ["imagenetv2"]
 # classes = "all"
 

@@ -17,10 +17,6 @@ from nemesis_analysis.study.spec import Outputs
 _sessions: dict[tuple, Session] = {}  # one Session per outputs in a worker: its models and datasets stay warm
 
 
-class NotAvailableError(NemesisError):
-    """A job kind that needs a part of the toolkit this version does not have yet."""
-
-
 def session_for(outputs: Outputs, progress: bool = False) -> Session:
     """The worker's Session for the study's [outputs], created once per process so later jobs reuse its caches."""
     key = (outputs.checkpoints, outputs.reports, outputs.device, outputs.offline, outputs.data_root,
@@ -90,10 +86,13 @@ def corrupt_job(job, session: Session) -> dict:
 
 
 def evaluate_job(job, session: Session) -> dict:
-    """Evaluate a trained prompt on a protocol target: not available until `nemesis evaluate` exists."""
-    raise NotAvailableError(
-        "evaluate jobs need `nemesis evaluate`, which this version does not have yet; remove [evaluate] from the study file"
+    """Evaluate the job's trained prompt on a target dataset's test split (a row in reports/evaluations)."""
+    from nemesis_analysis.evaluate import evaluate_saved
+
+    _, evaluation = evaluate_saved(
+        session, run_id=job.run_id, dataset=job.payload["target"], classes=job.payload["classes"]
     )
+    return {"acc": evaluation.acc, "n_test": evaluation.n_test}
 
 
 JOB_FUNCTIONS = {"encode": encode_job, "train": train_job, "corrupt": corrupt_job, "evaluate": evaluate_job}
