@@ -107,6 +107,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("lr", pa.float64()),
             ("batch_size", pa.int64()),
             ("recipe", pa.string()),
+            ("recipe_changes", pa.string()),  # the settings the recipe changed, e.g. "optim.drop_last=True, ..."
             ("final_test_acc", pa.float64()),
             ("zero_shot_acc", pa.float64()),
             ("mean_norm", pa.float64()),
@@ -140,6 +141,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 # so that old reports keep loading; a column without an entry reads as null (NaN, None).
 COLUMN_DEFAULTS: dict[str, dict[str, object]] = {
     "*": {"protocol": "fewshot", "prompt_method": "coop"},
+    "runs": {"recipe_changes": ""},
 }
 
 
