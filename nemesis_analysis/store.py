@@ -66,9 +66,11 @@ def _parts(folder: Path) -> list[Path]:
 
 def _to_arrow(table: str, frame: pd.DataFrame) -> pa.Table:
     target = schema.schema_of(table)
-    missing = [name for name in target.names if name not in frame.columns]
+    absent = {name: schema.column_default(table, name) for name in target.names if name not in frame.columns}
+    missing = [name for name, default in absent.items() if default is None]
     if missing:
         raise ValueError(f"rows for {table} lack columns {missing}")
+    frame = frame.assign(**absent)  # rows from before a column was added (a run's saved rows): its default
     return pa.Table.from_pandas(frame[target.names], schema=target, preserve_index=False)
 
 

@@ -92,7 +92,7 @@ def write_tables(reports: Path, checkpoints: Path | None = None, corruptions: bo
                         checkpoint = str(folder)
                     runs.append({**ident, "epochs": EPOCHS, "ctx_init": "", "beta": math.nan, "norm_weight": 1.0,
                                  "norm_type": "l2", "pan_positions": 1, "pan_factor": 0.1, "omega_schedule": "sigmoid",
-                                 "lr": 0.002, "batch_size": 32, "recipe": "", "recipe_changes": "", "final_test_acc": acc,
+                                 "lr": 0.002, "batch_size": 32, "recipe": "", "final_test_acc": acc,
                                  "zero_shot_acc": 50.0 if dataset == "digits" else 40.0 + seed,
                                  "mean_norm": float(np.mean(norms)), "checkpoint": checkpoint, "seconds": 1.0})  # fmt: skip
                     if method != "coop":
