@@ -136,11 +136,15 @@ def check_sgd_chain(loaded, classnames, config, records) -> None:
         hand = hand_step(loaded, classnames, config, record, ctx)
         (grad,) = torch.autograd.grad(hand["loss"], ctx)
         torch.testing.assert_close(record.grad, grad, rtol=1e-3, atol=1e-4 * float(grad.abs().max()))
-        step = grad + optim.weight_decay * record.slot_before
-        buffer = step if buffer is None else optim.momentum * buffer + step
+        decay = optim.weight_decay * record.slot_before
+        previous = torch.zeros_like(grad) if buffer is None else buffer
+        buffer = grad + decay if buffer is None else optim.momentum * buffer + grad + decay
         expected = -lr * buffer
         update = record.slot_after - record.slot_before
         torch.testing.assert_close(update, expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()))
+        if lr >= 1e-3:  # the weight-decay term alone, isolated from the update (well above rounding there)
+            residual = -update / lr - optim.momentum * previous - grad
+            torch.testing.assert_close(residual, decay, rtol=0, atol=1e-2 * float(decay.abs().max()))
 
 
 # ---------------------------------------------------------------------- logits, CE and the SGD step
