@@ -64,7 +64,8 @@ def position_norms(ctx: Tensor, norm_type: str = "l2", class_reduction: str = "m
         elif class_reduction == "sum":
             norms = norms.sum(dim=0)  # (n_ctx,): sum over classes
         else:
-            raise ConfigError(f"unknown class reduction {class_reduction!r}; choose one of {', '.join(CLASS_REDUCTIONS)}")
+            choices = ", ".join(CLASS_REDUCTIONS)
+            raise ConfigError(f"unknown class reduction {class_reduction!r}; choose one of {choices}")
     return norms
 
 

@@ -3,7 +3,8 @@
 One run is a pure function of its :class:`RunConfig`. Test-split image features are encoded once and
 reused every epoch. Each epoch draws its shuffling, augmentation and PAN positions from a generator
 seeded by (seed, epoch), and the learning rate is a function of the epoch, so a run resumed from its
-last saved epoch produces exactly the rows of an uninterrupted one.
+last saved epoch produces exactly the rows of an uninterrupted one. An epoch's batches follow
+:func:`steps_per_epoch`: ours keep the last smaller batch, ``optim.drop_last`` is the reference loader's rule.
 """
 
 from __future__ import annotations
@@ -311,8 +312,7 @@ def train_step(
     loss = ce + extra + term.loss
     loss_value = float(loss.detach())
     check_finite(loss_value, "the training loss", epoch)
-    slot = method.position_tensor()
-    before = slot.detach().cpu().clone() if run.on_step is not None else None
+    before = method.position_tensor().detach().cpu().clone() if run.on_step is not None else None
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
@@ -321,7 +321,18 @@ def train_step(
     return {"loss": loss_value, "ce": float(ce.detach()), "norm": float(term.loss.detach())}, term.hits
 
 
-def step_record(run, epoch, omega_value, features, labels, logits, ce, term, loss_value, before) -> StepRecord:
+def step_record(
+    run: TrainingRun,
+    epoch: int,
+    omega_value: float,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    logits: torch.Tensor,
+    ce: torch.Tensor,
+    term: NemesisTerm,
+    loss_value: float,
+    before: torch.Tensor,
+) -> StepRecord:
     """The :class:`StepRecord` of the step just taken (the slot's gradient is still in place)."""
     slot = run.method.position_tensor()
 
