@@ -16,7 +16,7 @@ class ClassTokenPosition(str, Enum):
 class Precision(str, Enum):
     FP32 = "fp32"  # everything in fp32 (always on CPU)
     AMP = "amp"  # frozen towers under bf16 autocast (CUDA default)
-    FP16 = "fp16"  # frozen towers cast to half, as the reference code does
+    FP16 = "fp16"  # the reference's all-half mode: towers, context and SGD in fp16 (CUDA only)
 
 
 class NormType(str, Enum):
@@ -28,6 +28,11 @@ class NormType(str, Enum):
 class OmegaSchedule(str, Enum):
     SIGMOID = "sigmoid"  # omega(t) = 1 - sigmoid(0.2 (t - T/2))
     CONSTANT = "constant"  # omega(t) = 1
+
+
+class CscReduction(str, Enum):
+    MEAN = "mean"  # class-specific context: norms averaged over classes (ours)
+    SUM = "sum"  # summed over classes, as the reference code does (num_classes times stronger)
 
 
 class CorruptionOp(str, Enum):

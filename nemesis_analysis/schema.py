@@ -108,6 +108,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("lr", pa.float64()),
             ("batch_size", pa.int64()),
             ("recipe", pa.string()),
+            ("recipe_changes", pa.string()),  # the settings the recipe changed, e.g. "optim.drop_last=True, ..."
             ("final_test_acc", pa.float64()),
             ("zero_shot_acc", pa.float64()),
             ("mean_norm", pa.float64()),
@@ -162,6 +163,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 COLUMN_DEFAULTS: dict[str, dict[str, object]] = {
     "*": {"protocol": "fewshot", "prompt_method": "coop"},
     "corruptions": {"eval_classes": "all"},
+    "runs": {"recipe_changes": ""},
 }
 
 

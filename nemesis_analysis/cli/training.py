@@ -269,6 +269,7 @@ def corrupt(
         ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
         pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
         protocol=protocol,
+        purpose="corrupt",
     )  # fmt: skip
     from nemesis_analysis.corrupt_ops import GridSpec, parse_int_list  # imports torch: only once the config is valid
 
