@@ -45,7 +45,9 @@ def shared_prefix_length(ctx_index: torch.Tensor, eos: torch.Tensor, csc: bool =
     return min(shared, int(eos.min()))
 
 
-def usable_shared_prefix(model: torch.nn.Module, ctx_index: torch.Tensor, eos: torch.Tensor, csc: bool = False) -> int:
+def usable_shared_prefix(
+    model: torch.nn.Module, ctx_index: torch.Tensor, eos: torch.Tensor, csc: bool = False
+) -> int:
     """:func:`shared_prefix_length` when the text tower fits the shared pass, else 0 (said once in the log)."""
     shared = shared_prefix_length(ctx_index, eos, csc)
     if shared > 0 and not supports_shared_prefix(model):

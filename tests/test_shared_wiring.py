@@ -101,14 +101,17 @@ def test_towers_that_do_not_fit_use_the_plain_pass(tiny_random, caplog):
         model.attn_mask = saved
 
 
-def test_training_rows_equal_with_and_without_sharing(tiny_session, tmp_path, monkeypatch):
+def test_training_rows_equal_with_and_without_sharing(tiny_session, checkpoints_dir, tmp_path, monkeypatch):
     # PUN and PAN both on: PAN's pre-inference goes through the stacked text pass as well
     config = RunConfig(shots=2, epochs=3, optim=OptimConfig(batch_size=8), nemesis=NemesisConfig(beta=0.5))
     tables = {}
     for share in (False, True):
         monkeypatch.setattr(CoOp, "share_prefix", share)
-        session = tiny_session.replace(reports_dir=tmp_path / f"share-{share}")
-        train_prompt(config, session)
+        # own checkpoints folders (sharing the feature cache): both runs train, neither reuses a finished one
+        session = tiny_session.replace(checkpoints_dir=tmp_path / f"ck-{share}", reports_dir=tmp_path / f"share-{share}")
+        session.checkpoints_dir.mkdir()
+        (session.checkpoints_dir / "features").symlink_to(checkpoints_dir / "features")
+        assert not train_prompt(config, session).reused
         tables[share] = pd.read_parquet(tmp_path / f"share-{share}" / "trajectories").sort_values(["epoch", "position"])
     plain, ours = (tables[s].reset_index(drop=True) for s in (False, True))
     assert len(ours) == 3 * 16
