@@ -53,7 +53,7 @@ from nemesis_analysis.data.registry import load_dataset  # noqa: E402
 from nemesis_analysis.models import LoadedModel, encode_text_from_embeddings  # noqa: E402
 from nemesis_analysis.loading import load_model  # noqa: E402
 from nemesis_analysis.methods.coop import CoOp  # noqa: E402
-from nemesis_analysis.train import TrainingRun, train_step  # noqa: E402
+from nemesis_analysis.train import TrainingRun, build_optimizer, train_step  # noqa: E402
 
 BATCH = 32  # CoOp's batch size
 OPTIM = RunConfig().optim  # CoOp's SGD settings, as a default training run uses them
@@ -70,8 +70,7 @@ class RecordingCoOp(CoOp):
 
 def training_run(learner: CoOp) -> TrainingRun:
     """A :class:`TrainingRun` holding just what ``train_step`` uses: the method, its SGD and a plain CoOp config."""
-    parameters = list(learner.slots().values())
-    optimizer = torch.optim.SGD(parameters, lr=OPTIM.lr, momentum=OPTIM.momentum, weight_decay=OPTIM.weight_decay)
+    optimizer = build_optimizer(list(learner.slots().values()), OPTIM)
     empty = torch.empty(0)
     return TrainingRun(RunConfig(), learner.loaded, learner, optimizer, images=None, test_features=empty,
                        test_labels=empty, zero_shot_acc=float("nan"), run_dir=None)  # fmt: skip
@@ -94,7 +93,7 @@ def ours_step(learner: RecordingCoOp, ctx0: torch.Tensor) -> Callable:
 def reference_step(loaded: LoadedModel, text: Callable, ctx0: torch.Tensor) -> Callable:
     """The reference-style step: fp32 image tower, ``text(ctx)`` (classes, embed), CE, backward, the same SGD."""
     ctx = ctx0.clone().requires_grad_()
-    optimizer = torch.optim.SGD([ctx], lr=OPTIM.lr, momentum=OPTIM.momentum, weight_decay=OPTIM.weight_decay)
+    optimizer = build_optimizer([ctx], OPTIM)
     scale = loaded.logit_scale
 
     def step(pixels, labels):
