@@ -17,7 +17,15 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, ClassVar
 
-from nemesis_analysis.choices import ClassTokenPosition, NormType, OmegaSchedule, Precision, choice, plain
+from nemesis_analysis.choices import (
+    ClassTokenPosition,
+    NormType,
+    OmegaSchedule,
+    Precision,
+    PromptMethodName,
+    choice,
+    plain,
+)
 from nemesis_analysis.errors import ConfigError, FieldError
 from nemesis_analysis.schema import RunIdentity
 
@@ -108,9 +116,10 @@ def validate_fields(config) -> None:
 
 @dataclass
 class PromptConfig:
-    """How the learnable context is laid out (CoOp)."""
+    """The prompt method and how its learnable context is laid out."""
 
     SECTION: ClassVar[str] = "prompt"
+    method: PromptMethodName = spec(PromptMethodName.COOP, help="prompt method: coop, cocoop, plot or kgcoop")
     n_ctx: int = spec(16, check=at_least_one, help="number of context vectors M")
     csc: bool = spec(False, help="class-specific context: one set of M vectors per class")
     class_token_position: ClassTokenPosition = spec(ClassTokenPosition.END, help="where the class name goes")
@@ -118,6 +127,7 @@ class PromptConfig:
     init_std: float = spec(0.02, check=non_negative, help="std of the N(0, std^2) init when ctx_init is None")
 
     def __post_init__(self) -> None:
+        self.method = choice(PromptMethodName, self.method, "prompt method")
         self.class_token_position = choice(ClassTokenPosition, self.class_token_position, "class-token position")
         if isinstance(self.ctx_init, str) and not self.ctx_init.strip():
             self.ctx_init = None
@@ -183,6 +193,30 @@ class OptimConfig:
 
 
 @dataclass
+class PlotConfig:
+    """PLOT's options (``--method plot`` only)."""
+
+    SECTION: ClassVar[str] = "plot"
+    METHOD: ClassVar[PromptMethodName] = PromptMethodName.PLOT
+    num_prompts: int = spec(4, check=at_least_one, help="PLOT: prompts per class N, matched by optimal transport")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+@dataclass
+class KgCoOpConfig:
+    """KgCoOp's options (``--method kgcoop`` only)."""
+
+    SECTION: ClassVar[str] = "kgcoop"
+    METHOD: ClassVar[PromptMethodName] = PromptMethodName.KGCOOP
+    weight: float = spec(8.0, check=non_negative, help="KgCoOp: weight lambda of the hand-crafted-prompt term")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+@dataclass
 class RunConfig:
     """Everything that determines a trained prompt. ``run_id`` hashes all of it."""
 
@@ -197,6 +231,8 @@ class RunConfig:
     prompt: PromptConfig = spec(default_factory=PromptConfig)
     nemesis: NemesisConfig = spec(default_factory=NemesisConfig)
     optim: OptimConfig = spec(default_factory=OptimConfig)
+    plot: PlotConfig = spec(default_factory=PlotConfig)
+    kgcoop: KgCoOpConfig = spec(default_factory=KgCoOpConfig)
     recipe: str | None = spec(None, help="a named recipe whose settings were applied (recorded, not hashed)")
 
     def __post_init__(self) -> None:
@@ -206,6 +242,8 @@ class RunConfig:
             if not isinstance(getattr(self, name), section):
                 raise FieldError(name, f"{name} must be a {section.__name__}, got {getattr(self, name)!r}")
         validate_fields(self)
+        check_method_options(self)
+
     @property
     def num_epochs(self) -> int:
         return self.epochs if self.epochs is not None else coop_epochs(self.shots, self.dataset)
@@ -213,6 +251,19 @@ class RunConfig:
     @property
     def method(self) -> str:
         return self.nemesis.method
+
+    @property
+    def prompt_method(self) -> str:
+        """The ``prompt_method`` column: coop, cocoop, plot or kgcoop."""
+        return self.prompt.method.value
+
+    def method_options(self):
+        """The options section of this run's prompt method (PlotConfig, KgCoOpConfig), or None."""
+        for name in METHOD_SECTIONS:
+            section = getattr(self, name)
+            if section.METHOD == self.prompt.method:
+                return section
+        return None
 
     def resolved(self, device_type: str) -> "RunConfig":
         """A copy with defaults that depend on the device filled in (precision, epochs)."""
@@ -247,8 +298,7 @@ class RunConfig:
     @property
     def run_id(self) -> str:
         """A 12-hex-digit hash of the full config (the recipe name is bookkeeping and left out)."""
-        data = self.to_dict()
-        data.pop("recipe", None)
+        data = hashed_dict(self.to_dict())
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -266,6 +316,7 @@ class RunConfig:
             csc=self.prompt.csc,
             class_token_position=plain(self.prompt.class_token_position),
             precision=plain(self.precision) if self.precision is not None else "",
+            prompt_method=self.prompt_method,
         )
 
     def identity_columns(self) -> dict:
@@ -291,7 +342,43 @@ class RunConfig:
         return flat
 
 
-NESTED = {"prompt": PromptConfig, "nemesis": NemesisConfig, "optim": OptimConfig}
+NESTED = {
+    "prompt": PromptConfig,
+    "nemesis": NemesisConfig,
+    "optim": OptimConfig,
+    "plot": PlotConfig,
+    "kgcoop": KgCoOpConfig,
+}
+METHOD_SECTIONS = ("plot", "kgcoop")  # option sections that belong to one prompt method each
+
+
+def check_method_options(config: RunConfig) -> None:
+    """Refuse options of a prompt method other than the run's (e.g. plot.num_prompts with --method coop)."""
+    for name in METHOD_SECTIONS:
+        section = getattr(config, name)
+        if section.METHOD == config.prompt.method:
+            continue
+        default = type(section)()
+        for item in fields(section):
+            if getattr(section, item.name) != getattr(default, item.name):
+                dotted = f"{name}.{item.name}"
+                raise FieldError(
+                    dotted, f"{dotted} applies to --method {section.METHOD.value} only; drop it or pass that method"
+                )
+
+
+def hashed_dict(data: dict) -> dict:
+    """What ``run_id`` hashes: the config minus bookkeeping (recipe), minus the prompt method when it is
+    CoOp and the option sections of other methods, so runs from before the method choice keep their ids."""
+    data = json.loads(json.dumps(data))
+    data.pop("recipe", None)
+    method = data["prompt"].get("method", PromptMethodName.COOP.value)
+    if method == PromptMethodName.COOP.value:
+        data["prompt"].pop("method", None)
+    for name in METHOD_SECTIONS:
+        if NESTED[name].METHOD.value != method:
+            data.pop(name, None)
+    return data
 
 
 # ------------------------------------------------------------------- dotted names, overrides, config files
@@ -422,7 +509,7 @@ def to_toml(config: "RunConfig") -> str:
 # Named, explicit bundles of settings. The reference code hides some of these behind dataset names;
 # here they apply only when asked for, and what they changed is printed and recorded in the run.
 
-RECIPES = ("coop", "paper")
+RECIPES = ("coop", "paper", "cocoop")
 PAPER_PAN_DATASETS = ("food101", "oxford_pets")  # reference: PAN weight 50 and omega = 1 on these
 
 
@@ -443,6 +530,22 @@ def apply_recipe(config: RunConfig, name: str | None) -> tuple[RunConfig, dict]:
             "prompt.class_token_position": "end",
             "prompt.ctx_init": None,
             "epochs": coop_epochs(config.shots, config.dataset),
+        }
+    elif name == "cocoop":
+        # CoCoOp's base-to-new recipe: ViT-B/16, 16 shots, batch 1, 10 epochs, SGD 0.002 with CoOp's
+        # schedule, 4 context vectors from "a photo of a", class token at the end.
+        changed = {
+            "prompt.method": "cocoop",
+            "backbone": "ViT-B-16",
+            "pretrained": "openai",
+            "shots": 16,
+            "epochs": 10,
+            "optim.batch_size": 1,
+            "optim.lr": 0.002,
+            "prompt.n_ctx": 4,
+            "prompt.csc": False,
+            "prompt.class_token_position": "end",
+            "prompt.ctx_init": "a photo of a",
         }
     elif name == "paper":
         # The Nemesis reference code's per-dataset rule, made explicit.

@@ -37,12 +37,12 @@ def auto_chunk(method: PromptMethod, memory_budget: int | None = None) -> int:
 def predict_variants(method: PromptMethod, slot_variants: Tensor, features: Tensor) -> Tensor:
     """Top-1 class of every test image under every slot variant: (variants, n_test), long, on the CPU.
 
-    ``slot_variants`` (variants, [classes,] n_ctx, width); ``features`` (n_test, embed), L2-normalised, on
-    the model's device. One stacked text pass (cut at the longest EOS) for all variants.
+    ``slot_variants`` (variants, *slot shape); ``features`` (n_test, embed), L2-normalised, on the model's
+    device. One stacked text pass (cut at the longest EOS) for all variants; image-conditioned methods
+    (CoCoOp) chunk over the images inside :meth:`~PromptMethod.variant_scores`.
     """
     device = method.device
-    text = method.text_features(slot_variants.to(device))  # (variants, classes, embed)
-    scores = torch.matmul(features.to(device)[None], text.transpose(1, 2))  # (variants, n_test, classes)
+    scores = method.variant_scores(slot_variants.to(device), features.to(device))  # (variants, n_test, classes)
     return predict_classes(scores).cpu()
 
 

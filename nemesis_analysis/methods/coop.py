@@ -29,7 +29,7 @@ class CoOp(PromptMethod):
     ``eos`` (num_classes,), each prompt's EOS position. ``length`` is cut after the longest EOS.
     """
 
-    def __init__(self, loaded: LoadedModel, classnames: list[str], config: PromptConfig, seed: int = 0):
+    def __init__(self, loaded: LoadedModel, classnames: list[str], config: PromptConfig, seed: int = 0, options=None):
         super().__init__()
         self.config = config
         self.classnames = list(classnames)
