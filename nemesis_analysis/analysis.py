@@ -24,7 +24,7 @@ from nemesis_analysis.errors import ConfigError, NoDataError
 logger = logging.getLogger(__name__)
 
 # What a paper table aggregates over: seeds vary inside a group, nothing else does.
-GROUP_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "shots", "method")
+GROUP_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "shots", "prompt_method", "method")
 # One corruption observation within the table: run_id plus schema.CORRUPTION_KEY.
 _KEY: tuple[str, ...] = schema.KEYS["corruptions"]
 CORRUPTION_OPS: tuple[str, ...] = ("rescale", "replace")
@@ -46,6 +46,13 @@ FREQUENCY_SHORT = (
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def with_identity_defaults(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """``frame`` with grouping columns it lacks but the schema declares a default for (``prompt_method``:
+    "coop" for rows from before the method choice), so hand-built and old tables group alike."""
+    missing = {c: schema.column_default("*", c) for c in by if c not in frame.columns}
+    return frame.assign(**{c: v for c, v in missing.items() if v is not None})
 
 
 def require_columns(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
@@ -97,6 +104,7 @@ def grid_gaps(corruptions: pd.DataFrame, by: Sequence[str] = GROUP_COLUMNS) -> p
     list of the keys it lacks). Only runs with at least one missing cell appear.
     """
     by = list(by)
+    corruptions = with_identity_defaults(corruptions, by)
     columns = [*by, "seed", "run_id", "n_cells", "n_union", "missing"]
     table = dedupe_corruptions(corruptions)
     table = table[table["op"] != "none"]
@@ -120,6 +128,7 @@ def restrict_to_common_grid(corruptions: pd.DataFrame, by: Sequence[str] = GROUP
     warning naming, per seed, how many cells it lacks and the first few.
     """
     by = list(by)
+    corruptions = with_identity_defaults(corruptions, by)
     gaps = grid_gaps(corruptions, by)
     table = dedupe_corruptions(corruptions)
     if gaps.empty:
@@ -158,6 +167,7 @@ def low_norm_frequency_per_seed(
     whose rows are all baselines (op == "none") do not appear.
     """
     by = list(by)
+    corruptions = with_identity_defaults(corruptions, by)
     columns = [*by, "seed", "n_reducing", "n_effect", "frequency"]
     require_columns(corruptions, [*by, "seed", *_KEY, "delta", "norm_before", "norm_after"], "corruption table")
     table = dedupe_corruptions(corruptions)
@@ -199,6 +209,7 @@ def low_norm_frequency(
     See FREQUENCY_DEFINITION.
     """
     by = list(by)
+    corruptions = with_identity_defaults(corruptions, by)
     if same_grid:
         corruptions = restrict_to_common_grid(corruptions, by)
     columns = [*by, "frequency_mean", "frequency_std", "num_seeds", "n_effect", "n_reducing", "frequency_pooled"]
@@ -229,6 +240,7 @@ def low_norm_counts(
     percentage would use) and `num_seeds`.
     """
     by = list(by)
+    corruptions = with_identity_defaults(corruptions, by)
     columns = [*by, "count_mean", "count_std", "n_reducing_mean", "num_seeds"]
     if same_grid:
         corruptions = restrict_to_common_grid(corruptions, by)
@@ -270,6 +282,7 @@ def summarize_runs(runs: pd.DataFrame, by: Sequence[str] = GROUP_COLUMNS) -> pd.
     `num_seeds`.
     """
     by = list(by)
+    runs = with_identity_defaults(runs, by)
     values = ["final_test_acc", "zero_shot_acc"]
     columns = [*by, *(f"{v}_{s}" for v in values for s in ("mean", "std")), "num_seeds"]
     require_columns(runs, [*by, "seed", *values], "runs table")
@@ -292,6 +305,7 @@ def summarize_corruptions(corruptions: pd.DataFrame, by: Sequence[str] = GROUP_C
     (op == "none") are left out.
     """
     by = list(by)
+    corruptions = with_identity_defaults(corruptions, by)
     columns = [
         *by,
         "op",

@@ -57,12 +57,16 @@ def test_identity_records_the_prompt_method_and_old_parts_read_as_coop(tmp_path)
     assert RunIdentity.from_row({k: v for k, v in RunConfig().identity_columns().items() if k != "prompt_method"}
                                 ).prompt_method == "coop"  # fmt: skip
     # A part written before the column existed reads as CoOp.
+    from nemesis_analysis.schema import SCHEMAS
+
+    measures = {name: 0.0 for name in SCHEMAS["trajectories"].names if name not in IDENTITY_COLUMNS}
+    measures.update(epoch=0, position=0)
     row = {k: v for k, v in RunConfig().identity_columns().items() if k != "prompt_method"}
-    old = pd.DataFrame([{**row, "epoch": 0, "position": 0, "norm": 1.0}])
+    old = pd.DataFrame([{**row, **measures, "norm": 1.0}])
     folder = tmp_path / "trajectories"
     folder.mkdir()
     pq.write_table(pa.Table.from_pandas(old, preserve_index=False), folder / "part-old.parquet")
-    store.append_rows(tmp_path, "trajectories", [{**config.identity_columns(), "epoch": 0, "position": 0, "norm": 2.0}])
+    store.append_rows(tmp_path, "trajectories", [{**config.identity_columns(), **measures, "norm": 2.0}])
     table = store.read_table(tmp_path, "trajectories").sort_values("norm")
     assert table["prompt_method"].tolist() == ["coop", "cocoop"]
 
