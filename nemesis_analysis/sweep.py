@@ -63,6 +63,7 @@ class EvalSet:
 
     features: Tensor  # (n_test, embed)
     labels: Tensor  # (n_test,)
+    local_features: Tensor | None = None  # (n_test, tokens, embed) for methods that need them (PLOT)
 
     @property
     def size(self) -> int:
@@ -102,7 +103,7 @@ def run_corruption_sweep(
     slot_value = check_slot(slot_value, identity, method)
     chunk = resolve_chunk(method, chunk, memory_budget)
     test = load_test_set(session, method, identity.dataset, max_test)
-    acc_original = float(accuracy_of(predict_variants(method, slot_value[None], test.features), test.labels)[0])
+    acc_original = float(accuracy_of(predict_variants(method, slot_value[None], test.features, test.local_features), test.labels)[0])
     base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size}
     base_norms = position_norms(slot_value)  # (n_ctx,)
 
@@ -234,7 +235,8 @@ def evaluate_chunk(
 ) -> list[dict]:
     """The table rows of one chunk of corruptions (one stacked text pass)."""
     variants = apply_corruptions(slot_value, part, run_id)  # (variants, [classes,] n_ctx, width)
-    predictions = predict_single_position_variants(method, cache, variants, [c.position for c in part], test.features)
+    positions = [c.position for c in part]
+    predictions = predict_single_position_variants(method, cache, variants, positions, test.features, test.local_features)
     accs = accuracy_of(predictions, test.labels).tolist()
     after = variant_norms(variants)  # (variants, n_ctx)
     rows = []

@@ -254,3 +254,41 @@ def test_dassl_cocoop_checkpoint_is_imported_with_its_meta_net(tiny, tmp_path):
     torch.save({"state_dict": state}, folder / "model.pth.tar-10")
     with pytest.raises(ModelError, match="meta-network shapes"):
         read_prompt(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_method_flags_help_panels_and_refusals():
+    from typer.testing import CliRunner
+
+    from nemesis_analysis.cli import app
+
+    runner = CliRunner()
+    for command in ("train", "corrupt"):
+        text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+        for item in ("--method", "--plot-prompts", "--kg-weight", "(PLOT only)", "(KgCoOp only)"):
+            assert item in text, f"{command} --help lacks {item}"
+    assert "--max-test" in runner.invoke(app, ["corrupt", "--help"], env={"COLUMNS": "200"}).output
+    refused = runner.invoke(app, ["train", "--kg-weight", "2", "--print-config"])
+    assert refused.exit_code == 2
+    assert "kgcoop.weight applies to --method kgcoop only" in refused.output and "(flag --kg-weight)" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    shown = runner.invoke(app, ["train", "--method", "kgcoop", "--kg-weight", "2", "--print-config"])
+    assert shown.exit_code == 0 and 'method = "kgcoop"' in shown.output and "weight = 2.0" in shown.output
+    config = RunConfig.from_dict({"prompt": {"method": "kgcoop"}, "kgcoop": {"weight": 2.0}})
+    assert config.method_options() == KgCoOpConfig(weight=2.0) and RunConfig().method_options() is None
+    unknown = runner.invoke(app, ["train", "--method", "maple", "--print-config"])
+    assert unknown.exit_code == 2 and "unknown prompt method 'maple'" in unknown.output
+
+
+def test_summaries_group_by_prompt_method():
+    from nemesis_analysis import analysis
+
+    row = {"dataset": "digits", "backbone": "nemesis-tiny", "shots": 4, "method": "coop", "seed": 1,
+           "final_test_acc": 50.0, "zero_shot_acc": 10.0, "mean_norm": 1.0}  # fmt: skip
+    runs = pd.DataFrame([{**row, "prompt_method": "coop"}, {**row, "prompt_method": "cocoop", "final_test_acc": 60.0}])
+    summary = analysis.summarize_runs(runs)
+    assert sorted(zip(summary["prompt_method"], summary["final_test_acc_mean"])) == [("cocoop", 60.0), ("coop", 50.0)]
+    legacy = analysis.summarize_runs(pd.DataFrame([row]))  # a table from before the column: CoOp
+    assert legacy["prompt_method"].tolist() == ["coop"]

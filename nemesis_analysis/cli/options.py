@@ -139,7 +139,7 @@ def _help(dotted: str, text: str = "") -> str:
 
 
 ConfigFileOpt = Annotated[
-    Optional[Path], typer.Option("--config", metavar="FILE", help="TOML run config: top-level fields and [prompt], [nemesis], [optim].")
+    Optional[Path], typer.Option("--config", metavar="FILE", help="TOML run config: top-level fields and [prompt], [nemesis], [optim], [plot], [kgcoop].")
 ]
 SetOpt = Annotated[
     Optional[list[str]],

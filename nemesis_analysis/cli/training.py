@@ -102,7 +102,9 @@ def config_of_run(session: Session, run_id: str, given: set[str], prompt: Path |
 
 def print_run_result(result) -> None:
     state = "reused finished run" if result.reused else f"trained in {result.seconds:.1f} s"
-    console.print(f"[bold]{result.config.prompt_method} {result.config.method}[/] run {result.run_id} ({state}) -> {result.run_dir}")
+    config = result.config
+    label = config.prompt_method if config.method == "coop" else f"{config.prompt_method} + {config.method}"
+    console.print(f"[bold]{label}[/] run {result.run_id} ({state}) -> {result.run_dir}")
     console.print(
         f"  zero-shot accuracy {result.zero_shot_acc:.2f}%   final test accuracy {result.final_test_acc:.2f}%   "
         f"mean context norm {result.mean_norm:.4f}",
