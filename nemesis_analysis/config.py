@@ -353,7 +353,10 @@ METHOD_SECTIONS = ("plot", "kgcoop")  # option sections that belong to one promp
 
 
 def check_method_options(config: RunConfig) -> None:
-    """Refuse options of a prompt method other than the run's (e.g. plot.num_prompts with --method coop)."""
+    """Refuse options of a prompt method other than the run's (e.g. plot.num_prompts with --method coop),
+    and class-specific context for CoCoOp (one generic context shifted per image)."""
+    if config.prompt.method == PromptMethodName.COCOOP and config.prompt.csc:
+        raise FieldError("prompt.csc", "CoCoOp learns one generic context shifted per image; drop --csc")
     for name in METHOD_SECTIONS:
         section = getattr(config, name)
         if section.METHOD == config.prompt.method:
