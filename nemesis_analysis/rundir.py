@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from nemesis_analysis import schema, store
+from nemesis_analysis import store
 from nemesis_analysis.artifacts import save_prompt
 from nemesis_analysis.data.base import Sample
 from nemesis_analysis.data.fewshot import save_split
@@ -129,10 +129,4 @@ class RunDir:
             if not store.existing_keys(reports_dir, table, self.run_id):
                 saved = self.file(f"{table}.parquet")
                 if saved.is_file():
-                    store.append_rows(reports_dir, table, with_column_defaults(pd.read_parquet(saved), table))
-
-
-def with_column_defaults(frame: pd.DataFrame, table: str) -> pd.DataFrame:
-    """Rows a run saved before a column existed, with that column's declared default (``prompt_method``)."""
-    defaults = {c: schema.column_default(table, c) for c in schema.columns(table) if c not in frame.columns}
-    return frame.assign(**{c: v for c, v in defaults.items() if v is not None})
+                    store.append_rows(reports_dir, table, pd.read_parquet(saved))
