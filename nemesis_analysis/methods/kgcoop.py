@@ -2,8 +2,10 @@
 
 The extra training term is ``lambda * mean_c ||t_c - h_c||^2`` with ``t_c`` the learned prompt's and
 ``h_c`` the frozen model's text feature of "a photo of a {class}." for class c, both L2-normalised (as in
-the official code). On unit vectors ``||t - h||^2 = 2 (1 - cos(t, h))``: the official code's
-``lambda * (1 - mean_c cos)`` is half of this term, so ``--kg-weight 16`` reproduces its default of 8.
+the official code), as the paper writes it. On unit vectors ``||t - h||^2 = 2 (1 - cos(t, h))``, so the
+official code's ``lambda * (1 - mean_c cos)`` equals ``lambda / 2 * mean_c ||t_c - h_c||^2``: its default
+(8 on ``1 - cos``) is ``--kg-weight 4`` here. The template is the generic one for every dataset (the
+official code also has per-dataset templates).
 """
 
 from __future__ import annotations
