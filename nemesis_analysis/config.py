@@ -19,10 +19,12 @@ from typing import Callable, ClassVar
 
 from nemesis_analysis.choices import (
     ClassTokenPosition,
+    CscReduction,
     NormType,
     OmegaSchedule,
     Precision,
     PromptMethodName,
+    Protocol,
     choice,
     plain,
 )
@@ -43,6 +45,16 @@ def coop_epochs(shots: int, dataset: str = "") -> int:
     return COOP_EPOCHS_BY_SHOTS[max(eligible)] if eligible else COOP_EPOCHS_BY_SHOTS[1]
 
 
+# The official Nemesis corruption scripts train for fewer epochs at 2 and 8 shots than CoOp's configs.
+CORRUPTION_EPOCHS_BY_SHOTS = {1: 50, 2: 50, 4: 100, 8: 100, 16: 200}
+
+
+def corruption_epochs(shots: int) -> int:
+    """Epochs of the reference corruption scripts for ``shots`` (the nearest listed shot count at or below it)."""
+    eligible = [k for k in CORRUPTION_EPOCHS_BY_SHOTS if k <= shots]
+    return CORRUPTION_EPOCHS_BY_SHOTS[max(eligible) if eligible else 1]
+
+
 @dataclass(frozen=True)
 class Rule:
     """One validation rule of a numeric field: ``test(value)`` must hold; ``text`` says what it demands."""
@@ -59,9 +71,15 @@ unit_interval_open = Rule(lambda v: 0 <= v < 1, "must lie in [0, 1)")
 any_number = Rule(lambda v: True, "must be a finite number")
 
 
-def spec(default=MISSING, *, check: Rule | None = None, help: str = "", default_factory=MISSING):
-    """A dataclass field with its validation rule and help text declared next to it."""
-    metadata = {"check": check, "help": help}
+# How a field enters ``run_id``: always; only when it differs from its default (fields added after run ids
+# were first recorded, so that existing runs keep their ids); never (bookkeeping such as the recipe name).
+IN_ID_ALWAYS, IN_ID_UNLESS_DEFAULT, IN_ID_NEVER = "always", "unless_default", "never"
+
+
+def spec(default=MISSING, *, check: Rule | None = None, help: str = "", default_factory=MISSING,
+         in_id: str = IN_ID_ALWAYS):
+    """A dataclass field with its validation rule, help text and run-id rule declared next to it."""
+    metadata = {"check": check, "help": help, "in_id": in_id}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -119,7 +137,8 @@ class PromptConfig:
     """The prompt method and how its learnable context is laid out."""
 
     SECTION: ClassVar[str] = "prompt"
-    method: PromptMethodName = spec(PromptMethodName.COOP, help="prompt method: coop, cocoop, plot or kgcoop")
+    method: PromptMethodName = spec(PromptMethodName.COOP, in_id=IN_ID_UNLESS_DEFAULT,
+                                    help="prompt method: coop, cocoop, plot or kgcoop")
     n_ctx: int = spec(16, check=at_least_one, help="number of context vectors M")
     csc: bool = spec(False, help="class-specific context: one set of M vectors per class")
     class_token_position: ClassTokenPosition = spec(ClassTokenPosition.END, help="where the class name goes")
@@ -139,7 +158,8 @@ class NemesisConfig:
     """Nemesis regularisation: total loss = CE + omega(t) * (beta * L_pun + (1 - beta) * L_pan).
 
     ``beta is None`` means plain CoOp (no norm loss). With class-specific context, norms are taken
-    per class and position and averaged over classes.
+    per class and position and averaged over classes (``csc_reduction = mean``, ours), which makes the
+    same weight num_classes times weaker than the reference's sum (``csc_reduction = sum``).
     """
 
     SECTION: ClassVar[str] = "nemesis"
@@ -149,11 +169,21 @@ class NemesisConfig:
     pan_positions: int = spec(1, check=at_least_one, help="PAN: positions rescaled per step (reference: NP)")
     pan_factor: float = spec(0.1, check=positive, help="PAN: rescale factor of a chosen position (reference: CW)")
     omega: OmegaSchedule = spec(OmegaSchedule.SIGMOID, help="sigmoid (1 - sigmoid(0.2 (t - T/2))) or constant")
+    pan_weight: float | None = spec(None, check=non_negative, in_id=IN_ID_UNLESS_DEFAULT,
+                                    help="PAN's weight (alpha_j); unset: the norm-loss weight")
+    csc_reduction: CscReduction = spec(CscReduction.MEAN, in_id=IN_ID_UNLESS_DEFAULT,
+                                       help="class-specific context: norms averaged (mean) or summed over classes")
 
     def __post_init__(self) -> None:
         self.norm_type = choice(NormType, self.norm_type, "norm type")
         self.omega = choice(OmegaSchedule, self.omega, "omega schedule")
+        self.csc_reduction = choice(CscReduction, self.csc_reduction, "class-specific norm reduction")
         validate_fields(self)
+
+    @property
+    def pan_alpha_weight(self) -> float:
+        """The weight A of PAN's alpha_j: ``pan_weight``, else the norm-loss weight."""
+        return self.weight if self.pan_weight is None else self.pan_weight
 
     @property
     def enabled(self) -> bool:
@@ -187,6 +217,8 @@ class OptimConfig:
     batch_size: int = spec(32, check=at_least_one, help="training batch size")
     warmup_epochs: int = spec(1, check=non_negative, help="constant warm-up epochs")
     warmup_lr: float = spec(1e-5, check=positive, help="learning rate during warm-up")
+    drop_last: bool = spec(False, in_id=IN_ID_UNLESS_DEFAULT,
+                           help="drop the last incomplete batch when the set holds at least one batch (reference)")
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -233,9 +265,14 @@ class RunConfig:
     optim: OptimConfig = spec(default_factory=OptimConfig)
     plot: PlotConfig = spec(default_factory=PlotConfig)
     kgcoop: KgCoOpConfig = spec(default_factory=KgCoOpConfig)
-    recipe: str | None = spec(None, help="a named recipe whose settings were applied (recorded, not hashed)")
+    recipe: str | None = spec(None, in_id=IN_ID_NEVER,
+                              help="a named recipe whose settings were applied (recorded, not hashed)")
+    recipe_changes: str = spec("", in_id=IN_ID_NEVER, help="the settings the recipe changed (recorded, not hashed)")
+    protocol: Protocol = spec(Protocol.FEWSHOT, in_id=IN_ID_UNLESS_DEFAULT,
+                              help="fewshot, base2new, crossdataset or dg (hashed unless fewshot)")
 
     def __post_init__(self) -> None:
+        self.protocol = choice(Protocol, self.protocol, "protocol")
         if self.precision is not None:
             self.precision = choice(Precision, self.precision, "precision")
         for name, section in NESTED.items():
@@ -297,9 +334,8 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        """A 12-hex-digit hash of the full config (the recipe name is bookkeeping and left out)."""
-        data = hashed_dict(self.to_dict())
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        """A 12-hex-digit hash of the config's identity fields (see :func:`id_fields`)."""
+        text = json.dumps(id_fields(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def identity(self, n_ctx: int | None = None) -> RunIdentity:
@@ -338,6 +374,8 @@ class RunConfig:
             lr=self.optim.lr,
             batch_size=self.optim.batch_size,
             recipe=self.recipe or "",
+            protocol=plain(self.protocol),
+            recipe_changes=self.recipe_changes,
         )
         return flat
 
@@ -370,17 +408,22 @@ def check_method_options(config: RunConfig) -> None:
                 )
 
 
-def hashed_dict(data: dict) -> dict:
-    """What ``run_id`` hashes: the config minus bookkeeping (recipe), minus the prompt method when it is
-    CoOp and the option sections of other methods, so runs from before the method choice keep their ids."""
-    data = json.loads(json.dumps(data))
-    data.pop("recipe", None)
-    method = data["prompt"].get("method", PromptMethodName.COOP.value)
-    if method == PromptMethodName.COOP.value:
-        data["prompt"].pop("method", None)
+def id_fields(config: RunConfig) -> dict:
+    """``config.to_dict()`` less what run_id ignores: bookkeeping fields, fields added after run ids were first
+    recorded while they hold their default (so existing runs keep their ids), and the option sections of
+    prompt methods other than the run's, whole (an empty section left behind would change every id)."""
+    data = config.to_dict()
     for name in METHOD_SECTIONS:
-        if NESTED[name].METHOD.value != method:
-            data.pop(name, None)
+        if NESTED[name].METHOD != config.prompt.method:
+            data.pop(name)
+    sections = [(section, data[name]) for name, section in NESTED.items() if name in data]
+    for cls, target in [(RunConfig, data)] + sections:
+        for item in fields(cls):
+            if item.name not in target:  # a method section dropped above
+                continue
+            rule = item.metadata.get("in_id", IN_ID_ALWAYS)
+            if rule == IN_ID_NEVER or (rule == IN_ID_UNLESS_DEFAULT and target[item.name] == plain(item.default)):
+                target.pop(item.name)
     return data
 
 
@@ -513,54 +556,89 @@ def to_toml(config: "RunConfig") -> str:
 # here they apply only when asked for, and what they changed is printed and recorded in the run.
 
 RECIPES = ("coop", "paper", "cocoop")
-PAPER_PAN_DATASETS = ("food101", "oxford_pets")  # reference: PAN weight 50 and omega = 1 on these
+RECIPE_PURPOSES = ("train", "corrupt")  # what the run is made for: its own sake, or a corruption sweep
+PAPER_PAN_DATASETS = ("food101", "oxford_pets")  # reference: omega = 1 for every beta, PAN's weight 50
+PAPER_PAN_WEIGHT = 50.0
 
 
-def apply_recipe(config: RunConfig, name: str | None) -> tuple[RunConfig, dict]:
-    """Return (config with the recipe applied, the settings it changed)."""
+def coop_settings(config: RunConfig) -> tuple[dict, dict]:
+    """CoOp's few-shot protocol: RN50 (OpenAI weights), M = 16, class token at the end, generic context,
+    random init, epochs by shot count (ImageNet 50), the loader's last-batch rule. Returns (settings, notes)."""
+    changed = {
+        "backbone": "RN50",
+        "pretrained": "openai",
+        "prompt.n_ctx": 16,
+        "prompt.csc": False,
+        "prompt.class_token_position": "end",
+        "prompt.ctx_init": None,
+        "epochs": coop_epochs(config.shots, config.dataset),
+        "optim.drop_last": True,
+    }
+    return changed, {"epochs": "CoOp table"}
+
+
+def cocoop_settings() -> tuple[dict, dict]:
+    """CoCoOp's base-to-new recipe: ViT-B/16, 16 shots, batch 1, 10 epochs, SGD 0.002 with CoOp's schedule,
+    4 context vectors from "a photo of a", class token at the end. Returns (settings, notes)."""
+    changed = {
+        "prompt.method": "cocoop",
+        "backbone": "ViT-B-16",
+        "pretrained": "openai",
+        "shots": 16,
+        "epochs": 10,
+        "optim.batch_size": 1,
+        "optim.lr": 0.002,
+        "prompt.n_ctx": 4,
+        "prompt.csc": False,
+        "prompt.class_token_position": "end",
+        "prompt.ctx_init": "a photo of a",
+    }
+    return changed, {}
+
+
+def paper_settings(config: RunConfig, purpose: str) -> tuple[dict, dict]:
+    """The Nemesis reference code's rules, made explicit: the loader's last-batch rule, class-specific norms
+    summed over classes, its epochs (the corruption scripts' table for a corruption sweep), and on Food101
+    and OxfordPets omega = 1 for every beta with PAN's weight (only) 50. Returns (settings, notes)."""
+    corrupt = purpose == "corrupt"
+    changed: dict = {
+        "epochs": corruption_epochs(config.shots) if corrupt else coop_epochs(config.shots, config.dataset),
+        "optim.drop_last": True,
+    }
+    notes = {"epochs": "corruption-script table" if corrupt else "CoOp table"}
+    if config.prompt.csc and config.nemesis.enabled:
+        changed["nemesis.csc_reduction"] = "sum"
+    if config.dataset in PAPER_PAN_DATASETS and config.nemesis.enabled:
+        changed["nemesis.omega"] = "constant"
+        if config.nemesis.uses_pan:
+            changed["nemesis.pan_weight"] = PAPER_PAN_WEIGHT
+    return changed, notes
+
+
+def describe_changes(changed: dict, notes: dict) -> str:
+    """``{"epochs": 100}`` with note "corruption-script table" -> ``"epochs=100 (corruption-script table)"``."""
+    return ", ".join(f"{k}={v}" + (f" ({notes[k]})" if k in notes else "") for k, v in changed.items())
+
+
+def apply_recipe(config: RunConfig, name: str | None, purpose: str = "train") -> tuple[RunConfig, dict]:
+    """Return (config with the recipe applied, the settings it changed by dotted name).
+
+    ``purpose`` is what the run is made for: ``train`` or ``corrupt`` (a corruption sweep, where the paper
+    recipe follows the corruption scripts' epochs). The config records the recipe and, in
+    ``recipe_changes``, every setting it changed.
+    """
     if name is None:
         return config, {}
-    data = config.to_dict()
-    changed: dict = {}
+    if purpose not in RECIPE_PURPOSES:
+        raise ConfigError(f"unknown recipe purpose {purpose!r}; choose one of: {', '.join(RECIPE_PURPOSES)}")
     if name == "coop":
-        # CoOp's few-shot protocol: RN50 (OpenAI weights), M = 16, class token at the end, generic
-        # context, random init, epochs by shot count (ImageNet 50).
-        changed = {
-            "backbone": "RN50",
-            "pretrained": "openai",
-            "prompt.n_ctx": 16,
-            "prompt.csc": False,
-            "prompt.class_token_position": "end",
-            "prompt.ctx_init": None,
-            "epochs": coop_epochs(config.shots, config.dataset),
-        }
+        changed, notes = coop_settings(config)
     elif name == "cocoop":
-        # CoCoOp's base-to-new recipe: ViT-B/16, 16 shots, batch 1, 10 epochs, SGD 0.002 with CoOp's
-        # schedule, 4 context vectors from "a photo of a", class token at the end.
-        changed = {
-            "prompt.method": "cocoop",
-            "backbone": "ViT-B-16",
-            "pretrained": "openai",
-            "shots": 16,
-            "epochs": 10,
-            "optim.batch_size": 1,
-            "optim.lr": 0.002,
-            "prompt.n_ctx": 4,
-            "prompt.csc": False,
-            "prompt.class_token_position": "end",
-            "prompt.ctx_init": "a photo of a",
-        }
+        changed, notes = cocoop_settings()
     elif name == "paper":
-        # The Nemesis reference code's per-dataset rule, made explicit.
-        if config.dataset in PAPER_PAN_DATASETS and config.nemesis.uses_pan:
-            changed = {"nemesis.weight": 50.0, "nemesis.omega": "constant"}
+        changed, notes = paper_settings(config, purpose)
     else:
         raise ConfigError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
-    for dotted, value in changed.items():
-        target = data
-        *parents, leaf = dotted.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    data["recipe"] = name
+    data = with_overrides(config.to_dict(), changed)
+    data["recipe"], data["recipe_changes"] = name, describe_changes(changed, notes)
     return RunConfig.from_dict(data), changed
