@@ -9,6 +9,7 @@ and names the field by its dotted name (``nemesis.beta``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -198,6 +199,8 @@ class RunConfig:
     nemesis: NemesisConfig = spec(default_factory=NemesisConfig)
     optim: OptimConfig = spec(default_factory=OptimConfig)
     recipe: str | None = spec(None, help="a named recipe whose settings were applied (recorded, not hashed)")
+    allow_missing_classes: bool = spec(False, help="train even when classes have fewer training images than shots")
+    dataset_fingerprint: str = spec("", help="content fingerprint of a custom dataset (filled in when it is loaded)")
 
     def __post_init__(self) -> None:
         if self.precision is not None:
@@ -244,11 +247,19 @@ class RunConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def with_dataset_fingerprint(self, fingerprint: str) -> "RunConfig":
+        """A copy naming the loaded dataset's content (custom datasets; "" for built-ins), so two
+        different folders with the same spec never share a run id."""
+        return self if fingerprint == self.dataset_fingerprint else dataclasses.replace(self, dataset_fingerprint=fingerprint)
+
     @property
     def run_id(self) -> str:
         """A 12-hex-digit hash of the full config (the recipe name is bookkeeping and left out)."""
         data = self.to_dict()
         data.pop("recipe", None)
+        for name in UNHASHED_AT_DEFAULT:  # fields added later: at their default, old run ids stay valid
+            if data.get(name) == getattr(RunConfig, name):
+                data.pop(name)
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -292,6 +303,8 @@ class RunConfig:
 
 
 NESTED = {"prompt": PromptConfig, "nemesis": NemesisConfig, "optim": OptimConfig}
+# Fields that enter run_id only when they differ from their default (built-in run ids never change).
+UNHASHED_AT_DEFAULT = ("allow_missing_classes", "dataset_fingerprint")
 
 
 # ------------------------------------------------------------------- dotted names, overrides, config files

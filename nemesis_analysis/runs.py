@@ -10,12 +10,14 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Sequence
 
-from nemesis_analysis.artifacts import AnalysisPrompt, check_fits, load_prompt, read_prompt
+from nemesis_analysis.artifacts import ARTIFACT_TENSORS, AnalysisPrompt, check_fits, load_prompt, read_prompt
 from nemesis_analysis.config import PromptConfig, RunConfig
 from nemesis_analysis.corrupt_ops import Corruption, GridSpec
 from nemesis_analysis.errors import ConfigError, NoDataError
 from nemesis_analysis.methods import PromptMethod, method_class
 from nemesis_analysis.prompts import backbone_tokenizer, resolve_n_ctx
+from nemesis_analysis.rundir import RunDir
+from nemesis_analysis.safeload import DamagedFileError
 from nemesis_analysis.schema import RunIdentity
 from nemesis_analysis.session import Session
 from nemesis_analysis.sweep import SweepSummary, run_corruption_sweep
@@ -34,10 +36,17 @@ def sweep_runs(
     force: bool = False,
     on_run: Callable[[RunResult], None] | None = None,
     on_prompt: Callable[[AnalysisPrompt], None] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> list[SweepSummary]:
     """Sweep ``grid`` on ``prompt``; or on the recorded run ``run_id`` (an id or a unique prefix: its config
-    replaces ``config``); or on the run of ``config`` for each seed (training it first when unfinished)."""
+    replaces ``config``); or on the run of ``config`` for each seed (training it first when unfinished).
+
+    ``should_stop`` (asked after each training epoch and before each sweep chunk) returning True ends the
+    work at the next saved point: a stopped training run is passed to ``on_run`` (``run.stopped``) and ends
+    the list; a stopped sweep is the last summary (``summary.stopped``).
+    """
     check_sources(seeds, prompt, run_id, chunk)
+    session.check_output_folders()
     if run_id is not None:
         config = load_run_config(session, run_id)
     seeds = list(seeds) if seeds is not None else [config.seed]
@@ -49,13 +58,18 @@ def sweep_runs(
     corruptions = grid.expand(n_ctx)
     config = dataclasses.replace(config, seed=seeds[0])
     if analysed is not None:
-        return [sweep_prompt(config, session, analysed, corruptions, chunk=chunk, on_prompt=on_prompt)]
+        return [sweep_prompt(config, session, analysed, corruptions, chunk=chunk, on_prompt=on_prompt,
+                             should_stop=should_stop)]  # fmt: skip
     summaries = []
     for seed in seeds:
-        run = train_prompt(dataclasses.replace(config, seed=seed), session, force=force)
+        run = train_prompt(dataclasses.replace(config, seed=seed), session, force=force, should_stop=should_stop)
         if on_run is not None:
             on_run(run)
-        summaries.append(sweep_trained_run(session, run, corruptions, chunk=chunk))
+        if run.stopped:
+            break
+        summaries.append(sweep_trained_run(session, run, corruptions, chunk=chunk, should_stop=should_stop))
+        if summaries[-1].stopped:
+            break
     return summaries
 
 
@@ -70,15 +84,33 @@ def check_sources(seeds, prompt, run_id, chunk) -> None:
 
 
 def sweep_trained_run(
-    session: Session, run: RunResult, grid: Sequence[Corruption], chunk: int | None = None
+    session: Session,
+    run: RunResult,
+    grid: Sequence[Corruption],
+    chunk: int | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
     """Sweep the prompt that :func:`~nemesis_analysis.train.train_prompt` saved for ``run``."""
-    ctx, _ = load_prompt(run.run_dir)
+    run_dir = RunDir(Path(run.run_dir))
+    ctx, _ = load_prompt(run_dir.path, fix=run_dir.damaged_fix)
     config = run.config
     loaded, dataset = load_model_and_data(config, session)
+    check_run_prompt(ctx, config, loaded, dataset.num_classes, run_dir)
     identity = config.identity(n_ctx=ctx.shape[-2])
     method = method_for_identity(loaded, dataset.classnames, identity)
-    return run_corruption_sweep(session, method, ctx, identity, grid, chunk=chunk)
+    return run_corruption_sweep(session, method, ctx, identity, grid, chunk=chunk, should_stop=should_stop)
+
+
+def check_run_prompt(ctx, config: RunConfig, loaded, num_classes: int, run_dir: RunDir) -> None:
+    """A run folder's prompt must have the shape its config gives; else it is damaged (one-line error)."""
+    n_ctx = resolve_n_ctx(config.prompt, loaded.tokenizer)
+    width = int(loaded.model.token_embedding.embedding_dim)
+    expected = (num_classes, n_ctx, width) if config.prompt.csc else (n_ctx, width)
+    if tuple(ctx.shape) != expected:
+        raise DamagedFileError(
+            f"run file {run_dir.file(ARTIFACT_TENSORS)} is damaged (context of shape {tuple(ctx.shape)}, the run's "
+            f"config gives {expected}); {run_dir.damaged_fix}"
+        )
 
 
 def sweep_prompt(
@@ -88,6 +120,7 @@ def sweep_prompt(
     grid: Sequence[Corruption],
     chunk: int | None = None,
     on_prompt: Callable[[AnalysisPrompt], None] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
     """Sweep a saved prompt on ``config``'s model and dataset (the prompt's recorded layout wins)."""
     loaded, dataset = load_model_and_data(config, session)
@@ -99,7 +132,7 @@ def sweep_prompt(
     identity = identity_for_prompt(prompt, config.resolved(loaded.device.type), method)
     if on_prompt is not None:
         on_prompt(prompt)
-    return run_corruption_sweep(session, method, prompt.ctx, identity, grid, chunk=chunk)
+    return run_corruption_sweep(session, method, prompt.ctx, identity, grid, chunk=chunk, should_stop=should_stop)
 
 
 def method_for_identity(loaded, classnames: list[str], identity: RunIdentity) -> PromptMethod:

@@ -95,6 +95,14 @@ class Session:
             self._datasets[key] = load_dataset(name, self.data_root)
         return self._datasets[key]
 
+    def check_output_folders(self) -> None:
+        """Raise a one-line WriteError unless ``--checkpoints`` and ``--reports`` are (or can become) folders
+        this process can write into; called before any long work. Creates nothing."""
+        from nemesis_analysis.fsio import check_writable
+
+        check_writable(self.checkpoints_dir, "--checkpoints")
+        check_writable(self.reports_dir, "--reports")
+
     def run_dir(self, run_id: str):
         """The folder of run ``run_id`` (a :class:`~nemesis_analysis.rundir.RunDir`)."""
         from nemesis_analysis.rundir import RunDir

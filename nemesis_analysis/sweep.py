@@ -54,6 +54,7 @@ class SweepSummary:
     chunk: int  # variants per text pass
     seconds: float
     rows: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # the grid's rows, grid order
+    stopped: bool = False  # should_stop ended the sweep before the grid was complete
 
 
 @dataclass
@@ -79,6 +80,7 @@ def run_corruption_sweep(
     memory_budget: int | None = None,
     reuse_prefix: bool = True,
     on_chunk: Callable[[int, list[dict]], None] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
     """Evaluate every corruption in ``grid`` on the test split of ``identity.dataset`` and append the rows.
 
@@ -86,7 +88,9 @@ def run_corruption_sweep(
     ``identity.run_id`` also seeds the replace draws. ``chunk``: variants per text pass (default: from
     ``memory_budget``). ``reuse_prefix``: compute each variant from its corrupted position on, reusing the
     unchanged prompt's states before it (exact under the causal mask). ``on_chunk(index, rows)`` is called
-    after each chunk's part is written.
+    after each chunk's part is written; ``should_stop(index)``, asked before each chunk, returning True ends
+    the sweep there (every finished chunk is saved; the summary has ``stopped=True``). The run's rows are
+    found and appended under :func:`store.claim`, so two processes sweeping one run never write a key twice.
 
     ``norm_before``/``norm_after`` are the L2 norms of the corrupted position before and after (CSC:
     averaged over classes, as :func:`nemesis.position_norms`). The baseline row (op "none", position -1,
@@ -102,29 +106,34 @@ def run_corruption_sweep(
     base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size}
     base_norms = position_norms(slot_value)  # (n_ctx,)
 
-    previous = previous_rows(session, identity.run_id)
-    done = set(previous[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
-    pending = [] if NO_CORRUPTION.key() in done else [baseline_row(base_row, base_norms)]
-    todo = pending_corruptions(grid, done)
-    new_rows = list(pending)
-    cache = prefix_cache(method, slot_value, reuse_prefix) if todo else None  # a complete rerun needs no text pass
-    with progress_bar(f"corrupting {identity.run_id}", total=len(todo), enabled=session.progress) as advance:
-        for index, start in enumerate(range(0, len(todo), chunk)):
-            part = todo[start : start + chunk]
-            rows = pending + evaluate_chunk(
-                method, cache, slot_value, part, identity.run_id, test, base_row, base_norms
-            )
-            pending = []
-            store.append_rows(session.reports_dir, TABLE, rows)
-            new_rows.extend(rows[-len(part) :])
-            advance(len(part), best=max(row["acc"] for row in rows[-len(part) :]))
-            if on_chunk is not None:
-                on_chunk(index, rows)
-    if pending:  # nothing left to corrupt, but the baseline row was missing
-        store.append_rows(session.reports_dir, TABLE, pending)
+    with store.claim(session.reports_dir, TABLE, identity.run_id) as claim:  # concurrent sweeps never duplicate
+        previous = previous_rows(session, identity.run_id)
+        done = set(previous[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
+        pending = [] if NO_CORRUPTION.key() in done else [baseline_row(base_row, base_norms)]
+        todo = pending_corruptions(grid, done)
+        cache = prefix_cache(method, slot_value, reuse_prefix) if todo else None  # a complete rerun: no text pass
+        chunks = [todo[start : start + chunk] for start in range(0, len(todo), chunk)]
+        with progress_bar(f"corrupting {identity.run_id}", total=len(todo), enabled=session.progress) as advance:
+            new_rows, stopped = [], False
+            for index, part in enumerate(chunks):
+                if should_stop is not None and should_stop(index):
+                    stopped = True
+                    break
+                rows = evaluate_chunk(method, cache, slot_value, part, identity.run_id, test, base_row, base_norms)
+                advance(len(part), best=max(row["acc"] for row in rows))
+                rows, pending = pending + rows, []
+                claim.append(rows)
+                new_rows.extend(rows)
+                if on_chunk is not None:
+                    on_chunk(index, rows)
+        if pending and not stopped:  # nothing left to corrupt, but the baseline row was missing
+            claim.append(pending)
+            new_rows.extend(pending)
     frame = grid_rows(previous, new_rows, grid)
     seconds = time.perf_counter() - started
-    return summarise(frame, identity.run_id, acc_original, test.size, len(new_rows), chunk, seconds)
+    summary = summarise(frame, identity.run_id, acc_original, test.size, len(new_rows), chunk, seconds)
+    summary.stopped = stopped
+    return summary
 
 
 def check_slot(slot_value: Tensor, identity: RunIdentity) -> Tensor:

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis import nemesis
+from nemesis_analysis import nemesis, store
 from nemesis_analysis.augment import augment_image
 from nemesis_analysis.config import NemesisConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits, Sample
@@ -30,7 +30,7 @@ from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.metrics import top1_accuracy
 from nemesis_analysis.models import LoadedModel
 from nemesis_analysis.progress import progress_bar
-from nemesis_analysis.rundir import RunDir
+from nemesis_analysis.rundir import SUPERSEDED_TABLES, RunDir
 from nemesis_analysis.session import Session
 
 logger = logging.getLogger(__name__)
@@ -131,35 +131,54 @@ def train_prompt(
 ) -> RunResult:
     """Train (or reuse, or resume) the run described by ``config``; returns its result.
 
-    ``on_epoch(epoch, {"test_acc", "norms"})`` is called after every epoch; ``should_stop(epoch)`` returning
-    True ends training after that epoch is saved (a later call resumes from it) and returns a result with
-    ``stopped=True``. ``save_every``: epochs between resume states (the last epoch is always saved).
+    ``on_epoch(epoch, {"test_acc", "norms"})`` is called after every epoch; ``should_stop(epoch)``, asked
+    after each epoch, returning True saves that epoch's state and ends training (a later call resumes after
+    it) with ``stopped=True``. ``save_every``: epochs between resume states (the last epoch is always saved).
+    The run folder is locked while training: a second process on the same run waits, then reuses it.
     """
+    session.check_output_folders()  # before any model is loaded (or the tiny CLIP pretrained)
     loaded, dataset = load_model_and_data(config, session)
     if not dataset.train:
         raise ConfigError(f"dataset {config.dataset} has no train split (test-only); train on its source dataset")
-    samples = sample_train_shots(dataset, config.shots, config.seed)  # data errors before anything is written
-    config = config.resolved(loaded.device.type)
+    samples = sample_train_shots(dataset, config.shots, config.seed, config.allow_missing_classes)
+    config = config.resolved(loaded.device.type).with_dataset_fingerprint(dataset.fingerprint)
     run_dir = session.run_dir(config.run_id)
-    if force:
-        run_dir.reset()
-    elif (done := finished_result(session, config)) is not None:
-        return done
-    run_dir.save_config(config.to_dict())
-    started = time.perf_counter()
-    run = start_run(config, session, loaded, dataset, run_dir, samples)
+    with run_dir.lock():  # a second process on the same run waits here, then reuses the finished run
+        if force:
+            supersede_run(session, run_dir)
+        elif (done := finished_result(session, config)) is not None:
+            return done
+        run_dir.save_config(config.to_dict())
+        started = time.perf_counter()
+        run = start_run(config, session, loaded, dataset, run_dir, samples)
+        if run_epochs(run, session, on_epoch, should_stop, save_every):
+            return result_of(run, time.perf_counter() - started, stopped=True)
+        return finish_run(run, session, time.perf_counter() - started)
+
+
+def run_epochs(run: TrainingRun, session: Session, on_epoch, should_stop, save_every: int) -> bool:
+    """Train the remaining epochs; True when ``should_stop`` ended them early (the last epoch run is saved)."""
+    config = run.config
     label = f"{config.method} {config.dataset} {config.shots}-shot seed {config.seed}"
     with progress_bar(label, total=config.num_epochs, enabled=session.progress) as advance:
         advance(run.start_epoch)
         for epoch in range(run.start_epoch, config.num_epochs):
-            stop = should_stop is not None and should_stop(epoch) and epoch + 1 < config.num_epochs
-            test_acc, norms = run_epoch(run, epoch, save=stop or (epoch + 1) % save_every == 0)
+            test_acc, norms = run_epoch(run, epoch, save=(epoch + 1) % save_every == 0)
             advance(1, acc=test_acc, loss=run.rows[-1]["train_loss"])
             if on_epoch is not None:
                 on_epoch(epoch, {"test_acc": test_acc, "norms": norms})
-            if stop:
-                return result_of(run, time.perf_counter() - started, stopped=True)
-    return finish_run(run, session, time.perf_counter() - started)
+            if should_stop is not None and epoch + 1 < config.num_epochs and should_stop(epoch):
+                if (epoch + 1) % save_every:
+                    save_state(run, epoch)
+                return True
+    return False
+
+
+def supersede_run(session: Session, run_dir: RunDir) -> None:
+    """``--force``: remove the run's rows from every table (corruptions of the old prompt included), then
+    its files; a retrain interrupted after this resumes as a new run."""
+    store.supersede_run(session.reports_dir, run_dir.run_id, SUPERSEDED_TABLES)
+    run_dir.reset()
 
 
 def load_model_and_data(config: RunConfig, session: Session) -> tuple[LoadedModel, DatasetSplits]:

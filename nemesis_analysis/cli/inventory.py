@@ -71,7 +71,7 @@ def models(
 
     from nemesis_analysis import weights
     from nemesis_analysis.architectures import TINY_BACKBONE, register_model_configs
-    from nemesis_analysis.tiny import tiny_cache_path
+    from nemesis_analysis.tiny import find_tiny_clip
 
     session = build_session(checkpoints=checkpoints, cache_dir=cache_dir, quiet=True)
     register_model_configs()
@@ -85,7 +85,7 @@ def models(
     for name in names:
         if name == TINY_BACKBONE:
             tags = ["embedded", "none"]
-            cached = ["embedded"] if tiny_cache_path(session.checkpoints_dir).is_file() else []
+            cached = ["embedded"] if find_tiny_clip(session.checkpoints_dir) is not None else []
         else:
             tags = open_clip.list_pretrained_tags_by_model(name)
             cached = weights.cached_tags(name, session.weights_cache_dir)
