@@ -381,8 +381,10 @@ def restore_state(run: TrainingRun) -> None:
     """Continue after the last saved epoch when its state fits the method; else start from epoch 0."""
     state = run.run_dir.load_state()
     slots = run.method.slots()
-    if state is None or any(state.tensors.get(name) is None or state.tensors[name].shape != slot.shape
-                            for name, slot in slots.items()):  # fmt: skip
+    if state is None:
+        return
+    if any(state.tensors.get(name) is None or state.tensors[name].shape != slot.shape for name, slot in slots.items()):
+        logger.warning("resume state of %s does not fit the run's prompt; training from the start", run.run_dir.path)
         return
     with torch.no_grad():
         for name, slot in slots.items():

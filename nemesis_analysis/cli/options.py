@@ -47,6 +47,7 @@ FIELD_FLAGS: dict[str, str] = {
     "nemesis.omega": "--omega",
     "optim.lr": "--lr",
     "optim.batch_size": "--batch-size",
+    "allow_missing_classes": "--allow-missing-classes",
 }
 
 
@@ -178,6 +179,11 @@ RecipeOpt = Annotated[
 LrOpt = Annotated[float, typer.Option("--lr", help=_help("optim.lr"))]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help=_help("optim.batch_size"))]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Retrain even if this run already finished.")]
+AllowMissingOpt = Annotated[
+    bool,
+    typer.Option("--allow-missing-classes", help="Train even when some classes have fewer training images than "
+                 "--shots (or none); recorded in the run."),
+]
 
 # Command parameter -> the config field it sets (the inverse of FIELD_FLAGS, by parameter name).
 PARAM_FIELDS = {
@@ -186,7 +192,7 @@ PARAM_FIELDS = {
     "class_token_position": "prompt.class_token_position", "ctx_init": "prompt.ctx_init",
     "norm_weight": "nemesis.weight", "norm_type": "nemesis.norm_type", "pan_positions": "nemesis.pan_positions",
     "pan_factor": "nemesis.pan_factor", "omega": "nemesis.omega", "lr": "optim.lr", "batch_size": "optim.batch_size",
-    "recipe": "recipe",
+    "recipe": "recipe", "allow_missing_classes": "allow_missing_classes",
 }  # fmt: skip
 
 
