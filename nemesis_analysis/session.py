@@ -9,22 +9,11 @@ the network may be touched, and it keeps loaded models and datasets so that seve
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CACHE_ENV = "NEMESIS_CACHE"
-
-
-def default_cache_root() -> Path:
-    """Per-user cache shared by every checkpoints folder: $NEMESIS_CACHE, else $XDG_CACHE_HOME/nemesis,
-    else ~/.cache/nemesis."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "nemesis"
-
+from nemesis_analysis.usercache import CACHE_ENV, default_cache_root  # noqa: F401 (re-exported)
 
 @dataclass
 class Session:

@@ -3,7 +3,7 @@
 Pretraining is contrastive, on the *train* split of ``digits`` only, with varied caption templates
 (none of them the zero-shot template). Positives are class-level: every caption of an image's class
 counts as a match, which is what CLIP's loss means when captions repeat. The result is cached in the
-per-user cache (``~/.cache/nemesis/nemesis-tiny/<hash>.safetensors``, see ``session.default_cache_root``),
+per-user cache (``~/.cache/nemesis/nemesis-tiny/<hash>.safetensors``, see ``usercache.default_cache_root``),
 keyed by the architecture, the recipe and the data.
 """
 
@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from nemesis_analysis.architectures import MODEL_CONFIG_DIR, TINY_BACKBONE, random_init, register_model_configs
 from nemesis_analysis.fsio import WriteError, atomic_path
 from nemesis_analysis.progress import progress_bar
-from nemesis_analysis.session import default_cache_root
+from nemesis_analysis.usercache import default_cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def find_tiny_clip(checkpoints_dir: Path | None = None, recipe: TinyRecipe = Tin
 def ensure_tiny_clip(checkpoints_dir: Path, recipe: TinyRecipe = TinyRecipe(), progress: bool = True) -> Path:
     """Path to the cached tiny CLIP, pretraining it first if needed (seconds on a CPU).
 
-    It lives in the per-user cache (:func:`~nemesis_analysis.session.default_cache_root`, shared by every
+    It lives in the per-user cache (:func:`~nemesis_analysis.usercache.default_cache_root`, shared by every
     checkpoints folder); a copy an older version left in ``checkpoints_dir`` is still used. When the cache
     cannot be written, the new copy goes to ``checkpoints_dir`` instead.
     """
