@@ -4,7 +4,8 @@ Layout of ``CHECKPOINTS/<run_id>/``: ``config.json`` (the resolved config), ``sp
 images), ``state.safetensors`` + ``state.json`` (the last saved epoch, both naming it), the prompt
 artifact (``prompt.safetensors`` + ``prompt.json``), ``runs.parquet`` and ``trajectories.parquet`` (the
 run's table rows) and ``result.json`` (written last: its presence marks a finished run). Every file is
-written atomically with the user's umask permissions.
+written atomically with the user's umask permissions. A process training the run holds
+``CHECKPOINTS/.locks/<run_id>.lock``; damaged files are named in one-line errors with the fix.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ STATE_JSON = "state.json"
 RESULT_JSON = "result.json"
 REPORTED_TABLES = ("runs", "trajectories")
 SUPERSEDED_TABLES = (*REPORTED_TABLES, "corruptions")  # a retrained run's rows go from all of them
-LOCK_FILE = ".lock"  # held (flock) while a process trains the run; kept by reset()
+LOCKS = ".locks"  # CHECKPOINTS/.locks/<run_id>.lock: held (flock) while a process trains the run
 
 
 @dataclass
@@ -73,22 +74,20 @@ class RunDir:
         return f"retrain with --force, or delete the run folder {self.path}"
 
     def reset(self) -> None:
-        """Remove everything of this run (``--force``) except its lock file, which a holder may be using."""
-        if not self.path.is_dir():
-            return
-        for child in self.path.iterdir():
-            if child.name == LOCK_FILE:
-                continue
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
+        """Remove everything of this run (``--force``)."""
+        if self.path.exists():
+            shutil.rmtree(self.path)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the run's lock for the block (another process training the same run waits)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.file(LOCK_FILE), os.O_RDWR | os.O_CREAT, file_mode())
+        """Hold the run's lock for the block (another process training the same run waits).
+
+        The lock file lives beside the run folders (``CHECKPOINTS/.locks/<run_id>.lock``), so ``reset`` never
+        removes a file someone holds, and is never deleted (deleting a lock file would let two holders in).
+        """
+        lock_file = self.path.parent / LOCKS / f"{self.run_id}.lock"
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, file_mode())
         try:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -242,8 +242,8 @@ def _build_from_file(architecture: Architecture, path: Path, preprocess: dict | 
     except ModelError:
         raise
     except Exception as error:  # open_clip raises many types for a bad file
-        if safeload.is_unpickling_refusal(error):
-            raise ModelError(safeload.not_plain_tensor_message(path, "weights file")) from None
+        if safeload.is_unpickling_refusal(error) or path.suffix != ".safetensors":
+            safeload.torch_load(path, "weights file")  # the one-line "not a plain tensor file" when that is it
         message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
         raise ModelError(f"cannot load {path} into {architecture.name}: {message}") from None
 
