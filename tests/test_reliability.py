@@ -45,12 +45,13 @@ def corrupt_cli(tmp_path, *extra, checkpoints=None, epochs=1):
 
 
 def assert_one_line_exit_2(result, *expected: str) -> str:
+    """Exit code 2 and one line on stderr holding every ``expected`` text; no traceback anywhere."""
     assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.output
     for text in expected:
         assert text in lines[0], result.output
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and (result.exception is None or isinstance(result.exception, SystemExit))
     return lines[0]
 
 
