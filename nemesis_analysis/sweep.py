@@ -106,7 +106,7 @@ def run_corruption_sweep(
     base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size}
     base_norms = position_norms(slot_value)  # (n_ctx,)
 
-    with store.claim(session.reports_dir, TABLE, identity.run_id) as claim:  # concurrent sweeps never duplicate
+    with store.claim(session.reports_dir, TABLE, identity.run_id):  # held to the end: no key is written twice
         previous = previous_rows(session, identity.run_id)
         done = set(previous[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
         pending = [] if NO_CORRUPTION.key() in done else [baseline_row(base_row, base_norms)]
@@ -122,12 +122,12 @@ def run_corruption_sweep(
                 rows = evaluate_chunk(method, cache, slot_value, part, identity.run_id, test, base_row, base_norms)
                 advance(len(part), best=max(row["acc"] for row in rows))
                 rows, pending = pending + rows, []
-                claim.append(rows)
+                store.append_rows(session.reports_dir, TABLE, rows)  # only missing keys, found under the claim
                 new_rows.extend(rows)
                 if on_chunk is not None:
                     on_chunk(index, rows)
         if pending and not stopped:  # nothing left to corrupt, but the baseline row was missing
-            claim.append(pending)
+            store.append_rows(session.reports_dir, TABLE, pending)
             new_rows.extend(pending)
     frame = grid_rows(previous, new_rows, grid)
     seconds = time.perf_counter() - started
