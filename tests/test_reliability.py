@@ -198,6 +198,21 @@ def test_two_corrupt_processes_on_one_untrained_run_write_each_row_once(checkpoi
     assert len(runs) == 1 and len(table(tmp_path, "trajectories")) == 3 * 16
 
 
+def test_two_train_processes_on_one_run_train_it_once(checkpoints_dir, tmp_path):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "features").symlink_to(checkpoints_dir / "features")
+    args = ["train", "--quiet", "--shots", "1", "--epochs", "3", *folders(tmp_path, ck)]
+    processes = [cli_process(args) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    assert sorted("trained in" in out for out, _ in outputs) == [False, True]
+    result = json.loads((run_folder(ck) / "result.json").read_text())
+    runs = table(tmp_path, "runs")
+    assert len(runs) == 1 and runs.final_test_acc.iloc[0] == result["final_test_acc"]
+    assert len(table(tmp_path, "trajectories")) == 3 * 16
+
+
 # ------------------------------------------------------------------------------- item 9: writability
 
 
@@ -389,7 +404,7 @@ def test_sigint_during_training_saves_the_epoch_and_the_next_run_resumes(checkpo
     assert len(lines) == 1 and "interrupted: run" in lines[0] and "run the same command again to resume" in lines[0]
     run = run_folder(ck)
     state = json.loads((run / "state.json").read_text())
-    assert f"saved after {state["epoch"] + 1} of 30 epochs" in lines[0]
+    assert f"saved after {state['epoch'] + 1} of 30 epochs" in lines[0]
     assert state["epoch"] < 29 and "Traceback" not in err
     # Mark the saved rows: a resumed run keeps them, a run from scratch would recompute them.
     for row in state["rows"]:
