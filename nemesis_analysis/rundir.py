@@ -39,7 +39,7 @@ STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
 RESULT_JSON = "result.json"
 REPORTED_TABLES = ("runs", "trajectories")
-SUPERSEDED_TABLES = (*REPORTED_TABLES, "corruptions")  # a retrained run's rows go from all of them
+SUPERSEDED_TABLES = (*REPORTED_TABLES, "corruptions", "evaluations")  # a retrained run's rows go from all
 LOCKS = ".locks"  # CHECKPOINTS/.locks/<run_id>.lock: held (flock) while a process trains the run
 
 

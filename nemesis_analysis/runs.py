@@ -10,7 +10,9 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Sequence
 
+from nemesis_analysis import protocols
 from nemesis_analysis.artifacts import ARTIFACT_TENSORS, AnalysisPrompt, check_fits, load_prompt, read_prompt
+from nemesis_analysis.choices import EvalClasses, Protocol
 from nemesis_analysis.config import PromptConfig, RunConfig
 from nemesis_analysis.corrupt_ops import Corruption, GridSpec
 from nemesis_analysis.errors import ConfigError, NoDataError
@@ -67,8 +69,8 @@ def sweep_runs(
             on_run(run)
         if run.stopped:
             break
-        summaries.append(sweep_trained_run(session, run, corruptions, chunk=chunk, should_stop=should_stop))
-        if summaries[-1].stopped:
+        summaries.extend(sweep_run_subsets(session, run, corruptions, chunk=chunk, should_stop=should_stop))
+        if summaries and summaries[-1].stopped:
             break
     return summaries
 
@@ -88,17 +90,38 @@ def sweep_trained_run(
     run: RunResult,
     grid: Sequence[Corruption],
     chunk: int | None = None,
+    classes: EvalClasses | str = EvalClasses.ALL,
     should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
-    """Sweep the prompt that :func:`~nemesis_analysis.train.train_prompt` saved for ``run``."""
+    """Sweep the prompt that :func:`~nemesis_analysis.train.train_prompt` saved for ``run`` on one class
+    subset (all classes, or base2new's base or new: a generic context over that subset's class names)."""
     run_dir = RunDir(Path(run.run_dir))
     ctx, _ = load_prompt(run_dir.path, fix=run_dir.damaged_fix)
     config = run.config
     loaded, dataset = load_model_and_data(config, session)
     check_run_prompt(ctx, config, loaded, dataset.num_classes, run_dir)
     identity = config.identity(n_ctx=ctx.shape[-2])
-    method = method_for_identity(loaded, dataset.classnames, identity)
-    return run_corruption_sweep(session, method, ctx, identity, grid, chunk=chunk, should_stop=should_stop)
+    classnames = protocols.subset_classnames(dataset.classnames, classes)
+    method = method_for_identity(loaded, classnames, identity)
+    return run_corruption_sweep(session, method, ctx, identity, grid, chunk=chunk, classes=classes,
+                                should_stop=should_stop)  # fmt: skip
+
+
+def sweep_run_subsets(
+    session: Session,
+    run: RunResult,
+    grid: Sequence[Corruption],
+    chunk: int | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+) -> list[SweepSummary]:
+    """:func:`sweep_trained_run` on every class subset the run's protocol evaluates (base2new: base, then new);
+    a stopped sweep is the last one."""
+    summaries = []
+    for classes in protocols.sweep_classes(run.config.protocol):
+        summaries.append(sweep_trained_run(session, run, grid, chunk, classes, should_stop=should_stop))
+        if summaries[-1].stopped:
+            break
+    return summaries
 
 
 def check_run_prompt(ctx, config: RunConfig, loaded, num_classes: int, run_dir: RunDir) -> None:
@@ -123,6 +146,7 @@ def sweep_prompt(
     should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
     """Sweep a saved prompt on ``config``'s model and dataset (the prompt's recorded layout wins)."""
+    check_prompt_protocol(prompt)
     loaded, dataset = load_model_and_data(config, session)
     layout = prompt.prompt_config or PromptConfig(
         n_ctx=prompt.n_ctx, csc=prompt.csc, class_token_position=config.prompt.class_token_position
@@ -133,6 +157,16 @@ def sweep_prompt(
     if on_prompt is not None:
         on_prompt(prompt)
     return run_corruption_sweep(session, method, prompt.ctx, identity, grid, chunk=chunk, should_stop=should_stop)
+
+
+def check_prompt_protocol(prompt: AnalysisPrompt) -> None:
+    """A base2new prompt is swept per class subset through its run (``--run``), not as an all-class prompt."""
+    recorded = prompt.metadata.get("config") or {}
+    if recorded.get("protocol", Protocol.FEWSHOT.value) == Protocol.BASE2NEW.value:
+        raise ConfigError(
+            f"{prompt.path} was trained with --protocol base2new; sweep it on its base and new classes with "
+            f"--run {prompt.run_id} (and its --checkpoints)"
+        )
 
 
 def method_for_identity(loaded, classnames: list[str], identity: RunIdentity) -> PromptMethod:

@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 import pandas as pd
 from torch import Tensor
 
-from nemesis_analysis import store
-from nemesis_analysis.choices import CorruptionOp
+from nemesis_analysis import protocols, store
+from nemesis_analysis.choices import CorruptionOp, EvalClasses
 from nemesis_analysis.corrupt_ops import NO_CORRUPTION, Corruption, apply_corruptions
 from nemesis_analysis.engine import (
     accuracy_of,
@@ -26,6 +26,7 @@ from nemesis_analysis.engine import (
     variant_norms,
 )
 from nemesis_analysis.errors import ConfigError, ModelError
+from nemesis_analysis.evaluate import restrict_to_classes
 from nemesis_analysis.features import image_features
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.nemesis import position_norms
@@ -55,6 +56,7 @@ class SweepSummary:
     seconds: float
     rows: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # the grid's rows, grid order
     stopped: bool = False  # should_stop ended the sweep before the grid was complete
+    eval_classes: str = EvalClasses.ALL.value  # the class subset evaluated (base2new: base or new)
 
 
 @dataclass
@@ -80,6 +82,7 @@ def run_corruption_sweep(
     memory_budget: int | None = None,
     reuse_prefix: bool = True,
     on_chunk: Callable[[int, list[dict]], None] | None = None,
+    classes: EvalClasses | str = EvalClasses.ALL,
     should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
     """Evaluate every corruption in ``grid`` on the test split of ``identity.dataset`` and append the rows.
@@ -88,9 +91,11 @@ def run_corruption_sweep(
     ``identity.run_id`` also seeds the replace draws. ``chunk``: variants per text pass (default: from
     ``memory_budget``). ``reuse_prefix``: compute each variant from its corrupted position on, reusing the
     unchanged prompt's states before it (exact under the causal mask). ``on_chunk(index, rows)`` is called
-    after each chunk's part is written; ``should_stop(index)``, asked before each chunk, returning True ends
-    the sweep there (every finished chunk is saved; the summary has ``stopped=True``). The run's rows are
-    found and appended under :func:`store.claim`, so two processes sweeping one run never write a key twice.
+    after each chunk's part is written. ``classes``: the class subset to evaluate (base2new's base or new;
+    ``method`` must be built over that subset's class names), recorded in ``eval_classes``.
+    ``should_stop(index)``, asked before each chunk, returning True ends the sweep there (every finished
+    chunk is saved; the summary has ``stopped=True``). The run's missing rows are found and appended under
+    one :func:`store.claim`, so two processes sweeping one run never compute or write a key twice.
 
     ``norm_before``/``norm_after`` are the L2 norms of the corrupted position before and after (CSC:
     averaged over classes, as :func:`nemesis.position_norms`). The baseline row (op "none", position -1,
@@ -101,13 +106,14 @@ def run_corruption_sweep(
     started = time.perf_counter()
     slot_value = check_slot(slot_value, identity)
     chunk = resolve_chunk(method, chunk, memory_budget)
-    test = load_test_set(session, method, identity.dataset)
+    classes = EvalClasses(classes).value
+    test = load_test_set(session, method, identity.dataset, classes)
     acc_original = float(accuracy_of(predict_variants(method, slot_value[None], test.features), test.labels)[0])
-    base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size}
+    base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size, "eval_classes": classes}
     base_norms = position_norms(slot_value)  # (n_ctx,)
 
     with store.claim(session.reports_dir, TABLE, identity.run_id):  # held to the end: no key is written twice
-        previous = previous_rows(session, identity.run_id)
+        previous = previous_rows(session, identity.run_id, classes)
         done = set(previous[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
         pending = [] if NO_CORRUPTION.key() in done else [baseline_row(base_row, base_norms)]
         todo = pending_corruptions(grid, done)
@@ -133,6 +139,7 @@ def run_corruption_sweep(
     seconds = time.perf_counter() - started
     summary = summarise(frame, identity.run_id, acc_original, test.size, len(new_rows), chunk, seconds)
     summary.stopped = stopped
+    summary.eval_classes = classes
     return summary
 
 
@@ -158,19 +165,26 @@ def resolve_chunk(method: PromptMethod, chunk: int | None, memory_budget: int | 
     return chunk
 
 
-def load_test_set(session: Session, method: PromptMethod, dataset_name: str) -> EvalSet:
-    """The test split's features (encoded once, from the session's feature cache) on the model's device."""
+def load_test_set(
+    session: Session, method: PromptMethod, dataset_name: str, classes: EvalClasses | str = EvalClasses.ALL
+) -> EvalSet:
+    """The test split's features (encoded once, from the session's feature cache) on the model's device;
+    for a class subset, its images relabelled from 0 (``method`` holds the subset's class names)."""
     dataset = session.dataset(dataset_name)
     loaded = method.loaded
     features, labels = image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
+    if EvalClasses(classes) is not EvalClasses.ALL:
+        selected = protocols.selected_labels(range(dataset.num_classes), classes)
+        features, labels = restrict_to_classes(features, labels, selected)
     if labels.shape[0] == 0:
         raise ConfigError(f"dataset {dataset.name} has an empty test split; nothing to evaluate")
     return EvalSet(features.to(loaded.device), labels)
 
 
-def previous_rows(session: Session, run_id: str) -> pd.DataFrame:
+def previous_rows(session: Session, run_id: str, classes: str = EvalClasses.ALL.value) -> pd.DataFrame:
+    """The rows already written for ``run_id`` on the class subset ``classes``."""
     table = store.read_table(session.reports_dir, TABLE)
-    return table[table["run_id"] == run_id]
+    return table[(table["run_id"] == run_id) & (table["eval_classes"] == classes)]
 
 
 def pending_corruptions(grid: Sequence[Corruption], done: set) -> list[Corruption]:
@@ -271,10 +285,16 @@ def describe_corruption(row: dict) -> str:
         raise ValueError(f"unknown corruption op {row['op']!r}")
 
 
+def subset_label(eval_classes: str) -> str:
+    """`` (base classes)`` for a class subset; empty for all classes."""
+    return "" if eval_classes == EvalClasses.ALL.value else f" ({eval_classes} classes)"
+
+
 def format_summary(summary: SweepSummary) -> list[str]:
     """Plain-text lines for the CLI and the demo (the library itself never prints)."""
     lines = [
-        f"run {summary.run_id}: uncorrupted accuracy {summary.acc_original:.2f}% on {summary.n_test} test images; "
+        f"run {summary.run_id}{subset_label(summary.eval_classes)}: uncorrupted accuracy {summary.acc_original:.2f}% "
+        f"on {summary.n_test} test images; "
         f"{summary.num_corruptions} corruptions ({summary.rows_written} rows written, {summary.rows_reused} reused, "
         f"{summary.seconds:.1f} s, chunk {summary.chunk})"
     ]

@@ -41,6 +41,7 @@ from nemesis_analysis.cli.options import (
     PrecisionOpt,
     PretrainedOpt,
     PrintConfigOpt,
+    ProtocolOpt,
     PunOpt,
     QuietOpt,
     RecipeOpt,
@@ -109,6 +110,15 @@ def print_run_result(result) -> None:
         f"mean context norm {result.mean_norm:.4f}",
         highlight=False,
     )
+    print_evaluations(result)
+
+
+def print_evaluations(result) -> None:
+    """The protocol's evaluations of a run (base and new classes, or the transfer targets), one per line."""
+    for evaluation in result.extra.get("evaluations", []):
+        console.print(
+            f"  {evaluation.eval_dataset} {evaluation.eval_classes} classes: {evaluation.acc:.2f}%", highlight=False
+        )
 
 
 def stop_after_training(result, session: Session, stop: StopRequest) -> None:
@@ -166,6 +176,7 @@ def train(
     pan_factor: PanFactorOpt = 0.1,
     omega: OmegaOpt = "sigmoid",
     recipe: RecipeOpt = None,
+    protocol: ProtocolOpt = "fewshot",
     lr: LrOpt = 0.002,
     batch_size: BatchOpt = 32,
     allow_missing_classes: AllowMissingOpt = False,
@@ -187,6 +198,7 @@ def train(
         backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
         ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
         pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
+        protocol=protocol,
         allow_missing_classes=allow_missing_classes,
     )  # fmt: skip
     if print_config:
@@ -255,6 +267,7 @@ def corrupt(
     pan_factor: PanFactorOpt = 0.1,
     omega: OmegaOpt = "sigmoid",
     recipe: RecipeOpt = None,
+    protocol: ProtocolOpt = "fewshot",
     lr: LrOpt = 0.002,
     batch_size: BatchOpt = 32,
     allow_missing_classes: AllowMissingOpt = False,
@@ -289,6 +302,8 @@ def corrupt(
         backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
         ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
         pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
+        protocol=protocol,
+        purpose="corrupt",
         allow_missing_classes=allow_missing_classes,
     )  # fmt: skip
     from nemesis_analysis.corrupt_ops import GridSpec, parse_int_list  # imports torch: only once the config is valid

@@ -11,6 +11,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
+from nemesis_analysis.choices import Precision
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ModelError
 from nemesis_analysis.methods.base import PromptMethod, register_method
@@ -19,24 +20,35 @@ from nemesis_analysis.models import text_layer_inputs
 from nemesis_analysis.prompts import layout_tokens, resolve_n_ctx
 
 
+def context_dtype(loaded: LoadedModel) -> torch.dtype:
+    """The learnable context's dtype: fp16 under ``fp16`` (the reference's all-half mode, where the SGD update
+    and weight decay act in half precision), else fp32 (also under ``amp``)."""
+    return torch.float16 if loaded.precision == Precision.FP16 else torch.float32
+
+
 @register_method("coop")
 class CoOp(PromptMethod):
-    """Learnable context (fp32) plus the frozen token embeddings around it; one slot, ``ctx``.
+    """Learnable context (fp32; fp16 under ``fp16``) plus the frozen token embeddings around it; one slot, ``ctx``.
 
     ``ctx`` is (n_ctx, width) for generic context, (num_classes, n_ctx, width) with class-specific
     context. Buffers: ``base`` (num_classes, length, width), the embedded prompt with placeholders
     where the context goes; ``ctx_index`` (num_classes, n_ctx), each context slot's token position;
     ``eos`` (num_classes,), each prompt's EOS position. ``length`` is cut after the longest EOS.
+    ``ctx_dtype`` overrides :func:`context_dtype` (tests simulate the all-half mode on CPU with it).
     """
 
-    def __init__(self, loaded: LoadedModel, classnames: list[str], config: PromptConfig, seed: int = 0):
+    def __init__(
+        self, loaded: LoadedModel, classnames: list[str], config: PromptConfig, seed: int = 0,
+        ctx_dtype: torch.dtype | None = None,
+    ):  # fmt: skip
         super().__init__()
         self.config = config
         self.classnames = list(classnames)
         self.loaded = loaded
         embedding = loaded.model.token_embedding
         self.n_ctx = resolve_n_ctx(config, loaded.tokenize)
-        self.ctx = nn.Parameter(self._initial_context(embedding, seed).to(embedding.weight.device, torch.float32))
+        dtype = ctx_dtype or context_dtype(loaded)
+        self.ctx = nn.Parameter(self._initial_context(embedding, seed).to(embedding.weight.device, dtype))
 
         tokens, ctx_index = layout_tokens(loaded, self.classnames, self.n_ctx, config.class_token_position)
         eos = eos_positions(tokens)
