@@ -295,7 +295,9 @@ class RunConfig:
     def with_dataset_fingerprint(self, fingerprint: str) -> "RunConfig":
         """A copy naming the loaded dataset's content (custom datasets; "" for built-ins), so two
         different folders with the same spec never share a run id."""
-        return self if fingerprint == self.dataset_fingerprint else dataclasses.replace(self, dataset_fingerprint=fingerprint)
+        if fingerprint == self.dataset_fingerprint:
+            return self
+        return dataclasses.replace(self, dataset_fingerprint=fingerprint)
 
     @property
     def run_id(self) -> str:

@@ -138,7 +138,8 @@ class RunDir:
                 message = "%s: saved state is incomplete (interrupted while saving); training from the start"
                 logger.warning(message, self.run_id)
                 return None
-            return ResumeState(state["epoch"], list(state["rows"]), load_safetensors(state_tensors, fix, "resume state"))
+            tensors = load_safetensors(state_tensors, fix, "resume state")
+            return ResumeState(state["epoch"], list(state["rows"]), tensors)
         except (DamagedFileError, KeyError, TypeError) as error:
             logger.warning("%s", error if isinstance(error, DamagedFileError) else f"resume state of {self.path} "
                            f"is damaged ({error}); {fix}")  # fmt: skip
