@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,11 +38,13 @@ DASSL_SUBFOLDER = "prompt_learner"  # CoOp's trainer registers its learner under
 # ------------------------------------------------------------------------------------------ our artifact
 
 
-def save_prompt(directory: Path, ctx: Tensor, metadata: dict) -> Path:
-    """Write ``prompt.safetensors`` (the context) and ``prompt.json`` (config, class names...), atomically."""
+def save_prompt(directory: Path, ctx: Tensor, metadata: dict, extra: dict[str, Tensor] | None = None) -> Path:
+    """Write ``prompt.safetensors`` (the context, plus a method's ``extra`` tensors such as CoCoOp's
+    meta-network) and ``prompt.json`` (config, class names...), atomically."""
     directory = Path(directory)
+    tensors = {"ctx": ctx, **(extra or {})}
     with atomic_path(directory / ARTIFACT_TENSORS, "the prompt artifact") as tmp:
-        save_file({"ctx": ctx.detach().float().cpu().contiguous()}, str(tmp))
+        save_file({name: t.detach().float().cpu().contiguous() for name, t in tensors.items()}, str(tmp))
     atomic_write_json(directory / ARTIFACT_META, plain(metadata), "the prompt metadata")
     return directory
 
@@ -56,6 +58,12 @@ def load_prompt(path: Path, fix: str = PROMPT_FIX) -> tuple[Tensor, dict]:
     A damaged file is a one-line :class:`~nemesis_analysis.safeload.DamagedFileError` naming it and ending
     in ``fix`` (a run folder passes "retrain with --force...").
     """
+    tensors, metadata = load_prompt_tensors(path, fix)
+    return tensors["ctx"], metadata
+
+
+def load_prompt_tensors(path: Path, fix: str = PROMPT_FIX) -> tuple[dict[str, Tensor], dict]:
+    """Every tensor of our prompt artifact by name (``ctx`` and a method's extras), and its metadata."""
     path = Path(path)
     directory = path if path.is_dir() else path.parent
     tensors, meta = directory / ARTIFACT_TENSORS, directory / ARTIFACT_META
@@ -66,7 +74,7 @@ def load_prompt(path: Path, fix: str = PROMPT_FIX) -> tuple[Tensor, dict]:
     if "ctx" not in loaded or not isinstance(metadata, dict):
         what = f"no 'ctx' tensor in {tensors}" if "ctx" not in loaded else f"{meta} holds no JSON object"
         raise DamagedFileError(f"prompt file is damaged ({what}); {fix}")
-    return loaded["ctx"], metadata
+    return loaded, metadata
 
 
 def is_artifact(path: Path) -> bool:
@@ -111,7 +119,8 @@ def read_dassl_checkpoint(path: Path) -> tuple[torch.Tensor, dict]:
         shape = tuple(ctx.shape) if isinstance(ctx, torch.Tensor) else type(ctx).__name__
         raise ModelError(f"{path}: 'ctx' must be (n_ctx, width) or (num_classes, n_ctx, width), got {shape}")
     ctx = ctx.detach().float().cpu()
-    ignored = sorted(k for k in state if k != "ctx")
+    meta_net = read_cocoop_meta_net(state, int(ctx.shape[-1]), path)
+    ignored = sorted(k for k in state if k != "ctx" and k not in meta_net)
     if ignored:
         logger.info("%s: using ctx, ignoring %s (rebuilt from the model)", path.name, ", ".join(ignored))
     metadata = {
@@ -122,7 +131,35 @@ def read_dassl_checkpoint(path: Path) -> tuple[torch.Tensor, dict]:
         "n_ctx": int(ctx.shape[-2]),
         "width": int(ctx.shape[-1]),
     }
+    if meta_net:
+        metadata.update(prompt_method="cocoop", tensors=meta_net)
     return ctx, metadata
+
+
+COCOOP_META_NET_KEYS = ("meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight",
+                        "meta_net.linear2.bias")  # fmt: skip
+
+
+def read_cocoop_meta_net(state: dict, width: int, path: Path) -> dict[str, Tensor]:
+    """CoCoOp's meta-network from a Dassl prompt-learner state dict (fp32), shapes checked; {} for CoOp.
+
+    Official layout: ``linear1`` (hidden, embed), ``linear2`` (width, hidden), each with a bias.
+    """
+    present = [k for k in COCOOP_META_NET_KEYS if k in state]
+    if not present:
+        return {}
+    if len(present) != len(COCOOP_META_NET_KEYS) or not all(isinstance(state[k], Tensor) for k in present):
+        missing = sorted(set(COCOOP_META_NET_KEYS) - set(present))
+        raise ModelError(f"{path}: CoCoOp meta-network is incomplete (missing {missing}); pass the whole prompt_learner checkpoint")
+    w1, b1, w2, b2 = (state[k].detach().float().cpu() for k in COCOOP_META_NET_KEYS)
+    hidden = w1.shape[0] if w1.dim() == 2 else -1
+    if w1.dim() != 2 or tuple(b1.shape) != (hidden,) or tuple(w2.shape) != (width, hidden) or tuple(b2.shape) != (width,):
+        shapes = [tuple(t.shape) for t in (w1, b1, w2, b2)]
+        raise ModelError(
+            f"{path}: CoCoOp meta-network shapes {shapes} do not fit a context of width {width} "
+            "(expected (hidden, embed), (hidden,), (width, hidden), (width,))"
+        )
+    return dict(zip(COCOOP_META_NET_KEYS, (w1, b1, w2, b2)))
 
 
 def read_bare_tensor(path: Path) -> tuple[Tensor, dict]:
@@ -146,6 +183,7 @@ class AnalysisPrompt:
     metadata: dict  # the artifact's metadata plus "source" and "path"
     prompt_config: PromptConfig | None  # the layout recorded with the context, when recorded
     path: Path
+    tensors: dict[str, Tensor] = field(default_factory=dict)  # a method's other tensors (CoCoOp's meta-network)
 
     @property
     def n_ctx(self) -> int:
@@ -166,19 +204,22 @@ def read_prompt(path: Path | str) -> AnalysisPrompt:
         )
     if is_artifact(path):
         directory = path if path.is_dir() else path.parent
-        ctx, metadata = load_prompt(directory)
+        tensors, metadata = load_prompt_tensors(directory)
+        ctx = tensors.pop("ctx")
         metadata, tensor_file = {**metadata, "source": "artifact", "path": str(directory)}, directory / ARTIFACT_TENSORS
     elif (checkpoint := find_dassl_checkpoint(path)) is not None:
         (ctx, metadata), tensor_file = read_dassl_checkpoint(checkpoint), checkpoint
+        tensors = metadata.pop("tensors", {})
     elif path.is_file() and path.suffix == ".safetensors":
-        (ctx, metadata), tensor_file = read_bare_tensor(path), path
+        (ctx, metadata), tensor_file, tensors = read_bare_tensor(path), path, {}
     else:
         raise ModelError(
             f"{path} is neither a prompt artifact ({ARTIFACT_TENSORS} + {ARTIFACT_META}) nor a CoOp checkpoint "
             f"({DASSL_SUBFOLDER}/model.pth.tar-N) nor a .safetensors tensor file"
         )
     run_id = metadata.get("run_id") or f"file-{hashlib.sha256(tensor_file.read_bytes()).hexdigest()[:12]}"
-    return AnalysisPrompt(ctx.float(), str(run_id), metadata, recorded_layout(metadata, ctx), path)
+    return AnalysisPrompt(ctx.float(), str(run_id), metadata, recorded_layout(metadata, ctx), path,
+                          {name: t.float() for name, t in tensors.items()})  # fmt: skip
 
 
 def recorded_layout(metadata: dict, ctx: Tensor) -> PromptConfig | None:

@@ -16,14 +16,14 @@ from nemesis_analysis.choices import EvalClasses, Protocol
 from nemesis_analysis.config import PromptConfig, RunConfig
 from nemesis_analysis.corrupt_ops import Corruption, GridSpec
 from nemesis_analysis.errors import ConfigError, NoDataError
-from nemesis_analysis.methods import PromptMethod, method_class
+from nemesis_analysis.methods import PromptMethod, build_method, build_method_for_run
 from nemesis_analysis.prompts import backbone_tokenizer, resolve_n_ctx
 from nemesis_analysis.rundir import RunDir
 from nemesis_analysis.safeload import DamagedFileError
 from nemesis_analysis.schema import RunIdentity
 from nemesis_analysis.session import Session
 from nemesis_analysis.sweep import SweepSummary, run_corruption_sweep
-from nemesis_analysis.train import METHOD, RunResult, load_model_and_data, train_prompt
+from nemesis_analysis.train import RunResult, load_model_and_data, train_prompt
 
 
 def sweep_runs(
@@ -38,6 +38,7 @@ def sweep_runs(
     force: bool = False,
     on_run: Callable[[RunResult], None] | None = None,
     on_prompt: Callable[[AnalysisPrompt], None] | None = None,
+    max_test: int | None = None,
     should_stop: Callable[[int], bool] | None = None,
 ) -> list[SweepSummary]:
     """Sweep ``grid`` on ``prompt``; or on the recorded run ``run_id`` (an id or a unique prefix: its config
@@ -61,7 +62,7 @@ def sweep_runs(
     config = dataclasses.replace(config, seed=seeds[0])
     if analysed is not None:
         return [sweep_prompt(config, session, analysed, corruptions, chunk=chunk, on_prompt=on_prompt,
-                             should_stop=should_stop)]  # fmt: skip
+                             max_test=max_test, should_stop=should_stop)]  # fmt: skip
     summaries = []
     for seed in seeds:
         run = train_prompt(dataclasses.replace(config, seed=seed), session, force=force, should_stop=should_stop)
@@ -69,7 +70,8 @@ def sweep_runs(
             on_run(run)
         if run.stopped:
             break
-        summaries.extend(sweep_run_subsets(session, run, corruptions, chunk=chunk, should_stop=should_stop))
+        summaries.extend(sweep_run_subsets(session, run, corruptions, chunk=chunk, max_test=max_test,
+                                           should_stop=should_stop))  # fmt: skip
         if summaries and summaries[-1].stopped:
             break
     return summaries
@@ -91,20 +93,23 @@ def sweep_trained_run(
     grid: Sequence[Corruption],
     chunk: int | None = None,
     classes: EvalClasses | str = EvalClasses.ALL,
+    max_test: int | None = None,
     should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
     """Sweep the prompt that :func:`~nemesis_analysis.train.train_prompt` saved for ``run`` on one class
-    subset (all classes, or base2new's base or new: a generic context over that subset's class names)."""
-    run_dir = RunDir(Path(run.run_dir))
-    ctx, _ = load_prompt(run_dir.path, fix=run_dir.damaged_fix)
+    subset (all classes, or base2new's base or new: the run's method rebuilt over that subset's class names,
+    every saved tensor loaded, so CoCoOp's meta-network keeps shifting)."""
     config = run.config
+    run_dir = RunDir(Path(run.run_dir))
+    ctx, _ = load_prompt(run_dir.path, fix=run_dir.damaged_fix)  # a damaged run file: one line, with the fix
     loaded, dataset = load_model_and_data(config, session)
     check_run_prompt(ctx, config, loaded, dataset.num_classes, run_dir)
-    identity = config.identity(n_ctx=ctx.shape[-2])
-    classnames = protocols.subset_classnames(dataset.classnames, classes)
-    method = method_for_identity(loaded, classnames, identity)
-    return run_corruption_sweep(session, method, ctx, identity, grid, chunk=chunk, classes=classes,
-                                should_stop=should_stop)  # fmt: skip
+    method = build_method_for_run(config, loaded, protocols.subset_classnames(dataset.classnames, classes))
+    method.load(run.run_dir)
+    slot = method.position_tensor().detach()
+    identity = config.identity(n_ctx=slot.shape[-2])
+    return run_corruption_sweep(session, method, slot, identity, grid, chunk=chunk, classes=classes,
+                                max_test=max_test, should_stop=should_stop)  # fmt: skip
 
 
 def sweep_run_subsets(
@@ -112,13 +117,14 @@ def sweep_run_subsets(
     run: RunResult,
     grid: Sequence[Corruption],
     chunk: int | None = None,
+    max_test: int | None = None,
     should_stop: Callable[[int], bool] | None = None,
 ) -> list[SweepSummary]:
     """:func:`sweep_trained_run` on every class subset the run's protocol evaluates (base2new: base, then new);
     a stopped sweep is the last one."""
     summaries = []
     for classes in protocols.sweep_classes(run.config.protocol):
-        summaries.append(sweep_trained_run(session, run, grid, chunk, classes, should_stop=should_stop))
+        summaries.append(sweep_trained_run(session, run, grid, chunk, classes, max_test, should_stop))
         if summaries[-1].stopped:
             break
     return summaries
@@ -143,20 +149,25 @@ def sweep_prompt(
     grid: Sequence[Corruption],
     chunk: int | None = None,
     on_prompt: Callable[[AnalysisPrompt], None] | None = None,
+    max_test: int | None = None,
     should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
-    """Sweep a saved prompt on ``config``'s model and dataset (the prompt's recorded layout wins)."""
+    """Sweep a saved prompt on ``config``'s model and dataset (the prompt's recorded layout and method win)."""
     check_prompt_protocol(prompt)
     loaded, dataset = load_model_and_data(config, session)
     layout = prompt.prompt_config or PromptConfig(
         n_ctx=prompt.n_ctx, csc=prompt.csc, class_token_position=config.prompt.class_token_position
     )
-    method = method_class(METHOD)(loaded, dataset.classnames, layout)
+    name = prompt.metadata.get("prompt_method", config.prompt_method)
+    options = config.method_options() if name == config.prompt_method else None
+    method = build_method(name, loaded, dataset.classnames, layout, options=options)
     check_fits(prompt.ctx, method, prompt.metadata, source=str(prompt.path))
+    method.load_tensors({**prompt.tensors, method.position_slot: prompt.ctx}, source=str(prompt.path))
     identity = identity_for_prompt(prompt, config.resolved(loaded.device.type), method)
     if on_prompt is not None:
         on_prompt(prompt)
-    return run_corruption_sweep(session, method, prompt.ctx, identity, grid, chunk=chunk, should_stop=should_stop)
+    return run_corruption_sweep(session, method, prompt.ctx, identity, grid, chunk=chunk, max_test=max_test,
+                                should_stop=should_stop)  # fmt: skip
 
 
 def check_prompt_protocol(prompt: AnalysisPrompt) -> None:
@@ -170,13 +181,15 @@ def check_prompt_protocol(prompt: AnalysisPrompt) -> None:
 
 
 def method_for_identity(loaded, classnames: list[str], identity: RunIdentity) -> PromptMethod:
-    """The prompt layout of a run, rebuilt from its identity (n_ctx, csc, class-token position).
+    """The prompt method of a run, rebuilt from its identity (method, n_ctx, csc, class-token position).
 
     ``ctx_init`` only changes the initial values, not the layout (each slot is one placeholder token), so
-    these three fields are enough to splice a trained context back in.
+    these fields are enough to splice a trained context back in. Tensors beyond the position slot
+    (CoCoOp's meta-network) keep their initial values until :meth:`PromptMethod.load` fills them.
     """
-    prompt = PromptConfig(n_ctx=identity.n_ctx, csc=identity.csc, class_token_position=identity.class_token_position)
-    return method_class(METHOD)(loaded, classnames, prompt)
+    prompt = PromptConfig(method=identity.prompt_method, n_ctx=identity.n_ctx, csc=identity.csc,
+                          class_token_position=identity.class_token_position)  # fmt: skip
+    return build_method(identity.prompt_method, loaded, classnames, prompt)
 
 
 def identity_for_prompt(prompt: AnalysisPrompt, config: RunConfig, method: PromptMethod) -> RunIdentity:
@@ -194,6 +207,7 @@ def identity_for_prompt(prompt: AnalysisPrompt, config: RunConfig, method: Promp
         csc=prompt.csc,
         class_token_position=method.config.class_token_position.value,
         precision=identity.precision or method.loaded.precision.value,
+        prompt_method=method.name,
     )
 
 

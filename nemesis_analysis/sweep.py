@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import pandas as pd
+import torch
 from torch import Tensor
 
 from nemesis_analysis import protocols, store
@@ -65,6 +66,7 @@ class EvalSet:
 
     features: Tensor  # (n_test, embed)
     labels: Tensor  # (n_test,)
+    local_features: Tensor | None = None  # (n_test, tokens, embed) for methods that need them (PLOT)
 
     @property
     def size(self) -> int:
@@ -83,6 +85,7 @@ def run_corruption_sweep(
     reuse_prefix: bool = True,
     on_chunk: Callable[[int, list[dict]], None] | None = None,
     classes: EvalClasses | str = EvalClasses.ALL,
+    max_test: int | None = None,
     should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
     """Evaluate every corruption in ``grid`` on the test split of ``identity.dataset`` and append the rows.
@@ -92,7 +95,10 @@ def run_corruption_sweep(
     ``memory_budget``). ``reuse_prefix``: compute each variant from its corrupted position on, reusing the
     unchanged prompt's states before it (exact under the causal mask). ``on_chunk(index, rows)`` is called
     after each chunk's part is written. ``classes``: the class subset to evaluate (base2new's base or new;
-    ``method`` must be built over that subset's class names), recorded in ``eval_classes``.
+    ``method`` must be built over that subset's class names), recorded in ``eval_classes``. ``max_test``:
+    evaluate a seeded, class-stratified subsample of at most this many of the subset's test images
+    (:func:`stratified_subsample`; ``n_test`` records its size, and a rerun with another size is refused
+    rather than mixing rows of different test sets).
     ``should_stop(index)``, asked before each chunk, returning True ends the sweep there (every finished
     chunk is saved; the summary has ``stopped=True``). The run's missing rows are found and appended under
     one :func:`store.claim`, so two processes sweeping one run never compute or write a key twice.
@@ -104,16 +110,17 @@ def run_corruption_sweep(
     written for this run are skipped.
     """
     started = time.perf_counter()
-    slot_value = check_slot(slot_value, identity)
+    slot_value = check_slot(slot_value, identity, method)
     chunk = resolve_chunk(method, chunk, memory_budget)
     classes = EvalClasses(classes).value
-    test = load_test_set(session, method, identity.dataset, classes)
-    acc_original = float(accuracy_of(predict_variants(method, slot_value[None], test.features), test.labels)[0])
+    test = load_test_set(session, method, identity.dataset, classes, max_test)
+    acc_original = float(accuracy_of(predict_variants(method, slot_value[None], test.features, test.local_features), test.labels)[0])
     base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size, "eval_classes": classes}
     base_norms = position_norms(slot_value)  # (n_ctx,)
 
     with store.claim(session.reports_dir, TABLE, identity.run_id):  # held to the end: no key is written twice
         previous = previous_rows(session, identity.run_id, classes)
+        check_same_test_set(previous, test.size, identity.run_id)
         done = set(previous[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
         pending = [] if NO_CORRUPTION.key() in done else [baseline_row(base_row, base_norms)]
         todo = pending_corruptions(grid, done)
@@ -143,9 +150,18 @@ def run_corruption_sweep(
     return summary
 
 
-def check_slot(slot_value: Tensor, identity: RunIdentity) -> Tensor:
-    """The slot as fp32 on the CPU, after checking it matches the identity's n_ctx and csc."""
+def check_slot(slot_value: Tensor, identity: RunIdentity, method: PromptMethod | None = None) -> Tensor:
+    """The slot as fp32 on the CPU, after checking it matches the method's slot (when given) and the
+    identity's n_ctx (and csc for CoOp-shaped slots)."""
     slot_value = slot_value.detach().float().cpu()
+    expected = tuple(method.position_tensor().shape) if method is not None else None
+    if expected is not None and (tuple(slot_value.shape) != expected or identity.n_ctx != slot_value.shape[-2]):
+        raise ModelError(
+            f"context of shape {tuple(slot_value.shape)} does not match method {method.name}'s slot {expected} "
+            f"(run n_ctx={identity.n_ctx})"
+        )
+    if expected is not None:
+        return slot_value
     if slot_value.dim() not in (2, 3):
         raise ModelError(
             f"a context must be (n_ctx, width) or (num_classes, n_ctx, width), got {tuple(slot_value.shape)}"
@@ -166,10 +182,17 @@ def resolve_chunk(method: PromptMethod, chunk: int | None, memory_budget: int | 
 
 
 def load_test_set(
-    session: Session, method: PromptMethod, dataset_name: str, classes: EvalClasses | str = EvalClasses.ALL
+    session: Session,
+    method: PromptMethod,
+    dataset_name: str,
+    classes: EvalClasses | str = EvalClasses.ALL,
+    max_test: int | None = None,
 ) -> EvalSet:
     """The test split's features (encoded once, from the session's feature cache) on the model's device;
-    for a class subset, its images relabelled from 0 (``method`` holds the subset's class names)."""
+    for a class subset, its images relabelled from 0 (``method`` holds the subset's class names); with
+    ``max_test``, a seeded class-stratified subsample of at most that many of them."""
+    if max_test is not None and max_test < 1:
+        raise ConfigError(f"--max-test must be at least 1, got {max_test}")
     dataset = session.dataset(dataset_name)
     loaded = method.loaded
     features, labels = image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
@@ -178,7 +201,31 @@ def load_test_set(
         features, labels = restrict_to_classes(features, labels, selected)
     if labels.shape[0] == 0:
         raise ConfigError(f"dataset {dataset.name} has an empty test split; nothing to evaluate")
+    if max_test is not None and max_test < labels.shape[0]:
+        keep = stratified_subsample(labels, max_test)
+        features, labels = features[keep.to(features.device)], labels[keep]
     return EvalSet(features.to(loaded.device), labels)
+
+
+def stratified_subsample(labels: Tensor, size: int, seed: int = 0) -> Tensor:
+    """Sorted indices of ``size`` items drawn class by class in turn (each class's items in seeded random
+    order), so every class keeps its share up to one image; the same for the same labels and size."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(labels.shape[0], generator=generator)
+    per_class = [order[labels[order] == c] for c in labels.unique(sorted=True)]
+    rounds = max(len(members) for members in per_class)
+    interleaved = [members[r] for r in range(rounds) for members in per_class if r < len(members)]
+    return torch.stack(interleaved[:size]).sort().values
+
+
+def check_same_test_set(previous: pd.DataFrame, n_test: int, run_id: str) -> None:
+    """Refuse to add rows computed on another number of test images than the run's existing rows."""
+    sizes = sorted(set(int(n) for n in previous["n_test"].dropna())) if not previous.empty else []
+    if sizes and sizes != [n_test]:
+        raise ConfigError(
+            f"run {run_id} has corruption rows on {sizes[0]} test images, this sweep uses {n_test}; "
+            "pass the --max-test those rows used, or a fresh --reports folder"
+        )
 
 
 def previous_rows(session: Session, run_id: str, classes: str = EvalClasses.ALL.value) -> pd.DataFrame:
@@ -216,7 +263,8 @@ def evaluate_chunk(
 ) -> list[dict]:
     """The table rows of one chunk of corruptions (one stacked text pass)."""
     variants = apply_corruptions(slot_value, part, run_id)  # (variants, [classes,] n_ctx, width)
-    predictions = predict_single_position_variants(method, cache, variants, [c.position for c in part], test.features)
+    positions = [c.position for c in part]
+    predictions = predict_single_position_variants(method, cache, variants, positions, test.features, test.local_features)
     accs = accuracy_of(predictions, test.labels).tolist()
     after = variant_norms(variants)  # (variants, n_ctx)
     rows = []

@@ -27,7 +27,7 @@ from nemesis_analysis.data.fewshot import sample_train_shots
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
 from nemesis_analysis.evaluate import write_run_evaluations
 from nemesis_analysis.features import image_features
-from nemesis_analysis.methods import method_class
+from nemesis_analysis.methods import build_method_for_run
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.metrics import top1_accuracy
 from nemesis_analysis.models import LoadedModel
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 NORM_COLUMNS = {"norm": "l2", "norm_l1": "l1", "norm_inf": "inf"}
 IN_MEMORY_LIMIT = 4096  # few-shot train sets up to this size are decoded once and kept in memory
 SAVE_EVERY = 10  # epochs between resume states (and always the last one)
-METHOD = "coop"  # the prompt method every run trains today (Nemesis is a loss on top of it)
 
 
 def lr_at_epoch(epoch: int, config: RunConfig) -> float:
@@ -65,7 +64,7 @@ def steps_per_epoch(n_images: int, batch_size: int, drop_last: bool) -> int:
 
 
 def build_optimizer(parameters: list[torch.Tensor], optim: OptimConfig) -> torch.optim.Optimizer:
-    """CoOp's SGD (momentum, weight decay) on the method's slots; it updates them in their own dtype."""
+    """CoOp's SGD (momentum, weight decay) on the method's trainable tensors; it updates them in their own dtype."""
     return torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
 
 
@@ -220,7 +219,7 @@ def train_prompt(
 def run_epochs(run: TrainingRun, session: Session, on_epoch, should_stop, save_every: int) -> bool:
     """Train the remaining epochs; True when ``should_stop`` ended them early (the last epoch run is saved)."""
     config = run.config
-    label = f"{config.method} {config.dataset} {config.shots}-shot seed {config.seed}"
+    label = f"{config.prompt_method} {config.method} {config.dataset} {config.shots}-shot seed {config.seed}"
     with progress_bar(label, total=config.num_epochs, enabled=session.progress) as advance:
         advance(run.start_epoch)
         for epoch in range(run.start_epoch, config.num_epochs):
@@ -262,8 +261,8 @@ def start_run(
     run_dir.save_split({"train": train_samples, "val": val_samples}, dataset.classnames)
     test_features, test_labels = image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
     zero_shot = zero_shot_accuracy(loaded, dataset, test_features, test_labels)
-    method = method_class(METHOD)(loaded, dataset.classnames, config.prompt, seed=config.seed)
-    optimizer = build_optimizer(list(method.slots().values()), config.optim)
+    method = build_method_for_run(config, loaded, dataset.classnames)
+    optimizer = build_optimizer(list(method.trainable().values()), config.optim)
     run = TrainingRun(config, loaded, method, optimizer, TrainImages(dataset, train_samples, loaded.preprocess_cfg),
                       test_features.to(loaded.device), test_labels, zero_shot, run_dir)  # fmt: skip
     restore_state(run)
@@ -394,8 +393,7 @@ def nemesis_term(
         with torch.no_grad():
             # Pre-inference reuses this step's image features; all NP variants in one text pass.
             variants = nemesis.rescale_positions_variants(slot.detach(), positions.to(slot.device), spec.pan_factor)
-            text = method.text_features(variants)  # (NP, classes, embed)
-            rescaled_logits = torch.einsum("be,pce->pbc", features, text)  # (NP, batch, classes)
+            rescaled_logits = method.variant_scores(variants, features)  # (NP, batch, classes)
             correct_rescaled = (rescaled_logits.argmax(-1) == labels[None]).sum(-1)  # (NP,)
             correct_base = (logits.argmax(-1) == labels).sum()
             alpha = nemesis.pan_alpha(correct_base, correct_rescaled, spec.pan_alpha_weight)
@@ -460,9 +458,9 @@ def trajectory_rows(run: TrainingRun, epoch: int, test_acc: float, norms: dict, 
 
 
 def save_state(run: TrainingRun, epoch: int) -> None:
-    """The slots and their SGD momentum after ``epoch``, with the rows so far."""
+    """The trainable tensors and their SGD momentum after ``epoch``, with the rows so far."""
     tensors = {}
-    for name, slot in run.method.slots().items():
+    for name, slot in run.method.trainable().items():
         tensors[name] = slot
         momentum = run.optimizer.state.get(slot, {}).get("momentum_buffer")
         if momentum is not None:
@@ -473,7 +471,7 @@ def save_state(run: TrainingRun, epoch: int) -> None:
 def restore_state(run: TrainingRun) -> None:
     """Continue after the last saved epoch when its state fits the method; else start from epoch 0."""
     state = run.run_dir.load_state()
-    slots = run.method.slots()
+    slots = run.method.trainable()
     if state is None:
         return
     if any(state.tensors.get(name) is None or state.tensors[name].shape != slot.shape for name, slot in slots.items()):

@@ -28,7 +28,9 @@ from nemesis_analysis.cli.options import (
     DeviceOpt,
     EpochsOpt,
     ForceOpt,
+    KgWeightOpt,
     LrOpt,
+    MethodOpt,
     NCtxOpt,
     NormTypeOpt,
     NormWeightOpt,
@@ -37,6 +39,7 @@ from nemesis_analysis.cli.options import (
     PanFactorOpt,
     PanOpt,
     PanPositionsOpt,
+    PlotPromptsOpt,
     PositionOpt,
     PrecisionOpt,
     PretrainedOpt,
@@ -71,13 +74,14 @@ def run_training(config, session: Session, *, force: bool):
     return train_prompt(config, session, force=force, should_stop=stop_requested)
 
 
-def run_sweep(config, session: Session, grid, *, seeds, prompt, run_id, chunk, force: bool, on_run, on_prompt):
+def run_sweep(config, session: Session, grid, *, seeds, prompt, run_id, chunk, force: bool, on_run, on_prompt,
+              max_test=None):  # fmt: skip
     """Sweep the corruption grid (a ``GridSpec``) on each seed's run, on ``prompt`` or on the run ``run_id``."""
     from nemesis_analysis.runs import sweep_runs
 
     return sweep_runs(
         config, session, grid, seeds=seeds, prompt=prompt, run_id=run_id, chunk=chunk, force=force,
-        on_run=on_run, on_prompt=on_prompt, should_stop=stop_requested,
+        on_run=on_run, on_prompt=on_prompt, max_test=max_test, should_stop=stop_requested,
     )  # fmt: skip
 
 
@@ -104,7 +108,9 @@ def print_run_result(result) -> None:
     if result.stopped:
         return  # said by stop_after_training
     state = "reused finished run" if result.reused else f"trained in {result.seconds:.1f} s"
-    console.print(f"[bold]{result.config.method}[/] run {result.run_id} ({state}) -> {result.run_dir}")
+    config = result.config
+    label = config.prompt_method if config.method == "coop" else f"{config.prompt_method} + {config.method}"
+    console.print(f"[bold]{label}[/] run {result.run_id} ({state}) -> {result.run_dir}")
     console.print(
         f"  zero-shot accuracy {result.zero_shot_acc:.2f}%   final test accuracy {result.final_test_acc:.2f}%   "
         f"mean context norm {result.mean_norm:.4f}",
@@ -156,6 +162,7 @@ def print_config_and_stop(config) -> None:
 @handle_errors
 def train(
     ctx: typer.Context,
+    method: MethodOpt = "coop",
     dataset: DatasetOpt = "digits",
     shots: ShotsOpt = 16,
     seed: SeedOpt = 1,
@@ -179,6 +186,8 @@ def train(
     protocol: ProtocolOpt = "fewshot",
     lr: LrOpt = 0.002,
     batch_size: BatchOpt = 32,
+    plot_prompts: PlotPromptsOpt = 4,
+    kg_weight: KgWeightOpt = 8.0,
     allow_missing_classes: AllowMissingOpt = False,
     config_file: ConfigFileOpt = None,
     set_: SetOpt = None,
@@ -192,13 +201,14 @@ def train(
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train CoOp (or CoOp + Nemesis with --pun / --pan / --beta) and record it in Parquet."""
+    """Train a prompt method (--method: CoOp, CoCoOp, PLOT, KgCoOp), with Nemesis via --pun / --pan / --beta,
+    and record it in Parquet."""
     config = build_run_config(
         given=given_options(ctx), config_file=config_file, sets=set_, pun=pun, pan=pan, beta=beta, dataset=dataset, shots=shots, seed=seed,
         backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
         ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
         pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
-        protocol=protocol,
+        method=method, plot_prompts=plot_prompts, kg_weight=kg_weight, protocol=protocol,
         allow_missing_classes=allow_missing_classes,
     )  # fmt: skip
     if print_config:
@@ -242,11 +252,17 @@ RepsOpt = Annotated[int, typer.Option("--reps", help="Random draws per replace c
 ChunkOpt = Annotated[
     Optional[int], typer.Option("--chunk", help="Variants per text-tower pass (default: from a memory budget).")
 ]
+MaxTestOpt = Annotated[
+    Optional[int],
+    typer.Option("--max-test", help="Evaluate a seeded class-stratified subsample of at most N test images "
+                 "(for CoCoOp on large test sets; n_test records it)."),
+]
 
 
 @handle_errors
 def corrupt(
     ctx: typer.Context,
+    method: MethodOpt = "coop",
     dataset: DatasetOpt = "digits",
     shots: ShotsOpt = 16,
     seed: SeedOpt = 1,
@@ -270,6 +286,8 @@ def corrupt(
     protocol: ProtocolOpt = "fewshot",
     lr: LrOpt = 0.002,
     batch_size: BatchOpt = 32,
+    plot_prompts: PlotPromptsOpt = 4,
+    kg_weight: KgWeightOpt = 8.0,
     allow_missing_classes: AllowMissingOpt = False,
     config_file: ConfigFileOpt = None,
     set_: SetOpt = None,
@@ -284,6 +302,7 @@ def corrupt(
     stds: StdsOpt = None,
     reps: RepsOpt = 3,
     chunk: ChunkOpt = None,
+    max_test: MaxTestOpt = None,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
     reports: ReportsOpt = DEFAULT_REPORTS,
     data_root: DataRootOpt = None,
@@ -302,7 +321,7 @@ def corrupt(
         backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
         ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
         pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
-        protocol=protocol,
+        method=method, plot_prompts=plot_prompts, kg_weight=kg_weight, protocol=protocol,
         purpose="corrupt",
         allow_missing_classes=allow_missing_classes,
     )  # fmt: skip
@@ -321,6 +340,7 @@ def corrupt(
             config, session, grid,
             seeds=parse_int_list(seeds, "--seeds") if seeds is not None else None, prompt=prompt, run_id=None,
             chunk=chunk, force=force, on_run=lambda r: stopped_runs.append(r) if r.stopped else print_run_result(r),
+            max_test=max_test,
             on_prompt=lambda p: console.print(f"analysing {p.path} (run_id {p.run_id})", highlight=False),
         )  # fmt: skip
     if stopped_runs:

@@ -74,9 +74,11 @@ def corrupt_job(job, session: Session) -> dict:
 
     config = RunConfig.from_dict(job.payload["config"])
     loaded, dataset = model_and_data(config, session)
-    ctx, _ = load_prompt(session.run_dir(job.run_id).path)
+    folder = session.run_dir(job.run_id).path
+    ctx, _ = load_prompt(folder)
     identity = config.resolved(loaded.device.type).identity(n_ctx=ctx.shape[-2])
     method = method_for_identity(loaded, dataset.classnames, identity)
+    method.load(folder)  # every saved tensor, not only the context (CoCoOp's meta-network)
     grid = expand_grid(ctx.shape[-2], **job.payload["grid"])
     summary = run_corruption_sweep(
         session, method, ctx, identity, grid, chunk=job.payload.get("chunk"),
