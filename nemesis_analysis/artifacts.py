@@ -12,21 +12,20 @@ is the one check that a context fits a loaded prompt method.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from nemesis_analysis.choices import plain
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ModelError
 from nemesis_analysis.fsio import atomic_path, atomic_write_json
+from nemesis_analysis.safeload import DamagedFileError, load_safetensors, read_json, torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +49,32 @@ def save_prompt(directory: Path, ctx: Tensor, metadata: dict, extra: dict[str, T
     return directory
 
 
-def load_prompt(path: Path) -> tuple[Tensor, dict]:
-    """Read our prompt artifact (its folder or its .safetensors/.json file): (ctx, metadata)."""
-    tensors, metadata = load_prompt_tensors(path)
+PROMPT_FIX = "save the prompt again, or pass another --prompt"
+
+
+def load_prompt(path: Path, fix: str = PROMPT_FIX) -> tuple[Tensor, dict]:
+    """Read our prompt artifact (its folder or its .safetensors/.json file): (ctx, metadata).
+
+    A damaged file is a one-line :class:`~nemesis_analysis.safeload.DamagedFileError` naming it and ending
+    in ``fix`` (a run folder passes "retrain with --force...").
+    """
+    tensors, metadata = load_prompt_tensors(path, fix)
     return tensors["ctx"], metadata
 
 
-def load_prompt_tensors(path: Path) -> tuple[dict[str, Tensor], dict]:
+def load_prompt_tensors(path: Path, fix: str = PROMPT_FIX) -> tuple[dict[str, Tensor], dict]:
     """Every tensor of our prompt artifact by name (``ctx`` and a method's extras), and its metadata."""
     path = Path(path)
     directory = path if path.is_dir() else path.parent
     tensors, meta = directory / ARTIFACT_TENSORS, directory / ARTIFACT_META
     if not tensors.is_file() or not meta.is_file():
         raise ModelError(f"{path} is not a prompt artifact: expected {ARTIFACT_TENSORS} and {ARTIFACT_META} there")
-    return load_file(str(tensors)), json.loads(meta.read_text())
+    loaded = load_safetensors(tensors, fix, "prompt file")
+    metadata = read_json(meta, fix, "prompt file")
+    if "ctx" not in loaded or not isinstance(metadata, dict):
+        what = f"no 'ctx' tensor in {tensors}" if "ctx" not in loaded else f"{meta} holds no JSON object"
+        raise DamagedFileError(f"prompt file is damaged ({what}); {fix}")
+    return loaded, metadata
 
 
 def is_artifact(path: Path) -> bool:
@@ -95,14 +106,7 @@ def find_dassl_checkpoint(path: Path) -> Path | None:
 def read_dassl_checkpoint(path: Path) -> tuple[torch.Tensor, dict]:
     """(ctx as fp32, metadata) from a CoOp/Dassl ``model.pth.tar-N``; never unpickles code."""
     path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise ModelError(
-            f"cannot read CoOp checkpoint {path} safely ({first}); it must hold only tensors and plain values "
-            "(torch.load weights_only=True)"
-        ) from None
+    checkpoint = torch_load(path, "CoOp checkpoint")
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or "ctx" not in state:
         keys = sorted(state)[:8] if isinstance(state, dict) else type(checkpoint).__name__
@@ -160,7 +164,7 @@ def read_cocoop_meta_net(state: dict, width: int, path: Path) -> dict[str, Tenso
 
 def read_bare_tensor(path: Path) -> tuple[Tensor, dict]:
     """(ctx, metadata) from a ``.safetensors`` file holding one tensor or a ``ctx`` tensor."""
-    tensors = load_file(str(path))
+    tensors = load_safetensors(path, PROMPT_FIX, "prompt file")
     if "ctx" not in tensors and len(tensors) != 1:
         raise ModelError(f"{path} holds {len(tensors)} tensors and none is named 'ctx'; save the context alone")
     ctx = tensors.get("ctx", next(iter(tensors.values())))

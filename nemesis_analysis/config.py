@@ -9,6 +9,7 @@ and names the field by its dotted name (``nemesis.beta``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -270,6 +271,10 @@ class RunConfig:
     recipe_changes: str = spec("", in_id=IN_ID_NEVER, help="the settings the recipe changed (recorded, not hashed)")
     protocol: Protocol = spec(Protocol.FEWSHOT, in_id=IN_ID_UNLESS_DEFAULT,
                               help="fewshot, base2new, crossdataset or dg (hashed unless fewshot)")
+    allow_missing_classes: bool = spec(False, in_id=IN_ID_UNLESS_DEFAULT,
+                                       help="train even when classes have fewer training images than shots")
+    dataset_fingerprint: str = spec("", in_id=IN_ID_UNLESS_DEFAULT,
+                                    help="content fingerprint of a custom dataset (filled in when it is loaded)")
 
     def __post_init__(self) -> None:
         self.protocol = choice(Protocol, self.protocol, "protocol")
@@ -331,6 +336,13 @@ class RunConfig:
             data[name] = section(**{k: v for k, v in value.items() if k in known})
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def with_dataset_fingerprint(self, fingerprint: str) -> "RunConfig":
+        """A copy naming the loaded dataset's content (custom datasets; "" for built-ins), so two
+        different folders with the same spec never share a run id."""
+        if fingerprint == self.dataset_fingerprint:
+            return self
+        return dataclasses.replace(self, dataset_fingerprint=fingerprint)
 
     @property
     def run_id(self) -> str:

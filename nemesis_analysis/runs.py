@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nemesis_analysis import protocols
-from nemesis_analysis.artifacts import AnalysisPrompt, check_fits, read_prompt
+from nemesis_analysis.artifacts import ARTIFACT_TENSORS, AnalysisPrompt, check_fits, load_prompt, read_prompt
 from nemesis_analysis.choices import EvalClasses, Protocol
 from nemesis_analysis.config import PromptConfig, RunConfig
 from nemesis_analysis.corrupt_ops import Corruption, GridSpec
 from nemesis_analysis.errors import ConfigError, NoDataError
 from nemesis_analysis.methods import PromptMethod, build_method, build_method_for_run
 from nemesis_analysis.prompts import backbone_tokenizer, resolve_n_ctx
+from nemesis_analysis.rundir import RunDir
+from nemesis_analysis.safeload import DamagedFileError
 from nemesis_analysis.schema import RunIdentity
 from nemesis_analysis.session import Session
 from nemesis_analysis.sweep import SweepSummary, run_corruption_sweep
@@ -37,10 +39,17 @@ def sweep_runs(
     on_run: Callable[[RunResult], None] | None = None,
     on_prompt: Callable[[AnalysisPrompt], None] | None = None,
     max_test: int | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> list[SweepSummary]:
     """Sweep ``grid`` on ``prompt``; or on the recorded run ``run_id`` (an id or a unique prefix: its config
-    replaces ``config``); or on the run of ``config`` for each seed (training it first when unfinished)."""
+    replaces ``config``); or on the run of ``config`` for each seed (training it first when unfinished).
+
+    ``should_stop`` (asked after each training epoch and before each sweep chunk) returning True ends the
+    work at the next saved point: a stopped training run is passed to ``on_run`` (``run.stopped``) and ends
+    the list; a stopped sweep is the last summary (``summary.stopped``).
+    """
     check_sources(seeds, prompt, run_id, chunk)
+    session.check_output_folders()
     if run_id is not None:
         config = load_run_config(session, run_id)
     seeds = list(seeds) if seeds is not None else [config.seed]
@@ -53,13 +62,18 @@ def sweep_runs(
     config = dataclasses.replace(config, seed=seeds[0])
     if analysed is not None:
         return [sweep_prompt(config, session, analysed, corruptions, chunk=chunk, on_prompt=on_prompt,
-                             max_test=max_test)]  # fmt: skip
+                             max_test=max_test, should_stop=should_stop)]  # fmt: skip
     summaries = []
     for seed in seeds:
-        run = train_prompt(dataclasses.replace(config, seed=seed), session, force=force)
+        run = train_prompt(dataclasses.replace(config, seed=seed), session, force=force, should_stop=should_stop)
         if on_run is not None:
             on_run(run)
-        summaries.extend(sweep_run_subsets(session, run, corruptions, chunk=chunk, max_test=max_test))
+        if run.stopped:
+            break
+        summaries.extend(sweep_run_subsets(session, run, corruptions, chunk=chunk, max_test=max_test,
+                                           should_stop=should_stop))  # fmt: skip
+        if summaries and summaries[-1].stopped:
+            break
     return summaries
 
 
@@ -80,27 +94,52 @@ def sweep_trained_run(
     chunk: int | None = None,
     classes: EvalClasses | str = EvalClasses.ALL,
     max_test: int | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
     """Sweep the prompt that :func:`~nemesis_analysis.train.train_prompt` saved for ``run`` on one class
     subset (all classes, or base2new's base or new: the run's method rebuilt over that subset's class names,
     every saved tensor loaded, so CoCoOp's meta-network keeps shifting)."""
     config = run.config
+    run_dir = RunDir(Path(run.run_dir))
+    ctx, _ = load_prompt(run_dir.path, fix=run_dir.damaged_fix)  # a damaged run file: one line, with the fix
     loaded, dataset = load_model_and_data(config, session)
+    check_run_prompt(ctx, config, loaded, dataset.num_classes, run_dir)
     method = build_method_for_run(config, loaded, protocols.subset_classnames(dataset.classnames, classes))
     method.load(run.run_dir)
     slot = method.position_tensor().detach()
     identity = config.identity(n_ctx=slot.shape[-2])
     return run_corruption_sweep(session, method, slot, identity, grid, chunk=chunk, classes=classes,
-                                max_test=max_test)  # fmt: skip
+                                max_test=max_test, should_stop=should_stop)  # fmt: skip
 
 
 def sweep_run_subsets(
-    session: Session, run: RunResult, grid: Sequence[Corruption], chunk: int | None = None,
+    session: Session,
+    run: RunResult,
+    grid: Sequence[Corruption],
+    chunk: int | None = None,
     max_test: int | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> list[SweepSummary]:
-    """:func:`sweep_trained_run` on every class subset the run's protocol evaluates (base2new: base, then new)."""
-    subsets = protocols.sweep_classes(run.config.protocol)
-    return [sweep_trained_run(session, run, grid, chunk, classes, max_test) for classes in subsets]
+    """:func:`sweep_trained_run` on every class subset the run's protocol evaluates (base2new: base, then new);
+    a stopped sweep is the last one."""
+    summaries = []
+    for classes in protocols.sweep_classes(run.config.protocol):
+        summaries.append(sweep_trained_run(session, run, grid, chunk, classes, max_test, should_stop))
+        if summaries[-1].stopped:
+            break
+    return summaries
+
+
+def check_run_prompt(ctx, config: RunConfig, loaded, num_classes: int, run_dir: RunDir) -> None:
+    """A run folder's prompt must have the shape its config gives; else it is damaged (one-line error)."""
+    n_ctx = resolve_n_ctx(config.prompt, loaded.tokenizer)
+    width = int(loaded.model.token_embedding.embedding_dim)
+    expected = (num_classes, n_ctx, width) if config.prompt.csc else (n_ctx, width)
+    if tuple(ctx.shape) != expected:
+        raise DamagedFileError(
+            f"run file {run_dir.file(ARTIFACT_TENSORS)} is damaged (context of shape {tuple(ctx.shape)}, the run's "
+            f"config gives {expected}); {run_dir.damaged_fix}"
+        )
 
 
 def sweep_prompt(
@@ -111,6 +150,7 @@ def sweep_prompt(
     chunk: int | None = None,
     on_prompt: Callable[[AnalysisPrompt], None] | None = None,
     max_test: int | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
     """Sweep a saved prompt on ``config``'s model and dataset (the prompt's recorded layout and method win)."""
     check_prompt_protocol(prompt)
@@ -126,7 +166,8 @@ def sweep_prompt(
     identity = identity_for_prompt(prompt, config.resolved(loaded.device.type), method)
     if on_prompt is not None:
         on_prompt(prompt)
-    return run_corruption_sweep(session, method, prompt.ctx, identity, grid, chunk=chunk, max_test=max_test)
+    return run_corruption_sweep(session, method, prompt.ctx, identity, grid, chunk=chunk, max_test=max_test,
+                                should_stop=should_stop)  # fmt: skip
 
 
 def check_prompt_protocol(prompt: AnalysisPrompt) -> None:

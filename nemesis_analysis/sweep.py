@@ -56,6 +56,7 @@ class SweepSummary:
     chunk: int  # variants per text pass
     seconds: float
     rows: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # the grid's rows, grid order
+    stopped: bool = False  # should_stop ended the sweep before the grid was complete
     eval_classes: str = EvalClasses.ALL.value  # the class subset evaluated (base2new: base or new)
 
 
@@ -85,6 +86,7 @@ def run_corruption_sweep(
     on_chunk: Callable[[int, list[dict]], None] | None = None,
     classes: EvalClasses | str = EvalClasses.ALL,
     max_test: int | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
     """Evaluate every corruption in ``grid`` on the test split of ``identity.dataset`` and append the rows.
 
@@ -97,6 +99,9 @@ def run_corruption_sweep(
     evaluate a seeded, class-stratified subsample of at most this many of the subset's test images
     (:func:`stratified_subsample`; ``n_test`` records its size, and a rerun with another size is refused
     rather than mixing rows of different test sets).
+    ``should_stop(index)``, asked before each chunk, returning True ends the sweep there (every finished
+    chunk is saved; the summary has ``stopped=True``). The run's missing rows are found and appended under
+    one :func:`store.claim`, so two processes sweeping one run never compute or write a key twice.
 
     ``norm_before``/``norm_after`` are the L2 norms of the corrupted position before and after (CSC:
     averaged over classes, as :func:`nemesis.position_norms`). The baseline row (op "none", position -1,
@@ -113,30 +118,34 @@ def run_corruption_sweep(
     base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size, "eval_classes": classes}
     base_norms = position_norms(slot_value)  # (n_ctx,)
 
-    previous = previous_rows(session, identity.run_id, classes)
-    check_same_test_set(previous, test.size, identity.run_id)
-    done = set(previous[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
-    pending = [] if NO_CORRUPTION.key() in done else [baseline_row(base_row, base_norms)]
-    todo = pending_corruptions(grid, done)
-    new_rows = list(pending)
-    cache = prefix_cache(method, slot_value, reuse_prefix) if todo else None  # a complete rerun needs no text pass
-    with progress_bar(f"corrupting {identity.run_id}", total=len(todo), enabled=session.progress) as advance:
-        for index, start in enumerate(range(0, len(todo), chunk)):
-            part = todo[start : start + chunk]
-            rows = pending + evaluate_chunk(
-                method, cache, slot_value, part, identity.run_id, test, base_row, base_norms
-            )
-            pending = []
-            append_rows(session, identity.run_id, rows)
-            new_rows.extend(rows[-len(part) :])
-            advance(len(part), best=max(row["acc"] for row in rows[-len(part) :]))
-            if on_chunk is not None:
-                on_chunk(index, rows)
-    if pending:  # nothing left to corrupt, but the baseline row was missing
-        append_rows(session, identity.run_id, pending)
+    with store.claim(session.reports_dir, TABLE, identity.run_id):  # held to the end: no key is written twice
+        previous = previous_rows(session, identity.run_id, classes)
+        check_same_test_set(previous, test.size, identity.run_id)
+        done = set(previous[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
+        pending = [] if NO_CORRUPTION.key() in done else [baseline_row(base_row, base_norms)]
+        todo = pending_corruptions(grid, done)
+        cache = prefix_cache(method, slot_value, reuse_prefix) if todo else None  # a complete rerun: no text pass
+        chunks = [todo[start : start + chunk] for start in range(0, len(todo), chunk)]
+        with progress_bar(f"corrupting {identity.run_id}", total=len(todo), enabled=session.progress) as advance:
+            new_rows, stopped = [], False
+            for index, part in enumerate(chunks):
+                if should_stop is not None and should_stop(index):
+                    stopped = True
+                    break
+                rows = evaluate_chunk(method, cache, slot_value, part, identity.run_id, test, base_row, base_norms)
+                advance(len(part), best=max(row["acc"] for row in rows))
+                rows, pending = pending + rows, []
+                store.append_rows(session.reports_dir, TABLE, rows)  # only missing keys, found under the claim
+                new_rows.extend(rows)
+                if on_chunk is not None:
+                    on_chunk(index, rows)
+        if pending and not stopped:  # nothing left to corrupt, but the baseline row was missing
+            store.append_rows(session.reports_dir, TABLE, pending)
+            new_rows.extend(pending)
     frame = grid_rows(previous, new_rows, grid)
     seconds = time.perf_counter() - started
     summary = summarise(frame, identity.run_id, acc_original, test.size, len(new_rows), chunk, seconds)
+    summary.stopped = stopped
     summary.eval_classes = classes
     return summary
 
@@ -223,12 +232,6 @@ def previous_rows(session: Session, run_id: str, classes: str = EvalClasses.ALL.
     """The rows already written for ``run_id`` on the class subset ``classes``."""
     table = store.read_table(session.reports_dir, TABLE)
     return table[(table["run_id"] == run_id) & (table["eval_classes"] == classes)]
-
-
-def append_rows(session: Session, run_id: str, rows: list[dict]) -> None:
-    """Append a chunk's rows under the run's claim (rows whose key another writer added meanwhile are dropped)."""
-    with store.claim(session.reports_dir, TABLE, run_id) as claim:
-        claim.append(rows)
 
 
 def pending_corruptions(grid: Sequence[Corruption], done: set) -> list[Corruption]:

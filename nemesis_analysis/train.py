@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis import nemesis, protocols
+from nemesis_analysis import nemesis, protocols, store
 from nemesis_analysis.augment import augment_image
 from nemesis_analysis.config import NemesisConfig, OptimConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits, Sample
@@ -32,7 +32,7 @@ from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.metrics import top1_accuracy
 from nemesis_analysis.models import LoadedModel
 from nemesis_analysis.progress import progress_bar
-from nemesis_analysis.rundir import RunDir
+from nemesis_analysis.rundir import SUPERSEDED_TABLES, RunDir
 from nemesis_analysis.session import Session
 
 logger = logging.getLogger(__name__)
@@ -186,39 +186,59 @@ def train_prompt(
 ) -> RunResult:
     """Train (or reuse, or resume) the run described by ``config``; returns its result.
 
-    ``on_epoch(epoch, {"test_acc", "norms"})`` is called after every epoch; ``should_stop(epoch)`` returning
-    True ends training after that epoch is saved (a later call resumes from it) and returns a result with
-    ``stopped=True``. ``save_every``: epochs between resume states (the last epoch is always saved).
-    ``on_step(record)`` receives a :class:`StepRecord` after every SGD step.
+    ``on_epoch(epoch, {"test_acc", "norms"})`` is called after every epoch; ``should_stop(epoch)``, asked
+    after each epoch, returning True saves that epoch's state and ends training (a later call resumes after
+    it) with ``stopped=True``. ``save_every``: epochs between resume states (the last epoch is always saved).
+    ``on_step(record)`` receives a :class:`StepRecord` after every SGD step. The run is locked while it
+    trains: a second process on the same run waits, then reuses it.
     """
+    session.check_output_folders()  # before any model is loaded (or the tiny CLIP pretrained)
     protocols.check_protocol(config.protocol, config.dataset, config.prompt.csc)
     loaded, dataset = load_model_and_data(config, session)
     if not dataset.train:
         raise ConfigError(f"dataset {config.dataset} has no train split (test-only); train on its source dataset")
-    samples = sample_train_shots(dataset, config.shots, config.seed)  # data errors before anything is written
+    samples = sample_train_shots(dataset, config.shots, config.seed, config.allow_missing_classes)
     dataset, samples = protocols.training_view(config.protocol, dataset, samples)  # base2new: base classes only
-    config = config.resolved(loaded.device.type)
+    config = config.resolved(loaded.device.type).with_dataset_fingerprint(dataset.fingerprint)
     run_dir = session.run_dir(config.run_id)
-    if force:
-        run_dir.reset()
-    elif (done := finished_result(session, config)) is not None:
-        return with_protocol_evaluations(done, session, loaded)
-    run_dir.save_config(config.to_dict())
-    started = time.perf_counter()
-    run = start_run(config, session, loaded, dataset, run_dir, samples)
-    run.on_step = on_step
+    with run_dir.lock():  # a second process on the same run waits here, then reuses the finished run
+        if force:
+            supersede_run(session, run_dir)
+        elif (done := finished_result(session, config)) is not None:
+            return with_protocol_evaluations(done, session, loaded)
+        run_dir.save_config(config.to_dict())
+        started = time.perf_counter()
+        run = start_run(config, session, loaded, dataset, run_dir, samples)
+        run.on_step = on_step
+        if run_epochs(run, session, on_epoch, should_stop, save_every):
+            return result_of(run, time.perf_counter() - started, stopped=True)
+        result = finish_run(run, session, time.perf_counter() - started)
+    return with_protocol_evaluations(result, session, loaded)
+
+
+def run_epochs(run: TrainingRun, session: Session, on_epoch, should_stop, save_every: int) -> bool:
+    """Train the remaining epochs; True when ``should_stop`` ended them early (the last epoch run is saved)."""
+    config = run.config
     label = f"{config.prompt_method} {config.method} {config.dataset} {config.shots}-shot seed {config.seed}"
     with progress_bar(label, total=config.num_epochs, enabled=session.progress) as advance:
         advance(run.start_epoch)
         for epoch in range(run.start_epoch, config.num_epochs):
-            stop = should_stop is not None and should_stop(epoch) and epoch + 1 < config.num_epochs
-            test_acc, norms = run_epoch(run, epoch, save=stop or (epoch + 1) % save_every == 0)
+            test_acc, norms = run_epoch(run, epoch, save=(epoch + 1) % save_every == 0)
             advance(1, acc=test_acc, loss=run.rows[-1]["train_loss"])
             if on_epoch is not None:
                 on_epoch(epoch, {"test_acc": test_acc, "norms": norms})
-            if stop:
-                return result_of(run, time.perf_counter() - started, stopped=True)
-    return with_protocol_evaluations(finish_run(run, session, time.perf_counter() - started), session, loaded)
+            if should_stop is not None and epoch + 1 < config.num_epochs and should_stop(epoch):
+                if (epoch + 1) % save_every:
+                    save_state(run, epoch)
+                return True
+    return False
+
+
+def supersede_run(session: Session, run_dir: RunDir) -> None:
+    """``--force``: remove the run's rows from every table (corruptions of the old prompt included), then
+    its files; a retrain interrupted after this resumes as a new run."""
+    store.supersede_run(session.reports_dir, run_dir.run_id, SUPERSEDED_TABLES)
+    run_dir.reset()
 
 
 def load_model_and_data(config: RunConfig, session: Session) -> tuple[LoadedModel, DatasetSplits]:
@@ -452,8 +472,10 @@ def restore_state(run: TrainingRun) -> None:
     """Continue after the last saved epoch when its state fits the method; else start from epoch 0."""
     state = run.run_dir.load_state()
     slots = run.method.trainable()
-    if state is None or any(state.tensors.get(name) is None or state.tensors[name].shape != slot.shape
-                            for name, slot in slots.items()):  # fmt: skip
+    if state is None:
+        return
+    if any(state.tensors.get(name) is None or state.tensors[name].shape != slot.shape for name, slot in slots.items()):
+        logger.warning("resume state of %s does not fit the run's prompt; training from the start", run.run_dir.path)
         return
     with torch.no_grad():
         for name, slot in slots.items():

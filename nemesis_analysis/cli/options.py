@@ -51,6 +51,7 @@ FIELD_FLAGS: dict[str, str] = {
     "nemesis.omega": "--omega",
     "optim.lr": "--lr",
     "optim.batch_size": "--batch-size",
+    "allow_missing_classes": "--allow-missing-classes",
 }
 
 
@@ -205,6 +206,11 @@ KgWeightOpt = Annotated[
                         "(KgCoOp only)"), rich_help_panel=KGCOOP_PANEL)
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Retrain even if this run already finished.")]
+AllowMissingOpt = Annotated[
+    bool,
+    typer.Option("--allow-missing-classes", help="Train even when some classes have fewer training images than "
+                 "--shots (or none); recorded in the run."),
+]
 
 # Command parameter -> the config field it sets (the inverse of FIELD_FLAGS, by parameter name).
 PARAM_FIELDS = {
@@ -214,7 +220,7 @@ PARAM_FIELDS = {
     "norm_weight": "nemesis.weight", "norm_type": "nemesis.norm_type", "pan_positions": "nemesis.pan_positions",
     "pan_factor": "nemesis.pan_factor", "omega": "nemesis.omega", "lr": "optim.lr", "batch_size": "optim.batch_size",
     "recipe": "recipe", "method": "prompt.method", "plot_prompts": "plot.num_prompts", "kg_weight": "kgcoop.weight",
-    "protocol": "protocol",
+    "protocol": "protocol", "allow_missing_classes": "allow_missing_classes",
 }  # fmt: skip
 
 

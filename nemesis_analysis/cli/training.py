@@ -54,10 +54,13 @@ from nemesis_analysis.cli.options import (
     ShotsOpt,
     build_run_config,
     given_options,
+    AllowMissingOpt,
     build_session,
     console,
+    err_console,
     handle_errors,
 )
+from nemesis_analysis.cli.interrupt import StopRequest, graceful_stop, stop_requested
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.session import Session
 
@@ -68,7 +71,7 @@ def run_training(config, session: Session, *, force: bool):
     """Train (or reuse) one run."""
     from nemesis_analysis.train import train_prompt
 
-    return train_prompt(config, session, force=force)
+    return train_prompt(config, session, force=force, should_stop=stop_requested)
 
 
 def run_sweep(config, session: Session, grid, *, seeds, prompt, run_id, chunk, force: bool, on_run, on_prompt,
@@ -78,7 +81,7 @@ def run_sweep(config, session: Session, grid, *, seeds, prompt, run_id, chunk, f
 
     return sweep_runs(
         config, session, grid, seeds=seeds, prompt=prompt, run_id=run_id, chunk=chunk, force=force,
-        on_run=on_run, on_prompt=on_prompt, max_test=max_test,
+        on_run=on_run, on_prompt=on_prompt, max_test=max_test, should_stop=stop_requested,
     )  # fmt: skip
 
 
@@ -102,6 +105,8 @@ def config_of_run(session: Session, run_id: str, given: set[str], prompt: Path |
 
 
 def print_run_result(result) -> None:
+    if result.stopped:
+        return  # said by stop_after_training
     state = "reused finished run" if result.reused else f"trained in {result.seconds:.1f} s"
     config = result.config
     label = config.prompt_method if config.method == "coop" else f"{config.prompt_method} + {config.method}"
@@ -120,6 +125,28 @@ def print_evaluations(result) -> None:
         console.print(
             f"  {evaluation.eval_dataset} {evaluation.eval_classes} classes: {evaluation.acc:.2f}%", highlight=False
         )
+
+
+def stop_after_training(result, session: Session, stop: StopRequest) -> None:
+    """A training run ended by a signal: one line on what was saved and how to resume, and exit 130/143."""
+    state = session.run_dir(result.run_id).load_state()
+    done = state.epoch + 1 if state is not None else 0
+    err_console.print(
+        f"interrupted: run {result.run_id} saved after {done} of {result.config.num_epochs} epochs in "
+        f"{result.run_dir}; run the same command again to resume from there",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    raise typer.Exit(code=stop.exit_code)
+
+
+def stop_after_sweep(summary, session: Session, stop: StopRequest) -> None:
+    """A sweep ended by a signal: one line on the rows saved and how to go on, and exit 130/143."""
+    err_console.print(
+        f"interrupted: {summary.rows_written} new corruption rows of run {summary.run_id} saved in "
+        f"{session.reports_dir / 'corruptions'}; run the same command again to compute the rest",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    raise typer.Exit(code=stop.exit_code)
 
 
 def print_config_and_stop(config) -> None:
@@ -161,6 +188,7 @@ def train(
     batch_size: BatchOpt = 32,
     plot_prompts: PlotPromptsOpt = 4,
     kg_weight: KgWeightOpt = 8.0,
+    allow_missing_classes: AllowMissingOpt = False,
     config_file: ConfigFileOpt = None,
     set_: SetOpt = None,
     print_config: PrintConfigOpt = False,
@@ -181,12 +209,17 @@ def train(
         ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
         pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
         method=method, plot_prompts=plot_prompts, kg_weight=kg_weight, protocol=protocol,
+        allow_missing_classes=allow_missing_classes,
     )  # fmt: skip
     if print_config:
         print_config_and_stop(config)
     session = build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
                             offline=offline, cache_dir=cache_dir, quiet=quiet)
-    print_run_result(run_training(config, session, force=force))
+    with graceful_stop() as stop:
+        result = run_training(config, session, force=force)
+    if result.stopped:
+        stop_after_training(result, session, stop)
+    print_run_result(result)
 
 
 # ---------------------------------------------------------------------------------------------- corrupt
@@ -255,6 +288,7 @@ def corrupt(
     batch_size: BatchOpt = 32,
     plot_prompts: PlotPromptsOpt = 4,
     kg_weight: KgWeightOpt = 8.0,
+    allow_missing_classes: AllowMissingOpt = False,
     config_file: ConfigFileOpt = None,
     set_: SetOpt = None,
     print_config: PrintConfigOpt = False,
@@ -289,6 +323,7 @@ def corrupt(
         pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
         method=method, plot_prompts=plot_prompts, kg_weight=kg_weight, protocol=protocol,
         purpose="corrupt",
+        allow_missing_classes=allow_missing_classes,
     )  # fmt: skip
     from nemesis_analysis.corrupt_ops import GridSpec, parse_int_list  # imports torch: only once the config is valid
 
@@ -299,12 +334,19 @@ def corrupt(
         config = config_of_run(session, run, given_options(ctx), prompt)
     if print_config:
         print_config_and_stop(config)
-    summaries = run_sweep(
-        config, session, grid,
-        seeds=parse_int_list(seeds, "--seeds") if seeds is not None else None, prompt=prompt, run_id=None, chunk=chunk,
-        force=force, on_run=print_run_result, max_test=max_test,
-        on_prompt=lambda p: console.print(f"analysing {p.path} (run_id {p.run_id})", highlight=False),
-    )  # fmt: skip
+    stopped_runs = []
+    with graceful_stop() as stop:
+        summaries = run_sweep(
+            config, session, grid,
+            seeds=parse_int_list(seeds, "--seeds") if seeds is not None else None, prompt=prompt, run_id=None,
+            chunk=chunk, force=force, on_run=lambda r: stopped_runs.append(r) if r.stopped else print_run_result(r),
+            max_test=max_test,
+            on_prompt=lambda p: console.print(f"analysing {p.path} (run_id {p.run_id})", highlight=False),
+        )  # fmt: skip
+    if stopped_runs:
+        stop_after_training(stopped_runs[0], session, stop)
+    if summaries and summaries[-1].stopped:
+        stop_after_sweep(summaries[-1], session, stop)
     from nemesis_analysis.sweep import format_summary
 
     for summary_ in summaries:
