@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nemesis_analysis.usercache import CACHE_ENV, default_cache_root  # noqa: F401 (re-exported)
 
 @dataclass
 class Session:
