@@ -23,7 +23,7 @@ from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.methods.base import register_method
 from nemesis_analysis.methods.coop import CoOp
 from nemesis_analysis.models import LoadedModel
-from nemesis_analysis.textpass import encode_prompts, shared_prefix_length
+from nemesis_analysis.textpass import encode_prompts
 
 # Floats allowed in one pass's prompt activations (prompts * classes * length * width), as the engine's.
 CPU_IMAGE_BUDGET = 2**23
@@ -52,7 +52,6 @@ class CoCoOp(CoOp):
             raise ConfigError("CoCoOp learns one generic context shifted per image; drop --csc")
         super().__init__(loaded, classnames, config, seed=seed)
         self.meta_net = build_meta_net(loaded.embed_dim, self.width, seed + 1).to(self.base.device)
-        self.shared_tokens = shared_prefix_length(self.ctx_index, self.eos, csc=False)
 
     def trainable(self) -> dict[str, Tensor]:
         return {"ctx": self.ctx, **{f"meta_net.{name}": p for name, p in self.meta_net.named_parameters()}}
