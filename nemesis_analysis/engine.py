@@ -34,15 +34,18 @@ def auto_chunk(method: PromptMethod, memory_budget: int | None = None) -> int:
 
 
 @torch.no_grad()
-def predict_variants(method: PromptMethod, slot_variants: Tensor, features: Tensor) -> Tensor:
+def predict_variants(
+    method: PromptMethod, slot_variants: Tensor, features: Tensor, local: Tensor | None = None
+) -> Tensor:
     """Top-1 class of every test image under every slot variant: (variants, n_test), long, on the CPU.
 
     ``slot_variants`` (variants, [classes,] n_ctx, width); ``features`` (n_test, embed), L2-normalised, on
-    the model's device. One stacked text pass (cut at the longest EOS) for all variants.
+    the model's device; ``local`` (n_test, locations, embed) for methods that score local features. One
+    stacked text pass (cut at the longest EOS) for all variants.
     """
     device = method.device
-    text = method.text_features(slot_variants.to(device))  # (variants, classes, embed)
-    scores = torch.matmul(features.to(device)[None], text.transpose(1, 2))  # (variants, n_test, classes)
+    text = method.text_features(slot_variants.to(device))  # (variants, classes, [N,] embed)
+    scores = method.score_variants(text, features.to(device), local)  # (variants, n_test, classes)
     return predict_classes(scores).cpu()
 
 
@@ -53,7 +56,12 @@ def prefix_cache(method: PromptMethod, slot_value: Tensor, reuse_prefix: bool = 
 
 @torch.no_grad()
 def predict_single_position_variants(
-    method: PromptMethod, cache, variants: Tensor, positions: Sequence[int], features: Tensor
+    method: PromptMethod,
+    cache,
+    variants: Tensor,
+    positions: Sequence[int],
+    features: Tensor,
+    local: Tensor | None = None,
 ) -> Tensor:
     """Predictions (variants, n_test) for variants that each change the one position given for them.
 
@@ -61,13 +69,13 @@ def predict_single_position_variants(
     computed; without one, this is :func:`predict_variants`.
     """
     if cache is None:
-        return predict_variants(method, variants, features)
+        return predict_variants(method, variants, features, local)
     features = features.to(method.device)
     out = torch.empty(len(positions), features.shape[0], dtype=torch.long)
     for position in sorted(set(positions)):
         rows = [i for i, p in enumerate(positions) if p == position]
         text = cache.text_features(variants[rows], position)  # (group, classes, embed)
-        out[rows] = predict_classes(torch.matmul(features[None], text.transpose(1, 2))).cpu()
+        out[rows] = predict_classes(method.score_variants(text, features, local)).cpu()
     return out
 
 
@@ -79,6 +87,7 @@ def predict_corruptions(
     features: Tensor,
     chunk: int | None = None,
     reuse_prefix: bool = True,
+    local: Tensor | None = None,
 ) -> Tensor:
     """Batched predictions for every corruption of ``slot_value``: (len(corruptions), n_test), in order."""
     chunk = chunk or auto_chunk(method)
@@ -89,10 +98,10 @@ def predict_corruptions(
         part = corruptions[start : start + chunk]
         variants = apply_corruptions(slot_value, part, run_id)
         if any(c.op == CorruptionOp.NONE.value for c in part):  # the baseline changes no position: a plain pass
-            parts.append(predict_variants(method, variants, features))
+            parts.append(predict_variants(method, variants, features, local))
         else:
             positions = [c.position for c in part]
-            parts.append(predict_single_position_variants(method, cache, variants, positions, features))
+            parts.append(predict_single_position_variants(method, cache, variants, positions, features, local))
     if not parts:
         return torch.empty(0, features.shape[0], dtype=torch.long)
     return torch.cat(parts)

@@ -66,6 +66,8 @@ def _parts(folder: Path) -> list[Path]:
 
 def _to_arrow(table: str, frame: pd.DataFrame) -> pa.Table:
     target = schema.schema_of(table)
+    defaults = {name: schema.column_default(table, name) for name in target.names if name not in frame.columns}
+    frame = frame.assign(**{name: value for name, value in defaults.items() if value is not None})
     missing = [name for name in target.names if name not in frame.columns]
     if missing:
         raise ValueError(f"rows for {table} lack columns {missing}")

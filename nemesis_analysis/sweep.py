@@ -26,7 +26,7 @@ from nemesis_analysis.engine import (
     variant_norms,
 )
 from nemesis_analysis.errors import ConfigError, ModelError
-from nemesis_analysis.features import image_features
+from nemesis_analysis.features import image_features, local_image_features
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.nemesis import position_norms
 from nemesis_analysis.progress import progress_bar
@@ -62,6 +62,7 @@ class EvalSet:
 
     features: Tensor  # (n_test, embed)
     labels: Tensor  # (n_test,)
+    local: Tensor | None = None  # (n_test, locations, embed), for methods that score local features (PLOT)
 
     @property
     def size(self) -> int:
@@ -95,24 +96,26 @@ def run_corruption_sweep(
     written for this run are skipped.
     """
     started = time.perf_counter()
-    slot_value = check_slot(slot_value, identity)
+    slot_value = check_slot(slot_value, identity, method)
     chunk = resolve_chunk(method, chunk, memory_budget)
     test = load_test_set(session, method, identity.dataset)
-    acc_original = float(accuracy_of(predict_variants(method, slot_value[None], test.features), test.labels)[0])
+    predictions = predict_variants(method, slot_value[None], test.features, test.local)
+    acc_original = float(accuracy_of(predictions, test.labels)[0])
     base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size}
-    base_norms = position_norms(slot_value)  # (n_ctx,)
+    base_norms = position_norms(slot_value)  # (n_positions,)
+    pairs = method.position_pairs()  # flat position -> (prompt_index, position)
 
     previous = previous_rows(session, identity.run_id)
     done = set(previous[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
-    pending = [] if NO_CORRUPTION.key() in done else [baseline_row(base_row, base_norms)]
-    todo = pending_corruptions(grid, done)
+    pending = [] if row_key(NO_CORRUPTION, pairs) in done else [baseline_row(base_row, base_norms)]
+    todo = pending_corruptions(grid, done, pairs)
     new_rows = list(pending)
     cache = prefix_cache(method, slot_value, reuse_prefix) if todo else None  # a complete rerun needs no text pass
     with progress_bar(f"corrupting {identity.run_id}", total=len(todo), enabled=session.progress) as advance:
         for index, start in enumerate(range(0, len(todo), chunk)):
             part = todo[start : start + chunk]
             rows = pending + evaluate_chunk(
-                method, cache, slot_value, part, identity.run_id, test, base_row, base_norms
+                method, cache, slot_value, part, identity.run_id, test, base_row, base_norms, pairs
             )
             pending = []
             store.append_rows(session.reports_dir, TABLE, rows)
@@ -122,22 +125,25 @@ def run_corruption_sweep(
                 on_chunk(index, rows)
     if pending:  # nothing left to corrupt, but the baseline row was missing
         store.append_rows(session.reports_dir, TABLE, pending)
-    frame = grid_rows(previous, new_rows, grid)
+    frame = grid_rows(previous, new_rows, grid, pairs)
     seconds = time.perf_counter() - started
     return summarise(frame, identity.run_id, acc_original, test.size, len(new_rows), chunk, seconds)
 
 
-def check_slot(slot_value: Tensor, identity: RunIdentity) -> Tensor:
-    """The slot as fp32 on the CPU, after checking it matches the identity's n_ctx and csc."""
-    slot_value = slot_value.detach().float().cpu()
+def check_slot(slot_value: Tensor, identity: RunIdentity, method: PromptMethod) -> Tensor:
+    """The slot as fp32 on the CPU in the method's flat position layout (:meth:`PromptMethod.positions_of`),
+    after checking it matches the identity's n_ctx and csc and the method's position tensor."""
+    slot_value = method.positions_of(slot_value.detach().float().cpu())
     if slot_value.dim() not in (2, 3):
         raise ModelError(
             f"a context must be (n_ctx, width) or (num_classes, n_ctx, width), got {tuple(slot_value.shape)}"
         )
-    if identity.n_ctx != slot_value.shape[-2] or identity.csc != (slot_value.dim() == 3):
+    n_ctx = getattr(method, "n_ctx", slot_value.shape[-2])  # context vectors per prompt
+    expected = tuple(method.position_tensor().shape)
+    if identity.n_ctx != n_ctx or identity.csc != (slot_value.dim() == 3) or tuple(slot_value.shape) != expected:
         raise ModelError(
             f"context of shape {tuple(slot_value.shape)} does not match the run's n_ctx={identity.n_ctx}, "
-            f"csc={identity.csc}"
+            f"csc={identity.csc} (the method's positions are {expected})"
         )
     return slot_value
 
@@ -156,7 +162,11 @@ def load_test_set(session: Session, method: PromptMethod, dataset_name: str) -> 
     features, labels = image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
     if labels.shape[0] == 0:
         raise ConfigError(f"dataset {dataset.name} has an empty test split; nothing to evaluate")
-    return EvalSet(features.to(loaded.device), labels)
+    local = None
+    if method.needs_local_features:
+        local, _ = local_image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
+        local = local.to(loaded.device)
+    return EvalSet(features.to(loaded.device), labels, local)
 
 
 def previous_rows(session: Session, run_id: str) -> pd.DataFrame:
@@ -164,10 +174,19 @@ def previous_rows(session: Session, run_id: str) -> pd.DataFrame:
     return table[table["run_id"] == run_id]
 
 
-def pending_corruptions(grid: Sequence[Corruption], done: set) -> list[Corruption]:
+def row_key(corruption: Corruption, pairs: Sequence[tuple[int, int]]) -> tuple:
+    """The table key (op, prompt_index, position, factor, rep) of a corruption of flat position
+    ``corruption.position``; ``pairs`` maps flat positions to (prompt_index, position)."""
+    if corruption.op == NONE:
+        return (NONE, 0, corruption.position, float(corruption.factor), corruption.rep)
+    prompt_index, position = pairs[corruption.position]
+    return (corruption.op, int(prompt_index), int(position), float(corruption.factor), corruption.rep)
+
+
+def pending_corruptions(grid: Sequence[Corruption], done: set, pairs: Sequence[tuple[int, int]]) -> list[Corruption]:
     """The grid's corruptions not yet in the table, each key once, sorted by position (chunks of one
     position share the longest prefix; rows are put back in grid order by :func:`grid_rows`)."""
-    todo = [c for c in grid if c.op != NONE and c.key() not in done]
+    todo = [c for c in grid if c.op != NONE and row_key(c, pairs) not in done]
     todo = list({c.key(): c for c in todo}.values())
     todo.sort(key=lambda c: c.position)
     return todo
@@ -177,7 +196,7 @@ def baseline_row(base_row: dict, base_norms: Tensor) -> dict:
     """The uncorrupted row: op "none", position -1, factor 1.0; both norms are the mean position norm."""
     mean_norm = float(base_norms.mean())
     op, position, factor, rep = NO_CORRUPTION.key()
-    return {**base_row, "op": op, "position": position, "factor": factor, "rep": rep, "acc": base_row["acc_original"],
+    return {**base_row, "op": op, "prompt_index": 0, "position": position, "factor": factor, "rep": rep, "acc": base_row["acc_original"],
             "delta": 0.0, "norm_before": mean_norm, "norm_after": mean_norm, "low_norm_effect": False}  # fmt: skip
 
 
@@ -190,10 +209,12 @@ def evaluate_chunk(
     test: EvalSet,
     base_row: dict,
     base_norms: Tensor,
+    pairs: Sequence[tuple[int, int]],
 ) -> list[dict]:
     """The table rows of one chunk of corruptions (one stacked text pass)."""
-    variants = apply_corruptions(slot_value, part, run_id)  # (variants, [classes,] n_ctx, width)
-    predictions = predict_single_position_variants(method, cache, variants, [c.position for c in part], test.features)
+    variants = apply_corruptions(slot_value, part, run_id)  # (variants, [classes,] n_positions, width)
+    positions = [c.position for c in part]
+    predictions = predict_single_position_variants(method, cache, variants, positions, test.features, test.local)
     accs = accuracy_of(predictions, test.labels).tolist()
     after = variant_norms(variants)  # (variants, n_ctx)
     rows = []
@@ -202,23 +223,26 @@ def evaluate_chunk(
         norm_after = float(after[i, corruption.position])
         delta = accs[i] - base_row["acc_original"]
         rows.append(
-            {**base_row, "op": corruption.op, "position": corruption.position, "factor": float(corruption.factor),
+            {**base_row, "op": corruption.op, "prompt_index": pairs[corruption.position][0],
+             "position": pairs[corruption.position][1], "factor": float(corruption.factor),
              "rep": corruption.rep, "acc": accs[i], "delta": delta, "norm_before": norm_before,
              "norm_after": norm_after, "low_norm_effect": bool(norm_after < norm_before and delta > 0)}
         )  # fmt: skip
     return rows
 
 
-def grid_rows(previous: pd.DataFrame, new_rows: list[dict], grid: Sequence[Corruption]) -> pd.DataFrame:
+def grid_rows(
+    previous: pd.DataFrame, new_rows: list[dict], grid: Sequence[Corruption], pairs: Sequence[tuple[int, int]]
+) -> pd.DataFrame:
     """This run's rows for the grid's keys, newest first wins, in grid order."""
     columns, key = SCHEMAS[TABLE].names, list(CORRUPTION_KEY)
     frames = [f for f in (previous[columns], pd.DataFrame(new_rows, columns=columns)) if not f.empty]
     if not frames:
         return pd.DataFrame(columns=columns)
     frame = pd.concat(frames, ignore_index=True).drop_duplicates(key, keep="last")
-    order = {c.key(): i for i, c in reversed(list(enumerate(grid)))}
+    order = {row_key(c, pairs): i for i, c in reversed(list(enumerate(grid)))}
     keys = list(frame[key].itertuples(index=False, name=None))
-    frame = frame.assign(_order=[order.get((op, int(p), float(f), int(r)), -1) for op, p, f, r in keys])
+    frame = frame.assign(_order=[order.get((op, int(n), int(p), float(f), int(r)), -1) for op, n, p, f, r in keys])
     frame = frame[frame["_order"] >= 0].sort_values("_order", kind="stable").drop(columns="_order")
     return frame.reset_index(drop=True)
 

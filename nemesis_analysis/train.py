@@ -24,7 +24,7 @@ from nemesis_analysis.config import NemesisConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits, Sample
 from nemesis_analysis.data.fewshot import sample_train_shots
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
-from nemesis_analysis.features import image_features
+from nemesis_analysis.features import encode_images_with_local, image_features, local_image_features
 from nemesis_analysis.methods import method_class
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.metrics import top1_accuracy
@@ -103,6 +103,7 @@ class TrainingRun:
     run_dir: RunDir
     rows: list[dict] = field(default_factory=list)
     start_epoch: int = 0
+    test_local: torch.Tensor | None = None  # (n_test, locations, embed) when the method scores local features
 
 
 @dataclass
@@ -188,6 +189,9 @@ def start_run(
     optimizer = torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     run = TrainingRun(config, loaded, method, optimizer, TrainImages(dataset, train_samples, loaded.preprocess_cfg),
                       test_features.to(loaded.device), test_labels, zero_shot, run_dir)  # fmt: skip
+    if method.needs_local_features:
+        test_local, _ = local_image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
+        run.test_local = test_local.to(loaded.device)
     restore_state(run)
     return run
 
@@ -195,7 +199,7 @@ def start_run(
 def run_epoch(run: TrainingRun, epoch: int, save: bool) -> tuple[float, list[float]]:
     """Train one epoch, evaluate, append its trajectory rows and save the state when asked (or last)."""
     stats = train_one_epoch(run, epoch)
-    test_acc = evaluate(run.method, run.test_features, run.test_labels)
+    test_acc = evaluate(run.method, run.test_features, run.test_labels, run.test_local)
     norms = norm_values(run.method.position_tensor())
     for value in norms["norm"]:
         check_finite(value, "a context norm", epoch)
@@ -246,14 +250,18 @@ def train_step(
     """One SGD step on CE + the method's extra loss + the Nemesis term; returns the losses and PAN's marks."""
     method, spec = run.method, run.config.nemesis
     labels = labels.to(run.loaded.device)
-    features = run.loaded.encode_images(pixels)  # (batch, embed), frozen tower
-    logits = method.logits(features)  # (batch, classes)
+    local = None  # (batch, locations, embed) for methods that score local features
+    if method.needs_local_features:
+        features, local = encode_images_with_local(run.loaded, pixels)  # frozen tower, one pass
+    else:
+        features = run.loaded.encode_images(pixels)  # (batch, embed), frozen tower
+    logits = method.logits(features, local)  # (batch, classes)
     ce = F.cross_entropy(logits, labels)
     extra = method.extra_loss(features, labels, logits)  # zero for CoOp (KgCoOp adds one)
     norm_loss = torch.zeros((), device=ce.device)
     hits = torch.zeros(method.n_positions)
     if spec.enabled:
-        norm_loss, hits = nemesis_term(method, features, labels, logits, spec, omega_value, generator)
+        norm_loss, hits = nemesis_term(method, features, labels, logits, spec, omega_value, generator, local)
     loss = ce + extra + norm_loss
     loss_value = float(loss.detach())
     check_finite(loss_value, "the training loss", epoch)
@@ -271,6 +279,7 @@ def nemesis_term(
     spec: NemesisConfig,
     omega_value: float,
     generator: torch.Generator,
+    local: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """omega * (beta * L_pun + (1 - beta) * L_pan) on the method's position slot; also which positions PAN
     marked (n_positions,)."""
@@ -285,8 +294,8 @@ def nemesis_term(
         with torch.no_grad():
             # Pre-inference reuses this step's image features; all NP variants in one text pass.
             variants = nemesis.rescale_positions_variants(slot.detach(), positions.to(slot.device), spec.pan_factor)
-            text = method.text_features(variants)  # (NP, classes, embed)
-            rescaled_logits = torch.einsum("be,pce->pbc", features, text)  # (NP, batch, classes)
+            text = method.text_features(variants)  # (NP, classes, [N,] embed)
+            rescaled_logits = method.score_variants(text, features, local)  # (NP, batch, classes)
             correct_rescaled = (rescaled_logits.argmax(-1) == labels[None]).sum(-1)  # (NP,)
             correct_base = (logits.argmax(-1) == labels).sum()
             alpha = nemesis.pan_alpha(correct_base, correct_rescaled, spec.weight)
@@ -295,10 +304,12 @@ def nemesis_term(
     return nemesis.nemesis_loss(pun, pan, spec.beta, omega_value), hits
 
 
-def evaluate(method: PromptMethod, features: torch.Tensor, labels: torch.Tensor) -> float:
+def evaluate(
+    method: PromptMethod, features: torch.Tensor, labels: torch.Tensor, local: torch.Tensor | None = None
+) -> float:
     """Top-1 test accuracy (percent) of the method's current prompt."""
     with torch.no_grad():
-        return top1_accuracy(method.scores(features), labels)
+        return top1_accuracy(method.scores(features, local), labels)
 
 
 def zero_shot_accuracy(
@@ -325,12 +336,14 @@ def check_finite(value: float, what: str, epoch: int) -> None:
 
 def trajectory_rows(run: TrainingRun, epoch: int, test_acc: float, norms: dict, stats: EpochStats) -> list[dict]:
     """One ``trajectories`` row per position for this epoch."""
-    identity = run.config.identity(n_ctx=run.method.n_positions).as_row()
+    identity = run.config.identity(n_ctx=run.method.n_ctx).as_row()
+    pairs = run.method.position_pairs()  # flat position -> (prompt_index, position)
     return [
         {
             **identity,
             "epoch": epoch,
-            "position": position,
+            "prompt_index": pairs[position][0],
+            "position": pairs[position][1],
             **{column: values[position] for column, values in norms.items()},
             "test_acc": test_acc,
             "train_loss": stats.train_loss,
@@ -398,7 +411,7 @@ def finish_run(run: TrainingRun, session: Session, seconds: float) -> RunResult:
     run.method.save(run.run_dir.path, {"run_id": config.run_id, "dataset": config.dataset, "config": config.to_dict()})
     run_row = {
         **config.config_columns(),
-        "n_ctx": run.method.n_positions,
+        "n_ctx": run.method.n_ctx,
         "final_test_acc": result.final_test_acc,
         "zero_shot_acc": result.zero_shot_acc,
         "mean_norm": result.mean_norm,

@@ -1,6 +1,7 @@
 """Prompt-learning methods behind one interface: importing the package registers every implementation."""
 
 from nemesis_analysis.methods import coop  # noqa: F401  (registers "coop")
+from nemesis_analysis.methods import plot  # noqa: F401  (registers "plot")
 from nemesis_analysis.methods.base import METHODS, PromptMethod, method_class, register_method
 
 __all__ = ["METHODS", "PromptMethod", "method_class", "register_method"]

@@ -110,17 +110,33 @@ class PromptMethod(nn.Module):
         """Cosine scores ``(batch, num_classes)`` of L2-normalised ``image_features`` ``(batch, embed)``: what
         accuracy is measured on.
 
-        The default scores against :meth:`text_features` of the method's own values; methods whose
-        prompts depend on the image (CoCoOp: per-image text features) or that match local features
-        (PLOT: ``local_features`` ``(batch, tokens, embed)``) override it and :meth:`logits`.
+        The default scores against :meth:`text_features` of the method's own values through
+        :meth:`score_variants`; methods whose prompts depend on the image (CoCoOp: per-image text
+        features) override it and :meth:`logits`.
         """
-        text = self.text_features()[0]  # (classes, embed)
-        return image_features.to(text.device) @ text.T
+        return self.score_variants(self.text_features(), image_features, local_features)[0]
+
+    def score_variants(self, text: Tensor, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
+        """Scores ``(variants, batch, num_classes)`` of images under the text features ``text`` that
+        :meth:`text_features` returned for a stack of variants. Default: cosine against the global
+        feature; PLOT matches its prompts to ``local_features`` ``(batch, locations, embed)``."""
+        return torch.matmul(image_features.to(text.device)[None], text.transpose(1, 2))
 
     def logits(self, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
-        """Training logits ``(batch, num_classes)``: CLIP's logit scale times the cosine scores."""
-        text = self.text_features()[0]  # (classes, embed)
-        return self.loaded.logit_scale * image_features @ text.T
+        """Training logits ``(batch, num_classes)``: CLIP's logit scale times the scores."""
+        return self.loaded.logit_scale * self.scores(image_features, local_features)
+
+    # Whether scoring needs local image features (the engine and the training loop then load/encode them).
+    needs_local_features: ClassVar[bool] = False
+
+    def position_pairs(self) -> list[tuple[int, int]]:
+        """``(prompt_index, position)`` of each flat position of :meth:`position_tensor` (axis -2): the
+        columns ``prompt_index``/``position`` of the corruption and trajectory tables. One prompt: ``(0, p)``."""
+        return [(0, position) for position in range(self.n_positions)]
+
+    def positions_of(self, slot_value: Tensor) -> Tensor:
+        """A saved position slot (as :meth:`save` writes it) in :meth:`position_tensor`'s layout."""
+        return slot_value
 
     def extra_loss(self, image_features: Tensor, labels: Tensor, logits: Tensor) -> Tensor:
         """A method-specific term added to the training loss (zero unless the method defines one)."""
