@@ -21,11 +21,13 @@ How the next methods fit:
   still ``ctx`` (``(n_ctx, width)``) plus the meta-network's weights (not a position slot). ``logits``
   computes, per image, the text features of ``ctx + meta(image)`` and scores the image against its own
   text features, which is why ``logits`` takes the image features rather than text features.
-- PLOT: N prompts per class matched to local image features by optimal transport. Its slot has shape
-  ``(N, n_ctx, width)`` (or ``(N, num_classes, n_ctx, width)``): a position is a (prompt, position) pair,
-  still on axis ``-2``. ``logits`` receives ``local_features`` (``(batch, tokens, embed)``) to solve the
-  transport; ``text_features`` returns ``(variants, num_classes, embed)`` averaged over prompts (or the
-  method overrides ``logits`` to use all N).
+- PLOT (``methods/plot.py``): N prompts per class matched to local image features by optimal transport.
+  Its slot ``ctx`` is ``(N, n_ctx, width)``; :meth:`PromptMethod.position_tensor` is the flat view
+  ``(N * n_ctx, width)`` (flat position ``p`` = prompt ``p // n_ctx``, position ``p % n_ctx``, listed by
+  :meth:`PromptMethod.position_pairs`), so corruption, norm losses and trajectories iterate positions as
+  for CoOp. ``text_features`` returns ``(variants, num_classes, N, embed)``; ``needs_local_features`` makes
+  the engine and the training loop pass ``local_features`` (``(batch, locations, embed)``) to
+  :meth:`PromptMethod.score_variants`, which solves the transport.
 - KgCoOp: CoOp plus ``extra_loss`` = distance of the learned text features to the hand-crafted ones.
 """
 
@@ -123,8 +125,9 @@ class PromptMethod(nn.Module):
         return torch.matmul(image_features.to(text.device)[None], text.transpose(1, 2))
 
     def logits(self, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
-        """Training logits ``(batch, num_classes)``: CLIP's logit scale times the scores."""
-        return self.loaded.logit_scale * self.scores(image_features, local_features)
+        """Training logits ``(batch, num_classes)``: CLIP's logit scale times the cosine scores."""
+        text = self.text_features()[0]  # (classes, embed)
+        return self.loaded.logit_scale * image_features @ text.T
 
     # Whether scoring needs local image features (the engine and the training loop then load/encode them).
     needs_local_features: ClassVar[bool] = False

@@ -120,6 +120,10 @@ class PLOT(CoOp):
             return text.new_zeros(num_variants, 0, num_classes)
         return torch.cat(parts, dim=1)
 
+    def logits(self, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
+        """CLIP's logit scale times the OT scores (batch, classes); the global feature is not used."""
+        return self.loaded.logit_scale * self.scores(image_features, local_features)
+
     def prefix_cache(self, slot_value: Tensor):
         return None  # a variant re-encodes all N prompts; the prefix reuse is CoOp's single-context layout
 
