@@ -18,7 +18,7 @@ from nemesis_analysis import store, train
 from nemesis_analysis.config import OptimConfig, PromptConfig, RunConfig
 from nemesis_analysis.corrupt_ops import expand_grid, rescale
 from nemesis_analysis.errors import ConfigError, ModelError
-from nemesis_analysis.features import encode_images_with_local, image_features, local_image_features
+from nemesis_analysis.features import encode_images_with_local, feature_cache_key, image_features, local_image_features
 from nemesis_analysis.loading import load_model
 from nemesis_analysis.methods import method_class
 from nemesis_analysis.methods.plot import PLOT
@@ -154,8 +154,8 @@ def test_local_feature_cache_is_keyed_beside_the_global_one(tiny_session, tmp_pa
     samples = dataset.test[:40]
     local, labels = local_image_features(loaded, dataset, samples, tmp_path, progress=False)
     global_, _ = image_features(loaded, dataset, samples, tmp_path, progress=False)
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert len(files) == 2 and files[0].replace(".safetensors", "-local.safetensors") == files[1]
+    key = feature_cache_key(loaded, dataset, samples)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{key}-local.safetensors", f"{key}.safetensors"]
     assert local.shape == (40, 16, loaded.embed_dim)
     again, _ = local_image_features(loaded, dataset, samples, tmp_path, progress=False)
     assert torch.equal(again, local) and torch.equal(labels, torch.tensor([s.label for s in samples]))
@@ -259,7 +259,9 @@ def test_plot_training_lowers_the_loss_and_beats_a_uniform_guess(plot_runs):
     traj = store.read_table(session.reports_dir, "trajectories")
     per_epoch = traj.groupby("epoch").train_loss.first()
     assert per_epoch.iloc[-1] < per_epoch.iloc[0] - 0.1
-    assert result.final_test_acc > 100 / 10 + 20  # ten classes
+    # a uniform guess over ten classes scores 10% with a standard error of sqrt(10 * 90 / n_test) points
+    n_test = len(session.dataset(CONFIG.dataset).test)
+    assert result.final_test_acc > 10 + 3 * math.sqrt(10 * 90 / n_test)
     # one trajectory row per (epoch, prompt, position); n_ctx is the context length of one prompt
     assert len(traj) == CONFIG.epochs * 4 * 4 and (traj.n_ctx == 4).all()
     assert sorted(set(zip(traj.prompt_index, traj.position))) == [(n, m) for n in range(4) for m in range(4)]
