@@ -1,4 +1,4 @@
-"""Training-step speed: the class-shared, EOS-cut text pass against the reference-style step.
+"""Training-step speed: the training step as ``nemesis train`` runs it against the reference-style step.
 
     python benchmarks/bench_train.py                  # all three cases (minutes on CPU; run on a quiet machine)
     python benchmarks/bench_train.py --quick          # case 1 only, 3 measured steps
@@ -6,11 +6,12 @@
 
 Both steps do what a CoOp step does: encode the image batch with the frozen image tower (every step: the
 training images are augmented), encode every class prompt with the context, cosine logits, cross-entropy,
-backward to the context, SGD. They differ only on the text side:
+backward to the context, SGD (CoOp's lr, momentum and weight decay). They differ only on the text side:
   reference: every class's full 77-token sequence through the plain pass, fp32 (the reference code's step);
-  ours:      :func:`train_text_features`, the pass the training step uses: prompts cut at the longest EOS,
-             the tokens every class shares (SOS and the context before the name) encoded once, each class
-             over its own tokens only; under the model's precision (fp32 on CPU, amp on CUDA).
+  ours:      ``train.train_step`` on a :class:`~nemesis_analysis.train.TrainingRun` with the CoOp method, i.e.
+             ``CoOp.text_features``: prompts cut at the longest EOS, the tokens every class shares (SOS and
+             the context before the name) encoded once, each class over its own tokens only; under the
+             model's precision (fp32 on CPU, amp on CUDA).
 Augmentation is done once up front (identical CPU work in both, not timed). Losses and predictions of the
 two paths are asserted equal on every measured step (fp32: losses to 1e-4 relative, predictions but for
 float ties; amp on CUDA: losses to 2e-2 relative, predictions on at least 90% of the batch).
@@ -46,24 +47,65 @@ from classnames import CALTECH_CLASSNAMES, imagenet_size_classnames  # noqa: E40
 
 from nemesis_analysis.augment import augment_image  # noqa: E402
 from nemesis_analysis.choices import Precision  # noqa: E402
-from nemesis_analysis.config import PromptConfig  # noqa: E402
+from nemesis_analysis.config import PromptConfig, RunConfig  # noqa: E402
 from nemesis_analysis.data.fewshot import sample_few_shot  # noqa: E402
 from nemesis_analysis.data.registry import load_dataset  # noqa: E402
 from nemesis_analysis.models import LoadedModel, encode_text_from_embeddings  # noqa: E402
 from nemesis_analysis.loading import load_model  # noqa: E402
 from nemesis_analysis.methods.coop import CoOp  # noqa: E402
-from nemesis_analysis.textpass import encode_prompts, shared_prefix_length  # noqa: E402
+from nemesis_analysis.train import TrainingRun, build_optimizer, train_step  # noqa: E402
 
 BATCH = 32  # CoOp's batch size
-LR = 0.002
+OPTIM = RunConfig().optim  # CoOp's SGD settings, as a default training run uses them
 
 
-def train_text_features(learner: CoOp, ctx: torch.Tensor, shared: int) -> torch.Tensor:
-    """Normalised class text features (classes, embed) for the training step: EOS cut, class-shared prefix."""
-    loaded = learner.loaded
-    with loaded.autocast():
-        features = encode_prompts(loaded.model, learner.build_embeddings(ctx[None]), learner.eos, shared)
-    return F.normalize(features[0].float(), dim=-1)
+class RecordingCoOp(CoOp):
+    """CoOp that keeps its last training logits, so the benchmark can compare the step's predictions."""
+
+    def logits(self, image_features: torch.Tensor, local_features: torch.Tensor | None = None) -> torch.Tensor:
+        logits = super().logits(image_features, local_features)
+        self.last_logits = logits.detach()
+        return logits
+
+
+def training_run(learner: CoOp) -> TrainingRun:
+    """A :class:`TrainingRun` holding just what ``train_step`` uses: the method, its SGD and a plain CoOp config."""
+    optimizer = build_optimizer(list(learner.slots().values()), OPTIM)
+    empty = torch.empty(0)
+    return TrainingRun(RunConfig(), learner.loaded, learner, optimizer, images=None, test_features=empty,
+                       test_labels=empty, zero_shot_acc=float("nan"), run_dir=None)  # fmt: skip
+
+
+def ours_step(learner: RecordingCoOp, ctx0: torch.Tensor) -> Callable:
+    """The training step as ``nemesis train`` runs it (``train.train_step``), from a fresh copy of ``ctx0``."""
+    with torch.no_grad():
+        learner.ctx.copy_(ctx0)
+    run = training_run(learner)
+    generator = torch.Generator().manual_seed(0)
+
+    def step(pixels, labels):
+        losses, _ = train_step(run, pixels, labels, 0.0, generator, epoch=0)
+        return losses["loss"], learner.last_logits.argmax(dim=1).cpu()
+
+    return step
+
+
+def reference_step(loaded: LoadedModel, text: Callable, ctx0: torch.Tensor) -> Callable:
+    """The reference-style step: fp32 image tower, ``text(ctx)`` (classes, embed), CE, backward, the same SGD."""
+    ctx = ctx0.clone().requires_grad_()
+    optimizer = build_optimizer([ctx], OPTIM)
+    scale = loaded.logit_scale
+
+    def step(pixels, labels):
+        features = loaded.encode_images(pixels)  # (batch, embed)
+        logits = scale * features @ text(ctx).T  # (batch, classes)
+        loss = F.cross_entropy(logits, labels.to(logits.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach()), logits.detach().argmax(dim=1).cpu()
+
+    return step
 
 
 class FullLength:
@@ -141,32 +183,19 @@ class PathResult:
     predictions: list[torch.Tensor]
 
 
-def run_steps(loaded: LoadedModel, text: Callable, ctx0: torch.Tensor, batches: list, warmup: int = 1) -> PathResult:
-    """SGD steps on a fresh copy of ``ctx0``; the first ``warmup`` batches are run (and count for memory) but not timed."""
-    ctx = ctx0.clone().requires_grad_()
-    optimizer = torch.optim.SGD([ctx], lr=LR, momentum=0.9)
-    scale = loaded.logit_scale
-
-    def step(pixels, labels):
-        features = loaded.encode_images(pixels)  # (batch, embed)
-        logits = scale * features @ text(ctx).T  # (batch, classes)
-        loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach()), logits.detach().argmax(dim=1).cpu()
-
+def run_steps(device: torch.device, step: Callable, batches: list, warmup: int = 1) -> PathResult:
+    """``step(pixels, labels)`` on every batch; the first ``warmup`` batches are run (and count for memory) but not timed."""
     losses, predictions = [], []
-    with PeakMemory(loaded.device) as memory:
+    with PeakMemory(device) as memory:
         for pixels, labels in batches[:warmup]:
             step(pixels, labels)
-        _sync(loaded.device)
+        _sync(device)
         started = time.perf_counter()
         for pixels, labels in batches[warmup:]:
             loss, predicted = step(pixels, labels)  # float() syncs each step, as the training loop does
             losses.append(loss)
             predictions.append(predicted)
-        _sync(loaded.device)
+        _sync(device)
         elapsed = time.perf_counter() - started
     return PathResult(elapsed / max(1, len(batches) - warmup), memory.peak, losses, predictions)
 
@@ -210,12 +239,11 @@ def _synthetic_batches(loaded: LoadedModel, num_classes: int, steps: int, seed: 
 
 
 def _compare(loaded, learner, batches, exact):
-    shared = shared_prefix_length(learner.ctx_index, learner.eos, learner.config.csc)
     full = FullLength(learner)
-    ctx0 = learner.ctx.detach()
-    ours = run_steps(loaded, lambda ctx: train_text_features(learner, ctx, shared), ctx0, batches)
-    reference = run_steps(_fp32(loaded), full.text_features, ctx0, batches)
-    return reference, ours, check_equal(reference, ours, exact), shared
+    ctx0 = learner.ctx.detach().clone()
+    ours = run_steps(loaded.device, ours_step(learner, ctx0), batches)
+    reference = run_steps(loaded.device, reference_step(_fp32(loaded), full.text_features, ctx0), batches)
+    return reference, ours, check_equal(reference, ours, exact), learner.shared_tokens
 
 
 def _fp32(loaded: LoadedModel) -> LoadedModel:
@@ -243,7 +271,7 @@ def case_digits(device: torch.device, checkpoints: Path, steps: int) -> None:
             [augment_image(dataset.load_image(s.source), loaded.preprocess_cfg, dataset.augmentation, generator) for s in chosen]
         )
         batches.append((pixels.to(device), torch.tensor([s.label for s in chosen], device=device)))
-    learner = CoOp(loaded, dataset.classnames, PromptConfig(n_ctx=16), seed=1)
+    learner = RecordingCoOp(loaded, dataset.classnames, PromptConfig(n_ctx=16), seed=1)
     reference, ours, note, shared = _compare(loaded, learner, batches, exact=loaded.precision == Precision.FP32)
     print(
         f"digits: nemesis-tiny, {dataset.num_classes} classes, batch {BATCH}, {steps} measured steps, prompt "
@@ -254,7 +282,7 @@ def case_digits(device: torch.device, checkpoints: Path, steps: int) -> None:
 
 def case_caltech_size(device: torch.device, steps: int, backbone: str) -> PathResult:
     loaded = load_model(backbone, "none", device=device, progress=False)
-    learner = CoOp(loaded, CALTECH_CLASSNAMES, PromptConfig(n_ctx=16), seed=1)
+    learner = RecordingCoOp(loaded, CALTECH_CLASSNAMES, PromptConfig(n_ctx=16), seed=1)
     batches = _synthetic_batches(loaded, learner.num_classes, steps + 1, seed=2)
     reference, ours, note, shared = _compare(loaded, learner, batches, exact=loaded.precision == Precision.FP32)
     image = _image_seconds(loaded, batches)
@@ -281,17 +309,17 @@ def _image_seconds(loaded: LoadedModel, batches: list) -> float:
 
 def case_imagenet_size(loaded: LoadedModel, reference_100: PathResult, image: float, steps: int) -> None:
     names = imagenet_size_classnames(1000)
-    learner = CoOp(loaded, names, PromptConfig(n_ctx=16), seed=1)
-    shared = shared_prefix_length(learner.ctx_index, learner.eos)
+    learner = RecordingCoOp(loaded, names, PromptConfig(n_ctx=16), seed=1)
+    shared = learner.shared_tokens
     batches = _synthetic_batches(loaded, learner.num_classes, steps + 1, seed=3)
-    ours = run_steps(loaded, lambda ctx: train_text_features(learner, ctx, shared), learner.ctx.detach(), batches)
+    ours = run_steps(loaded.device, ours_step(learner, learner.ctx.detach().clone()), batches)
     _release_freed_memory()
     # reference projected: the measured 100-class text cost per class, times 1,000, plus the image tower
     per_class = (reference_100.seconds - image) / 100
     reference = image + 1000 * per_class
     sample = slice(0, 1000, 50)  # 20 classes through the 77-token pass, against ours' features for them
     with torch.no_grad():
-        ours_features = train_text_features(learner, learner.ctx.detach(), shared)[sample]
+        ours_features = learner.text_features()[0, sample]
         full_features = FullLength(learner).text_features(learner.ctx.detach(), sample)
     gap = float((ours_features - full_features).abs().max())
     assert gap < (1e-5 if loaded.precision == Precision.FP32 else 2e-2), f"features differ by {gap}"

@@ -8,9 +8,10 @@ Nothing is downloaded: random-init ViT-B-16 (``--pretrained none``) under the de
          then the full default corruption grid over all 16 context positions (``expand_grid(16)``) through
          the batched prediction engine against those features (timed);
   train: 1,000 class names (ImageNet size), 16 shots (16,000 images, 500 steps of 32 per epoch), ``--epochs``
-         epochs of the training step of ``bench_train.py`` (image tower + class-shared text pass + backward +
-         SGD) on synthetic batches made on the GPU (no decoding or augmentation). When an epoch would pass
-         ``--budget`` seconds, the rest is projected from the measured steps and the line says so.
+         epochs of the training step as ``nemesis train`` runs it (``train.train_step``: image tower +
+         class-shared text pass + backward + SGD) on synthetic batches made on the GPU (no decoding or
+         augmentation). When an epoch would pass ``--budget`` seconds, the rest is projected from the
+         measured steps and the line says so.
 Prints one paste-ready line per part, with the peak GPU memory (``torch.cuda.max_memory_allocated``).
 """
 
@@ -22,10 +23,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import BATCH, LR, train_text_features  # noqa: E402
+from bench_train import BATCH, training_run  # noqa: E402
 from classnames import CALTECH_CLASSNAMES, imagenet_size_classnames  # noqa: E402
 
 from nemesis_analysis.config import PromptConfig  # noqa: E402
@@ -33,7 +33,7 @@ from nemesis_analysis.engine import predict_corruptions  # noqa: E402
 from nemesis_analysis.corrupt_ops import expand_grid  # noqa: E402
 from nemesis_analysis.loading import load_model  # noqa: E402
 from nemesis_analysis.methods.coop import CoOp  # noqa: E402
-from nemesis_analysis.textpass import shared_prefix_length  # noqa: E402
+from nemesis_analysis.train import train_step  # noqa: E402
 
 CALTECH_TEST_IMAGES = 2465
 
@@ -77,22 +77,16 @@ def sweep(loaded) -> None:
 def train(loaded, epochs: int, shots: int, budget: float) -> None:
     torch.cuda.reset_peak_memory_stats()
     learner = CoOp(loaded, imagenet_size_classnames(1000), PromptConfig(n_ctx=16), seed=1)
-    shared = shared_prefix_length(learner.ctx_index, learner.eos)
-    ctx = learner.ctx.detach().clone().requires_grad_()
-    optimizer = torch.optim.SGD([ctx], lr=LR, momentum=0.9)
+    run = training_run(learner)
     generator = torch.Generator(device="cuda").manual_seed(1)
+    pan_generator = torch.Generator().manual_seed(2)  # unused: plain CoOp draws no PAN positions
     steps_per_epoch = -(-1000 * shots // BATCH)
-    scale = loaded.logit_scale
 
     def step():
         pixels = torch.randn(BATCH, 3, 224, 224, generator=generator, device="cuda")
         labels = torch.randint(0, 1000, (BATCH,), generator=generator, device="cuda")
-        logits = scale * loaded.encode_images(pixels) @ train_text_features(learner, ctx, shared).T
-        loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())  # syncs, as the training loop does for its running sums
+        losses, _ = train_step(run, pixels, labels, 0.0, pan_generator, epoch=0)  # float() syncs, as training does
+        return losses["loss"]
 
     step()  # warm-up
     done, started = 0, time.perf_counter()

@@ -5,7 +5,9 @@ new DataFrame; nothing here trains, loads a model or imports torch, so a noteboo
 load tables and figures in a fraction of a second.
 
 Corruption tables may hold the same observation twice (a resumed or repeated run appends
-it again); every function first keeps the *last* row per `schema.KEYS["corruptions"]`.
+it again); every function first keeps the *last* row per `schema.KEYS["corruptions"]`. A base2new
+run's rows are measured on its base and on its new classes (`eval_classes`); a view aggregates the
+"all" rows unless it groups by `eval_classes` (:func:`rows_for_view`), so subsets are never pooled.
 Identity columns, table keys and the corruption key live in :mod:`nemesis_analysis.schema`.
 """
 
@@ -28,6 +30,7 @@ GROUP_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "shots", "method")
 # One corruption observation within the table: run_id plus schema.CORRUPTION_KEY.
 _KEY: tuple[str, ...] = schema.KEYS["corruptions"]
 CORRUPTION_OPS: tuple[str, ...] = ("rescale", "replace")
+ALL_CLASSES = "all"  # eval_classes of a sweep over every class (fewshot runs); base2new sweeps write base and new
 
 FREQUENCY_DEFINITION = (
     "Low-Norm Effect frequency: for a trained soft prompt, take every single-position "
@@ -56,12 +59,24 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], what: str) -> None
 
 
 def dedupe_corruptions(corruptions: pd.DataFrame) -> pd.DataFrame:
-    """Keep the last row per (run_id, op, position, factor, rep); later rows are newer results."""
+    """Keep the last row per (run_id, op, position, factor, rep, eval_classes); later rows are newer results."""
+    corruptions = schema.with_column_defaults("corruptions", corruptions)  # frames without eval_classes
     key = [c for c in _KEY if c in corruptions.columns]
     if not key or corruptions.empty:
         return corruptions.reset_index(drop=True)
     # The baseline row's key is ("none", -1, 1.0, 0) (schema.BASELINE_KEY), so it dedupes like any row.
     return corruptions.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
+
+
+def rows_for_view(
+    corruptions: pd.DataFrame, by: Sequence[str] = (), eval_classes: str = ALL_CLASSES
+) -> pd.DataFrame:
+    """The rows a view aggregates: every class subset when ``by`` groups by ``eval_classes``, else only the
+    rows of ``eval_classes`` (default "all"), so base2new's base and new rows are never pooled with them."""
+    corruptions = schema.with_column_defaults("corruptions", corruptions)  # frames without eval_classes
+    if "eval_classes" in by or "eval_classes" not in corruptions.columns:
+        return corruptions
+    return corruptions[corruptions["eval_classes"] == eval_classes]
 
 
 def _norm_reducing(corruptions: pd.DataFrame) -> pd.Series:
@@ -98,7 +113,7 @@ def grid_gaps(corruptions: pd.DataFrame, by: Sequence[str] = GROUP_COLUMNS) -> p
     """
     by = list(by)
     columns = [*by, "seed", "run_id", "n_cells", "n_union", "missing"]
-    table = dedupe_corruptions(corruptions)
+    table = dedupe_corruptions(rows_for_view(corruptions, by))
     table = table[table["op"] != "none"]
     out = []
     for group, rows in table.groupby(by, sort=True, dropna=False):
@@ -120,6 +135,7 @@ def restrict_to_common_grid(corruptions: pd.DataFrame, by: Sequence[str] = GROUP
     warning naming, per seed, how many cells it lacks and the first few.
     """
     by = list(by)
+    corruptions = rows_for_view(corruptions, by)
     gaps = grid_gaps(corruptions, by)
     table = dedupe_corruptions(corruptions)
     if gaps.empty:
@@ -159,6 +175,7 @@ def low_norm_frequency_per_seed(
     """
     by = list(by)
     columns = [*by, "seed", "n_reducing", "n_effect", "frequency"]
+    corruptions = rows_for_view(corruptions, by)
     require_columns(corruptions, [*by, "seed", *_KEY, "delta", "norm_before", "norm_after"], "corruption table")
     table = dedupe_corruptions(corruptions)
     table = table[table["op"] != "none"]
@@ -248,8 +265,10 @@ def low_norm_counts(
     return out.reset_index()[columns]
 
 
-def low_norm_positions(corruptions: pd.DataFrame, run_id: str) -> list[int]:
-    """Sorted positions of `run_id` where some norm-reducing corruption raised accuracy (delta > 0)."""
+def low_norm_positions(corruptions: pd.DataFrame, run_id: str, eval_classes: str = ALL_CLASSES) -> list[int]:
+    """Sorted positions of `run_id` where some norm-reducing corruption raised accuracy (delta > 0), on the
+    class subset `eval_classes` (a base2new run: "base" or "new")."""
+    corruptions = rows_for_view(corruptions, eval_classes=eval_classes)
     require_columns(corruptions, [*_KEY, "delta", "norm_before", "norm_after"], "corruption table")
     table = corruptions[corruptions["run_id"] == run_id]
     if table.empty:
@@ -304,6 +323,7 @@ def summarize_corruptions(corruptions: pd.DataFrame, by: Sequence[str] = GROUP_C
         "n_rows",
         "n_low_norm_effect",
     ]
+    corruptions = rows_for_view(corruptions, by)
     require_columns(corruptions, [*by, "seed", *_KEY, "delta", "acc_original", "low_norm_effect"], "corruption table")
     table = dedupe_corruptions(corruptions)
     table = table[table["op"] != "none"]
@@ -337,8 +357,9 @@ def delta_grid(
     method: str | None = None,
     backbone: str | None = None,
     shots: int | None = None,
+    eval_classes: str = ALL_CLASSES,
 ) -> pd.DataFrame:
-    """Position (rows) x factor (columns) table of mean delta for one op.
+    """Position (rows) x factor (columns) table of mean delta for one op, on one class subset (default all).
 
     The rows of each run are first averaged over reps, then the runs (seeds, and whatever
     else the filters leave) are averaged with equal weight. `None` filters keep everything.
@@ -346,6 +367,7 @@ def delta_grid(
     """
     if op not in CORRUPTION_OPS:
         raise ConfigError(f"op must be one of {', '.join(CORRUPTION_OPS)}; got {op!r}")
+    corruptions = rows_for_view(corruptions, eval_classes=eval_classes)
     require_columns(corruptions, [*_KEY, "delta"], "corruption table")
     table = dedupe_corruptions(corruptions)
     mask = table["op"] == op

@@ -16,7 +16,7 @@ class ClassTokenPosition(str, Enum):
 class Precision(str, Enum):
     FP32 = "fp32"  # everything in fp32 (always on CPU)
     AMP = "amp"  # frozen towers under bf16 autocast (CUDA default)
-    FP16 = "fp16"  # frozen towers cast to half, as the reference code does
+    FP16 = "fp16"  # the reference's all-half mode: towers, context and SGD in fp16 (CUDA only)
 
 
 class NormType(str, Enum):
@@ -30,10 +30,28 @@ class OmegaSchedule(str, Enum):
     CONSTANT = "constant"  # omega(t) = 1
 
 
+class CscReduction(str, Enum):
+    MEAN = "mean"  # class-specific context: norms averaged over classes (ours)
+    SUM = "sum"  # summed over classes, as the reference code does (num_classes times stronger)
+
+
 class CorruptionOp(str, Enum):
     NONE = "none"  # the uncorrupted baseline row
     RESCALE = "rescale"  # p_i <- factor * p_i
     REPLACE = "replace"  # p_i <- N(0, std^2 I)
+
+
+class Protocol(str, Enum):
+    FEWSHOT = "fewshot"  # train and test on all classes of one dataset
+    BASE2NEW = "base2new"  # train on the base half of the classes, test on base and on new
+    CROSSDATASET = "crossdataset"  # train on ImageNet, test on the ten other datasets
+    DG = "dg"  # train on ImageNet, test on ImageNet-V2, -Sketch, -A and -R
+
+
+class EvalClasses(str, Enum):
+    ALL = "all"  # every class of the dataset
+    BASE = "base"  # base2new: the first ceil(n/2) sorted label ids
+    NEW = "new"  # base2new: the remaining label ids
 
 
 def choice(enum_type: type[Enum], value, what: str):

@@ -17,7 +17,16 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, ClassVar
 
-from nemesis_analysis.choices import ClassTokenPosition, NormType, OmegaSchedule, Precision, choice, plain
+from nemesis_analysis.choices import (
+    ClassTokenPosition,
+    CscReduction,
+    NormType,
+    OmegaSchedule,
+    Precision,
+    Protocol,
+    choice,
+    plain,
+)
 from nemesis_analysis.errors import ConfigError, FieldError
 from nemesis_analysis.schema import RunIdentity
 
@@ -33,6 +42,16 @@ def coop_epochs(shots: int, dataset: str = "") -> int:
         return COOP_IMAGENET_EPOCHS
     eligible = [k for k in COOP_EPOCHS_BY_SHOTS if k <= shots]
     return COOP_EPOCHS_BY_SHOTS[max(eligible)] if eligible else COOP_EPOCHS_BY_SHOTS[1]
+
+
+# The official Nemesis corruption scripts train for fewer epochs at 2 and 8 shots than CoOp's configs.
+CORRUPTION_EPOCHS_BY_SHOTS = {1: 50, 2: 50, 4: 100, 8: 100, 16: 200}
+
+
+def corruption_epochs(shots: int) -> int:
+    """Epochs of the reference corruption scripts for ``shots`` (the nearest listed shot count at or below it)."""
+    eligible = [k for k in CORRUPTION_EPOCHS_BY_SHOTS if k <= shots]
+    return CORRUPTION_EPOCHS_BY_SHOTS[max(eligible) if eligible else 1]
 
 
 @dataclass(frozen=True)
@@ -51,9 +70,15 @@ unit_interval_open = Rule(lambda v: 0 <= v < 1, "must lie in [0, 1)")
 any_number = Rule(lambda v: True, "must be a finite number")
 
 
-def spec(default=MISSING, *, check: Rule | None = None, help: str = "", default_factory=MISSING):
-    """A dataclass field with its validation rule and help text declared next to it."""
-    metadata = {"check": check, "help": help}
+# How a field enters ``run_id``: always; only when it differs from its default (fields added after run ids
+# were first recorded, so that existing runs keep their ids); never (bookkeeping such as the recipe name).
+IN_ID_ALWAYS, IN_ID_UNLESS_DEFAULT, IN_ID_NEVER = "always", "unless_default", "never"
+
+
+def spec(default=MISSING, *, check: Rule | None = None, help: str = "", default_factory=MISSING,
+         in_id: str = IN_ID_ALWAYS):
+    """A dataclass field with its validation rule, help text and run-id rule declared next to it."""
+    metadata = {"check": check, "help": help, "in_id": in_id}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -129,7 +154,8 @@ class NemesisConfig:
     """Nemesis regularisation: total loss = CE + omega(t) * (beta * L_pun + (1 - beta) * L_pan).
 
     ``beta is None`` means plain CoOp (no norm loss). With class-specific context, norms are taken
-    per class and position and averaged over classes.
+    per class and position and averaged over classes (``csc_reduction = mean``, ours), which makes the
+    same weight num_classes times weaker than the reference's sum (``csc_reduction = sum``).
     """
 
     SECTION: ClassVar[str] = "nemesis"
@@ -139,11 +165,21 @@ class NemesisConfig:
     pan_positions: int = spec(1, check=at_least_one, help="PAN: positions rescaled per step (reference: NP)")
     pan_factor: float = spec(0.1, check=positive, help="PAN: rescale factor of a chosen position (reference: CW)")
     omega: OmegaSchedule = spec(OmegaSchedule.SIGMOID, help="sigmoid (1 - sigmoid(0.2 (t - T/2))) or constant")
+    pan_weight: float | None = spec(None, check=non_negative, in_id=IN_ID_UNLESS_DEFAULT,
+                                    help="PAN's weight (alpha_j); unset: the norm-loss weight")
+    csc_reduction: CscReduction = spec(CscReduction.MEAN, in_id=IN_ID_UNLESS_DEFAULT,
+                                       help="class-specific context: norms averaged (mean) or summed over classes")
 
     def __post_init__(self) -> None:
         self.norm_type = choice(NormType, self.norm_type, "norm type")
         self.omega = choice(OmegaSchedule, self.omega, "omega schedule")
+        self.csc_reduction = choice(CscReduction, self.csc_reduction, "class-specific norm reduction")
         validate_fields(self)
+
+    @property
+    def pan_alpha_weight(self) -> float:
+        """The weight A of PAN's alpha_j: ``pan_weight``, else the norm-loss weight."""
+        return self.weight if self.pan_weight is None else self.pan_weight
 
     @property
     def enabled(self) -> bool:
@@ -177,6 +213,8 @@ class OptimConfig:
     batch_size: int = spec(32, check=at_least_one, help="training batch size")
     warmup_epochs: int = spec(1, check=non_negative, help="constant warm-up epochs")
     warmup_lr: float = spec(1e-5, check=positive, help="learning rate during warm-up")
+    drop_last: bool = spec(False, in_id=IN_ID_UNLESS_DEFAULT,
+                           help="drop the last incomplete batch when the set holds at least one batch (reference)")
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -197,9 +235,14 @@ class RunConfig:
     prompt: PromptConfig = spec(default_factory=PromptConfig)
     nemesis: NemesisConfig = spec(default_factory=NemesisConfig)
     optim: OptimConfig = spec(default_factory=OptimConfig)
-    recipe: str | None = spec(None, help="a named recipe whose settings were applied (recorded, not hashed)")
+    recipe: str | None = spec(None, in_id=IN_ID_NEVER,
+                              help="a named recipe whose settings were applied (recorded, not hashed)")
+    recipe_changes: str = spec("", in_id=IN_ID_NEVER, help="the settings the recipe changed (recorded, not hashed)")
+    protocol: Protocol = spec(Protocol.FEWSHOT, in_id=IN_ID_UNLESS_DEFAULT,
+                              help="fewshot, base2new, crossdataset or dg (hashed unless fewshot)")
 
     def __post_init__(self) -> None:
+        self.protocol = choice(Protocol, self.protocol, "protocol")
         if self.precision is not None:
             self.precision = choice(Precision, self.precision, "precision")
         for name, section in NESTED.items():
@@ -246,10 +289,8 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        """A 12-hex-digit hash of the full config (the recipe name is bookkeeping and left out)."""
-        data = self.to_dict()
-        data.pop("recipe", None)
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        """A 12-hex-digit hash of the config's identity fields (see :func:`id_fields`)."""
+        text = json.dumps(id_fields(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def identity(self, n_ctx: int | None = None) -> RunIdentity:
@@ -287,8 +328,22 @@ class RunConfig:
             lr=self.optim.lr,
             batch_size=self.optim.batch_size,
             recipe=self.recipe or "",
+            protocol=plain(self.protocol),
+            recipe_changes=self.recipe_changes,
         )
         return flat
+
+
+def id_fields(config: RunConfig) -> dict:
+    """``config.to_dict()`` less what run_id ignores: bookkeeping fields, and fields added after run ids
+    were first recorded while they hold their default (so existing runs keep their ids)."""
+    data = config.to_dict()
+    for cls, target in [(RunConfig, data)] + [(section, data[name]) for name, section in NESTED.items()]:
+        for item in fields(cls):
+            rule = item.metadata.get("in_id", IN_ID_ALWAYS)
+            if rule == IN_ID_NEVER or (rule == IN_ID_UNLESS_DEFAULT and target[item.name] == plain(item.default)):
+                target.pop(item.name)
+    return data
 
 
 NESTED = {"prompt": PromptConfig, "nemesis": NemesisConfig, "optim": OptimConfig}
@@ -423,38 +478,68 @@ def to_toml(config: "RunConfig") -> str:
 # here they apply only when asked for, and what they changed is printed and recorded in the run.
 
 RECIPES = ("coop", "paper")
-PAPER_PAN_DATASETS = ("food101", "oxford_pets")  # reference: PAN weight 50 and omega = 1 on these
+RECIPE_PURPOSES = ("train", "corrupt")  # what the run is made for: its own sake, or a corruption sweep
+PAPER_PAN_DATASETS = ("food101", "oxford_pets")  # reference: omega = 1 for every beta, PAN's weight 50
+PAPER_PAN_WEIGHT = 50.0
 
 
-def apply_recipe(config: RunConfig, name: str | None) -> tuple[RunConfig, dict]:
-    """Return (config with the recipe applied, the settings it changed)."""
+def coop_settings(config: RunConfig) -> tuple[dict, dict]:
+    """CoOp's few-shot protocol: RN50 (OpenAI weights), M = 16, class token at the end, generic context,
+    random init, epochs by shot count (ImageNet 50), the loader's last-batch rule. Returns (settings, notes)."""
+    changed = {
+        "backbone": "RN50",
+        "pretrained": "openai",
+        "prompt.n_ctx": 16,
+        "prompt.csc": False,
+        "prompt.class_token_position": "end",
+        "prompt.ctx_init": None,
+        "epochs": coop_epochs(config.shots, config.dataset),
+        "optim.drop_last": True,
+    }
+    return changed, {"epochs": "CoOp table"}
+
+
+def paper_settings(config: RunConfig, purpose: str) -> tuple[dict, dict]:
+    """The Nemesis reference code's rules, made explicit: the loader's last-batch rule, class-specific norms
+    summed over classes, its epochs (the corruption scripts' table for a corruption sweep), and on Food101
+    and OxfordPets omega = 1 for every beta with PAN's weight (only) 50. Returns (settings, notes)."""
+    corrupt = purpose == "corrupt"
+    changed: dict = {
+        "epochs": corruption_epochs(config.shots) if corrupt else coop_epochs(config.shots, config.dataset),
+        "optim.drop_last": True,
+    }
+    notes = {"epochs": "corruption-script table" if corrupt else "CoOp table"}
+    if config.prompt.csc and config.nemesis.enabled:
+        changed["nemesis.csc_reduction"] = "sum"
+    if config.dataset in PAPER_PAN_DATASETS and config.nemesis.enabled:
+        changed["nemesis.omega"] = "constant"
+        if config.nemesis.uses_pan:
+            changed["nemesis.pan_weight"] = PAPER_PAN_WEIGHT
+    return changed, notes
+
+
+def describe_changes(changed: dict, notes: dict) -> str:
+    """``{"epochs": 100}`` with note "corruption-script table" -> ``"epochs=100 (corruption-script table)"``."""
+    return ", ".join(f"{k}={v}" + (f" ({notes[k]})" if k in notes else "") for k, v in changed.items())
+
+
+def apply_recipe(config: RunConfig, name: str | None, purpose: str = "train") -> tuple[RunConfig, dict]:
+    """Return (config with the recipe applied, the settings it changed by dotted name).
+
+    ``purpose`` is what the run is made for: ``train`` or ``corrupt`` (a corruption sweep, where the paper
+    recipe follows the corruption scripts' epochs). The config records the recipe and, in
+    ``recipe_changes``, every setting it changed.
+    """
     if name is None:
         return config, {}
-    data = config.to_dict()
-    changed: dict = {}
+    if purpose not in RECIPE_PURPOSES:
+        raise ConfigError(f"unknown recipe purpose {purpose!r}; choose one of: {', '.join(RECIPE_PURPOSES)}")
     if name == "coop":
-        # CoOp's few-shot protocol: RN50 (OpenAI weights), M = 16, class token at the end, generic
-        # context, random init, epochs by shot count (ImageNet 50).
-        changed = {
-            "backbone": "RN50",
-            "pretrained": "openai",
-            "prompt.n_ctx": 16,
-            "prompt.csc": False,
-            "prompt.class_token_position": "end",
-            "prompt.ctx_init": None,
-            "epochs": coop_epochs(config.shots, config.dataset),
-        }
+        changed, notes = coop_settings(config)
     elif name == "paper":
-        # The Nemesis reference code's per-dataset rule, made explicit.
-        if config.dataset in PAPER_PAN_DATASETS and config.nemesis.uses_pan:
-            changed = {"nemesis.weight": 50.0, "nemesis.omega": "constant"}
+        changed, notes = paper_settings(config, purpose)
     else:
         raise ConfigError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
-    for dotted, value in changed.items():
-        target = data
-        *parents, leaf = dotted.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    data["recipe"] = name
+    data = with_overrides(config.to_dict(), changed)
+    data["recipe"], data["recipe_changes"] = name, describe_changes(changed, notes)
     return RunConfig.from_dict(data), changed

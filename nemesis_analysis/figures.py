@@ -385,7 +385,8 @@ def summary_tables(reports_dir: Path | str, min_delta: float = 0.0) -> dict[str,
     """Numeric summary tables (mean and std over seeds per dataset, backbone, shots, method).
 
     "runs": final test, zero-shot accuracy and mean context norm (from reports/runs);
-    "corruptions": per op, uncorrupted accuracy over seeds and best/worst/mean delta;
+    "corruptions": per op, uncorrupted accuracy over seeds and best/worst/mean delta (per ``eval_classes``
+    too when base2new runs were swept on base and new classes);
     "frequency": the Low-Norm Effect frequency (analysis.FREQUENCY_DEFINITION), seeds compared on
     their common corruption cells; "frequency_counts": per seed, the count of Low-Norm Effect
     corruptions `n_effect` out of the `n_reducing` norm-reducing ones (the paper plots counts).
@@ -403,6 +404,8 @@ def summary_tables(reports_dir: Path | str, min_delta: float = 0.0) -> dict[str,
     if not runs.empty:
         tables["runs"] = _with_mean_norm(analysis.summarize_runs(runs, by), runs, by)
     if not corruptions.empty:
+        # base2new sweeps measured base and new classes apart: their rows say which (column eval_classes).
+        by = by + ["eval_classes"] if (corruptions["eval_classes"] != analysis.ALL_CLASSES).any() else by
         summary = analysis.summarize_corruptions(corruptions, by)
         if not summary.empty:
             tables["corruptions"] = summary

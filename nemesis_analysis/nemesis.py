@@ -5,6 +5,8 @@ can compose them and the tests can check them against hand computation. DESIGN.m
 
 - norm of a position: ``||p_i||_q`` with q in {2 (default), 1, inf};
 - PUN:  ``L_pun = A * mean_i ||p_i||_q``;
+- class-specific context: the norm of a position is the mean over classes (ours) or the sum (the
+  reference code's, ``class_reduction="sum"``: the same A pulls num_classes times harder);
 - PAN:  ``alpha_j = A`` where rescaling position j alone (by CW) strictly raises the batch's correct count,
   else 0; ``L_pan = sum_j alpha_j ||p_j||_q / max(1, #nonzero alpha)``;
 - total: ``CE + omega(t) * (beta * L_pun + (1 - beta) * L_pan)``, ``omega(t) = 1 - sigmoid(0.2 (t - T/2))``.
@@ -23,6 +25,7 @@ from torch import Tensor
 from nemesis_analysis.errors import ConfigError
 
 NORM_TYPES: tuple[str, ...] = ("l2", "l1", "inf")
+CLASS_REDUCTIONS: tuple[str, ...] = ("mean", "sum")
 OMEGA_SCHEDULES: tuple[str, ...] = ("sigmoid", "constant")
 
 
@@ -45,23 +48,30 @@ def _check_ctx(ctx: Tensor) -> None:
         )
 
 
-def position_norms(ctx: Tensor, norm_type: str = "l2") -> Tensor:
+def position_norms(ctx: Tensor, norm_type: str = "l2", class_reduction: str = "mean") -> Tensor:
     """Norm of each context position, shape ``(n_ctx,)``; differentiable.
 
     Generic ctx ``(n_ctx, width)``: ``||p_i||_q``. CSC ctx ``(num_classes, n_ctx, width)``: the norm of each
-    (class, position) vector, averaged over classes (the mean of norms, not the norm of the mean).
+    (class, position) vector, averaged over classes (``class_reduction="mean"``: the mean of norms, not the
+    norm of the mean) or summed over them (``"sum"``, the reference's).
     """
     _check_ctx(ctx)
     ord_ = _norm_ord(norm_type)
     norms = torch.linalg.vector_norm(ctx, ord=ord_, dim=-1)  # (n_ctx,) or (num_classes, n_ctx)
     if norms.dim() == 2:
-        norms = norms.mean(dim=0)  # (n_ctx,): average over classes
+        if class_reduction == "mean":
+            norms = norms.mean(dim=0)  # (n_ctx,): average over classes
+        elif class_reduction == "sum":
+            norms = norms.sum(dim=0)  # (n_ctx,): sum over classes
+        else:
+            choices = ", ".join(CLASS_REDUCTIONS)
+            raise ConfigError(f"unknown class reduction {class_reduction!r}; choose one of {choices}")
     return norms
 
 
-def pun_loss(ctx: Tensor, weight: float, norm_type: str = "l2") -> Tensor:
+def pun_loss(ctx: Tensor, weight: float, norm_type: str = "l2", class_reduction: str = "mean") -> Tensor:
     """Position-Uniform Normalization: ``weight * mean_i ||p_i||_q`` (a scalar tensor)."""
-    return weight * position_norms(ctx, norm_type).mean()
+    return weight * position_norms(ctx, norm_type, class_reduction).mean()
 
 
 def pan_alpha(correct_base: int | Tensor, correct_rescaled: Tensor, weight: float) -> Tensor:
@@ -77,7 +87,9 @@ def pan_alpha(correct_base: int | Tensor, correct_rescaled: Tensor, weight: floa
     return improved.to(torch.float32) * weight
 
 
-def pan_loss(ctx: Tensor, positions: Tensor, alpha: Tensor, norm_type: str = "l2") -> Tensor:
+def pan_loss(
+    ctx: Tensor, positions: Tensor, alpha: Tensor, norm_type: str = "l2", class_reduction: str = "mean"
+) -> Tensor:
     """Position-Aware Normalization: ``sum_j alpha_j ||p_{positions[j]}||_q / max(1, #nonzero alpha)``.
 
     ``positions`` and ``alpha`` both have shape ``(NP,)``; with all alphas zero the loss is exactly 0
@@ -87,7 +99,7 @@ def pan_loss(ctx: Tensor, positions: Tensor, alpha: Tensor, norm_type: str = "l2
         raise ValueError(
             f"positions and alpha must both have shape (NP,), got {tuple(positions.shape)} and {tuple(alpha.shape)}"
         )
-    norms = position_norms(ctx, norm_type)[positions.to(device=ctx.device, dtype=torch.long)]  # (NP,)
+    norms = position_norms(ctx, norm_type, class_reduction)[positions.to(device=ctx.device, dtype=torch.long)]  # (NP,)
     alpha = alpha.to(device=norms.device, dtype=norms.dtype)
     num_active = torch.count_nonzero(alpha).clamp(min=1).to(norms.dtype)  # scalar, >= 1
     return (alpha * norms).sum() / num_active

@@ -591,6 +591,7 @@ def plot_heatmap(
     symmetric scale shared by the panels; grey cells were not measured. `annotate` writes the value
     in each cell (default: when the grid is small).
     """
+    corruptions = analysis.rows_for_view(corruptions)  # the "all" rows; base2new subsets have their own figure
     _require(corruptions, [*schema.KEYS["corruptions"], "delta"], "corruption table")
     grids = _heatmap_grids(corruptions, dataset, method)
     if not grids:

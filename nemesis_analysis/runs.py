@@ -10,7 +10,9 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Sequence
 
+from nemesis_analysis import protocols
 from nemesis_analysis.artifacts import AnalysisPrompt, check_fits, load_prompt, read_prompt
+from nemesis_analysis.choices import EvalClasses, Protocol
 from nemesis_analysis.config import PromptConfig, RunConfig
 from nemesis_analysis.corrupt_ops import Corruption, GridSpec
 from nemesis_analysis.errors import ConfigError, NoDataError
@@ -55,7 +57,7 @@ def sweep_runs(
         run = train_prompt(dataclasses.replace(config, seed=seed), session, force=force)
         if on_run is not None:
             on_run(run)
-        summaries.append(sweep_trained_run(session, run, corruptions, chunk=chunk))
+        summaries.extend(sweep_run_subsets(session, run, corruptions, chunk=chunk))
     return summaries
 
 
@@ -70,15 +72,28 @@ def check_sources(seeds, prompt, run_id, chunk) -> None:
 
 
 def sweep_trained_run(
-    session: Session, run: RunResult, grid: Sequence[Corruption], chunk: int | None = None
+    session: Session,
+    run: RunResult,
+    grid: Sequence[Corruption],
+    chunk: int | None = None,
+    classes: EvalClasses | str = EvalClasses.ALL,
 ) -> SweepSummary:
-    """Sweep the prompt that :func:`~nemesis_analysis.train.train_prompt` saved for ``run``."""
+    """Sweep the prompt that :func:`~nemesis_analysis.train.train_prompt` saved for ``run`` on one class
+    subset (all classes, or base2new's base or new: a generic context over that subset's class names)."""
     ctx, _ = load_prompt(run.run_dir)
     config = run.config
     loaded, dataset = load_model_and_data(config, session)
     identity = config.identity(n_ctx=ctx.shape[-2])
-    method = method_for_identity(loaded, dataset.classnames, identity)
-    return run_corruption_sweep(session, method, ctx, identity, grid, chunk=chunk)
+    method = method_for_identity(loaded, protocols.subset_classnames(dataset.classnames, classes), identity)
+    return run_corruption_sweep(session, method, ctx, identity, grid, chunk=chunk, classes=classes)
+
+
+def sweep_run_subsets(
+    session: Session, run: RunResult, grid: Sequence[Corruption], chunk: int | None = None
+) -> list[SweepSummary]:
+    """:func:`sweep_trained_run` on every class subset the run's protocol evaluates (base2new: base, then new)."""
+    subsets = protocols.sweep_classes(run.config.protocol)
+    return [sweep_trained_run(session, run, grid, chunk, classes) for classes in subsets]
 
 
 def sweep_prompt(
@@ -90,6 +105,7 @@ def sweep_prompt(
     on_prompt: Callable[[AnalysisPrompt], None] | None = None,
 ) -> SweepSummary:
     """Sweep a saved prompt on ``config``'s model and dataset (the prompt's recorded layout wins)."""
+    check_prompt_protocol(prompt)
     loaded, dataset = load_model_and_data(config, session)
     layout = prompt.prompt_config or PromptConfig(
         n_ctx=prompt.n_ctx, csc=prompt.csc, class_token_position=config.prompt.class_token_position
@@ -100,6 +116,16 @@ def sweep_prompt(
     if on_prompt is not None:
         on_prompt(prompt)
     return run_corruption_sweep(session, method, prompt.ctx, identity, grid, chunk=chunk)
+
+
+def check_prompt_protocol(prompt: AnalysisPrompt) -> None:
+    """A base2new prompt is swept per class subset through its run (``--run``), not as an all-class prompt."""
+    recorded = prompt.metadata.get("config") or {}
+    if recorded.get("protocol", Protocol.FEWSHOT.value) == Protocol.BASE2NEW.value:
+        raise ConfigError(
+            f"{prompt.path} was trained with --protocol base2new; sweep it on its base and new classes with "
+            f"--run {prompt.run_id} (and its --checkpoints)"
+        )
 
 
 def method_for_identity(loaded, classnames: list[str], identity: RunIdentity) -> PromptMethod:

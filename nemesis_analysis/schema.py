@@ -55,8 +55,9 @@ IDENTITY_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RunIdentity))
 _ARROW = {"str": pa.string(), "int": pa.int64(), "bool": pa.bool_()}
 IDENTITY_SCHEMA: list[tuple[str, pa.DataType]] = [(f.name, _ARROW[f.type]) for f in fields(RunIdentity)]
 
-# One corruption within its run: (op, prompt_index, position, factor, rep). A position is a (prompt, position)
-# pair: prompt_index is 0 for single-prompt methods (CoOp) and for the baseline row ("none", 0, -1, 1.0, 0).
+# One corruption within its run and class subset (``eval_classes``): (op, prompt_index, position, factor, rep).
+# A position is a (prompt, position) pair: prompt_index is 0 for single-prompt methods (CoOp) and for the
+# baseline row ("none", 0, -1, 1.0, 0).
 CORRUPTION_KEY: tuple[str, ...] = ("op", "prompt_index", "position", "factor", "rep")
 BASELINE_KEY: tuple = ("none", -1, 1.0, 0)  # the baseline Corruption (op, position, factor, rep)
 
@@ -76,6 +77,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("norm_after", pa.float64()),
             ("low_norm_effect", pa.bool_()),  # norm_after < norm_before and delta > 0
             ("n_test", pa.int64()),
+            ("eval_classes", pa.string()),  # all; base or new for a base2new run (each its own accuracy)
         ]
     ),
     "trajectories": pa.schema(
@@ -110,11 +112,13 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("lr", pa.float64()),
             ("batch_size", pa.int64()),
             ("recipe", pa.string()),
+            ("recipe_changes", pa.string()),  # the settings the recipe changed, e.g. "optim.drop_last=True, ..."
             ("final_test_acc", pa.float64()),
             ("zero_shot_acc", pa.float64()),
             ("mean_norm", pa.float64()),
             ("checkpoint", pa.string()),
             ("seconds", pa.float64()),
+            ("protocol", pa.string()),  # fewshot, base2new, dg or crossdataset
         ]
     ),
     "evaluations": pa.schema(
@@ -128,21 +132,42 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("n_classes", pa.int64()),
         ]
     ),
+    # One row per state change of a study job (nemesis study run); the newest row of a job is its state.
+    "jobs": pa.schema(
+        [
+            ("job_id", pa.string()),  # encode:..., train:<run_id>, corrupt:<run_id>:<grid>, evaluate:...
+            ("kind", pa.string()),  # encode, train, corrupt or evaluate
+            ("run_id", pa.string()),  # "" for encode jobs
+            ("dataset", pa.string()),
+            ("study", pa.string()),
+            ("state", pa.string()),  # running, done, failed, lost (worker died; retried) or blocked
+            ("attempts", pa.int64()),
+            ("seconds", pa.float64()),  # time the job ran on its worker
+            ("host", pa.string()),  # the worker's host (the driver's on running and blocked rows)
+            ("error", pa.string()),  # one line; "" unless failed, lost or blocked
+            ("updated", pa.float64()),  # unix time of the row; the newest row wins
+        ]
+    ),
 }
 
 # Rows with the same key describe the same observation; the newest one wins.
 KEYS: dict[str, tuple[str, ...]] = {
-    "corruptions": ("run_id", *CORRUPTION_KEY),
+    "corruptions": ("run_id", *CORRUPTION_KEY, "eval_classes"),  # base and new rows of one variant are two rows
     "trajectories": ("run_id", "epoch", "prompt_index", "position"),
     "runs": ("run_id",),
     "evaluations": ("run_id", "eval_dataset", "eval_classes"),
+    "jobs": ("job_id",),
 }
 
-# The value a column takes in parts written before the column existed (read by store.read_table).
+# The value a column takes in rows made before the column existed. One declaration, applied in two places
+# through :func:`column_default`: store.read_table fills it into old Parquet parts, and
+# :func:`with_column_defaults` into DataFrames built without it (appended rows, frames handed to analysis).
 # A column added to a table later MUST be declared here (per table, or for every table under "*")
 # so that old reports keep loading; a column without an entry reads as null (NaN, None).
 COLUMN_DEFAULTS: dict[str, dict[str, object]] = {
     "*": {"protocol": "fewshot", "prompt_method": "coop", "prompt_index": 0},
+    "corruptions": {"eval_classes": "all"},
+    "runs": {"recipe_changes": ""},
 }
 
 
@@ -152,6 +177,21 @@ def column_default(table: str, column: str) -> object:
     if column in declared:
         return declared[column]
     return COLUMN_DEFAULTS["*"].get(column)
+
+
+def with_column_defaults(table: str, frame):
+    """``frame`` (a DataFrame of ``table`` rows) with each missing column that declares a default filled with it.
+
+    Rows built without a newer column (callers not yet updated, frames read from old Parquet with plain
+    pandas) keep writing and analysing; a missing column without a declared default stays missing.
+    """
+    missing = {
+        name: value
+        for name in schema_of(table).names
+        if name not in frame.columns and (value := column_default(table, name)) is not None
+    }
+    return frame.assign(**missing) if missing else frame
+
 
 TABLES: tuple[str, ...] = tuple(SCHEMAS)
 

@@ -66,8 +66,7 @@ def _parts(folder: Path) -> list[Path]:
 
 def _to_arrow(table: str, frame: pd.DataFrame) -> pa.Table:
     target = schema.schema_of(table)
-    defaults = {name: schema.column_default(table, name) for name in target.names if name not in frame.columns}
-    frame = frame.assign(**{name: value for name, value in defaults.items() if value is not None})
+    frame = schema.with_column_defaults(table, frame)
     missing = [name for name in target.names if name not in frame.columns]
     if missing:
         raise ValueError(f"rows for {table} lack columns {missing}")
@@ -173,6 +172,7 @@ class Claim:
         frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
         if frame.empty:
             return None
+        frame = schema.with_column_defaults(self.table, frame)
         if (frame["run_id"].astype(str) != self.run_id).any():
             raise ValueError(f"a claim on run {self.run_id} can only append that run's rows")
         frame = _dedupe(frame, self.table)

@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 import pandas as pd
 from torch import Tensor
 
-from nemesis_analysis import store
-from nemesis_analysis.choices import CorruptionOp
+from nemesis_analysis import protocols, store
+from nemesis_analysis.choices import CorruptionOp, EvalClasses
 from nemesis_analysis.corrupt_ops import NO_CORRUPTION, Corruption, apply_corruptions
 from nemesis_analysis.engine import (
     accuracy_of,
@@ -26,6 +26,7 @@ from nemesis_analysis.engine import (
     variant_norms,
 )
 from nemesis_analysis.errors import ConfigError, ModelError
+from nemesis_analysis.evaluate import restrict_to_classes
 from nemesis_analysis.features import image_features, local_image_features
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.nemesis import position_norms
@@ -54,6 +55,7 @@ class SweepSummary:
     chunk: int  # variants per text pass
     seconds: float
     rows: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # the grid's rows, grid order
+    eval_classes: str = EvalClasses.ALL.value  # the class subset evaluated (base2new: base or new)
 
 
 @dataclass
@@ -80,6 +82,7 @@ def run_corruption_sweep(
     memory_budget: int | None = None,
     reuse_prefix: bool = True,
     on_chunk: Callable[[int, list[dict]], None] | None = None,
+    classes: EvalClasses | str = EvalClasses.ALL,
 ) -> SweepSummary:
     """Evaluate every corruption in ``grid`` on the test split of ``identity.dataset`` and append the rows.
 
@@ -87,7 +90,8 @@ def run_corruption_sweep(
     ``identity.run_id`` also seeds the replace draws. ``chunk``: variants per text pass (default: from
     ``memory_budget``). ``reuse_prefix``: compute each variant from its corrupted position on, reusing the
     unchanged prompt's states before it (exact under the causal mask). ``on_chunk(index, rows)`` is called
-    after each chunk's part is written.
+    after each chunk's part is written. ``classes``: the class subset to evaluate (base2new's base or new;
+    ``method`` must be built over that subset's class names), recorded in ``eval_classes``.
 
     ``norm_before``/``norm_after`` are the L2 norms of the corrupted position before and after (CSC:
     averaged over classes, as :func:`nemesis.position_norms`). The baseline row (op "none", position -1,
@@ -98,14 +102,15 @@ def run_corruption_sweep(
     started = time.perf_counter()
     slot_value = check_slot(slot_value, identity, method)
     chunk = resolve_chunk(method, chunk, memory_budget)
-    test = load_test_set(session, method, identity.dataset)
+    classes = EvalClasses(classes).value
+    test = load_test_set(session, method, identity.dataset, classes)
     predictions = predict_variants(method, slot_value[None], test.features, test.local)
     acc_original = float(accuracy_of(predictions, test.labels)[0])
-    base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size}
+    base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size, "eval_classes": classes}
     base_norms = position_norms(slot_value)  # (n_positions,)
     pairs = method.position_pairs()  # flat position -> (prompt_index, position)
 
-    previous = previous_rows(session, identity.run_id)
+    previous = previous_rows(session, identity.run_id, classes)
     done = set(previous[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
     pending = [] if row_key(NO_CORRUPTION, pairs) in done else [baseline_row(base_row, base_norms)]
     todo = pending_corruptions(grid, done, pairs)
@@ -118,16 +123,18 @@ def run_corruption_sweep(
                 method, cache, slot_value, part, identity.run_id, test, base_row, base_norms, pairs
             )
             pending = []
-            store.append_rows(session.reports_dir, TABLE, rows)
+            append_rows(session, identity.run_id, rows)
             new_rows.extend(rows[-len(part) :])
             advance(len(part), best=max(row["acc"] for row in rows[-len(part) :]))
             if on_chunk is not None:
                 on_chunk(index, rows)
     if pending:  # nothing left to corrupt, but the baseline row was missing
-        store.append_rows(session.reports_dir, TABLE, pending)
+        append_rows(session, identity.run_id, pending)
     frame = grid_rows(previous, new_rows, grid, pairs)
     seconds = time.perf_counter() - started
-    return summarise(frame, identity.run_id, acc_original, test.size, len(new_rows), chunk, seconds)
+    summary = summarise(frame, identity.run_id, acc_original, test.size, len(new_rows), chunk, seconds)
+    summary.eval_classes = classes
+    return summary
 
 
 def check_slot(slot_value: Tensor, identity: RunIdentity, method: PromptMethod) -> Tensor:
@@ -155,23 +162,37 @@ def resolve_chunk(method: PromptMethod, chunk: int | None, memory_budget: int | 
     return chunk
 
 
-def load_test_set(session: Session, method: PromptMethod, dataset_name: str) -> EvalSet:
-    """The test split's features (encoded once, from the session's feature cache) on the model's device."""
+def load_test_set(
+    session: Session, method: PromptMethod, dataset_name: str, classes: EvalClasses | str = EvalClasses.ALL
+) -> EvalSet:
+    """The test split's features (encoded once, from the session's feature cache) on the model's device;
+    for a class subset, its images relabelled from 0 (``method`` holds the subset's class names)."""
     dataset = session.dataset(dataset_name)
     loaded = method.loaded
     features, labels = image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
-    if labels.shape[0] == 0:
-        raise ConfigError(f"dataset {dataset.name} has an empty test split; nothing to evaluate")
     local = None
     if method.needs_local_features:
         local, _ = local_image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
-        local = local.to(loaded.device)
-    return EvalSet(features.to(loaded.device), labels, local)
+    if EvalClasses(classes) is not EvalClasses.ALL:
+        selected = protocols.selected_labels(range(dataset.num_classes), classes)
+        if local is not None:
+            local, _ = restrict_to_classes(local, labels, selected)
+        features, labels = restrict_to_classes(features, labels, selected)
+    if labels.shape[0] == 0:
+        raise ConfigError(f"dataset {dataset.name} has an empty test split; nothing to evaluate")
+    return EvalSet(features.to(loaded.device), labels, None if local is None else local.to(loaded.device))
 
 
-def previous_rows(session: Session, run_id: str) -> pd.DataFrame:
+def previous_rows(session: Session, run_id: str, classes: str = EvalClasses.ALL.value) -> pd.DataFrame:
+    """The rows already written for ``run_id`` on the class subset ``classes``."""
     table = store.read_table(session.reports_dir, TABLE)
-    return table[table["run_id"] == run_id]
+    return table[(table["run_id"] == run_id) & (table["eval_classes"] == classes)]
+
+
+def append_rows(session: Session, run_id: str, rows: list[dict]) -> None:
+    """Append a chunk's rows under the run's claim (rows whose key another writer added meanwhile are dropped)."""
+    with store.claim(session.reports_dir, TABLE, run_id) as claim:
+        claim.append(rows)
 
 
 def row_key(corruption: Corruption, pairs: Sequence[tuple[int, int]]) -> tuple:
@@ -286,10 +307,16 @@ def describe_corruption(row: dict) -> str:
         raise ValueError(f"unknown corruption op {row['op']!r}")
 
 
+def subset_label(eval_classes: str) -> str:
+    """`` (base classes)`` for a class subset; empty for all classes."""
+    return "" if eval_classes == EvalClasses.ALL.value else f" ({eval_classes} classes)"
+
+
 def format_summary(summary: SweepSummary) -> list[str]:
     """Plain-text lines for the CLI and the demo (the library itself never prints)."""
     lines = [
-        f"run {summary.run_id}: uncorrupted accuracy {summary.acc_original:.2f}% on {summary.n_test} test images; "
+        f"run {summary.run_id}{subset_label(summary.eval_classes)}: uncorrupted accuracy {summary.acc_original:.2f}% "
+        f"on {summary.n_test} test images; "
         f"{summary.num_corruptions} corruptions ({summary.rows_written} rows written, {summary.rows_reused} reused, "
         f"{summary.seconds:.1f} s, chunk {summary.chunk})"
     ]

@@ -45,6 +45,24 @@ def shared_prefix_length(ctx_index: torch.Tensor, eos: torch.Tensor, csc: bool =
     return min(shared, int(eos.min()))
 
 
+def usable_shared_prefix(
+    model: torch.nn.Module, ctx_index: torch.Tensor, eos: torch.Tensor, csc: bool = False
+) -> int:
+    """:func:`shared_prefix_length` when the text tower fits the shared pass, else 0 (said once in the log)."""
+    shared = shared_prefix_length(ctx_index, eos, csc)
+    if shared > 0 and not supports_shared_prefix(model):
+        _log_fallback(model)
+        return 0
+    return shared
+
+
+def _log_fallback(model: torch.nn.Module) -> None:
+    name = type(model).__name__
+    if name not in _LOGGED_FALLBACKS:
+        _LOGGED_FALLBACKS.add(name)
+        logger.info("%s's text tower does not fit the class-shared prefix pass; using the plain pass", name)
+
+
 def supports_shared_prefix(model: torch.nn.Module) -> bool:
     """Whether this text tower fits: open_clip's plain residual blocks, standard attention, a causal mask, EOS pooling."""
     if not supports_prefix_reuse(model) or getattr(model, "text_pool_type", "argmax") not in ("argmax", "eos"):
@@ -190,10 +208,7 @@ def encode_prompts(model: torch.nn.Module, prompts: torch.Tensor, eos: torch.Ten
     """
     num_variants, num_classes, length, width = prompts.shape
     if shared > 0 and not supports_shared_prefix(model):
-        name = type(model).__name__
-        if name not in _LOGGED_FALLBACKS:
-            _LOGGED_FALLBACKS.add(name)
-            logger.info("%s's text tower does not fit the class-shared prefix pass; using the plain pass", name)
+        _log_fallback(model)
         shared = 0
     if shared == 0:
         flat = prompts.reshape(num_variants * num_classes, length, width)

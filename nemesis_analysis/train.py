@@ -3,7 +3,8 @@
 One run is a pure function of its :class:`RunConfig`. Test-split image features are encoded once and
 reused every epoch. Each epoch draws its shuffling, augmentation and PAN positions from a generator
 seeded by (seed, epoch), and the learning rate is a function of the epoch, so a run resumed from its
-last saved epoch produces exactly the rows of an uninterrupted one.
+last saved epoch produces exactly the rows of an uninterrupted one. An epoch's batches follow
+:func:`steps_per_epoch`: ours keep the last smaller batch, ``optim.drop_last`` is the reference loader's rule.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis import nemesis
+from nemesis_analysis import nemesis, protocols
 from nemesis_analysis.augment import augment_image
-from nemesis_analysis.config import NemesisConfig, RunConfig
+from nemesis_analysis.config import NemesisConfig, OptimConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits, Sample
 from nemesis_analysis.data.fewshot import sample_train_shots
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
+from nemesis_analysis.evaluate import write_run_evaluations
 from nemesis_analysis.features import encode_images_with_local, image_features, local_image_features
 from nemesis_analysis.methods import method_class
 from nemesis_analysis.methods.base import PromptMethod
@@ -51,6 +53,20 @@ def lr_at_epoch(epoch: int, config: RunConfig) -> float:
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(1_000_003 * seed + epoch)
+
+
+def steps_per_epoch(n_images: int, batch_size: int, drop_last: bool) -> int:
+    """SGD steps of one epoch. Ours (``drop_last=False``): ``ceil(n / batch)``, the last smaller batch kept.
+    The reference loader's rule (``drop_last=True``): ``floor(n / batch)`` when the set holds at least one
+    batch, and the one smaller batch only when the whole set is smaller than a batch."""
+    if drop_last and n_images >= batch_size:
+        return n_images // batch_size
+    return math.ceil(n_images / batch_size)
+
+
+def build_optimizer(parameters: list[torch.Tensor], optim: OptimConfig) -> torch.optim.Optimizer:
+    """CoOp's SGD (momentum, weight decay) on the method's slots; it updates them in their own dtype."""
+    return torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
 
 
 @dataclass
@@ -103,7 +119,46 @@ class TrainingRun:
     run_dir: RunDir
     rows: list[dict] = field(default_factory=list)
     start_epoch: int = 0
+    on_step: Callable[["StepRecord"], None] | None = None  # called after every SGD step
     test_local: torch.Tensor | None = None  # (n_test, locations, embed) when the method scores local features
+
+
+@dataclass
+class StepRecord:
+    """One training step as it happened (tensors detached, on CPU), given to ``on_step`` callbacks."""
+
+    epoch: int
+    lr: float
+    omega: float
+    features: torch.Tensor  # (batch, embed) image features of the augmented batch
+    labels: torch.Tensor  # (batch,)
+    logits: torch.Tensor  # (batch, classes)
+    ce: float
+    pun: float  # A * mean_i ||p_i||_q before beta and omega (0 without PUN)
+    pan: float  # sum_j alpha_j ||p_j||_q / max(1, #nonzero alpha) (0 without PAN)
+    norm_loss: float  # omega * (beta * pun + (1 - beta) * pan)
+    loss: float
+    positions: torch.Tensor | None  # (NP,) PAN's positions this step; None without PAN
+    alpha: torch.Tensor | None  # (NP,)
+    correct_base: int | None  # the batch's correct count without rescaling
+    correct_rescaled: torch.Tensor | None  # (NP,) with each chosen position rescaled alone
+    slot_before: torch.Tensor  # the position slot before the update
+    grad: torch.Tensor  # its gradient
+    slot_after: torch.Tensor  # after the update
+
+
+@dataclass
+class NemesisTerm:
+    """The Nemesis part of one step's loss, and PAN's decisions (None without PAN)."""
+
+    loss: torch.Tensor  # omega * (beta * pun + (1 - beta) * pan)
+    pun: torch.Tensor
+    pan: torch.Tensor
+    hits: torch.Tensor  # (n_positions,) positions PAN marked
+    positions: torch.Tensor | None = None
+    alpha: torch.Tensor | None = None
+    correct_base: int | None = None
+    correct_rescaled: torch.Tensor | None = None
 
 
 @dataclass
@@ -129,26 +184,31 @@ def train_prompt(
     on_epoch: Callable[[int, dict], None] | None = None,
     should_stop: Callable[[int], bool] | None = None,
     save_every: int = SAVE_EVERY,
+    on_step: Callable[[StepRecord], None] | None = None,
 ) -> RunResult:
     """Train (or reuse, or resume) the run described by ``config``; returns its result.
 
     ``on_epoch(epoch, {"test_acc", "norms"})`` is called after every epoch; ``should_stop(epoch)`` returning
     True ends training after that epoch is saved (a later call resumes from it) and returns a result with
     ``stopped=True``. ``save_every``: epochs between resume states (the last epoch is always saved).
+    ``on_step(record)`` receives a :class:`StepRecord` after every SGD step.
     """
+    protocols.check_protocol(config.protocol, config.dataset, config.prompt.csc)
     loaded, dataset = load_model_and_data(config, session)
     if not dataset.train:
         raise ConfigError(f"dataset {config.dataset} has no train split (test-only); train on its source dataset")
     samples = sample_train_shots(dataset, config.shots, config.seed)  # data errors before anything is written
+    dataset, samples = protocols.training_view(config.protocol, dataset, samples)  # base2new: base classes only
     config = config.resolved(loaded.device.type)
     run_dir = session.run_dir(config.run_id)
     if force:
         run_dir.reset()
     elif (done := finished_result(session, config)) is not None:
-        return done
+        return with_protocol_evaluations(done, session, loaded)
     run_dir.save_config(config.to_dict())
     started = time.perf_counter()
     run = start_run(config, session, loaded, dataset, run_dir, samples)
+    run.on_step = on_step
     label = f"{config.method} {config.dataset} {config.shots}-shot seed {config.seed}"
     with progress_bar(label, total=config.num_epochs, enabled=session.progress) as advance:
         advance(run.start_epoch)
@@ -160,7 +220,7 @@ def train_prompt(
                 on_epoch(epoch, {"test_acc": test_acc, "norms": norms})
             if stop:
                 return result_of(run, time.perf_counter() - started, stopped=True)
-    return finish_run(run, session, time.perf_counter() - started)
+    return with_protocol_evaluations(finish_run(run, session, time.perf_counter() - started), session, loaded)
 
 
 def load_model_and_data(config: RunConfig, session: Session) -> tuple[LoadedModel, DatasetSplits]:
@@ -184,9 +244,7 @@ def start_run(
     test_features, test_labels = image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
     zero_shot = zero_shot_accuracy(loaded, dataset, test_features, test_labels)
     method = method_class(METHOD)(loaded, dataset.classnames, config.prompt, seed=config.seed)
-    optim = config.optim
-    parameters = list(method.slots().values())
-    optimizer = torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    optimizer = build_optimizer(list(method.slots().values()), config.optim)
     run = TrainingRun(config, loaded, method, optimizer, TrainImages(dataset, train_samples, loaded.preprocess_cfg),
                       test_features.to(loaded.device), test_labels, zero_shot, run_dir)  # fmt: skip
     if method.needs_local_features:
@@ -224,7 +282,7 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> EpochStats:
     order = torch.randperm(len(images), generator=generator).tolist()
     seeds = torch.randint(0, 2**62, (len(images),), generator=generator).tolist()
     batch_size = config.optim.batch_size
-    steps = math.ceil(len(images) / batch_size)  # the last, smaller batch is kept
+    steps = steps_per_epoch(len(images), batch_size, config.optim.drop_last)
     sums = {"loss": 0.0, "ce": 0.0, "norm": 0.0}
     alpha_hits = torch.zeros(method.n_positions)
     for step in range(steps):
@@ -234,7 +292,7 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> EpochStats:
         alpha_hits += hits
         for name, value in losses.items():
             sums[name] += value * len(batch)
-    count = len(images)
+    count = min(len(images), steps * batch_size)  # images this epoch trained on
     alpha = [float(h) / steps if spec.uses_pan else float("nan") for h in alpha_hits]
     return EpochStats(sums["loss"] / count, sums["ce"] / count, sums["norm"] / count, omega_value, alpha, lr)
 
@@ -258,17 +316,47 @@ def train_step(
     logits = method.logits(features, local)  # (batch, classes)
     ce = F.cross_entropy(logits, labels)
     extra = method.extra_loss(features, labels, logits)  # zero for CoOp (KgCoOp adds one)
-    norm_loss = torch.zeros((), device=ce.device)
-    hits = torch.zeros(method.n_positions)
+    zero = torch.zeros((), device=ce.device)
+    term = NemesisTerm(zero, zero, zero, torch.zeros(method.n_positions))
     if spec.enabled:
-        norm_loss, hits = nemesis_term(method, features, labels, logits, spec, omega_value, generator, local)
-    loss = ce + extra + norm_loss
+        term = nemesis_term(method, features, labels, logits, spec, omega_value, generator, local)
+    loss = ce + extra + term.loss
     loss_value = float(loss.detach())
     check_finite(loss_value, "the training loss", epoch)
+    before = method.position_tensor().detach().cpu().clone() if run.on_step is not None else None
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
-    return {"loss": loss_value, "ce": float(ce.detach()), "norm": float(norm_loss.detach())}, hits
+    if run.on_step is not None:
+        run.on_step(step_record(run, epoch, omega_value, features, labels, logits, ce, term, loss_value, before))
+    return {"loss": loss_value, "ce": float(ce.detach()), "norm": float(term.loss.detach())}, term.hits
+
+
+def step_record(
+    run: TrainingRun,
+    epoch: int,
+    omega_value: float,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    logits: torch.Tensor,
+    ce: torch.Tensor,
+    term: NemesisTerm,
+    loss_value: float,
+    before: torch.Tensor,
+) -> StepRecord:
+    """The :class:`StepRecord` of the step just taken (the slot's gradient is still in place)."""
+    slot = run.method.position_tensor()
+
+    def cpu(value):
+        return None if value is None else value.detach().cpu().clone()
+
+    return StepRecord(
+        epoch=epoch, lr=float(run.optimizer.param_groups[0]["lr"]), omega=omega_value, features=cpu(features),
+        labels=cpu(labels), logits=cpu(logits), ce=float(ce.detach()), pun=float(term.pun.detach()),
+        pan=float(term.pan.detach()), norm_loss=float(term.loss.detach()), loss=loss_value,
+        positions=cpu(term.positions), alpha=cpu(term.alpha), correct_base=term.correct_base,
+        correct_rescaled=cpu(term.correct_rescaled), slot_before=before, grad=cpu(slot.grad), slot_after=cpu(slot),
+    )  # fmt: skip
 
 
 def nemesis_term(
@@ -280,15 +368,16 @@ def nemesis_term(
     omega_value: float,
     generator: torch.Generator,
     local: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """omega * (beta * L_pun + (1 - beta) * L_pan) on the method's position slot; also which positions PAN
-    marked (n_positions,)."""
+) -> NemesisTerm:
+    """omega * (beta * L_pun + (1 - beta) * L_pan) on the method's position slot, with PAN's decisions.
+
+    PUN weighs with ``spec.weight``, PAN's alpha with ``spec.pan_alpha_weight``; class-specific norms are
+    reduced over classes by ``spec.csc_reduction``."""
     slot = method.position_tensor()
-    norm_type = spec.norm_type.value
+    norm_type, reduction = spec.norm_type.value, spec.csc_reduction.value
     zero = torch.zeros((), device=slot.device)
-    hits = torch.zeros(method.n_positions)
-    pun = nemesis.pun_loss(slot, spec.weight, norm_type) if spec.beta > 0 else zero
-    pan = zero
+    pun = nemesis.pun_loss(slot, spec.weight, norm_type, reduction) if spec.beta > 0 else zero
+    term = NemesisTerm(zero, pun, zero, torch.zeros(method.n_positions))
     if spec.uses_pan:
         positions = nemesis.choose_pan_positions(method.n_positions, spec.pan_positions, generator)
         with torch.no_grad():
@@ -298,10 +387,13 @@ def nemesis_term(
             rescaled_logits = method.score_variants(text, features, local)  # (NP, batch, classes)
             correct_rescaled = (rescaled_logits.argmax(-1) == labels[None]).sum(-1)  # (NP,)
             correct_base = (logits.argmax(-1) == labels).sum()
-            alpha = nemesis.pan_alpha(correct_base, correct_rescaled, spec.weight)
-        pan = nemesis.pan_loss(slot, positions.to(slot.device), alpha.to(slot.device), norm_type)
-        hits[positions[alpha.cpu() > 0]] += 1
-    return nemesis.nemesis_loss(pun, pan, spec.beta, omega_value), hits
+            alpha = nemesis.pan_alpha(correct_base, correct_rescaled, spec.pan_alpha_weight)
+        term.pan = nemesis.pan_loss(slot, positions.to(slot.device), alpha.to(slot.device), norm_type, reduction)
+        term.hits[positions[alpha.cpu() > 0]] += 1
+        term.positions, term.alpha = positions, alpha
+        term.correct_base, term.correct_rescaled = int(correct_base), correct_rescaled
+    term.loss = nemesis.nemesis_loss(term.pun, term.pan, spec.beta, omega_value)
+    return term
 
 
 def evaluate(
@@ -424,6 +516,13 @@ def finish_run(run: TrainingRun, session: Session, seconds: float) -> RunResult:
          "position_norms": result.position_norms, "seconds": seconds}
     )  # fmt: skip
     run.run_dir.ensure_reported(session.reports_dir)
+    return result
+
+
+def with_protocol_evaluations(result: RunResult, session: Session, loaded: LoadedModel) -> RunResult:
+    """The result with the evaluations its protocol asks for (none for fewshot) in ``extra["evaluations"]``,
+    computed and recorded once (a reused run reads them back)."""
+    result.extra["evaluations"] = write_run_evaluations(session, result.config, result.run_dir, loaded)
     return result
 
 

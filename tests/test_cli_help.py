@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from nemesis_analysis.cli import app, build_run_config
 from nemesis_analysis.cli import training as training_commands
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig
+from nemesis_analysis.corrupt_ops import DEFAULT_STDS
 from nemesis_analysis.session import Session
 
 runner = CliRunner()
@@ -33,8 +34,8 @@ ENVIRONMENT = ["--checkpoints", "--reports", "--data-root", "--device", "--offli
 RUN_OPTIONS = ["--dataset", "--shots", "--seed", "--backbone", "--config", "--set", "--print-config", "--csc / --no-csc",
                "--norm-weight, --alpha", "--beta", "--pan-factor", "--lr"]
 KEY_OPTIONS = {
-    ("train",): RUN_OPTIONS + ENVIRONMENT + ["--force"],
-    ("corrupt",): RUN_OPTIONS + ENVIRONMENT + ["--run", "--prompt", "--seeds", "--ops", "--positions",
+    ("train",): RUN_OPTIONS + ENVIRONMENT + ["--force", "--protocol"],
+    ("corrupt",): RUN_OPTIONS + ENVIRONMENT + ["--run", "--prompt", "--seeds", "--ops", "--positions", "--protocol",
                                                "0,0.001,0.01,0.1,0.5,0.9,1.1,2,5,10", "0,0.0001,0.001,0.01,0.02,0.05,0.1,0.5,1"],
     ("demo",): ["--checkpoints", "--reports", "--device", "--quiet"],
     ("summary",): ["--reports", "--out", "--min-delta"],
@@ -44,11 +45,18 @@ KEY_OPTIONS = {
     ("plot", "trajectory"): ["--reports", "--dataset", "--shots", "--seed"],
     ("plot", "heatmap"): ["--reports", "--dataset", "--shots"],
     ("plot", "norms"): ["--reports", "--run"],
+    ("plot", "base-new"): ["--reports", "--out", "--format", "--min-delta"],
+    ("evaluate",): ["--run", "--prompt", "--dataset", "--classes", *ENVIRONMENT],
+    ("study", "init"): ["--force"],
+    ("study", "plan"): ["--json", "--checkpoints", "--reports"],
+    ("study", "run"): ["--executor", "--address", "--max-parallel", "--shard", "--figures", "--checkpoints", "--reports"],
+    ("study", "status"): ["--json", "--checkpoints", "--reports"],
 }
+GROUPS = {("plot",), ("study",)}
 
 
 def test_every_command_has_key_options_listed():
-    leaves = {path for path in COMMANDS if path and path != ("plot",)}
+    leaves = {path for path in COMMANDS if path and path not in GROUPS}
     assert leaves == set(KEY_OPTIONS)  # a new command must say which options it must show
 
 
@@ -126,9 +134,10 @@ def test_train_and_corrupt_parse_shared_options_identically(calls):
     assert train_config.run_id == EXPECTED_CONFIG.run_id
     assert train_session == corrupt_session == EXPECTED_SESSION
     assert train_kw == {"force": True}
-    assert corrupt_kw == {"grid": {"ops": ["rescale"], "positions": (0, 1, 2), "factors": (0.0, 2.0), "stds": None,
-                                   "reps": 3},
-                          "seeds": (1, 2), "prompt": None, "chunk": 5, "force": True}
+    grid = corrupt_kw.pop("grid")
+    assert corrupt_kw == {"seeds": (1, 2), "prompt": None, "chunk": 5, "force": True}
+    assert (grid.ops, grid.factors, grid.stds, grid.reps) == (("rescale",), (0.0, 2.0), DEFAULT_STDS, 3)
+    assert sorted({c.position for c in grid.expand(16) if c.op != "none"}) == [0, 1, 2]
 
 
 def test_defaults_give_the_default_config_and_session(calls):
@@ -211,7 +220,7 @@ def test_corrupt_run_sweeps_an_existing_run_with_its_own_config(calls, tmp_path)
     (_, config, session, _), = calls.calls
     assert config == trained and config.run_id == trained.run_id and session.checkpoints_dir == tmp_path
     missing = runner.invoke(app, ["corrupt", "--run", "ffffff", "--checkpoints", str(tmp_path)])
-    assert missing.exit_code == 2 and "no run matching --run 'ffffff'" in missing.output
+    assert missing.exit_code == 2 and "no run 'ffffff'" in missing.output
     clash = runner.invoke(app, ["corrupt", "--run", trained.run_id, "--shots", "4", "--checkpoints", str(tmp_path)])
     assert clash.exit_code == 2 and "sweeps the run with its own config; drop --shots" in clash.output
     assert len(calls.calls) == 1

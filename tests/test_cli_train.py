@@ -60,3 +60,24 @@ def test_train_cli_writes_tables(checkpoints_dir, tmp_path):
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "reused finished run" in again.output
     assert len(pd.read_parquet(tmp_path / "runs")) == 1
+
+
+def test_recipe_paper_prints_and_records_every_change(checkpoints_dir, tmp_path):
+    args = ["train", "--quiet", "--shots", "1", "--n-ctx", "2", "--csc", "--pun", "--recipe", "paper",
+            "--checkpoints", str(checkpoints_dir), "--reports", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    changes = "epochs=50 (CoOp table), optim.drop_last=True, nemesis.csc_reduction=sum"
+    assert f"recipe paper: {changes}" in result.output
+    runs = pd.read_parquet(tmp_path / "runs")
+    assert list(runs.recipe) == ["paper"] and list(runs.recipe_changes) == [changes] and runs.epochs.iloc[0] == 50
+
+
+def test_corrupt_recipe_paper_uses_the_corruption_scripts_epochs(tmp_path):
+    result = runner.invoke(app, ["corrupt", "--shots", "2", "--recipe", "paper", "--print-config",
+                                 "--checkpoints", str(tmp_path / "ck"), "--reports", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert "recipe paper: epochs=50 (corruption-script table), optim.drop_last=True" in result.output
+    assert "\nepochs = 50\n" in result.output and "drop_last = true" in result.output
+    trained = runner.invoke(app, ["train", "--shots", "2", "--recipe", "paper", "--print-config"])
+    assert "epochs=100 (CoOp table)" in trained.output and "\nepochs = 100\n" in trained.output

@@ -40,6 +40,7 @@ RULES = [
     ("nemesis.weight", 0.0, [-1.0], "must be >= 0"),
     ("nemesis.pan_positions", 1, [0], "must be at least 1"),
     ("nemesis.pan_factor", 1e-6, [0.0, -0.1], "must be positive"),
+    ("nemesis.pan_weight", 0.0, [-1.0], "must be >= 0"),
     ("optim.lr", 1e-9, [0.0, -0.002], "must be positive"),
     ("optim.momentum", 0.0, [1.0, -0.1], "must lie in [0, 1)"),
     ("optim.weight_decay", 0.0, [-1e-4], "must be >= 0"),
@@ -111,8 +112,23 @@ def test_run_ids_are_unchanged():
     config = RunConfig(prompt=PromptConfig(n_ctx=4, csc=True, class_token_position="middle"),
                        optim=OptimConfig(lr=0.01, batch_size=8), epochs=5)
     assert config.run_id == "efd739ae7ff3"
+    # What the paper recipe used to produce for Food101 + PAN (weight 50 on both terms) keeps its id; the
+    # recipe now reproduces the reference (PAN's weight only, the last-batch rule, its epochs): a new id.
+    old_paper = RunConfig(dataset="food101", nemesis=NemesisConfig(beta=0.0, weight=50.0, omega="constant"))
+    assert old_paper.run_id == "cb3e25bddf21"
     paper, _ = apply_recipe(RunConfig(dataset="food101", nemesis=NemesisConfig(beta=0.0)), "paper")
-    assert paper.run_id == "cb3e25bddf21"
+    assert paper.run_id == "a3cf3bb5317d"
+
+
+@pytest.mark.parametrize("dotted, value", [("optim.drop_last", True), ("nemesis.pan_weight", 50.0),
+                                           ("nemesis.csc_reduction", "sum")])
+def test_fields_added_later_enter_the_run_id_only_off_their_default(dotted, value):
+    section, name = dotted.split(".")
+    default = getattr(getattr(RunConfig(), section), name)
+    assert build(**{dotted: default}).run_id == RunConfig().run_id == "972e6ed68120"
+    assert build(**{dotted: value}).run_id != RunConfig().run_id
+    # bookkeeping never enters it
+    assert build(recipe="paper", recipe_changes="optim.drop_last=True").run_id == RunConfig().run_id
 
 
 # ----------------------------------------------------------------------------- --set and config files

@@ -188,7 +188,8 @@ def test_killed_sweep_leaves_readable_tables_and_resumes(tiny_setup, generic_run
         run_corruption_sweep(session, method, ctx, identity, grid, chunk=5, on_chunk=die)
     partial = _table(session, dedupe=False)
     assert len(partial) == 1 + 5  # the baseline and the first chunk, nothing else
-    assert len(list((session.reports_dir / "corruptions").glob(".*"))) == 0  # no leftover temporary part
+    hidden = [p.name for p in (session.reports_dir / "corruptions").glob(".*") if not p.name.startswith(".lock-")]
+    assert hidden == []  # no leftover temporary part (the run's claim lock file stays, by design)
     assert len(pd.read_parquet(session.reports_dir / "corruptions")) == 6
 
     done = sweep_trained_run(session, generic_run, grid, chunk=5)
@@ -296,6 +297,7 @@ def test_corrupt_cli_end_to_end(checkpoints_dir, tmp_path):
     assert len(rows) == 1 + 2 * 2 + 2 * 1
     assert sorted(rows.op.unique()) == ["none", "replace", "rescale"]
     assert set(rows.position) == {-1, 0, 1} and set(rows[rows.op == "rescale"].factor) == {0.0, 2.0}
+    assert set(rows.eval_classes) == {"all"}  # a fewshot run is swept on all its classes
     runs = pd.read_parquet(tmp_path / "runs")
     assert len(runs) == 1 and set(rows.run_id) == {runs.run_id.iloc[0]}
     assert rows.acc_original.iloc[0] == pytest.approx(runs.final_test_acc.iloc[0], abs=1e-4)
@@ -320,6 +322,37 @@ def test_corrupt_cli_end_to_end(checkpoints_dir, tmp_path):
     assert seeds.exit_code == 0, seeds.output
     table = pd.read_parquet(tmp_path / "corruptions")
     assert sorted(table.seed.unique()) == [1, 2] and len(table[table.seed == 2]) == 1 + 2
+
+
+def test_corrupt_cli_on_a_base2new_run_sweeps_base_and_new_classes(checkpoints_dir, tmp_path):
+    common = ["--quiet", "--checkpoints", str(checkpoints_dir), "--reports", str(tmp_path)]
+    flags = ["--protocol", "base2new", "--shots", "2", "--epochs", "2", "--n-ctx", "4", "--seed", "3"]
+    trained = runner.invoke(app, ["train", *flags, *common])
+    assert trained.exit_code == 0, trained.output
+    evaluations = store.read_table(tmp_path, "evaluations").set_index("eval_classes")
+    run_id = evaluations.run_id.iloc[0]
+    grid = ["--ops", "rescale", "--positions", "0,1", "--factors", "0,2"]
+    result = runner.invoke(app, ["corrupt", "--run", run_id, *grid, *common])
+    assert result.exit_code == 0, result.output
+    assert "(base classes)" in result.output and "(new classes)" in result.output
+    rows = _table(SimpleNamespace(reports_dir=tmp_path))
+    assert set(rows.run_id) == {run_id} and sorted(rows.eval_classes.unique()) == ["base", "new"]
+    for subset in ("base", "new"):
+        part = rows[rows.eval_classes == subset]
+        baseline = part[part.op == "none"].iloc[0]
+        assert len(part) == 1 + 2 * 2
+        # the uncorrupted prompt on the subset's images and class names is the run's own evaluation of it
+        assert baseline.acc == evaluations.loc[subset, "acc"] and (part.acc_original == baseline.acc).all()
+        assert baseline.n_test == evaluations.loc[subset, "n_test"]
+        assert (part.delta == part.acc - baseline.acc).all()
+    # resume by the full key (eval_classes included): the same sweep by flags reuses the run and adds nothing
+    again = runner.invoke(app, ["corrupt", *flags, *grid, *common])
+    assert again.exit_code == 0 and again.output.count("0 rows written") == 2, again.output
+    assert len(_table(SimpleNamespace(reports_dir=tmp_path), dedupe=False)) == 10
+    refused = runner.invoke(app, ["corrupt", "--run", run_id, "--protocol", "fewshot", *common])
+    assert refused.exit_code == 2 and "drop --protocol" in refused.output
+    as_prompt = runner.invoke(app, ["corrupt", "--prompt", str(checkpoints_dir / run_id), *grid, *common])
+    assert as_prompt.exit_code == 2 and f"--run {run_id}" in as_prompt.output
 
 
 def test_corrupt_cli_rejects_prompt_for_other_classes(checkpoints_dir, generic_run, tmp_path):

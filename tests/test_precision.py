@@ -42,20 +42,29 @@ def _compare_amp_to_fp32(fp32, amp, dataset):
     return gap, agreement, acc, acc_amp
 
 
-def test_amp_on_cpu_matches_fp32_within_tolerance(tiny_context):
-    fp32 = tiny_context.loaded
+def _tiny(session):
+    """The session's cached tiny CLIP and digits dataset."""
+    from nemesis_analysis.config import RunConfig
+    from nemesis_analysis.train import load_model_and_data
+
+    return load_model_and_data(RunConfig(), session)
+
+
+def test_amp_on_cpu_matches_fp32_within_tolerance(tiny_session):
+    fp32, dataset = _tiny(tiny_session)
     assert fp32.device.type == "cpu" and fp32.precision == Precision.FP32
     amp = dataclasses.replace(fp32, precision=Precision.AMP)
-    gap, agreement, acc, acc_amp = _compare_amp_to_fp32(fp32, amp, tiny_context.dataset)
+    gap, agreement, acc, acc_amp = _compare_amp_to_fp32(fp32, amp, dataset)
     assert 1e-4 < gap < MAX_FEATURE_GAP  # bf16 really ran (features differ), and only by rounding
     assert agreement >= MIN_AGREEMENT
     assert abs(acc - acc_amp) <= MAX_ACC_GAP
 
 
-def test_amp_shared_prefix_training_pass_on_cpu(tiny_context):
+def test_amp_shared_prefix_training_pass_on_cpu(tiny_session):
     """Under CPU autocast the shared-prefix pass stays close to the plain one and the fp32 context gets its gradient."""
-    amp = dataclasses.replace(tiny_context.loaded, precision=Precision.AMP)
-    learner = CoOp(amp, tiny_context.dataset.classnames, PromptConfig(n_ctx=16))
+    loaded, dataset = _tiny(tiny_session)
+    amp = dataclasses.replace(loaded, precision=Precision.AMP)
+    learner = CoOp(amp, dataset.classnames, PromptConfig(n_ctx=16))
     shared = shared_prefix_length(learner.ctx_index, learner.eos)
     assert shared == 17
     results = []
@@ -78,7 +87,7 @@ def test_amp_shared_prefix_training_pass_on_cpu(tiny_context):
 def test_amp_on_cuda_matches_fp32_on_cpu(tiny_context, checkpoints_dir):
     fp32 = tiny_context.loaded
     amp = load_model("nemesis-tiny", "embedded", device="cuda", precision="amp", checkpoints_dir=checkpoints_dir)
-    gap, agreement, acc, acc_amp = _compare_amp_to_fp32(fp32, amp, tiny_context.dataset)
+    gap, agreement, acc, acc_amp = _compare_amp_to_fp32(fp32, amp, dataset)
     assert gap < MAX_FEATURE_GAP and agreement >= MIN_AGREEMENT and abs(acc - acc_amp) <= MAX_ACC_GAP
 
 

@@ -77,7 +77,7 @@ def test_claim_appends_only_missing_keys(tmp_path):
         assert claim.existing_keys() == set()
         claim.append(corruption_rows("r1", [0, 1]))
     with store.claim(tmp_path, "corruptions", "r1") as claim:
-        assert claim.existing_keys() == {("rescale", 0, 0.5, 0), ("rescale", 1, 0.5, 0)}
+        assert claim.existing_keys() == {("rescale", 0, 0.5, 0, "all"), ("rescale", 1, 0.5, 0, "all")}  # eval_classes last
         claim.append(corruption_rows("r1", [1, 2, 2]))
         with pytest.raises(ValueError):
             claim.append(corruption_rows("r9", [0]))

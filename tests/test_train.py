@@ -37,9 +37,13 @@ def test_methods_and_recipes():
     assert RunConfig(nemesis=NemesisConfig(beta=0.5)).method == "nemesis-beta0.5"
     pan_pets = RunConfig(dataset="oxford_pets", nemesis=NemesisConfig(beta=0.0))
     paper, changed = apply_recipe(pan_pets, "paper")
-    assert paper.nemesis.weight == 50.0 and paper.nemesis.omega.value == "constant" and paper.recipe == "paper"
+    # the reference: PAN's weight 50, PUN keeps A, omega = 1
+    assert paper.nemesis.pan_weight == 50.0 and paper.nemesis.weight == 1.0 and paper.recipe == "paper"
+    assert paper.nemesis.omega.value == "constant" and paper.nemesis.pan_alpha_weight == 50.0
     same, changed = apply_recipe(RunConfig(dataset="caltech101", nemesis=NemesisConfig(beta=0.0)), "paper")
-    assert changed == {} and same.nemesis.weight == 1.0  # no dataset is special without the recipe... nor other datasets
+    # no dataset is special without the recipe... nor other datasets with it
+    assert not {"nemesis.weight", "nemesis.pan_weight", "nemesis.omega"} & set(changed)
+    assert same.nemesis.pan_alpha_weight == 1.0 and same.nemesis.omega.value == "sigmoid"
     coop, changed = apply_recipe(RunConfig(dataset="caltech101", shots=2, backbone="nemesis-tiny"), "coop")
     assert (coop.backbone, coop.pretrained, coop.epochs, coop.prompt.n_ctx) == ("RN50", "openai", 100, 16)
 

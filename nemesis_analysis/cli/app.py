@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from nemesis_analysis.cli import inventory, tables, training
+from nemesis_analysis.cli import inventory, protocols, study, tables, training
 
 app = typer.Typer(
     name="nemesis",
@@ -21,6 +21,7 @@ plot_app = typer.Typer(help="Render the paper's figures from the Parquet tables.
 app.command("train")(training.train)
 app.command("corrupt")(training.corrupt)
 app.command("demo")(training.demo)
+app.command("evaluate")(protocols.evaluate_command)
 app.command("summary")(tables.summary)
 app.command("datasets")(inventory.datasets)
 app.command("models")(inventory.models)
@@ -28,7 +29,9 @@ plot_app.command("frequency")(tables.plot_frequency_command)
 plot_app.command("trajectory")(tables.plot_trajectory_command)
 plot_app.command("heatmap")(tables.plot_heatmap_command)
 plot_app.command("norms")(tables.plot_norms_command)
+plot_app.command("base-new")(protocols.plot_base_new_command)
 app.add_typer(plot_app, name="plot")
+app.add_typer(study.study_app, name="study")
 
 
 def main() -> None:

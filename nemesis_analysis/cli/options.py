@@ -35,6 +35,7 @@ FIELD_FLAGS: dict[str, str] = {
     "epochs": "--epochs",
     "precision": "--precision",
     "recipe": "--recipe",
+    "protocol": "--protocol",
     "prompt.n_ctx": "--n-ctx",
     "prompt.csc": "--csc",
     "prompt.class_token_position": "--class-token-position",
@@ -161,7 +162,10 @@ PositionOpt = Annotated[str, typer.Option("--class-token-position", help="end, m
 CtxInitOpt = Annotated[Optional[str], typer.Option("--ctx-init", help="Initialise the context from these words.")]
 EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Override CoOp's epochs for the shot count.")]
 PrecisionOpt = Annotated[
-    Optional[str], typer.Option("--precision", help="fp32, amp (bf16 autocast, CUDA default) or fp16 (reference).")
+    Optional[str],
+    typer.Option("--precision", help="fp32 (everything fp32; CPU default), amp (bf16 autocast of the frozen towers, "
+                 "fp32 context and SGD; CUDA default) or fp16 (the reference's all-half mode: towers, context and "
+                 "SGD update in fp16; CUDA only)."),
 ]
 PunOpt = Annotated[bool, typer.Option("--pun", help="Nemesis PUN: beta = 1.")]
 PanOpt = Annotated[bool, typer.Option("--pan", help="Nemesis PAN: beta = 0.")]
@@ -173,7 +177,12 @@ PanFactorOpt = Annotated[float, typer.Option("--pan-factor", help=_help("nemesis
 OmegaOpt = Annotated[str, typer.Option("--omega", help="sigmoid (1 - sigmoid(0.2 (t - T/2))) or constant.")]
 RecipeOpt = Annotated[
     Optional[str],
-    typer.Option("--recipe", help="coop (CoOp protocol: RN50, M=16, end) or paper (reference per-dataset rules)."),
+    typer.Option("--recipe", help="coop (CoOp protocol: RN50, M=16, end, last partial batch dropped) or paper "
+                 "(the reference code's rules: batches, epochs, CSC norm sums, Food101/OxfordPets weights); "
+                 "prints and records what it changed."),
+]
+ProtocolOpt = Annotated[
+    str, typer.Option("--protocol", help="fewshot, base2new (train on base classes, test on base and new), crossdataset or dg.")
 ]
 LrOpt = Annotated[float, typer.Option("--lr", help=_help("optim.lr"))]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help=_help("optim.batch_size"))]
@@ -186,7 +195,7 @@ PARAM_FIELDS = {
     "class_token_position": "prompt.class_token_position", "ctx_init": "prompt.ctx_init",
     "norm_weight": "nemesis.weight", "norm_type": "nemesis.norm_type", "pan_positions": "nemesis.pan_positions",
     "pan_factor": "nemesis.pan_factor", "omega": "nemesis.omega", "lr": "optim.lr", "batch_size": "optim.batch_size",
-    "recipe": "recipe",
+    "recipe": "recipe", "protocol": "protocol",
 }  # fmt: skip
 
 
@@ -206,13 +215,15 @@ def build_run_config(
     pun: bool = False,
     pan: bool = False,
     beta: float | None = None,
+    purpose: str = "train",
     **flags,
 ):
     """Layer defaults < config file < explicit flags < --set into a validated RunConfig, then apply the recipe.
 
     ``flags`` are the command's config flags by parameter name (:data:`PARAM_FIELDS`); only those named
     in ``given`` (typed on the command line, see :func:`given_options`) override the config file; with
-    ``given=None`` (a call from Python) all of them do. Nothing heavy is imported: bad values fail at once.
+    ``given=None`` (a call from Python) all of them do. ``purpose``: what the run is made for (``train`` or
+    ``corrupt``), which the paper recipe's epochs depend on. Nothing heavy is imported: bad values fail at once.
     """
     from nemesis_analysis.config import RunConfig, apply_recipe, load_config_file, parse_assignment, with_overrides
 
@@ -230,8 +241,7 @@ def build_run_config(
         layered["pretrained"] = "embedded" if layered.get("backbone", "nemesis-tiny") == "nemesis-tiny" else "openai"
     recipe = layered.pop("recipe", None)
     config = RunConfig.from_dict(with_overrides(RunConfig().to_dict(), layered), strict=True)
-    config, changed = apply_recipe(config, recipe)
+    config, changed = apply_recipe(config, recipe, purpose)
     if changed:
-        settings = ", ".join(f"{k}={v}" for k, v in changed.items())
-        console.print(f"recipe [bold]{recipe}[/]: {settings}", highlight=False)
+        console.print(f"recipe [bold]{recipe}[/]: {config.recipe_changes}", highlight=False)
     return config

@@ -41,6 +41,7 @@ from nemesis_analysis.cli.options import (
     PrecisionOpt,
     PretrainedOpt,
     PrintConfigOpt,
+    ProtocolOpt,
     PunOpt,
     QuietOpt,
     RecipeOpt,
@@ -104,6 +105,15 @@ def print_run_result(result) -> None:
         f"mean context norm {result.mean_norm:.4f}",
         highlight=False,
     )
+    print_evaluations(result)
+
+
+def print_evaluations(result) -> None:
+    """The protocol's evaluations of a run (base and new classes, or the transfer targets), one per line."""
+    for evaluation in result.extra.get("evaluations", []):
+        console.print(
+            f"  {evaluation.eval_dataset} {evaluation.eval_classes} classes: {evaluation.acc:.2f}%", highlight=False
+        )
 
 
 def print_config_and_stop(config) -> None:
@@ -139,6 +149,7 @@ def train(
     pan_factor: PanFactorOpt = 0.1,
     omega: OmegaOpt = "sigmoid",
     recipe: RecipeOpt = None,
+    protocol: ProtocolOpt = "fewshot",
     lr: LrOpt = 0.002,
     batch_size: BatchOpt = 32,
     config_file: ConfigFileOpt = None,
@@ -159,6 +170,7 @@ def train(
         backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
         ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
         pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
+        protocol=protocol,
     )  # fmt: skip
     if print_config:
         print_config_and_stop(config)
@@ -222,6 +234,7 @@ def corrupt(
     pan_factor: PanFactorOpt = 0.1,
     omega: OmegaOpt = "sigmoid",
     recipe: RecipeOpt = None,
+    protocol: ProtocolOpt = "fewshot",
     lr: LrOpt = 0.002,
     batch_size: BatchOpt = 32,
     config_file: ConfigFileOpt = None,
@@ -255,6 +268,8 @@ def corrupt(
         backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
         ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
         pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
+        protocol=protocol,
+        purpose="corrupt",
     )  # fmt: skip
     from nemesis_analysis.corrupt_ops import GridSpec, parse_int_list  # imports torch: only once the config is valid
 

@@ -1,0 +1,283 @@
+"""Evaluates a learned prompt on any dataset's test split (all, base or new classes) and records it in ``evaluations``.
+
+Image features come from the feature cache of the *whole* test split (shared with training and the
+corruption sweep); a class subset keeps its images and relabels them. Rows are appended under the
+store's run claim and only for keys not yet in the table, so a rerun adds nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nemesis_analysis import protocols, store
+from nemesis_analysis.artifacts import ARTIFACT_TENSORS, load_prompt
+from nemesis_analysis.choices import EvalClasses, Protocol, choice, plain
+from nemesis_analysis.config import PromptConfig, RunConfig
+from nemesis_analysis.data.base import DatasetSplits
+from nemesis_analysis.engine import accuracy_of, predict_variants
+from nemesis_analysis.errors import ConfigError, NoDataError
+from nemesis_analysis.features import image_features
+from nemesis_analysis.methods.coop import CoOp
+from nemesis_analysis.models import LoadedModel
+from nemesis_analysis.session import Session
+
+TABLE = "evaluations"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One (eval_dataset, eval_classes) result of a learned prompt."""
+
+    eval_dataset: str
+    eval_classes: str
+    acc: float  # top-1, percent
+    n_test: int
+    n_classes: int
+    reused: bool = False  # read from the table instead of computed
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.eval_dataset, self.eval_classes)
+
+
+@dataclass
+class LearnedPrompt:
+    """A saved prompt with the identity of the run that learned it."""
+
+    ctx: torch.Tensor  # (n_ctx, width) or (classes, n_ctx, width)
+    prompt_config: PromptConfig
+    classnames: list[str]  # the class names it was trained on
+    identity: dict  # the run's identity columns
+    protocol: Protocol
+    path: Path
+
+    @property
+    def csc(self) -> bool:
+        return self.ctx.dim() == 3
+
+
+# ------------------------------------------------------------------------------------------ pure math
+
+
+def restrict_to_classes(
+    features: torch.Tensor, labels: torch.Tensor, selected: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test rows whose label is in ``selected``, and their labels renumbered from 0 in sorted order."""
+    mapping = protocols.relabeler(selected)
+    keep = torch.tensor([int(label) in mapping for label in labels.tolist()], dtype=torch.bool)
+    new_labels = torch.tensor([mapping[int(label)] for label in labels[keep].tolist()], dtype=torch.long)
+    return features[keep], new_labels
+
+
+def subset_accuracy(loaded: LoadedModel, prompt: "LearnedPrompt", classnames: Sequence[str], features, labels) -> float:
+    """Top-1 accuracy (percent) of the prompt's context over ``classnames`` (a generic-context CoOp built for
+    them), through the engine's batched prediction."""
+    method = CoOp(loaded, list(classnames), prompt.prompt_config)
+    predictions = predict_variants(method, prompt.ctx[None], features.to(method.device))  # (1, n)
+    return float(accuracy_of(predictions, labels.cpu())[0])
+
+
+def masked_accuracy(
+    features: torch.Tensor, labels: torch.Tensor, parent_text: torch.Tensor, parent_indices: Sequence[int]
+) -> float:
+    """Accuracy over a class subset computed from the parent's logits (e.g. 1,000-way ImageNet) masked to it.
+
+    ``labels`` are subset labels (0 .. len(parent_indices) - 1); ``parent_indices[k]`` is subset class
+    k's column in the parent. Columns outside the subset are set to -inf before the argmax.
+    """
+    scores = features.to(parent_text.device) @ parent_text.T  # (n, parent classes)
+    index = torch.tensor(list(parent_indices), device=scores.device)
+    masked = torch.full_like(scores, float("-inf"))
+    masked[:, index] = scores[:, index]
+    lookup = torch.full((scores.shape[1],), -1, dtype=torch.long)
+    lookup[index.cpu()] = torch.arange(len(index))
+    predictions = lookup[masked.argmax(dim=1).cpu()]
+    return 100.0 * float((predictions == labels.cpu()).double().mean())
+
+
+# ------------------------------------------------------------------------------------------ prompts
+
+
+def run_prompt_dir(checkpoints_dir: Path | str, run_id: str) -> Path:
+    """The folder of a finished run's prompt, or a NoDataError naming the fix."""
+    folder = Path(checkpoints_dir) / run_id
+    if not (folder / ARTIFACT_TENSORS).is_file():
+        raise NoDataError(
+            f"run {run_id} has no saved prompt under {Path(checkpoints_dir)}; train it first or pass --checkpoints"
+        )
+    return folder
+
+
+def load_learned_prompt(path: Path | str) -> LearnedPrompt:
+    """Read a prompt artifact that records its run config (what ``nemesis train`` saves)."""
+    path = Path(path).expanduser()
+    ctx, meta = load_prompt(path)
+    if "config" not in meta or "prompt" not in meta:
+        raise ConfigError(f"{path} records no run config; evaluate prompts saved by `nemesis train`")
+    config = RunConfig.from_dict(meta["config"])
+    identity = config.identity(n_ctx=ctx.shape[-2]).as_row()
+    identity["run_id"] = meta.get("run_id", identity["run_id"])
+    return LearnedPrompt(
+        ctx=ctx.float(),
+        prompt_config=PromptConfig(**meta["prompt"]),
+        classnames=list(meta.get("classnames", [])),
+        identity=identity,
+        protocol=config.protocol,
+        path=path,
+    )
+
+
+# ------------------------------------------------------------------------------------------ evaluating
+
+
+def evaluate_context(
+    loaded: LoadedModel,
+    prompt: LearnedPrompt,
+    dataset: DatasetSplits,
+    classes: EvalClasses | str,
+    cache_dir: Path | None,
+    progress: bool = True,
+    name: str | None = None,
+) -> Evaluation:
+    """Accuracy of ``prompt``'s context on ``dataset``'s test split restricted to ``classes``, with their names.
+
+    ``name``: the ``eval_dataset`` to record (default ``dataset.name``; the name it was loaded by).
+    """
+    classes = choice(EvalClasses, classes, "class subset")
+    selected = protocols.selected_labels(range(dataset.num_classes), classes)
+    names = [dataset.classnames[label] for label in selected]
+    protocols.check_transfer(prompt.csc, prompt.classnames, names)
+    features, labels = image_features(loaded, dataset, dataset.test, cache_dir, progress)
+    features, labels = restrict_to_classes(features, labels, selected)
+    if labels.numel() == 0:
+        raise ConfigError(f"dataset {dataset.name} has no test images of its {classes.value} classes")
+    acc = subset_accuracy(loaded, prompt, names, features, labels)
+    return Evaluation(name or dataset.name, classes.value, acc, int(labels.numel()), len(names))
+
+
+def evaluate_masked(
+    loaded: LoadedModel,
+    prompt: LearnedPrompt,
+    subset: DatasetSplits,
+    parent: DatasetSplits,
+    cache_dir: Path | None,
+    progress: bool = True,
+) -> Evaluation:
+    """ImageNet-A/R the other way: the parent's (1,000-way) logits masked to ``subset``'s classes.
+
+    Equals :func:`evaluate_context` on ``subset`` (its own class list) for generic context: a class's text
+    feature does not depend on the other classes.
+    """
+    protocols.check_transfer(prompt.csc, prompt.classnames, parent.classnames)
+    features, labels = image_features(loaded, subset, subset.test, cache_dir, progress)
+    indices = protocols.subsequence_indices(subset.classnames, parent.classnames)
+    method = CoOp(loaded, parent.classnames, prompt.prompt_config)
+    with torch.no_grad():
+        text = method.text_features(prompt.ctx[None].to(method.device))[0]  # (parent classes, embed)
+        acc = masked_accuracy(features.to(method.device), labels, text, indices)
+    return Evaluation(subset.name, EvalClasses.ALL.value, acc, int(labels.numel()), len(indices))
+
+
+def evaluation_row(identity: dict, protocol: Protocol | str, evaluation: Evaluation) -> dict:
+    """One ``evaluations`` row: the trained run's identity columns plus the protocol and the result."""
+    return {
+        **identity,
+        "protocol": plain(choice(Protocol, protocol, "protocol")),
+        "eval_dataset": evaluation.eval_dataset,
+        "eval_classes": evaluation.eval_classes,
+        "acc": float(evaluation.acc),
+        "n_test": int(evaluation.n_test),
+        "n_classes": int(evaluation.n_classes),
+    }
+
+
+def _recorded(reports_dir: Path, run_id: str) -> dict[tuple[str, str], Evaluation]:
+    table = store.read_table(reports_dir, TABLE)
+    table = table[table["run_id"] == run_id]
+    found = {}
+    for r in table.itertuples(index=False):
+        found[(r.eval_dataset, r.eval_classes)] = Evaluation(
+            r.eval_dataset, r.eval_classes, float(r.acc), int(r.n_test), int(r.n_classes), reused=True
+        )
+    return found
+
+
+def evaluate_targets(
+    loaded: LoadedModel,
+    prompt: LearnedPrompt,
+    targets: Sequence[tuple[str, EvalClasses | str]],
+    load: Callable[[str], DatasetSplits],
+    reports_dir: Path | str,
+    cache_dir: Path | None,
+    progress: bool = True,
+) -> list[Evaluation]:
+    """Evaluate ``prompt`` on each (dataset name, classes) not yet recorded for its run, and append those rows.
+
+    ``load(name)`` returns a dataset. Targets already in the table are returned as recorded (reused).
+    """
+    run_id = str(prompt.identity["run_id"])
+    wanted = [(name, choice(EvalClasses, classes, "class subset").value) for name, classes in targets]
+    with store.claim(reports_dir, TABLE, run_id) as claim:
+        recorded = _recorded(Path(reports_dir), run_id)
+        fresh = [
+            evaluate_context(loaded, prompt, load(name), classes, cache_dir, progress, name=name)
+            for name, classes in dict.fromkeys(wanted)
+            if (name, classes) not in recorded
+        ]
+        claim.append([evaluation_row(prompt.identity, prompt.protocol, e) for e in fresh])
+    found = {**recorded, **{e.key: e for e in fresh}}
+    return [found[key] for key in wanted]
+
+
+def write_run_evaluations(
+    session: Session, config: RunConfig, run_dir: Path, loaded: LoadedModel | None = None
+) -> list[Evaluation]:
+    """After training ``config`` into ``run_dir``: the evaluations its protocol asks for (none for fewshot,
+    and then nothing is read), appended once. ``loaded``: the run's model (default: the session's)."""
+    plan = protocols.evaluation_plan(config.protocol, config.dataset)
+    if not plan:
+        return []
+    prompt = load_learned_prompt(run_dir)
+    loaded = loaded or model_for_prompt(session, prompt)
+    return evaluate_targets(
+        loaded, prompt, plan, session.dataset, session.reports_dir, session.feature_cache, session.progress
+    )
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+def model_for_prompt(session: Session, prompt: LearnedPrompt) -> LoadedModel:
+    """The session's frozen model the prompt was trained with, at its precision on CUDA (fp32 elsewhere)."""
+    cuda = session.torch_device().type == "cuda"
+    precision = (prompt.identity.get("precision") or None) if cuda else None
+    return session.model(prompt.identity["backbone"], prompt.identity["pretrained"], precision)
+
+
+def evaluate_saved(
+    session: Session,
+    *,
+    run_id: str | None = None,
+    prompt_path: Path | str | None = None,
+    dataset: str | None = None,
+    classes: EvalClasses | str = EvalClasses.ALL,
+) -> tuple[LearnedPrompt, Evaluation]:
+    """What ``nemesis evaluate`` does: one prompt (``run_id`` or ``prompt_path``) on one dataset's test split.
+
+    ``dataset`` defaults to the one the prompt was trained on; the row is appended unless already there.
+    """
+    if (run_id is None) == (prompt_path is None):
+        raise ConfigError("give exactly one of --run RUN_ID and --prompt PATH")
+    classes = choice(EvalClasses, classes, "class subset")
+    path = run_prompt_dir(session.checkpoints_dir, run_id) if run_id is not None else prompt_path
+    prompt = load_learned_prompt(path)
+    name = dataset or str(prompt.identity["dataset"])
+    (evaluation,) = evaluate_targets(
+        model_for_prompt(session, prompt), prompt, [(name, classes)], session.dataset, session.reports_dir,
+        session.feature_cache, session.progress,
+    )  # fmt: skip
+    return prompt, evaluation

@@ -1,0 +1,213 @@
+"""Where jobs run: in this process (``local``), or on long-lived Ray actors that keep models warm (``ray``).
+
+Both executors take jobs with ``submit`` and hand back :class:`Outcome` objects from ``wait``. A job that
+fails with our own error (bad data, bad config) or a bug is an outcome with ``retryable=False``; a worker
+that dies or runs out of memory gives ``retryable=True`` and the runner decides whether to retry. The Ray
+executor starts one actor per slot (``resources.num_cpus``/``num_gpus`` each), each with one Session whose
+model and dataset caches serve every job it runs, and replaces an actor that died.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+
+from nemesis_analysis.errors import ConfigError, NemesisError
+from nemesis_analysis.session import Session
+from nemesis_analysis.study import work
+from nemesis_analysis.study.plan import Job
+from nemesis_analysis.study.spec import Outputs, Study
+
+FORWARDED_ENV_PREFIXES = ("NEMESIS_", "HF_HUB_OFFLINE", "HF_HOME")  # the driver's settings that workers need
+
+
+@dataclass
+class Outcome:
+    job_id: str
+    ok: bool
+    summary: dict = field(default_factory=dict)
+    error: str = ""
+    retryable: bool = False  # a system failure (worker died, out of memory): worth another attempt
+    host: str = ""
+    seconds: float = 0.0  # time the job ran on its worker
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError))
+
+
+def execute(job: Job, session: Session) -> Outcome:
+    """Run one job here; every exception becomes a failed outcome (retryable only when out of memory)."""
+    started = time.perf_counter()
+    host = socket.gethostname()
+    try:
+        summary = work.run_job(job, session)
+    except NemesisError as error:
+        return Outcome(job.id, False, error=str(error), host=host, seconds=time.perf_counter() - started)
+    except Exception as error:  # a bug or a system failure: reported with its type, never silently
+        retryable = _is_out_of_memory(error)
+        if retryable:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        message = f"{type(error).__name__}: {error}"
+        return Outcome(job.id, False, error=message, retryable=retryable, host=host, seconds=time.perf_counter() - started)
+    return Outcome(job.id, True, summary=summary, host=host, seconds=time.perf_counter() - started)
+
+
+class LocalExecutor:
+    """Runs jobs one at a time in this process, in the order they are submitted."""
+
+    name = "local"
+
+    def __init__(self, study: Study):
+        self.session = work.session_for(study.outputs)
+        self.queue: list[Job] = []
+        self.capacity = 1
+
+    def start(self, num_jobs: int) -> None:
+        pass
+
+    @property
+    def running(self) -> int:
+        return len(self.queue)
+
+    def submit(self, job: Job) -> None:
+        self.queue.append(job)
+
+    def wait(self) -> list[Outcome]:
+        return [execute(self.queue.pop(0), self.session)] if self.queue else []
+
+    def close(self) -> None:
+        self.queue.clear()
+
+
+# ------------------------------------------------------------------------------------------------------- Ray
+
+
+def _worker_class(ray):
+    """The actor class (made here, so that importing this module does not need Ray)."""
+
+    class StudyWorker:
+        def __init__(self, outputs: Outputs, num_cpus: float):
+            import torch
+
+            import nemesis_analysis.runs  # noqa: F401 - imported once at start-up, not in the first job's time
+            import nemesis_analysis.train  # noqa: F401
+
+            torch.set_num_threads(max(1, int(num_cpus)))  # the CPUs this actor holds
+            self.session = work.session_for(outputs)
+
+        def run(self, job: dict) -> dict:
+            return asdict(execute(Job.from_dict(job), self.session))
+
+    return ray.remote(max_restarts=0, max_task_retries=0)(StudyWorker)
+
+
+def forwarded_env() -> dict[str, str]:
+    """Environment variables of the driver that workers get too (data and cache folders, offline mode)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+
+
+class RayExecutor:
+    """Runs jobs on Ray actors: ``address`` joins a cluster ("auto" or HOST:PORT), None starts a local Ray."""
+
+    name = "ray"
+
+    def __init__(self, study: Study, address: str | None = None, max_parallel: int | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("--executor ray needs Ray: pip install 'nemesis-analysis[ray]'") from None
+        self.ray, self.study = ray, study
+        self.resources = study.resources
+        self.max_parallel = max_parallel or self.resources.max_parallel
+        self.started_ray = False
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+            self.started_ray = True
+        self.worker_class = _worker_class(ray)
+        self.idle: list = []
+        self.pending: dict = {}  # object ref -> (job, actor)
+        self.warm: dict = {}  # actor -> dataset of its last job (sent the same dataset next, to reuse caches)
+        self.capacity = 0
+
+    def slots(self) -> int:
+        """How many jobs the cluster can hold at once with the study's per-job resources."""
+        total = self.ray.cluster_resources()
+        slots = math.floor(total.get("CPU", 0) / self.resources.num_cpus + 1e-9)
+        if self.resources.num_gpus > 0:
+            slots = min(slots, math.floor(total.get("GPU", 0) / self.resources.num_gpus + 1e-9))
+        if slots < 1:
+            raise ConfigError(
+                f"the Ray cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs, less than one job's "
+                f"resources.num_cpus={self.resources.num_cpus:g}, num_gpus={self.resources.num_gpus:g}; lower them"
+            )
+        return slots
+
+    def _new_actor(self):
+        env = forwarded_env()
+        options = {"num_cpus": self.resources.num_cpus, "num_gpus": self.resources.num_gpus}
+        if env:
+            options["runtime_env"] = {"env_vars": env}
+        return self.worker_class.options(**options).remote(self.study.outputs, self.resources.num_cpus)
+
+    def start(self, num_jobs: int) -> None:
+        count = min(self.slots(), num_jobs, self.max_parallel or num_jobs)
+        self.idle = [self._new_actor() for _ in range(max(count, 0))]
+        self.capacity = len(self.idle)
+
+    @property
+    def running(self) -> int:
+        return len(self.pending)
+
+    def submit(self, job: Job) -> None:
+        # Prefer an idle actor whose last job used the same dataset: its model and features are warm.
+        actor = next((a for a in self.idle if self.warm.get(a) == job.dataset), self.idle[0])
+        self.idle.remove(actor)
+        self.warm[actor] = job.dataset
+        self.pending[actor.run.remote(job.as_dict())] = (job, actor)
+
+    def wait(self, timeout: float = 1.0) -> list[Outcome]:
+        ray = self.ray
+        if not self.pending:
+            return []
+        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        outcomes = []
+        for ref in ready:
+            job, actor = self.pending.pop(ref)
+            try:
+                outcomes.append(Outcome(**ray.get(ref)))
+                self.idle.append(actor)
+            except ray.exceptions.RayTaskError as error:  # raised outside our handler (e.g. unpicklable)
+                outcomes.append(Outcome(job.id, False, error=str(error).splitlines()[0]))
+                self.idle.append(actor)
+            except ray.exceptions.RayError as error:  # the actor or its node died, or memory ran out
+                outcomes.append(Outcome(job.id, False, error=f"{type(error).__name__}: worker lost", retryable=True))
+                self.warm.pop(actor, None)
+                self.ray.kill(actor, no_restart=True)
+                self.idle.append(self._new_actor())
+        return outcomes
+
+    def close(self) -> None:
+        for actor in [*self.idle, *(actor for _, actor in self.pending.values())]:
+            self.ray.kill(actor, no_restart=True)
+        self.idle, self.pending = [], {}
+        if self.started_ray:
+            self.ray.shutdown()
+
+
+def make_executor(name: str, study: Study, address: str | None = None, max_parallel: int | None = None):
+    if name == "local":
+        return LocalExecutor(study)
+    elif name == "ray":
+        return RayExecutor(study, address, max_parallel)
+    else:
+        raise ConfigError(f"--executor {name!r}: choose local or ray")

@@ -1,0 +1,226 @@
+"""A study's grid expanded into jobs with ids and dependencies, what the tables say is done, and shards.
+
+Jobs: ``encode`` (test-image features, one per dataset and model) before the ``train`` jobs that use
+them; ``corrupt`` and ``evaluate`` after the ``train`` job of their run. A job's id is stable (it is built
+from the run_id and the corruption grid), so reruns, retries and shards agree on what each job is.
+Done means: the run is in ``reports/runs`` (train); every key of the grid is in ``reports/corruptions``
+for the run (corrupt); ``reports/jobs`` says done (encode, evaluate), or every job after an encode is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig, apply_recipe
+from nemesis_analysis.errors import ConfigError
+from nemesis_analysis.study import records
+from nemesis_analysis.study.spec import Study, StudyFileError
+
+KINDS: tuple[str, ...] = ("encode", "train", "corrupt", "evaluate")  # dependency order
+
+
+@dataclass(frozen=True, eq=False)
+class Job:
+    """One unit of work. ``payload`` holds configs and paths only (JSON-able), never models or tensors."""
+
+    id: str
+    kind: str  # encode, train, corrupt or evaluate
+    dataset: str
+    run_id: str  # "" for encode jobs
+    label: str  # for people: "digits nemesis-tiny 16-shot seed 1 coop"
+    deps: tuple[str, ...] = ()
+    payload: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Job":
+        return cls(**{**data, "deps": tuple(data["deps"])})
+
+
+def run_config(study: Study, dataset: str, backbone, shots: int, seed: int, method: str) -> RunConfig:
+    """The resolved RunConfig of one grid cell (precision and epochs filled in for the jobs' device)."""
+    grid = study.grid
+    try:
+        config = RunConfig(
+            dataset=dataset,
+            shots=shots,
+            seed=seed,
+            backbone=backbone.name,
+            pretrained=backbone.pretrained,
+            epochs=grid.epochs,
+            precision=grid.precision,
+            protocol=grid.protocol,
+            prompt=PromptConfig(**study.prompt),
+            nemesis=NemesisConfig(**study.variant(method)),
+            optim=OptimConfig(**study.optim),
+        )
+        config, _ = apply_recipe(config, grid.recipe)
+        device = study.outputs.device
+        device_type = "cpu" if device == "cpu" else "cuda" if device.startswith("cuda") else study.resources.device_type
+        return config.resolved(device_type)
+    except StudyFileError:
+        raise
+    except ConfigError as error:
+        raise StudyFileError(f"grid ({dataset}, {backbone.name}, {shots} shots, seed {seed}, {method}): {error}") from None
+
+
+def corrupt_grid(study: Study) -> dict:
+    """``corrupt_ops.expand_grid``'s keyword arguments from ``[corrupt]`` (its defaults where not given)."""
+    from nemesis_analysis import corrupt_ops
+
+    spec = study.corrupt
+    return {
+        "ops": list(spec.ops),
+        "positions": None if spec.positions is None else list(spec.positions),
+        "factors": list(corrupt_ops.DEFAULT_FACTORS if spec.factors is None else spec.factors),
+        "stds": list(corrupt_ops.DEFAULT_STDS if spec.stds is None else spec.stds),
+        "reps": corrupt_ops.DEFAULT_REPS if spec.reps is None else spec.reps,
+    }
+
+
+def _digest(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def expand_jobs(study: Study) -> list[Job]:
+    """Every job of the study, in dependency order (kinds in :data:`KINDS` order, grid order within)."""
+    grid = study.grid
+    by_kind: dict[str, dict[str, Job]] = {kind: {} for kind in KINDS}
+    corrupt = corrupt_grid(study) if study.corrupt is not None else None
+    cells = itertools.product(grid.datasets, grid.backbones, grid.shots, grid.seeds, grid.methods)
+    for dataset, backbone, shots, seed, method in cells:
+        config = run_config(study, dataset, backbone, shots, seed, method)
+        precision = config.precision.value
+        encode_id = f"encode:{dataset}:{config.backbone}:{config.pretrained}:{precision}"
+        by_kind["encode"].setdefault(
+            encode_id,
+            Job(encode_id, "encode", dataset, "", f"{dataset} {config.backbone} {config.pretrained} {precision}",
+                payload={"config": config.to_dict()}),
+        )  # fmt: skip
+        run_id = config.run_id
+        label = f"{dataset} {config.backbone} {shots}-shot seed {seed} {method}"
+        train_id = f"train:{run_id}"
+        by_kind["train"].setdefault(
+            train_id, Job(train_id, "train", dataset, run_id, label, (encode_id,), {"config": config.to_dict()})
+        )
+        if corrupt is not None and (study.corrupt.methods is None or method in study.corrupt.methods):
+            job_id = f"corrupt:{run_id}:{_digest(corrupt)}"
+            payload = {"config": config.to_dict(), "grid": corrupt, "chunk": study.corrupt.chunk}
+            by_kind["corrupt"].setdefault(job_id, Job(job_id, "corrupt", dataset, run_id, label, (train_id,), payload))
+        for target in study.evaluate.targets if study.evaluate is not None else ():
+            job_id = f"evaluate:{run_id}:{target}:{study.evaluate.classes}"
+            payload = {"config": config.to_dict(), "target": target, "classes": study.evaluate.classes}
+            by_kind["evaluate"].setdefault(
+                job_id, Job(job_id, "evaluate", dataset, run_id, f"{label} -> {target}", (train_id,), payload)
+            )
+    return [job for kind in KINDS for job in by_kind[kind].values()]
+
+
+# ----------------------------------------------------------------------------------------------- done-detection
+
+
+def expected_corruption_keys(job: Job) -> set[tuple]:
+    """The (op, position, factor, rep) keys a corrupt job writes for its run."""
+    from nemesis_analysis import corrupt_ops
+    from nemesis_analysis.prompts import backbone_tokenizer, resolve_n_ctx
+
+    config = RunConfig.from_dict(job.payload["config"])
+    n_ctx = resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
+    return {c.key() for c in corrupt_ops.expand_grid(n_ctx, **job.payload["grid"])}
+
+
+def done_jobs(study: Study, jobs: list[Job]) -> set[str]:
+    """Ids of the jobs whose results are already in the tables."""
+    from nemesis_analysis import store
+
+    reports = study.outputs.reports
+    runs = set(store.read_table(reports, "runs")["run_id"])
+    corruptions = store.read_table(reports, "corruptions")
+    found: dict[str, set] = {}
+    for run_id, frame in corruptions.groupby("run_id"):
+        found[run_id] = set(frame[["op", "position", "factor", "rep"]].itertuples(index=False, name=None))
+    recorded = records.latest_states(reports)
+    done: set[str] = set()
+    for job in jobs:
+        if job.kind == "train" and job.run_id in runs:
+            done.add(job.id)
+        elif job.kind == "corrupt" and expected_corruption_keys(job) <= found.get(job.run_id, set()):
+            done.add(job.id)
+        elif job.kind in ("encode", "evaluate") and recorded.get(job.id) == "done":
+            done.add(job.id)
+    dependents: dict[str, list[str]] = {}
+    for job in jobs:
+        for dep in job.deps:
+            dependents.setdefault(dep, []).append(job.id)
+    for job in jobs:  # an encode whose every dependent is done has nothing left to feed
+        after = dependents.get(job.id, [])
+        if job.kind == "encode" and after and all(j in done for j in after):
+            done.add(job.id)
+    return done
+
+
+@dataclass
+class Plan:
+    study: Study
+    jobs: list[Job]
+    done: set[str]
+    records: pd.DataFrame  # the latest reports/jobs row of each job of this study
+
+    @property
+    def todo(self) -> list[Job]:
+        return [job for job in self.jobs if job.id not in self.done]
+
+    def __post_init__(self) -> None:
+        self.recorded: dict[str, str] = dict(zip(self.records["job_id"], self.records["state"]))
+
+    def state(self, job: Job) -> str:
+        """done, failed, blocked, running or todo (failed/blocked/running as last recorded in reports/jobs)."""
+        if job.id in self.done:
+            return "done"
+        recorded = self.recorded.get(job.id, "")
+        return recorded if recorded in ("failed", "blocked", "running") else "todo"
+
+
+def make_plan(study: Study) -> Plan:
+    jobs = expand_jobs(study)
+    ids = {job.id for job in jobs}
+    table = records.read_jobs(study.outputs.reports)
+    return Plan(study, jobs, done_jobs(study, jobs), table[table["job_id"].isin(ids)].reset_index(drop=True))
+
+
+# ------------------------------------------------------------------------------------------------------ shards
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 0 <= I < N."""
+    index, sep, count = text.partition("/")
+    try:
+        shard, total = int(index), int(count)
+    except ValueError:
+        shard, total = -1, 0
+    if not sep or total < 1 or not 0 <= shard < total:
+        raise ConfigError(f"--shard {text!r} must be I/N with 0 <= I < N, e.g. --shard 0/4")
+    return shard, total
+
+
+def shard_of(job: Job, total: int) -> int:
+    """The shard a job belongs to: by run_id, so a run's train, corrupt and evaluate jobs stay together."""
+    group = job.run_id or job.id
+    return int(hashlib.sha256(group.encode()).hexdigest()[:12], 16) % total
+
+
+def select_jobs(plan: Plan, shard: tuple[int, int] | None = None) -> list[Job]:
+    """The jobs this invocation should run: not done, and in the shard when one is given (dependency order)."""
+    todo = plan.todo
+    if shard is None:
+        return todo
+    index, total = shard
+    return [job for job in todo if shard_of(job, total) == index]

@@ -1,0 +1,149 @@
+"""Study files, plans and shards (no Ray): exact jobs and dependencies, refused keys, done-detection, shards."""
+
+from __future__ import annotations
+
+import pytest
+from study_helpers import write_tiny_study
+from typer.testing import CliRunner
+
+from nemesis_analysis.cli import app
+from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig
+from nemesis_analysis.errors import ConfigError
+from nemesis_analysis.data.registry import load_dataset
+from nemesis_analysis.study import costs, records, spec
+from nemesis_analysis.study.plan import expand_jobs, expected_corruption_keys, make_plan, parse_shard, select_jobs
+from nemesis_analysis.study.runner import run_study
+from nemesis_analysis.study.spec import StudyFileError, load_study, parse_study
+from nemesis_analysis.study.template import TEMPLATE
+
+runner = CliRunner()
+
+
+def _run_id(seed: int, beta: float | None) -> str:
+    config = RunConfig(
+        dataset="digits", shots=2, seed=seed, backbone="nemesis-tiny", pretrained="embedded", epochs=2,
+        prompt=PromptConfig(n_ctx=4), nemesis=NemesisConfig(beta=beta), optim=OptimConfig(),
+    )  # fmt: skip
+    return config.resolved("cpu").run_id
+
+
+def test_plan_gives_exactly_the_expected_jobs_and_dependencies(tmp_path):
+    study = load_study(write_tiny_study(tmp_path, tmp_path / "none"))
+    jobs = expand_jobs(study)
+    encode = "encode:digits:nemesis-tiny:embedded:fp32"
+    run_ids = [_run_id(seed, beta) for seed in (1, 2) for beta in (None, 1.0)]  # grid order: seeds, then methods
+    assert [job.id for job in jobs if job.kind == "encode"] == [encode]
+    assert [(job.id, job.deps) for job in jobs if job.kind == "train"] == [(f"train:{r}", (encode,)) for r in run_ids]
+    corrupt = [job for job in jobs if job.kind == "corrupt"]
+    assert [(job.run_id, job.deps) for job in corrupt] == [(r, (f"train:{r}",)) for r in run_ids]
+    assert len(jobs) == 9 and len({job.id for job in jobs}) == 9
+    assert expected_corruption_keys(corrupt[0]) == {("none", -1, 1.0, 0), ("rescale", 0, 0.5, 0), ("rescale", 1, 0.5, 0)}
+    cost = costs.estimate(jobs, records.read_job_history(tmp_path / "reports")).set_index("kind")
+    n_test = len(load_dataset("digits").test)
+    assert cost.loc["encode", "images_encoded"] == n_test
+    # 4 runs x 2 epochs; x 2 shots x 10 classes images seen
+    assert (cost.loc["train", "epochs"], cost.loc["train", "train_images"]) == (4 * 2, 4 * 2 * 2 * 10)
+    assert cost.loc["corrupt", "variants"] == 4 * 3
+    # corrupt.methods narrows the sweeps; evaluate adds one job per run and target, after its train job
+    text = (tmp_path / "study.toml").read_text().replace("chunk = 1", 'chunk = 1\nmethods = ["pun"]')
+    (tmp_path / "narrow.toml").write_text(text + '\n[evaluate]\ntargets = ["digits"]\n')
+    jobs = expand_jobs(load_study(tmp_path / "narrow.toml"))
+    assert [job.run_id for job in jobs if job.kind == "corrupt"] == [run_ids[1], run_ids[3]]
+    assert [job.deps for job in jobs if job.kind == "evaluate"] == [(f"train:{r}",) for r in run_ids]
+
+
+@pytest.mark.parametrize(
+    "section, key",
+    [
+        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nseed = 3\n', "grid.seed: unknown key"),
+        ('[grid]\ndatasets = ["digits"]\nshots = [0]\nseeds = [1]\n', "grid.shots[0]: must be at least 1"),
+        ('[grid]\ndatasets = ["digitz"]\nshots = [4]\nseeds = [1]\n', "grid.datasets[0]: unknown dataset"),
+        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nmethods = ["pun2"]\n', "grid.methods: unknown method"),
+        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[variants.x]\nbeta = 2.0\n', "variants.x.beta: must lie"),
+        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[resources]\nnum_gpu = 1\n', "resources.num_gpu: unknown key"),
+        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[corrupt]\nfactors = "0.5"\n', "corrupt.factors: must be a list"),
+        ('[grids]\ndatasets = ["digits"]\n', "grids: unknown section"),
+    ],
+)
+def test_bad_study_files_are_refused_by_dotted_key(tmp_path, section, key):
+    with pytest.raises(StudyFileError) as error:
+        parse_study(spec.tomllib.loads(section))
+    assert str(error.value).startswith(key) and "\n" not in str(error.value)
+    path = tmp_path / "bad.toml"
+    path.write_text(section)
+    result = runner.invoke(app, ["study", "plan", str(path)])
+    assert result.exit_code == 2 and key in result.output
+
+
+def test_init_writes_a_template_that_plans_and_refuses_to_overwrite(tmp_path):
+    path = tmp_path / "new.toml"
+    assert runner.invoke(app, ["study", "init", str(path)]).exit_code == 0
+    assert path.read_text() == TEMPLATE
+    study = load_study(path)
+    assert (study.grid.datasets, study.grid.seeds, study.grid.methods) == (("digits",), (1, 2), ("coop", "pun"))
+    assert [job.kind for job in expand_jobs(study)].count("corrupt") == 4
+    result = runner.invoke(app, ["study", "init", str(path)])
+    assert result.exit_code == 2 and "--force" in result.output
+
+
+def test_parse_shard():
+    assert parse_shard("1/3") == (1, 3)
+    for bad in ("3/3", "-1/2", "1", "a/b", "0/0"):
+        with pytest.raises(ConfigError):
+            parse_shard(bad)
+
+
+def test_shards_cover_every_job_once_and_plan_counts_a_partial_run(tmp_path, tiny_session, checkpoints_dir):
+    study = load_study(write_tiny_study(tmp_path, checkpoints_dir)).with_outputs()
+    plan = make_plan(study)
+    assert len(plan.todo) == 9 and not plan.done
+    for total in (2, 3):
+        shards = [{job.id for job in select_jobs(plan, (i, total))} for i in range(total)]
+        assert sum(len(s) for s in shards) == 9 and set().union(*shards) == {job.id for job in plan.jobs}
+
+    first = run_study(plan, select_jobs(plan, (0, 2)), "local", progress=False)
+    after = make_plan(study)  # plan after a partial run: exactly what shard 0 finished is done
+    assert after.done == set(first.done) and len(after.todo) == 9 - len(first.done)
+    assert not first.failed and len(first.done) + len(first.waiting) == len(select_jobs(plan, (0, 2)))
+    second = run_study(after, select_jobs(after, (1, 2)), "local", progress=False)
+    last = make_plan(study)
+    third = run_study(last, select_jobs(last, (0, 2)), "local", progress=False)
+    final = make_plan(study)
+    assert final.done == {job.id for job in plan.jobs} and not final.todo
+    ran = [*first.done, *second.done, *third.done]
+    assert sorted(ran) == sorted(job.id for job in plan.jobs)  # every job ran, and only once
+    history = records.read_job_history(study.outputs.reports)
+    assert history[history["state"] == "running"]["job_id"].value_counts().max() == 1
+    result = runner.invoke(app, ["study", "status", str(study.path), "--json"])
+    assert result.exit_code == 0 and '"todo": 0' in result.output and '"done": 4' in result.output
+
+
+def test_help_of_every_study_command():
+    result = runner.invoke(app, ["study", "--help"])
+    assert result.exit_code == 0 and all(name in result.output for name in ("init", "plan", "run", "status"))
+    result = runner.invoke(app, ["study", "run", "--help"])
+    assert result.exit_code == 0
+    assert all(flag in result.output for flag in ("--executor", "--address", "--max-parallel", "--shard"))
+    for command in ("init", "plan", "status"):
+        assert runner.invoke(app, ["study", command, "--help"]).exit_code == 0
+
+
+def test_evaluate_jobs_record_each_trained_prompt_on_its_targets(tmp_path, tiny_session, checkpoints_dir):
+    """An [evaluate] section adds one job per run and target; evaluating a prompt on its own dataset gives
+    exactly the run's final test accuracy, and a rerun has nothing left to do."""
+    import pandas as pd
+
+    extra = '\n[evaluate]\ntargets = ["digits"]\nclasses = "all"\n'
+    text = write_tiny_study(tmp_path, checkpoints_dir).read_text().replace("seeds = [1, 2]", "seeds = [1]")
+    path = tmp_path / "study-eval.toml"
+    path.write_text(text.replace('methods = ["coop", "pun"]', 'methods = ["coop"]') + extra)
+    study = load_study(path).with_outputs()
+    plan = make_plan(study)
+    assert [job.kind for job in plan.todo].count("evaluate") == 1
+    report = run_study(plan, plan.todo, "local", progress=False)
+    assert not report.failed
+    runs = pd.read_parquet(study.outputs.reports / "runs")
+    evaluations = pd.read_parquet(study.outputs.reports / "evaluations")
+    assert len(evaluations) == 1 and evaluations["eval_dataset"].iloc[0] == "digits"
+    assert evaluations["acc"].iloc[0] == pytest.approx(runs["final_test_acc"].iloc[0], abs=1e-9)
+    assert not make_plan(study).todo
