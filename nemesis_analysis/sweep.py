@@ -217,8 +217,9 @@ def baseline_row(base_row: dict, base_norms: Tensor) -> dict:
     """The uncorrupted row: op "none", position -1, factor 1.0; both norms are the mean position norm."""
     mean_norm = float(base_norms.mean())
     op, position, factor, rep = NO_CORRUPTION.key()
-    return {**base_row, "op": op, "prompt_index": 0, "position": position, "factor": factor, "rep": rep, "acc": base_row["acc_original"],
-            "delta": 0.0, "norm_before": mean_norm, "norm_after": mean_norm, "low_norm_effect": False}  # fmt: skip
+    return {**base_row, "op": op, "prompt_index": 0, "position": position, "factor": factor, "rep": rep,
+            "acc": base_row["acc_original"], "delta": 0.0, "norm_before": mean_norm, "norm_after": mean_norm,
+            "low_norm_effect": False}  # fmt: skip
 
 
 def evaluate_chunk(
