@@ -26,7 +26,7 @@ from nemesis_analysis.errors import ConfigError, NoDataError
 logger = logging.getLogger(__name__)
 
 # What a paper table aggregates over: seeds vary inside a group, nothing else does.
-GROUP_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "shots", "method")
+GROUP_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "shots", "prompt_method", "method")
 # One corruption observation within the table: run_id plus schema.CORRUPTION_KEY.
 _KEY: tuple[str, ...] = schema.KEYS["corruptions"]
 CORRUPTION_OPS: tuple[str, ...] = ("rescale", "replace")
@@ -60,7 +60,7 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], what: str) -> None
 
 def dedupe_corruptions(corruptions: pd.DataFrame) -> pd.DataFrame:
     """Keep the last row per (run_id, op, position, factor, rep, eval_classes); later rows are newer results."""
-    corruptions = schema.with_column_defaults("corruptions", corruptions)  # frames without eval_classes
+    corruptions = schema.with_column_defaults("corruptions", corruptions)  # e.g. eval_classes, prompt_method
     key = [c for c in _KEY if c in corruptions.columns]
     if not key or corruptions.empty:
         return corruptions.reset_index(drop=True)
@@ -73,7 +73,7 @@ def rows_for_view(
 ) -> pd.DataFrame:
     """The rows a view aggregates: every class subset when ``by`` groups by ``eval_classes``, else only the
     rows of ``eval_classes`` (default "all"), so base2new's base and new rows are never pooled with them."""
-    corruptions = schema.with_column_defaults("corruptions", corruptions)  # frames without eval_classes
+    corruptions = schema.with_column_defaults("corruptions", corruptions)  # e.g. eval_classes, prompt_method
     if "eval_classes" in by or "eval_classes" not in corruptions.columns:
         return corruptions
     return corruptions[corruptions["eval_classes"] == eval_classes]
@@ -289,6 +289,7 @@ def summarize_runs(runs: pd.DataFrame, by: Sequence[str] = GROUP_COLUMNS) -> pd.
     `num_seeds`.
     """
     by = list(by)
+    runs = schema.with_column_defaults("runs", runs)  # e.g. prompt_method for rows from before it
     values = ["final_test_acc", "zero_shot_acc"]
     columns = [*by, *(f"{v}_{s}" for v in values for s in ("mean", "std")), "num_seeds"]
     require_columns(runs, [*by, "seed", *values], "runs table")

@@ -14,21 +14,20 @@ is the one check that a context fits a loaded prompt method.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import pickle
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from nemesis_analysis.choices import plain
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ModelError
 from nemesis_analysis.fsio import atomic_path, atomic_write_json
+from nemesis_analysis.safeload import DamagedFileError, load_safetensors, read_json, torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -41,23 +40,43 @@ DASSL_SUBFOLDER = "prompt_learner"  # CoOp's trainer registers its learner under
 # ------------------------------------------------------------------------------------------ our artifact
 
 
-def save_prompt(directory: Path, ctx: Tensor, metadata: dict) -> Path:
-    """Write ``prompt.safetensors`` (the context) and ``prompt.json`` (config, class names...), atomically."""
+def save_prompt(directory: Path, ctx: Tensor, metadata: dict, extra: dict[str, Tensor] | None = None) -> Path:
+    """Write ``prompt.safetensors`` (the context, plus a method's ``extra`` tensors such as CoCoOp's
+    meta-network) and ``prompt.json`` (config, class names...), atomically."""
     directory = Path(directory)
+    tensors = {"ctx": ctx, **(extra or {})}
     with atomic_path(directory / ARTIFACT_TENSORS, "the prompt artifact") as tmp:
-        save_file({"ctx": ctx.detach().float().cpu().contiguous()}, str(tmp))
+        save_file({name: t.detach().float().cpu().contiguous() for name, t in tensors.items()}, str(tmp))
     atomic_write_json(directory / ARTIFACT_META, plain(metadata), "the prompt metadata")
     return directory
 
 
-def load_prompt(path: Path) -> tuple[Tensor, dict]:
-    """Read our prompt artifact (its folder or its .safetensors/.json file): (ctx, metadata)."""
+PROMPT_FIX = "save the prompt again, or pass another --prompt"
+
+
+def load_prompt(path: Path, fix: str = PROMPT_FIX) -> tuple[Tensor, dict]:
+    """Read our prompt artifact (its folder or its .safetensors/.json file): (ctx, metadata).
+
+    A damaged file is a one-line :class:`~nemesis_analysis.safeload.DamagedFileError` naming it and ending
+    in ``fix`` (a run folder passes "retrain with --force...").
+    """
+    tensors, metadata = load_prompt_tensors(path, fix)
+    return tensors["ctx"], metadata
+
+
+def load_prompt_tensors(path: Path, fix: str = PROMPT_FIX) -> tuple[dict[str, Tensor], dict]:
+    """Every tensor of our prompt artifact by name (``ctx`` and a method's extras), and its metadata."""
     path = Path(path)
     directory = path if path.is_dir() else path.parent
     tensors, meta = directory / ARTIFACT_TENSORS, directory / ARTIFACT_META
     if not tensors.is_file() or not meta.is_file():
         raise ModelError(f"{path} is not a prompt artifact: expected {ARTIFACT_TENSORS} and {ARTIFACT_META} there")
-    return load_file(str(tensors))["ctx"], json.loads(meta.read_text())
+    loaded = load_safetensors(tensors, fix, "prompt file")
+    metadata = read_json(meta, fix, "prompt file")
+    if "ctx" not in loaded or not isinstance(metadata, dict):
+        what = f"no 'ctx' tensor in {tensors}" if "ctx" not in loaded else f"{meta} holds no JSON object"
+        raise DamagedFileError(f"prompt file is damaged ({what}); {fix}")
+    return loaded, metadata
 
 
 def is_artifact(path: Path) -> bool:
@@ -92,14 +111,7 @@ def read_dassl_checkpoint(path: Path) -> tuple[torch.Tensor, dict]:
     A PLOT checkpoint (see :func:`plot_prompts_of`) gives ``ctx`` (N, n_ctx, width) and metadata with
     ``method: "plot"``, ``num_prompts`` N and ``num_classes``."""
     path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise ModelError(
-            f"cannot read CoOp checkpoint {path} safely ({first}); it must hold only tensors and plain values "
-            "(torch.load weights_only=True)"
-        ) from None
+    checkpoint = torch_load(path, "CoOp checkpoint")
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or "ctx" not in state:
         keys = sorted(state)[:8] if isinstance(state, dict) else type(checkpoint).__name__
@@ -112,7 +124,8 @@ def read_dassl_checkpoint(path: Path) -> tuple[torch.Tensor, dict]:
         shape = tuple(ctx.shape) if isinstance(ctx, torch.Tensor) else type(ctx).__name__
         raise ModelError(f"{path}: 'ctx' must be (n_ctx, width) or (num_classes, n_ctx, width), got {shape}")
     ctx = ctx.detach().float().cpu()
-    ignored = sorted(k for k in state if k != "ctx")
+    meta_net = read_cocoop_meta_net(state, int(ctx.shape[-1]), path)
+    ignored = sorted(k for k in state if k != "ctx" and k not in meta_net)
     if ignored:
         logger.info("%s: using ctx, ignoring %s (rebuilt from the model)", path.name, ", ".join(ignored))
     metadata = {
@@ -123,11 +136,13 @@ def read_dassl_checkpoint(path: Path) -> tuple[torch.Tensor, dict]:
         "n_ctx": int(ctx.shape[-2]),
         "width": int(ctx.shape[-1]),
     }
+    if meta_net:
+        metadata.update(prompt_method="cocoop", tensors=meta_net)
     num_prompts = plot_prompts_of(state)
     if num_prompts is not None:
         num_classes = int(state["token_prefix"].shape[0]) // num_prompts
-        metadata.update(source="plot-checkpoint", method="plot", csc=False, num_prompts=num_prompts,
-                        num_classes=num_classes)  # fmt: skip
+        metadata.update(source="plot-checkpoint", method="plot", prompt_method="plot", csc=False,
+                        num_prompts=num_prompts, num_classes=num_classes)  # fmt: skip
     return ctx, metadata
 
 
@@ -147,9 +162,35 @@ def plot_prompts_of(state: dict) -> int | None:
     return prompts
 
 
+COCOOP_META_NET_KEYS = ("meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight",
+                        "meta_net.linear2.bias")  # fmt: skip
+
+
+def read_cocoop_meta_net(state: dict, width: int, path: Path) -> dict[str, Tensor]:
+    """CoCoOp's meta-network from a Dassl prompt-learner state dict (fp32), shapes checked; {} for CoOp.
+
+    Official layout: ``linear1`` (hidden, embed), ``linear2`` (width, hidden), each with a bias.
+    """
+    present = [k for k in COCOOP_META_NET_KEYS if k in state]
+    if not present:
+        return {}
+    if len(present) != len(COCOOP_META_NET_KEYS) or not all(isinstance(state[k], Tensor) for k in present):
+        missing = sorted(set(COCOOP_META_NET_KEYS) - set(present))
+        raise ModelError(f"{path}: CoCoOp meta-network is incomplete (missing {missing}); pass the whole prompt_learner checkpoint")
+    w1, b1, w2, b2 = (state[k].detach().float().cpu() for k in COCOOP_META_NET_KEYS)
+    hidden = w1.shape[0] if w1.dim() == 2 else -1
+    if w1.dim() != 2 or tuple(b1.shape) != (hidden,) or tuple(w2.shape) != (width, hidden) or tuple(b2.shape) != (width,):
+        shapes = [tuple(t.shape) for t in (w1, b1, w2, b2)]
+        raise ModelError(
+            f"{path}: CoCoOp meta-network shapes {shapes} do not fit a context of width {width} "
+            "(expected (hidden, embed), (hidden,), (width, hidden), (width,))"
+        )
+    return dict(zip(COCOOP_META_NET_KEYS, (w1, b1, w2, b2)))
+
+
 def read_bare_tensor(path: Path) -> tuple[Tensor, dict]:
     """(ctx, metadata) from a ``.safetensors`` file holding one tensor or a ``ctx`` tensor."""
-    tensors = load_file(str(path))
+    tensors = load_safetensors(path, PROMPT_FIX, "prompt file")
     if "ctx" not in tensors and len(tensors) != 1:
         raise ModelError(f"{path} holds {len(tensors)} tensors and none is named 'ctx'; save the context alone")
     ctx = tensors.get("ctx", next(iter(tensors.values())))
@@ -168,6 +209,7 @@ class AnalysisPrompt:
     metadata: dict  # the artifact's metadata plus "source" and "path"
     prompt_config: PromptConfig | None  # the layout recorded with the context, when recorded
     path: Path
+    tensors: dict[str, Tensor] = field(default_factory=dict)  # a method's other tensors (CoCoOp's meta-network)
 
     @property
     def n_ctx(self) -> int:
@@ -178,9 +220,19 @@ class AnalysisPrompt:
         return self.ctx.dim() == 3 and not self.is_plot
 
     @property
+    def num_prompts(self) -> int:
+        """Prompts per class: N of a PLOT context (N, n_ctx, width), else 1."""
+        return int(self.metadata.get("num_prompts", self.ctx.shape[0])) if self.is_plot else 1
+
+    @property
+    def n_positions(self) -> int:
+        """Flat positions the corruption grid expands over: num_prompts * n_ctx."""
+        return self.num_prompts * self.n_ctx
+
+    @property
     def is_plot(self) -> bool:
         """A PLOT context (N, n_ctx, width): recorded by our artifact or recognised in an official checkpoint."""
-        return self.metadata.get("method") == "plot"
+        return "plot" in (self.metadata.get("method"), self.metadata.get("prompt_method"))
 
 
 def read_prompt(path: Path | str) -> AnalysisPrompt:
@@ -193,19 +245,22 @@ def read_prompt(path: Path | str) -> AnalysisPrompt:
         )
     if is_artifact(path):
         directory = path if path.is_dir() else path.parent
-        ctx, metadata = load_prompt(directory)
+        tensors, metadata = load_prompt_tensors(directory)
+        ctx = tensors.pop("ctx")
         metadata, tensor_file = {**metadata, "source": "artifact", "path": str(directory)}, directory / ARTIFACT_TENSORS
     elif (checkpoint := find_dassl_checkpoint(path)) is not None:
         (ctx, metadata), tensor_file = read_dassl_checkpoint(checkpoint), checkpoint
+        tensors = metadata.pop("tensors", {})
     elif path.is_file() and path.suffix == ".safetensors":
-        (ctx, metadata), tensor_file = read_bare_tensor(path), path
+        (ctx, metadata), tensor_file, tensors = read_bare_tensor(path), path, {}
     else:
         raise ModelError(
             f"{path} is neither a prompt artifact ({ARTIFACT_TENSORS} + {ARTIFACT_META}) nor a CoOp checkpoint "
             f"({DASSL_SUBFOLDER}/model.pth.tar-N) nor a .safetensors tensor file"
         )
     run_id = metadata.get("run_id") or f"file-{hashlib.sha256(tensor_file.read_bytes()).hexdigest()[:12]}"
-    return AnalysisPrompt(ctx.float(), str(run_id), metadata, recorded_layout(metadata, ctx), path)
+    return AnalysisPrompt(ctx.float(), str(run_id), metadata, recorded_layout(metadata, ctx), path,
+                          {name: t.float() for name, t in tensors.items()})  # fmt: skip
 
 
 def recorded_layout(metadata: dict, ctx: Tensor) -> PromptConfig | None:

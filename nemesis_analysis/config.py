@@ -9,6 +9,7 @@ and names the field by its dotted name (``nemesis.beta``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -23,6 +24,7 @@ from nemesis_analysis.choices import (
     NormType,
     OmegaSchedule,
     Precision,
+    PromptMethodName,
     Protocol,
     choice,
     plain,
@@ -133,9 +135,11 @@ def validate_fields(config) -> None:
 
 @dataclass
 class PromptConfig:
-    """How the learnable context is laid out (CoOp)."""
+    """The prompt method and how its learnable context is laid out."""
 
     SECTION: ClassVar[str] = "prompt"
+    method: PromptMethodName = spec(PromptMethodName.COOP, in_id=IN_ID_UNLESS_DEFAULT,
+                                    help="prompt method: coop, cocoop, plot or kgcoop")
     n_ctx: int = spec(16, check=at_least_one, help="number of context vectors M")
     csc: bool = spec(False, help="class-specific context: one set of M vectors per class")
     class_token_position: ClassTokenPosition = spec(ClassTokenPosition.END, help="where the class name goes")
@@ -143,6 +147,7 @@ class PromptConfig:
     init_std: float = spec(0.02, check=non_negative, help="std of the N(0, std^2) init when ctx_init is None")
 
     def __post_init__(self) -> None:
+        self.method = choice(PromptMethodName, self.method, "prompt method")
         self.class_token_position = choice(ClassTokenPosition, self.class_token_position, "class-token position")
         if isinstance(self.ctx_init, str) and not self.ctx_init.strip():
             self.ctx_init = None
@@ -221,6 +226,30 @@ class OptimConfig:
 
 
 @dataclass
+class PlotConfig:
+    """PLOT's options (``--method plot`` only)."""
+
+    SECTION: ClassVar[str] = "plot"
+    METHOD: ClassVar[PromptMethodName] = PromptMethodName.PLOT
+    num_prompts: int = spec(4, check=at_least_one, help="PLOT: prompts per class N, matched by optimal transport")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+@dataclass
+class KgCoOpConfig:
+    """KgCoOp's options (``--method kgcoop`` only)."""
+
+    SECTION: ClassVar[str] = "kgcoop"
+    METHOD: ClassVar[PromptMethodName] = PromptMethodName.KGCOOP
+    weight: float = spec(8.0, check=non_negative, help="KgCoOp: weight lambda of the hand-crafted-prompt term")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+@dataclass
 class RunConfig:
     """Everything that determines a trained prompt. ``run_id`` hashes all of it."""
 
@@ -235,11 +264,17 @@ class RunConfig:
     prompt: PromptConfig = spec(default_factory=PromptConfig)
     nemesis: NemesisConfig = spec(default_factory=NemesisConfig)
     optim: OptimConfig = spec(default_factory=OptimConfig)
+    plot: PlotConfig = spec(default_factory=PlotConfig)
+    kgcoop: KgCoOpConfig = spec(default_factory=KgCoOpConfig)
     recipe: str | None = spec(None, in_id=IN_ID_NEVER,
                               help="a named recipe whose settings were applied (recorded, not hashed)")
     recipe_changes: str = spec("", in_id=IN_ID_NEVER, help="the settings the recipe changed (recorded, not hashed)")
     protocol: Protocol = spec(Protocol.FEWSHOT, in_id=IN_ID_UNLESS_DEFAULT,
                               help="fewshot, base2new, crossdataset or dg (hashed unless fewshot)")
+    allow_missing_classes: bool = spec(False, in_id=IN_ID_UNLESS_DEFAULT,
+                                       help="train even when classes have fewer training images than shots")
+    dataset_fingerprint: str = spec("", in_id=IN_ID_UNLESS_DEFAULT,
+                                    help="content fingerprint of a custom dataset (filled in when it is loaded)")
 
     def __post_init__(self) -> None:
         self.protocol = choice(Protocol, self.protocol, "protocol")
@@ -249,6 +284,8 @@ class RunConfig:
             if not isinstance(getattr(self, name), section):
                 raise FieldError(name, f"{name} must be a {section.__name__}, got {getattr(self, name)!r}")
         validate_fields(self)
+        check_method_options(self)
+
     @property
     def num_epochs(self) -> int:
         return self.epochs if self.epochs is not None else coop_epochs(self.shots, self.dataset)
@@ -256,6 +293,24 @@ class RunConfig:
     @property
     def method(self) -> str:
         return self.nemesis.method
+
+    @property
+    def prompt_method(self) -> str:
+        """The ``prompt_method`` column: coop, cocoop, plot or kgcoop."""
+        return self.prompt.method.value
+
+    @property
+    def num_prompts(self) -> int:
+        """Prompts per class: ``plot.num_prompts`` for PLOT, 1 for the other methods (flat positions = this * n_ctx)."""
+        return self.plot.num_prompts if self.prompt_method == "plot" else 1
+
+    def method_options(self):
+        """The options section of this run's prompt method (PlotConfig, KgCoOpConfig), or None."""
+        for name in METHOD_SECTIONS:
+            section = getattr(self, name)
+            if section.METHOD == self.prompt.method:
+                return section
+        return None
 
     def resolved(self, device_type: str) -> "RunConfig":
         """A copy with defaults that depend on the device filled in (precision, epochs)."""
@@ -287,6 +342,13 @@ class RunConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def with_dataset_fingerprint(self, fingerprint: str) -> "RunConfig":
+        """A copy naming the loaded dataset's content (custom datasets; "" for built-ins), so two
+        different folders with the same spec never share a run id."""
+        if fingerprint == self.dataset_fingerprint:
+            return self
+        return dataclasses.replace(self, dataset_fingerprint=fingerprint)
+
     @property
     def run_id(self) -> str:
         """A 12-hex-digit hash of the config's identity fields (see :func:`id_fields`)."""
@@ -307,6 +369,7 @@ class RunConfig:
             csc=self.prompt.csc,
             class_token_position=plain(self.prompt.class_token_position),
             precision=plain(self.precision) if self.precision is not None else "",
+            prompt_method=self.prompt_method,
         )
 
     def identity_columns(self) -> dict:
@@ -334,19 +397,51 @@ class RunConfig:
         return flat
 
 
+NESTED = {
+    "prompt": PromptConfig,
+    "nemesis": NemesisConfig,
+    "optim": OptimConfig,
+    "plot": PlotConfig,
+    "kgcoop": KgCoOpConfig,
+}
+METHOD_SECTIONS = ("plot", "kgcoop")  # option sections that belong to one prompt method each
+
+
+def check_method_options(config: RunConfig) -> None:
+    """Refuse options of a prompt method other than the run's (e.g. plot.num_prompts with --method coop),
+    and class-specific context for CoCoOp (one generic context shifted per image)."""
+    if config.prompt.method == PromptMethodName.COCOOP and config.prompt.csc:
+        raise FieldError("prompt.csc", "CoCoOp learns one generic context shifted per image; drop --csc")
+    for name in METHOD_SECTIONS:
+        section = getattr(config, name)
+        if section.METHOD == config.prompt.method:
+            continue
+        default = type(section)()
+        for item in fields(section):
+            if getattr(section, item.name) != getattr(default, item.name):
+                dotted = f"{name}.{item.name}"
+                raise FieldError(
+                    dotted, f"{dotted} applies to --method {section.METHOD.value} only; drop it or pass that method"
+                )
+
+
 def id_fields(config: RunConfig) -> dict:
-    """``config.to_dict()`` less what run_id ignores: bookkeeping fields, and fields added after run ids
-    were first recorded while they hold their default (so existing runs keep their ids)."""
+    """``config.to_dict()`` less what run_id ignores: bookkeeping fields, fields added after run ids were first
+    recorded while they hold their default (so existing runs keep their ids), and the option sections of
+    prompt methods other than the run's, whole (an empty section left behind would change every id)."""
     data = config.to_dict()
-    for cls, target in [(RunConfig, data)] + [(section, data[name]) for name, section in NESTED.items()]:
+    for name in METHOD_SECTIONS:
+        if NESTED[name].METHOD != config.prompt.method:
+            data.pop(name)
+    sections = [(section, data[name]) for name, section in NESTED.items() if name in data]
+    for cls, target in [(RunConfig, data)] + sections:
         for item in fields(cls):
+            if item.name not in target:  # a method section dropped above
+                continue
             rule = item.metadata.get("in_id", IN_ID_ALWAYS)
             if rule == IN_ID_NEVER or (rule == IN_ID_UNLESS_DEFAULT and target[item.name] == plain(item.default)):
                 target.pop(item.name)
     return data
-
-
-NESTED = {"prompt": PromptConfig, "nemesis": NemesisConfig, "optim": OptimConfig}
 
 
 # ------------------------------------------------------------------- dotted names, overrides, config files
@@ -477,7 +572,7 @@ def to_toml(config: "RunConfig") -> str:
 # Named, explicit bundles of settings. The reference code hides some of these behind dataset names;
 # here they apply only when asked for, and what they changed is printed and recorded in the run.
 
-RECIPES = ("coop", "paper")
+RECIPES = ("coop", "paper", "cocoop")
 RECIPE_PURPOSES = ("train", "corrupt")  # what the run is made for: its own sake, or a corruption sweep
 PAPER_PAN_DATASETS = ("food101", "oxford_pets")  # reference: omega = 1 for every beta, PAN's weight 50
 PAPER_PAN_WEIGHT = 50.0
@@ -497,6 +592,25 @@ def coop_settings(config: RunConfig) -> tuple[dict, dict]:
         "optim.drop_last": True,
     }
     return changed, {"epochs": "CoOp table"}
+
+
+def cocoop_settings() -> tuple[dict, dict]:
+    """CoCoOp's base-to-new recipe: ViT-B/16, 16 shots, batch 1, 10 epochs, SGD 0.002 with CoOp's schedule,
+    4 context vectors from "a photo of a", class token at the end. Returns (settings, notes)."""
+    changed = {
+        "prompt.method": "cocoop",
+        "backbone": "ViT-B-16",
+        "pretrained": "openai",
+        "shots": 16,
+        "epochs": 10,
+        "optim.batch_size": 1,
+        "optim.lr": 0.002,
+        "prompt.n_ctx": 4,
+        "prompt.csc": False,
+        "prompt.class_token_position": "end",
+        "prompt.ctx_init": "a photo of a",
+    }
+    return changed, {}
 
 
 def paper_settings(config: RunConfig, purpose: str) -> tuple[dict, dict]:
@@ -536,6 +650,8 @@ def apply_recipe(config: RunConfig, name: str | None, purpose: str = "train") ->
         raise ConfigError(f"unknown recipe purpose {purpose!r}; choose one of: {', '.join(RECIPE_PURPOSES)}")
     if name == "coop":
         changed, notes = coop_settings(config)
+    elif name == "cocoop":
+        changed, notes = cocoop_settings()
     elif name == "paper":
         changed, notes = paper_settings(config, purpose)
     else:

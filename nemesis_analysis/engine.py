@@ -34,18 +34,17 @@ def auto_chunk(method: PromptMethod, memory_budget: int | None = None) -> int:
 
 
 @torch.no_grad()
-def predict_variants(
-    method: PromptMethod, slot_variants: Tensor, features: Tensor, local: Tensor | None = None
-) -> Tensor:
+def predict_variants(method: PromptMethod, slot_variants: Tensor, features: Tensor,
+                     local_features: Tensor | None = None) -> Tensor:  # fmt: skip
     """Top-1 class of every test image under every slot variant: (variants, n_test), long, on the CPU.
 
-    ``slot_variants`` (variants, [classes,] n_ctx, width); ``features`` (n_test, embed), L2-normalised, on
-    the model's device; ``local`` (n_test, locations, embed) for methods that score local features. One
-    stacked text pass (cut at the longest EOS) for all variants.
+    ``slot_variants`` (variants, *slot shape); ``features`` (n_test, embed), L2-normalised, on the model's
+    device. One stacked text pass (cut at the longest EOS) for all variants; image-conditioned methods
+    (CoCoOp) chunk over the images inside :meth:`~PromptMethod.variant_scores`.
     """
     device = method.device
-    text = method.text_features(slot_variants.to(device))  # (variants, classes, [N,] embed)
-    scores = method.score_variants(text, features.to(device), local)  # (variants, n_test, classes)
+    local = local_features.to(device) if local_features is not None else None  # (n_test, tokens, embed): PLOT
+    scores = method.variant_scores(slot_variants.to(device), features.to(device), local)  # (variants, n_test, classes)
     return predict_classes(scores).cpu()
 
 
@@ -56,12 +55,8 @@ def prefix_cache(method: PromptMethod, slot_value: Tensor, reuse_prefix: bool = 
 
 @torch.no_grad()
 def predict_single_position_variants(
-    method: PromptMethod,
-    cache,
-    variants: Tensor,
-    positions: Sequence[int],
-    features: Tensor,
-    local: Tensor | None = None,
+    method: PromptMethod, cache, variants: Tensor, positions: Sequence[int], features: Tensor,
+    local_features: Tensor | None = None,
 ) -> Tensor:
     """Predictions (variants, n_test) for variants that each change the one position given for them.
 
@@ -69,13 +64,13 @@ def predict_single_position_variants(
     computed; without one, this is :func:`predict_variants`.
     """
     if cache is None:
-        return predict_variants(method, variants, features, local)
+        return predict_variants(method, variants, features, local_features)
     features = features.to(method.device)
     out = torch.empty(len(positions), features.shape[0], dtype=torch.long)
     for position in sorted(set(positions)):
         rows = [i for i, p in enumerate(positions) if p == position]
         text = cache.text_features(variants[rows], position)  # (group, classes, embed)
-        out[rows] = predict_classes(method.score_variants(text, features, local)).cpu()
+        out[rows] = predict_classes(method.score_variants(text, features, local_features)).cpu()
     return out
 
 

@@ -34,7 +34,7 @@ PRODUCERS: dict[str, str] = {
 }
 _ROW_NAMES = {"corruptions": "corruption", "trajectories": "trajectory", "runs": "run"}
 # Prompt options that must agree for runs to count as "the same setting" in a trajectory figure.
-_PROMPT_COLUMNS: tuple[str, ...] = ("pretrained", "n_ctx", "csc", "class_token_position", "precision")
+_PROMPT_COLUMNS: tuple[str, ...] = ("prompt_method", "pretrained", "n_ctx", "csc", "class_token_position", "precision")
 
 
 # --------------------------------------------------------------------------- reading
@@ -223,18 +223,32 @@ def _default_method(corruptions: pd.DataFrame, method: str | None) -> str | None
     raise ConfigError(f"corruptions exist for several methods ({', '.join(methods)}); choose one with --method")
 
 
+def _default_prompt_method(corruptions: pd.DataFrame, prompt_method: str | None) -> str | None:
+    """Deltas of different prompt methods are not averaged: default to CoOp, or the only prompt method."""
+    if prompt_method is not None or "prompt_method" not in corruptions.columns:
+        return prompt_method
+    present = sorted(corruptions["prompt_method"].dropna().unique())
+    if len(present) <= 1 or "coop" in present:
+        return "coop" if "coop" in present else (present[0] if present else None)
+    raise ConfigError(f"corruptions exist for several prompt methods ({', '.join(present)}); choose one (prompt_method=...)")
+
+
 def heatmap_figure(
     reports_dir: Path | str,
     dataset: str,
     method: str | None = None,
     backbone: str | None = None,
     shots: int | None = None,
+    prompt_method: str | None = None,
 ) -> Figure:
-    """Accuracy delta by position x factor/std, one panel per op and shot count (never averaged over shots)."""
+    """Accuracy delta by position x factor/std, one panel per op and shot count (never averaged over shots)
+    nor over prompt methods: CoOp by default, or ``prompt_method``."""
     table_dir = store.table_path(reports_dir, "corruptions")
     corruptions = read_nonempty(reports_dir, "corruptions")
     producer = f"`nemesis corrupt --dataset {dataset}`"
     corruptions = _filter(corruptions, table_dir, producer, dataset=dataset, backbone=backbone, shots=None if shots is None else int(shots))
+    prompt_method = _default_prompt_method(corruptions, prompt_method)
+    corruptions = _filter(corruptions, table_dir, producer, prompt_method=prompt_method)
     method = _default_method(corruptions, method)
     corruptions = _filter(corruptions, table_dir, producer, method=method)
     present = sorted(int(k) for k in corruptions["shots"].unique())

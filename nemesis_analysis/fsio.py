@@ -96,21 +96,26 @@ def atomic_write_json(path: Path | str, data, what: str = "", indent: int | None
 
 
 def check_writable(folder: Path | str, flag: str) -> Path:
-    """Raise WriteError unless ``folder`` exists (or can be created) as a folder we can write files into.
+    """Raise WriteError unless ``folder`` is a folder we can write files into, or can be created as one.
 
     ``flag`` names the option that set it (e.g. ``--reports``), so the message says what to change.
-    Checked before any long work starts; nothing is left behind.
+    Checked before any long work starts, by writing and removing a probe file in the folder (or, when it
+    does not exist yet, in its nearest existing parent); nothing is created or left behind.
     """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise WriteError(f"{flag} {folder} is a file, not a folder; pass a folder")
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"is under the file {existing}"
+        raise WriteError(f"{flag} {folder} {where}, not a folder; pass a folder")
+    probe = temporary_path(existing / "write-check")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = temporary_path(folder / "write-check")
         with open(probe, "wb") as handle:
             handle.write(b"ok")
-        probe.unlink()
     except OSError as error:
         reason = error.strerror or str(error)
         raise WriteError(f"{flag} {folder} is not writable ({reason}); pass a folder you can write to") from None
+    finally:
+        _remove(probe)
     return folder

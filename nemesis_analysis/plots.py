@@ -264,7 +264,7 @@ def _measured(freq: pd.DataFrame, measure: str) -> pd.DataFrame:
 
 
 def _series_keys(freq: pd.DataFrame) -> tuple[list[str], list[tuple]]:
-    columns = _varying(freq, ["method", "backbone"])
+    columns = _varying(freq, ["prompt_method", "method", "backbone"])
     if not columns:
         return columns, [()]
     return columns, [tuple(k) for k in freq[columns].drop_duplicates().sort_values(columns).itertuples(index=False)]

@@ -4,27 +4,32 @@ Layout of ``CHECKPOINTS/<run_id>/``: ``config.json`` (the resolved config), ``sp
 images), ``state.safetensors`` + ``state.json`` (the last saved epoch, both naming it), the prompt
 artifact (``prompt.safetensors`` + ``prompt.json``), ``runs.parquet`` and ``trajectories.parquet`` (the
 run's table rows) and ``result.json`` (written last: its presence marks a finished run). Every file is
-written atomically with the user's umask permissions.
+written atomically with the user's umask permissions. A process training the run holds
+``CHECKPOINTS/.locks/<run_id>.lock``; damaged files are named in one-line errors with the fix.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from nemesis_analysis import store
 from nemesis_analysis.artifacts import save_prompt
 from nemesis_analysis.data.base import Sample
 from nemesis_analysis.data.fewshot import save_split
-from nemesis_analysis.fsio import atomic_path, atomic_write_json, atomic_write_text
+from nemesis_analysis.fsio import atomic_path, atomic_write_json, atomic_write_text, file_mode
+from nemesis_analysis.safeload import DamagedFileError, first_line, load_safetensors, read_json, safetensors_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +39,8 @@ STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
 RESULT_JSON = "result.json"
 REPORTED_TABLES = ("runs", "trajectories")
+SUPERSEDED_TABLES = (*REPORTED_TABLES, "corruptions", "evaluations")  # a retrained run's rows go from all
+LOCKS = ".locks"  # CHECKPOINTS/.locks/<run_id>.lock: held (flock) while a process trains the run
 
 
 @dataclass
@@ -61,10 +68,35 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    @property
+    def damaged_fix(self) -> str:
+        """What to do about a damaged file of this run, for error messages."""
+        return f"retrain with --force, or delete the run folder {self.path}"
+
     def reset(self) -> None:
         """Remove everything of this run (``--force``)."""
         if self.path.exists():
             shutil.rmtree(self.path)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's lock for the block (another process training the same run waits).
+
+        The lock file lives beside the run folders (``CHECKPOINTS/.locks/<run_id>.lock``), so ``reset`` never
+        removes a file someone holds, and is never deleted (deleting a lock file would let two holders in).
+        """
+        lock_file = self.path.parent / LOCKS / f"{self.run_id}.lock"
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.warning("run %s is being trained by another process; waiting for it", self.run_id)
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # closing releases the lock
 
     # --------------------------------------------------------------------------------- config and split
 
@@ -73,7 +105,7 @@ class RunDir:
 
     def load_config_dict(self) -> dict | None:
         path = self.file(CONFIG_JSON)
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json(path, self.damaged_fix, "run file") if path.is_file() else None
 
     def save_split(self, splits: dict[str, list[Sample]], classnames: list[str]) -> None:
         """The sampled splits, in :func:`~nemesis_analysis.data.fewshot.save_split`'s format."""
@@ -91,18 +123,27 @@ class RunDir:
         atomic_write_text(self.file(STATE_JSON), json.dumps({"epoch": epoch, "rows": rows}), "the resume state")
 
     def load_state(self) -> ResumeState | None:
-        """The last saved epoch, or None when there is none or the pair is inconsistent."""
+        """The last saved epoch, or None when there is none, the pair is inconsistent or a file is damaged
+        (a warning says so, and training starts from scratch)."""
         state_json, state_tensors = self.file(STATE_JSON), self.file(STATE_TENSORS)
         if not state_json.is_file() or not state_tensors.is_file():
             return None
-        state = json.loads(state_json.read_text())
-        with safe_open(str(state_tensors), framework="pt") as handle:
-            tensor_epoch = (handle.metadata() or {}).get("epoch")
-        if tensor_epoch != str(state["epoch"]):
-            message = "%s: saved state is incomplete (interrupted while saving); training from the start"
-            logger.warning(message, self.run_id)
+        fix = "ignoring it and training from the start"
+        try:
+            state = read_json(state_json, fix, "resume state")
+            if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+                raise DamagedFileError(f"resume state {state_json} is damaged (no epoch); {fix}")
+            tensor_epoch = safetensors_metadata(state_tensors, fix, "resume state").get("epoch")
+            if tensor_epoch != str(state["epoch"]):
+                message = "%s: saved state is incomplete (interrupted while saving); training from the start"
+                logger.warning(message, self.run_id)
+                return None
+            tensors = load_safetensors(state_tensors, fix, "resume state")
+            return ResumeState(state["epoch"], list(state["rows"]), tensors)
+        except (DamagedFileError, KeyError, TypeError) as error:
+            logger.warning("%s", error if isinstance(error, DamagedFileError) else f"resume state of {self.path} "
+                           f"is damaged ({error}); {fix}")  # fmt: skip
             return None
-        return ResumeState(state["epoch"], state["rows"], load_file(str(state_tensors)))
 
     # --------------------------------------------------------------------------------- finished run
 
@@ -121,12 +162,19 @@ class RunDir:
 
     def load_result(self) -> dict | None:
         path = self.file(RESULT_JSON)
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json(path, self.damaged_fix, "run file") if path.is_file() else None
 
     def ensure_reported(self, reports_dir: Path) -> None:
-        """Re-append a finished run's rows when the reports folder was cleared or is a new one."""
+        """Re-append a finished run's rows when the reports folder was cleared or is a new one; under the
+        table's claim on this run, so two processes never both append them."""
         for table in REPORTED_TABLES:
-            if not store.existing_keys(reports_dir, table, self.run_id):
-                saved = self.file(f"{table}.parquet")
-                if saved.is_file():
-                    store.append_rows(reports_dir, table, pd.read_parquet(saved))
+            saved = self.file(f"{table}.parquet")
+            with store.claim(reports_dir, table, self.run_id) as claim:
+                if not claim.existing_keys() and saved.is_file():
+                    claim.append(self.read_table_copy(saved))
+
+    def read_table_copy(self, saved: Path) -> pd.DataFrame:
+        try:
+            return pd.read_parquet(saved)
+        except Exception as error:  # pyarrow raises several types for a damaged file
+            raise DamagedFileError(f"run file {saved} is damaged ({first_line(error)}); {self.damaged_fix}") from None

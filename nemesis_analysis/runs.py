@@ -11,17 +11,19 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nemesis_analysis import protocols
-from nemesis_analysis.artifacts import AnalysisPrompt, check_fits, load_prompt, read_prompt
+from nemesis_analysis.artifacts import ARTIFACT_TENSORS, AnalysisPrompt, check_fits, load_prompt, read_prompt
 from nemesis_analysis.choices import EvalClasses, Protocol
-from nemesis_analysis.config import PromptConfig, RunConfig
+from nemesis_analysis.config import PlotConfig, PromptConfig, RunConfig
 from nemesis_analysis.corrupt_ops import Corruption, GridSpec
 from nemesis_analysis.errors import ConfigError, NoDataError
-from nemesis_analysis.methods import PromptMethod, method_class
+from nemesis_analysis.methods import PromptMethod, build_method, build_method_for_run
 from nemesis_analysis.prompts import backbone_tokenizer, resolve_n_ctx
+from nemesis_analysis.rundir import RunDir
+from nemesis_analysis.safeload import DamagedFileError
 from nemesis_analysis.schema import RunIdentity
 from nemesis_analysis.session import Session
 from nemesis_analysis.sweep import SweepSummary, run_corruption_sweep
-from nemesis_analysis.train import METHOD, RunResult, load_model_and_data, train_prompt
+from nemesis_analysis.train import RunResult, load_model_and_data, train_prompt
 
 
 def sweep_runs(
@@ -36,28 +38,42 @@ def sweep_runs(
     force: bool = False,
     on_run: Callable[[RunResult], None] | None = None,
     on_prompt: Callable[[AnalysisPrompt], None] | None = None,
+    max_test: int | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> list[SweepSummary]:
     """Sweep ``grid`` on ``prompt``; or on the recorded run ``run_id`` (an id or a unique prefix: its config
-    replaces ``config``); or on the run of ``config`` for each seed (training it first when unfinished)."""
+    replaces ``config``); or on the run of ``config`` for each seed (training it first when unfinished).
+
+    ``should_stop`` (asked after each training epoch and before each sweep chunk) returning True ends the
+    work at the next saved point: a stopped training run is passed to ``on_run`` (``run.stopped``) and ends
+    the list; a stopped sweep is the last summary (``summary.stopped``).
+    """
     check_sources(seeds, prompt, run_id, chunk)
+    session.check_output_folders()
     if run_id is not None:
         config = load_run_config(session, run_id)
     seeds = list(seeds) if seeds is not None else [config.seed]
     analysed = read_prompt(prompt) if prompt is not None else None
     if analysed is not None:
-        n_ctx = analysed.n_ctx
-    else:
-        n_ctx = resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
-    corruptions = grid.expand(n_ctx)
+        n_positions = analysed.n_positions
+    else:  # flat positions: PLOT's N prompts of n_ctx each
+        n_positions = config.num_prompts * resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
+    corruptions = grid.expand(n_positions)
     config = dataclasses.replace(config, seed=seeds[0])
     if analysed is not None:
-        return [sweep_prompt(config, session, analysed, corruptions, chunk=chunk, on_prompt=on_prompt)]
+        return [sweep_prompt(config, session, analysed, corruptions, chunk=chunk, on_prompt=on_prompt,
+                             max_test=max_test, should_stop=should_stop)]  # fmt: skip
     summaries = []
     for seed in seeds:
-        run = train_prompt(dataclasses.replace(config, seed=seed), session, force=force)
+        run = train_prompt(dataclasses.replace(config, seed=seed), session, force=force, should_stop=should_stop)
         if on_run is not None:
             on_run(run)
-        summaries.extend(sweep_run_subsets(session, run, corruptions, chunk=chunk))
+        if run.stopped:
+            break
+        summaries.extend(sweep_run_subsets(session, run, corruptions, chunk=chunk, max_test=max_test,
+                                           should_stop=should_stop))  # fmt: skip
+        if summaries and summaries[-1].stopped:
+            break
     return summaries
 
 
@@ -77,23 +93,55 @@ def sweep_trained_run(
     grid: Sequence[Corruption],
     chunk: int | None = None,
     classes: EvalClasses | str = EvalClasses.ALL,
+    max_test: int | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
     """Sweep the prompt that :func:`~nemesis_analysis.train.train_prompt` saved for ``run`` on one class
-    subset (all classes, or base2new's base or new: a generic context over that subset's class names)."""
-    ctx, _ = load_prompt(run.run_dir)
+    subset (all classes, or base2new's base or new: the run's method rebuilt over that subset's class names,
+    every saved tensor loaded, so CoCoOp's meta-network keeps shifting)."""
     config = run.config
+    run_dir = RunDir(Path(run.run_dir))
+    ctx, _ = load_prompt(run_dir.path, fix=run_dir.damaged_fix)  # a damaged run file: one line, with the fix
     loaded, dataset = load_model_and_data(config, session)
-    identity = config.identity(n_ctx=ctx.shape[-2])
-    method = method_for_identity(loaded, protocols.subset_classnames(dataset.classnames, classes), identity)
-    return run_corruption_sweep(session, method, ctx, identity, grid, chunk=chunk, classes=classes)
+    check_run_prompt(ctx, config, loaded, dataset.num_classes, run_dir)
+    method = build_method_for_run(config, loaded, protocols.subset_classnames(dataset.classnames, classes))
+    method.load(run.run_dir)
+    slot = method.position_tensor().detach()
+    identity = config.identity(n_ctx=method.n_ctx)
+    return run_corruption_sweep(session, method, slot, identity, grid, chunk=chunk, classes=classes,
+                                max_test=max_test, should_stop=should_stop)  # fmt: skip
 
 
 def sweep_run_subsets(
-    session: Session, run: RunResult, grid: Sequence[Corruption], chunk: int | None = None
+    session: Session,
+    run: RunResult,
+    grid: Sequence[Corruption],
+    chunk: int | None = None,
+    max_test: int | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> list[SweepSummary]:
-    """:func:`sweep_trained_run` on every class subset the run's protocol evaluates (base2new: base, then new)."""
-    subsets = protocols.sweep_classes(run.config.protocol)
-    return [sweep_trained_run(session, run, grid, chunk, classes) for classes in subsets]
+    """:func:`sweep_trained_run` on every class subset the run's protocol evaluates (base2new: base, then new);
+    a stopped sweep is the last one."""
+    summaries = []
+    for classes in protocols.sweep_classes(run.config.protocol):
+        summaries.append(sweep_trained_run(session, run, grid, chunk, classes, max_test, should_stop))
+        if summaries[-1].stopped:
+            break
+    return summaries
+
+
+def check_run_prompt(ctx, config: RunConfig, loaded, num_classes: int, run_dir: RunDir) -> None:
+    """A run folder's prompt must have the shape its config gives; else it is damaged (one-line error)."""
+    n_ctx = resolve_n_ctx(config.prompt, loaded.tokenizer)
+    width = int(loaded.model.token_embedding.embedding_dim)
+    expected = (num_classes, n_ctx, width) if config.prompt.csc else (n_ctx, width)
+    if config.prompt_method == "plot":
+        expected = (config.num_prompts, n_ctx, width)
+    if tuple(ctx.shape) != expected:
+        raise DamagedFileError(
+            f"run file {run_dir.file(ARTIFACT_TENSORS)} is damaged (context of shape {tuple(ctx.shape)}, the run's "
+            f"config gives {expected}); {run_dir.damaged_fix}"
+        )
 
 
 def sweep_prompt(
@@ -103,19 +151,27 @@ def sweep_prompt(
     grid: Sequence[Corruption],
     chunk: int | None = None,
     on_prompt: Callable[[AnalysisPrompt], None] | None = None,
+    max_test: int | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
-    """Sweep a saved prompt on ``config``'s model and dataset (the prompt's recorded layout wins)."""
+    """Sweep a saved prompt on ``config``'s model and dataset (the prompt's recorded layout and method win)."""
     check_prompt_protocol(prompt)
     loaded, dataset = load_model_and_data(config, session)
     layout = prompt.prompt_config or PromptConfig(
         n_ctx=prompt.n_ctx, csc=prompt.csc, class_token_position=config.prompt.class_token_position
     )
-    method = method_class(METHOD)(loaded, dataset.classnames, layout)
+    name = prompt.metadata.get("prompt_method", config.prompt_method)
+    options = config.method_options() if name == config.prompt_method else None
+    if prompt.is_plot:  # N from the prompt itself, whatever --plot-prompts says
+        options = PlotConfig(num_prompts=prompt.num_prompts)
+    method = build_method(name, loaded, dataset.classnames, layout, options=options)
     check_fits(prompt.ctx, method, prompt.metadata, source=str(prompt.path))
+    method.load_tensors({**prompt.tensors, method.position_slot: prompt.ctx}, source=str(prompt.path))
     identity = identity_for_prompt(prompt, config.resolved(loaded.device.type), method)
     if on_prompt is not None:
         on_prompt(prompt)
-    return run_corruption_sweep(session, method, prompt.ctx, identity, grid, chunk=chunk)
+    return run_corruption_sweep(session, method, prompt.ctx, identity, grid, chunk=chunk, max_test=max_test,
+                                should_stop=should_stop)  # fmt: skip
 
 
 def check_prompt_protocol(prompt: AnalysisPrompt) -> None:
@@ -128,14 +184,17 @@ def check_prompt_protocol(prompt: AnalysisPrompt) -> None:
         )
 
 
-def method_for_identity(loaded, classnames: list[str], identity: RunIdentity) -> PromptMethod:
-    """The prompt layout of a run, rebuilt from its identity (n_ctx, csc, class-token position).
+def method_for_identity(loaded, classnames: list[str], identity: RunIdentity, options=None) -> PromptMethod:
+    """The prompt method of a run, rebuilt from its identity (method, n_ctx, csc, class-token position) and
+    the run's method options (``RunConfig.method_options()``: PLOT's num_prompts, KgCoOp's weight).
 
     ``ctx_init`` only changes the initial values, not the layout (each slot is one placeholder token), so
-    these three fields are enough to splice a trained context back in.
+    these fields are enough to splice a trained context back in. Tensors beyond the position slot
+    (CoCoOp's meta-network) keep their initial values until :meth:`PromptMethod.load` fills them.
     """
-    prompt = PromptConfig(n_ctx=identity.n_ctx, csc=identity.csc, class_token_position=identity.class_token_position)
-    return method_class(METHOD)(loaded, classnames, prompt)
+    prompt = PromptConfig(method=identity.prompt_method, n_ctx=identity.n_ctx, csc=identity.csc,
+                          class_token_position=identity.class_token_position)  # fmt: skip
+    return build_method(identity.prompt_method, loaded, classnames, prompt, options=options)
 
 
 def identity_for_prompt(prompt: AnalysisPrompt, config: RunConfig, method: PromptMethod) -> RunIdentity:
@@ -153,6 +212,7 @@ def identity_for_prompt(prompt: AnalysisPrompt, config: RunConfig, method: Promp
         csc=prompt.csc,
         class_token_position=method.config.class_token_position.value,
         precision=identity.precision or method.loaded.precision.value,
+        prompt_method=method.name,
     )
 
 

@@ -31,6 +31,7 @@ class RunIdentity:
     csc: bool  # class-specific context
     class_token_position: str  # end, middle or front
     precision: str  # fp32, amp or fp16 ("" when unknown)
+    prompt_method: str = "coop"  # coop, cocoop, plot or kgcoop (parts written before it read "coop")
 
     def __post_init__(self) -> None:
         # Rows come from configs (enums) and from Parquet (numpy scalars): store plain Python values.
@@ -45,10 +46,10 @@ class RunIdentity:
     @classmethod
     def from_row(cls, row: Mapping) -> "RunIdentity":
         """The identity of a table row (or any mapping with at least the identity columns)."""
-        missing = [name for name in IDENTITY_COLUMNS if name not in row]
+        missing = [name for name in IDENTITY_COLUMNS if name not in row and column_default("*", name) is None]
         if missing:
             raise ValueError(f"a row lacks the identity columns {missing}")
-        return cls(**{name: row[name] for name in IDENTITY_COLUMNS})
+        return cls(**{name: row.get(name, column_default("*", name)) for name in IDENTITY_COLUMNS})
 
 
 IDENTITY_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RunIdentity))

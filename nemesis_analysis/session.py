@@ -9,21 +9,9 @@ the network may be touched, and it keeps loaded models and datasets so that seve
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-CACHE_ENV = "NEMESIS_CACHE"
-
-
-def default_cache_root() -> Path:
-    """Per-user cache shared by every checkpoints folder: $NEMESIS_CACHE, else $XDG_CACHE_HOME/nemesis,
-    else ~/.cache/nemesis."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "nemesis"
 
 
 @dataclass
@@ -94,6 +82,14 @@ class Session:
         if key not in self._datasets:
             self._datasets[key] = load_dataset(name, self.data_root)
         return self._datasets[key]
+
+    def check_output_folders(self) -> None:
+        """Raise a one-line WriteError unless ``--checkpoints`` and ``--reports`` are (or can become) folders
+        this process can write into; called before any long work. Creates nothing."""
+        from nemesis_analysis.fsio import check_writable
+
+        check_writable(self.checkpoints_dir, "--checkpoints")
+        check_writable(self.reports_dir, "--reports")
 
     def run_dir(self, run_id: str):
         """The folder of run ``run_id`` (a :class:`~nemesis_analysis.rundir.RunDir`)."""

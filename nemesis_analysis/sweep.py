@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import pandas as pd
+import torch
 from torch import Tensor
 
 from nemesis_analysis import protocols, store
@@ -55,6 +56,7 @@ class SweepSummary:
     chunk: int  # variants per text pass
     seconds: float
     rows: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # the grid's rows, grid order
+    stopped: bool = False  # should_stop ended the sweep before the grid was complete
     eval_classes: str = EvalClasses.ALL.value  # the class subset evaluated (base2new: base or new)
 
 
@@ -64,7 +66,7 @@ class EvalSet:
 
     features: Tensor  # (n_test, embed)
     labels: Tensor  # (n_test,)
-    local: Tensor | None = None  # (n_test, locations, embed), for methods that score local features (PLOT)
+    local_features: Tensor | None = None  # (n_test, locations, embed) for methods that score local features (PLOT)
 
     @property
     def size(self) -> int:
@@ -83,6 +85,8 @@ def run_corruption_sweep(
     reuse_prefix: bool = True,
     on_chunk: Callable[[int, list[dict]], None] | None = None,
     classes: EvalClasses | str = EvalClasses.ALL,
+    max_test: int | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
     """Evaluate every corruption in ``grid`` on the test split of ``identity.dataset`` and append the rows.
 
@@ -91,7 +95,13 @@ def run_corruption_sweep(
     ``memory_budget``). ``reuse_prefix``: compute each variant from its corrupted position on, reusing the
     unchanged prompt's states before it (exact under the causal mask). ``on_chunk(index, rows)`` is called
     after each chunk's part is written. ``classes``: the class subset to evaluate (base2new's base or new;
-    ``method`` must be built over that subset's class names), recorded in ``eval_classes``.
+    ``method`` must be built over that subset's class names), recorded in ``eval_classes``. ``max_test``:
+    evaluate a seeded, class-stratified subsample of at most this many of the subset's test images
+    (:func:`stratified_subsample`; ``n_test`` records its size, and a rerun with another size is refused
+    rather than mixing rows of different test sets).
+    ``should_stop(index)``, asked before each chunk, returning True ends the sweep there (every finished
+    chunk is saved; the summary has ``stopped=True``). The run's missing rows are found and appended under
+    one :func:`store.claim`, so two processes sweeping one run never compute or write a key twice.
 
     ``norm_before``/``norm_after`` are the L2 norms of the corrupted position before and after (CSC:
     averaged over classes, as :func:`nemesis.position_norms`). The baseline row (op "none", position -1,
@@ -103,54 +113,69 @@ def run_corruption_sweep(
     slot_value = check_slot(slot_value, identity, method)
     chunk = resolve_chunk(method, chunk, memory_budget)
     classes = EvalClasses(classes).value
-    test = load_test_set(session, method, identity.dataset, classes)
-    predictions = predict_variants(method, slot_value[None], test.features, test.local)
+    test = load_test_set(session, method, identity.dataset, classes, max_test)
+    predictions = predict_variants(method, slot_value[None], test.features, test.local_features)
     acc_original = float(accuracy_of(predictions, test.labels)[0])
     base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size, "eval_classes": classes}
     base_norms = position_norms(slot_value)  # (n_positions,)
     pairs = method.position_pairs()  # flat position -> (prompt_index, position)
 
-    previous = previous_rows(session, identity.run_id, classes)
-    done = set(previous[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
-    pending = [] if row_key(NO_CORRUPTION, pairs) in done else [baseline_row(base_row, base_norms)]
-    todo = pending_corruptions(grid, done, pairs)
-    new_rows = list(pending)
-    cache = prefix_cache(method, slot_value, reuse_prefix) if todo else None  # a complete rerun needs no text pass
-    with progress_bar(f"corrupting {identity.run_id}", total=len(todo), enabled=session.progress) as advance:
-        for index, start in enumerate(range(0, len(todo), chunk)):
-            part = todo[start : start + chunk]
-            rows = pending + evaluate_chunk(
-                method, cache, slot_value, part, identity.run_id, test, base_row, base_norms, pairs
-            )
-            pending = []
-            append_rows(session, identity.run_id, rows)
-            new_rows.extend(rows[-len(part) :])
-            advance(len(part), best=max(row["acc"] for row in rows[-len(part) :]))
-            if on_chunk is not None:
-                on_chunk(index, rows)
-    if pending:  # nothing left to corrupt, but the baseline row was missing
-        append_rows(session, identity.run_id, pending)
+    with store.claim(session.reports_dir, TABLE, identity.run_id):  # held to the end: no key is written twice
+        previous = previous_rows(session, identity.run_id, classes)
+        check_same_test_set(previous, test.size, identity.run_id)
+        done = set(previous[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
+        pending = [] if row_key(NO_CORRUPTION, pairs) in done else [baseline_row(base_row, base_norms)]
+        todo = pending_corruptions(grid, done, pairs)
+        cache = prefix_cache(method, slot_value, reuse_prefix) if todo else None  # a complete rerun: no text pass
+        chunks = [todo[start : start + chunk] for start in range(0, len(todo), chunk)]
+        with progress_bar(f"corrupting {identity.run_id}", total=len(todo), enabled=session.progress) as advance:
+            new_rows, stopped = [], False
+            for index, part in enumerate(chunks):
+                if should_stop is not None and should_stop(index):
+                    stopped = True
+                    break
+                rows = evaluate_chunk(method, cache, slot_value, part, identity.run_id, test, base_row, base_norms,
+                                      pairs)  # fmt: skip
+                advance(len(part), best=max(row["acc"] for row in rows))
+                rows, pending = pending + rows, []
+                store.append_rows(session.reports_dir, TABLE, rows)  # only missing keys, found under the claim
+                new_rows.extend(rows)
+                if on_chunk is not None:
+                    on_chunk(index, rows)
+        if pending and not stopped:  # nothing left to corrupt, but the baseline row was missing
+            store.append_rows(session.reports_dir, TABLE, pending)
+            new_rows.extend(pending)
     frame = grid_rows(previous, new_rows, grid, pairs)
     seconds = time.perf_counter() - started
     summary = summarise(frame, identity.run_id, acc_original, test.size, len(new_rows), chunk, seconds)
+    summary.stopped = stopped
     summary.eval_classes = classes
     return summary
 
 
-def check_slot(slot_value: Tensor, identity: RunIdentity, method: PromptMethod) -> Tensor:
-    """The slot as fp32 on the CPU in the method's flat position layout (:meth:`PromptMethod.positions_of`),
-    after checking it matches the identity's n_ctx and csc and the method's position tensor."""
-    slot_value = method.positions_of(slot_value.detach().float().cpu())
+def check_slot(slot_value: Tensor, identity: RunIdentity, method: PromptMethod | None = None) -> Tensor:
+    """The slot as fp32 on the CPU, after checking it matches the identity's n_ctx (and csc for CoOp-shaped
+    slots) and, when ``method`` is given, the method's position tensor; a method's saved layout (PLOT's
+    (N, n_ctx, width)) is returned in its flat position layout (:meth:`PromptMethod.positions_of`)."""
+    slot_value = slot_value.detach().float().cpu()
+    if method is not None:
+        slot_value = method.positions_of(slot_value)
+        expected = tuple(method.position_tensor().shape)
+        n_ctx = getattr(method, "n_ctx", slot_value.shape[-2])  # context vectors per prompt
+        if tuple(slot_value.shape) != expected or identity.n_ctx != n_ctx:
+            raise ModelError(
+                f"context of shape {tuple(slot_value.shape)} does not match method {method.name}'s slot {expected} "
+                f"(run n_ctx={identity.n_ctx})"
+            )
+        return slot_value
     if slot_value.dim() not in (2, 3):
         raise ModelError(
             f"a context must be (n_ctx, width) or (num_classes, n_ctx, width), got {tuple(slot_value.shape)}"
         )
-    n_ctx = getattr(method, "n_ctx", slot_value.shape[-2])  # context vectors per prompt
-    expected = tuple(method.position_tensor().shape)
-    if identity.n_ctx != n_ctx or identity.csc != (slot_value.dim() == 3) or tuple(slot_value.shape) != expected:
+    if identity.n_ctx != slot_value.shape[-2] or identity.csc != (slot_value.dim() == 3):
         raise ModelError(
             f"context of shape {tuple(slot_value.shape)} does not match the run's n_ctx={identity.n_ctx}, "
-            f"csc={identity.csc} (the method's positions are {expected})"
+            f"csc={identity.csc}"
         )
     return slot_value
 
@@ -163,10 +188,17 @@ def resolve_chunk(method: PromptMethod, chunk: int | None, memory_budget: int | 
 
 
 def load_test_set(
-    session: Session, method: PromptMethod, dataset_name: str, classes: EvalClasses | str = EvalClasses.ALL
+    session: Session,
+    method: PromptMethod,
+    dataset_name: str,
+    classes: EvalClasses | str = EvalClasses.ALL,
+    max_test: int | None = None,
 ) -> EvalSet:
     """The test split's features (encoded once, from the session's feature cache) on the model's device;
-    for a class subset, its images relabelled from 0 (``method`` holds the subset's class names)."""
+    for a class subset, its images relabelled from 0 (``method`` holds the subset's class names); with
+    ``max_test``, a seeded class-stratified subsample of at most that many of them."""
+    if max_test is not None and max_test < 1:
+        raise ConfigError(f"--max-test must be at least 1, got {max_test}")
     dataset = session.dataset(dataset_name)
     loaded = method.loaded
     features, labels = image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
@@ -180,19 +212,38 @@ def load_test_set(
         features, labels = restrict_to_classes(features, labels, selected)
     if labels.shape[0] == 0:
         raise ConfigError(f"dataset {dataset.name} has an empty test split; nothing to evaluate")
+    if max_test is not None and max_test < labels.shape[0]:
+        keep = stratified_subsample(labels, max_test)
+        features, labels = features[keep.to(features.device)], labels[keep]
+        local = None if local is None else local[keep.to(local.device)]
     return EvalSet(features.to(loaded.device), labels, None if local is None else local.to(loaded.device))
+
+
+def stratified_subsample(labels: Tensor, size: int, seed: int = 0) -> Tensor:
+    """Sorted indices of ``size`` items drawn class by class in turn (each class's items in seeded random
+    order), so every class keeps its share up to one image; the same for the same labels and size."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(labels.shape[0], generator=generator)
+    per_class = [order[labels[order] == c] for c in labels.unique(sorted=True)]
+    rounds = max(len(members) for members in per_class)
+    interleaved = [members[r] for r in range(rounds) for members in per_class if r < len(members)]
+    return torch.stack(interleaved[:size]).sort().values
+
+
+def check_same_test_set(previous: pd.DataFrame, n_test: int, run_id: str) -> None:
+    """Refuse to add rows computed on another number of test images than the run's existing rows."""
+    sizes = sorted(set(int(n) for n in previous["n_test"].dropna())) if not previous.empty else []
+    if sizes and sizes != [n_test]:
+        raise ConfigError(
+            f"run {run_id} has corruption rows on {sizes[0]} test images, this sweep uses {n_test}; "
+            "pass the --max-test those rows used, or a fresh --reports folder"
+        )
 
 
 def previous_rows(session: Session, run_id: str, classes: str = EvalClasses.ALL.value) -> pd.DataFrame:
     """The rows already written for ``run_id`` on the class subset ``classes``."""
     table = store.read_table(session.reports_dir, TABLE)
     return table[(table["run_id"] == run_id) & (table["eval_classes"] == classes)]
-
-
-def append_rows(session: Session, run_id: str, rows: list[dict]) -> None:
-    """Append a chunk's rows under the run's claim (rows whose key another writer added meanwhile are dropped)."""
-    with store.claim(session.reports_dir, TABLE, run_id) as claim:
-        claim.append(rows)
 
 
 def row_key(corruption: Corruption, pairs: Sequence[tuple[int, int]]) -> tuple:
@@ -236,7 +287,8 @@ def evaluate_chunk(
     """The table rows of one chunk of corruptions (one stacked text pass)."""
     variants = apply_corruptions(slot_value, part, run_id)  # (variants, [classes,] n_positions, width)
     positions = [c.position for c in part]
-    predictions = predict_single_position_variants(method, cache, variants, positions, test.features, test.local)
+    predictions = predict_single_position_variants(method, cache, variants, positions, test.features,
+                                                   test.local_features)  # fmt: skip
     accs = accuracy_of(predictions, test.labels).tolist()
     after = variant_norms(variants)  # (variants, n_ctx)
     rows = []
@@ -297,11 +349,15 @@ def summarise(
 
 
 def describe_corruption(row: dict) -> str:
-    """``rescale position 3 by 0.5`` / ``replace position 3 with N(0, 0.1^2) draw 2``."""
+    """``rescale position 3 by 0.5`` / ``replace position 3 with N(0, 0.1^2) draw 2``; for PLOT the position
+    names its prompt: ``rescale prompt 1 position 3 by 0.5``."""
+    where = f"position {int(row['position'])}"
+    if row.get("prompt_method") == "plot":
+        where = f"prompt {int(row.get('prompt_index', 0))} {where}"
     if row["op"] == RESCALE:
-        return f"rescale position {int(row['position'])} by {row['factor']:g}"
+        return f"rescale {where} by {row['factor']:g}"
     elif row["op"] == REPLACE:
-        return f"replace position {int(row['position'])} with N(0, {row['factor']:g}^2) draw {int(row['rep'])}"
+        return f"replace {where} with N(0, {row['factor']:g}^2) draw {int(row['rep'])}"
     elif row["op"] == NONE:
         return "no corruption"
     else:

@@ -2,8 +2,9 @@
 
 Pretraining is contrastive, on the *train* split of ``digits`` only, with varied caption templates
 (none of them the zero-shot template). Positives are class-level: every caption of an image's class
-counts as a match, which is what CLIP's loss means when captions repeat. The result is cached under
-``checkpoints/nemesis-tiny/<hash>.safetensors``, keyed by the architecture, the recipe and the data.
+counts as a match, which is what CLIP's loss means when captions repeat. The result is cached in the
+per-user cache (``~/.cache/nemesis/nemesis-tiny/<hash>.safetensors``, see ``usercache.default_cache_root``),
+keyed by the architecture, the recipe and the data.
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from nemesis_analysis.architectures import MODEL_CONFIG_DIR, TINY_BACKBONE, random_init, register_model_configs
+from nemesis_analysis.fsio import WriteError, atomic_path
 from nemesis_analysis.progress import progress_bar
+from nemesis_analysis.usercache import default_cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +72,41 @@ def tiny_cache_path(checkpoints_dir: Path, recipe: TinyRecipe = TinyRecipe()) ->
 
 
 def load_tiny_state(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+    from nemesis_analysis.safeload import load_safetensors
+
+    return load_safetensors(path, "delete it (it is pretrained again on the next run)", "tiny CLIP cache file")
+
+
+def find_tiny_clip(checkpoints_dir: Path | None = None, recipe: TinyRecipe = TinyRecipe()) -> Path | None:
+    """The pretrained tiny CLIP in the per-user cache, else an older copy in ``checkpoints_dir``; or None."""
+    candidates = [tiny_cache_path(default_cache_root(), recipe)]
+    if checkpoints_dir is not None:
+        candidates.append(tiny_cache_path(checkpoints_dir, recipe))
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def ensure_tiny_clip(checkpoints_dir: Path, recipe: TinyRecipe = TinyRecipe(), progress: bool = True) -> Path:
-    """Path to the cached tiny CLIP, pretraining it first if needed (seconds on a CPU)."""
-    path = tiny_cache_path(checkpoints_dir, recipe)
-    if path.is_file():
-        return path
+    """Path to the cached tiny CLIP, pretraining it first if needed (seconds on a CPU).
+
+    It lives in the per-user cache (:func:`~nemesis_analysis.usercache.default_cache_root`, shared by every
+    checkpoints folder); a copy an older version left in ``checkpoints_dir`` is still used. When the cache
+    cannot be written, the new copy goes to ``checkpoints_dir`` instead.
+    """
+    found = find_tiny_clip(checkpoints_dir, recipe)
+    if found is not None:
+        return found
+    path = tiny_cache_path(default_cache_root(), recipe)
     logger.info("pretraining %s (cached at %s)", "nemesis-tiny", path)
     state = pretrain_tiny_clip(recipe, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(state, str(tmp), metadata={"recipe": json.dumps(asdict(recipe))})
-    tmp.replace(path)
+    metadata = {"recipe": json.dumps(asdict(recipe))}
+    try:
+        with atomic_path(path, "the tiny CLIP cache") as tmp:
+            save_file(state, str(tmp), metadata=metadata)
+    except WriteError as error:
+        path = tiny_cache_path(checkpoints_dir, recipe)
+        logger.warning("%s; keeping the tiny CLIP in %s instead", error, path)
+        with atomic_path(path, "the tiny CLIP") as tmp:
+            save_file(state, str(tmp), metadata=metadata)
     return path
 
 

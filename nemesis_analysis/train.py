@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis import nemesis, protocols
+from nemesis_analysis import nemesis, protocols, store
 from nemesis_analysis.augment import augment_image
 from nemesis_analysis.config import NemesisConfig, OptimConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits, Sample
@@ -27,12 +27,12 @@ from nemesis_analysis.data.fewshot import sample_train_shots
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
 from nemesis_analysis.evaluate import write_run_evaluations
 from nemesis_analysis.features import encode_images_with_local, image_features, local_image_features
-from nemesis_analysis.methods import method_class
+from nemesis_analysis.methods import build_method_for_run
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.metrics import top1_accuracy
 from nemesis_analysis.models import LoadedModel
 from nemesis_analysis.progress import progress_bar
-from nemesis_analysis.rundir import RunDir
+from nemesis_analysis.rundir import SUPERSEDED_TABLES, RunDir
 from nemesis_analysis.session import Session
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 NORM_COLUMNS = {"norm": "l2", "norm_l1": "l1", "norm_inf": "inf"}
 IN_MEMORY_LIMIT = 4096  # few-shot train sets up to this size are decoded once and kept in memory
 SAVE_EVERY = 10  # epochs between resume states (and always the last one)
-METHOD = "coop"  # the prompt method every run trains today (Nemesis is a loss on top of it)
 
 
 def lr_at_epoch(epoch: int, config: RunConfig) -> float:
@@ -65,7 +64,7 @@ def steps_per_epoch(n_images: int, batch_size: int, drop_last: bool) -> int:
 
 
 def build_optimizer(parameters: list[torch.Tensor], optim: OptimConfig) -> torch.optim.Optimizer:
-    """CoOp's SGD (momentum, weight decay) on the method's slots; it updates them in their own dtype."""
+    """CoOp's SGD (momentum, weight decay) on the method's trainable tensors; it updates them in their own dtype."""
     return torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
 
 
@@ -188,39 +187,59 @@ def train_prompt(
 ) -> RunResult:
     """Train (or reuse, or resume) the run described by ``config``; returns its result.
 
-    ``on_epoch(epoch, {"test_acc", "norms"})`` is called after every epoch; ``should_stop(epoch)`` returning
-    True ends training after that epoch is saved (a later call resumes from it) and returns a result with
-    ``stopped=True``. ``save_every``: epochs between resume states (the last epoch is always saved).
-    ``on_step(record)`` receives a :class:`StepRecord` after every SGD step.
+    ``on_epoch(epoch, {"test_acc", "norms"})`` is called after every epoch; ``should_stop(epoch)``, asked
+    after each epoch, returning True saves that epoch's state and ends training (a later call resumes after
+    it) with ``stopped=True``. ``save_every``: epochs between resume states (the last epoch is always saved).
+    ``on_step(record)`` receives a :class:`StepRecord` after every SGD step. The run is locked while it
+    trains: a second process on the same run waits, then reuses it.
     """
+    session.check_output_folders()  # before any model is loaded (or the tiny CLIP pretrained)
     protocols.check_protocol(config.protocol, config.dataset, config.prompt.csc)
     loaded, dataset = load_model_and_data(config, session)
     if not dataset.train:
         raise ConfigError(f"dataset {config.dataset} has no train split (test-only); train on its source dataset")
-    samples = sample_train_shots(dataset, config.shots, config.seed)  # data errors before anything is written
+    samples = sample_train_shots(dataset, config.shots, config.seed, config.allow_missing_classes)
     dataset, samples = protocols.training_view(config.protocol, dataset, samples)  # base2new: base classes only
-    config = config.resolved(loaded.device.type)
+    config = config.resolved(loaded.device.type).with_dataset_fingerprint(dataset.fingerprint)
     run_dir = session.run_dir(config.run_id)
-    if force:
-        run_dir.reset()
-    elif (done := finished_result(session, config)) is not None:
-        return with_protocol_evaluations(done, session, loaded)
-    run_dir.save_config(config.to_dict())
-    started = time.perf_counter()
-    run = start_run(config, session, loaded, dataset, run_dir, samples)
-    run.on_step = on_step
-    label = f"{config.method} {config.dataset} {config.shots}-shot seed {config.seed}"
+    with run_dir.lock():  # a second process on the same run waits here, then reuses the finished run
+        if force:
+            supersede_run(session, run_dir)
+        elif (done := finished_result(session, config)) is not None:
+            return with_protocol_evaluations(done, session, loaded)
+        run_dir.save_config(config.to_dict())
+        started = time.perf_counter()
+        run = start_run(config, session, loaded, dataset, run_dir, samples)
+        run.on_step = on_step
+        if run_epochs(run, session, on_epoch, should_stop, save_every):
+            return result_of(run, time.perf_counter() - started, stopped=True)
+        result = finish_run(run, session, time.perf_counter() - started)
+    return with_protocol_evaluations(result, session, loaded)
+
+
+def run_epochs(run: TrainingRun, session: Session, on_epoch, should_stop, save_every: int) -> bool:
+    """Train the remaining epochs; True when ``should_stop`` ended them early (the last epoch run is saved)."""
+    config = run.config
+    label = f"{config.prompt_method} {config.method} {config.dataset} {config.shots}-shot seed {config.seed}"
     with progress_bar(label, total=config.num_epochs, enabled=session.progress) as advance:
         advance(run.start_epoch)
         for epoch in range(run.start_epoch, config.num_epochs):
-            stop = should_stop is not None and should_stop(epoch) and epoch + 1 < config.num_epochs
-            test_acc, norms = run_epoch(run, epoch, save=stop or (epoch + 1) % save_every == 0)
+            test_acc, norms = run_epoch(run, epoch, save=(epoch + 1) % save_every == 0)
             advance(1, acc=test_acc, loss=run.rows[-1]["train_loss"])
             if on_epoch is not None:
                 on_epoch(epoch, {"test_acc": test_acc, "norms": norms})
-            if stop:
-                return result_of(run, time.perf_counter() - started, stopped=True)
-    return with_protocol_evaluations(finish_run(run, session, time.perf_counter() - started), session, loaded)
+            if should_stop is not None and epoch + 1 < config.num_epochs and should_stop(epoch):
+                if (epoch + 1) % save_every:
+                    save_state(run, epoch)
+                return True
+    return False
+
+
+def supersede_run(session: Session, run_dir: RunDir) -> None:
+    """``--force``: remove the run's rows from every table (corruptions of the old prompt included), then
+    its files; a retrain interrupted after this resumes as a new run."""
+    store.supersede_run(session.reports_dir, run_dir.run_id, SUPERSEDED_TABLES)
+    run_dir.reset()
 
 
 def load_model_and_data(config: RunConfig, session: Session) -> tuple[LoadedModel, DatasetSplits]:
@@ -243,8 +262,8 @@ def start_run(
     run_dir.save_split({"train": train_samples, "val": val_samples}, dataset.classnames)
     test_features, test_labels = image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
     zero_shot = zero_shot_accuracy(loaded, dataset, test_features, test_labels)
-    method = method_class(METHOD)(loaded, dataset.classnames, config.prompt, seed=config.seed)
-    optimizer = build_optimizer(list(method.slots().values()), config.optim)
+    method = build_method_for_run(config, loaded, dataset.classnames)
+    optimizer = build_optimizer(list(method.trainable().values()), config.optim)
     run = TrainingRun(config, loaded, method, optimizer, TrainImages(dataset, train_samples, loaded.preprocess_cfg),
                       test_features.to(loaded.device), test_labels, zero_shot, run_dir)  # fmt: skip
     if method.needs_local_features:
@@ -383,8 +402,7 @@ def nemesis_term(
         with torch.no_grad():
             # Pre-inference reuses this step's image features; all NP variants in one text pass.
             variants = nemesis.rescale_positions_variants(slot.detach(), positions.to(slot.device), spec.pan_factor)
-            text = method.text_features(variants)  # (NP, classes, [N,] embed)
-            rescaled_logits = method.score_variants(text, features, local)  # (NP, batch, classes)
+            rescaled_logits = method.variant_scores(variants, features, local)  # (NP, batch, classes)
             correct_rescaled = (rescaled_logits.argmax(-1) == labels[None]).sum(-1)  # (NP,)
             correct_base = (logits.argmax(-1) == labels).sum()
             alpha = nemesis.pan_alpha(correct_base, correct_rescaled, spec.pan_alpha_weight)
@@ -453,9 +471,9 @@ def trajectory_rows(run: TrainingRun, epoch: int, test_acc: float, norms: dict, 
 
 
 def save_state(run: TrainingRun, epoch: int) -> None:
-    """The slots and their SGD momentum after ``epoch``, with the rows so far."""
+    """The trainable tensors and their SGD momentum after ``epoch``, with the rows so far."""
     tensors = {}
-    for name, slot in run.method.slots().items():
+    for name, slot in run.method.trainable().items():
         tensors[name] = slot
         momentum = run.optimizer.state.get(slot, {}).get("momentum_buffer")
         if momentum is not None:
@@ -466,9 +484,11 @@ def save_state(run: TrainingRun, epoch: int) -> None:
 def restore_state(run: TrainingRun) -> None:
     """Continue after the last saved epoch when its state fits the method; else start from epoch 0."""
     state = run.run_dir.load_state()
-    slots = run.method.slots()
-    if state is None or any(state.tensors.get(name) is None or state.tensors[name].shape != slot.shape
-                            for name, slot in slots.items()):  # fmt: skip
+    slots = run.method.trainable()
+    if state is None:
+        return
+    if any(state.tensors.get(name) is None or state.tensors[name].shape != slot.shape for name, slot in slots.items()):
+        logger.warning("resume state of %s does not fit the run's prompt; training from the start", run.run_dir.path)
         return
     with torch.no_grad():
         for name, slot in slots.items():

@@ -23,7 +23,7 @@ import open_clip
 import torch
 from open_clip.pretrained import get_pretrained_cfg
 
-from nemesis_analysis import tiny
+from nemesis_analysis import safeload, tiny
 from nemesis_analysis.architectures import RANDOM_INIT_SEED, TINY_BACKBONE, random_init
 from nemesis_analysis.errors import ModelError
 
@@ -242,6 +242,8 @@ def _build_from_file(architecture: Architecture, path: Path, preprocess: dict | 
     except ModelError:
         raise
     except Exception as error:  # open_clip raises many types for a bad file
+        if safeload.is_unpickling_refusal(error) or path.suffix != ".safetensors":
+            safeload.torch_load(path, "weights file")  # the one-line "not a plain tensor file" when that is it
         message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
         raise ModelError(f"cannot load {path} into {architecture.name}: {message}") from None
 

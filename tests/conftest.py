@@ -27,6 +27,19 @@ def checkpoints_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("checkpoints")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(checkpoints_dir) -> Path:
+    """The per-user cache (the tiny CLIP) is the session's checkpoints folder: tests never write to the real
+    home, and subprocesses inherit it through $NEMESIS_CACHE."""
+    previous = os.environ.get("NEMESIS_CACHE")
+    os.environ["NEMESIS_CACHE"] = str(checkpoints_dir)
+    yield checkpoints_dir
+    if previous is None:
+        os.environ.pop("NEMESIS_CACHE", None)
+    else:
+        os.environ["NEMESIS_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_session(checkpoints_dir):
     """A quiet Session on the shared checkpoints folder whose caches hold the embedded tiny CLIP and the

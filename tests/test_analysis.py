@@ -97,7 +97,7 @@ def select(df: pd.DataFrame, **where) -> pd.Series:
 
 def test_frequency_per_seed_counts_and_percent(corruptions):
     per_seed = analysis.low_norm_frequency_per_seed(corruptions)
-    assert list(per_seed.columns) == ["dataset", "backbone", "shots", "method", "seed", "n_reducing", "n_effect", "frequency"]
+    assert list(per_seed.columns) == ["dataset", "backbone", "shots", "prompt_method", "method", "seed", "n_reducing", "n_effect", "frequency"]
     assert len(per_seed) == 5
     expected = {
         ("dtd", "coop", 1): (3, 2, 200 / 3),
@@ -127,7 +127,7 @@ def test_frequency_min_delta(corruptions):
 def test_frequency_aggregate_mean_std_over_seeds(corruptions):
     freq = analysis.low_norm_frequency(corruptions)
     assert list(freq.columns) == [
-        "dataset", "backbone", "shots", "method",
+        "dataset", "backbone", "shots", "prompt_method", "method",
         "frequency_mean", "frequency_std", "num_seeds", "n_effect", "n_reducing", "frequency_pooled",
     ]  # fmt: skip
     assert len(freq) == 3
@@ -231,7 +231,7 @@ def test_delta_grid_averages_reps_then_seeds():
 def test_summarize_runs(runs):
     summary = analysis.summarize_runs(runs)
     assert list(summary.columns) == [
-        "dataset", "backbone", "shots", "method",
+        "dataset", "backbone", "shots", "prompt_method", "method",
         "final_test_acc_mean", "final_test_acc_std", "zero_shot_acc_mean", "zero_shot_acc_std", "num_seeds",
     ]  # fmt: skip
     dtd = select(summary, dataset="dtd")
@@ -271,7 +271,7 @@ def test_format_mean_std():
 
 def test_merge_mean_std_and_markdown(runs):
     merged = analysis.merge_mean_std(analysis.summarize_runs(runs))
-    assert list(merged.columns) == ["dataset", "backbone", "shots", "method", "final_test_acc", "zero_shot_acc", "num_seeds"]
+    assert list(merged.columns) == ["dataset", "backbone", "shots", "prompt_method", "method", "final_test_acc", "zero_shot_acc", "num_seeds"]
     assert merged["final_test_acc"].tolist() == ["71.00 ± 1.41", "80.00"]
     assert merged["zero_shot_acc"].tolist() == ["40.00 ± 0.00", ""]
     only = analysis.merge_mean_std(analysis.summarize_runs(runs), columns=["zero_shot_acc"])

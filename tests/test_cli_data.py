@@ -4,7 +4,6 @@ checkpoint trained elsewhere analysed by `nemesis corrupt`, all on fixture trees
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd

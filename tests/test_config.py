@@ -26,6 +26,9 @@ from nemesis_analysis.errors import ConfigError, FieldError
 
 
 def build(**dotted) -> RunConfig:
+    # A method's own options need that method (plot.num_prompts with --method plot).
+    sections = {name.split(".")[0] for name in dotted} & {"plot", "kgcoop"}
+    dotted = {**{"prompt.method": section for section in sections}, **dotted}
     return RunConfig.from_dict(with_overrides(RunConfig().to_dict(), dotted), strict=True)
 
 
@@ -47,6 +50,8 @@ RULES = [
     ("optim.batch_size", 1, [0], "must be at least 1"),
     ("optim.warmup_epochs", 0, [-1], "must be >= 0"),
     ("optim.warmup_lr", 1e-9, [0.0], "must be positive"),
+    ("plot.num_prompts", 1, [0], "must be at least 1"),
+    ("kgcoop.weight", 0.0, [-1.0], "must be >= 0"),
 ]
 FLOAT_FIELDS = [name for name, kind in field_annotations().items() if "float" in str(kind)]
 INT_FIELDS = [name for name, kind in field_annotations().items() if "int" in str(kind)]

@@ -283,8 +283,6 @@ def train_args(spec: str, checkpoints: Path, reports: Path, shots: int = 1) -> l
 
 
 def assert_one_line_exit_2(result, expected: str) -> None:
-    from nemesis_analysis.cli import app  # noqa: F401  (imported by the caller)
-
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0], result.output

@@ -1,8 +1,8 @@
 """PLOT: Sinkhorn against a plain loop, local image features, OT logits against a per-image path, training,
 resume and the corruption sweep on the embedded digits.
 
-Until the method plumbing (``RunConfig.method``) lands, training runs PLOT through ``train.METHOD``
-(monkeypatched), in a checkpoints folder of its own so its run ids cannot meet CoOp's.
+Training selects PLOT by ``prompt.method = "plot"`` with ``plot.num_prompts`` (``--method plot
+--plot-prompts N`` on the command line); each run trains in a checkpoints folder of its own.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis import store, train
-from nemesis_analysis.config import OptimConfig, PromptConfig, RunConfig
+from nemesis_analysis import store
+from nemesis_analysis.config import OptimConfig, PlotConfig, PromptConfig, RunConfig
 from nemesis_analysis.corrupt_ops import expand_grid, rescale
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.features import encode_images_with_local, feature_cache_key, image_features, local_image_features
@@ -178,14 +178,15 @@ def test_plot_is_registered_and_refuses_csc(tiny_random):
     assert method_class("plot") is PLOT
     with pytest.raises(ConfigError, match="drop --csc"):
         PLOT(tiny_random, ["a", "b"], PromptConfig(n_ctx=2, csc=True))
-    with pytest.raises(ConfigError, match="plot-prompts"):
-        PLOT(tiny_random, ["a", "b"], PromptConfig(n_ctx=2), num_prompts=0)
+    with pytest.raises(ConfigError, match="num_prompts must be at least 1"):
+        PLOT(tiny_random, ["a", "b"], PromptConfig(n_ctx=2), options=PlotConfig(num_prompts=0))
 
 
 def test_plot_logits_equal_a_per_image_per_class_computation(tiny_random):
     classnames = ["cat", "dog", "small red bird"]
     num_prompts, n_ctx = 3, 4
-    method = PLOT(tiny_random, classnames, PromptConfig(n_ctx=n_ctx, init_std=0.5), seed=5, num_prompts=num_prompts)
+    options = PlotConfig(num_prompts=num_prompts)
+    method = PLOT(tiny_random, classnames, PromptConfig(n_ctx=n_ctx, init_std=0.5), seed=5, options=options)
     assert method.ctx.shape == (num_prompts, n_ctx, tiny_random.text_width)
     generator = torch.Generator().manual_seed(1)
     batch, locations = 4, 16
@@ -219,7 +220,7 @@ def test_plot_logits_equal_a_per_image_per_class_computation(tiny_random):
 
 
 def test_plot_positions_are_prompt_position_pairs(tiny_random):
-    method = PLOT(tiny_random, ["a", "b"], PromptConfig(n_ctx=3), seed=0, num_prompts=2)
+    method = PLOT(tiny_random, ["a", "b"], PromptConfig(n_ctx=3), seed=0, options=PlotConfig(num_prompts=2))
     flat = method.position_tensor()
     assert flat.shape == (6, tiny_random.text_width) and method.n_positions == 6
     assert method.position_pairs() == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
@@ -237,20 +238,19 @@ def test_plot_positions_are_prompt_position_pairs(tiny_random):
 # ------------------------------------------------------------------------------ training and the sweep
 
 
-CONFIG = RunConfig(shots=4, epochs=8, prompt=PromptConfig(n_ctx=4), optim=OptimConfig(batch_size=16))
+COOP_CONFIG = RunConfig(shots=4, epochs=8, prompt=PromptConfig(n_ctx=4), optim=OptimConfig(batch_size=16))
+CONFIG = RunConfig(shots=4, epochs=8, prompt=PromptConfig(method="plot", n_ctx=4), optim=OptimConfig(batch_size=16),
+                   plot=PlotConfig(num_prompts=4))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def plot_runs(tiny_session, tmp_path_factory):
     """A PLOT run and a CoOp run of the same config (split, seed, epochs), each in its own folder."""
-    patch = pytest.MonkeyPatch()
     runs = {}
-    for name in ("coop", "plot"):
+    for name, config in (("coop", COOP_CONFIG), ("plot", CONFIG)):
         root = tmp_path_factory.mktemp(name)
         session = tiny_session.replace(checkpoints_dir=root / "checkpoints", reports_dir=root / "reports")
-        patch.setattr(train, "METHOD", name)
-        runs[name] = (train_prompt(CONFIG, session, save_every=1), session)
-    patch.undo()
+        runs[name] = (train_prompt(config, session, save_every=1), session)
     return runs
 
 
@@ -270,9 +270,8 @@ def test_plot_training_lowers_the_loss_and_beats_a_uniform_guess(plot_runs):
           f"PLOT {result.final_test_acc:.2f}% CoOp {coop.final_test_acc:.2f}% zero-shot {coop.zero_shot_acc:.2f}%")
 
 
-def test_resumed_plot_run_equals_uninterrupted(plot_runs, tiny_session, tmp_path, monkeypatch):
+def test_resumed_plot_run_equals_uninterrupted(plot_runs, tiny_session, tmp_path):
     full, full_session = plot_runs["plot"]
-    monkeypatch.setattr(train, "METHOD", "plot")
     session = tiny_session.replace(checkpoints_dir=tmp_path / "checkpoints", reports_dir=tmp_path / "reports")
     stopped = train_prompt(CONFIG, session, save_every=1, should_stop=lambda epoch: epoch >= 2)
     assert stopped.stopped
@@ -291,7 +290,7 @@ def test_sweep_on_a_plot_prompt(plot_runs):
     metadata = method.load(result.run_dir)
     assert metadata["num_prompts"] == 4 and metadata["method"] == "plot"
     ctx = method.ctx.detach().clone()  # (N, n_ctx, width), as saved
-    identity = result.config.identity(n_ctx=ctx.shape[-2])
+    identity = result.config.identity(n_ctx=method.n_ctx)
     grid = expand_grid(method.n_positions, factors=(0.0, 2.0), stds=(0.5,), reps=1)
     summary = run_corruption_sweep(session, method, ctx, identity, grid, chunk=7)
 
@@ -310,8 +309,7 @@ def test_sweep_on_a_plot_prompt(plot_runs):
     features, labels = image_features(loaded, dataset, dataset.test, session.feature_cache, False)
     local, _ = local_image_features(loaded, dataset, dataset.test, session.feature_cache, False)
     with torch.no_grad():
-        text = method.text_features(zeroed[None])
-        predictions = method.score_variants(text, features, local)[0].argmax(-1)
+        predictions = method.variant_scores(zeroed[None], features, local)[0].argmax(-1)
     assert row.acc == pytest.approx(100.0 * (predictions == labels).double().mean().item(), abs=1e-9)
     assert row.norm_after == 0.0 and row.norm_before == pytest.approx(float(ctx[2, 1].norm()), rel=1e-6)
     # a rerun finds every key and writes nothing
@@ -337,7 +335,7 @@ def test_official_plot_checkpoint_imports_with_shapes_checked(tiny_random, tmp_p
     from nemesis_analysis.artifacts import load_prompt_any, read_prompt
 
     classes = ["face", "leopard", "motorbike"]
-    method = PLOT(tiny_random, classes, PromptConfig(n_ctx=4), seed=2, num_prompts=2)
+    method = PLOT(tiny_random, classes, PromptConfig(n_ctx=4), seed=2, options=PlotConfig(num_prompts=2))
     ctx = method.ctx.detach().half().float()  # exactly representable in the file's fp16
     path = write_plot_checkpoint(tmp_path / "run", ctx, len(classes))
     prompt = read_prompt(tmp_path / "run")
@@ -345,10 +343,11 @@ def test_official_plot_checkpoint_imports_with_shapes_checked(tiny_random, tmp_p
     loaded, meta = load_prompt_any(path, method)
     assert torch.equal(loaded, ctx) and loaded.shape == (2, 4, tiny_random.text_width)
     assert meta["source"] == "plot-checkpoint" and meta["num_prompts"] == 2 and meta["num_classes"] == 3
+    two, four = PlotConfig(num_prompts=2), PlotConfig(num_prompts=4)
     checks = [
-        (PLOT(tiny_random, classes, PromptConfig(n_ctx=4), num_prompts=4), "has 2 prompts .* pass --plot-prompts 2"),
-        (PLOT(tiny_random, classes, PromptConfig(n_ctx=3), num_prompts=2), "4 context vectors per prompt .* --n-ctx 4"),
-        (PLOT(tiny_random, classes[:2], PromptConfig(n_ctx=4), num_prompts=2), "learned for 3 classes .* has 2"),
+        (PLOT(tiny_random, classes, PromptConfig(n_ctx=4), options=four), "has 2 prompts .* pass --plot-prompts 2"),
+        (PLOT(tiny_random, classes, PromptConfig(n_ctx=3), options=two), "4 context vectors per prompt .* --n-ctx 4"),
+        (PLOT(tiny_random, classes[:2], PromptConfig(n_ctx=4), options=two), "learned for 3 classes .* has 2"),
         (method_class("coop")(tiny_random, classes, PromptConfig(n_ctx=4)), "holds PLOT prompts .* --method plot"),
     ]
     for other, message in checks:
@@ -359,3 +358,45 @@ def test_official_plot_checkpoint_imports_with_shapes_checked(tiny_random, tmp_p
     with torch.no_grad():
         method.position_tensor().copy_(method.positions_of(loaded))
     assert torch.equal(method.ctx.detach(), ctx)
+
+
+# ---------------------------------------------------------------------------------------------- the CLI
+
+
+def test_plot_train_and_corrupt_through_the_cli(checkpoints_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from nemesis_analysis.cli import app
+
+    runner = CliRunner()
+    run_flags = ["--method", "plot", "--plot-prompts", "2", "--pan", "--dataset", "digits", "--shots", "2",
+                 "--epochs", "2", "--n-ctx", "4", "--checkpoints", str(checkpoints_dir), "--reports", str(tmp_path)]
+    trained = runner.invoke(app, ["train", "--quiet", *run_flags])
+    assert trained.exit_code == 0, trained.output
+    runs = store.read_table(tmp_path, "runs")
+    assert len(runs) == 1 and runs.prompt_method.iloc[0] == "plot" and runs.n_ctx.iloc[0] == 4
+    traj = store.read_table(tmp_path, "trajectories")
+    assert len(traj) == 2 * 2 * 4  # epochs * prompts * positions
+    assert sorted(set(zip(traj.prompt_index, traj.position))) == [(n, m) for n in range(2) for m in range(4)]
+
+    # flat positions 1 and 6: prompt 0 position 1, prompt 1 position 2 (n_ctx 4)
+    grid = ["--ops", "rescale", "--positions", "1,6", "--factors", "0,2"]
+    swept = runner.invoke(app, ["corrupt", "--quiet", *run_flags, *grid])
+    assert swept.exit_code == 0, swept.output
+    assert "prompt " in swept.output  # describe_corruption names the prompt of a PLOT position
+    rows = store.read_table(tmp_path, "corruptions")
+    assert len(rows) == 1 + 2 * 2 and set(rows.run_id) == set(runs.run_id)
+    corrupted = rows[rows.op == "rescale"]
+    assert sorted(set(zip(corrupted.prompt_index, corrupted.position))) == [(0, 1), (1, 2)]
+    baseline = rows[rows.op == "none"].iloc[0]
+    assert baseline.acc == pytest.approx(runs.final_test_acc.iloc[0], abs=1e-9)  # the trained prompt, unchanged
+    # a 0-rescale of prompt 1 position 2 zeroes that vector: its norm after is 0
+    zeroed = corrupted[(corrupted.prompt_index == 1) & (corrupted.factor == 0.0)].iloc[0]
+    assert zeroed.norm_after == 0.0 and zeroed.norm_before > 0
+
+    # the saved prompt through --prompt: N read from the artifact, the same keys, nothing new
+    run_dir = checkpoints_dir / runs.run_id.iloc[0]
+    again = runner.invoke(app, ["corrupt", "--quiet", "--prompt", str(run_dir), *grid,
+                                "--checkpoints", str(checkpoints_dir), "--reports", str(tmp_path)])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert "0 rows written" in again.output

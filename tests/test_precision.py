@@ -84,8 +84,8 @@ def test_amp_shared_prefix_training_pass_on_cpu(tiny_session):
 
 @pytest.mark.cuda
 @cuda
-def test_amp_on_cuda_matches_fp32_on_cpu(tiny_context, checkpoints_dir):
-    fp32 = tiny_context.loaded
+def test_amp_on_cuda_matches_fp32_on_cpu(tiny_session, checkpoints_dir):
+    fp32, dataset = _tiny(tiny_session)
     amp = load_model("nemesis-tiny", "embedded", device="cuda", precision="amp", checkpoints_dir=checkpoints_dir)
     gap, agreement, acc, acc_amp = _compare_amp_to_fp32(fp32, amp, dataset)
     assert gap < MAX_FEATURE_GAP and agreement >= MIN_AGREEMENT and abs(acc - acc_amp) <= MAX_ACC_GAP

@@ -110,6 +110,7 @@ def test_training_rows_equal_with_and_without_sharing(tiny_session, checkpoints_
         # own checkpoints folders (sharing the feature cache): both runs train, neither reuses a finished one
         session = tiny_session.replace(checkpoints_dir=tmp_path / f"ck-{share}", reports_dir=tmp_path / f"share-{share}")
         session.checkpoints_dir.mkdir()
+        (checkpoints_dir / "features").mkdir(exist_ok=True)  # the link must not dangle when this test runs first
         (session.checkpoints_dir / "features").symlink_to(checkpoints_dir / "features")
         assert not train_prompt(config, session).reused
         tables[share] = pd.read_parquet(tmp_path / f"share-{share}" / "trajectories").sort_values(["epoch", "position"])

@@ -56,9 +56,11 @@ def test_parts_get_umask_permissions(tmp_path):
 
 
 def test_old_parts_read_with_a_new_column_default(tmp_path, monkeypatch):
+    current = schema.SCHEMAS["corruptions"]  # prompt_method is an identity column now: write r1 without it
+    monkeypatch.setitem(schema.SCHEMAS, "corruptions", pa.schema([f for f in current if f.name != "prompt_method"]))
     store.append_rows(tmp_path, "corruptions", corruption_rows("r1", [0, 1]))
-    extended = schema.SCHEMAS["corruptions"].append(pa.field("prompt_method", pa.string()))
-    extended = extended.append(pa.field("n_extra", pa.int64()))
+    assert "prompt_method" not in pd.read_parquet(tmp_path / "corruptions").columns
+    extended = current.append(pa.field("n_extra", pa.int64()))
     monkeypatch.setitem(schema.SCHEMAS, "corruptions", extended)
     new_rows = [dict(r, prompt_method="kgcoop", n_extra=7) for r in corruption_rows("r2", [0])]
     store.append_rows(tmp_path, "corruptions", new_rows)

@@ -7,7 +7,6 @@ import math
 
 import pandas as pd
 import pytest
-import torch
 
 from nemesis_analysis import store
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig, apply_recipe

@@ -22,9 +22,12 @@ from nemesis_analysis.cli.options import (
 def datasets(
     data_root: DataRootOpt = None,
     sample: Annotated[int, typer.Option("--sample", help="Images decoded per split (0: none; existence is always checked).")] = 50,
+    dataset: Annotated[Optional[list[str]], typer.Option("--dataset", "-d", help="Only this dataset: a CoOp name or folder:PATH / manifest:PATH (repeatable).")] = None,
+    shots: Annotated[Optional[int], typer.Option("--shots", "-k", help="Also report classes with fewer training images than this.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Report every CoOp dataset under the data root: found or not, images per split, classes, problems and fixes.
+    """Report every CoOp dataset under the data root (or the --dataset ones, custom folder:/manifest: specs
+    included): found or not, images per split, classes, problems and fixes (with --shots: short classes).
 
     Reads only; modifies nothing. Exit code 0 whatever it finds under the data root (missing or damaged
     datasets are reported, not errors); exit code 2 only when the data root itself is not given or does
@@ -34,10 +37,12 @@ def datasets(
 
     if sample < 0:
         raise ConfigError(f"--sample must be at least 0, got {sample}")
+    if shots is not None and shots < 1:
+        raise ConfigError(f"--shots must be at least 1, got {shots}")
     session = build_session(data_root=data_root, quiet=quiet)
     from nemesis_analysis.data.diagnose import SPLITS, diagnose_datasets
 
-    reports = diagnose_datasets(session.data_root, sample_size=sample)
+    reports = diagnose_datasets(session.data_root, names=dataset or None, sample_size=sample, shots=shots)
     table = Table(title="datasets", title_justify="left")
     for column in ("dataset", "status", "classes", *SPLITS, "folder"):
         table.add_column(column, justify="right" if column in ("classes", *SPLITS) else "left")
@@ -71,7 +76,7 @@ def models(
 
     from nemesis_analysis import weights
     from nemesis_analysis.architectures import TINY_BACKBONE, register_model_configs
-    from nemesis_analysis.tiny import tiny_cache_path
+    from nemesis_analysis.tiny import find_tiny_clip
 
     session = build_session(checkpoints=checkpoints, cache_dir=cache_dir, quiet=True)
     register_model_configs()
@@ -85,7 +90,7 @@ def models(
     for name in names:
         if name == TINY_BACKBONE:
             tags = ["embedded", "none"]
-            cached = ["embedded"] if tiny_cache_path(session.checkpoints_dir).is_file() else []
+            cached = ["embedded"] if find_tiny_clip(session.checkpoints_dir) is not None else []
         else:
             tags = open_clip.list_pretrained_tags_by_model(name)
             cached = weights.cached_tags(name, session.weights_cache_dir)

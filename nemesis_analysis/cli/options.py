@@ -40,6 +40,9 @@ FIELD_FLAGS: dict[str, str] = {
     "prompt.csc": "--csc",
     "prompt.class_token_position": "--class-token-position",
     "prompt.ctx_init": "--ctx-init",
+    "prompt.method": "--method",
+    "plot.num_prompts": "--plot-prompts",
+    "kgcoop.weight": "--kg-weight",
     "nemesis.beta": "--beta",
     "nemesis.weight": "--norm-weight",
     "nemesis.norm_type": "--norm-type",
@@ -48,6 +51,7 @@ FIELD_FLAGS: dict[str, str] = {
     "nemesis.omega": "--omega",
     "optim.lr": "--lr",
     "optim.batch_size": "--batch-size",
+    "allow_missing_classes": "--allow-missing-classes",
 }
 
 
@@ -137,7 +141,7 @@ def _help(dotted: str, text: str = "") -> str:
 
 
 ConfigFileOpt = Annotated[
-    Optional[Path], typer.Option("--config", metavar="FILE", help="TOML run config: top-level fields and [prompt], [nemesis], [optim].")
+    Optional[Path], typer.Option("--config", metavar="FILE", help="TOML run config: top-level fields and [prompt], [nemesis], [optim], [plot], [kgcoop].")
 ]
 SetOpt = Annotated[
     Optional[list[str]],
@@ -177,8 +181,9 @@ PanFactorOpt = Annotated[float, typer.Option("--pan-factor", help=_help("nemesis
 OmegaOpt = Annotated[str, typer.Option("--omega", help="sigmoid (1 - sigmoid(0.2 (t - T/2))) or constant.")]
 RecipeOpt = Annotated[
     Optional[str],
-    typer.Option("--recipe", help="coop (CoOp protocol: RN50, M=16, end, last partial batch dropped) or paper "
-                 "(the reference code's rules: batches, epochs, CSC norm sums, Food101/OxfordPets weights); "
+    typer.Option("--recipe", help="coop (CoOp protocol: RN50, M=16, end, last partial batch dropped), paper "
+                 "(the reference code's rules: batches, epochs, CSC norm sums, Food101/OxfordPets weights) or "
+                 "cocoop (CoCoOp: ViT-B-16, 16 shots, batch 1, 10 epochs, 'a photo of a'); "
                  "prints and records what it changed."),
 ]
 ProtocolOpt = Annotated[
@@ -186,7 +191,26 @@ ProtocolOpt = Annotated[
 ]
 LrOpt = Annotated[float, typer.Option("--lr", help=_help("optim.lr"))]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help=_help("optim.batch_size"))]
+MethodOpt = Annotated[
+    str, typer.Option("--method", help="Prompt method: coop, cocoop (image-conditioned context), plot (N prompts "
+                      "matched by optimal transport) or kgcoop (CoOp pulled towards the hand-crafted prompt).")
+]
+PLOT_PANEL = "PLOT options (--method plot)"
+KGCOOP_PANEL = "KgCoOp options (--method kgcoop)"
+PlotPromptsOpt = Annotated[
+    int, typer.Option("--plot-prompts", help=_help("plot.num_prompts", "Prompts per class N (PLOT only)"),
+                      rich_help_panel=PLOT_PANEL)
+]
+KgWeightOpt = Annotated[
+    float, typer.Option("--kg-weight", help=_help("kgcoop.weight", "Weight lambda of mean ||t - t_hand-crafted||^2 "
+                        "(KgCoOp only)"), rich_help_panel=KGCOOP_PANEL)
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Retrain even if this run already finished.")]
+AllowMissingOpt = Annotated[
+    bool,
+    typer.Option("--allow-missing-classes", help="Train even when some classes have fewer training images than "
+                 "--shots (or none); recorded in the run."),
+]
 
 # Command parameter -> the config field it sets (the inverse of FIELD_FLAGS, by parameter name).
 PARAM_FIELDS = {
@@ -195,7 +219,8 @@ PARAM_FIELDS = {
     "class_token_position": "prompt.class_token_position", "ctx_init": "prompt.ctx_init",
     "norm_weight": "nemesis.weight", "norm_type": "nemesis.norm_type", "pan_positions": "nemesis.pan_positions",
     "pan_factor": "nemesis.pan_factor", "omega": "nemesis.omega", "lr": "optim.lr", "batch_size": "optim.batch_size",
-    "recipe": "recipe", "protocol": "protocol",
+    "recipe": "recipe", "method": "prompt.method", "plot_prompts": "plot.num_prompts", "kg_weight": "kgcoop.weight",
+    "protocol": "protocol", "allow_missing_classes": "allow_missing_classes",
 }  # fmt: skip
 
 

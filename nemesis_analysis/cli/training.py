@@ -28,7 +28,9 @@ from nemesis_analysis.cli.options import (
     DeviceOpt,
     EpochsOpt,
     ForceOpt,
+    KgWeightOpt,
     LrOpt,
+    MethodOpt,
     NCtxOpt,
     NormTypeOpt,
     NormWeightOpt,
@@ -37,6 +39,7 @@ from nemesis_analysis.cli.options import (
     PanFactorOpt,
     PanOpt,
     PanPositionsOpt,
+    PlotPromptsOpt,
     PositionOpt,
     PrecisionOpt,
     PretrainedOpt,
@@ -51,10 +54,13 @@ from nemesis_analysis.cli.options import (
     ShotsOpt,
     build_run_config,
     given_options,
+    AllowMissingOpt,
     build_session,
     console,
+    err_console,
     handle_errors,
 )
+from nemesis_analysis.cli.interrupt import StopRequest, graceful_stop, stop_requested
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.session import Session
 
@@ -65,16 +71,17 @@ def run_training(config, session: Session, *, force: bool):
     """Train (or reuse) one run."""
     from nemesis_analysis.train import train_prompt
 
-    return train_prompt(config, session, force=force)
+    return train_prompt(config, session, force=force, should_stop=stop_requested)
 
 
-def run_sweep(config, session: Session, grid, *, seeds, prompt, run_id, chunk, force: bool, on_run, on_prompt):
+def run_sweep(config, session: Session, grid, *, seeds, prompt, run_id, chunk, force: bool, on_run, on_prompt,
+              max_test=None):  # fmt: skip
     """Sweep the corruption grid (a ``GridSpec``) on each seed's run, on ``prompt`` or on the run ``run_id``."""
     from nemesis_analysis.runs import sweep_runs
 
     return sweep_runs(
         config, session, grid, seeds=seeds, prompt=prompt, run_id=run_id, chunk=chunk, force=force,
-        on_run=on_run, on_prompt=on_prompt,
+        on_run=on_run, on_prompt=on_prompt, max_test=max_test, should_stop=stop_requested,
     )  # fmt: skip
 
 
@@ -98,8 +105,12 @@ def config_of_run(session: Session, run_id: str, given: set[str], prompt: Path |
 
 
 def print_run_result(result) -> None:
+    if result.stopped:
+        return  # said by stop_after_training
     state = "reused finished run" if result.reused else f"trained in {result.seconds:.1f} s"
-    console.print(f"[bold]{result.config.method}[/] run {result.run_id} ({state}) -> {result.run_dir}")
+    config = result.config
+    label = config.prompt_method if config.method == "coop" else f"{config.prompt_method} + {config.method}"
+    console.print(f"[bold]{label}[/] run {result.run_id} ({state}) -> {result.run_dir}")
     console.print(
         f"  zero-shot accuracy {result.zero_shot_acc:.2f}%   final test accuracy {result.final_test_acc:.2f}%   "
         f"mean context norm {result.mean_norm:.4f}",
@@ -116,6 +127,28 @@ def print_evaluations(result) -> None:
         )
 
 
+def stop_after_training(result, session: Session, stop: StopRequest) -> None:
+    """A training run ended by a signal: one line on what was saved and how to resume, and exit 130/143."""
+    state = session.run_dir(result.run_id).load_state()
+    done = state.epoch + 1 if state is not None else 0
+    err_console.print(
+        f"interrupted: run {result.run_id} saved after {done} of {result.config.num_epochs} epochs in "
+        f"{result.run_dir}; run the same command again to resume from there",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    raise typer.Exit(code=stop.exit_code)
+
+
+def stop_after_sweep(summary, session: Session, stop: StopRequest) -> None:
+    """A sweep ended by a signal: one line on the rows saved and how to go on, and exit 130/143."""
+    err_console.print(
+        f"interrupted: {summary.rows_written} new corruption rows of run {summary.run_id} saved in "
+        f"{session.reports_dir / 'corruptions'}; run the same command again to compute the rest",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    raise typer.Exit(code=stop.exit_code)
+
+
 def print_config_and_stop(config) -> None:
     from nemesis_analysis.config import to_toml
 
@@ -129,6 +162,7 @@ def print_config_and_stop(config) -> None:
 @handle_errors
 def train(
     ctx: typer.Context,
+    method: MethodOpt = "coop",
     dataset: DatasetOpt = "digits",
     shots: ShotsOpt = 16,
     seed: SeedOpt = 1,
@@ -152,6 +186,9 @@ def train(
     protocol: ProtocolOpt = "fewshot",
     lr: LrOpt = 0.002,
     batch_size: BatchOpt = 32,
+    plot_prompts: PlotPromptsOpt = 4,
+    kg_weight: KgWeightOpt = 8.0,
+    allow_missing_classes: AllowMissingOpt = False,
     config_file: ConfigFileOpt = None,
     set_: SetOpt = None,
     print_config: PrintConfigOpt = False,
@@ -164,19 +201,25 @@ def train(
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train CoOp (or CoOp + Nemesis with --pun / --pan / --beta) and record it in Parquet."""
+    """Train a prompt method (--method: CoOp, CoCoOp, PLOT, KgCoOp), with Nemesis via --pun / --pan / --beta,
+    and record it in Parquet."""
     config = build_run_config(
         given=given_options(ctx), config_file=config_file, sets=set_, pun=pun, pan=pan, beta=beta, dataset=dataset, shots=shots, seed=seed,
         backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
         ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
         pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
-        protocol=protocol,
+        method=method, plot_prompts=plot_prompts, kg_weight=kg_weight, protocol=protocol,
+        allow_missing_classes=allow_missing_classes,
     )  # fmt: skip
     if print_config:
         print_config_and_stop(config)
     session = build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
                             offline=offline, cache_dir=cache_dir, quiet=quiet)
-    print_run_result(run_training(config, session, force=force))
+    with graceful_stop() as stop:
+        result = run_training(config, session, force=force)
+    if result.stopped:
+        stop_after_training(result, session, stop)
+    print_run_result(result)
 
 
 # ---------------------------------------------------------------------------------------------- corrupt
@@ -209,11 +252,17 @@ RepsOpt = Annotated[int, typer.Option("--reps", help="Random draws per replace c
 ChunkOpt = Annotated[
     Optional[int], typer.Option("--chunk", help="Variants per text-tower pass (default: from a memory budget).")
 ]
+MaxTestOpt = Annotated[
+    Optional[int],
+    typer.Option("--max-test", help="Evaluate a seeded class-stratified subsample of at most N test images "
+                 "(for CoCoOp on large test sets; n_test records it)."),
+]
 
 
 @handle_errors
 def corrupt(
     ctx: typer.Context,
+    method: MethodOpt = "coop",
     dataset: DatasetOpt = "digits",
     shots: ShotsOpt = 16,
     seed: SeedOpt = 1,
@@ -237,6 +286,9 @@ def corrupt(
     protocol: ProtocolOpt = "fewshot",
     lr: LrOpt = 0.002,
     batch_size: BatchOpt = 32,
+    plot_prompts: PlotPromptsOpt = 4,
+    kg_weight: KgWeightOpt = 8.0,
+    allow_missing_classes: AllowMissingOpt = False,
     config_file: ConfigFileOpt = None,
     set_: SetOpt = None,
     print_config: PrintConfigOpt = False,
@@ -250,6 +302,7 @@ def corrupt(
     stds: StdsOpt = None,
     reps: RepsOpt = 3,
     chunk: ChunkOpt = None,
+    max_test: MaxTestOpt = None,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
     reports: ReportsOpt = DEFAULT_REPORTS,
     data_root: DataRootOpt = None,
@@ -268,8 +321,9 @@ def corrupt(
         backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
         ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
         pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
-        protocol=protocol,
+        method=method, plot_prompts=plot_prompts, kg_weight=kg_weight, protocol=protocol,
         purpose="corrupt",
+        allow_missing_classes=allow_missing_classes,
     )  # fmt: skip
     from nemesis_analysis.corrupt_ops import GridSpec, parse_int_list  # imports torch: only once the config is valid
 
@@ -280,12 +334,19 @@ def corrupt(
         config = config_of_run(session, run, given_options(ctx), prompt)
     if print_config:
         print_config_and_stop(config)
-    summaries = run_sweep(
-        config, session, grid,
-        seeds=parse_int_list(seeds, "--seeds") if seeds is not None else None, prompt=prompt, run_id=None, chunk=chunk,
-        force=force, on_run=print_run_result,
-        on_prompt=lambda p: console.print(f"analysing {p.path} (run_id {p.run_id})", highlight=False),
-    )  # fmt: skip
+    stopped_runs = []
+    with graceful_stop() as stop:
+        summaries = run_sweep(
+            config, session, grid,
+            seeds=parse_int_list(seeds, "--seeds") if seeds is not None else None, prompt=prompt, run_id=None,
+            chunk=chunk, force=force, on_run=lambda r: stopped_runs.append(r) if r.stopped else print_run_result(r),
+            max_test=max_test,
+            on_prompt=lambda p: console.print(f"analysing {p.path} (run_id {p.run_id})", highlight=False),
+        )  # fmt: skip
+    if stopped_runs:
+        stop_after_training(stopped_runs[0], session, stop)
+    if summaries and summaries[-1].stopped:
+        stop_after_sweep(summaries[-1], session, stop)
     from nemesis_analysis.sweep import format_summary
 
     for summary_ in summaries:

@@ -27,8 +27,23 @@ How the next methods fit:
   :meth:`PromptMethod.position_pairs`), so corruption, norm losses and trajectories iterate positions as
   for CoOp. ``text_features`` returns ``(variants, num_classes, N, embed)``; ``needs_local_features`` makes
   the engine and the training loop pass ``local_features`` (``(batch, locations, embed)``) to
-  :meth:`PromptMethod.score_variants`, which solves the transport.
+  :meth:`PromptMethod.variant_scores`, whose hook :meth:`PromptMethod.score_variants` solves the transport.
 - KgCoOp: CoOp plus ``extra_loss`` = distance of the learned text features to the hand-crafted ones.
+
+Adding a method is one module plus one registration line (``methods/__init__.py`` imports it). The class:
+
+- subclasses :class:`PromptMethod` (or CoOp), decorated ``@register_method("name")`` with a name of
+  :class:`~nemesis_analysis.choices.PromptMethodName`;
+- takes ``(loaded, classnames, config: PromptConfig, seed=0, options=None)``: ``options`` is the run's
+  option section of this method (``RunConfig.plot`` for PLOT, ``RunConfig.kgcoop`` for KgCoOp; None
+  for methods without one), as :func:`build_method` passes it;
+- declares its learnable tensors: :meth:`PromptMethod.slots` (positions on axis -2; PLOT's
+  ``(N, n_ctx, width)`` puts the prompt axis in front, so a position is a (prompt, position) pair) and,
+  for tensors without positions (CoCoOp's meta-network), :meth:`PromptMethod.trainable`. Everything in
+  ``trainable()`` is optimised, saved in the resume state (with its momentum) and in the artifact;
+- scores images: :meth:`PromptMethod.scores` / :meth:`PromptMethod.logits` for its own values and
+  :meth:`PromptMethod.variant_scores` for a stack of slot variants (the corruption engine and PAN's
+  pre-inference call only this). Methods that need local image features set ``needs_local_features``.
 """
 
 from __future__ import annotations
@@ -39,8 +54,8 @@ from typing import Callable, ClassVar
 import torch
 from torch import Tensor, nn
 
-from nemesis_analysis.artifacts import load_prompt, save_prompt
-from nemesis_analysis.errors import ConfigError
+from nemesis_analysis.artifacts import load_prompt_tensors, save_prompt
+from nemesis_analysis.errors import ConfigError, ModelError
 
 METHODS: dict[str, type["PromptMethod"]] = {}
 
@@ -65,6 +80,17 @@ def method_class(name: str) -> type["PromptMethod"]:
     return METHODS[name]
 
 
+def build_method(name: str, loaded, classnames: list[str], config, seed: int = 0, options=None) -> "PromptMethod":
+    """An instance of the registered method ``name`` (``config`` its PromptConfig, ``options`` its section)."""
+    return method_class(name)(loaded, classnames, config, seed=seed, options=options)
+
+
+def build_method_for_run(run_config, loaded, classnames: list[str]) -> "PromptMethod":
+    """The prompt method of a :class:`~nemesis_analysis.config.RunConfig`, initialised with its seed."""
+    return build_method(run_config.prompt_method, loaded, classnames, run_config.prompt, seed=run_config.seed,
+                        options=run_config.method_options())  # fmt: skip
+
+
 class PromptMethod(nn.Module):
     """A prompt-learning method on a frozen CLIP (see the module's design note).
 
@@ -74,14 +100,23 @@ class PromptMethod(nn.Module):
 
     name: ClassVar[str] = ""
     position_slot: ClassVar[str] = "ctx"  # the slot whose axis -2 is corrupted, normed and recorded
+    needs_local_features: ClassVar[bool] = False  # PLOT: scores need per-location image features
 
     @property
     def num_classes(self) -> int:
         raise NotImplementedError
 
     def slots(self) -> dict[str, Tensor]:
-        """The learnable tensors by name; each has its positions on axis -2."""
+        """The learnable tensors with positions, by name; each has its positions on axis -2."""
         raise NotImplementedError
+
+    def trainable(self) -> dict[str, Tensor]:
+        """Every learnable tensor by name: the slots plus tensors without positions (CoCoOp's meta-network).
+
+        The training loop optimises these, the resume state saves them (and their momentum) and the
+        artifact stores them; names are safetensors keys (e.g. ``meta_net.linear1.weight``).
+        """
+        return self.slots()
 
     def position_tensor(self) -> Tensor:
         """The slot that corruption, norm losses and trajectories operate on."""
@@ -108,6 +143,15 @@ class PromptMethod(nn.Module):
         """
         raise NotImplementedError
 
+    def variant_scores(self, slot_variants: Tensor, image_features: Tensor,
+                       local_features: Tensor | None = None) -> Tensor:  # fmt: skip
+        """Cosine scores ``(variants, batch, num_classes)`` of L2-normalised ``image_features`` ``(batch, embed)``
+        under each variant ``(variants, *slot.shape)`` of the position slot (the method's other tensors as
+        they are). What the corruption engine and PAN's pre-inference call; the default scores
+        :meth:`text_features` through :meth:`score_variants` (``local_features`` ``(batch, locations, embed)``
+        for methods that set ``needs_local_features``); image-conditioned methods (CoCoOp) override it."""
+        return self.score_variants(self.text_features(slot_variants), image_features, local_features)
+
     def scores(self, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
         """Cosine scores ``(batch, num_classes)`` of L2-normalised ``image_features`` ``(batch, embed)``: what
         accuracy is measured on.
@@ -119,18 +163,16 @@ class PromptMethod(nn.Module):
         return self.score_variants(self.text_features(), image_features, local_features)[0]
 
     def score_variants(self, text: Tensor, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
-        """Scores ``(variants, batch, num_classes)`` of images under the text features ``text`` that
-        :meth:`text_features` returned for a stack of variants. Default: cosine against the global
-        feature; PLOT matches its prompts to ``local_features`` ``(batch, locations, embed)``."""
+        """The hook behind :meth:`variant_scores` (and the engine's prefix-cache path): scores
+        ``(variants, batch, num_classes)`` of images under text features ``text`` that :meth:`text_features`
+        returned for a stack of variants. Default: cosine against the global feature; PLOT matches its
+        prompts to ``local_features`` ``(batch, locations, embed)`` by optimal transport."""
         return torch.matmul(image_features.to(text.device)[None], text.transpose(1, 2))
 
     def logits(self, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
         """Training logits ``(batch, num_classes)``: CLIP's logit scale times the cosine scores."""
         text = self.text_features()[0]  # (classes, embed)
         return self.loaded.logit_scale * image_features @ text.T
-
-    # Whether scoring needs local image features (the engine and the training loop then load/encode them).
-    needs_local_features: ClassVar[bool] = False
 
     def position_pairs(self) -> list[tuple[int, int]]:
         """``(prompt_index, position)`` of each flat position of :meth:`position_tensor` (axis -2): the
@@ -154,12 +196,30 @@ class PromptMethod(nn.Module):
         raise NotImplementedError
 
     def save(self, directory: Path, extra: dict | None = None) -> Path:
-        """Write the method's artifact (tensors + metadata) into ``directory``."""
-        return save_prompt(directory, self.position_tensor(), {**self.metadata(), **(extra or {})})
+        """Write the method's artifact (every :meth:`trainable` tensor + metadata) into ``directory``."""
+        tensors = {name: t for name, t in self.trainable().items() if name != self.position_slot}
+        metadata = {**self.metadata(), "prompt_method": self.name, **(extra or {})}
+        return save_prompt(directory, self.position_tensor(), metadata, extra=tensors)
 
     def load(self, directory: Path) -> dict:
-        """Load the slot values saved by :meth:`save`; returns the artifact's metadata."""
-        value, metadata = load_prompt(directory)
-        with torch.no_grad():
-            self.position_tensor().copy_(value.to(self.position_tensor().device))
+        """Load the tensors saved by :meth:`save`; returns the artifact's metadata."""
+        tensors, metadata = load_prompt_tensors(directory)
+        self.load_tensors({self.position_slot: tensors.pop("ctx"), **tensors}, source=str(directory))
         return metadata
+
+    def load_tensors(self, tensors: dict[str, Tensor], source: str = "artifact") -> None:
+        """Copy saved values into every :meth:`trainable` tensor; a one-line ModelError names a missing or
+        misshapen one."""
+        own = self.trainable()
+        for name, target in own.items():
+            value = tensors.get(name)
+            if value is None:
+                raise ModelError(f"{source} lacks the tensor {name!r} of method {self.name}; pass an artifact of this method")
+            if tuple(value.shape) != tuple(target.shape):
+                raise ModelError(
+                    f"{source}: tensor {name!r} has shape {tuple(value.shape)} but method {self.name} expects "
+                    f"{tuple(target.shape)}; use the backbone and options it was trained with"
+                )
+        with torch.no_grad():
+            for name, target in own.items():
+                target.copy_(tensors[name].to(device=target.device, dtype=target.dtype))

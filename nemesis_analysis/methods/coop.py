@@ -46,7 +46,7 @@ class CoOp(PromptMethod):
     share_prefix: bool = True  # False: every class over its whole prompt (the plain pass), for comparisons
 
     def __init__(
-        self, loaded: LoadedModel, classnames: list[str], config: PromptConfig, seed: int = 0,
+        self, loaded: LoadedModel, classnames: list[str], config: PromptConfig, seed: int = 0, options=None,
         ctx_dtype: torch.dtype | None = None,
     ):  # fmt: skip
         super().__init__()

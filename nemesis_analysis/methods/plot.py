@@ -18,14 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from nemesis_analysis.artifacts import load_prompt, save_prompt
-from nemesis_analysis.config import PromptConfig
+from nemesis_analysis.config import PlotConfig, PromptConfig
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.methods.base import register_method
 from nemesis_analysis.methods.coop import CoOp
 from nemesis_analysis.models import LoadedModel
 from nemesis_analysis.ot import ot_similarity
 
-DEFAULT_NUM_PROMPTS = 4
 IMAGE_CHUNK_FLOATS = 2**24  # floats of one chunk's similarity tensor (variants * images * classes * N * L)
 
 
@@ -41,14 +40,15 @@ class PLOT(CoOp):
         classnames: list[str],
         config: PromptConfig,
         seed: int = 0,
-        num_prompts: int = DEFAULT_NUM_PROMPTS,
+        options: PlotConfig | None = None,
     ):
+        num_prompts = (options or PlotConfig()).num_prompts
         if config.csc:
             raise ConfigError("PLOT learns generic prompts only (no class-specific context); drop --csc")
         if int(num_prompts) < 1:
             raise ConfigError(f"--plot-prompts must be at least 1, got {num_prompts}")
         self.num_prompts = int(num_prompts)
-        super().__init__(loaded, classnames, config, seed)
+        super().__init__(loaded, classnames, config, seed=seed)
 
     def _initial_context(self, embedding: nn.Embedding, seed: int) -> Tensor:
         """N copies of the ``ctx_init`` words, else N(0, init_std^2) draws (N, n_ctx, width) seeded by ``seed``."""
@@ -134,7 +134,7 @@ class PLOT(CoOp):
 
     def save(self, directory, extra: dict | None = None):
         """Write ``ctx`` in the official layout (N, n_ctx, width) with the metadata."""
-        return save_prompt(directory, self.ctx, {**self.metadata(), **(extra or {})})
+        return save_prompt(directory, self.ctx, {**self.metadata(), "prompt_method": self.name, **(extra or {})})
 
     def load(self, directory) -> dict:
         value, metadata = load_prompt(directory)

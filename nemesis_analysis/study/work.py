@@ -74,10 +74,12 @@ def corrupt_job(job, session: Session) -> dict:
 
     config = RunConfig.from_dict(job.payload["config"])
     loaded, dataset = model_and_data(config, session)
-    ctx, _ = load_prompt(session.run_dir(job.run_id).path)
+    folder = session.run_dir(job.run_id).path
+    ctx, _ = load_prompt(folder)
     identity = config.resolved(loaded.device.type).identity(n_ctx=ctx.shape[-2])
-    method = method_for_identity(loaded, dataset.classnames, identity)
-    grid = expand_grid(ctx.shape[-2], **job.payload["grid"])
+    method = method_for_identity(loaded, dataset.classnames, identity, config.method_options())
+    method.load(folder)  # every saved tensor, not only the context (CoCoOp's meta-network)
+    grid = expand_grid(method.n_positions, **job.payload["grid"])  # flat positions (PLOT: N * n_ctx)
     summary = run_corruption_sweep(
         session, method, ctx, identity, grid, chunk=job.payload.get("chunk"),
         on_chunk=lambda index, rows: faults.maybe_exit(job.id),

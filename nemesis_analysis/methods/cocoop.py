@@ -1,0 +1,104 @@
+"""CoCoOp (Zhou et al., CVPR 2022): CoOp's context plus a meta-network shift conditioned on each image.
+
+For an image with L2-normalised feature ``x``, the meta-network ``Linear(embed, embed // 16) -> ReLU ->
+Linear(embed // 16, width)`` gives a shift ``pi(x)`` added to every context vector, so the image is scored
+against the text features of its own prompts ``[SOS] p_1 + pi(x) ... p_M + pi(x) name_c . [EOS]``.
+
+Nemesis on CoCoOp regularises the norms of the static context vectors ``p_i`` (the ``ctx`` slot), not of
+the instance shift ``pi(x)``: the shift is an output of the meta-network that differs per image, so it is
+no learned vector with a norm of its own, and the paper's Low-Norm Effect is a property of the learned
+context. Likewise a corruption of position i changes ``p_i`` and the shift still applies on top of it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nemesis_analysis.config import PromptConfig
+from nemesis_analysis.errors import ConfigError
+from nemesis_analysis.methods.base import register_method
+from nemesis_analysis.methods.coop import CoOp
+from nemesis_analysis.models import LoadedModel
+from nemesis_analysis.textpass import encode_prompts
+
+# Floats allowed in one pass's prompt activations (prompts * classes * length * width), as the engine's.
+CPU_IMAGE_BUDGET = 2**23
+CUDA_IMAGE_BUDGET = 2**27
+META_NET_REDUCTION = 16  # hidden width of the meta-network: embed // 16, as the official code
+NORM_SCOPE = "static context (ctx); the instance-conditioned shift is not included"
+
+
+def build_meta_net(embed_dim: int, width: int, seed: int) -> nn.Sequential:
+    """``Linear(embed, embed // 16) -> ReLU -> Linear(embed // 16, width)`` in fp32 with PyTorch's default
+    init drawn from ``seed`` (names as the official code: ``linear1``, ``relu``, ``linear2``)."""
+    hidden = max(1, embed_dim // META_NET_REDUCTION)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        layers = [("linear1", nn.Linear(embed_dim, hidden)), ("relu", nn.ReLU(inplace=True)),
+                  ("linear2", nn.Linear(hidden, width))]  # fmt: skip
+        return nn.Sequential(OrderedDict(layers))
+
+
+@register_method("cocoop")
+class CoCoOp(CoOp):
+    """Generic context ``ctx`` (n_ctx, width), the position slot, plus the learnable ``meta_net`` (fp32)."""
+
+    def __init__(self, loaded: LoadedModel, classnames: list[str], config: PromptConfig, seed: int = 0, options=None):
+        if config.csc:
+            raise ConfigError("CoCoOp learns one generic context shifted per image; drop --csc")
+        super().__init__(loaded, classnames, config, seed=seed)
+        self.meta_net = build_meta_net(loaded.embed_dim, self.width, seed + 1).to(self.base.device)
+
+    def trainable(self) -> dict[str, Tensor]:
+        return {"ctx": self.ctx, **{f"meta_net.{name}": p for name, p in self.meta_net.named_parameters()}}
+
+    def prefix_cache(self, slot_value: Tensor):
+        return None  # every image has its own context: no prefix is shared across images
+
+    def shift(self, image_features: Tensor) -> Tensor:
+        """The meta-network's shift of each L2-normalised image feature: (batch, width)."""
+        return self.meta_net(image_features.to(self.base.device, torch.float32))
+
+    def prompt_features(self, contexts: Tensor) -> Tensor:
+        """Normalised class text features of each context (prompts, n_ctx, width): (prompts, classes, embed).
+
+        Each context's tokens are encoded once and shared by every class (class-shared prefix pass)."""
+        prompts = self.build_embeddings(contexts)  # (prompts, classes, length, width)
+        with self.loaded.autocast():
+            features = encode_prompts(self.loaded.model, prompts, self.eos, self.shared_tokens)
+        return F.normalize(features.float(), dim=-1)  # (prompts, classes, embed)
+
+    def image_chunk(self, num_variants: int) -> int:
+        """Images per text pass so that variants * images * classes * length * width stays in budget."""
+        budget = CUDA_IMAGE_BUDGET if self.device.type == "cuda" else CPU_IMAGE_BUDGET
+        return max(1, budget // (num_variants * self.variant_floats()))
+
+    def variant_scores(self, slot_variants: Tensor, image_features: Tensor,
+                       local_features: Tensor | None = None) -> Tensor:  # fmt: skip
+        """Cosine scores (variants, batch, classes): each image against its own prompts ``variant + shift``."""
+        image_features = image_features.to(self.base.device, torch.float32)
+        slot_variants = slot_variants.to(self.base.device, torch.float32)
+        shifts = self.shift(image_features)  # (batch, width)
+        num_variants, chunk = slot_variants.shape[0], self.image_chunk(slot_variants.shape[0])
+        parts = []
+        for start in range(0, image_features.shape[0], chunk):
+            images, bias = image_features[start : start + chunk], shifts[start : start + chunk]
+            contexts = slot_variants[:, None] + bias[None, :, None]  # (variants, images, n_ctx, width)
+            text = self.prompt_features(contexts.flatten(0, 1))  # (variants * images, classes, embed)
+            text = text.unflatten(0, (num_variants, images.shape[0]))  # (variants, images, classes, embed)
+            parts.append(torch.einsum("be,vbce->vbc", images, text))
+        return torch.cat(parts, dim=1)
+
+    def scores(self, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
+        return self.variant_scores(self.ctx[None], image_features)[0]
+
+    def logits(self, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
+        return self.loaded.logit_scale * self.scores(image_features)
+
+    def metadata(self) -> dict:
+        hidden = self.meta_net.linear1.out_features
+        return {**super().metadata(), "cocoop": {"meta_net_hidden": hidden, "nemesis_norms": NORM_SCOPE}}
