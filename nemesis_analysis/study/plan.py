@@ -19,6 +19,7 @@ import pandas as pd
 
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig, apply_recipe
 from nemesis_analysis.errors import ConfigError
+from nemesis_analysis.schema import CORRUPTION_KEY
 from nemesis_analysis.study import records
 from nemesis_analysis.study.spec import Study, StudyFileError
 
@@ -149,7 +150,7 @@ def done_jobs(study: Study, jobs: list[Job]) -> set[str]:
     corruptions = store.read_table(reports, "corruptions")
     found: dict[str, set] = {}
     for run_id, frame in corruptions.groupby("run_id"):
-        found[run_id] = set(frame[["op", "prompt_index", "position", "factor", "rep"]].itertuples(index=False, name=None))
+        found[run_id] = set(frame[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
     recorded = records.latest_states(reports)
     done: set[str] = set()
     for job in jobs:
