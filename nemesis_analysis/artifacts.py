@@ -4,7 +4,9 @@ Our artifact is a folder with ``prompt.safetensors`` (the context) and ``prompt.
 names, backbone, run config). A Dassl checkpoint (``output/.../prompt_learner/model.pth.tar-50``) is a
 dict ``{"state_dict": {"ctx": ..., "token_prefix": ..., "token_suffix": ...}, "epoch": 50, ...}``; only
 ``ctx`` is learned (the prefix/suffix buffers are rebuilt from the model), and it is read with
-``torch.load(..., weights_only=True)``: tensors and plain containers, never code. A bare ``.safetensors``
+``torch.load(..., weights_only=True)``: tensors and plain containers, never code. The official PLOT code
+saves the same dict with a generic ``ctx`` of shape ``(N, n_ctx, width)`` (N prompts) and buffers of
+``N * num_classes`` rows; that layout is recognised and read as a PLOT context. A bare ``.safetensors``
 file holding one tensor (or a ``ctx`` tensor) is read as a context with no metadata. :func:`check_fits`
 is the one check that a context fits a loaded prompt method.
 """
@@ -104,7 +106,10 @@ def find_dassl_checkpoint(path: Path) -> Path | None:
             return max(candidates, key=epoch_of)
     return None
 def read_dassl_checkpoint(path: Path) -> tuple[torch.Tensor, dict]:
-    """(ctx as fp32, metadata) from a CoOp/Dassl ``model.pth.tar-N``; never unpickles code."""
+    """(ctx as fp32, metadata) from a CoOp/Dassl ``model.pth.tar-N``; never unpickles code.
+
+    A PLOT checkpoint (see :func:`plot_prompts_of`) gives ``ctx`` (N, n_ctx, width) and metadata with
+    ``method: "plot"``, ``num_prompts`` N and ``num_classes``."""
     path = Path(path)
     checkpoint = torch_load(path, "CoOp checkpoint")
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
@@ -133,7 +138,28 @@ def read_dassl_checkpoint(path: Path) -> tuple[torch.Tensor, dict]:
     }
     if meta_net:
         metadata.update(prompt_method="cocoop", tensors=meta_net)
+    num_prompts = plot_prompts_of(state)
+    if num_prompts is not None:
+        num_classes = int(state["token_prefix"].shape[0]) // num_prompts
+        metadata.update(source="plot-checkpoint", method="plot", prompt_method="plot", csc=False,
+                        num_prompts=num_prompts, num_classes=num_classes)  # fmt: skip
     return ctx, metadata
+
+
+def plot_prompts_of(state: dict) -> int | None:
+    """N when a prompt-learner state dict has PLOT's layout, else None.
+
+    PLOT's generic ``ctx`` is (N, n_ctx, width) and its ``token_prefix`` holds one row per (prompt, class):
+    N * num_classes rows. CoOp's class-specific ``ctx`` (num_classes, n_ctx, width) has as many prefix rows
+    as ``ctx`` has classes. (A one-class PLOT checkpoint cannot be told apart and reads as CoOp.)
+    """
+    ctx, prefix = state.get("ctx"), state.get("token_prefix")
+    if not isinstance(ctx, Tensor) or ctx.dim() != 3 or not isinstance(prefix, Tensor) or prefix.dim() < 1:
+        return None
+    prompts, rows = int(ctx.shape[0]), int(prefix.shape[0])
+    if rows == prompts or rows % prompts != 0:
+        return None
+    return prompts
 
 
 COCOOP_META_NET_KEYS = ("meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight",
@@ -191,7 +217,22 @@ class AnalysisPrompt:
 
     @property
     def csc(self) -> bool:
-        return self.ctx.dim() == 3
+        return self.ctx.dim() == 3 and not self.is_plot
+
+    @property
+    def num_prompts(self) -> int:
+        """Prompts per class: N of a PLOT context (N, n_ctx, width), else 1."""
+        return int(self.metadata.get("num_prompts", self.ctx.shape[0])) if self.is_plot else 1
+
+    @property
+    def n_positions(self) -> int:
+        """Flat positions the corruption grid expands over: num_prompts * n_ctx."""
+        return self.num_prompts * self.n_ctx
+
+    @property
+    def is_plot(self) -> bool:
+        """A PLOT context (N, n_ctx, width): recorded by our artifact or recognised in an official checkpoint."""
+        return "plot" in (self.metadata.get("method"), self.metadata.get("prompt_method"))
 
 
 def read_prompt(path: Path | str) -> AnalysisPrompt:
@@ -244,6 +285,8 @@ def load_prompt_any(path: Path | str, method=None) -> tuple[Tensor, dict]:
 
 def check_fits(ctx: Tensor, method, metadata: dict | None = None, source: str = "checkpoint") -> None:
     """Raise a one-line ModelError unless ``ctx`` (and what ``metadata`` recorded) fits the loaded method."""
+    if getattr(method, "name", "") == "plot" or (metadata or {}).get("method") == "plot":
+        return check_plot_fits(ctx, method, metadata, source)
     meta, backbone = metadata or {}, method.loaded.backbone
     if ctx.dim() not in (2, 3):
         raise ModelError(
@@ -275,6 +318,32 @@ def check_fits(ctx: Tensor, method, metadata: dict | None = None, source: str = 
             f"{source}: checkpoint has class-specific context for {int(ctx.shape[0])} classes but the dataset has "
             f"{method.num_classes}; use the dataset the prompt was trained on"
         )
+
+
+def check_plot_fits(ctx: Tensor, method, metadata: dict | None = None, source: str = "checkpoint") -> None:
+    """Raise a one-line ModelError unless a PLOT context (N, n_ctx, width) fits the loaded PLOT method."""
+    meta, backbone = metadata or {}, method.loaded.backbone
+    if getattr(method, "name", "") != "plot":
+        raise ModelError(f"{source} holds PLOT prompts {tuple(ctx.shape)}; analyse it with --method plot")
+    if meta.get("backbone") and meta["backbone"] != backbone:
+        raise ModelError(f"{source} was trained on {meta['backbone']} but the model is {backbone}; "
+                         f"pass --backbone {meta['backbone']} (and its --pretrained weights)")  # fmt: skip
+    if ctx.dim() != 3:
+        raise ModelError(f"{source}: a PLOT context must be (prompts, n_ctx, width), got {tuple(ctx.shape)}")
+    prompts, n_ctx, width = (int(n) for n in ctx.shape)
+    if width != method.width:
+        raise ModelError(f"{source}: checkpoint context has width {width} but {backbone}'s text width is "
+                         f"{method.width}; use the --backbone the prompt was trained with")  # fmt: skip
+    if prompts != method.num_prompts:
+        raise ModelError(f"{source}: checkpoint has {prompts} prompts but the method is set up for "
+                         f"{method.num_prompts}; pass --plot-prompts {prompts}")  # fmt: skip
+    if n_ctx != method.n_ctx:
+        raise ModelError(f"{source}: checkpoint has {n_ctx} context vectors per prompt but the prompt is set up "
+                         f"for {method.n_ctx}; pass --n-ctx {n_ctx}")  # fmt: skip
+    if meta.get("num_classes") not in (None, method.num_classes):
+        raise ModelError(f"{source} was learned for {meta['num_classes']} classes but the dataset has "
+                         f"{method.num_classes}; use the dataset the prompt was trained on")  # fmt: skip
+    _check_classnames(meta.get("classnames"), method, source)
 
 
 def _check_classnames(names: list[str] | None, method, source: str) -> None:

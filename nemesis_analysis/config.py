@@ -299,6 +299,11 @@ class RunConfig:
         """The ``prompt_method`` column: coop, cocoop, plot or kgcoop."""
         return self.prompt.method.value
 
+    @property
+    def num_prompts(self) -> int:
+        """Prompts per class: ``plot.num_prompts`` for PLOT, 1 for the other methods (flat positions = this * n_ctx)."""
+        return self.plot.num_prompts if self.prompt_method == "plot" else 1
+
     def method_options(self):
         """The options section of this run's prompt method (PlotConfig, KgCoOpConfig), or None."""
         for name in METHOD_SECTIONS:

@@ -70,7 +70,7 @@ def predict_single_position_variants(
     for position in sorted(set(positions)):
         rows = [i for i, p in enumerate(positions) if p == position]
         text = cache.text_features(variants[rows], position)  # (group, classes, embed)
-        out[rows] = predict_classes(torch.matmul(features[None], text.transpose(1, 2))).cpu()
+        out[rows] = predict_classes(method.score_variants(text, features, local_features)).cpu()
     return out
 
 
@@ -82,6 +82,7 @@ def predict_corruptions(
     features: Tensor,
     chunk: int | None = None,
     reuse_prefix: bool = True,
+    local: Tensor | None = None,
 ) -> Tensor:
     """Batched predictions for every corruption of ``slot_value``: (len(corruptions), n_test), in order."""
     chunk = chunk or auto_chunk(method)
@@ -92,10 +93,10 @@ def predict_corruptions(
         part = corruptions[start : start + chunk]
         variants = apply_corruptions(slot_value, part, run_id)
         if any(c.op == CorruptionOp.NONE.value for c in part):  # the baseline changes no position: a plain pass
-            parts.append(predict_variants(method, variants, features))
+            parts.append(predict_variants(method, variants, features, local))
         else:
             positions = [c.position for c in part]
-            parts.append(predict_single_position_variants(method, cache, variants, positions, features))
+            parts.append(predict_single_position_variants(method, cache, variants, positions, features, local))
     if not parts:
         return torch.empty(0, features.shape[0], dtype=torch.long)
     return torch.cat(parts)

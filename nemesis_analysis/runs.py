@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 from nemesis_analysis import protocols
 from nemesis_analysis.artifacts import ARTIFACT_TENSORS, AnalysisPrompt, check_fits, load_prompt, read_prompt
 from nemesis_analysis.choices import EvalClasses, Protocol
-from nemesis_analysis.config import PromptConfig, RunConfig
+from nemesis_analysis.config import PlotConfig, PromptConfig, RunConfig
 from nemesis_analysis.corrupt_ops import Corruption, GridSpec
 from nemesis_analysis.errors import ConfigError, NoDataError
 from nemesis_analysis.methods import PromptMethod, build_method, build_method_for_run
@@ -55,10 +55,10 @@ def sweep_runs(
     seeds = list(seeds) if seeds is not None else [config.seed]
     analysed = read_prompt(prompt) if prompt is not None else None
     if analysed is not None:
-        n_ctx = analysed.n_ctx
-    else:
-        n_ctx = resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
-    corruptions = grid.expand(n_ctx)
+        n_positions = analysed.n_positions
+    else:  # flat positions: PLOT's N prompts of n_ctx each
+        n_positions = config.num_prompts * resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
+    corruptions = grid.expand(n_positions)
     config = dataclasses.replace(config, seed=seeds[0])
     if analysed is not None:
         return [sweep_prompt(config, session, analysed, corruptions, chunk=chunk, on_prompt=on_prompt,
@@ -107,7 +107,7 @@ def sweep_trained_run(
     method = build_method_for_run(config, loaded, protocols.subset_classnames(dataset.classnames, classes))
     method.load(run.run_dir)
     slot = method.position_tensor().detach()
-    identity = config.identity(n_ctx=slot.shape[-2])
+    identity = config.identity(n_ctx=method.n_ctx)
     return run_corruption_sweep(session, method, slot, identity, grid, chunk=chunk, classes=classes,
                                 max_test=max_test, should_stop=should_stop)  # fmt: skip
 
@@ -135,6 +135,8 @@ def check_run_prompt(ctx, config: RunConfig, loaded, num_classes: int, run_dir: 
     n_ctx = resolve_n_ctx(config.prompt, loaded.tokenizer)
     width = int(loaded.model.token_embedding.embedding_dim)
     expected = (num_classes, n_ctx, width) if config.prompt.csc else (n_ctx, width)
+    if config.prompt_method == "plot":
+        expected = (config.num_prompts, n_ctx, width)
     if tuple(ctx.shape) != expected:
         raise DamagedFileError(
             f"run file {run_dir.file(ARTIFACT_TENSORS)} is damaged (context of shape {tuple(ctx.shape)}, the run's "
@@ -160,6 +162,8 @@ def sweep_prompt(
     )
     name = prompt.metadata.get("prompt_method", config.prompt_method)
     options = config.method_options() if name == config.prompt_method else None
+    if prompt.is_plot:  # N from the prompt itself, whatever --plot-prompts says
+        options = PlotConfig(num_prompts=prompt.num_prompts)
     method = build_method(name, loaded, dataset.classnames, layout, options=options)
     check_fits(prompt.ctx, method, prompt.metadata, source=str(prompt.path))
     method.load_tensors({**prompt.tensors, method.position_slot: prompt.ctx}, source=str(prompt.path))
@@ -180,8 +184,9 @@ def check_prompt_protocol(prompt: AnalysisPrompt) -> None:
         )
 
 
-def method_for_identity(loaded, classnames: list[str], identity: RunIdentity) -> PromptMethod:
-    """The prompt method of a run, rebuilt from its identity (method, n_ctx, csc, class-token position).
+def method_for_identity(loaded, classnames: list[str], identity: RunIdentity, options=None) -> PromptMethod:
+    """The prompt method of a run, rebuilt from its identity (method, n_ctx, csc, class-token position) and
+    the run's method options (``RunConfig.method_options()``: PLOT's num_prompts, KgCoOp's weight).
 
     ``ctx_init`` only changes the initial values, not the layout (each slot is one placeholder token), so
     these fields are enough to splice a trained context back in. Tensors beyond the position slot
@@ -189,7 +194,7 @@ def method_for_identity(loaded, classnames: list[str], identity: RunIdentity) ->
     """
     prompt = PromptConfig(method=identity.prompt_method, n_ctx=identity.n_ctx, csc=identity.csc,
                           class_token_position=identity.class_token_position)  # fmt: skip
-    return build_method(identity.prompt_method, loaded, classnames, prompt)
+    return build_method(identity.prompt_method, loaded, classnames, prompt, options=options)
 
 
 def identity_for_prompt(prompt: AnalysisPrompt, config: RunConfig, method: PromptMethod) -> RunIdentity:

@@ -56,16 +56,19 @@ IDENTITY_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RunIdentity))
 _ARROW = {"str": pa.string(), "int": pa.int64(), "bool": pa.bool_()}
 IDENTITY_SCHEMA: list[tuple[str, pa.DataType]] = [(f.name, _ARROW[f.type]) for f in fields(RunIdentity)]
 
-# One corruption within its run and class subset (``eval_classes``). The baseline row is ("none", -1, 1.0, 0).
-CORRUPTION_KEY: tuple[str, ...] = ("op", "position", "factor", "rep")
-BASELINE_KEY: tuple = ("none", -1, 1.0, 0)
+# One corruption within its run and class subset (``eval_classes``): (op, prompt_index, position, factor, rep).
+# A position is a (prompt, position) pair: prompt_index is 0 for single-prompt methods (CoOp) and for the
+# baseline row ("none", 0, -1, 1.0, 0).
+CORRUPTION_KEY: tuple[str, ...] = ("op", "prompt_index", "position", "factor", "rep")
+BASELINE_KEY: tuple = ("none", -1, 1.0, 0)  # the baseline Corruption (op, position, factor, rep)
 
 SCHEMAS: dict[str, pa.Schema] = {
     "corruptions": pa.schema(
         IDENTITY_SCHEMA
         + [
             ("op", pa.string()),  # none, rescale or replace
-            ("position", pa.int64()),  # 0-based context position; -1 for the baseline
+            ("prompt_index", pa.int64()),  # which of the method's prompts (PLOT: 0..N-1); 0 otherwise
+            ("position", pa.int64()),  # 0-based context position within the prompt; -1 for the baseline
             ("factor", pa.float64()),  # rescale factor or replace std; 1.0 for the baseline
             ("rep", pa.int64()),  # replace draw; 0 otherwise
             ("acc", pa.float64()),  # top-1 test accuracy, percent
@@ -82,6 +85,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         IDENTITY_SCHEMA
         + [
             ("epoch", pa.int64()),
+            ("prompt_index", pa.int64()),  # which of the method's prompts (PLOT: 0..N-1); 0 otherwise
             ("position", pa.int64()),
             ("norm", pa.float64()),
             ("norm_l1", pa.float64()),
@@ -150,7 +154,7 @@ SCHEMAS: dict[str, pa.Schema] = {
 # Rows with the same key describe the same observation; the newest one wins.
 KEYS: dict[str, tuple[str, ...]] = {
     "corruptions": ("run_id", *CORRUPTION_KEY, "eval_classes"),  # base and new rows of one variant are two rows
-    "trajectories": ("run_id", "epoch", "position"),
+    "trajectories": ("run_id", "epoch", "prompt_index", "position"),
     "runs": ("run_id",),
     "evaluations": ("run_id", "eval_dataset", "eval_classes"),
     "jobs": ("job_id",),
@@ -162,7 +166,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 # A column added to a table later MUST be declared here (per table, or for every table under "*")
 # so that old reports keep loading; a column without an entry reads as null (NaN, None).
 COLUMN_DEFAULTS: dict[str, dict[str, object]] = {
-    "*": {"protocol": "fewshot", "prompt_method": "coop"},
+    "*": {"protocol": "fewshot", "prompt_method": "coop", "prompt_index": 0},
     "corruptions": {"eval_classes": "all"},
     "runs": {"recipe_changes": ""},
 }

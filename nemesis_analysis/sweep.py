@@ -28,7 +28,7 @@ from nemesis_analysis.engine import (
 )
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.evaluate import restrict_to_classes
-from nemesis_analysis.features import image_features
+from nemesis_analysis.features import image_features, local_image_features
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.nemesis import position_norms
 from nemesis_analysis.progress import progress_bar
@@ -66,7 +66,7 @@ class EvalSet:
 
     features: Tensor  # (n_test, embed)
     labels: Tensor  # (n_test,)
-    local_features: Tensor | None = None  # (n_test, tokens, embed) for methods that need them (PLOT)
+    local_features: Tensor | None = None  # (n_test, locations, embed) for methods that score local features (PLOT)
 
     @property
     def size(self) -> int:
@@ -114,16 +114,18 @@ def run_corruption_sweep(
     chunk = resolve_chunk(method, chunk, memory_budget)
     classes = EvalClasses(classes).value
     test = load_test_set(session, method, identity.dataset, classes, max_test)
-    acc_original = float(accuracy_of(predict_variants(method, slot_value[None], test.features, test.local_features), test.labels)[0])
+    predictions = predict_variants(method, slot_value[None], test.features, test.local_features)
+    acc_original = float(accuracy_of(predictions, test.labels)[0])
     base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size, "eval_classes": classes}
-    base_norms = position_norms(slot_value)  # (n_ctx,)
+    base_norms = position_norms(slot_value)  # (n_positions,)
+    pairs = method.position_pairs()  # flat position -> (prompt_index, position)
 
     with store.claim(session.reports_dir, TABLE, identity.run_id):  # held to the end: no key is written twice
         previous = previous_rows(session, identity.run_id, classes)
         check_same_test_set(previous, test.size, identity.run_id)
         done = set(previous[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
-        pending = [] if NO_CORRUPTION.key() in done else [baseline_row(base_row, base_norms)]
-        todo = pending_corruptions(grid, done)
+        pending = [] if row_key(NO_CORRUPTION, pairs) in done else [baseline_row(base_row, base_norms)]
+        todo = pending_corruptions(grid, done, pairs)
         cache = prefix_cache(method, slot_value, reuse_prefix) if todo else None  # a complete rerun: no text pass
         chunks = [todo[start : start + chunk] for start in range(0, len(todo), chunk)]
         with progress_bar(f"corrupting {identity.run_id}", total=len(todo), enabled=session.progress) as advance:
@@ -132,7 +134,8 @@ def run_corruption_sweep(
                 if should_stop is not None and should_stop(index):
                     stopped = True
                     break
-                rows = evaluate_chunk(method, cache, slot_value, part, identity.run_id, test, base_row, base_norms)
+                rows = evaluate_chunk(method, cache, slot_value, part, identity.run_id, test, base_row, base_norms,
+                                      pairs)  # fmt: skip
                 advance(len(part), best=max(row["acc"] for row in rows))
                 rows, pending = pending + rows, []
                 store.append_rows(session.reports_dir, TABLE, rows)  # only missing keys, found under the claim
@@ -142,7 +145,7 @@ def run_corruption_sweep(
         if pending and not stopped:  # nothing left to corrupt, but the baseline row was missing
             store.append_rows(session.reports_dir, TABLE, pending)
             new_rows.extend(pending)
-    frame = grid_rows(previous, new_rows, grid)
+    frame = grid_rows(previous, new_rows, grid, pairs)
     seconds = time.perf_counter() - started
     summary = summarise(frame, identity.run_id, acc_original, test.size, len(new_rows), chunk, seconds)
     summary.stopped = stopped
@@ -151,16 +154,19 @@ def run_corruption_sweep(
 
 
 def check_slot(slot_value: Tensor, identity: RunIdentity, method: PromptMethod | None = None) -> Tensor:
-    """The slot as fp32 on the CPU, after checking it matches the method's slot (when given) and the
-    identity's n_ctx (and csc for CoOp-shaped slots)."""
+    """The slot as fp32 on the CPU, after checking it matches the identity's n_ctx (and csc for CoOp-shaped
+    slots) and, when ``method`` is given, the method's position tensor; a method's saved layout (PLOT's
+    (N, n_ctx, width)) is returned in its flat position layout (:meth:`PromptMethod.positions_of`)."""
     slot_value = slot_value.detach().float().cpu()
-    expected = tuple(method.position_tensor().shape) if method is not None else None
-    if expected is not None and (tuple(slot_value.shape) != expected or identity.n_ctx != slot_value.shape[-2]):
-        raise ModelError(
-            f"context of shape {tuple(slot_value.shape)} does not match method {method.name}'s slot {expected} "
-            f"(run n_ctx={identity.n_ctx})"
-        )
-    if expected is not None:
+    if method is not None:
+        slot_value = method.positions_of(slot_value)
+        expected = tuple(method.position_tensor().shape)
+        n_ctx = getattr(method, "n_ctx", slot_value.shape[-2])  # context vectors per prompt
+        if tuple(slot_value.shape) != expected or identity.n_ctx != n_ctx:
+            raise ModelError(
+                f"context of shape {tuple(slot_value.shape)} does not match method {method.name}'s slot {expected} "
+                f"(run n_ctx={identity.n_ctx})"
+            )
         return slot_value
     if slot_value.dim() not in (2, 3):
         raise ModelError(
@@ -196,15 +202,21 @@ def load_test_set(
     dataset = session.dataset(dataset_name)
     loaded = method.loaded
     features, labels = image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
+    local = None
+    if method.needs_local_features:
+        local, _ = local_image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
     if EvalClasses(classes) is not EvalClasses.ALL:
         selected = protocols.selected_labels(range(dataset.num_classes), classes)
+        if local is not None:
+            local, _ = restrict_to_classes(local, labels, selected)
         features, labels = restrict_to_classes(features, labels, selected)
     if labels.shape[0] == 0:
         raise ConfigError(f"dataset {dataset.name} has an empty test split; nothing to evaluate")
     if max_test is not None and max_test < labels.shape[0]:
         keep = stratified_subsample(labels, max_test)
         features, labels = features[keep.to(features.device)], labels[keep]
-    return EvalSet(features.to(loaded.device), labels)
+        local = None if local is None else local[keep.to(local.device)]
+    return EvalSet(features.to(loaded.device), labels, None if local is None else local.to(loaded.device))
 
 
 def stratified_subsample(labels: Tensor, size: int, seed: int = 0) -> Tensor:
@@ -234,10 +246,19 @@ def previous_rows(session: Session, run_id: str, classes: str = EvalClasses.ALL.
     return table[(table["run_id"] == run_id) & (table["eval_classes"] == classes)]
 
 
-def pending_corruptions(grid: Sequence[Corruption], done: set) -> list[Corruption]:
+def row_key(corruption: Corruption, pairs: Sequence[tuple[int, int]]) -> tuple:
+    """The table key (op, prompt_index, position, factor, rep) of a corruption of flat position
+    ``corruption.position``; ``pairs`` maps flat positions to (prompt_index, position)."""
+    if corruption.op == NONE:
+        return (NONE, 0, corruption.position, float(corruption.factor), corruption.rep)
+    prompt_index, position = pairs[corruption.position]
+    return (corruption.op, int(prompt_index), int(position), float(corruption.factor), corruption.rep)
+
+
+def pending_corruptions(grid: Sequence[Corruption], done: set, pairs: Sequence[tuple[int, int]]) -> list[Corruption]:
     """The grid's corruptions not yet in the table, each key once, sorted by position (chunks of one
     position share the longest prefix; rows are put back in grid order by :func:`grid_rows`)."""
-    todo = [c for c in grid if c.op != NONE and c.key() not in done]
+    todo = [c for c in grid if c.op != NONE and row_key(c, pairs) not in done]
     todo = list({c.key(): c for c in todo}.values())
     todo.sort(key=lambda c: c.position)
     return todo
@@ -247,8 +268,9 @@ def baseline_row(base_row: dict, base_norms: Tensor) -> dict:
     """The uncorrupted row: op "none", position -1, factor 1.0; both norms are the mean position norm."""
     mean_norm = float(base_norms.mean())
     op, position, factor, rep = NO_CORRUPTION.key()
-    return {**base_row, "op": op, "position": position, "factor": factor, "rep": rep, "acc": base_row["acc_original"],
-            "delta": 0.0, "norm_before": mean_norm, "norm_after": mean_norm, "low_norm_effect": False}  # fmt: skip
+    return {**base_row, "op": op, "prompt_index": 0, "position": position, "factor": factor, "rep": rep,
+            "acc": base_row["acc_original"], "delta": 0.0, "norm_before": mean_norm, "norm_after": mean_norm,
+            "low_norm_effect": False}  # fmt: skip
 
 
 def evaluate_chunk(
@@ -260,11 +282,13 @@ def evaluate_chunk(
     test: EvalSet,
     base_row: dict,
     base_norms: Tensor,
+    pairs: Sequence[tuple[int, int]],
 ) -> list[dict]:
     """The table rows of one chunk of corruptions (one stacked text pass)."""
-    variants = apply_corruptions(slot_value, part, run_id)  # (variants, [classes,] n_ctx, width)
+    variants = apply_corruptions(slot_value, part, run_id)  # (variants, [classes,] n_positions, width)
     positions = [c.position for c in part]
-    predictions = predict_single_position_variants(method, cache, variants, positions, test.features, test.local_features)
+    predictions = predict_single_position_variants(method, cache, variants, positions, test.features,
+                                                   test.local_features)  # fmt: skip
     accs = accuracy_of(predictions, test.labels).tolist()
     after = variant_norms(variants)  # (variants, n_ctx)
     rows = []
@@ -273,23 +297,26 @@ def evaluate_chunk(
         norm_after = float(after[i, corruption.position])
         delta = accs[i] - base_row["acc_original"]
         rows.append(
-            {**base_row, "op": corruption.op, "position": corruption.position, "factor": float(corruption.factor),
+            {**base_row, "op": corruption.op, "prompt_index": pairs[corruption.position][0],
+             "position": pairs[corruption.position][1], "factor": float(corruption.factor),
              "rep": corruption.rep, "acc": accs[i], "delta": delta, "norm_before": norm_before,
              "norm_after": norm_after, "low_norm_effect": bool(norm_after < norm_before and delta > 0)}
         )  # fmt: skip
     return rows
 
 
-def grid_rows(previous: pd.DataFrame, new_rows: list[dict], grid: Sequence[Corruption]) -> pd.DataFrame:
+def grid_rows(
+    previous: pd.DataFrame, new_rows: list[dict], grid: Sequence[Corruption], pairs: Sequence[tuple[int, int]]
+) -> pd.DataFrame:
     """This run's rows for the grid's keys, newest first wins, in grid order."""
     columns, key = SCHEMAS[TABLE].names, list(CORRUPTION_KEY)
     frames = [f for f in (previous[columns], pd.DataFrame(new_rows, columns=columns)) if not f.empty]
     if not frames:
         return pd.DataFrame(columns=columns)
     frame = pd.concat(frames, ignore_index=True).drop_duplicates(key, keep="last")
-    order = {c.key(): i for i, c in reversed(list(enumerate(grid)))}
+    order = {row_key(c, pairs): i for i, c in reversed(list(enumerate(grid)))}
     keys = list(frame[key].itertuples(index=False, name=None))
-    frame = frame.assign(_order=[order.get((op, int(p), float(f), int(r)), -1) for op, p, f, r in keys])
+    frame = frame.assign(_order=[order.get((op, int(n), int(p), float(f), int(r)), -1) for op, n, p, f, r in keys])
     frame = frame[frame["_order"] >= 0].sort_values("_order", kind="stable").drop(columns="_order")
     return frame.reset_index(drop=True)
 
@@ -322,11 +349,15 @@ def summarise(
 
 
 def describe_corruption(row: dict) -> str:
-    """``rescale position 3 by 0.5`` / ``replace position 3 with N(0, 0.1^2) draw 2``."""
+    """``rescale position 3 by 0.5`` / ``replace position 3 with N(0, 0.1^2) draw 2``; for PLOT the position
+    names its prompt: ``rescale prompt 1 position 3 by 0.5``."""
+    where = f"position {int(row['position'])}"
+    if row.get("prompt_method") == "plot":
+        where = f"prompt {int(row.get('prompt_index', 0))} {where}"
     if row["op"] == RESCALE:
-        return f"rescale position {int(row['position'])} by {row['factor']:g}"
+        return f"rescale {where} by {row['factor']:g}"
     elif row["op"] == REPLACE:
-        return f"replace position {int(row['position'])} with N(0, {row['factor']:g}^2) draw {int(row['rep'])}"
+        return f"replace {where} with N(0, {row['factor']:g}^2) draw {int(row['rep'])}"
     elif row["op"] == NONE:
         return "no corruption"
     else:

@@ -26,7 +26,7 @@ from nemesis_analysis.data.base import DatasetSplits, Sample
 from nemesis_analysis.data.fewshot import sample_train_shots
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
 from nemesis_analysis.evaluate import write_run_evaluations
-from nemesis_analysis.features import image_features
+from nemesis_analysis.features import encode_images_with_local, image_features, local_image_features
 from nemesis_analysis.methods import build_method_for_run
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.metrics import top1_accuracy
@@ -119,6 +119,7 @@ class TrainingRun:
     rows: list[dict] = field(default_factory=list)
     start_epoch: int = 0
     on_step: Callable[["StepRecord"], None] | None = None  # called after every SGD step
+    test_local: torch.Tensor | None = None  # (n_test, locations, embed) when the method scores local features
 
 
 @dataclass
@@ -265,6 +266,9 @@ def start_run(
     optimizer = build_optimizer(list(method.trainable().values()), config.optim)
     run = TrainingRun(config, loaded, method, optimizer, TrainImages(dataset, train_samples, loaded.preprocess_cfg),
                       test_features.to(loaded.device), test_labels, zero_shot, run_dir)  # fmt: skip
+    if method.needs_local_features:
+        test_local, _ = local_image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
+        run.test_local = test_local.to(loaded.device)
     restore_state(run)
     return run
 
@@ -272,7 +276,7 @@ def start_run(
 def run_epoch(run: TrainingRun, epoch: int, save: bool) -> tuple[float, list[float]]:
     """Train one epoch, evaluate, append its trajectory rows and save the state when asked (or last)."""
     stats = train_one_epoch(run, epoch)
-    test_acc = evaluate(run.method, run.test_features, run.test_labels)
+    test_acc = evaluate(run.method, run.test_features, run.test_labels, run.test_local)
     norms = norm_values(run.method.position_tensor())
     for value in norms["norm"]:
         check_finite(value, "a context norm", epoch)
@@ -323,14 +327,18 @@ def train_step(
     """One SGD step on CE + the method's extra loss + the Nemesis term; returns the losses and PAN's marks."""
     method, spec = run.method, run.config.nemesis
     labels = labels.to(run.loaded.device)
-    features = run.loaded.encode_images(pixels)  # (batch, embed), frozen tower
-    logits = method.logits(features)  # (batch, classes)
+    local = None  # (batch, locations, embed) for methods that score local features
+    if method.needs_local_features:
+        features, local = encode_images_with_local(run.loaded, pixels)  # frozen tower, one pass
+    else:
+        features = run.loaded.encode_images(pixels)  # (batch, embed), frozen tower
+    logits = method.logits(features, local)  # (batch, classes)
     ce = F.cross_entropy(logits, labels)
     extra = method.extra_loss(features, labels, logits)  # zero for CoOp (KgCoOp adds one)
     zero = torch.zeros((), device=ce.device)
     term = NemesisTerm(zero, zero, zero, torch.zeros(method.n_positions))
     if spec.enabled:
-        term = nemesis_term(method, features, labels, logits, spec, omega_value, generator)
+        term = nemesis_term(method, features, labels, logits, spec, omega_value, generator, local)
     loss = ce + extra + term.loss
     loss_value = float(loss.detach())
     check_finite(loss_value, "the training loss", epoch)
@@ -378,6 +386,7 @@ def nemesis_term(
     spec: NemesisConfig,
     omega_value: float,
     generator: torch.Generator,
+    local: torch.Tensor | None = None,
 ) -> NemesisTerm:
     """omega * (beta * L_pun + (1 - beta) * L_pan) on the method's position slot, with PAN's decisions.
 
@@ -393,7 +402,7 @@ def nemesis_term(
         with torch.no_grad():
             # Pre-inference reuses this step's image features; all NP variants in one text pass.
             variants = nemesis.rescale_positions_variants(slot.detach(), positions.to(slot.device), spec.pan_factor)
-            rescaled_logits = method.variant_scores(variants, features)  # (NP, batch, classes)
+            rescaled_logits = method.variant_scores(variants, features, local)  # (NP, batch, classes)
             correct_rescaled = (rescaled_logits.argmax(-1) == labels[None]).sum(-1)  # (NP,)
             correct_base = (logits.argmax(-1) == labels).sum()
             alpha = nemesis.pan_alpha(correct_base, correct_rescaled, spec.pan_alpha_weight)
@@ -405,10 +414,12 @@ def nemesis_term(
     return term
 
 
-def evaluate(method: PromptMethod, features: torch.Tensor, labels: torch.Tensor) -> float:
+def evaluate(
+    method: PromptMethod, features: torch.Tensor, labels: torch.Tensor, local: torch.Tensor | None = None
+) -> float:
     """Top-1 test accuracy (percent) of the method's current prompt."""
     with torch.no_grad():
-        return top1_accuracy(method.scores(features), labels)
+        return top1_accuracy(method.scores(features, local), labels)
 
 
 def zero_shot_accuracy(
@@ -435,12 +446,14 @@ def check_finite(value: float, what: str, epoch: int) -> None:
 
 def trajectory_rows(run: TrainingRun, epoch: int, test_acc: float, norms: dict, stats: EpochStats) -> list[dict]:
     """One ``trajectories`` row per position for this epoch."""
-    identity = run.config.identity(n_ctx=run.method.n_positions).as_row()
+    identity = run.config.identity(n_ctx=run.method.n_ctx).as_row()
+    pairs = run.method.position_pairs()  # flat position -> (prompt_index, position)
     return [
         {
             **identity,
             "epoch": epoch,
-            "position": position,
+            "prompt_index": pairs[position][0],
+            "position": pairs[position][1],
             **{column: values[position] for column, values in norms.items()},
             "test_acc": test_acc,
             "train_loss": stats.train_loss,
@@ -510,7 +523,7 @@ def finish_run(run: TrainingRun, session: Session, seconds: float) -> RunResult:
     run.method.save(run.run_dir.path, {"run_id": config.run_id, "dataset": config.dataset, "config": config.to_dict()})
     run_row = {
         **config.config_columns(),
-        "n_ctx": run.method.n_positions,
+        "n_ctx": run.method.n_ctx,
         "final_test_acc": result.final_test_acc,
         "zero_shot_acc": result.zero_shot_acc,
         "mean_norm": result.mean_norm,

@@ -147,11 +147,11 @@ def test_csc_corrupts_the_position_of_every_class(tiny_setup, csc_run, session):
     rows = _table(session).set_index(KEY)
     per_class = torch.linalg.vector_norm(ctx[:, 2], dim=-1)  # (classes,)
     before = float(per_class.mean())
-    assert rows.loc[("rescale", 2, 0.0, 0), "norm_before"] == pytest.approx(before, rel=1e-6)
-    assert rows.loc[("rescale", 2, 0.0, 0), "norm_after"] == 0.0
-    assert rows.loc[("rescale", 2, 2.0, 0), "norm_after"] == pytest.approx(2 * before, rel=1e-6)
+    assert rows.loc[("rescale", 0, 2, 0.0, 0), "norm_before"] == pytest.approx(before, rel=1e-6)
+    assert rows.loc[("rescale", 0, 2, 0.0, 0), "norm_after"] == 0.0
+    assert rows.loc[("rescale", 0, 2, 2.0, 0), "norm_after"] == pytest.approx(2 * before, rel=1e-6)
     assert before == pytest.approx(float(position_norms(ctx)[2]), rel=1e-6)
-    assert rows.loc[("replace", 2, 0.5, 0), "norm_after"] == pytest.approx(0.5 * 128**0.5, rel=0.2)
+    assert rows.loc[("replace", 0, 2, 0.5, 0), "norm_after"] == pytest.approx(0.5 * 128**0.5, rel=0.2)
     assert bool(rows.csc.all()) and (rows.n_ctx == 4).all()
 
 
@@ -171,7 +171,8 @@ def test_resume_adds_only_missing_rows(tiny_setup, generic_run, session):
     assert len(after) == len(wider) == 1 + 3 * 2 + 3 * 2
     assert widened.rows_written == len(wider) - 5 and widened.rows_reused == 5
     new_keys = set(after[KEY].itertuples(index=False, name=None)) - before
-    assert new_keys == {c.key() for c in wider} - {c.key() for c in small}
+    new_cells = {c.key() for c in wider} - {c.key() for c in small}  # (op, position, factor, rep)
+    assert new_keys == {(op, 0, position, factor, rep) for op, position, factor, rep in new_cells}  # prompt 0
     assert not after.duplicated(KEY).any()
 
 

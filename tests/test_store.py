@@ -79,7 +79,8 @@ def test_claim_appends_only_missing_keys(tmp_path):
         assert claim.existing_keys() == set()
         claim.append(corruption_rows("r1", [0, 1]))
     with store.claim(tmp_path, "corruptions", "r1") as claim:
-        assert claim.existing_keys() == {("rescale", 0, 0.5, 0, "all"), ("rescale", 1, 0.5, 0, "all")}  # eval_classes last
+        # (op, prompt_index, position, factor, rep, eval_classes)
+        assert claim.existing_keys() == {("rescale", 0, 0, 0.5, 0, "all"), ("rescale", 0, 1, 0.5, 0, "all")}
         claim.append(corruption_rows("r1", [1, 2, 2]))
         with pytest.raises(ValueError):
             claim.append(corruption_rows("r9", [0]))
@@ -90,7 +91,7 @@ def test_claim_appends_only_missing_keys(tmp_path):
 def _sweep(reports: str, positions: list[int], chunk: int) -> None:
     """What a corruption sweep does per run: claim, skip what exists, append chunk by chunk."""
     with store.claim(reports, "corruptions", "r1") as claim:
-        done = {key[1] for key in claim.existing_keys()}
+        done = {key[2] for key in claim.existing_keys()}  # the position
         todo = [p for p in positions if p not in done]
         for start in range(0, len(todo), chunk):
             time.sleep(0.01)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from study_helpers import write_tiny_study
 from typer.testing import CliRunner
 
 from nemesis_analysis.cli import app
-from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig
+from nemesis_analysis.config import NemesisConfig, OptimConfig, PlotConfig, PromptConfig, RunConfig
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.data.registry import load_dataset
 from nemesis_analysis.study import costs, records, spec
@@ -37,7 +39,17 @@ def test_plan_gives_exactly_the_expected_jobs_and_dependencies(tmp_path):
     corrupt = [job for job in jobs if job.kind == "corrupt"]
     assert [(job.run_id, job.deps) for job in corrupt] == [(r, (f"train:{r}",)) for r in run_ids]
     assert len(jobs) == 9 and len({job.id for job in jobs}) == 9
-    assert expected_corruption_keys(corrupt[0]) == {("none", -1, 1.0, 0), ("rescale", 0, 0.5, 0), ("rescale", 1, 0.5, 0)}
+    keys = {("none", 0, -1, 1.0, 0), ("rescale", 0, 0, 0.5, 0), ("rescale", 0, 1, 0.5, 0)}  # (op, prompt, pos, ...)
+    assert expected_corruption_keys(corrupt[0]) == keys
+    # PLOT's flat positions: the grid spans N * n_ctx, flat p is (prompt p // n_ctx, position p % n_ctx)
+    plot_config = RunConfig.from_dict(corrupt[0].payload["config"])
+    plot_config = dataclasses.replace(plot_config, prompt=dataclasses.replace(plot_config.prompt, method="plot"),
+                                      plot=PlotConfig(num_prompts=2))  # fmt: skip
+    grid = {**corrupt[0].payload["grid"], "positions": None}
+    plot_job = dataclasses.replace(corrupt[0], payload={**corrupt[0].payload, "config": plot_config.to_dict(),
+                                                        "grid": grid})  # fmt: skip
+    plot_keys = expected_corruption_keys(plot_job)
+    assert {k[1:3] for k in plot_keys if k[0] == "rescale"} == {(n, m) for n in range(2) for m in range(4)}
     cost = costs.estimate(jobs, records.read_job_history(tmp_path / "reports")).set_index("kind")
     n_test = len(load_dataset("digits").test)
     assert cost.loc["encode", "images_encoded"] == n_test

@@ -21,11 +21,13 @@ How the next methods fit:
   still ``ctx`` (``(n_ctx, width)``) plus the meta-network's weights (not a position slot). ``logits``
   computes, per image, the text features of ``ctx + meta(image)`` and scores the image against its own
   text features, which is why ``logits`` takes the image features rather than text features.
-- PLOT: N prompts per class matched to local image features by optimal transport. Its slot has shape
-  ``(N, n_ctx, width)`` (or ``(N, num_classes, n_ctx, width)``): a position is a (prompt, position) pair,
-  still on axis ``-2``. ``logits`` receives ``local_features`` (``(batch, tokens, embed)``) to solve the
-  transport; ``text_features`` returns ``(variants, num_classes, embed)`` averaged over prompts (or the
-  method overrides ``logits`` to use all N).
+- PLOT (``methods/plot.py``): N prompts per class matched to local image features by optimal transport.
+  Its slot ``ctx`` is ``(N, n_ctx, width)``; :meth:`PromptMethod.position_tensor` is the flat view
+  ``(N * n_ctx, width)`` (flat position ``p`` = prompt ``p // n_ctx``, position ``p % n_ctx``, listed by
+  :meth:`PromptMethod.position_pairs`), so corruption, norm losses and trajectories iterate positions as
+  for CoOp. ``text_features`` returns ``(variants, num_classes, N, embed)``; ``needs_local_features`` makes
+  the engine and the training loop pass ``local_features`` (``(batch, locations, embed)``) to
+  :meth:`PromptMethod.variant_scores`, whose hook :meth:`PromptMethod.score_variants` solves the transport.
 - KgCoOp: CoOp plus ``extra_loss`` = distance of the learned text features to the hand-crafted ones.
 
 Adding a method is one module plus one registration line (``methods/__init__.py`` imports it). The class:
@@ -145,26 +147,41 @@ class PromptMethod(nn.Module):
                        local_features: Tensor | None = None) -> Tensor:  # fmt: skip
         """Cosine scores ``(variants, batch, num_classes)`` of L2-normalised ``image_features`` ``(batch, embed)``
         under each variant ``(variants, *slot.shape)`` of the position slot (the method's other tensors as
-        they are). What the corruption engine and PAN's pre-inference call; the default scores against
-        :meth:`text_features`, image-conditioned methods override it."""
-        text = self.text_features(slot_variants)  # (variants, classes, embed)
-        return torch.matmul(image_features.to(text.device)[None], text.transpose(1, 2))
+        they are). What the corruption engine and PAN's pre-inference call; the default scores
+        :meth:`text_features` through :meth:`score_variants` (``local_features`` ``(batch, locations, embed)``
+        for methods that set ``needs_local_features``); image-conditioned methods (CoCoOp) override it."""
+        return self.score_variants(self.text_features(slot_variants), image_features, local_features)
 
     def scores(self, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
         """Cosine scores ``(batch, num_classes)`` of L2-normalised ``image_features`` ``(batch, embed)``: what
         accuracy is measured on.
 
-        The default scores against :meth:`text_features` of the method's own values; methods whose
-        prompts depend on the image (CoCoOp: per-image text features) or that match local features
-        (PLOT: ``local_features`` ``(batch, tokens, embed)``) override it and :meth:`logits`.
+        The default scores against :meth:`text_features` of the method's own values through
+        :meth:`score_variants`; methods whose prompts depend on the image (CoCoOp: per-image text
+        features) override it and :meth:`logits`.
         """
-        text = self.text_features()[0]  # (classes, embed)
-        return image_features.to(text.device) @ text.T
+        return self.score_variants(self.text_features(), image_features, local_features)[0]
+
+    def score_variants(self, text: Tensor, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
+        """The hook behind :meth:`variant_scores` (and the engine's prefix-cache path): scores
+        ``(variants, batch, num_classes)`` of images under text features ``text`` that :meth:`text_features`
+        returned for a stack of variants. Default: cosine against the global feature; PLOT matches its
+        prompts to ``local_features`` ``(batch, locations, embed)`` by optimal transport."""
+        return torch.matmul(image_features.to(text.device)[None], text.transpose(1, 2))
 
     def logits(self, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
         """Training logits ``(batch, num_classes)``: CLIP's logit scale times the cosine scores."""
         text = self.text_features()[0]  # (classes, embed)
         return self.loaded.logit_scale * image_features @ text.T
+
+    def position_pairs(self) -> list[tuple[int, int]]:
+        """``(prompt_index, position)`` of each flat position of :meth:`position_tensor` (axis -2): the
+        columns ``prompt_index``/``position`` of the corruption and trajectory tables. One prompt: ``(0, p)``."""
+        return [(0, position) for position in range(self.n_positions)]
+
+    def positions_of(self, slot_value: Tensor) -> Tensor:
+        """A saved position slot (as :meth:`save` writes it) in :meth:`position_tensor`'s layout."""
+        return slot_value
 
     def extra_loss(self, image_features: Tensor, labels: Tensor, logits: Tensor) -> Tensor:
         """A method-specific term added to the training loss (zero unless the method defines one)."""

@@ -19,6 +19,7 @@ import pandas as pd
 
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig, apply_recipe
 from nemesis_analysis.errors import ConfigError
+from nemesis_analysis.schema import CORRUPTION_KEY
 from nemesis_analysis.study import records
 from nemesis_analysis.study.spec import Study, StudyFileError
 
@@ -128,13 +129,16 @@ def expand_jobs(study: Study) -> list[Job]:
 
 
 def expected_corruption_keys(job: Job) -> set[tuple]:
-    """The (op, position, factor, rep) keys a corrupt job writes for its run."""
+    """The (op, prompt_index, position, factor, rep) keys a corrupt job writes for its run (flat position p
+    of PLOT's N prompts is prompt p // n_ctx, position p % n_ctx; one prompt: prompt_index 0)."""
     from nemesis_analysis import corrupt_ops
     from nemesis_analysis.prompts import backbone_tokenizer, resolve_n_ctx
+    from nemesis_analysis.sweep import row_key
 
     config = RunConfig.from_dict(job.payload["config"])
     n_ctx = resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
-    return {c.key() for c in corrupt_ops.expand_grid(n_ctx, **job.payload["grid"])}
+    pairs = [divmod(p, n_ctx) for p in range(config.num_prompts * n_ctx)]
+    return {row_key(c, pairs) for c in corrupt_ops.expand_grid(len(pairs), **job.payload["grid"])}
 
 
 def done_jobs(study: Study, jobs: list[Job]) -> set[str]:
@@ -146,7 +150,7 @@ def done_jobs(study: Study, jobs: list[Job]) -> set[str]:
     corruptions = store.read_table(reports, "corruptions")
     found: dict[str, set] = {}
     for run_id, frame in corruptions.groupby("run_id"):
-        found[run_id] = set(frame[["op", "position", "factor", "rep"]].itertuples(index=False, name=None))
+        found[run_id] = set(frame[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
     recorded = records.latest_states(reports)
     done: set[str] = set()
     for job in jobs:

@@ -77,9 +77,9 @@ def corrupt_job(job, session: Session) -> dict:
     folder = session.run_dir(job.run_id).path
     ctx, _ = load_prompt(folder)
     identity = config.resolved(loaded.device.type).identity(n_ctx=ctx.shape[-2])
-    method = method_for_identity(loaded, dataset.classnames, identity)
+    method = method_for_identity(loaded, dataset.classnames, identity, config.method_options())
     method.load(folder)  # every saved tensor, not only the context (CoCoOp's meta-network)
-    grid = expand_grid(ctx.shape[-2], **job.payload["grid"])
+    grid = expand_grid(method.n_positions, **job.payload["grid"])  # flat positions (PLOT: N * n_ctx)
     summary = run_corruption_sweep(
         session, method, ctx, identity, grid, chunk=job.payload.get("chunk"),
         on_chunk=lambda index, rows: faults.maybe_exit(job.id),
