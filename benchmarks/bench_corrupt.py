@@ -50,7 +50,7 @@ from nemesis_analysis.reference import FullLengthPrompts
 from nemesis_analysis.runs import method_for_identity
 from nemesis_analysis.schema import CORRUPTION_KEY
 from nemesis_analysis.session import Session
-from nemesis_analysis.sweep import run_corruption_sweep
+from nemesis_analysis.sweep import row_key, run_corruption_sweep
 from nemesis_analysis.train import load_model_and_data, train_prompt
 
 CALTECH_TEST_IMAGES = 2465
@@ -148,7 +148,8 @@ def case_digits(checkpoints: Path, quick: bool, device: str) -> float:
     accs = summary.rows.set_index(list(CORRUPTION_KEY))["acc"]
     slack = 0.0 if loaded.precision == Precision.FP32 else 1.0  # amp: chunking may flip a near-tie
     for corruption, predictions in zip(measured, ours_predictions):
-        assert abs(accs[corruption.key()] - 100.0 * float((predictions == labels).double().mean())) <= slack
+        key = row_key(corruption, learner.position_pairs())
+        assert abs(accs[key] - 100.0 * float((predictions == labels).double().mean())) <= slack
 
     print(
         f"digits: {len(grid)} variants x {dataset.num_classes} classes, {len(test)} test images, "

@@ -20,8 +20,9 @@ from nemesis_analysis.config import PromptConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits
 from nemesis_analysis.engine import accuracy_of, predict_variants
 from nemesis_analysis.errors import ConfigError, NoDataError
-from nemesis_analysis.features import image_features
-from nemesis_analysis.methods.coop import CoOp
+from nemesis_analysis.features import image_features, local_image_features
+from nemesis_analysis.methods import build_method_for_run
+from nemesis_analysis.methods.base import PromptMethod, method_class
 from nemesis_analysis.models import LoadedModel
 from nemesis_analysis.session import Session
 
@@ -54,13 +55,32 @@ class LearnedPrompt:
     identity: dict  # the run's identity columns
     protocol: Protocol
     path: Path
+    config: RunConfig | None = None  # the run's config (which method, with which options); None: CoOp
 
     @property
     def csc(self) -> bool:
-        return self.ctx.dim() == 3
+        return bool(self.prompt_config.csc)
+
+    def method_for(self, loaded: LoadedModel, classnames: Sequence[str]) -> PromptMethod:
+        """The run's own prompt method over ``classnames``, with every trained tensor loaded (CoCoOp's
+        meta-network included), so evaluations score images exactly as the method does."""
+        config = self.config or RunConfig(prompt=self.prompt_config)
+        method = build_method_for_run(config, loaded, list(classnames))
+        if set(method.trainable()) != {method.position_slot}:
+            method.load(self.path)  # tensors besides the slot (CoCoOp's meta-network) come from the artifact
+        with torch.no_grad():
+            slot = method.slots()[method.position_slot]
+            slot.copy_(self.ctx.reshape(slot.shape).to(slot))
+        return method
 
 
 # ------------------------------------------------------------------------------------------ pure math
+
+
+def class_mask(labels: torch.Tensor, selected: Sequence[int]) -> torch.Tensor:
+    """Which test rows have a label in ``selected`` (bool, one per row)."""
+    chosen = {int(label) for label in selected}
+    return torch.tensor([int(label) in chosen for label in labels.tolist()], dtype=torch.bool)
 
 
 def restrict_to_classes(
@@ -68,16 +88,19 @@ def restrict_to_classes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The test rows whose label is in ``selected``, and their labels renumbered from 0 in sorted order."""
     mapping = protocols.relabeler(selected)
-    keep = torch.tensor([int(label) in mapping for label in labels.tolist()], dtype=torch.bool)
+    keep = class_mask(labels, selected)
     new_labels = torch.tensor([mapping[int(label)] for label in labels[keep].tolist()], dtype=torch.long)
     return features[keep], new_labels
 
 
-def subset_accuracy(loaded: LoadedModel, prompt: "LearnedPrompt", classnames: Sequence[str], features, labels) -> float:
-    """Top-1 accuracy (percent) of the prompt's context over ``classnames`` (a generic-context CoOp built for
-    them), through the engine's batched prediction."""
-    method = CoOp(loaded, list(classnames), prompt.prompt_config)
-    predictions = predict_variants(method, prompt.ctx[None], features.to(method.device))  # (1, n)
+def subset_accuracy(
+    loaded: LoadedModel, prompt: "LearnedPrompt", classnames: Sequence[str], features, labels, local=None
+) -> float:
+    """Top-1 accuracy (percent) of the run's method over ``classnames``, through the engine's batched
+    prediction (``local``: the test images' local features, for methods that need them)."""
+    method = prompt.method_for(loaded, classnames)
+    slot = method.slots()[method.position_slot].detach()  # the trained slot, as the method holds it
+    predictions = predict_variants(method, slot[None], features.to(method.device), local)  # (1, n)
     return float(accuracy_of(predictions, labels.cpu())[0])
 
 
@@ -128,6 +151,7 @@ def load_learned_prompt(path: Path | str) -> LearnedPrompt:
         identity=identity,
         protocol=config.protocol,
         path=path,
+        config=config,
     )
 
 
@@ -151,11 +175,15 @@ def evaluate_context(
     selected = protocols.selected_labels(range(dataset.num_classes), classes)
     names = [dataset.classnames[label] for label in selected]
     protocols.check_transfer(prompt.csc, prompt.classnames, names)
-    features, labels = image_features(loaded, dataset, dataset.test, cache_dir, progress)
-    features, labels = restrict_to_classes(features, labels, selected)
+    all_features, all_labels = image_features(loaded, dataset, dataset.test, cache_dir, progress)
+    features, labels = restrict_to_classes(all_features, all_labels, selected)
     if labels.numel() == 0:
         raise ConfigError(f"dataset {dataset.name} has no test images of its {classes.value} classes")
-    acc = subset_accuracy(loaded, prompt, names, features, labels)
+    local = None
+    if prompt.config is not None and method_class(prompt.config.prompt_method).needs_local_features:  # PLOT scores local image features
+        local = local_image_features(loaded, dataset, dataset.test, cache_dir, progress)[0]
+        local = local[class_mask(all_labels, selected)]
+    acc = subset_accuracy(loaded, prompt, names, features, labels, local)
     return Evaluation(name or dataset.name, classes.value, acc, int(labels.numel()), len(names))
 
 
@@ -175,7 +203,9 @@ def evaluate_masked(
     protocols.check_transfer(prompt.csc, prompt.classnames, parent.classnames)
     features, labels = image_features(loaded, subset, subset.test, cache_dir, progress)
     indices = protocols.subsequence_indices(subset.classnames, parent.classnames)
-    method = CoOp(loaded, parent.classnames, prompt.prompt_config)
+    if prompt.config is not None and prompt.config.prompt_method != "coop":
+        raise ConfigError("masked 1,000-way evaluation is for CoOp prompts; evaluate other methods on the subset's own classes")
+    method = prompt.method_for(loaded, parent.classnames)
     with torch.no_grad():
         text = method.text_features(prompt.ctx[None].to(method.device))[0]  # (parent classes, embed)
         acc = masked_accuracy(features.to(method.device), labels, text, indices)

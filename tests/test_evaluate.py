@@ -107,6 +107,33 @@ def test_base2new_run_trains_on_base_and_records_base_and_new(tiny_context, sess
     assert len(_evaluations(reports)) == 2
 
 
+@pytest.mark.parametrize("method", ["cocoop", "plot"])
+def test_base2new_of_other_methods_evaluates_with_the_methods_own_scoring(method, tiny_context, session):
+    """CoCoOp's meta-network and PLOT's transport take part in protocol evaluations: the base evaluation
+    equals the run's own final accuracy (computed by the training loop with the method itself), and the
+    new-class evaluation equals the rebuilt method's own scores on the new test images."""
+    from nemesis_analysis.config import PlotConfig
+    from nemesis_analysis.features import local_image_features
+    from nemesis_analysis.methods import build_method_for_run
+
+    options = {"plot": PlotConfig(num_prompts=2)} if method == "plot" else {}
+    config = _config(protocol="base2new", seed=3, prompt=PromptConfig(n_ctx=4, method=method), **options)
+    run = train_prompt(config, session.replace(checkpoints_dir=session.reports_dir.parent / "ck"))
+    rows = _evaluations(session.reports_dir).set_index("eval_classes")
+    assert rows.loc["base", "acc"] == pytest.approx(run.final_test_acc, abs=1e-9)
+    assert set(rows.prompt_method) == {method}
+    dataset, loaded = tiny_context.dataset, tiny_context.loaded
+    new = [i for i, s in enumerate(dataset.test) if s.label >= 5]
+    features, _ = image_features(loaded, dataset, dataset.test, session.feature_cache, False)
+    local = local_image_features(loaded, dataset, dataset.test, session.feature_cache, False)[0][new] if method == "plot" else None
+    trained = build_method_for_run(run.config, loaded, dataset.classnames[5:])
+    trained.load(run.run_dir)
+    with torch.no_grad():
+        scores = trained.variant_scores(trained.slots()["ctx"][None], features[new], local)[0]  # (n_new, 5)
+    labels = torch.tensor([dataset.test[i].label - 5 for i in new])
+    assert rows.loc["new", "acc"] == pytest.approx(top1_accuracy(scores, labels), abs=1e-9)
+
+
 def test_base2new_refuses_class_specific_context(session, checkpoints_dir, tmp_path):
     config = _config(protocol="base2new", prompt=PromptConfig(n_ctx=4, csc=True))
     with pytest.raises(ConfigError, match="class-specific"):
