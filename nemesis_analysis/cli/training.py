@@ -259,6 +259,7 @@ MaxTestOpt = Annotated[
 ]
 
 
+# Long only in its signature: every option is listed explicitly (fastapi-cli style); the body is short.
 @handle_errors
 def corrupt(
     ctx: typer.Context,
