@@ -53,20 +53,9 @@ from nemesis_analysis.session import Session
 from nemesis_analysis.sweep import row_key, run_corruption_sweep
 from nemesis_analysis.train import load_model_and_data, train_prompt
 
+from classnames import CALTECH_CLASSNAMES  # benchmarks/ is on sys.path when run as a script
+
 CALTECH_TEST_IMAGES = 2465
-# Caltech101's class names as CoOp uses them: realistic token lengths for the prompts.
-CALTECH_CLASSNAMES = (
-    "face leopard motorbike accordion airplane anchor ant barrel bass beaver binocular bonsai brain brontosaurus "
-    "buddha butterfly camera cannon car_side ceiling_fan cellphone chair chandelier cougar_body cougar_face crab "
-    "crayfish crocodile crocodile_head cup dalmatian dollar_bill dolphin dragonfly electric_guitar elephant emu "
-    "euphonium ewer ferry flamingo flamingo_head garfield gerenuk gramophone grand_piano hawksbill headphone "
-    "hedgehog helicopter ibis inline_skate joshua_tree kangaroo ketch lamp laptop llama lobster lotus mandolin "
-    "mayfly menorah metronome minaret nautilus octopus okapi pagoda panda pigeon pizza platypus pyramid revolver "
-    "rhino rooster saxophone schooner scissors scorpion sea_horse snoopy soccer_ball stapler starfish stegosaurus "
-    "stop_sign strawberry sunflower tick trilobite umbrella watch water_lilly wheelchair wild_cat windsor_chair "
-    "wrench yin_yang"
-).split()
-assert len(CALTECH_CLASSNAMES) == 100
 AMP_TOLERANCE = 5e-2  # cosine gap within which bf16 rounding (amp) may flip a prediction
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from nemesis_analysis.errors import ConfigError, NemesisError
 from nemesis_analysis.session import Session
@@ -74,7 +75,7 @@ def handle_errors(command):
         try:
             return command(*args, **kwargs)
         except NemesisError as error:
-            err_console.print(f"[bold red]error:[/] {error_line(error)}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(error_line(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted: finished work is saved; run the same command again to resume")

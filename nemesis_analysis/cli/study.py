@@ -2,48 +2,24 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nemesis_analysis.errors import NemesisError
+from nemesis_analysis.cli.options import console, handle_errors
 
 study_app = typer.Typer(
     help="Whole studies from a TOML file: plan, run (locally or on Ray), status.", no_args_is_help=True
 )
 
-_WIDTH = None if sys.stdout.isatty() else 160
-console = Console(width=_WIDTH)
-err_console = Console(stderr=True, width=_WIDTH)
-
 StudyArg = Annotated[Path, typer.Argument(help="The study file (TOML); `nemesis study init` writes a template.")]
 CheckpointsOpt = Annotated[Optional[Path], typer.Option("--checkpoints", help="Override the study file's outputs.checkpoints.")]
 ReportsOpt = Annotated[Optional[Path], typer.Option("--reports", help="Override the study file's outputs.reports.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
-
-
-def handle_errors(command):
-    """Domain errors become one line on stderr and exit code 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except NemesisError as error:
-            err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted: finished jobs are saved; run the same command again to resume")
-            raise typer.Exit(code=130) from None
-
-    return wrapper
 
 
 def _load(path: Path, checkpoints: Path | None, reports: Path | None):
