@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,21 +33,56 @@ def feature_cache_key(loaded: LoadedModel, dataset: DatasetSplits, samples: list
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def encode_with(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    empty_shape: Callable[[], tuple[int, ...]],
+    label: str,
+    dataset: DatasetSplits,
+    samples: list[Sample],
+    preprocess: Callable,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> torch.Tensor:
+    """``encode`` (a preprocessed batch -> features) over ``samples`` in batches, on the CPU; ``empty_shape()``
+    gives the shape of no samples' features (asked only then)."""
+    dataset.check_samples(samples)  # a missing or damaged file: one line naming it, before any decoding
+    chunks = []
+    with progress_bar(label, total=len(samples), enabled=progress) as advance:
+        for start in range(0, len(samples), batch_size):
+            batch = samples[start : start + batch_size]
+            images = torch.stack([preprocess(dataset.load_image(s.source)) for s in batch])
+            chunks.append(encode(images).cpu())
+            advance(len(batch))
+    return torch.cat(chunks) if chunks else torch.empty(empty_shape())
+
+
 def encode_samples(
     loaded: LoadedModel, dataset: DatasetSplits, samples: list[Sample], batch_size: int = 256, progress: bool = True
 ) -> torch.Tensor:
     """Encode ``samples`` with the eval transform: (n, embed) L2-normalised fp32 features on the CPU."""
-    dataset.check_samples(samples)  # a missing or damaged file: one line naming it, before any decoding
-    chunks = []
-    with progress_bar(f"encoding {dataset.name} images", total=len(samples), enabled=progress) as advance:
-        for start in range(0, len(samples), batch_size):
-            batch = samples[start : start + batch_size]
-            images = torch.stack([loaded.preprocess(dataset.load_image(s.source)) for s in batch])
-            chunks.append(loaded.encode_images(images).cpu())
-            advance(len(batch))
-    if not chunks:
-        return torch.empty(0, loaded.embed_dim)
-    return torch.cat(chunks)
+    # the model is touched only once the samples are checked (a damaged file fails before any model call)
+    return encode_with(lambda images: loaded.encode_images(images), lambda: (0, loaded.embed_dim),
+                       f"encoding {dataset.name} images", dataset, samples, lambda image: loaded.preprocess(image),
+                       batch_size, progress)  # fmt: skip
+
+
+def cached_features(
+    path: Path | None, name: str, what: str, samples: list[Sample], encode: Callable[[], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tensor ``name`` of the cache file ``path``, labels): read when it matches ``samples``' labels, else
+    ``encode()``d and written atomically (``what`` names it in errors); ``path`` None: no cache."""
+    labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+    if path is None:
+        return encode(), labels
+    if path.is_file():
+        cached = load_file(str(path))
+        if torch.equal(cached["labels"], labels):
+            return cached[name], labels
+        logger.warning("%s %s does not match its samples; re-encoding", what, path)
+    features = encode()
+    with atomic_path(path, what) as tmp:
+        save_file({name: features.contiguous(), "labels": labels}, str(tmp))
+    return features, labels
 
 
 def image_features(
@@ -57,19 +93,9 @@ def image_features(
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (n, embed), labels (n,)) for ``samples``, from the cache when possible."""
-    labels = torch.tensor([s.label for s in samples], dtype=torch.long)
-    if cache_dir is None:
-        return encode_samples(loaded, dataset, samples, progress=progress), labels
-    path = Path(cache_dir) / f"{feature_cache_key(loaded, dataset, samples)}.safetensors"
-    if path.is_file():
-        cached = load_file(str(path))
-        if torch.equal(cached["labels"], labels):
-            return cached["features"], labels
-        logger.warning("feature cache %s does not match its samples; re-encoding", path)
-    features = encode_samples(loaded, dataset, samples, progress=progress)
-    with atomic_path(path, "the image feature cache") as tmp:
-        save_file({"features": features.contiguous(), "labels": labels}, str(tmp))
-    return features, labels
+    path = None if cache_dir is None else Path(cache_dir) / f"{feature_cache_key(loaded, dataset, samples)}.safetensors"
+    encode = lambda: encode_samples(loaded, dataset, samples, progress=progress)  # noqa: E731
+    return cached_features(path, "features", "the image feature cache", samples, encode)
 
 
 # ------------------------------------------------------------------------------------- local features
@@ -149,17 +175,10 @@ def encode_local_samples(
     loaded: LoadedModel, dataset: DatasetSplits, samples: list[Sample], batch_size: int = 256, progress: bool = True
 ) -> torch.Tensor:
     """Local features of ``samples`` with the eval transform: (n, locations, embed), normalised, fp32, CPU."""
-    dataset.check_samples(samples)
-    chunks = []
-    with progress_bar(f"encoding {dataset.name} image regions", total=len(samples), enabled=progress) as advance:
-        for start in range(0, len(samples), batch_size):
-            batch = samples[start : start + batch_size]
-            images = torch.stack([loaded.preprocess(dataset.load_image(s.source)) for s in batch])
-            chunks.append(encode_images_with_local(loaded, images)[1].cpu())
-            advance(len(batch))
-    if not chunks:
-        return torch.empty(0, num_locations(loaded), loaded.embed_dim)
-    return torch.cat(chunks)
+    encode = lambda images: encode_images_with_local(loaded, images)[1]  # noqa: E731
+    empty = lambda: (0, num_locations(loaded), loaded.embed_dim)  # noqa: E731 (a probe pass: only when needed)
+    return encode_with(encode, empty, f"encoding {dataset.name} image regions", dataset, samples,
+                       lambda image: loaded.preprocess(image), batch_size, progress)  # fmt: skip
 
 
 def local_image_features(
@@ -174,16 +193,7 @@ def local_image_features(
     The cache file is the global one's key plus ``-local``: n * locations * embed * 4 bytes (e.g. RN50 at
     224 px: 49 x 1024 x 4 = 196 KiB per image; ViT-B/16: 196 x 512 x 4 = 392 KiB per image).
     """
-    labels = torch.tensor([s.label for s in samples], dtype=torch.long)
-    if cache_dir is None:
-        return encode_local_samples(loaded, dataset, samples, progress=progress), labels
-    path = Path(cache_dir) / f"{feature_cache_key(loaded, dataset, samples)}-local.safetensors"
-    if path.is_file():
-        cached = load_file(str(path))
-        if torch.equal(cached["labels"], labels):
-            return cached["local"], labels
-        logger.warning("local feature cache %s does not match its samples; re-encoding", path)
-    local = encode_local_samples(loaded, dataset, samples, progress=progress)
-    with atomic_path(path, "the local image feature cache") as tmp:
-        save_file({"local": local.contiguous(), "labels": labels}, str(tmp))
-    return local, labels
+    key = feature_cache_key(loaded, dataset, samples)
+    path = None if cache_dir is None else Path(cache_dir) / f"{key}-local.safetensors"
+    encode = lambda: encode_local_samples(loaded, dataset, samples, progress=progress)  # noqa: E731
+    return cached_features(path, "local", "the local image feature cache", samples, encode)
