@@ -51,3 +51,15 @@ def tiny_session(checkpoints_dir):
     session = Session(checkpoints_dir, checkpoints_dir.parent / "unused-reports", progress=False)
     load_model_and_data(RunConfig(), session)
     return session
+
+
+@pytest.fixture
+def tiny_context(tiny_session):
+    """The loaded tiny CLIP and digits from the session's caches (``.loaded``, ``.dataset``)."""
+    from types import SimpleNamespace
+
+    from nemesis_analysis.config import RunConfig
+    from nemesis_analysis.train import load_model_and_data
+
+    loaded, dataset = load_model_and_data(RunConfig(), tiny_session)
+    return SimpleNamespace(loaded=loaded, dataset=dataset)

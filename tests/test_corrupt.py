@@ -48,15 +48,6 @@ def session(tiny_session, tmp_path):
     return tiny_session.replace(reports_dir=tmp_path / "reports")
 
 
-@pytest.fixture
-def tiny_setup(tiny_session):
-    """The loaded tiny CLIP and digits (from the session's caches)."""
-    from nemesis_analysis.train import load_model_and_data
-
-    loaded, dataset = load_model_and_data(RunConfig(), tiny_session)
-    return SimpleNamespace(loaded=loaded, dataset=dataset)
-
-
 def _identity(run, ctx):
     return run.config.identity(n_ctx=ctx.shape[-2])
 
@@ -69,7 +60,7 @@ def _table(session, dedupe=True) -> pd.DataFrame:
     return store.read_table(session.reports_dir, "corruptions", dedupe=dedupe)
 
 
-def test_factor_one_reproduces_uncorrupted_accuracy(tiny_setup, generic_run, session):
+def test_factor_one_reproduces_uncorrupted_accuracy(tiny_context, generic_run, session):
     grid = expand_grid(16, ops=["rescale", "replace"], factors=[1.0, 0.0], stds=[0.0], reps=1)
     summary = sweep_trained_run(session, generic_run, grid)
     rows = _table(session)
@@ -85,7 +76,7 @@ def test_factor_one_reproduces_uncorrupted_accuracy(tiny_setup, generic_run, ses
     baseline = rows[rows.op == "none"].iloc[0]
     assert baseline.position == -1 and baseline.factor == 1.0 and baseline.acc == summary.acc_original
     assert baseline.norm_before == pytest.approx(sum(generic_run.position_norms) / 16, rel=1e-5)
-    assert rows.n_test.unique().tolist() == [len(tiny_setup.dataset.test)]
+    assert rows.n_test.unique().tolist() == [len(tiny_context.dataset.test)]
     assert set(rows.run_id) == {generic_run.run_id} and set(rows.method) == {"coop"}
     # the summary is what the rows say
     corrupted = rows[rows.op != "none"]
@@ -101,22 +92,22 @@ def test_factor_one_reproduces_uncorrupted_accuracy(tiny_setup, generic_run, ses
 
 
 @pytest.mark.parametrize("which", ["generic", "csc"])
-def test_batched_equals_naive(which, tiny_setup, generic_run, csc_run, session):
+def test_batched_equals_naive(which, tiny_context, generic_run, csc_run, session):
     run = generic_run if which == "generic" else csc_run
     ctx, _ = load_prompt(run.run_dir)
     n_ctx = ctx.shape[-2]
     grid = expand_grid(n_ctx, positions=[0, n_ctx - 1], factors=[0, 10], stds=[0.5], reps=1)  # 7 variants
     identity = _identity(run, ctx)
-    method = method_for_run(tiny_setup, identity)
+    method = method_for_run(tiny_context, identity)
     features, labels = image_features(
-        tiny_setup.loaded, tiny_setup.dataset, tiny_setup.dataset.test, session.feature_cache, progress=False
+        tiny_context.loaded, tiny_context.dataset, tiny_context.dataset.test, session.feature_cache, progress=False
     )
     batched = predict_corruptions(method, ctx, grid, run.run_id, features, chunk=4)
     assert batched.shape == (len(grid), len(labels))
     # The naive path re-encodes the images for every variant: a fixed sample of the test split keeps it fast.
     subset = list(range(0, len(labels), 9))  # 60 images, every class
-    samples = [tiny_setup.dataset.test[i] for i in subset]
-    naive = evaluate_naive(method, tiny_setup.dataset, ctx, grid, run.run_id, samples=samples)
+    samples = [tiny_context.dataset.test[i] for i in subset]
+    naive = evaluate_naive(method, tiny_context.dataset, ctx, grid, run.run_id, samples=samples)
     assert naive.shape == (len(grid), len(subset))
     assert torch.equal(batched[:, subset], naive)
     assert len(set(naive.flatten().tolist())) > 1  # not a degenerate all-one-class comparison
@@ -126,11 +117,11 @@ def test_batched_equals_naive(which, tiny_setup, generic_run, csc_run, session):
     assert summary.rows["acc"].tolist() == pytest.approx(expected, abs=1e-9)
 
 
-def test_csc_corrupts_the_position_of_every_class(tiny_setup, csc_run, session):
+def test_csc_corrupts_the_position_of_every_class(tiny_context, csc_run, session):
     ctx, _ = load_prompt(csc_run.run_dir)
     assert ctx.shape == (10, 4, 128)
     identity = _identity(csc_run, ctx)
-    method = method_for_run(tiny_setup, identity)
+    method = method_for_run(tiny_context, identity)
     variants = apply_corruptions(ctx, [Corruption("rescale", 2, 0.0), Corruption("replace", 1, 0.5, 0)], "r")
     prompts = method.build_embeddings(variants)  # (2, classes, length, width)
     slots = method.ctx_index  # (classes, n_ctx)
@@ -155,7 +146,7 @@ def test_csc_corrupts_the_position_of_every_class(tiny_setup, csc_run, session):
     assert bool(rows.csc.all()) and (rows.n_ctx == 4).all()
 
 
-def test_resume_adds_only_missing_rows(tiny_setup, generic_run, session):
+def test_resume_adds_only_missing_rows(tiny_context, generic_run, session):
     small = expand_grid(16, positions=[0, 1], factors=[0.5], stds=[0.1], reps=1)
     first = sweep_trained_run(session, generic_run, small)
     assert first.rows_written == 1 + 2 + 2
@@ -176,7 +167,7 @@ def test_resume_adds_only_missing_rows(tiny_setup, generic_run, session):
     assert not after.duplicated(KEY).any()
 
 
-def test_killed_sweep_leaves_readable_tables_and_resumes(tiny_setup, generic_run, session):
+def test_killed_sweep_leaves_readable_tables_and_resumes(tiny_context, generic_run, session):
     grid = expand_grid(16, positions=[0, 1, 2, 3], factors=[0.0, 2.0], stds=[0.5], reps=1)  # 1 + 12 rows
 
     def die(index, rows):
@@ -184,7 +175,7 @@ def test_killed_sweep_leaves_readable_tables_and_resumes(tiny_setup, generic_run
 
     ctx, identity = _ctx_identity(generic_run)
     with pytest.raises(KeyboardInterrupt):
-        method = method_for_run(tiny_setup, identity)
+        method = method_for_run(tiny_context, identity)
         run_corruption_sweep(session, method, ctx, identity, grid, chunk=5, on_chunk=die)
     partial = _table(session, dedupe=False)
     assert len(partial) == 1 + 5  # the baseline and the first chunk, nothing else
@@ -203,17 +194,17 @@ def _ctx_identity(run):
     return ctx, _identity(run, ctx)
 
 
-def test_auto_chunk_bounds_memory(tiny_setup, generic_run):
+def test_auto_chunk_bounds_memory(tiny_context, generic_run):
     ctx, identity = _ctx_identity(generic_run)
-    method = method_for_run(tiny_setup, identity)
+    method = method_for_run(tiny_context, identity)
     per_variant = 10 * method.base.shape[1] * 128
     assert auto_chunk(method, memory_budget=per_variant * 7) == 7
     assert auto_chunk(method, memory_budget=1) == 1
 
 
-def test_read_prompt_and_check_fits(tiny_setup, generic_run, tmp_path):
+def test_read_prompt_and_check_fits(tiny_context, generic_run, tmp_path):
     ctx, identity = _ctx_identity(generic_run)
-    method = method_for_run(tiny_setup, identity)
+    method = method_for_run(tiny_context, identity)
     prompt = read_prompt(generic_run.run_dir)
     check_fits(prompt.ctx, method, prompt.metadata)
     assert prompt.run_id == generic_run.run_id and torch.equal(prompt.ctx, ctx)

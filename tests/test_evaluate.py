@@ -21,7 +21,7 @@ from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.features import image_features
 from nemesis_analysis.methods.coop import CoOp
 from nemesis_analysis.metrics import top1_accuracy
-from nemesis_analysis.train import load_model_and_data, train_prompt
+from nemesis_analysis.train import train_prompt
 
 runner = CliRunner()
 
@@ -39,15 +39,6 @@ def _evaluations(reports) -> pd.DataFrame:
 @pytest.fixture
 def session(tiny_session, tmp_path):
     return tiny_session.replace(reports_dir=tmp_path / "reports")
-
-
-@pytest.fixture
-def tiny_context(tiny_session):
-    """The loaded tiny CLIP and digits, from the session's caches."""
-    from types import SimpleNamespace
-
-    loaded, dataset = load_model_and_data(RunConfig(), tiny_session)
-    return SimpleNamespace(loaded=loaded, dataset=dataset)
 
 
 def test_evaluate_a_digits_run_equals_its_final_accuracy_and_reruns_add_nothing(tiny_context, session, checkpoints_dir):
