@@ -38,20 +38,20 @@ import torch
 import torch.nn.functional as F
 
 from nemesis_analysis.config import PromptConfig, RunConfig
-from nemesis_analysis.artifacts import load_prompt
-from nemesis_analysis.corrupt_ops import apply_corruptions, corrupt_context, expand_grid
-from nemesis_analysis.engine import predict_corruptions, predict_variants
-from nemesis_analysis.features import encode_samples, image_features
+from nemesis_analysis.storage.artifacts import load_prompt
+from nemesis_analysis.corruption.ops import apply_corruptions, corrupt_context, expand_grid
+from nemesis_analysis.corruption.engine import predict_corruptions, predict_variants
+from nemesis_analysis.clip.features import encode_samples, image_features
 from nemesis_analysis.methods.coop import CoOp
 from nemesis_analysis.choices import Precision
 from nemesis_analysis.metrics import TIE_TOLERANCE, differing_predictions
-from nemesis_analysis.loading import load_model
-from nemesis_analysis.reference import FullLengthPrompts
-from nemesis_analysis.runs import method_for_identity
-from nemesis_analysis.schema import CORRUPTION_KEY
+from nemesis_analysis.clip.loading import load_model
+from nemesis_analysis.corruption.reference import FullLengthPrompts
+from nemesis_analysis.corruption.sweep_runs import method_for_identity
+from nemesis_analysis.storage.schema import CORRUPTION_KEY
 from nemesis_analysis.session import Session
-from nemesis_analysis.sweep import row_key, run_corruption_sweep
-from nemesis_analysis.train import load_model_and_data, train_prompt
+from nemesis_analysis.corruption.sweep import row_key, run_corruption_sweep
+from nemesis_analysis.training.train import load_model_and_data, train_prompt
 
 from classnames import CALTECH_CLASSNAMES  # benchmarks/ is on sys.path when run as a script
 

@@ -8,7 +8,7 @@ Both steps do what a CoOp step does: encode the image batch with the frozen imag
 training images are augmented), encode every class prompt with the context, cosine logits, cross-entropy,
 backward to the context, SGD (CoOp's lr, momentum and weight decay). They differ only on the text side:
   reference: every class's full 77-token sequence through the plain pass, fp32 (the reference code's step);
-  ours:      ``train.train_step`` on a :class:`~nemesis_analysis.train.TrainingRun` with the CoOp method, i.e.
+  ours:      ``train.train_step`` on a :class:`~nemesis_analysis.training.train.TrainingRun` with the CoOp method, i.e.
              ``CoOp.text_features``: prompts cut at the longest EOS, the tokens every class shares (SOS and
              the context before the name) encoded once, each class over its own tokens only; under the
              model's precision (fp32 on CPU, amp on CUDA).
@@ -45,15 +45,15 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from classnames import CALTECH_CLASSNAMES, imagenet_size_classnames  # noqa: E402
 
-from nemesis_analysis.augment import augment_image  # noqa: E402
+from nemesis_analysis.clip.augment import augment_image  # noqa: E402
 from nemesis_analysis.choices import Precision  # noqa: E402
 from nemesis_analysis.config import PromptConfig, RunConfig  # noqa: E402
 from nemesis_analysis.data.fewshot import sample_few_shot  # noqa: E402
 from nemesis_analysis.data.registry import load_dataset  # noqa: E402
-from nemesis_analysis.models import LoadedModel, encode_text_from_embeddings  # noqa: E402
-from nemesis_analysis.loading import load_model  # noqa: E402
+from nemesis_analysis.clip.encoding import LoadedModel, encode_text_from_embeddings  # noqa: E402
+from nemesis_analysis.clip.loading import load_model  # noqa: E402
 from nemesis_analysis.methods.coop import CoOp  # noqa: E402
-from nemesis_analysis.train import TrainingRun, build_optimizer, train_step  # noqa: E402
+from nemesis_analysis.training.train import TrainingRun, build_optimizer, train_step  # noqa: E402
 
 BATCH = 32  # CoOp's batch size
 OPTIM = RunConfig().optim  # CoOp's SGD settings, as a default training run uses them

@@ -29,11 +29,11 @@ from bench_train import BATCH, training_run  # noqa: E402
 from classnames import CALTECH_CLASSNAMES, imagenet_size_classnames  # noqa: E402
 
 from nemesis_analysis.config import PromptConfig  # noqa: E402
-from nemesis_analysis.engine import predict_corruptions  # noqa: E402
-from nemesis_analysis.corrupt_ops import expand_grid  # noqa: E402
-from nemesis_analysis.loading import load_model  # noqa: E402
+from nemesis_analysis.corruption.engine import predict_corruptions  # noqa: E402
+from nemesis_analysis.corruption.ops import expand_grid  # noqa: E402
+from nemesis_analysis.clip.loading import load_model  # noqa: E402
 from nemesis_analysis.methods.coop import CoOp  # noqa: E402
-from nemesis_analysis.train import train_step  # noqa: E402
+from nemesis_analysis.training.train import train_step  # noqa: E402
 
 CALTECH_TEST_IMAGES = 2465
 

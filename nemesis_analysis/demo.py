@@ -14,7 +14,7 @@ from rich.table import Table
 
 from nemesis_analysis.config import NemesisConfig, RunConfig
 from nemesis_analysis.session import Session
-from nemesis_analysis.train import RunResult, load_model_and_data, train_prompt
+from nemesis_analysis.training.train import RunResult, load_model_and_data, train_prompt
 
 DEMO_DATASET = "digits"
 DEMO_SHOTS = 16
@@ -70,9 +70,9 @@ def run_demo(
 
     # ---- step 3: corruption sweep on the CoOp run (Low-Norm Effect)
     console.rule("[bold]3. corruption sweep on the CoOp run (Low-Norm Effect)")
-    from nemesis_analysis.corrupt_ops import GridSpec
-    from nemesis_analysis.runs import sweep_trained_run
-    from nemesis_analysis.sweep import format_summary
+    from nemesis_analysis.corruption.ops import GridSpec
+    from nemesis_analysis.corruption.sweep_runs import sweep_trained_run
+    from nemesis_analysis.corruption.sweep import format_summary
 
     grid = GridSpec().expand(len(coop.position_norms))  # the default grid: every position, rescale and replace
     sweep = sweep_trained_run(session, coop, grid)
@@ -81,7 +81,7 @@ def run_demo(
         console.print(line, highlight=False, soft_wrap=True)
 
     # ---- step 4: figures
-    from nemesis_analysis.figures import render_all  # no torch: tables and matplotlib only
+    from nemesis_analysis.report.figures import render_all  # no torch: tables and matplotlib only
 
     console.rule("[bold]4. figures")
     figure_paths = render_all(session.reports_dir)

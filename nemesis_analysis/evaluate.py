@@ -13,17 +13,18 @@ from pathlib import Path
 
 import torch
 
-from nemesis_analysis import protocols, store
-from nemesis_analysis.artifacts import ARTIFACT_TENSORS, load_prompt
+from nemesis_analysis import protocols
+from nemesis_analysis.storage import store
+from nemesis_analysis.storage.artifacts import ARTIFACT_TENSORS, load_prompt
 from nemesis_analysis.choices import EvalClasses, Protocol, choice, plain
 from nemesis_analysis.config import PromptConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits
-from nemesis_analysis.engine import accuracy_of, predict_variants
+from nemesis_analysis.corruption.engine import accuracy_of, predict_variants
 from nemesis_analysis.errors import ConfigError, NoDataError
-from nemesis_analysis.features import image_features, local_image_features
+from nemesis_analysis.clip.features import image_features, local_image_features
 from nemesis_analysis.methods import build_method_for_run
 from nemesis_analysis.methods.base import PromptMethod, method_class
-from nemesis_analysis.models import LoadedModel
+from nemesis_analysis.clip.encoding import LoadedModel
 from nemesis_analysis.session import Session
 
 TABLE = "evaluations"

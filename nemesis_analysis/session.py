@@ -50,13 +50,13 @@ class Session:
         return other
 
     def torch_device(self):
-        from nemesis_analysis.models import resolve_device
+        from nemesis_analysis.clip.encoding import resolve_device
 
         return resolve_device(self.device)
 
     def model(self, backbone: str, pretrained: str, precision=None):
         """The frozen CLIP ``(backbone, pretrained)`` at ``precision`` on this session's device, loaded once."""
-        from nemesis_analysis.loading import load_model
+        from nemesis_analysis.clip.loading import load_model
 
         device = self.torch_device()
         precision_name = None if precision is None else str(getattr(precision, "value", precision))
@@ -86,13 +86,13 @@ class Session:
     def check_output_folders(self) -> None:
         """Raise a one-line WriteError unless ``--checkpoints`` and ``--reports`` are (or can become) folders
         this process can write into; called before any long work. Creates nothing."""
-        from nemesis_analysis.fsio import check_writable
+        from nemesis_analysis.storage.fsio import check_writable
 
         check_writable(self.checkpoints_dir, "--checkpoints")
         check_writable(self.reports_dir, "--reports")
 
     def run_dir(self, run_id: str):
-        """The folder of run ``run_id`` (a :class:`~nemesis_analysis.rundir.RunDir`)."""
-        from nemesis_analysis.rundir import RunDir
+        """The folder of run ``run_id`` (a :class:`~nemesis_analysis.storage.rundir.RunDir`)."""
+        from nemesis_analysis.storage.rundir import RunDir
 
         return RunDir(self.checkpoints_dir / run_id)

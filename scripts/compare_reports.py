@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nemesis_analysis.schema import KEYS, TABLES
+from nemesis_analysis.storage.schema import KEYS, TABLES
 
 IGNORED = ("seconds", "checkpoint")  # wall-clock time and the folder the run was written to
 

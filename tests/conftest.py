@@ -46,7 +46,7 @@ def tiny_session(checkpoints_dir):
     digits dataset (loaded once); tests take ``tiny_session.replace(reports_dir=...)`` for their own tables."""
     from nemesis_analysis.config import RunConfig
     from nemesis_analysis.session import Session
-    from nemesis_analysis.train import load_model_and_data
+    from nemesis_analysis.training.train import load_model_and_data
 
     session = Session(checkpoints_dir, checkpoints_dir.parent / "unused-reports", progress=False)
     load_model_and_data(RunConfig(), session)
@@ -59,7 +59,7 @@ def tiny_context(tiny_session):
     from types import SimpleNamespace
 
     from nemesis_analysis.config import RunConfig
-    from nemesis_analysis.train import load_model_and_data
+    from nemesis_analysis.training.train import load_model_and_data
 
     loaded, dataset = load_model_and_data(RunConfig(), tiny_session)
     return SimpleNamespace(loaded=loaded, dataset=dataset)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nemesis_analysis import analysis
+from nemesis_analysis.report import analysis
 from nemesis_analysis.errors import NoDataError
 
 RUN_DEFAULTS = {
@@ -288,6 +288,6 @@ def test_merge_mean_std_and_markdown(runs):
 
 
 def test_analysis_does_not_import_torch():
-    code = "import sys, nemesis_analysis.analysis, nemesis_analysis.plots; sys.exit('torch' in sys.modules)"
+    code = "import sys, nemesis_analysis.report.analysis, nemesis_analysis.report.plots; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from nemesis_analysis.cli import app, build_run_config
 from nemesis_analysis.cli import training as training_commands
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig
-from nemesis_analysis.corrupt_ops import DEFAULT_STDS
+from nemesis_analysis.corruption.ops import DEFAULT_STDS
 from nemesis_analysis.session import Session
 
 runner = CliRunner()

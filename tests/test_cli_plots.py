@@ -16,7 +16,8 @@ from safetensors.numpy import save_file
 from matplotlib.container import ErrorbarContainer
 from typer.testing import CliRunner
 
-from nemesis_analysis import analysis, figures, store
+from nemesis_analysis.report import analysis, figures
+from nemesis_analysis.storage import store
 from nemesis_analysis.cli import app
 from nemesis_analysis.errors import ConfigError
 

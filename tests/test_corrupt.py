@@ -11,20 +11,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nemesis_analysis import store
+from nemesis_analysis.storage import store
 from nemesis_analysis.cli import app
 from nemesis_analysis.config import PromptConfig, RunConfig
-from nemesis_analysis.artifacts import check_fits, load_prompt, read_prompt
-from nemesis_analysis.corrupt_ops import Corruption, GridSpec, apply_corruptions, expand_grid
-from nemesis_analysis.engine import auto_chunk, predict_corruptions
+from nemesis_analysis.storage.artifacts import check_fits, load_prompt, read_prompt
+from nemesis_analysis.corruption.ops import Corruption, GridSpec, apply_corruptions, expand_grid
+from nemesis_analysis.corruption.engine import auto_chunk, predict_corruptions
 from nemesis_analysis.errors import ConfigError, ModelError, NoDataError
-from nemesis_analysis.features import image_features
-from nemesis_analysis.nemesis import position_norms
-from nemesis_analysis.reference import evaluate_naive
-from nemesis_analysis.runs import load_run_config, method_for_identity, sweep_runs, sweep_trained_run
-from nemesis_analysis.schema import CORRUPTION_KEY
-from nemesis_analysis.sweep import format_summary, run_corruption_sweep
-from nemesis_analysis.train import train_prompt
+from nemesis_analysis.clip.features import image_features
+from nemesis_analysis.training.nemesis import position_norms
+from nemesis_analysis.corruption.reference import evaluate_naive
+from nemesis_analysis.corruption.sweep_runs import load_run_config, method_for_identity, sweep_runs, sweep_trained_run
+from nemesis_analysis.storage.schema import CORRUPTION_KEY
+from nemesis_analysis.corruption.sweep import format_summary, run_corruption_sweep
+from nemesis_analysis.training.train import train_prompt
 
 runner = CliRunner()
 KEY = list(CORRUPTION_KEY)

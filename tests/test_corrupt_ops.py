@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nemesis_analysis.corrupt_ops import (
+from nemesis_analysis.corruption.ops import (
     DEFAULT_FACTORS,
     DEFAULT_REPS,
     DEFAULT_STDS,

@@ -26,7 +26,7 @@ from nemesis_analysis.data.fixtures import (
 )
 from nemesis_analysis.data.registry import load_dataset
 from nemesis_analysis.errors import DataError
-from nemesis_analysis.features import feature_cache_key
+from nemesis_analysis.clip.features import feature_cache_key
 
 # train: dog's folder is empty, owl has none; test: every class, owl only there; val: only fox.
 UNEVEN = {
@@ -317,7 +317,7 @@ def test_cli_train_reports_missing_manifest_files(checkpoints_dir, tmp_path):
 
 
 def test_coop_readers_get_the_same_checks_before_encoding(tmp_path):
-    from nemesis_analysis.features import encode_samples
+    from nemesis_analysis.clip.features import encode_samples
 
     root = make_fixture_root(tmp_path, ["dtd"], image_size=32)
     dtd = load_dataset("dtd", root)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nemesis_analysis import evaluate, protocols, store
+from nemesis_analysis import evaluate, protocols
+from nemesis_analysis.storage import store
 from nemesis_analysis.choices import Protocol
 from nemesis_analysis.cli import app
 from nemesis_analysis.config import OptimConfig, PromptConfig, RunConfig
@@ -18,10 +19,10 @@ from nemesis_analysis.data.fewshot import sample_few_shot
 from nemesis_analysis.data.fixtures import make_fixture_root
 from nemesis_analysis.data.registry import load_dataset
 from nemesis_analysis.errors import ConfigError
-from nemesis_analysis.features import image_features
+from nemesis_analysis.clip.features import image_features
 from nemesis_analysis.methods.coop import CoOp
 from nemesis_analysis.metrics import top1_accuracy
-from nemesis_analysis.train import train_prompt
+from nemesis_analysis.training.train import train_prompt
 
 runner = CliRunner()
 
@@ -104,7 +105,7 @@ def test_base2new_of_other_methods_evaluates_with_the_methods_own_scoring(method
     equals the run's own final accuracy (computed by the training loop with the method itself), and the
     new-class evaluation equals the rebuilt method's own scores on the new test images."""
     from nemesis_analysis.config import PlotConfig
-    from nemesis_analysis.features import local_image_features
+    from nemesis_analysis.clip.features import local_image_features
     from nemesis_analysis.methods import build_method_for_run
 
     options = {"plot": PlotConfig(num_prompts=2)} if method == "plot" else {}

@@ -12,7 +12,8 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 from typer.testing import CliRunner
 
-from nemesis_analysis import analysis, figures, plots, store
+from nemesis_analysis.report import analysis, figures, plots
+from nemesis_analysis.storage import store
 from nemesis_analysis.cli import app
 
 IDENTITY = {"dataset": "digits", "backbone": "tiny", "pretrained": "tiny", "method": "coop", "n_ctx": 4, "csc": False,
@@ -46,7 +47,7 @@ def test_frequency_uses_the_cells_every_seed_has(caplog):
     mixed = analysis.low_norm_frequency(table)
     # Seed 1 alone: 2 (position 0) + 8 (replace) effects of 16 reducing cells; mixed with 2/8 twice.
     assert mixed["frequency_mean"].item() == pytest.approx((100 * 10 / 16 + 25 + 25) / 3)
-    with caplog.at_level(logging.WARNING, logger="nemesis_analysis.analysis"):
+    with caplog.at_level(logging.WARNING, logger="nemesis_analysis.report.analysis"):
         same = analysis.low_norm_frequency(table, same_grid=True)
     assert same["frequency_mean"].item() == pytest.approx(25.0) and same["frequency_std"].item() == 0.0
     assert (same["n_reducing"].item(), same["num_seeds"].item()) == (24, 3)

@@ -157,7 +157,9 @@ def test_no_module_imports_a_private_name_from_another():
     assert not problems, "private names used across modules:\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("module", ["schema", "analysis", "plots", "store", "figures", "config", "cli"])
+@pytest.mark.parametrize(
+    "module", ["storage.schema", "report.analysis", "report.plots", "storage.store", "report.figures", "report.tables", "config", "cli"]
+)
 def test_module_imports_without_torch(module):
     code = f"import sys, nemesis_analysis.{module}; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, timeout=120)

@@ -9,20 +9,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis import store
-from nemesis_analysis.artifacts import read_prompt
+from nemesis_analysis.storage import store
+from nemesis_analysis.storage.artifacts import read_prompt
 from nemesis_analysis.config import KgCoOpConfig, NemesisConfig, OptimConfig, PlotConfig, PromptConfig, RunConfig
 from nemesis_analysis.config import apply_recipe
-from nemesis_analysis.corrupt_ops import GridSpec
+from nemesis_analysis.corruption.ops import GridSpec
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.methods import METHODS, build_method
 from nemesis_analysis.methods.cocoop import CoCoOp
 from nemesis_analysis.methods.kgcoop import KgCoOp, knowledge_distance
-from nemesis_analysis.models import encode_text_from_embeddings, eos_positions
-from nemesis_analysis.runs import sweep_runs
-from nemesis_analysis.schema import IDENTITY_COLUMNS, RunIdentity
-from nemesis_analysis.sweep import stratified_subsample
-from nemesis_analysis.train import train_prompt
+from nemesis_analysis.clip.encoding import encode_text_from_embeddings, eos_positions
+from nemesis_analysis.corruption.sweep_runs import sweep_runs
+from nemesis_analysis.storage.schema import IDENTITY_COLUMNS, RunIdentity
+from nemesis_analysis.corruption.sweep import stratified_subsample
+from nemesis_analysis.training.train import train_prompt
 
 
 # ------------------------------------------------------------------------------------------- config, tables
@@ -57,7 +57,7 @@ def test_identity_records_the_prompt_method_and_old_parts_read_as_coop(tmp_path)
     assert RunIdentity.from_row({k: v for k, v in RunConfig().identity_columns().items() if k != "prompt_method"}
                                 ).prompt_method == "coop"  # fmt: skip
     # A part written before the column existed reads as CoOp.
-    from nemesis_analysis.schema import SCHEMAS
+    from nemesis_analysis.storage.schema import SCHEMAS
 
     measures = {name: 0.0 for name in SCHEMAS["trajectories"].names if name not in IDENTITY_COLUMNS}
     measures.update(epoch=0, position=0)
@@ -283,7 +283,7 @@ def test_cli_method_flags_help_panels_and_refusals():
 
 
 def test_summaries_group_by_prompt_method():
-    from nemesis_analysis import analysis
+    from nemesis_analysis.report import analysis
 
     row = {"dataset": "digits", "backbone": "nemesis-tiny", "shots": 4, "method": "coop", "seed": 1,
            "final_test_acc": 50.0, "zero_shot_acc": 10.0, "mean_norm": 1.0}  # fmt: skip

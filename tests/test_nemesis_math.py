@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nemesis_analysis.errors import ConfigError
-from nemesis_analysis.nemesis import (
+from nemesis_analysis.training.nemesis import (
     NORM_TYPES,
     choose_pan_positions,
     nemesis_loss,

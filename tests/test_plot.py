@@ -14,18 +14,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis import store
+from nemesis_analysis.storage import store
 from nemesis_analysis.config import OptimConfig, PlotConfig, PromptConfig, RunConfig
-from nemesis_analysis.corrupt_ops import expand_grid, rescale
+from nemesis_analysis.corruption.ops import expand_grid, rescale
 from nemesis_analysis.errors import ConfigError, ModelError
-from nemesis_analysis.features import encode_images_with_local, feature_cache_key, image_features, local_image_features
-from nemesis_analysis.loading import load_model
+from nemesis_analysis.clip.features import encode_images_with_local, feature_cache_key, image_features, local_image_features
+from nemesis_analysis.clip.loading import load_model
 from nemesis_analysis.methods import method_class
 from nemesis_analysis.methods.plot import PLOT
-from nemesis_analysis.models import encode_text_from_embeddings, eos_positions
-from nemesis_analysis.ot import ot_similarity, sinkhorn_plan
-from nemesis_analysis.sweep import run_corruption_sweep
-from nemesis_analysis.train import train_prompt
+from nemesis_analysis.clip.encoding import encode_text_from_embeddings, eos_positions
+from nemesis_analysis.methods.ot import ot_similarity, sinkhorn_plan
+from nemesis_analysis.corruption.sweep import run_corruption_sweep
+from nemesis_analysis.training.train import train_prompt
 
 
 def plain_sinkhorn(cost: torch.Tensor, epsilon=0.1, max_iter=100, threshold=1e-2) -> torch.Tensor:
@@ -332,7 +332,7 @@ def write_plot_checkpoint(folder, ctx: torch.Tensor, num_classes: int, epoch: in
 
 
 def test_official_plot_checkpoint_imports_with_shapes_checked(tiny_random, tmp_path):
-    from nemesis_analysis.artifacts import load_prompt_any, read_prompt
+    from nemesis_analysis.storage.artifacts import load_prompt_any, read_prompt
 
     classes = ["face", "leopard", "motorbike"]
     method = PLOT(tiny_random, classes, PromptConfig(n_ctx=4), seed=2, options=PlotConfig(num_prompts=2))

@@ -18,7 +18,7 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 from PIL import Image
 
-from nemesis_analysis import analysis, plots
+from nemesis_analysis.report import analysis, plots
 from nemesis_analysis.errors import ConfigError, NoDataError
 
 RUN_DEFAULTS = {

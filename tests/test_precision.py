@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from nemesis_analysis.choices import Precision
 from nemesis_analysis.config import PromptConfig
-from nemesis_analysis.features import encode_samples
-from nemesis_analysis.models import encode_text_from_embeddings
-from nemesis_analysis.loading import load_model
+from nemesis_analysis.clip.features import encode_samples
+from nemesis_analysis.clip.encoding import encode_text_from_embeddings
+from nemesis_analysis.clip.loading import load_model
 from nemesis_analysis.methods.coop import CoOp, PrefixCache
-from nemesis_analysis.textpass import encode_prompts, shared_prefix_length
+from nemesis_analysis.clip.textpass import encode_prompts, shared_prefix_length
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -45,7 +45,7 @@ def _compare_amp_to_fp32(fp32, amp, dataset):
 def _tiny(session):
     """The session's cached tiny CLIP and digits dataset."""
     from nemesis_analysis.config import RunConfig
-    from nemesis_analysis.train import load_model_and_data
+    from nemesis_analysis.training.train import load_model_and_data
 
     return load_model_and_data(RunConfig(), session)
 

@@ -150,7 +150,7 @@ def test_base_and_new_rows_are_separate_keys_and_old_parts_read_as_all(tmp_path)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from nemesis_analysis import schema, store
+    from nemesis_analysis.storage import schema, store
 
     rows = pd.DataFrame(_hand_rows())
     store.append_rows(tmp_path, "corruptions", rows)
@@ -168,7 +168,7 @@ def test_base_and_new_rows_are_separate_keys_and_old_parts_read_as_all(tmp_path)
 def test_default_views_never_pool_base_and_new_rows():
     import pandas as pd
 
-    from nemesis_analysis import analysis
+    from nemesis_analysis.report import analysis
 
     only_subsets = pd.DataFrame(_hand_rows())
     assert analysis.low_norm_frequency(only_subsets).empty  # the default view reads "all" rows only
@@ -188,7 +188,8 @@ def test_default_views_never_pool_base_and_new_rows():
 def test_summary_tables_say_which_class_subset(tmp_path):
     import pandas as pd
 
-    from nemesis_analysis import figures, store
+    from nemesis_analysis.report import figures
+    from nemesis_analysis.storage import store
 
     store.append_rows(tmp_path, "corruptions", pd.DataFrame(_hand_rows() + _hand_rows("r1", 1, ("all",))))
     tables = figures.summary_tables(tmp_path)
@@ -201,7 +202,7 @@ def test_summary_tables_say_which_class_subset(tmp_path):
 def test_base_new_frequency_and_figure():
     import pandas as pd
 
-    from nemesis_analysis.figures_protocols import base_new_frequency, base_new_frequency_figure
+    from nemesis_analysis.report.figures_protocols import base_new_frequency, base_new_frequency_figure
 
     rows = pd.DataFrame(_hand_rows("r1", 1) + _hand_rows("r2", 2))
     frequency = base_new_frequency(rows).set_index("eval_classes")
@@ -238,7 +239,7 @@ def test_plot_base_new_command_writes_the_figure(tmp_path):
     import pandas as pd
     from typer.testing import CliRunner
 
-    from nemesis_analysis import store
+    from nemesis_analysis.storage import store
     from nemesis_analysis.cli import app
 
     runner = CliRunner()

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from nemesis_analysis.cli import app
 from nemesis_analysis.data.fixtures import make_custom_folder
 from nemesis_analysis.data.registry import load_dataset
-from nemesis_analysis.schema import KEYS
+from nemesis_analysis.storage.schema import KEYS
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,7 +251,7 @@ def full_disk_after(calls: int, real):
 def test_full_disk_mid_sweep_names_the_file_and_keeps_earlier_rows(checkpoints_dir, tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
-    from nemesis_analysis import store
+    from nemesis_analysis.storage import store
 
     assert train_cli(tmp_path, checkpoints=checkpoints_dir).exit_code == 0
     monkeypatch.setattr(store.pq, "write_table", full_disk_after(1, pq.write_table))
@@ -267,7 +267,7 @@ def test_full_disk_mid_sweep_names_the_file_and_keeps_earlier_rows(checkpoints_d
 
 
 def test_full_disk_mid_training_keeps_the_last_saved_state(checkpoints_dir, tmp_path, monkeypatch):
-    from nemesis_analysis import rundir
+    from nemesis_analysis.storage import rundir
 
     ck = tmp_path / "ck"
     ck.mkdir()
@@ -361,7 +361,7 @@ def test_damaged_run_files_are_named_with_the_fix(finished_run, tmp_path, damage
 def test_damaged_resume_state_is_ignored_with_a_warning(checkpoints_dir, tmp_path, damage, caplog):
     from nemesis_analysis.config import OptimConfig, RunConfig
     from nemesis_analysis.session import Session
-    from nemesis_analysis.train import train_prompt
+    from nemesis_analysis.training.train import train_prompt
 
     ck = tmp_path / "ck"
     ck.mkdir()
@@ -441,7 +441,7 @@ def test_sigterm_during_a_sweep_keeps_whole_chunks_and_the_next_run_finishes(che
 
 
 def test_tiny_clip_goes_to_the_user_cache_and_an_old_copy_is_still_read(tmp_path, monkeypatch):
-    from nemesis_analysis import tiny
+    from nemesis_analysis.clip import tiny
 
     monkeypatch.setenv("NEMESIS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(tiny, "pretrain_tiny_clip", lambda recipe, progress: {"w": torch.ones(2)})

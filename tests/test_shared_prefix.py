@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from nemesis_analysis.config import PromptConfig
-from nemesis_analysis.models import encode_text_from_embeddings, text_layer_inputs
-from nemesis_analysis.loading import load_model
+from nemesis_analysis.clip.encoding import encode_text_from_embeddings, text_layer_inputs
+from nemesis_analysis.clip.loading import load_model
 from nemesis_analysis.methods.coop import CoOp
-from nemesis_analysis.textpass import (
+from nemesis_analysis.clip.textpass import (
     SharedPrefixUnsupported,
     encode_prompts,
     encode_text_from_prefix_shared,
@@ -135,7 +135,7 @@ def test_other_text_towers_fall_back_to_the_plain_pass(random_model, caplog):
         assert not supports_shared_prefix(model)
         with pytest.raises(SharedPrefixUnsupported):
             encode_text_shared_prefix(model, prompts[:, 0, :5], prompts[:, :, 5:], learner.eos)
-        with caplog.at_level("INFO", logger="nemesis_analysis.textpass"), torch.no_grad():
+        with caplog.at_level("INFO", logger="nemesis_analysis.clip.textpass"), torch.no_grad():
             fallback = encode_prompts(model, prompts, learner.eos, shared=5)
             plain = _plain(model, prompts, learner.eos)
     finally:

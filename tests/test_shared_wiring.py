@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig
-from nemesis_analysis.corrupt_ops import apply_corruptions, expand_grid, rescale
-from nemesis_analysis.engine import predict_corruptions
-from nemesis_analysis.loading import load_model
+from nemesis_analysis.corruption.ops import apply_corruptions, expand_grid, rescale
+from nemesis_analysis.corruption.engine import predict_corruptions
+from nemesis_analysis.clip.loading import load_model
 from nemesis_analysis.methods.coop import CoOp, PrefixCache
 from nemesis_analysis.metrics import differing_predictions
-from nemesis_analysis.train import train_prompt
+from nemesis_analysis.training.train import train_prompt
 
 NAMES = ["cat", "sea lion", "hot air balloon", "dog"]
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -93,7 +93,7 @@ def test_towers_that_do_not_fit_use_the_plain_pass(tiny_random, caplog):
     saved = model.attn_mask
     model.attn_mask = None  # not causal: prefix states would depend on the class tokens
     try:
-        with caplog.at_level("INFO", logger="nemesis_analysis.textpass"):
+        with caplog.at_level("INFO", logger="nemesis_analysis.clip.textpass"):
             learner = _learner(tiny_random)
         assert learner.prefix_tokens == 0
         assert PrefixCache(learner, _random_ctx(learner)).class_states is not None

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from nemesis_analysis import schema, store
+from nemesis_analysis.storage import schema, store
 
 IDENTITY = {
     "dataset": "digits",

@@ -10,9 +10,9 @@ import pytest
 from study_helpers import write_tiny_study
 from typer.testing import CliRunner
 
-from nemesis_analysis import store
+from nemesis_analysis.storage import store
 from nemesis_analysis.cli import app
-from nemesis_analysis.schema import CORRUPTION_KEY
+from nemesis_analysis.storage.schema import CORRUPTION_KEY
 from nemesis_analysis.study import records
 from nemesis_analysis.study.faults import FAULT_ENV
 from nemesis_analysis.study.plan import expected_corruption_keys, make_plan

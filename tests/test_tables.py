@@ -8,7 +8,8 @@ import re
 import pandas as pd
 import pytest
 
-from nemesis_analysis import paper, schema, tables
+from nemesis_analysis.report import paper, tables
+from nemesis_analysis.storage import schema
 
 IDENTITY = {"backbone": "RN50", "pretrained": "openai", "n_ctx": 16, "csc": False, "class_token_position": "end", "precision": "fp32"}
 

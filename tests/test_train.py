@@ -8,12 +8,12 @@ import math
 import pandas as pd
 import pytest
 
-from nemesis_analysis import store
+from nemesis_analysis.storage import store
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig, apply_recipe
 from nemesis_analysis.data.fewshot import load_split, sample_few_shot
 from nemesis_analysis.data.registry import load_dataset
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
-from nemesis_analysis.train import lr_at_epoch, train_prompt
+from nemesis_analysis.training.train import lr_at_epoch, train_prompt
 
 
 def test_run_id_is_stable_and_sensitive():
@@ -179,7 +179,7 @@ def test_run_files_get_umask_permissions(tiny_session, checkpoints_dir, tmp_path
     import os
     import stat
 
-    from nemesis_analysis.fsio import file_mode
+    from nemesis_analysis.storage.fsio import file_mode
 
     ws = tiny_session.replace(checkpoints_dir=tmp_path / "ck", reports_dir=tmp_path / "reports")
     config = _config(epochs=2, prompt=PromptConfig(n_ctx=3))

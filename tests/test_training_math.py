@@ -17,12 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis import nemesis
+from nemesis_analysis.training import nemesis
 from nemesis_analysis.choices import Precision
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig, apply_recipe
 from nemesis_analysis.methods.coop import CoOp, context_dtype
-from nemesis_analysis.models import encode_text_from_embeddings
-from nemesis_analysis.train import build_optimizer, steps_per_epoch, train_prompt
+from nemesis_analysis.clip.encoding import encode_text_from_embeddings
+from nemesis_analysis.training.train import build_optimizer, steps_per_epoch, train_prompt
 
 ORD = {"l2": 2.0, "l1": 1.0, "inf": math.inf}
 

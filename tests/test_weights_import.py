@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from nemesis_analysis import weights
+from nemesis_analysis.clip import weights
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ModelError
-from nemesis_analysis.loading import load_model
-from nemesis_analysis.artifacts import find_dassl_checkpoint, load_prompt_any, save_prompt
+from nemesis_analysis.clip.loading import load_model
+from nemesis_analysis.storage.artifacts import find_dassl_checkpoint, load_prompt_any, save_prompt
 from nemesis_analysis.methods.coop import CoOp
 
 

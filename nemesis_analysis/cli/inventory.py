@@ -74,9 +74,9 @@ def models(
     """List open_clip architectures (and nemesis-tiny), their pretrained tags and which are cached locally."""
     import open_clip
 
-    from nemesis_analysis import weights
-    from nemesis_analysis.architectures import TINY_BACKBONE, register_model_configs
-    from nemesis_analysis.tiny import find_tiny_clip
+    from nemesis_analysis.clip import weights
+    from nemesis_analysis.clip.architectures import TINY_BACKBONE, register_model_configs
+    from nemesis_analysis.clip.tiny import find_tiny_clip
 
     session = build_session(checkpoints=checkpoints, cache_dir=cache_dir, quiet=True)
     register_model_configs()

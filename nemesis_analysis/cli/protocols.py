@@ -75,8 +75,8 @@ def plot_base_new_command(
     format: FigureFormatOpt = None,
 ) -> None:
     """Low-Norm Effect frequency on base (seen) vs new (unseen) classes of base2new runs."""
-    from nemesis_analysis import figures
-    from nemesis_analysis.figures_protocols import base_new_figure
+    from nemesis_analysis.report import figures
+    from nemesis_analysis.report.figures_protocols import base_new_figure
 
     path, format = figures.resolve_output(reports, "frequency_base_new", out, format)
     path = figures.save(base_new_figure(reports, min_delta), path, format)

@@ -21,7 +21,7 @@ FigureFormatOpt = Annotated[
 
 def _write_figure(build, reports: Path, name: str, out: Path | None, format: str | None) -> None:
     """Check the output first (a bad --format fails before any work), build, save, print the path."""
-    from nemesis_analysis import figures
+    from nemesis_analysis.report import figures
 
     path, format = figures.resolve_output(reports, name, out, format)
     path = figures.save(build(), path, format)
@@ -40,7 +40,7 @@ def plot_frequency_command(
     measure: Annotated[str, typer.Option("--as", help="percent (of norm-reducing corruptions) or count (as the paper's Figure 1(b)).")] = "percent",
 ) -> None:
     """Figure 1(b): Low-Norm Effect frequency against shots, one line per dataset (from reports/corruptions)."""
-    from nemesis_analysis import figures
+    from nemesis_analysis.report import figures
 
     build = lambda: figures.frequency_figure(reports, backbone, method, datasets, min_delta, measure)  # noqa: E731
     _write_figure(build, reports, figures.figure_name("frequency"), out, format)
@@ -58,7 +58,7 @@ def plot_trajectory_command(
     format: FigureFormatOpt = None,
 ) -> None:
     """Figure 3: norm and test accuracy per epoch, CoOp against each Nemesis variant (from reports/trajectories)."""
-    from nemesis_analysis import figures
+    from nemesis_analysis.report import figures
 
     build = lambda: figures.trajectory_figure(reports, dataset, shots, seed, backbone, per_position)  # noqa: E731
     name = figures.figure_name("trajectory", dataset=dataset, shots=shots, seed=seed, per_position=per_position)
@@ -76,7 +76,7 @@ def plot_heatmap_command(
     format: FigureFormatOpt = None,
 ) -> None:
     """Accuracy delta by position x factor/std, one panel per op, seeds averaged (from reports/corruptions)."""
-    from nemesis_analysis import figures
+    from nemesis_analysis.report import figures
 
     build = lambda: figures.heatmap_figure(reports, dataset, method, backbone, shots)  # noqa: E731
     _write_figure(build, reports, figures.figure_name("heatmap", dataset=dataset), out, format)
@@ -90,7 +90,7 @@ def plot_norms_command(
     format: FigureFormatOpt = None,
 ) -> None:
     """Per-position norms of a trained prompt; positions where shrinking raised accuracy highlighted."""
-    from nemesis_analysis import figures
+    from nemesis_analysis.report import figures
 
     _write_figure(lambda: figures.norms_figure(reports, run), reports, figures.figure_name("norms", run_id=run), out, format)
 
@@ -105,7 +105,7 @@ def summary(
     compare: Annotated[Optional[str], typer.Option("--compare", help="With --table: 'paper' adds the published values and the difference.")] = None,
 ) -> None:
     """Accuracy tables, mean ± std over seeds per (dataset, shots, method); saved as CSV and Markdown."""
-    from nemesis_analysis import figures
+    from nemesis_analysis.report import figures
 
     if table_kind is not None or compare is not None or table_format != "md":
         for path in figures.print_paper_table(reports, out, table_kind, table_format, compare, echo=console.out):

@@ -69,7 +69,7 @@ from nemesis_analysis.session import Session
 
 def run_training(config, session: Session, *, force: bool):
     """Train (or reuse) one run."""
-    from nemesis_analysis.train import train_prompt
+    from nemesis_analysis.training.train import train_prompt
 
     return train_prompt(config, session, force=force, should_stop=stop_requested)
 
@@ -77,7 +77,7 @@ def run_training(config, session: Session, *, force: bool):
 def run_sweep(config, session: Session, grid, *, seeds, prompt, run_id, chunk, force: bool, on_run, on_prompt,
               max_test=None):  # fmt: skip
     """Sweep the corruption grid (a ``GridSpec``) on each seed's run, on ``prompt`` or on the run ``run_id``."""
-    from nemesis_analysis.runs import sweep_runs
+    from nemesis_analysis.corruption.sweep_runs import sweep_runs
 
     return sweep_runs(
         config, session, grid, seeds=seeds, prompt=prompt, run_id=run_id, chunk=chunk, force=force,
@@ -95,7 +95,7 @@ def run_demo_pipeline(session: Session):
 
 def config_of_run(session: Session, run_id: str, given: set[str], prompt: Path | None):
     """The RunConfig a finished or started run was trained with (``run_id`` or a unique prefix of it)."""
-    from nemesis_analysis.runs import load_run_config
+    from nemesis_analysis.corruption.sweep_runs import load_run_config
 
     clashing = sorted(given & (set(PARAM_FIELDS) | {"pun", "pan", "beta", "config_file", "set_"}))
     if clashing or prompt is not None:
@@ -326,7 +326,7 @@ def corrupt(
         purpose="corrupt",
         allow_missing_classes=allow_missing_classes,
     )  # fmt: skip
-    from nemesis_analysis.corrupt_ops import GridSpec, parse_int_list  # imports torch: only once the config is valid
+    from nemesis_analysis.corruption.ops import GridSpec, parse_int_list  # imports torch: only once the config is valid
 
     grid = GridSpec.parse(ops, positions, factors, stds, reps)
     session = build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
@@ -348,7 +348,7 @@ def corrupt(
         stop_after_training(stopped_runs[0], session, stop)
     if summaries and summaries[-1].stopped:
         stop_after_sweep(summaries[-1], session, stop)
-    from nemesis_analysis.sweep import format_summary
+    from nemesis_analysis.corruption.sweep import format_summary
 
     for summary_ in summaries:
         for line in format_summary(summary_):

@@ -54,7 +54,7 @@ from typing import Callable, ClassVar
 import torch
 from torch import Tensor, nn
 
-from nemesis_analysis.artifacts import load_prompt_tensors, save_prompt
+from nemesis_analysis.storage.artifacts import load_prompt_tensors, save_prompt
 from nemesis_analysis.errors import ConfigError, ModelError
 
 METHODS: dict[str, type["PromptMethod"]] = {}
@@ -94,7 +94,7 @@ def build_method_for_run(run_config, loaded, classnames: list[str]) -> "PromptMe
 class PromptMethod(nn.Module):
     """A prompt-learning method on a frozen CLIP (see the module's design note).
 
-    Implementations hold ``loaded`` (the frozen :class:`~nemesis_analysis.models.LoadedModel`) and
+    Implementations hold ``loaded`` (the frozen :class:`~nemesis_analysis.clip.encoding.LoadedModel`) and
     ``classnames``, and are registered with :func:`register_method`.
     """
 

@@ -22,8 +22,8 @@ from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.methods.base import register_method
 from nemesis_analysis.methods.coop import CoOp
-from nemesis_analysis.models import LoadedModel
-from nemesis_analysis.textpass import encode_prompts
+from nemesis_analysis.clip.encoding import LoadedModel
+from nemesis_analysis.clip.textpass import encode_prompts
 
 # Floats allowed in one pass's prompt activations (prompts * classes * length * width), as the engine's.
 CPU_IMAGE_BUDGET = 2**23

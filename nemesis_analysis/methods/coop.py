@@ -18,10 +18,10 @@ from nemesis_analysis.choices import Precision
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ModelError
 from nemesis_analysis.methods.base import PromptMethod, register_method
-from nemesis_analysis.models import LoadedModel, encode_text_from_prefix, eos_positions, supports_prefix_reuse
-from nemesis_analysis.models import text_layer_inputs
-from nemesis_analysis.prompts import layout_tokens, resolve_n_ctx
-from nemesis_analysis.textpass import encode_prompts, encode_text_from_prefix_shared, usable_shared_prefix
+from nemesis_analysis.clip.encoding import LoadedModel, encode_text_from_prefix, eos_positions, supports_prefix_reuse
+from nemesis_analysis.clip.encoding import text_layer_inputs
+from nemesis_analysis.clip.prompts import layout_tokens, resolve_n_ctx
+from nemesis_analysis.clip.textpass import encode_prompts, encode_text_from_prefix_shared, usable_shared_prefix
 
 
 def context_dtype(loaded: LoadedModel) -> torch.dtype:

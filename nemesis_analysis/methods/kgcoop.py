@@ -15,7 +15,7 @@ from torch import Tensor
 from nemesis_analysis.config import KgCoOpConfig, PromptConfig
 from nemesis_analysis.methods.base import register_method
 from nemesis_analysis.methods.coop import CoOp
-from nemesis_analysis.models import LoadedModel
+from nemesis_analysis.clip.encoding import LoadedModel
 
 HANDCRAFTED_TEMPLATE = "a photo of a {}."
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from nemesis_analysis.artifacts import load_prompt, save_prompt
+from nemesis_analysis.storage.artifacts import load_prompt, save_prompt
 from nemesis_analysis.config import PlotConfig, PromptConfig
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.methods.base import register_method
 from nemesis_analysis.methods.coop import CoOp
-from nemesis_analysis.models import LoadedModel
-from nemesis_analysis.ot import ot_similarity
+from nemesis_analysis.clip.encoding import LoadedModel
+from nemesis_analysis.methods.ot import ot_similarity
 
 IMAGE_CHUNK_FLOATS = 2**24  # floats of one chunk's similarity tensor (variants * images * classes * N * L)
 

@@ -98,8 +98,8 @@ def _worker_class(ray):
         def __init__(self, outputs: Outputs, num_cpus: float):
             import torch
 
-            import nemesis_analysis.runs  # noqa: F401 - imported once at start-up, not in the first job's time
-            import nemesis_analysis.train  # noqa: F401
+            import nemesis_analysis.corruption.sweep_runs  # noqa: F401 - imported once at start-up, not in the first job's time
+            import nemesis_analysis.training.train  # noqa: F401
 
             torch.set_num_threads(max(1, int(num_cpus)))  # the CPUs this actor holds
             self.session = work.session_for(outputs)

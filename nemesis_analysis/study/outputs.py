@@ -14,7 +14,7 @@ def study_output_dir(study: Study) -> Path:
 
 def write_study_outputs(study: Study, figures: bool = True) -> list[Path]:
     """summary_*.csv/.md (mean ± std over seeds) and, with ``figures``, every figure whose data exists."""
-    from nemesis_analysis import figures as figure_functions
+    from nemesis_analysis.report import figures as figure_functions
 
     out = study_output_dir(study)
     try:

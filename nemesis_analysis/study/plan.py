@@ -19,7 +19,7 @@ import pandas as pd
 
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig, apply_recipe
 from nemesis_analysis.errors import ConfigError
-from nemesis_analysis.schema import CORRUPTION_KEY
+from nemesis_analysis.storage.schema import CORRUPTION_KEY
 from nemesis_analysis.study import records
 from nemesis_analysis.study.spec import Study, StudyFileError
 
@@ -74,16 +74,16 @@ def run_config(study: Study, dataset: str, backbone, shots: int, seed: int, meth
 
 
 def corrupt_grid(study: Study) -> dict:
-    """``corrupt_ops.expand_grid``'s keyword arguments from ``[corrupt]`` (its defaults where not given)."""
-    from nemesis_analysis import corrupt_ops
+    """``ops.expand_grid``'s keyword arguments from ``[corrupt]`` (its defaults where not given)."""
+    from nemesis_analysis.corruption import ops
 
     spec = study.corrupt
     return {
         "ops": list(spec.ops),
         "positions": None if spec.positions is None else list(spec.positions),
-        "factors": list(corrupt_ops.DEFAULT_FACTORS if spec.factors is None else spec.factors),
-        "stds": list(corrupt_ops.DEFAULT_STDS if spec.stds is None else spec.stds),
-        "reps": corrupt_ops.DEFAULT_REPS if spec.reps is None else spec.reps,
+        "factors": list(ops.DEFAULT_FACTORS if spec.factors is None else spec.factors),
+        "stds": list(ops.DEFAULT_STDS if spec.stds is None else spec.stds),
+        "reps": ops.DEFAULT_REPS if spec.reps is None else spec.reps,
     }
 
 
@@ -131,19 +131,19 @@ def expand_jobs(study: Study) -> list[Job]:
 def expected_corruption_keys(job: Job) -> set[tuple]:
     """The (op, prompt_index, position, factor, rep) keys a corrupt job writes for its run (flat position p
     of PLOT's N prompts is prompt p // n_ctx, position p % n_ctx; one prompt: prompt_index 0)."""
-    from nemesis_analysis import corrupt_ops
-    from nemesis_analysis.prompts import backbone_tokenizer, resolve_n_ctx
-    from nemesis_analysis.sweep import row_key
+    from nemesis_analysis.corruption import ops
+    from nemesis_analysis.clip.prompts import backbone_tokenizer, resolve_n_ctx
+    from nemesis_analysis.corruption.sweep import row_key
 
     config = RunConfig.from_dict(job.payload["config"])
     n_ctx = resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
     pairs = [divmod(p, n_ctx) for p in range(config.num_prompts * n_ctx)]
-    return {row_key(c, pairs) for c in corrupt_ops.expand_grid(len(pairs), **job.payload["grid"])}
+    return {row_key(c, pairs) for c in ops.expand_grid(len(pairs), **job.payload["grid"])}
 
 
 def done_jobs(study: Study, jobs: list[Job]) -> set[str]:
     """Ids of the jobs whose results are already in the tables."""
-    from nemesis_analysis import store
+    from nemesis_analysis.storage import store
 
     reports = study.outputs.reports
     runs = set(store.read_table(reports, "runs")["run_id"])

@@ -1,6 +1,6 @@
 """The ``reports/jobs`` table: one row per state change of a study job; a job's newest row is its state.
 
-Parts are written through :mod:`nemesis_analysis.store` like every table; "newest" is the ``updated``
+Parts are written through :mod:`nemesis_analysis.storage.store` like every table; "newest" is the ``updated``
 column, not the part's name, so rows written on several hosts order by when they happened.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from nemesis_analysis import store
-from nemesis_analysis.schema import KEYS
+from nemesis_analysis.storage import store
+from nemesis_analysis.storage.schema import KEYS
 
 TABLE = "jobs"
 STATES: tuple[str, ...] = ("running", "done", "failed", "lost", "blocked")

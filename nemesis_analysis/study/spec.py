@@ -185,7 +185,7 @@ CORRUPT_GRIDS = {"default": ("rescale", "replace"), "rescale": ("rescale",), "re
 
 @dataclass(frozen=True)
 class CorruptSpec:
-    """What to sweep on each trained prompt (``corrupt_ops.expand_grid``'s arguments; None: its defaults)."""
+    """What to sweep on each trained prompt (``ops.expand_grid``'s arguments; None: its defaults)."""
 
     ops: tuple[str, ...] = CORRUPT_GRIDS["default"]
     positions: tuple[int, ...] | None = None  # None: every position

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nemesis_analysis.fsio import atomic_write_text
+from nemesis_analysis.storage.fsio import atomic_write_text
 from nemesis_analysis.study.spec import StudyFileError
 
 TEMPLATE = '''\

@@ -36,14 +36,14 @@ def session_for(outputs: Outputs, progress: bool = False) -> Session:
 
 def model_and_data(config: RunConfig, session: Session):
     """Model and dataset for ``config`` from the session's caches (a precision the device cannot run fails first)."""
-    from nemesis_analysis.train import load_model_and_data
+    from nemesis_analysis.training.train import load_model_and_data
 
     return load_model_and_data(config, session)
 
 
 def encode_job(job, session: Session) -> dict:
     """Encode the test split's image features into the shared feature cache."""
-    from nemesis_analysis.features import image_features
+    from nemesis_analysis.clip.features import image_features
 
     config = RunConfig.from_dict(job.payload["config"])
     loaded, dataset = model_and_data(config, session)
@@ -53,7 +53,7 @@ def encode_job(job, session: Session) -> dict:
 
 def train_job(job, session: Session) -> dict:
     """Train (or resume, or reuse) the job's run; its rows go to reports/runs and reports/trajectories."""
-    from nemesis_analysis.train import train_prompt
+    from nemesis_analysis.training.train import train_prompt
 
     config = RunConfig.from_dict(job.payload["config"])
     result = train_prompt(config, session, on_epoch=lambda epoch, info: faults.maybe_exit(job.id))
@@ -67,10 +67,10 @@ def train_job(job, session: Session) -> dict:
 
 def corrupt_job(job, session: Session) -> dict:
     """Sweep the job's grid on its trained prompt; only keys missing from reports/corruptions are computed."""
-    from nemesis_analysis.artifacts import load_prompt
-    from nemesis_analysis.corrupt_ops import expand_grid
-    from nemesis_analysis.runs import method_for_identity
-    from nemesis_analysis.sweep import run_corruption_sweep
+    from nemesis_analysis.storage.artifacts import load_prompt
+    from nemesis_analysis.corruption.ops import expand_grid
+    from nemesis_analysis.corruption.sweep_runs import method_for_identity
+    from nemesis_analysis.corruption.sweep import run_corruption_sweep
 
     config = RunConfig.from_dict(job.payload["config"])
     loaded, dataset = model_and_data(config, session)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from nemesis_analysis.choices import CorruptionOp
-from nemesis_analysis.corrupt_ops import Corruption, apply_corruptions
+from nemesis_analysis.corruption.ops import Corruption, apply_corruptions
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.metrics import predict_classes
 

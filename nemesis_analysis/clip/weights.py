@@ -23,8 +23,9 @@ import open_clip
 import torch
 from open_clip.pretrained import get_pretrained_cfg
 
-from nemesis_analysis import safeload, tiny
-from nemesis_analysis.architectures import RANDOM_INIT_SEED, TINY_BACKBONE, random_init
+from nemesis_analysis.storage import safeload
+from nemesis_analysis.clip import tiny
+from nemesis_analysis.clip.architectures import RANDOM_INIT_SEED, TINY_BACKBONE, random_init
 from nemesis_analysis.errors import ModelError
 
 logger = logging.getLogger(__name__)

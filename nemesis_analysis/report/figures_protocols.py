@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from nemesis_analysis import analysis, store
+from nemesis_analysis.report import analysis
+from nemesis_analysis.storage import store
 from nemesis_analysis.errors import NoDataError
 
 BY: tuple[str, ...] = (*analysis.GROUP_COLUMNS, "eval_classes")

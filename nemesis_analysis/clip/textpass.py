@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from nemesis_analysis.errors import ModelError
-from nemesis_analysis.models import encode_text_from_embeddings, pool_and_project, supports_prefix_reuse
+from nemesis_analysis.clip.encoding import encode_text_from_embeddings, pool_and_project, supports_prefix_reuse
 
 logger = logging.getLogger(__name__)
 _LOGGED_FALLBACKS: set[str] = set()
@@ -159,7 +159,7 @@ def encode_text_from_prefix_shared(
 
     ``prefix_states``: per residual block, the input states (1 or V, S0, W) of the first S0 tokens, already
     encoded and the same for every class (e.g. the uncorrupted tokens before a corrupted position, from
-    :func:`nemesis_analysis.models.text_layer_inputs`), or None for S0 = 0; ``shared`` (V, S1, W): the
+    :func:`nemesis_analysis.clip.encoding.text_layer_inputs`), or None for S0 = 0; ``shared`` (V, S1, W): the
     embeddings (before positions) of the next tokens, common to all classes of a variant, computed once
     per variant; ``suffix`` (V, C, T, W): each class's remaining token embeddings; ``eos`` (C,): each
     class's EOS index in the whole sequence (at least S0 + S1). Equals the plain pass on the

@@ -8,11 +8,11 @@ import open_clip
 import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
-from nemesis_analysis import weights
-from nemesis_analysis.architectures import TINY_BACKBONE, register_model_configs
+from nemesis_analysis.clip import weights
+from nemesis_analysis.clip.architectures import TINY_BACKBONE, register_model_configs
 from nemesis_analysis.choices import Precision
 from nemesis_analysis.errors import ConfigError
-from nemesis_analysis.models import LoadedModel, resolve_device
+from nemesis_analysis.clip.encoding import LoadedModel, resolve_device
 
 
 def load_model(

@@ -26,8 +26,8 @@ from torch import Tensor
 from nemesis_analysis.choices import plain
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ModelError
-from nemesis_analysis.fsio import atomic_path, atomic_write_json
-from nemesis_analysis.safeload import DamagedFileError, load_safetensors, read_json, torch_load
+from nemesis_analysis.storage.fsio import atomic_path, atomic_write_json
+from nemesis_analysis.storage.safeload import DamagedFileError, load_safetensors, read_json, torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ PROMPT_FIX = "save the prompt again, or pass another --prompt"
 def load_prompt(path: Path, fix: str = PROMPT_FIX) -> tuple[Tensor, dict]:
     """Read our prompt artifact (its folder or its .safetensors/.json file): (ctx, metadata).
 
-    A damaged file is a one-line :class:`~nemesis_analysis.safeload.DamagedFileError` naming it and ending
+    A damaged file is a one-line :class:`~nemesis_analysis.storage.safeload.DamagedFileError` naming it and ending
     in ``fix`` (a run folder passes "retrain with --force...").
     """
     tensors, metadata = load_prompt_tensors(path, fix)

@@ -28,7 +28,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-from nemesis_analysis import analysis, fsio, schema
+from nemesis_analysis.report import analysis
+from nemesis_analysis.storage import fsio, schema
 from nemesis_analysis.errors import ConfigError, NoDataError
 
 logger = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from nemesis_analysis.architectures import MODEL_CONFIG_DIR, TINY_BACKBONE, random_init, register_model_configs
-from nemesis_analysis.fsio import WriteError, atomic_path
+from nemesis_analysis.clip.architectures import MODEL_CONFIG_DIR, TINY_BACKBONE, random_init, register_model_configs
+from nemesis_analysis.storage.fsio import WriteError, atomic_path
 from nemesis_analysis.progress import progress_bar
-from nemesis_analysis.usercache import default_cache_root
+from nemesis_analysis.storage.usercache import default_cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def tiny_cache_path(checkpoints_dir: Path, recipe: TinyRecipe = TinyRecipe()) ->
 
 
 def load_tiny_state(path: Path) -> dict[str, torch.Tensor]:
-    from nemesis_analysis.safeload import load_safetensors
+    from nemesis_analysis.storage.safeload import load_safetensors
 
     return load_safetensors(path, "delete it (it is pretrained again on the next run)", "tiny CLIP cache file")
 
@@ -88,7 +88,7 @@ def find_tiny_clip(checkpoints_dir: Path | None = None, recipe: TinyRecipe = Tin
 def ensure_tiny_clip(checkpoints_dir: Path, recipe: TinyRecipe = TinyRecipe(), progress: bool = True) -> Path:
     """Path to the cached tiny CLIP, pretraining it first if needed (seconds on a CPU).
 
-    It lives in the per-user cache (:func:`~nemesis_analysis.usercache.default_cache_root`, shared by every
+    It lives in the per-user cache (:func:`~nemesis_analysis.storage.usercache.default_cache_root`, shared by every
     checkpoints folder); a copy an older version left in ``checkpoints_dir`` is still used. When the cache
     cannot be written, the new copy goes to ``checkpoints_dir`` instead.
     """
@@ -116,7 +116,7 @@ def pretrain_tiny_clip(recipe: TinyRecipe = TinyRecipe(), progress: bool = True)
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     from nemesis_analysis.data.registry import load_dataset
-    from nemesis_analysis.models import eos_positions, encode_text_from_embeddings
+    from nemesis_analysis.clip.encoding import eos_positions, encode_text_from_embeddings
 
     register_model_configs()
     started = time.perf_counter()

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from nemesis_analysis.choices import CorruptionOp
 from nemesis_analysis.errors import ConfigError
-from nemesis_analysis.schema import BASELINE_KEY
+from nemesis_analysis.storage.schema import BASELINE_KEY
 
 OPS: tuple[str, ...] = tuple(op.value for op in CorruptionOp)  # none, rescale, replace
 GRID_OPS: tuple[str, ...] = (CorruptionOp.RESCALE.value, CorruptionOp.REPLACE.value)

@@ -14,7 +14,7 @@ import torch
 from nemesis_analysis.choices import ClassTokenPosition
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ConfigError, ModelError
-from nemesis_analysis.models import LoadedModel, eos_positions
+from nemesis_analysis.clip.encoding import LoadedModel, eos_positions
 
 PLACEHOLDER = "X"  # one BPE token per context slot in the tokenised layout
 
@@ -33,7 +33,7 @@ def backbone_tokenizer(backbone: str) -> Callable[[list[str]], torch.Tensor]:
     """The backbone's tokenizer without loading its weights (to resolve n_ctx before any model loads)."""
     import open_clip
 
-    from nemesis_analysis.architectures import register_model_configs
+    from nemesis_analysis.clip.architectures import register_model_configs
 
     register_model_configs()
     return open_clip.get_tokenizer(backbone)

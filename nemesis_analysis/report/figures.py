@@ -1,7 +1,7 @@
 """Turns the tables under a reports folder into the paper's figures and summary files (no torch here).
 
 Each ``*_figure`` function reads the tables under a reports folder, filters them, and returns a
-matplotlib Figure from :mod:`nemesis_analysis.plots`. When the rows a figure needs are not there
+matplotlib Figure from :mod:`nemesis_analysis.report.plots`. When the rows a figure needs are not there
 it raises :class:`~nemesis_analysis.errors.NoDataError` whose message names the command that
 produces them, so the CLI can print one line and exit 2. :func:`render_all` renders every figure
 whose data exists (the demo and the notebook use it); :func:`summary_tables` builds the
@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from nemesis_analysis import analysis, fsio, plots, schema, store
+from nemesis_analysis.report import analysis, plots
+from nemesis_analysis.storage import fsio, schema, store
 from nemesis_analysis.errors import ConfigError, NoDataError
 
 logger = logging.getLogger(__name__)
@@ -455,7 +456,7 @@ TABLE_SUFFIXES = {"md": "md", "latex": "tex", "csv": "csv"}
 
 def paper_table(reports_dir: Path | str, kind: str | None, format: str = "md", compare: str | None = None) -> tuple[str, str]:
     """(file name, text) of the paper table ``kind`` built from reports/runs and reports/evaluations."""
-    from nemesis_analysis import tables
+    from nemesis_analysis.report import tables
 
     if kind is None:
         raise ConfigError(f"--compare and --format need --table; choose one of: {', '.join(tables.TABLE_KINDS)}")

@@ -30,7 +30,7 @@ from nemesis_analysis.choices import (
     plain,
 )
 from nemesis_analysis.errors import ConfigError, FieldError
-from nemesis_analysis.schema import RunIdentity
+from nemesis_analysis.storage.schema import RunIdentity
 
 
 # CoOp's few-shot protocol: epochs by number of shots (ImageNet uses 50 for every shot count).

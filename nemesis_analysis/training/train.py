@@ -19,20 +19,22 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis import nemesis, protocols, store
-from nemesis_analysis.augment import augment_image
+from nemesis_analysis.training import nemesis
+from nemesis_analysis import protocols
+from nemesis_analysis.storage import store
+from nemesis_analysis.clip.augment import augment_image
 from nemesis_analysis.config import NemesisConfig, OptimConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits, Sample
 from nemesis_analysis.data.fewshot import sample_train_shots
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
 from nemesis_analysis.evaluate import write_run_evaluations
-from nemesis_analysis.features import encode_images_with_local, image_features, local_image_features
+from nemesis_analysis.clip.features import encode_images_with_local, image_features, local_image_features
 from nemesis_analysis.methods import build_method_for_run
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.metrics import top1_accuracy
-from nemesis_analysis.models import LoadedModel
+from nemesis_analysis.clip.encoding import LoadedModel
 from nemesis_analysis.progress import progress_bar
-from nemesis_analysis.rundir import SUPERSEDED_TABLES, RunDir
+from nemesis_analysis.storage.rundir import SUPERSEDED_TABLES, RunDir
 from nemesis_analysis.session import Session
 
 logger = logging.getLogger(__name__)

@@ -1,12 +1,12 @@
 """Reads and writes the Parquet tables (DESIGN.md section 4), one folder per table and one part file per write.
 
-Schemas, keys and column defaults come from :mod:`nemesis_analysis.schema`. No torch here: tables load
+Schemas, keys and column defaults come from :mod:`nemesis_analysis.storage.schema`. No torch here: tables load
 fast in a notebook.
 
 What is guaranteed
 ------------------
 * **Whole parts.** A part is written under a hidden temporary name and renamed into place
-  (:func:`nemesis_analysis.fsio.atomic_path`), so a killed writer leaves the whole part or nothing, and
+  (:func:`nemesis_analysis.storage.fsio.atomic_path`), so a killed writer leaves the whole part or nothing, and
   every part gets the permissions of the user's umask.
 * **No duplicate keys from concurrent writers.** Every writer that adds rows for a run does so inside
   :func:`claim` (an exclusive ``fcntl.flock`` on the hidden file ``.lock-<run_id>`` in the table folder,
@@ -44,7 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nemesis_analysis import fsio, schema
+from nemesis_analysis.storage import fsio, schema
 
 # Re-exports for modules that still read the schemas from here; schema.py is their home.
 SCHEMAS = schema.SCHEMAS

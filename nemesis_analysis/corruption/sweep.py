@@ -1,7 +1,7 @@
 """The corruption sweep of one prompt: grid, resume from the table, rows, and the summary of what it found.
 
 Every finished chunk becomes its own Parquet part of ``reports/corruptions``, so a killed sweep loses at
-most the chunk in flight, and a rerun computes only the keys :data:`~nemesis_analysis.schema.CORRUPTION_KEY`
+most the chunk in flight, and a rerun computes only the keys :data:`~nemesis_analysis.storage.schema.CORRUPTION_KEY`
 missing for the run. Columns follow ``schema.SCHEMAS["corruptions"]``.
 """
 
@@ -15,10 +15,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from nemesis_analysis import protocols, store
+from nemesis_analysis import protocols
+from nemesis_analysis.storage import store
 from nemesis_analysis.choices import CorruptionOp, EvalClasses
-from nemesis_analysis.corrupt_ops import NO_CORRUPTION, Corruption, apply_corruptions
-from nemesis_analysis.engine import (
+from nemesis_analysis.corruption.ops import NO_CORRUPTION, Corruption, apply_corruptions
+from nemesis_analysis.corruption.engine import (
     accuracy_of,
     auto_chunk,
     predict_single_position_variants,
@@ -28,11 +29,11 @@ from nemesis_analysis.engine import (
 )
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.evaluate import restrict_to_classes
-from nemesis_analysis.features import image_features, local_image_features
+from nemesis_analysis.clip.features import image_features, local_image_features
 from nemesis_analysis.methods.base import PromptMethod
-from nemesis_analysis.nemesis import position_norms
+from nemesis_analysis.training.nemesis import position_norms
 from nemesis_analysis.progress import progress_bar
-from nemesis_analysis.schema import CORRUPTION_KEY, SCHEMAS, RunIdentity
+from nemesis_analysis.storage.schema import CORRUPTION_KEY, SCHEMAS, RunIdentity
 from nemesis_analysis.session import Session
 
 TABLE = "corruptions"

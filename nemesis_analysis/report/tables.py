@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from nemesis_analysis import analysis, paper, schema
+from nemesis_analysis.report import analysis, paper
+from nemesis_analysis.storage import schema
 from nemesis_analysis.errors import ConfigError, NoDataError
 
 TABLE_KINDS: tuple[str, ...] = ("fewshot", "base2new", "dg", "crossdataset")

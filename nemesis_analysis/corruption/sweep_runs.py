@@ -11,19 +11,19 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nemesis_analysis import protocols
-from nemesis_analysis.artifacts import ARTIFACT_TENSORS, AnalysisPrompt, check_fits, load_prompt, read_prompt
+from nemesis_analysis.storage.artifacts import ARTIFACT_TENSORS, AnalysisPrompt, check_fits, load_prompt, read_prompt
 from nemesis_analysis.choices import EvalClasses, Protocol
 from nemesis_analysis.config import PlotConfig, PromptConfig, RunConfig
-from nemesis_analysis.corrupt_ops import Corruption, GridSpec
+from nemesis_analysis.corruption.ops import Corruption, GridSpec
 from nemesis_analysis.errors import ConfigError, NoDataError
 from nemesis_analysis.methods import PromptMethod, build_method, build_method_for_run
-from nemesis_analysis.prompts import backbone_tokenizer, resolve_n_ctx
-from nemesis_analysis.rundir import RunDir
-from nemesis_analysis.safeload import DamagedFileError
-from nemesis_analysis.schema import RunIdentity
+from nemesis_analysis.clip.prompts import backbone_tokenizer, resolve_n_ctx
+from nemesis_analysis.storage.rundir import RunDir
+from nemesis_analysis.storage.safeload import DamagedFileError
+from nemesis_analysis.storage.schema import RunIdentity
 from nemesis_analysis.session import Session
-from nemesis_analysis.sweep import SweepSummary, run_corruption_sweep
-from nemesis_analysis.train import RunResult, load_model_and_data, train_prompt
+from nemesis_analysis.corruption.sweep import SweepSummary, run_corruption_sweep
+from nemesis_analysis.training.train import RunResult, load_model_and_data, train_prompt
 
 
 def sweep_runs(
@@ -96,7 +96,7 @@ def sweep_trained_run(
     max_test: int | None = None,
     should_stop: Callable[[int], bool] | None = None,
 ) -> SweepSummary:
-    """Sweep the prompt that :func:`~nemesis_analysis.train.train_prompt` saved for ``run`` on one class
+    """Sweep the prompt that :func:`~nemesis_analysis.training.train.train_prompt` saved for ``run`` on one class
     subset (all classes, or base2new's base or new: the run's method rebuilt over that subset's class names,
     every saved tensor loaded, so CoCoOp's meta-network keeps shifting)."""
     config = run.config

@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from nemesis_analysis.data.base import DatasetSplits, Sample, fingerprint_samples
 from nemesis_analysis.errors import ModelError
-from nemesis_analysis.fsio import atomic_path
-from nemesis_analysis.models import LoadedModel
+from nemesis_analysis.storage.fsio import atomic_path
+from nemesis_analysis.clip.encoding import LoadedModel
 from nemesis_analysis.progress import progress_bar
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ Corruption tables may hold the same observation twice (a resumed or repeated run
 it again); every function first keeps the *last* row per `schema.KEYS["corruptions"]`. A base2new
 run's rows are measured on its base and on its new classes (`eval_classes`); a view aggregates the
 "all" rows unless it groups by `eval_classes` (:func:`rows_for_view`), so subsets are never pooled.
-Identity columns, table keys and the corruption key live in :mod:`nemesis_analysis.schema`.
+Identity columns, table keys and the corruption key live in :mod:`nemesis_analysis.storage.schema`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from nemesis_analysis import schema
+from nemesis_analysis.storage import schema
 from nemesis_analysis.errors import ConfigError, NoDataError
 
 logger = logging.getLogger(__name__)
