@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nemesis_analysis import protocols
-from nemesis_analysis.storage.artifacts import ARTIFACT_TENSORS, AnalysisPrompt, check_fits, load_prompt, read_prompt
+from nemesis_analysis.storage.artifacts import ARTIFACT_TENSORS, AnalysisPrompt, check_fits, read_prompt
 from nemesis_analysis.choices import EvalClasses, Protocol
-from nemesis_analysis.config import PlotConfig, PromptConfig, RunConfig
+from nemesis_analysis.config import PLOTConfig, PromptConfig, RunConfig
 from nemesis_analysis.corruption.ops import Corruption, GridSpec
 from nemesis_analysis.errors import ConfigError, NoDataError
 from nemesis_analysis.methods import PromptMethod, build_method, build_method_for_run
@@ -101,7 +101,7 @@ def sweep_trained_run(
     every saved tensor loaded, so CoCoOp's meta-network keeps shifting)."""
     config = run.config
     run_dir = RunDir(Path(run.run_dir))
-    ctx, _ = load_prompt(run_dir.path, fix=run_dir.damaged_fix)  # a damaged run file: one line, with the fix
+    ctx = read_prompt(run_dir.path, fix=run_dir.damaged_fix).ctx  # a damaged run file: one line, with the fix
     loaded, dataset = load_model_and_data(config, session)
     check_run_prompt(ctx, config, loaded, dataset.num_classes, run_dir)
     method = build_method_for_run(config, loaded, protocols.subset_classnames(dataset.classnames, classes))
@@ -163,7 +163,7 @@ def sweep_prompt(
     name = prompt.metadata.get("prompt_method", config.prompt_method)
     options = config.method_options() if name == config.prompt_method else None
     if prompt.is_plot:  # N from the prompt itself, whatever --plot-prompts says
-        options = PlotConfig(num_prompts=prompt.num_prompts)
+        options = PLOTConfig(num_prompts=prompt.num_prompts)
     method = build_method(name, loaded, dataset.classnames, layout, options=options)
     check_fits(prompt.ctx, method, prompt.metadata, source=str(prompt.path))
     method.load_tensors({**prompt.tensors, method.position_slot: prompt.ctx}, source=str(prompt.path))
