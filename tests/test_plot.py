@@ -175,7 +175,7 @@ def tiny_random():
 
 
 def test_plot_is_registered_and_refuses_csc(tiny_random):
-    assert method_class("plot") is PLOT
+    assert method_class("plot") is PLOTMethod
     with pytest.raises(ConfigError, match="plot learns generic context only .*; set prompt.csc = false"):
         PLOTMethod(tiny_random, ["a", "b"], PromptConfig(n_ctx=2, csc=True))
     with pytest.raises(ConfigError, match="num_prompts must be at least 1"):

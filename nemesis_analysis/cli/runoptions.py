@@ -99,15 +99,10 @@ def given_options(ctx: typer.Context) -> set[str]:
     }  # fmt: skip
 
 
-def default_pretrained(backbone: str) -> str:
-    """The tiny CLIP's own weights for nemesis-tiny, OpenAI's for every other architecture."""
-    return "embedded" if backbone == "nemesis-tiny" else "openai"
-
-
 def layered_settings(given, config_file, sets, pun, pan, flags) -> dict:
     """Dotted settings from the config file, the flags given (--beta among them), --pun/--pan and --set, in
     that order."""
-    from nemesis_analysis.config import load_config_file, parse_assignment
+    from nemesis_analysis.config import default_pretrained, load_config_file, parse_assignment
 
     by_name = flagged_settings()
     unknown = set(flags) - set(by_name)

@@ -31,13 +31,12 @@ from nemesis_analysis.config.fieldspec import (
     IN_ID_ALWAYS,
     IN_ID_NEVER,
     IN_ID_UNLESS_DEFAULT,
-    Rule,
+    Rule,  # noqa: F401  (re-exported: the rules live with spec)
     Setting,
     any_number,
     at_least_one,
     base_type,
     check_value,
-    field_types,
     non_negative,
     positive,
     section_settings,
@@ -47,7 +46,7 @@ from nemesis_analysis.config.fieldspec import (
     validate_fields,
 )
 from nemesis_analysis.errors import ConfigError, FieldError
-from nemesis_analysis.methods.declarations import KgCoOpConfig, PLOTConfig
+from nemesis_analysis.methods.declarations import KgCoOpConfig, PLOTConfig  # noqa: F401  (re-exported)
 from nemesis_analysis.methods.registry import declaration, method_names, option_sections
 from nemesis_analysis.storage.schema import RunIdentity
 
@@ -173,6 +172,11 @@ class OptimConfig:
 
 RECIPES_HELP = ("coop (CoOp protocol: RN50, M=16, end, last partial batch dropped), paper (the reference code's rules: "
                 "batches, epochs, CSC norm sums, Food101/OxfordPets weights)")  # fmt: skip
+
+
+def default_pretrained(backbone: str) -> str:
+    """The weights a backbone gets when ``pretrained`` is not given: the tiny CLIP's own, else OpenAI's."""
+    return "embedded" if backbone == "nemesis-tiny" else "openai"
 
 
 def recipe_names() -> tuple[str, ...]:

@@ -13,6 +13,7 @@ context. Likewise a corruption of position i changes ``p_i`` and the shift still
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F

@@ -23,7 +23,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from nemesis_analysis.config import check_setting, flatten, sections
+from nemesis_analysis.config import check_setting, default_pretrained, flatten, sections
 from nemesis_analysis.errors import ConfigError, FieldError
 
 
@@ -99,11 +99,6 @@ def _section(data: Any, key: str, known: dict[str, Callable[[str, Any], Any]], r
 class Backbone:
     name: str  # open_clip architecture, or nemesis-tiny
     pretrained: str  # open_clip tag, weights file, "embedded" or "none"
-
-
-def default_pretrained(backbone: str) -> str:
-    """The CLI's rule: the tiny CLIP's own weights, OpenAI's for every other architecture."""
-    return "embedded" if backbone == "nemesis-tiny" else "openai"
 
 
 def _backbone(key: str, value: Any) -> Backbone:
