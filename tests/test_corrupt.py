@@ -263,9 +263,9 @@ def test_huge_position_range_fails_before_expanding():
         (["--positions", ""], "--positions: '' is not a comma-separated list"),
         (["--ops", "rescale", "--factors", "1,x"], "--factors: 'x' is not a number"),
         (["--reps", "0"], "reps must be >= 1"),
-        (["--chunk", "0"], "--chunk must be at least 1"),
+        (["--chunk", "0"], "chunk (variants per text pass) must be at least 1"),
         (["--seeds", "1,2", "--prompt", "somewhere"], "give only one"),
-        (["--prompt", "/no/such/prompt"], "--prompt /no/such/prompt does not exist"),
+        (["--prompt", "/no/such/prompt"], "prompt /no/such/prompt does not exist"),
     ],
 )
 def test_corrupt_cli_errors_are_one_line_exit_2(args, message, tmp_path):

@@ -345,10 +345,10 @@ def test_official_plot_checkpoint_imports_with_shapes_checked(tiny_random, tmp_p
     assert meta["source"] == "plot-checkpoint" and meta["num_prompts"] == 2 and meta["num_classes"] == 3
     two, four = PLOTConfig(num_prompts=2), PLOTConfig(num_prompts=4)
     checks = [
-        (PLOTMethod(tiny_random, classes, PromptConfig(n_ctx=4), options=four), "has 2 prompts .* pass --plot-prompts 2"),
-        (PLOTMethod(tiny_random, classes, PromptConfig(n_ctx=3), options=two), "4 context vectors per prompt .* --n-ctx 4"),
+        (PLOTMethod(tiny_random, classes, PromptConfig(n_ctx=4), options=four), "has 2 prompts .* set plot.num_prompts = 2"),
+        (PLOTMethod(tiny_random, classes, PromptConfig(n_ctx=3), options=two), "4 context vectors per prompt .* prompt.n_ctx = 4"),
         (PLOTMethod(tiny_random, classes[:2], PromptConfig(n_ctx=4), options=two), "learned for 3 classes .* has 2"),
-        (method_class("coop")(tiny_random, classes, PromptConfig(n_ctx=4)), "holds PLOT prompts .* --method plot"),
+        (method_class("coop")(tiny_random, classes, PromptConfig(n_ctx=4)), "holds PLOT prompts .* prompt.method = plot"),
     ]
     for other, message in checks:
         with pytest.raises(ModelError, match=message) as excinfo:

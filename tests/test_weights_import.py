@@ -216,9 +216,9 @@ def test_our_artifact_loads_through_the_same_door(tiny_random, tmp_path):
     "shape, prompt, message",
     [
         ((4, 64), PromptConfig(n_ctx=4), "checkpoint context has width 64 but nemesis-tiny's text width is 128"),
-        ((16, 128), PromptConfig(n_ctx=4), "checkpoint has 16 context vectors but the prompt is set up for 4; pass --n-ctx 16"),
-        ((3, 4, 128), PromptConfig(n_ctx=4), r"class-specific context \(3, 4, 128\); add --csc"),
-        ((4, 128), PromptConfig(n_ctx=4, csc=True), "generic context .*; drop --csc"),
+        ((16, 128), PromptConfig(n_ctx=4), "checkpoint has 16 context vectors but the prompt is set up for 4; set prompt.n_ctx = 16"),
+        ((3, 4, 128), PromptConfig(n_ctx=4), r"class-specific context \(3, 4, 128\); set prompt.csc = true"),
+        ((4, 128), PromptConfig(n_ctx=4, csc=True), "generic context .*; set prompt.csc = false"),
         ((5, 4, 128), PromptConfig(n_ctx=4, csc=True), "class-specific context for 5 classes but the dataset has 3"),
     ],
 )

@@ -1,6 +1,6 @@
 """The run-config options of ``train`` and ``corrupt``, generated from the settings' declarations.
 
-Every setting that declares a ``flag`` (``spec(..., flag="--n-ctx")`` in ``config/`` or in a method's
+Every setting that declares a ``flag`` (``spec(..., flag=...)`` in ``config/`` or in a method's
 options) becomes a typer option with its type, default, help and help panel; nothing is repeated here.
 :class:`RunCommand` builds a command's signature each time the CLI is built, so a method declared later
 (a plugin) shows its options too. Precedence of a run's settings: defaults < ``--config FILE`` < flags
@@ -35,7 +35,7 @@ EXTRA_PARAMETERS = {"pun": (PunOpt, False), "pan": (PanOpt, False), "config_file
 
 
 def parameter_name(flag: str) -> str:
-    """``--n-ctx`` -> ``n_ctx``; ``--csc/--no-csc`` -> ``csc``."""
+    """A flag's parameter name: dashes to underscores, the negative half of a boolean flag dropped."""
     return flag.split("/")[0].lstrip("-").replace("-", "_")
 
 

@@ -391,8 +391,8 @@ def check_method_options(config: RunConfig) -> None:
     and class-specific context for methods that learn one generic context (CoCoOp, PLOT)."""
     method = declaration(config.prompt_method)
     if method.generic_only and config.prompt.csc:
-        raise FieldError("prompt.csc", f"prompt method {method.name} learns generic context only (no class-specific "
-                                       f"context); set prompt.csc = false")  # fmt: skip
+        raise FieldError("prompt.csc", f"prompt.csc: prompt method {method.name} learns generic context only (no "
+                                       f"class-specific context); set prompt.csc = false")  # fmt: skip
     for name, section in config.options.items():
         if name == method.name:
             continue

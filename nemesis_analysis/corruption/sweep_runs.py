@@ -80,7 +80,7 @@ def sweep_runs(
 def check_sources(seeds, prompt, run_id, chunk) -> None:
     """One source of prompts at a time, and a positive chunk."""
     if chunk is not None and chunk < 1:
-        raise ConfigError(f"--chunk must be at least 1, got {chunk}")
+        raise ConfigError(f"chunk (variants per text pass) must be at least 1, got {chunk}")
     if prompt is not None and seeds is not None:
         raise ConfigError("--seeds trains and sweeps several runs; --prompt analyses one saved prompt: give only one")
     if run_id is not None and (prompt is not None or seeds is not None):

@@ -89,8 +89,8 @@ def method_class(name: str) -> type["PromptMethod"]:
 def refuse_class_specific(method: "PromptMethod", config) -> None:
     """The refusal of class-specific context by methods that learn generic context only (as the run config's)."""
     if config.csc:
-        raise FieldError("prompt.csc", f"prompt method {method.name} learns generic context only (no class-specific "
-                                       "context); set prompt.csc = false")  # fmt: skip
+        raise FieldError("prompt.csc", f"prompt.csc: prompt method {method.name} learns generic context only (no "
+                                       "class-specific context); set prompt.csc = false")  # fmt: skip
 
 
 def build_method(name: str, loaded, classnames: list[str], config, seed: int = 0, options=None) -> "PromptMethod":

@@ -226,24 +226,25 @@ def check_fits(ctx: Tensor, method, metadata: dict | None = None, source: str = 
     if meta.get("backbone") and meta["backbone"] != backbone:
         raise ModelError(
             f"{source} was trained on {meta['backbone']} but the model is {backbone}; "
-            f"pass --backbone {meta['backbone']} (and its --pretrained weights)"
+            f"set backbone = {meta['backbone']} (and its pretrained weights)", "backbone"
         )
     width, n_ctx = int(ctx.shape[-1]), int(ctx.shape[-2])
     if width != method.width or meta.get("width", width) != method.width:
         raise ModelError(
             f"{source}: checkpoint context has width {width} but {backbone}'s text width is {method.width}; "
-            "use the --backbone the prompt was trained with"
+            "use the backbone the prompt was trained with", "backbone"
         )
     _check_classnames(meta.get("classnames"), method, source)
     if n_ctx != method.n_ctx:
         raise ModelError(
             f"{source}: checkpoint has {n_ctx} context vectors but the prompt is set up for {method.n_ctx}; "
-            f"pass --n-ctx {n_ctx}"
+            f"set prompt.n_ctx = {n_ctx}", "prompt.n_ctx"
         )
     csc = ctx.dim() == 3
     if csc != bool(method.config.csc):
-        hint, kind = ("add --csc", "class-specific") if csc else ("drop --csc", "generic")
-        raise ModelError(f"{source}: checkpoint has {kind} context {tuple(ctx.shape)}; {hint}")
+        kind = "class-specific" if csc else "generic"
+        raise ModelError(f"{source}: checkpoint has {kind} context {tuple(ctx.shape)}; set prompt.csc = {str(csc).lower()}",
+                         "prompt.csc")  # fmt: skip
     if csc and int(ctx.shape[0]) != method.num_classes:
         raise ModelError(
             f"{source}: checkpoint has class-specific context for {int(ctx.shape[0])} classes but the dataset has "
@@ -255,22 +256,23 @@ def check_plot_fits(ctx: Tensor, method, metadata: dict | None = None, source: s
     """Raise a one-line ModelError unless a PLOT context (N, n_ctx, width) fits the loaded PLOT method."""
     meta, backbone = metadata or {}, method.loaded.backbone
     if getattr(method, "name", "") != "plot":
-        raise ModelError(f"{source} holds PLOT prompts {tuple(ctx.shape)}; analyse it with --method plot")
+        raise ModelError(f"{source} holds PLOT prompts {tuple(ctx.shape)}; analyse it with prompt.method = plot",
+                         "prompt.method")  # fmt: skip
     if meta.get("backbone") and meta["backbone"] != backbone:
         raise ModelError(f"{source} was trained on {meta['backbone']} but the model is {backbone}; "
-                         f"pass --backbone {meta['backbone']} (and its --pretrained weights)")  # fmt: skip
+                         f"set backbone = {meta['backbone']} (and its pretrained weights)", "backbone")  # fmt: skip
     if ctx.dim() != 3:
         raise ModelError(f"{source}: a PLOT context must be (prompts, n_ctx, width), got {tuple(ctx.shape)}")
     prompts, n_ctx, width = (int(n) for n in ctx.shape)
     if width != method.width:
         raise ModelError(f"{source}: checkpoint context has width {width} but {backbone}'s text width is "
-                         f"{method.width}; use the --backbone the prompt was trained with")  # fmt: skip
+                         f"{method.width}; use the backbone the prompt was trained with", "backbone")  # fmt: skip
     if prompts != method.num_prompts:
         raise ModelError(f"{source}: checkpoint has {prompts} prompts but the method is set up for "
-                         f"{method.num_prompts}; pass --plot-prompts {prompts}")  # fmt: skip
+                         f"{method.num_prompts}; set plot.num_prompts = {prompts}", "plot.num_prompts")  # fmt: skip
     if n_ctx != method.n_ctx:
         raise ModelError(f"{source}: checkpoint has {n_ctx} context vectors per prompt but the prompt is set up "
-                         f"for {method.n_ctx}; pass --n-ctx {n_ctx}")  # fmt: skip
+                         f"for {method.n_ctx}; set prompt.n_ctx = {n_ctx}", "prompt.n_ctx")  # fmt: skip
     if meta.get("num_classes") not in (None, method.num_classes):
         raise ModelError(f"{source} was learned for {meta['num_classes']} classes but the dataset has "
                          f"{method.num_classes}; use the dataset the prompt was trained on")  # fmt: skip

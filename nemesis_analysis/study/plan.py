@@ -101,8 +101,10 @@ def run_config(study: Study, point: GridPoint) -> RunConfig:
         return config.resolved(device_type)
     except StudyFileError:
         raise
-    except ConfigError as error:
-        raise StudyFileError(f"grid ({point}): {error}") from None
+    except ConfigError as error:  # by key: the message starts with the dotted field it names
+        field = getattr(error, "field", None)
+        text = f"{field}: {error}" if field and not str(error).startswith(field) else str(error)
+        raise StudyFileError(f"grid ({point}): {text}") from None
 
 
 def corrupt_grid(study: Study) -> dict:

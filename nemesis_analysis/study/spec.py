@@ -147,6 +147,12 @@ GRID_KEYS: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
+# run settings that [grid] sets through its own keys (plural lists, or one value for every run)
+GRID_AXIS_KEYS = {"dataset": "datasets", "shots": "shots", "seed": "seeds", "backbone": "backbones",
+                  "pretrained": "backbones", "protocol": "protocol", "precision": "precision", "epochs": "epochs",
+                  "recipe": "recipe"}  # fmt: skip
+
+
 def _grid(data: Any) -> Grid:
     if not isinstance(data, dict):
         _fail("grid", "must be a table", data)
@@ -161,6 +167,8 @@ def _axis(dotted: str, values: Any) -> tuple:
     """A ``[grid]`` axis over the run setting ``dotted``: a non-empty list of values, each checked as for --set."""
     from nemesis_analysis.config import settings
 
+    if dotted in GRID_AXIS_KEYS:
+        raise StudyFileError(f"grid.{dotted}: unknown key; the grid's axis of {dotted} is grid.{GRID_AXIS_KEYS[dotted]}")
     if dotted not in settings():
         known = ", ".join([*GRID_KEYS, "or a run setting by dotted name (e.g. prompt.method, nemesis.weight)"])
         raise StudyFileError(f"grid.{dotted}: unknown key; [grid] takes {known}")
