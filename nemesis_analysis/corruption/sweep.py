@@ -188,7 +188,7 @@ def check_slot(slot_value: Tensor, identity: RunIdentity, method: PromptMethod |
 def resolve_chunk(method: PromptMethod, chunk: int | None, memory_budget: int | None) -> int:
     chunk = int(chunk) if chunk else auto_chunk(method, memory_budget)
     if chunk < 1:
-        raise ConfigError(f"--chunk must be at least 1, got {chunk}")
+        raise ConfigError(f"chunk (variants per text pass) must be at least 1, got {chunk}")
     return chunk
 
 

@@ -25,9 +25,10 @@ methods = ["coop", "pun"]          # coop, pun, pan, betaB (e.g. beta0.5), or a 
 protocol = "fewshot"               # fewshot, base2new, crossdataset or dg (see README, Protocols)
 # precision = "fp32"               # fp32, amp or fp16; default: amp when jobs hold a GPU, else fp32
 epochs = 5                         # default: CoOp's epochs for the shot count (50/100/100/200/200)
-# recipe = "paper"                 # coop or paper (see `nemesis train --help`)
+# recipe = "paper"                 # coop, paper or cocoop (see `nemesis train --help`)
+# prompt.method = ["coop", "kgcoop"]  # any run setting by its dotted name is an axis (see docs/config.md)
 
-[prompt]                           # the context layout (as `nemesis train`)
+[prompt]                           # the run sections are a run file's ([prompt], [nemesis], [optim], [plot], [kgcoop])
 n_ctx = 8                          # context vectors M
 # csc = false                      # class-specific context
 # class_token_position = "end"     # end, middle or front
@@ -37,7 +38,10 @@ n_ctx = 8                          # context vectors M
 # lr = 0.002
 # batch_size = 32
 
-# [variants.pun-strong]            # a named Nemesis setting, usable in grid.methods
+# [kgcoop]                         # a method's options apply to that method's runs only
+# weight = 4.0
+
+# [variants.pun-strong]            # a named Nemesis setting (any nemesis.* field), usable in grid.methods
 # beta = 1.0                       # 1 = PUN, 0 = PAN, in between = a mix
 # weight = 2.0                     # the norm-loss weight (--alpha)
 # norm_type = "l2"                 # l2, l1 or inf
