@@ -230,13 +230,13 @@ def test_identity_rescale_writes_delta_zero_under_amp_on_cuda(tiny_session, chec
 
 @pytest.mark.cuda
 def test_plot_local_features_stay_pinned_on_the_host_on_cuda(tiny_session):
-    from nemesis_analysis.config import PlotConfig
+    from nemesis_analysis.config import PLOTConfig
     from nemesis_analysis.corruption.sweep import load_test_set
-    from nemesis_analysis.methods.plot import PLOT
+    from nemesis_analysis.methods.plot import PLOTMethod
 
     session = tiny_session.replace(device="cuda")
     loaded = session.model("nemesis-tiny", "embedded")
-    method = PLOT(loaded, session.dataset("digits").classnames, PromptConfig(n_ctx=2), options=PlotConfig(num_prompts=2))
+    method = PLOTMethod(loaded, session.dataset("digits").classnames, PromptConfig(n_ctx=2), options=PLOTConfig(num_prompts=2))
     test = load_test_set(session, method, "digits")
     assert test.features.device.type == "cuda"
     assert test.local_features.device.type == "cpu" and test.local_features.is_pinned()
