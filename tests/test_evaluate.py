@@ -188,5 +188,5 @@ def test_transfer_protocols_evaluate_every_target_on_fixtures(protocol, tiny_ses
     assert rows.acc.iloc[0] == run.final_test_acc
     for target, n_classes in zip(rows.eval_dataset, rows.n_classes):
         assert n_classes == load_dataset(target, root).num_classes
-    with pytest.raises(ConfigError, match="--dataset imagenet"):
+    with pytest.raises(ConfigError, match="set dataset = imagenet"):
         train_prompt(_config(protocol=protocol), session.replace(reports_dir=tmp_path / "r2", data_root=None))

@@ -81,7 +81,7 @@ def test_refusals_are_one_line():
     with pytest.raises(ConfigError, match="class-specific context") as error:
         protocols.check_protocol("base2new", "digits", csc=True)
     assert "\n" not in str(error.value)
-    with pytest.raises(ConfigError, match="--dataset imagenet"):
+    with pytest.raises(ConfigError, match="set dataset = imagenet"):
         protocols.check_protocol("dg", "digits", csc=False)
     with pytest.raises(ConfigError, match="unknown protocol"):
         protocols.check_protocol("zeroshot", "digits", csc=False)
