@@ -15,6 +15,7 @@ from nemesis_analysis.storage.artifacts import ARTIFACT_TENSORS, AnalysisPrompt,
 from nemesis_analysis.choices import EvalClasses, Protocol
 from nemesis_analysis.config import PLOTConfig, PromptConfig, RunConfig
 from nemesis_analysis.corruption.ops import Corruption, GridSpec
+from nemesis_analysis.devices import resolve_run_config
 from nemesis_analysis.errors import ConfigError, NoDataError
 from nemesis_analysis.methods import PromptMethod, build_method, build_method_for_run
 from nemesis_analysis.clip.prompts import backbone_tokenizer, resolve_n_ctx
@@ -167,7 +168,7 @@ def sweep_prompt(
     method = build_method(name, loaded, dataset.classnames, layout, options=options)
     check_fits(prompt.ctx, method, prompt.metadata, source=str(prompt.path))
     method.load_tensors({**prompt.tensors, method.position_slot: prompt.ctx}, source=str(prompt.path))
-    identity = identity_for_prompt(prompt, config.resolved(loaded.device.type), method)
+    identity = identity_for_prompt(prompt, resolve_run_config(config, loaded.device), method)
     if on_prompt is not None:
         on_prompt(prompt)
     return run_corruption_sweep(session, method, prompt.ctx, identity, grid, chunk=chunk, max_test=max_test,

@@ -23,12 +23,13 @@ from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.methods.base import refuse_class_specific, register_method
 from nemesis_analysis.methods.coop import CoOp
 from nemesis_analysis.clip.encoding import LoadedModel
+from nemesis_analysis.devices import memory_budget
 from nemesis_analysis.clip.textpass import encode_prompts
 from nemesis_analysis.errors import ModelError
 
-# Floats allowed in one pass's prompt activations (prompts * classes * length * width), as the engine's.
+# Floats allowed in one pass's prompt activations (prompts * classes * length * width) on CPU, as the engine's;
+# on CUDA a share of the free memory (devices.memory_budget).
 CPU_IMAGE_BUDGET = 2**23
-CUDA_IMAGE_BUDGET = 2**27
 META_NET_REDUCTION = 16  # hidden width of the meta-network: embed // 16, as the official code
 NORM_SCOPE = "static context (ctx); the instance-conditioned shift is not included"
 
@@ -68,13 +69,13 @@ class CoCoOp(CoOp):
 
         Each context's tokens are encoded once and shared by every class (class-shared prefix pass)."""
         prompts = self.build_embeddings(contexts)  # (prompts, classes, length, width)
-        with self.loaded.autocast():
+        with self.loaded.text_autocast():
             features = encode_prompts(self.loaded.model, prompts, self.eos, self.shared_tokens)
         return F.normalize(features.float(), dim=-1)  # (prompts, classes, embed)
 
     def image_chunk(self, num_variants: int) -> int:
         """Images per text pass so that variants * images * classes * length * width stays in budget."""
-        budget = CUDA_IMAGE_BUDGET if self.device.type == "cuda" else CPU_IMAGE_BUDGET
+        budget = memory_budget(self.device, CPU_IMAGE_BUDGET)
         return max(1, budget // (num_variants * self.variant_floats()))
 
     def variant_scores(self, slot_variants: Tensor, image_features: Tensor,

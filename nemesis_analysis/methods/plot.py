@@ -24,6 +24,7 @@ from nemesis_analysis.errors import ModelError
 from nemesis_analysis.methods.base import refuse_class_specific, register_method
 from nemesis_analysis.methods.coop import CoOp
 from nemesis_analysis.clip.encoding import LoadedModel
+from nemesis_analysis.devices import chunk_to, memory_budget
 from nemesis_analysis.methods.ot import ot_similarity
 
 IMAGE_CHUNK_FLOATS = 2**24  # floats of one chunk's similarity tensor (variants * images * classes * N * L)
@@ -34,6 +35,7 @@ class PLOTMethod(CoOp):
     """N generic contexts ``ctx`` (N, n_ctx, width), each spliced into CoOp's class prompts."""
 
     needs_local_features = True
+    chunk_floats: int | None = None  # similarity floats per image chunk; None: :meth:`image_chunk_floats` decides
 
     def __init__(
         self,
@@ -104,18 +106,24 @@ class PLOTMethod(CoOp):
         variant's prompt features ``text`` (variants, classes, N, embed); chunked over images."""
         if local_features is None:
             raise ModelError("PLOT scores images by their local features; none were given (encode them first)")
-        local = local_features.to(text.device, text.dtype)
         num_variants, num_classes, num_prompts, _ = text.shape
-        per_image = num_variants * num_classes * num_prompts * local.shape[1]
-        step = max(1, IMAGE_CHUNK_FLOATS // per_image)
+        per_image = num_variants * num_classes * num_prompts * local_features.shape[1]
+        step = max(1, self.image_chunk_floats(text.device) // per_image)
         parts = []
-        for start in range(0, local.shape[0], step):
+        for start in range(0, local_features.shape[0], step):
+            # Only this chunk moves to the device (the whole test set's local features stay on the host).
+            local = chunk_to(local_features, start, start + step, text.device, text.dtype)  # (images, L, embed)
             # (variants, images, classes, L, N): locations are the plan's rows, prompts its columns.
-            similarity = torch.einsum("bld,vcnd->vbcln", local[start : start + step], text)
+            similarity = torch.einsum("bld,vcnd->vbcln", local, text)
             parts.append(ot_similarity(similarity))  # (variants, images, classes)
         if not parts:
             return text.new_zeros(num_variants, 0, num_classes)
         return torch.cat(parts, dim=1)
+
+    def image_chunk_floats(self, device: torch.device) -> int:
+        """Floats of one image chunk's similarity tensor: :data:`IMAGE_CHUNK_FLOATS` on CPU, from the free memory on
+        CUDA; ``chunk_floats`` (an instance attribute) overrides both."""
+        return self.chunk_floats or memory_budget(device, IMAGE_CHUNK_FLOATS)
 
     def logits(self, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
         """CLIP's logit scale times the OT scores (batch, classes); the global feature is not used."""

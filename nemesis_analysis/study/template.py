@@ -68,12 +68,12 @@ checkpoints = "checkpoints"
 reports = "reports/my-study"
 # data_root = "/data"              # the CoOp datasets (default: $NEMESIS_DATA)
 # cache_dir = "/weights"           # open_clip weights
-# device = "auto"                  # auto, cpu, cuda or cuda:N
+# device = "auto"                  # auto (the GPU when num_gpus > 0, else the CPU), cpu, cuda or cuda:N
 # offline = false
 
 [resources]                        # per job (Ray: one long-lived worker per slot)
 num_cpus = 1                       # torch uses this many threads
-num_gpus = 0                       # 0.5: two workers share a GPU
+num_gpus = 0                       # 1: jobs run on a GPU (local too); 0.5: two Ray workers share one
 max_retries = 2                    # retries after a lost worker (died, out of memory); our own errors are not retried
 # max_parallel = 4                 # default: as many workers as the cluster has slots
 '''

@@ -9,6 +9,7 @@ jobs). The returned summaries are small dicts of numbers and strings.
 from __future__ import annotations
 
 from nemesis_analysis.config import RunConfig
+from nemesis_analysis.devices import resolve_run_config
 from nemesis_analysis.errors import NemesisError
 from nemesis_analysis.session import Session
 from nemesis_analysis.study import faults
@@ -76,7 +77,7 @@ def corrupt_job(job, session: Session) -> dict:
     loaded, dataset = model_and_data(config, session)
     folder = session.run_dir(job.run_id).path
     ctx = read_prompt(folder).ctx
-    identity = config.resolved(loaded.device.type).identity(n_ctx=ctx.shape[-2])
+    identity = resolve_run_config(config, loaded.device).identity(n_ctx=ctx.shape[-2])
     method = method_for_identity(loaded, dataset.classnames, identity, config.method_options())
     method.load(folder)  # every saved tensor, not only the context (CoCoOp's meta-network)
     grid = expand_grid(method.n_positions, **job.payload["grid"])  # flat positions (PLOT: N * n_ctx)
