@@ -137,13 +137,13 @@ def _own_folders(tiny_session, checkpoints_dir, tmp_path):
 def _trained_context(tiny_session, checkpoints_dir, tmp_path):
     """A context trained for a few epochs (fp32, seconds): (session on its own folders, run config, context)."""
     from nemesis_analysis.config import OptimConfig, RunConfig
-    from nemesis_analysis.storage.artifacts import load_prompt
+    from nemesis_analysis.storage.artifacts import read_prompt
     from nemesis_analysis.training.train import train_prompt
 
     session = _own_folders(tiny_session, checkpoints_dir, tmp_path)
     config = RunConfig(shots=4, epochs=10, prompt=PromptConfig(n_ctx=4), optim=OptimConfig(batch_size=8))
     run = train_prompt(config, session)
-    return session, run.config, load_prompt(run.run_dir)[0]
+    return session, run.config, read_prompt(run.run_dir).ctx
 
 
 def _amp_features(tiny_session):
