@@ -181,6 +181,20 @@ class Claim:
         fresh = [key not in done for key in frame[columns].itertuples(index=False, name=None)]
         return append_rows(self.reports_dir, self.table, frame[fresh])
 
+    def update(self, rows: pd.DataFrame, columns: list[str]) -> int:
+        """Set ``columns`` of this run's stored rows to the values in ``rows`` with the same key (every copy
+        of a key); returns the stored rows changed. No row is added, so no key appears twice: each part
+        holding such rows is rewritten atomically in place, under the table's rewrite lock."""
+        key = [c for c in schema.KEYS[self.table] if c != "run_id"]
+        if rows.empty:
+            return 0
+        if (rows["run_id"].astype(str) != self.run_id).any():
+            raise ValueError(f"a claim on run {self.run_id} can only update that run's rows")
+        values = rows.drop_duplicates(key, keep="last").set_index(key)[columns]
+        folder = table_path(self.reports_dir, self.table)
+        with _flock(folder / TABLE_LOCK):
+            return sum(_update_part(part, self.table, self.run_id, key, values) for part in _parts(folder))
+
 
 @contextlib.contextmanager
 def claim(reports_dir: Path | str, table: str, run_id: str) -> Iterator[Claim]:
@@ -211,6 +225,20 @@ def _rewrite_parts(folder: Path, table: str, parts: list[Path], keep) -> int:
         else:
             part.unlink()
     return removed
+
+
+def _update_part(part: Path, table: str, run_id: str, key: list[str], values: pd.DataFrame) -> int:
+    """Rewrite ``part`` with the rows of ``run_id`` whose key is in ``values`` set to its columns; rows changed."""
+    frame = _conform(pq.read_table(part), table).to_pandas()
+    keys = pd.MultiIndex.from_frame(frame[key])
+    hit = (frame["run_id"] == run_id).to_numpy() & keys.isin(values.index)
+    if not hit.any():
+        return 0
+    found = values.reindex(keys[hit])
+    for column in values.columns:
+        frame.loc[hit, column] = found[column].to_numpy()
+    _write_part(part.parent, _to_arrow(table, frame), name=part.name)
+    return int(hit.sum())
 
 
 def supersede_run(reports_dir: Path | str, run_id: str, tables: tuple[str, ...] | list[str] = schema.TABLES) -> int:
