@@ -1,6 +1,7 @@
 """Low-Norm Effect frequency and seed aggregates computed from the tables' DataFrames (pure pandas).
 
-Every function takes the tidy tables of DESIGN.md section 4 as DataFrames and returns a
+Every function takes the tidy tables (runs, trajectories, corruptions, evaluations: one row per observation,
+identity columns first; see :mod:`nemesis_analysis.storage.schema`) as DataFrames and returns a
 new DataFrame; nothing here trains, loads a model or imports torch, so a notebook can
 load tables and figures in a fraction of a second.
 
@@ -27,7 +28,7 @@ from nemesis_analysis.errors import ConfigError, NoDataError
 logger = logging.getLogger(__name__)
 
 # What a paper table aggregates over: seeds vary inside a group, nothing else does.
-GROUP_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "shots", "prompt_method", "method")
+GROUP_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "shots", "prompt_method", "regularizer")
 # One corruption observation within the table: run_id plus schema.CORRUPTION_KEY.
 _KEY: tuple[str, ...] = schema.KEYS["corruptions"]
 CORRUPTION_OPS: tuple[str, ...] = ("rescale", "replace")
@@ -402,7 +403,7 @@ def delta_grid(
     dataset: str | None = None,
     op: str = "rescale",
     *,
-    method: str | None = None,
+    regularizer: str | None = None,
     backbone: str | None = None,
     shots: int | None = None,
     eval_classes: str = ALL_CLASSES,
@@ -419,7 +420,7 @@ def delta_grid(
     require_columns(corruptions, [*_KEY, "delta"], "corruption table")
     table = dedupe_corruptions(corruptions)
     mask = table["op"] == op
-    for column, value in (("dataset", dataset), ("method", method), ("backbone", backbone), ("shots", shots)):
+    for column, value in (("dataset", dataset), ("regularizer", regularizer), ("backbone", backbone), ("shots", shots)):
         if value is not None:
             require_columns(table, [column], "corruption table")
             mask &= table[column] == value
@@ -441,7 +442,7 @@ def significance_grid(
     dataset: str | None = None,
     op: str = "rescale",
     *,
-    method: str | None = None,
+    regularizer: str | None = None,
     fdr: float = DEFAULT_FDR,
     eval_classes: str = ALL_CLASSES,
 ) -> pd.DataFrame:
@@ -451,7 +452,7 @@ def significance_grid(
     check_fdr(fdr)
     table = with_q_values(rows_for_view(corruptions, eval_classes=eval_classes))
     mask = table["op"] == op
-    for column, value in (("dataset", dataset), ("method", method)):
+    for column, value in (("dataset", dataset), ("regularizer", regularizer)):
         if value is not None:
             mask &= table[column] == value
     table = table[mask]
@@ -469,41 +470,41 @@ def significance_grid(
 MATCH_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "pretrained", "shots", "seed", "prompt_method", "protocol",
                                   "n_ctx", "csc", "class_token_position", "precision")  # fmt: skip
 COMPARISON_DEFINITION = (
-    "Paired comparison: each method's runs against the baseline's runs of the same dataset, backbone, shots, "
+    "Paired comparison: each regularizer's runs against the baseline's runs of the same dataset, backbone, shots, "
     "seed, prompt method, protocol and prompt layout. mean_diff is the mean over pairs of the accuracy "
-    "difference (method - baseline, points), ci95_low/ci95_high its 95% Student-t interval, n_pairs the "
+    "difference (regularizer - baseline, points), ci95_low/ci95_high its 95% Student-t interval, n_pairs the "
     "number of pairs and p_value the two-sided paired t-test (none below two pairs)."
 )
 
 
 def paired_comparisons(runs: pd.DataFrame, baseline: str = "coop", value: str = "final_test_acc") -> pd.DataFrame:
-    """Each method (and Nemesis weight) against ``baseline`` on matched runs (:data:`MATCH_COLUMNS`).
+    """Each regularizer (and Nemesis weight) against ``baseline`` on matched runs (:data:`MATCH_COLUMNS`).
 
-    One row per group (the match columns but the seed) and method: `method`, `norm_weight`, `baseline`,
-    `n_pairs`, `method_mean`, `baseline_mean` (over the pairs), `mean_diff`, `ci95_low`, `ci95_high`
+    One row per group (the match columns but the seed) and regularizer: `regularizer`, `norm_weight`,
+    `baseline`, `n_pairs`, `regularizer_mean`, `baseline_mean` (over the pairs), `mean_diff`, `ci95_low`, `ci95_high`
     (:func:`stats.paired_difference`) and `p_value` (paired t-test). A run_id that appears twice keeps its
-    last row; of several runs with the same match key and method, the last one is paired.
+    last row; of several runs with the same match key and regularizer, the last one is paired.
     """
     runs = schema.with_column_defaults("runs", runs)
-    require_columns(runs, ["run_id", "method", value, *MATCH_COLUMNS], "runs table")
+    require_columns(runs, ["run_id", "regularizer", value, *MATCH_COLUMNS], "runs table")
     table = runs.drop_duplicates("run_id", keep="last")
     if "norm_weight" not in table.columns:
         table = table.assign(norm_weight=math.nan)
-    table = table.assign(norm_weight=table["norm_weight"].where(table["method"] != baseline))
-    methods = sorted(table["method"].dropna().unique())
-    if baseline not in methods:
-        raise NoDataError(f"no {baseline} runs to compare with (methods: {', '.join(methods) or 'none'}); "
+    table = table.assign(norm_weight=table["norm_weight"].where(table["regularizer"] != baseline))
+    regularizers = sorted(table["regularizer"].dropna().unique())
+    if baseline not in regularizers:
+        raise NoDataError(f"no {baseline} runs to compare with (regularizers: {', '.join(regularizers) or 'none'}); "
                           f"pass --compare-to one of them")  # fmt: skip
     match, group = list(MATCH_COLUMNS), [c for c in MATCH_COLUMNS if c != "seed"]
-    base = table[table["method"] == baseline].drop_duplicates(match, keep="last")[[*match, value]]
-    treated = table[table["method"] != baseline].drop_duplicates([*match, "method", "norm_weight"], keep="last")
+    base = table[table["regularizer"] == baseline].drop_duplicates(match, keep="last")[[*match, value]]
+    treated = table[table["regularizer"] != baseline].drop_duplicates([*match, "regularizer", "norm_weight"], keep="last")
     pairs = treated.merge(base, on=match, suffixes=("", "_baseline"))
     out = []
-    for key, rows in pairs.groupby([*group, "method", "norm_weight"], sort=True, dropna=False):
+    for key, rows in pairs.groupby([*group, "regularizer", "norm_weight"], sort=True, dropna=False):
         diff = stats.paired_difference(rows[value].to_numpy(float), rows[f"{value}_baseline"].to_numpy(float))
         out.append([*key, baseline, diff.n_pairs, float(rows[value].mean()), float(rows[f"{value}_baseline"].mean()),
                     diff.mean_diff, diff.ci95_low, diff.ci95_high, diff.p_value])  # fmt: skip
-    columns = [*group, "method", "norm_weight", "baseline", "n_pairs", "method_mean", "baseline_mean", "mean_diff",
+    columns = [*group, "regularizer", "norm_weight", "baseline", "n_pairs", "regularizer_mean", "baseline_mean", "mean_diff",
                "ci95_low", "ci95_high", "p_value"]  # fmt: skip
     return pd.DataFrame(out, columns=columns)
 
