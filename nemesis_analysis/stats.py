@@ -93,7 +93,6 @@ def paired_difference(treated: Sequence[float], baseline: Sequence[float]) -> Pa
     mean = float(diff.mean()) if n else math.nan
     low, high = t_interval(diff)
     p = math.nan
-    if n >= 2:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            p = float(scipy_stats.ttest_rel(a, b).pvalue)
+    if n >= 2 and not np.allclose(diff, diff[0], rtol=1e-12, atol=0.0):  # identical differences: no test
+        p = float(scipy_stats.ttest_rel(a, b).pvalue)
     return PairedDifference(n_pairs=n, mean_diff=mean, ci95_low=low, ci95_high=high, p_value=p)

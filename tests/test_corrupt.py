@@ -376,13 +376,14 @@ def test_paired_counts_match_the_accuracy_change_and_scipy(tiny_context, generic
     baseline = rows[rows.op == "none"].iloc[0]
     assert (baseline.n_gained, baseline.n_lost, baseline.p_value) == (0, 0, 1.0)
 
-    # Rows from the naive path (one variant at a time) give the same counts.
-    correct = None
+    # The counts are those of the engine's predictions, image by image, against the uncorrupted prompt's.
     ctx, identity = _ctx_identity(generic_run)
     method = method_for_run(tiny_context, identity)
-    features, labels = image_features(tiny_context.loaded, tiny_context.dataset, tiny_context.dataset.test)
-    scores = method.variant_scores(apply_corruptions(ctx, [grid[0], grid[5]], identity.run_id), features, None)
-    correct = scores.argmax(-1).cpu() == labels[None]
+    features, labels = image_features(
+        tiny_context.loaded, tiny_context.dataset, tiny_context.dataset.test, session.feature_cache, progress=False
+    )
+    predictions = predict_corruptions(method, ctx, [Corruption("none", -1, 1.0, 0), grid[5]], identity.run_id, features)
+    correct = predictions == labels[None]
     by_key = rows.set_index(KEY)
     row = by_key.loc[(grid[5].op, 0, grid[5].position, float(grid[5].factor), grid[5].rep)]
     assert row.n_gained == int((correct[1] & ~correct[0]).sum()) and row.n_lost == int((~correct[1] & correct[0]).sum())

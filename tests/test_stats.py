@@ -63,3 +63,8 @@ def test_paired_difference_equals_ttest_rel():
     assert (result.ci95_low, result.ci95_high) == pytest.approx((low, high), rel=1e-12)
     one = paired_difference([1.0, math.nan], [0.5, 2.0])  # one complete pair
     assert one.n_pairs == 1 and one.mean_diff == 0.5 and math.isnan(one.p_value) and math.isnan(one.ci95_low)
+
+
+def test_paired_difference_without_spread_has_no_p_value():
+    result = paired_difference([67.5, 71.5, 70.0], [62.5, 66.5, 65.0])  # +5 on every pair
+    assert result.mean_diff == pytest.approx(5.0) and math.isnan(result.p_value)
