@@ -301,6 +301,10 @@ def _significant_bars(ax, x, rows: pd.DataFrame, width: float, first: bool) -> N
         return
     ax.bar(x, np.nan_to_num(heights), width, fill=False, hatch="////", edgecolor="#222222", linewidth=0.0,
            label="BH-significant share" if first else None)  # fmt: skip
+    for at, height in zip(np.atleast_1d(x), heights):
+        if np.isfinite(height):
+            ax.annotate(f"{height:.1f} sig.", (at, height), xytext=(0, 3), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=7, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "lw": 0})  # fmt: skip
 
 
 def _frequency_bars(ax, freq: pd.DataFrame, integer: bool) -> None:
@@ -677,9 +681,10 @@ def plot_heatmap(
     context = _context(table)
     suffix = f"mean over {n_seeds} seed{'s' if n_seeds != 1 else ''} and reps"
     context = f"{context} ({suffix})" if context else suffix
-    if any(marks.to_numpy().any() for _, marks in both.values()):
-        context += f"; framed: BH q < {fdr:g}"
     fig.suptitle(_title("Accuracy change from corrupting one context vector", context, title))
+    if any(marks.to_numpy().any() for _, marks in both.values()):
+        fig.text(0.01, 0.005, f"Framed cells: a row's accuracy change survives Benjamini-Hochberg control within its "
+                 f"sweep (exact McNemar test, q < {fdr:g}).", fontsize=7, ha="left", va="bottom", color="#444444")  # fmt: skip
     return fig
 
 
