@@ -19,6 +19,9 @@ What is guaranteed
 * **Superseding a run.** :func:`supersede_run` (a forced retrain) rewrites, under the run's lock in every
   named table, each part that holds rows of the run without them, one atomic rename per part; a reader
   at any moment sees each part old or new, so it may still see an old row but never a duplicate.
+* **Filling columns in place.** :meth:`Claim.update` (``nemesis fill-counts``) sets columns of a run's
+  stored rows by key, rewriting each affected part atomically under the run's lock and the table's rewrite
+  lock; it adds no row, so no key appears twice.
 * **Rewrites never race each other.** :func:`compact` and :func:`supersede_run` also take the table's
   exclusive ``.lock-table`` file; appenders never rewrite a part, so they need only the run's lock.
   Locks are taken run first, table second, so no two lockers wait on each other.
