@@ -339,8 +339,11 @@ def _frequency_bars(ax, freq: pd.DataFrame, integer: bool) -> None:
     ax.set_xticks(x, [dataset_label(d) for d in datasets], rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_xlabel("Dataset")
     ax.grid(axis="x", visible=False)
-    if ax.get_legend_handles_labels()[1]:
-        ax.legend(title=" · ".join(c.capitalize() for c in series_columns) or None)
+    handles, labels = ax.get_legend_handles_labels()
+    if labels:  # the series first, the significant share last
+        order = sorted(range(len(labels)), key=lambda i: labels[i] == "BH-significant share")
+        ax.legend([handles[i] for i in order], [labels[i] for i in order],
+                  title=" · ".join(c.capitalize() for c in series_columns) or None)  # fmt: skip
 
 
 def _frequency_lines(ax, freq: pd.DataFrame, shots: list[int]) -> None:
