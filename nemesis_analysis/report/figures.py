@@ -136,12 +136,15 @@ def frequency_figure(
     datasets: str | Sequence[str] | None = None,
     min_delta: float = 0.0,
     measure: str = "percent",
+    fdr: float = analysis.DEFAULT_FDR,
 ) -> Figure:
-    """Figure 1(b): Low-Norm Effect frequency (percent or count) against shots, one line per dataset.
+    """Figure 1(b): Low-Norm Effect frequency (percent or count) against shots, one line per dataset, with
+    the 95% interval over seeds and the share of effects that survive Benjamini-Hochberg control at ``fdr``.
 
     Seeds of a (dataset, backbone, shots, regularizer) are compared on the corruption cells they all have
     (analysis.restrict_to_common_grid warns about the cells a seed lacks).
     """
+    analysis.check_fdr(fdr)
     table_dir = store.table_path(reports_dir, "corruptions")
     corruptions = read_nonempty(reports_dir, "corruptions")
     corruptions = _filter(
@@ -149,7 +152,7 @@ def frequency_figure(
     )
     if measure == "count":
         return plots.plot_frequency(analysis.low_norm_counts(corruptions, min_delta, same_grid=True), measure="count")
-    freq = analysis.low_norm_frequency(corruptions, min_delta=min_delta, same_grid=True)
+    freq = analysis.low_norm_frequency(corruptions, min_delta=min_delta, same_grid=True, fdr=fdr)
     return plots.plot_frequency(freq, measure=measure)
 
 
@@ -226,9 +229,11 @@ def heatmap_figure(
     backbone: str | None = None,
     shots: int | None = None,
     prompt_method: str | None = None,
+    fdr: float = analysis.DEFAULT_FDR,
 ) -> Figure:
     """Accuracy delta by position x factor/std, one panel per op and shot count (never averaged over shots)
-    nor over prompt methods: CoOp by default, or ``prompt_method``."""
+    nor over prompt methods: CoOp by default, or ``prompt_method``; cells whose change survives
+    Benjamini-Hochberg control at ``fdr`` are framed."""
     table_dir = store.table_path(reports_dir, "corruptions")
     corruptions = read_nonempty(reports_dir, "corruptions")
     producer = f"`nemesis corrupt --dataset {dataset}`"
@@ -245,7 +250,7 @@ def heatmap_figure(
          f"mean over {n_seeds} seed{'s' if n_seeds != 1 else ''} and reps"]
     )  # fmt: skip
     title = f"Accuracy change from corrupting one context vector\n{context}"
-    return plots.plot_heatmap(corruptions, dataset=dataset, regularizer=regularizer, title=title)
+    return plots.plot_heatmap(corruptions, dataset=dataset, regularizer=regularizer, title=title, fdr=fdr)
 
 
 def _match_run_id(run_id: str, known: Iterable[str]) -> str | None:
