@@ -37,11 +37,6 @@ def _evaluations(reports) -> pd.DataFrame:
     return store.read_table(reports, "evaluations", dedupe=False)
 
 
-@pytest.fixture
-def session(tiny_session, tmp_path):
-    return tiny_session.replace(reports_dir=tmp_path / "reports")
-
-
 def test_evaluate_a_digits_run_equals_its_final_accuracy_and_reruns_add_nothing(tiny_context, session, checkpoints_dir):
     reports = session.reports_dir
     run = train_prompt(_config(), session)

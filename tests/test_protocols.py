@@ -188,11 +188,11 @@ def test_default_views_never_pool_base_and_new_rows():
 def test_summary_tables_say_which_class_subset(tmp_path):
     import pandas as pd
 
-    from nemesis_analysis.report import figures
+    from nemesis_analysis.report import summaries
     from nemesis_analysis.storage import store
 
     store.append_rows(tmp_path, "corruptions", pd.DataFrame(_hand_rows() + _hand_rows("r1", 1, ("all",))))
-    tables = figures.summary_tables(tmp_path)
+    tables = summaries.summary_tables(tmp_path)
     frequency = tables["frequency"].set_index("eval_classes")
     assert frequency.frequency_mean.to_dict() == {"all": 100.0, "base": 100.0, "new": 0.0}
     accuracy = tables["corruptions"].set_index("eval_classes").acc_original_mean.to_dict()
