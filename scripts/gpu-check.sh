@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-command GPU check (under 8 minutes on one GPU): CUDA-marked tests, both benchmarks on CUDA, a synthetic
+# One-command GPU check (about 10 minutes on one GPU): CUDA-marked tests, both benchmarks on CUDA, a synthetic
 # study timing; prints paste-ready lines at the end. Without a GPU it fails at once (exit 2).
 # Uses .venv/bin/python when present (scripts/setup.sh makes it), else python on PATH; PYTHON=... overrides.
 set -uo pipefail
@@ -30,7 +30,8 @@ if "$PYTHON" benchmarks/bench_corrupt.py --help 2>/dev/null | grep -q -- "--devi
 else
     echo "step bench_corrupt: skipped (benchmarks/bench_corrupt.py has no --device option yet)" >>"$LOG.summary"
 fi
-step gpu_study 170 "$PYTHON" benchmarks/gpu_study.py --budget 100  # timeouts sum to 470s
+step gpu_study 170 "$PYTHON" benchmarks/gpu_study.py --budget 100
+step bench_study 150 "$PYTHON" benchmarks/bench_study.py --quick --device cuda  # timeouts sum to 620s
 
 echo
 echo "---- paste-ready ($(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"

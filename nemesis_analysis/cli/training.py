@@ -7,7 +7,7 @@ which tests patch to check what the command passes on.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
@@ -74,6 +74,13 @@ def run_training(config, session: Session, *, force: bool):
     return train_prompt(config, session, force=force, should_stop=stop_requested)
 
 
+def run_siblings(configs: list, session: Session, *, force: bool) -> list:
+    """Train (or reuse) sibling runs fused (``--variants``): one outcome per config, a result or an error."""
+    from nemesis_analysis.training.train import Hooks, train_siblings
+
+    return train_siblings(configs, session, force=force, hooks=Hooks(should_stop=stop_requested))
+
+
 def run_sweep(config, session: Session, grid, *, seeds, prompt, run_id, chunk, force: bool, on_run, on_prompt,
               max_test=None):  # fmt: skip
     """Sweep the corruption grid (a ``GridSpec``) on each seed's run, on ``prompt`` or on the run ``run_id``."""
@@ -129,6 +136,12 @@ def print_evaluations(result) -> None:
 
 def stop_after_training(result, session: Session, stop: StopRequest) -> None:
     """A training run ended by a signal: one line on what was saved and how to resume, and exit 130/143."""
+    say_stopped(result, session)
+    raise typer.Exit(code=stop.exit_code)
+
+
+def say_stopped(result, session: Session) -> None:
+    """One line on what a stopped run saved and how to resume it."""
     state = session.run_dir(result.run_id).load_state()
     done = state.epoch + 1 if state is not None else 0
     err_console.print(
@@ -136,7 +149,45 @@ def stop_after_training(result, session: Session, stop: StopRequest) -> None:
         f"{result.run_dir}; run the same command again to resume from there",
         highlight=False, soft_wrap=True,
     )  # fmt: skip
-    raise typer.Exit(code=stop.exit_code)
+
+
+def parse_variants(text: str) -> list[dict]:
+    """``--variants coop,pun,pan,0.5`` -> the Nemesis flags of each run ({"pun", "pan", "beta"})."""
+    variants = []
+    for item in (part.strip().lower() for part in text.split(",")):
+        if item in ("coop", "pun", "pan"):
+            variants.append({"pun": item == "pun", "pan": item == "pan", "beta": None})
+            continue
+        try:
+            beta = float(item.removeprefix("beta"))
+        except ValueError:
+            raise ConfigError(
+                f"--variants: {item!r} is not coop, pun, pan or a beta in [0, 1]; e.g. --variants coop,pun,pan,0.5"
+            ) from None
+        variants.append({"pun": False, "pan": False, "beta": beta})
+    return variants
+
+
+def train_variants(variants: str, flags: dict, session_of: Callable[[], Session], force: bool) -> None:
+    """``nemesis train --variants``: one config per variant (the other flags as given), trained fused and
+    printed; an interrupted group says how to resume each run; a run that failed (diverged) is raised last."""
+    if flags.pop("pun") or flags.pop("pan") or flags.pop("beta") is not None:
+        raise ConfigError("--variants sets each run's Nemesis variant; drop --pun, --pan and --beta")
+    configs = [build_run_config(**flags, **variant) for variant in parse_variants(variants)]
+    session = session_of()
+    with graceful_stop() as stop:
+        outcomes = run_siblings(configs, session, force=force)
+    results = [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
+    for result in results:
+        print_run_result(result)
+    stopped = [result for result in results if result.stopped]
+    for result in stopped[:-1]:
+        say_stopped(result, session)
+    if stopped:
+        stop_after_training(stopped[-1], session, stop)
+    errors = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
+    if errors:
+        raise errors[0]
 
 
 def stop_after_sweep(summary, session: Session, stop: StopRequest) -> None:
@@ -157,6 +208,12 @@ def print_config_and_stop(config) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ train
+
+VariantsOpt = Annotated[
+    Optional[str],
+    typer.Option("--variants", help="Train several Nemesis variants at once, fused (one image pass per step for "
+                 "all): comma-separated coop, pun, pan or a beta in [0, 1], e.g. coop,pun,pan,0.5."),
+]
 
 
 @handle_errors
@@ -192,6 +249,7 @@ def train(
     config_file: ConfigFileOpt = None,
     set_: SetOpt = None,
     print_config: PrintConfigOpt = False,
+    variants: VariantsOpt = None,
     force: ForceOpt = False,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
     reports: ReportsOpt = DEFAULT_REPORTS,
@@ -201,9 +259,9 @@ def train(
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a prompt method (--method: CoOp, CoCoOp, PLOT, KgCoOp), with Nemesis via --pun / --pan / --beta,
-    and record it in Parquet."""
-    config = build_run_config(
+    """Train a prompt method (--method: CoOp, CoCoOp, PLOT, KgCoOp), with Nemesis via --pun / --pan / --beta
+    (or several variants at once, fused, with --variants), and record it in Parquet."""
+    flags = dict(
         given=given_options(ctx), config_file=config_file, sets=set_, pun=pun, pan=pan, beta=beta, dataset=dataset, shots=shots, seed=seed,
         backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
         ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
@@ -211,10 +269,17 @@ def train(
         method=method, plot_prompts=plot_prompts, kg_weight=kg_weight, protocol=protocol,
         allow_missing_classes=allow_missing_classes,
     )  # fmt: skip
+
+    def session_of() -> Session:
+        return build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
+                             offline=offline, cache_dir=cache_dir, quiet=quiet)  # fmt: skip
+
+    if variants is not None and not print_config:
+        return train_variants(variants, flags, session_of, force)
+    config = build_run_config(**flags)
     if print_config:
         print_config_and_stop(config)
-    session = build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
-                            offline=offline, cache_dir=cache_dir, quiet=quiet)
+    session = session_of()
     with graceful_stop() as stop:
         result = run_training(config, session, force=force)
     if result.stopped:
