@@ -85,7 +85,7 @@ def test_fused_siblings_equal_solo_runs_with_one_image_pass_per_step(solo_runs, 
     _assert_same_runs(solo_session, solo, fused_session, fused)
     # a PAN run's alpha comes from its own draws: the same as alone, not the ones CoOp or PUN would have used
     traj = store.read_table(fused_session.reports_dir, "trajectories")
-    assert traj[traj.method == "nemesis-pan"].alpha.notna().all()
+    assert traj[traj.regularizer == "nemesis-pan"].alpha.notna().all()
 
     again = train_siblings(configs, fused_session)  # finished: reused, nothing retrained
     assert all(r.reused for r in again) and len(store.read_table(fused_session.reports_dir, "runs", dedupe=False)) == 3

@@ -305,7 +305,7 @@ class SiblingGroup:
 
     def label(self) -> str:
         config = self.runs[0].config
-        methods = "+".join(dict.fromkeys(f"{r.config.prompt_method} {r.config.method}" for r in self.runs))
+        methods = "+".join(dict.fromkeys(f"{r.config.prompt_method} {r.config.regularizer}" for r in self.runs))
         return f"{methods} {config.dataset} {config.shots}-shot seed {config.seed}"
 
 
