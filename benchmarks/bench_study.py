@@ -36,14 +36,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import BATCH, OPTIM, PeakMemory, _mib, _synthetic_batches, _sync  # noqa: E402
-from classnames import CALTECH_CLASSNAMES  # noqa: E402
+from bench_train import BATCH, OPTIM, PeakMemory, _mib, _sync, _synthetic_batches
+from classnames import CALTECH_CLASSNAMES
 
-from nemesis_analysis.clip.loading import load_model  # noqa: E402
-from nemesis_analysis.config import NemesisConfig, PromptConfig, RunConfig  # noqa: E402
-from nemesis_analysis.methods.coop import CoOp  # noqa: E402
-from nemesis_analysis.storage import store  # noqa: E402
-from nemesis_analysis.training.train import (  # noqa: E402
+from nemesis_analysis.clip.loading import load_model
+from nemesis_analysis.config import NemesisConfig, PromptConfig, RunConfig
+from nemesis_analysis.methods.coop import CoOp
+from nemesis_analysis.storage import store
+from nemesis_analysis.training.train import (
     TrainingRun,
     build_optimizer,
     encode_batch,
@@ -89,7 +89,7 @@ def require(condition: bool, what: str) -> None:
 def _nemesis(*args: str, env: dict) -> float:
     """Run ``nemesis ARGS`` in a fresh process; its wall-clock seconds (a failure raises with its output)."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "nemesis_analysis.cli", *args], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "nemesis_analysis.cli", *args], env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
     require(done.returncode == 0, f"nemesis {' '.join(args)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
     return seconds
@@ -102,8 +102,9 @@ def _folders(root: Path, name: str) -> tuple[Path, Path]:
     return checkpoints, reports
 
 
-def case_study(quick: bool, epochs: int | None, root: Path, env: dict) -> None:
-    shots, seeds = ([1, 2], [1]) if quick else ([1, 2, 4], [1, 2, 3])
+def case_study(quick: bool, epochs: int | None, root: Path, env: dict, shots=None, seeds=None) -> None:
+    shots = shots or ([1, 2] if quick else [1, 2, 4])
+    seeds = seeds or ([1] if quick else [1, 2, 3])
     epochs = epochs or (5 if quick else 20)
     positions, factors = [0, 4, 8, 12], [0.0, 0.1, 0.5, 2.0, 10.0]
     grid = ["--ops", "rescale", "--positions", ",".join(map(str, positions)), "--factors", ",".join(map(str, factors))]
@@ -219,10 +220,16 @@ def case_fused(device: torch.device, steps: int, backbone: str) -> None:
     print(f"case fused-caltech101-size: reference {reference:.2f}s, ours {ours:.2f}s, speedup {reference / ours:.1f}x")
 
 
+def _ints(text: str | None) -> list[int] | None:
+    return None if text is None else [int(part) for part in text.split(",")]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="A 6-run study and one measured fused step.")
     parser.add_argument("--epochs", type=int, default=None, help="Study epochs per run (default 20; quick 5).")
+    parser.add_argument("--shots", default=None, help="Study shots, e.g. 1,2 (default 1,2,4; quick 1,2).")
+    parser.add_argument("--seeds", default=None, help="Study seeds, e.g. 1 (default 1,2,3; quick 1).")
     parser.add_argument("--steps", type=int, default=None, help="Fused case: measured steps (default 2; quick 1).")
     parser.add_argument("--device", default="cpu", help="Fused case: cpu or cuda (the study runs on CPU).")
     parser.add_argument("--backbone", default="ViT-B-16", help="Fused case: the random-init architecture.")
@@ -239,7 +246,7 @@ def main() -> int:
         repo = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
         try:
-            case_study(args.quick, args.epochs, root, env)
+            case_study(args.quick, args.epochs, root, env, _ints(args.shots), _ints(args.seeds))
         finally:
             shutil.rmtree(root, ignore_errors=True)
     if not args.skip_fused:

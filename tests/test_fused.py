@@ -5,22 +5,22 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from study_helpers import write_tiny_study
+from typer.testing import CliRunner
 
+from nemesis_analysis.cli import app
 from nemesis_analysis.clip.encoding import LoadedModel
 from nemesis_analysis.config import NemesisConfig, OptimConfig, RunConfig
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.storage import store
 from nemesis_analysis.storage.artifacts import load_prompt
-from nemesis_analysis.training import train
-from nemesis_analysis.training.siblings import check_siblings, group_by_stream
-from nemesis_analysis.training.train import Hooks, train_prompt, train_siblings
-from nemesis_analysis.cli import app
 from nemesis_analysis.study import records, work
 from nemesis_analysis.study.plan import make_plan
 from nemesis_analysis.study.runner import run_study
 from nemesis_analysis.study.spec import load_study
-from study_helpers import write_tiny_study
-from typer.testing import CliRunner
+from nemesis_analysis.training import train
+from nemesis_analysis.training.siblings import check_siblings, group_by_stream
+from nemesis_analysis.training.train import Hooks, train_prompt, train_siblings
 
 ONE_TEST_IMAGE = 100.0 / 540  # digits' test split, in accuracy points
 
@@ -173,3 +173,34 @@ def _result_of(session, run_id):
 
     data = session.run_dir(run_id).load_result()
     return SimpleNamespace(run_id=run_id, run_dir=session.run_dir(run_id).path, final_test_acc=data["final_test_acc"])
+
+
+def test_bundle_groups_ready_siblings_once_and_leaves_other_jobs_alone():
+    from nemesis_analysis.study.groups import GROUP_KIND, bundle
+    from nemesis_analysis.study.plan import Job
+
+    def job(config: RunConfig, kind: str = "train") -> Job:
+        return Job(f"{kind}:{config.run_id}", kind, "digits", config.run_id, "", payload={"config": config.to_dict()})
+
+    coop, pun, pan = [job(c) for c in _siblings()]
+    other = job(RunConfig(shots=4, seed=2, epochs=3))
+    corrupt = job(_siblings()[0], "corrupt")
+    units = bundle([coop, pun, other, corrupt], [coop, pun, pan, other])  # ready jobs are queued candidates too
+    assert [[m.id for m in members] for _, members in units] == [[coop.id, pun.id, pan.id], [other.id], [corrupt.id]]
+    assert units[0][0].kind == GROUP_KIND and units[1][0] is other and units[2][0] is corrupt
+
+
+def test_a_group_outcome_becomes_each_members_own():
+    from nemesis_analysis.study.executors import Outcome
+    from nemesis_analysis.study.groups import bundle, member_outcomes
+    from nemesis_analysis.study.plan import Job
+
+    members = [Job(f"train:{c.run_id}", "train", "digits", c.run_id, "", payload={"config": c.to_dict()}) for c in _siblings()]
+    group, _ = bundle(members, [])[0]
+    entries = {members[0].id: {"ok": True, "summary": {"reused": False}}, members[1].id: {"ok": False, "error": "diverged"}}
+    done = member_outcomes(Outcome(group.id, True, summary={"members": entries}, host="h", seconds=3.0), members)
+    assert [(o.job_id, o.ok, o.error, o.seconds) for o in done] == [
+        (members[0].id, True, "", 1.0), (members[1].id, False, "diverged", 1.0),
+        (members[2].id, False, f"group {group.id} returned nothing for job {members[2].id}", 1.0)]  # fmt: skip
+    lost = member_outcomes(Outcome(group.id, False, error="worker lost", retryable=True, seconds=3.0), members)
+    assert all(not o.ok and o.retryable and o.error == "worker lost" for o in lost)

@@ -29,6 +29,7 @@ def bundle(ready: list[Job], candidates: list[Job]) -> list[tuple[Job, list[Job]
     siblings among ``ready`` or ``candidates`` (queued jobs that are ready too). Members keep ``ready``'s
     order, and candidates follow; each job is in one unit."""
     units: list[tuple[Job, list[Job]]] = []
+    pool = list({job.id: job for job in [*ready, *candidates]}.values())  # a ready job may be a candidate too
     taken: set[str] = set()
     for job in ready:
         if job.id in taken:
@@ -36,7 +37,7 @@ def bundle(ready: list[Job], candidates: list[Job]) -> list[tuple[Job, list[Job]
         key = sibling_key(job)
         members = [job]
         if key is not None:
-            members += [o for o in [*ready, *candidates] if o.id != job.id and o.id not in taken and sibling_key(o) == key]
+            members += [o for o in pool if o.id != job.id and o.id not in taken and sibling_key(o) == key]
         taken.update(member.id for member in members)
         units.append((job, members) if len(members) == 1 else (group_job(members), members))
     return units

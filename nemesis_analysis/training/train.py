@@ -5,6 +5,9 @@ reused every epoch. Each epoch draws its shuffling, augmentation and PAN positio
 seeded by (seed, epoch), and the learning rate is a function of the epoch, so a run resumed from its
 last saved epoch produces exactly the rows of an uninterrupted one. An epoch's batches follow
 :func:`steps_per_epoch`: ours keep the last smaller batch, ``optim.drop_last`` is the reference loader's rule.
+Sibling runs (the same data stream, :mod:`~nemesis_analysis.training.siblings`) train fused
+(:func:`train_siblings`): each batch is augmented and encoded once, then each run takes its own step with
+its own copy of the epoch generator; one run alone (:func:`train_prompt`) is a group of one.
 """
 
 from __future__ import annotations
@@ -272,7 +275,8 @@ def train_locked(
             outcomes[config.run_id] = done
             continue
         run_dir.save_config(config.to_dict())
-        images = images or TrainImages(dataset, samples[0], loaded.preprocess_cfg)
+        if images is None:
+            images = TrainImages(dataset, samples[0], loaded.preprocess_cfg)
         run = start_run(config, session, loaded, dataset, run_dir, samples, images)
         run.on_step = hooks.on_step
         runs.append(run)
@@ -360,7 +364,7 @@ def start_run(
     zero_shot = zero_shot_accuracy(loaded, dataset, test_features, test_labels)
     method = build_method_for_run(config, loaded, dataset.classnames)
     optimizer = build_optimizer(list(method.trainable().values()), config.optim)
-    images = images or TrainImages(dataset, train_samples, loaded.preprocess_cfg)
+    images = images if images is not None else TrainImages(dataset, train_samples, loaded.preprocess_cfg)
     run = TrainingRun(config, loaded, method, optimizer, images, test_features.to(loaded.device), test_labels,
                       zero_shot, run_dir)  # fmt: skip
     if method.needs_local_features:
