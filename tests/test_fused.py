@@ -13,7 +13,7 @@ from nemesis_analysis.clip.encoding import LoadedModel
 from nemesis_analysis.config import NemesisConfig, OptimConfig, RunConfig
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.storage import store
-from nemesis_analysis.storage.artifacts import load_prompt
+from nemesis_analysis.storage.artifacts import read_prompt
 from nemesis_analysis.study import records, work
 from nemesis_analysis.study.plan import make_plan
 from nemesis_analysis.study.runner import run_study
@@ -55,8 +55,8 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
 def _assert_same_runs(solo_session, solo, fused_session, fused) -> None:
     assert [r.run_id for r in fused] == [r.run_id for r in solo]
     for a, b in zip(solo, fused):
-        prompt_a, _ = load_prompt(a.run_dir)
-        prompt_b, _ = load_prompt(b.run_dir)
+        prompt_a = read_prompt(a.run_dir).ctx
+        prompt_b = read_prompt(b.run_dir).ctx
         assert torch.allclose(prompt_a, prompt_b, atol=1e-5, rtol=0)
         assert abs(a.final_test_acc - b.final_test_acc) <= ONE_TEST_IMAGE + 1e-9
     traj_a = _sorted(store.read_table(solo_session.reports_dir, "trajectories"))

@@ -7,59 +7,27 @@ which tests patch to check what the command passes on.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from nemesis_analysis.cli.options import (
     DEFAULT_CHECKPOINTS,
     DEFAULT_REPORTS,
-    PARAM_FIELDS,
-    BackboneOpt,
-    BatchOpt,
-    BetaOpt,
     CacheDirOpt,
     CheckpointsOpt,
-    ConfigFileOpt,
-    CscOpt,
-    CtxInitOpt,
     DataRootOpt,
-    DatasetOpt,
     DeviceOpt,
-    EpochsOpt,
     ForceOpt,
-    KgWeightOpt,
-    LrOpt,
-    MethodOpt,
-    NCtxOpt,
-    NormTypeOpt,
-    NormWeightOpt,
     OfflineOpt,
-    OmegaOpt,
-    PanFactorOpt,
-    PanOpt,
-    PanPositionsOpt,
-    PlotPromptsOpt,
-    PositionOpt,
-    PrecisionOpt,
-    PretrainedOpt,
-    PrintConfigOpt,
-    ProtocolOpt,
-    PunOpt,
     QuietOpt,
-    RecipeOpt,
     ReportsOpt,
-    SeedOpt,
-    SetOpt,
-    ShotsOpt,
-    build_run_config,
-    given_options,
-    AllowMissingOpt,
     build_session,
     console,
     err_console,
     handle_errors,
 )
+from nemesis_analysis.cli.runoptions import RunCommand, build_run_config, given_options, run_parameter_names
 from nemesis_analysis.cli.interrupt import StopRequest, graceful_stop, stop_requested
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.session import Session
@@ -104,7 +72,7 @@ def config_of_run(session: Session, run_id: str, given: set[str], prompt: Path |
     """The RunConfig a finished or started run was trained with (``run_id`` or a unique prefix of it)."""
     from nemesis_analysis.corruption.sweep_runs import load_run_config
 
-    clashing = sorted(given & (set(PARAM_FIELDS) | {"pun", "pan", "beta", "config_file", "set_"}))
+    clashing = sorted(given & run_parameter_names())
     if clashing or prompt is not None:
         what = "--prompt" if prompt is not None else ", ".join(f"--{n.rstrip('_').replace('_', '-')}" for n in clashing)
         raise ConfigError(f"--run {run_id} sweeps the run with its own config; drop {what}")
@@ -151,45 +119,6 @@ def say_stopped(result, session: Session) -> None:
     )  # fmt: skip
 
 
-def parse_variants(text: str) -> list[dict]:
-    """``--variants coop,pun,pan,0.5`` -> the Nemesis flags of each run ({"pun", "pan", "beta"})."""
-    variants = []
-    for item in (part.strip().lower() for part in text.split(",")):
-        if item in ("coop", "pun", "pan"):
-            variants.append({"pun": item == "pun", "pan": item == "pan", "beta": None})
-            continue
-        try:
-            beta = float(item.removeprefix("beta"))
-        except ValueError:
-            raise ConfigError(
-                f"--variants: {item!r} is not coop, pun, pan or a beta in [0, 1]; e.g. --variants coop,pun,pan,0.5"
-            ) from None
-        variants.append({"pun": False, "pan": False, "beta": beta})
-    return variants
-
-
-def train_variants(variants: str, flags: dict, session_of: Callable[[], Session], force: bool) -> None:
-    """``nemesis train --variants``: one config per variant (the other flags as given), trained fused and
-    printed; an interrupted group says how to resume each run; a run that failed (diverged) is raised last."""
-    if flags.pop("pun") or flags.pop("pan") or flags.pop("beta") is not None:
-        raise ConfigError("--variants sets each run's Nemesis variant; drop --pun, --pan and --beta")
-    configs = [build_run_config(**flags, **variant) for variant in parse_variants(variants)]
-    session = session_of()
-    with graceful_stop() as stop:
-        outcomes = run_siblings(configs, session, force=force)
-    results = [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
-    for result in results:
-        print_run_result(result)
-    stopped = [result for result in results if result.stopped]
-    for result in stopped[:-1]:
-        say_stopped(result, session)
-    if stopped:
-        stop_after_training(stopped[-1], session, stop)
-    errors = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
-    if errors:
-        raise errors[0]
-
-
 def stop_after_sweep(summary, session: Session, stop: StopRequest) -> None:
     """A sweep ended by a signal: one line on the rows saved and how to go on, and exit 130/143."""
     err_console.print(
@@ -209,6 +138,12 @@ def print_config_and_stop(config) -> None:
 
 # ------------------------------------------------------------------------------------------------ train
 
+
+def say(text: str) -> None:
+    """A note for people (what a recipe changed): on stderr, so stdout stays what the command prints."""
+    err_console.print(text, highlight=False, soft_wrap=True, markup=False)
+
+
 VariantsOpt = Annotated[
     Optional[str],
     typer.Option("--variants", help="Train several Nemesis variants at once, fused (one image pass per step for "
@@ -216,39 +151,62 @@ VariantsOpt = Annotated[
 ]
 
 
-@handle_errors
-def train(
+def parse_variants(text: str) -> list[dict]:
+    """``--variants coop,pun,pan,0.5`` -> the Nemesis flags of each run ({"pun", "pan", "beta"})."""
+    variants = []
+    for item in (part.strip().lower() for part in text.split(",")):
+        if item in ("coop", "pun", "pan"):
+            variants.append({"pun": item == "pun", "pan": item == "pan", "beta": None})
+            continue
+        try:
+            beta = float(item.removeprefix("beta"))
+        except ValueError:
+            raise ConfigError(
+                f"--variants: {item!r} is not coop, pun, pan or a beta in [0, 1]; e.g. --variants coop,pun,pan,0.5"
+            ) from None
+        variants.append({"pun": False, "pan": False, "beta": beta})
+    return variants
+
+
+def variant_configs(ctx: typer.Context, variants: str) -> list:
+    """One RunConfig per variant of ``--variants``, each built from the command's other options exactly as
+    ``nemesis train`` with that variant's --pun / --pan / --beta would build it (recipes included)."""
+    given = given_options(ctx)
+    if given & {"pun", "pan", "beta"}:
+        raise ConfigError("--variants sets each run's Nemesis variant; drop --pun, --pan and --beta")
+    run = {name: ctx.params[name] for name in run_parameter_names() if name in ctx.params}
+    for name in ("pun", "pan", "beta", "print_config"):
+        run.pop(name, None)
+    config_file, sets = run.pop("config_file", None), run.pop("set_", None)
+    return [
+        build_run_config(given=given | {"beta"}, config_file=config_file, sets=sets, purpose="train", say=say,
+                         **run, **variant)  # fmt: skip
+        for variant in parse_variants(variants)
+    ]
+
+
+def train_variants(configs: list, session: Session, force: bool) -> None:
+    """``nemesis train --variants``: the runs trained fused and printed; an interrupted group says how to
+    resume each run; a run that failed (diverged) is raised after the others are printed."""
+    with graceful_stop() as stop:
+        outcomes = run_siblings(configs, session, force=force)
+    results = [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
+    for result in results:
+        print_run_result(result)
+    stopped = [result for result in results if result.stopped]
+    for result in stopped[:-1]:
+        say_stopped(result, session)
+    if stopped:
+        stop_after_training(stopped[-1], session, stop)
+    errors = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
+    if errors:
+        raise errors[0]
+
+
+def train_command(
     ctx: typer.Context,
-    method: MethodOpt = "coop",
-    dataset: DatasetOpt = "digits",
-    shots: ShotsOpt = 16,
-    seed: SeedOpt = 1,
-    backbone: BackboneOpt = "nemesis-tiny",
-    pretrained: PretrainedOpt = None,
-    n_ctx: NCtxOpt = 16,
-    csc: CscOpt = False,
-    class_token_position: PositionOpt = "end",
-    ctx_init: CtxInitOpt = None,
-    epochs: EpochsOpt = None,
-    precision: PrecisionOpt = None,
-    pun: PunOpt = False,
-    pan: PanOpt = False,
-    beta: BetaOpt = None,
-    norm_weight: NormWeightOpt = 1.0,
-    norm_type: NormTypeOpt = "l2",
-    pan_positions: PanPositionsOpt = 1,
-    pan_factor: PanFactorOpt = 0.1,
-    omega: OmegaOpt = "sigmoid",
-    recipe: RecipeOpt = None,
-    protocol: ProtocolOpt = "fewshot",
-    lr: LrOpt = 0.002,
-    batch_size: BatchOpt = 32,
-    plot_prompts: PlotPromptsOpt = 4,
-    kg_weight: KgWeightOpt = 8.0,
-    allow_missing_classes: AllowMissingOpt = False,
-    config_file: ConfigFileOpt = None,
-    set_: SetOpt = None,
-    print_config: PrintConfigOpt = False,
+    config,
+    print_config: bool,
     variants: VariantsOpt = None,
     force: ForceOpt = False,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
@@ -259,32 +217,23 @@ def train(
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a prompt method (--method: CoOp, CoCoOp, PLOT, KgCoOp), with Nemesis via --pun / --pan / --beta
-    (or several variants at once, fused, with --variants), and record it in Parquet."""
-    flags = dict(
-        given=given_options(ctx), config_file=config_file, sets=set_, pun=pun, pan=pan, beta=beta, dataset=dataset, shots=shots, seed=seed,
-        backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
-        ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
-        pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
-        method=method, plot_prompts=plot_prompts, kg_weight=kg_weight, protocol=protocol,
-        allow_missing_classes=allow_missing_classes,
-    )  # fmt: skip
-
-    def session_of() -> Session:
-        return build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
-                             offline=offline, cache_dir=cache_dir, quiet=quiet)  # fmt: skip
-
-    if variants is not None and not print_config:
-        return train_variants(variants, flags, session_of, force)
-    config = build_run_config(**flags)
+    """Train a prompt method (--method: CoOp, CoCoOp, PLOT, KgCoOp, ...), with Nemesis via --pun / --pan /
+    --beta (or several variants at once, fused, with --variants), and record it in Parquet."""
+    configs = variant_configs(ctx, variants) if variants is not None else None
     if print_config:
         print_config_and_stop(config)
-    session = session_of()
+    session = build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
+                            offline=offline, cache_dir=cache_dir, quiet=quiet)
+    if configs is not None:
+        return train_variants(configs, session, force)
     with graceful_stop() as stop:
         result = run_training(config, session, force=force)
     if result.stopped:
         stop_after_training(result, session, stop)
     print_run_result(result)
+
+
+train = handle_errors(RunCommand(train_command, purpose="train", say=say))
 
 
 # ---------------------------------------------------------------------------------------------- corrupt
@@ -324,40 +273,10 @@ MaxTestOpt = Annotated[
 ]
 
 
-# Long only in its signature: every option is listed explicitly (fastapi-cli style); the body is short.
-@handle_errors
-def corrupt(
+def corrupt_command(
     ctx: typer.Context,
-    method: MethodOpt = "coop",
-    dataset: DatasetOpt = "digits",
-    shots: ShotsOpt = 16,
-    seed: SeedOpt = 1,
-    backbone: BackboneOpt = "nemesis-tiny",
-    pretrained: PretrainedOpt = None,
-    n_ctx: NCtxOpt = 16,
-    csc: CscOpt = False,
-    class_token_position: PositionOpt = "end",
-    ctx_init: CtxInitOpt = None,
-    epochs: EpochsOpt = None,
-    precision: PrecisionOpt = None,
-    pun: PunOpt = False,
-    pan: PanOpt = False,
-    beta: BetaOpt = None,
-    norm_weight: NormWeightOpt = 1.0,
-    norm_type: NormTypeOpt = "l2",
-    pan_positions: PanPositionsOpt = 1,
-    pan_factor: PanFactorOpt = 0.1,
-    omega: OmegaOpt = "sigmoid",
-    recipe: RecipeOpt = None,
-    protocol: ProtocolOpt = "fewshot",
-    lr: LrOpt = 0.002,
-    batch_size: BatchOpt = 32,
-    plot_prompts: PlotPromptsOpt = 4,
-    kg_weight: KgWeightOpt = 8.0,
-    allow_missing_classes: AllowMissingOpt = False,
-    config_file: ConfigFileOpt = None,
-    set_: SetOpt = None,
-    print_config: PrintConfigOpt = False,
+    config,
+    print_config: bool,
     force: ForceOpt = False,
     prompt: PromptPathOpt = None,
     run: RunOpt = None,
@@ -382,15 +301,6 @@ def corrupt(
     Trains the run first when it has not finished (same flags as `train`), or analyses --prompt or --run.
     Rows already in reports/corruptions are skipped, so widening the grid computes only what is new.
     """
-    config = build_run_config(
-        given=given_options(ctx), config_file=config_file, sets=set_, pun=pun, pan=pan, beta=beta, dataset=dataset, shots=shots, seed=seed,
-        backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
-        ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
-        pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
-        method=method, plot_prompts=plot_prompts, kg_weight=kg_weight, protocol=protocol,
-        purpose="corrupt",
-        allow_missing_classes=allow_missing_classes,
-    )  # fmt: skip
     from nemesis_analysis.corruption.ops import GridSpec, parse_int_list  # imports torch: only once the config is valid
 
     grid = GridSpec.parse(ops, positions, factors, stds, reps)
@@ -413,12 +323,19 @@ def corrupt(
         stop_after_training(stopped_runs[0], session, stop)
     if summaries and summaries[-1].stopped:
         stop_after_sweep(summaries[-1], session, stop)
+    print_sweep_summaries(summaries, session)
+
+
+def print_sweep_summaries(summaries, session: Session) -> None:
     from nemesis_analysis.corruption.sweep import format_summary
 
     for summary_ in summaries:
         for line in format_summary(summary_):
             console.print(line, highlight=False, soft_wrap=True)
     console.print(f"rows in {session.reports_dir / 'corruptions'}/", highlight=False)
+
+
+corrupt = handle_errors(RunCommand(corrupt_command, purpose="corrupt", say=say))
 
 
 # ------------------------------------------------------------------------------------------------- demo
