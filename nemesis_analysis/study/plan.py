@@ -24,6 +24,7 @@ from nemesis_analysis.protocols import check_protocol
 from nemesis_analysis.storage.schema import CORRUPTION_KEY
 from nemesis_analysis.study import records
 from nemesis_analysis.study.spec import Study, StudyFileError
+from nemesis_analysis.training.siblings import stream_key
 
 KINDS: tuple[str, ...] = ("encode", "train", "corrupt", "evaluate")  # dependency order
 
@@ -261,8 +262,11 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def shard_of(job: Job, total: int) -> int:
-    """The shard a job belongs to: by run_id, so a run's train, corrupt and evaluate jobs stay together."""
+    """The shard a job belongs to: by its run's sibling group (:func:`~nemesis_analysis.training.siblings.stream_key`),
+    so a run's train, corrupt and evaluate jobs stay together and sibling runs train fused in one shard."""
     group = job.run_id or job.id
+    if job.kind in ("train", "corrupt", "evaluate") and "config" in job.payload:
+        group = "siblings:" + _digest(list(stream_key(RunConfig.from_dict(job.payload["config"]))))
     return int(hashlib.sha256(group.encode()).hexdigest()[:12], 16) % total
 
 

@@ -59,11 +59,41 @@ def train_job(job, session: Session) -> dict:
     config = RunConfig.from_dict(job.payload["config"])
     result = train_prompt(config, session, on_epoch=lambda epoch, info: faults.maybe_exit(job.id))
     if result.run_id != job.run_id:
-        raise NemesisError(
-            f"job {job.id} trained run {result.run_id}: this worker resolves the config differently "
-            f"(device {session.torch_device()}); set grid.precision and outputs.device in the study file"
-        )
+        raise NemesisError(different_run(job, result.run_id, session))
     return {"run_id": result.run_id, "final_test_acc": result.final_test_acc, "reused": result.reused}
+
+
+def train_group_job(job, session: Session) -> dict:
+    """Train sibling runs fused (:mod:`~nemesis_analysis.study.groups`): one image pass per step for all; returns
+    each member's entry ({"ok", "summary"} or {"ok": False, "error"}) under "members"."""
+    from nemesis_analysis.study.plan import Job
+    from nemesis_analysis.training.train import Hooks, train_siblings
+
+    members = [Job.from_dict(member) for member in job.payload["members"]]
+    configs = [RunConfig.from_dict(member.payload["config"]) for member in members]
+
+    def checkpoint(epoch: int, info: dict) -> None:
+        for member in members:
+            faults.maybe_exit(member.id)
+
+    outcomes = train_siblings(configs, session, hooks=Hooks(on_epoch=checkpoint))
+    entries = {}
+    for member, outcome in zip(members, outcomes):
+        if isinstance(outcome, Exception):
+            entries[member.id] = {"ok": False, "error": str(outcome)}
+        elif outcome.run_id != member.run_id:
+            entries[member.id] = {"ok": False, "error": different_run(member, outcome.run_id, session)}
+        else:
+            entries[member.id] = {"ok": True, "summary": {"run_id": outcome.run_id, "reused": outcome.reused,
+                                                          "final_test_acc": outcome.final_test_acc}}  # fmt: skip
+    return {"members": entries}
+
+
+def different_run(job, run_id: str, session: Session) -> str:
+    return (
+        f"job {job.id} trained run {run_id}: this worker resolves the config differently "
+        f"(device {session.torch_device()}); set grid.precision and outputs.device in the study file"
+    )
 
 
 def corrupt_job(job, session: Session) -> dict:
@@ -98,7 +128,8 @@ def evaluate_job(job, session: Session) -> dict:
     return {"acc": evaluation.acc, "n_test": evaluation.n_test}
 
 
-JOB_FUNCTIONS = {"encode": encode_job, "train": train_job, "corrupt": corrupt_job, "evaluate": evaluate_job}
+JOB_FUNCTIONS = {"encode": encode_job, "train": train_job, "train_group": train_group_job, "corrupt": corrupt_job,
+                 "evaluate": evaluate_job}  # fmt: skip
 
 
 def run_job(job, session: Session) -> dict:
