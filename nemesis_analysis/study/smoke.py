@@ -1,0 +1,44 @@
+"""Smoke mode: the same study structure on the embedded default, to prove a study file end to end on a CPU.
+
+Every dataset becomes ``digits`` and every backbone the tiny CLIP; one epoch, the first seed, every
+variant and every job kind (encode, train, corrupt, evaluate) are kept. Transfer protocols (dg,
+crossdataset) train on their source dataset only, so a smoke run trains them as few-shot runs and
+evaluates on digits. Outputs go to ``./smoke/<name>/`` (never the study's ``[outputs]``, which on a
+cluster names shared paths), on the CPU whatever ``[resources]`` asks, offline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from nemesis_analysis.study.spec import Backbone, Outputs, Resources, Study
+
+SMOKE_DATASET = "digits"
+SMOKE_BACKBONE = Backbone("nemesis-tiny", "embedded")
+SMOKE_EPOCHS = 1
+SMOKE_FOLDER = Path("smoke")
+_SOURCE_ONLY_PROTOCOLS = ("dg", "crossdataset")  # train on ImageNet only: refused on digits
+
+
+def smoke_root(study: Study) -> Path:
+    """``./smoke/<name>`` (relative to the current directory)."""
+    return SMOKE_FOLDER / study.name
+
+
+def smoke_study(study: Study, checkpoints: Path | None = None, reports: Path | None = None) -> Study:
+    """``study`` mapped onto the embedded default, writing under ``./smoke/<name>/`` unless overridden."""
+    grid = study.grid
+    protocol = "fewshot" if grid.protocol in _SOURCE_ONLY_PROTOCOLS else grid.protocol
+    smoke_grid = dataclasses.replace(
+        grid, datasets=(SMOKE_DATASET,), backbones=(SMOKE_BACKBONE,), seeds=grid.seeds[:1], epochs=SMOKE_EPOCHS,
+        precision=None, protocol=protocol,
+    )  # fmt: skip
+    evaluate = study.evaluate
+    if evaluate is not None:
+        evaluate = dataclasses.replace(evaluate, targets=(SMOKE_DATASET,))
+    root = smoke_root(study)
+    outputs = Outputs(checkpoints=root / "checkpoints", reports=root / "reports", device="cpu", offline=True)
+    resources = Resources(num_cpus=1.0, num_gpus=0.0, max_retries=study.resources.max_retries, max_parallel=None)
+    smoke = dataclasses.replace(study, grid=smoke_grid, evaluate=evaluate, outputs=outputs, resources=resources)
+    return smoke.with_outputs(checkpoints, reports)
