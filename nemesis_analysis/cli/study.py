@@ -72,6 +72,7 @@ def plan(
 ) -> None:
     """Expand the grid into jobs; print jobs per kind, done, to do, and the estimated cost."""
     from nemesis_analysis.study import costs, records
+    from nemesis_analysis.study.datacheck import missing_data
     from nemesis_analysis.study.plan import make_plan
     from nemesis_analysis.study.status import count_states, job_states
 
@@ -80,16 +81,22 @@ def plan(
     states = job_states(current)
     counts = count_states(states, ["kind"])
     cost = costs.estimate(current.todo, records.read_jobs(study.outputs.reports))
+    missing = missing_data(study)
     if as_json:
         jobs = [{**job.as_dict(), "state": current.state(job)} for job in current.jobs]
-        for job in jobs:
-            job.pop("payload")
-        data = {"study": study.name, "counts": counts.to_dict("records"), "cost_todo": cost.to_dict("records"), "jobs": jobs}
+        for job in jobs:  # a train job carries its resolved run config; the other payloads repeat it
+            payload = job.pop("payload")
+            if job["kind"] == "train":
+                job["config"] = payload["config"]
+        data = {"study": study.name, "counts": counts.to_dict("records"), "cost_todo": cost.to_dict("records"),
+                "missing_data": missing, "jobs": jobs}  # fmt: skip
         console.print_json(json.dumps(data, default=float))
         return
     console.print(f"study [bold]{study.name}[/]: {len(current.jobs)} jobs, {len(current.todo)} to do", highlight=False)
     _print_frame(counts, "jobs per kind")
     _print_frame(cost, "estimated cost of the jobs to do")
+    for line in missing:
+        console.print(f"missing data: {line}", highlight=False, soft_wrap=True, markup=False)
 
 
 @study_app.command()

@@ -1,7 +1,8 @@
 """Smoke mode: the same study structure on the embedded default, to prove a study file end to end on a CPU.
 
 Every dataset becomes ``digits`` and every backbone the tiny CLIP; one epoch, the first seed, every
-variant and every job kind (encode, train, corrupt, evaluate) are kept. Transfer protocols (dg,
+variant and every job kind (encode, train, corrupt, evaluate) are kept. A recipe is dropped (it would
+set the backbone or the epochs back; its dataset rules do not apply to digits). Transfer protocols (dg,
 crossdataset) train on their source dataset only, so a smoke run trains them as few-shot runs and
 evaluates on digits. Outputs go to ``./smoke/<name>/`` (never the study's ``[outputs]``, which on a
 cluster names shared paths), on the CPU whatever ``[resources]`` asks, offline.
@@ -32,7 +33,7 @@ def smoke_study(study: Study, checkpoints: Path | None = None, reports: Path | N
     protocol = "fewshot" if grid.protocol in _SOURCE_ONLY_PROTOCOLS else grid.protocol
     smoke_grid = dataclasses.replace(
         grid, datasets=(SMOKE_DATASET,), backbones=(SMOKE_BACKBONE,), seeds=grid.seeds[:1], epochs=SMOKE_EPOCHS,
-        precision=None, protocol=protocol,
+        precision=None, protocol=protocol, recipe=None,
     )  # fmt: skip
     evaluate = study.evaluate
     if evaluate is not None:

@@ -20,7 +20,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from nemesis_analysis.choices import Protocol
+from nemesis_analysis.choices import PromptMethodName, Protocol
 from nemesis_analysis.errors import ConfigError
 
 
@@ -149,6 +149,7 @@ def _grid(data: Any) -> Grid:
 
 
 PROMPT_KEYS: dict[str, Callable[[str, Any], Any]] = {
+    "method": lambda k, v: _string(k, v, tuple(m.value for m in PromptMethodName)),
     "n_ctx": lambda k, v: _integer(k, v, 1),
     "csc": _boolean,
     "class_token_position": lambda k, v: _string(k, v, ("end", "middle", "front")),
