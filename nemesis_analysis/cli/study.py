@@ -24,7 +24,7 @@ SmokeOpt = Annotated[
     bool,
     typer.Option(
         "--smoke",
-        help="The same study on the embedded default (digits, tiny CLIP, 1 epoch, one seed, CPU) under ./smoke/NAME/.",
+        help="The same study on the embedded default (digits, tiny CLIP, 2 epochs, one seed, CPU) under ./smoke/NAME/.",
     ),
 ]
 

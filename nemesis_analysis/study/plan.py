@@ -113,8 +113,9 @@ def expand_jobs(study: Study) -> list[Job]:
             train_id, Job(train_id, "train", dataset, run_id, label, (encode_id,), {"config": config.to_dict()})
         )
         if corrupt is not None and (study.corrupt.methods is None or method in study.corrupt.methods):
-            job_id = f"corrupt:{run_id}:{_digest(corrupt)}"
-            payload = {"config": config.to_dict(), "grid": corrupt, "chunk": study.corrupt.chunk}
+            max_test = study.corrupt.max_test  # part of the job's id only when set: older ids stay
+            job_id = f"corrupt:{run_id}:{_digest(corrupt if max_test is None else {**corrupt, 'max_test': max_test})}"
+            payload = {"config": config.to_dict(), "grid": corrupt, "chunk": study.corrupt.chunk, "max_test": max_test}
             by_kind["corrupt"].setdefault(job_id, Job(job_id, "corrupt", dataset, run_id, label, (train_id,), payload))
         for target in study.evaluate.targets if study.evaluate is not None else ():
             job_id = f"evaluate:{run_id}:{target}:{study.evaluate.classes}"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from nemesis_analysis.errors import NemesisError
-from nemesis_analysis.report import figures, figures_protocols, html, manifest, seeds, tables
+from nemesis_analysis.report import figures, figures_protocols, html, manifest, plots, seeds, tables
 from nemesis_analysis.storage import fsio, store
 from nemesis_analysis.study.outputs import study_output_dir
 from nemesis_analysis.study.plan import Plan, make_plan
@@ -66,7 +66,7 @@ def _splits(reports: Path) -> list[tuple]:
 
 
 def figure_views(reports: Path) -> list[html.FigureView]:
-    """Frequency (all classes, and base vs new), trajectories per split, heatmaps per dataset."""
+    """Frequency (all classes, and base vs new), trajectories per split, heatmaps per dataset (and class subset)."""
     corruptions = store.read_table(reports, "corruptions")
     views = []
     if not corruptions.empty:
@@ -75,11 +75,30 @@ def figure_views(reports: Path) -> list[html.FigureView]:
         if corruptions["eval_classes"].isin(["base", "new"]).any():
             views.append(html.figure_view("Low-Norm Effect on base vs new classes", lambda: figures_protocols.base_new_figure(reports)))
     for dataset, shots, seed, backbone in _splits(reports):
-        title = f"Trajectory: {dataset} {int(shots)}-shot seed {int(seed)} ({backbone})"
-        views.append(html.figure_view(title, lambda d=dataset, k=shots, s=seed, b=backbone: figures.trajectory_figure(reports, d, k, s, b)))
+        for per_position in (False, True):
+            what = "per-position norms" if per_position else "norm and accuracy"
+            title = f"Trajectory ({what}): {dataset} {int(shots)}-shot seed {int(seed)} ({backbone})"
+            views.append(html.figure_view(title, lambda d=dataset, k=shots, s=seed, b=backbone, p=per_position:
+                                          figures.trajectory_figure(reports, d, k, s, b, p)))  # fmt: skip
     for dataset in sorted(corruptions["dataset"].unique())[:MAX_FIGURES_PER_KIND] if not corruptions.empty else []:
-        views.append(html.figure_view(f"Heatmap: {dataset}", lambda d=dataset: figures.heatmap_figure(reports, d)))
+        subsets = [c for c in ("all", "base", "new") if ((corruptions["dataset"] == dataset) & (corruptions["eval_classes"] == c)).any()]
+        for subset in subsets:
+            if subset == "all":
+                views.append(html.figure_view(f"Heatmap: {dataset}", lambda d=dataset: figures.heatmap_figure(reports, d)))
+            else:
+                views.append(html.figure_view(f"Heatmap: {dataset}, {subset} classes", lambda d=dataset, c=subset: _subset_heatmap(corruptions, d, c)))
     return views
+
+
+def _subset_heatmap(corruptions: pd.DataFrame, dataset: str, classes: str):
+    """The heatmap of a base2new sweep on one class subset (CoOp's rows, else the only Nemesis method's)."""
+    rows = corruptions[(corruptions["dataset"] == dataset) & (corruptions["eval_classes"] == classes)]
+    methods = sorted(rows["method"].unique())
+    method = "coop" if "coop" in methods else methods[0]
+    rows = rows[rows["method"] == method].assign(eval_classes="all")  # the figure draws the "all" view
+    prompt = ", ".join(sorted(rows["prompt_method"].unique()))
+    title = f"Accuracy change from corrupting one context vector\n{dataset} · {prompt} · {method} · {classes} classes"
+    return plots.plot_heatmap(rows, dataset=dataset, method=method, title=title)
 
 
 def _grid_lines(study: Study) -> list[tuple[str, str]]:

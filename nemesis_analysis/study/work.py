@@ -87,7 +87,7 @@ def corrupt_job(job, session: Session) -> dict:
         grid = expand_grid(method.n_positions, **job.payload["grid"])  # flat positions (PLOT: N * n_ctx)
         result = run_corruption_sweep(
             session, method, ctx, identity, grid, chunk=job.payload.get("chunk"), classes=classes,
-            on_chunk=lambda index, rows: faults.maybe_exit(job.id),
+            max_test=job.payload.get("max_test"), on_chunk=lambda index, rows: faults.maybe_exit(job.id),
         )  # fmt: skip
         summary["rows_written"] += result.rows_written
         summary[f"acc_original_{classes.value}"] = result.acc_original
