@@ -103,7 +103,7 @@ def _subset_heatmap(corruptions: pd.DataFrame, dataset: str, classes: str):
 
 def _grid_lines(study: Study) -> list[tuple[str, str]]:
     grid = [(f"grid.{f.name}", _text(getattr(study.grid, f.name))) for f in dataclasses.fields(study.grid)]
-    extra = [("prompt", _text(study.prompt)), ("optim", _text(study.optim))]
+    extra = [("run settings", _text(study.base))]
     extra += [(f"variants.{name}", _text(value)) for name, value in study.variants.items()]
     if study.corrupt is not None:
         extra.append(("corrupt", _text({k: v for k, v in dataclasses.asdict(study.corrupt).items() if v is not None})))

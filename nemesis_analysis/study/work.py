@@ -9,6 +9,7 @@ jobs). The returned summaries are small dicts of numbers and strings.
 from __future__ import annotations
 
 from nemesis_analysis.config import RunConfig
+from nemesis_analysis.devices import resolve_run_config
 from nemesis_analysis.errors import NemesisError
 from nemesis_analysis.session import Session
 from nemesis_analysis.study import faults
@@ -68,7 +69,7 @@ def train_job(job, session: Session) -> dict:
 def corrupt_job(job, session: Session) -> dict:
     """Sweep the job's grid on its trained prompt, on every class subset of its protocol (base2new: base, then
     new); only keys missing from reports/corruptions are computed."""
-    from nemesis_analysis.storage.artifacts import load_prompt
+    from nemesis_analysis.storage.artifacts import read_prompt
     from nemesis_analysis.corruption.ops import expand_grid
     from nemesis_analysis.corruption.sweep_runs import method_for_identity
     from nemesis_analysis.corruption.sweep import run_corruption_sweep
@@ -77,8 +78,8 @@ def corrupt_job(job, session: Session) -> dict:
     config = RunConfig.from_dict(job.payload["config"])
     loaded, dataset = model_and_data(config, session)
     folder = session.run_dir(job.run_id).path
-    ctx, _ = load_prompt(folder)
-    identity = config.resolved(loaded.device.type).identity(n_ctx=ctx.shape[-2])
+    ctx = read_prompt(folder).ctx
+    identity = resolve_run_config(config, loaded.device).identity(n_ctx=ctx.shape[-2])
     summary = {"rows_written": 0}
     for classes in sweep_classes(config.protocol):
         names = subset_classnames(dataset.classnames, classes)
