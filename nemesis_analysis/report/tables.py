@@ -234,7 +234,7 @@ def per_seed_values(kind: str, runs: pd.DataFrame, evaluations: pd.DataFrame) ->
         table = runs.drop_duplicates("run_id", keep="last")
         if "protocol" in table.columns:
             table = table[table["protocol"].fillna("fewshot") == "fewshot"]
-        table = table.assign(column=_method_labels(table, runs) + " " + table["shots"].astype(int).astype(str) + "-shot")
+        table = table.assign(column=_column_labels(table, runs) + " " + table["shots"].astype(int).astype(str) + "-shot")
         out = _per_seed(table, ["dataset", "column"], "final_test_acc").rename(columns={"final_test_acc": "value"})
         return out.rename(columns={"dataset": "row"})
     if kind not in TABLE_KINDS:

@@ -91,14 +91,14 @@ def figure_views(reports: Path) -> list[html.FigureView]:
 
 
 def _subset_heatmap(corruptions: pd.DataFrame, dataset: str, classes: str):
-    """The heatmap of a base2new sweep on one class subset (CoOp's rows, else the only Nemesis method's)."""
+    """The heatmap of a base2new sweep on one class subset (the rows without a Nemesis term, else the first)."""
     rows = corruptions[(corruptions["dataset"] == dataset) & (corruptions["eval_classes"] == classes)]
-    methods = sorted(rows["method"].unique())
-    method = "coop" if "coop" in methods else methods[0]
-    rows = rows[rows["method"] == method].assign(eval_classes="all")  # the figure draws the "all" view
+    regularizers = sorted(rows["regularizer"].unique())
+    regularizer = "coop" if "coop" in regularizers else regularizers[0]
+    rows = rows[rows["regularizer"] == regularizer].assign(eval_classes="all")  # the figure draws the "all" view
     prompt = ", ".join(sorted(rows["prompt_method"].unique()))
-    title = f"Accuracy change from corrupting one context vector\n{dataset} · {prompt} · {method} · {classes} classes"
-    return plots.plot_heatmap(rows, dataset=dataset, method=method, title=title)
+    title = f"Accuracy change from corrupting one context vector\n{dataset} · {prompt} · {regularizer} · {classes} classes"
+    return plots.plot_heatmap(rows, dataset=dataset, regularizer=regularizer, title=title)
 
 
 def _grid_lines(study: Study) -> list[tuple[str, str]]:
