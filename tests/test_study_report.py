@@ -67,8 +67,8 @@ def test_smoke_maps_a_study_onto_the_embedded_default(tmp_path, monkeypatch):
     jobs = expand_jobs(smoke)
     configs = [job.payload["config"] for job in jobs if job.kind == "train"]
     assert len(configs) == 5  # every variant, one seed
-    assert {(c["dataset"], c["backbone"], c["pretrained"], c["seed"], c["epochs"], c["protocol"]) for c in configs} == {
-        ("digits", "nemesis-tiny", "embedded", 1, 2, "fewshot")
+    assert {(c["dataset"], c["backbone"], c["pretrained"], c["seed"], c["epochs"], c["protocol"], c["shots"]) for c in configs} == {
+        ("digits", "nemesis-tiny", "embedded", 1, 2, "fewshot", 4)
     }
     assert {job.kind for job in jobs} == {"encode", "train", "evaluate"}
     assert {job.payload["target"] for job in jobs if job.kind == "evaluate"} == {"digits"}

@@ -1,6 +1,6 @@
 """Smoke mode: the same study structure on the embedded default, to prove a study file end to end on a CPU.
 
-Every dataset becomes ``digits`` and every backbone the tiny CLIP; two epochs, the first seed, every
+Every dataset becomes ``digits`` and every backbone the tiny CLIP; two epochs, at most 4 shots, the first seed, every
 variant and every job kind (encode, train, corrupt, evaluate) are kept; corruption sweeps keep their ops
 and factors on two positions, one draw, a few test images. A recipe is dropped (it would set the backbone
 or the epochs back; its dataset rules do not apply to digits). Transfer protocols (dg,
@@ -19,6 +19,7 @@ from nemesis_analysis.study.spec import Backbone, Outputs, Resources, Study
 SMOKE_DATASET = "digits"
 SMOKE_BACKBONE = Backbone("nemesis-tiny", "embedded")
 SMOKE_EPOCHS = 2  # the first is CoOp's constant-lr warm-up: a second one learns, and trajectories have a slope
+SMOKE_MAX_SHOTS = 4  # larger shot counts train as 4 shots (batch-1 methods step once per image)
 SMOKE_POSITIONS = 2  # corruption sweeps: the first two positions, one draw per replace std
 SMOKE_MAX_TEST = 60  # corruption sweeps: a stratified subsample of the test images
 SMOKE_FOLDER = Path("smoke")
@@ -36,6 +37,7 @@ def smoke_study(study: Study, checkpoints: Path | None = None, reports: Path | N
     protocol = "fewshot" if grid.protocol in _SOURCE_ONLY_PROTOCOLS else grid.protocol
     smoke_grid = dataclasses.replace(
         grid, datasets=(SMOKE_DATASET,), backbones=(SMOKE_BACKBONE,), seeds=grid.seeds[:1], epochs=SMOKE_EPOCHS,
+        shots=tuple(dict.fromkeys(min(shots, SMOKE_MAX_SHOTS) for shots in grid.shots)),
         precision=None, protocol=protocol, recipe=None,
     )  # fmt: skip
     corrupt = study.corrupt
