@@ -395,3 +395,18 @@ def test_summary_out_and_runs_only(runner, tmp_path):
 def test_summary_no_data(runner, tmp_path):
     result = invoke(runner, "summary", "--reports", tmp_path / "none")
     assert result.exit_code == 2 and "`nemesis train" in result.output
+
+
+def test_summary_compare_to_pairs_matched_runs(runner, reports):
+    result = invoke(runner, "summary", "--reports", reports, "--compare-to", "coop")
+    assert result.exit_code == 0, result.output
+    comparison = pd.read_csv(reports / "summary_comparison.csv")
+    assert len(comparison) == len(DATASETS) * len(SHOTS) and set(comparison.regularizer) == {"nemesis-pun"}
+    assert (comparison.n_pairs == len(SEEDS)).all()
+    assert comparison.mean_diff.to_numpy() == pytest.approx(5.0)  # final_acc: PUN is CoOp + 5 on every seed
+    assert comparison.ci95_low.to_numpy() == pytest.approx(5.0) and comparison.ci95_high.to_numpy() == pytest.approx(5.0)
+    assert "mean_diff" in (reports / "summary_comparison.md").read_text()
+    refused = invoke(runner, "summary", "--reports", reports, "--compare-to", "kgcoop")
+    assert refused.exit_code == 2 and "no kgcoop runs to compare with" in refused.output
+    bad = invoke(runner, "summary", "--reports", reports, "--fdr", "0")
+    assert bad.exit_code == 2 and "--fdr must be between 0 and 1" in bad.output

@@ -153,12 +153,15 @@ def frequency_figure(
     datasets: str | Sequence[str] | None = None,
     min_delta: float = 0.0,
     measure: str = "percent",
+    fdr: float = analysis.DEFAULT_FDR,
 ) -> Figure:
-    """Figure 1(b): Low-Norm Effect frequency (percent or count) against shots, one line per dataset.
+    """Figure 1(b): Low-Norm Effect frequency (percent or count) against shots, one line per dataset, with
+    the 95% interval over seeds and the share of effects that survive Benjamini-Hochberg control at ``fdr``.
 
     Seeds of a (dataset, backbone, shots, regularizer) are compared on the corruption cells they all have
     (analysis.restrict_to_common_grid warns about the cells a seed lacks).
     """
+    analysis.check_fdr(fdr)
     table_dir = store.table_path(reports_dir, "corruptions")
     corruptions = read_nonempty(reports_dir, "corruptions")
     corruptions = _filter(
@@ -166,7 +169,7 @@ def frequency_figure(
     )
     if measure == "count":
         return plots.plot_frequency(analysis.low_norm_counts(corruptions, min_delta, same_grid=True), measure="count")
-    freq = analysis.low_norm_frequency(corruptions, min_delta=min_delta, same_grid=True)
+    freq = analysis.low_norm_frequency(corruptions, min_delta=min_delta, same_grid=True, fdr=fdr)
     return plots.plot_frequency(freq, measure=measure)
 
 
@@ -243,9 +246,11 @@ def heatmap_figure(
     backbone: str | None = None,
     shots: int | None = None,
     prompt_method: str | None = None,
+    fdr: float = analysis.DEFAULT_FDR,
 ) -> Figure:
     """Accuracy delta by position x factor/std, one panel per op and shot count (never averaged over shots)
-    nor over prompt methods: CoOp by default, or ``prompt_method``."""
+    nor over prompt methods: CoOp by default, or ``prompt_method``; cells whose change survives
+    Benjamini-Hochberg control at ``fdr`` are framed."""
     table_dir = store.table_path(reports_dir, "corruptions")
     corruptions = read_nonempty(reports_dir, "corruptions")
     producer = f"`nemesis corrupt --dataset {dataset}`"
@@ -262,7 +267,7 @@ def heatmap_figure(
          f"mean over {n_seeds} seed{'s' if n_seeds != 1 else ''} and reps"]
     )  # fmt: skip
     title = f"Accuracy change from corrupting one context vector\n{context}"
-    return plots.plot_heatmap(corruptions, dataset=dataset, regularizer=regularizer, title=title)
+    return plots.plot_heatmap(corruptions, dataset=dataset, regularizer=regularizer, title=title, fdr=fdr)
 
 
 def _match_run_id(run_id: str, known: Iterable[str]) -> str | None:
@@ -391,24 +396,30 @@ def render_all(
 
 def _with_mean_norm(summary: pd.DataFrame, runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     table = runs.drop_duplicates("run_id", keep="last")
-    grouped = table.groupby(by, sort=True, dropna=False)["mean_norm"]
-    norms = pd.DataFrame({"mean_norm_mean": grouped.mean(), "mean_norm_std": grouped.agg(analysis.sample_std)}).reset_index()
+    norms = analysis.aggregate_over_seeds(table, by, "mean_norm").reset_index()
     out = summary.merge(norms, on=by, how="left")
     order = [c for c in out.columns if c != "num_seeds"] + ["num_seeds"]
     return out[order]
 
 
-def summary_tables(reports_dir: Path | str, min_delta: float = 0.0) -> dict[str, pd.DataFrame]:
-    """Numeric summary tables (mean and std over seeds per dataset, backbone, shots, prompt method, regularizer).
+def summary_tables(
+    reports_dir: Path | str, min_delta: float = 0.0, fdr: float = analysis.DEFAULT_FDR, compare_to: str | None = None
+) -> dict[str, pd.DataFrame]:
+    """Numeric summary tables (mean, std, n and 95% Student-t interval over seeds per dataset, backbone,
+    shots, prompt method, regularizer).
 
     "runs": final test, zero-shot accuracy and mean context norm (from reports/runs);
     "corruptions": per op, uncorrupted accuracy over seeds and best/worst/mean delta (per ``eval_classes``
     too when base2new runs were swept on base and new classes);
     "frequency": the Low-Norm Effect frequency (analysis.FREQUENCY_DEFINITION), seeds compared on
     their common corruption cells; "frequency_counts": per seed, the count of Low-Norm Effect
-    corruptions `n_effect` out of the `n_reducing` norm-reducing ones (the paper plots counts).
+    corruptions `n_effect` out of the `n_reducing` norm-reducing ones (the paper plots counts), and
+    `n_significant`/`frequency_significant`: the effects that survive Benjamini-Hochberg control at ``fdr``;
+    "comparison" (with ``compare_to``, a baseline method such as coop): each other method against it on
+    matched runs (:func:`analysis.paired_comparisons`).
     Tables without rows are left out; NoDataError when neither runs nor corruptions exist.
     """
+    analysis.check_fdr(fdr)
     by = list(analysis.GROUP_COLUMNS)
     runs = store.read_table(reports_dir, "runs")
     corruptions = store.read_table(reports_dir, "corruptions")
@@ -420,17 +431,20 @@ def summary_tables(reports_dir: Path | str, min_delta: float = 0.0) -> dict[str,
     tables: dict[str, pd.DataFrame] = {}
     if not runs.empty:
         tables["runs"] = _with_mean_norm(analysis.summarize_runs(runs, by), runs, by)
+        if compare_to is not None:
+            tables["comparison"] = analysis.paired_comparisons(runs, compare_to)
     if not corruptions.empty:
         # base2new sweeps measured base and new classes apart: their rows say which (column eval_classes).
         by = by + ["eval_classes"] if (corruptions["eval_classes"] != analysis.ALL_CLASSES).any() else by
         summary = analysis.summarize_corruptions(corruptions, by)
         if not summary.empty:
             tables["corruptions"] = summary
-        common = analysis.restrict_to_common_grid(corruptions, by)
-        frequency = analysis.low_norm_frequency(common, min_delta=min_delta, by=by)
+        common = analysis.restrict_to_common_grid(analysis.with_q_values(corruptions), by)  # q-values per whole sweep
+        frequency = analysis.low_norm_frequency(common, min_delta=min_delta, by=by, fdr=fdr)
         if not frequency.empty:
             tables["frequency"] = frequency
-            tables["frequency_counts"] = analysis.low_norm_frequency_per_seed(common, min_delta=min_delta, by=by)
+            tables["frequency_counts"] = analysis.low_norm_frequency_per_seed(common, min_delta=min_delta, by=by,
+                                                                              fdr=fdr)  # fmt: skip
     return tables
 
 
@@ -447,7 +461,8 @@ def write_summary(tables: dict[str, pd.DataFrame], out_dir: Path | str) -> list[
         csv = out_dir / f"summary_{name}.csv"
         markdown = out_dir / f"summary_{name}.md"
         fsio.atomic_write_text(csv, table.to_csv(index=False), "a summary table")
-        text = f"{analysis.FREQUENCY_DEFINITION}\n\n" if name == "frequency" else ""
+        text = {"frequency": f"{analysis.FREQUENCY_DEFINITION}\n\n",
+                "comparison": f"{analysis.COMPARISON_DEFINITION}\n\n"}.get(name, "")  # fmt: skip
         fsio.atomic_write_text(markdown, text + analysis.format_table_markdown(display_table(table)) + "\n", "a summary table")
         paths += [csv, markdown]
     return paths
