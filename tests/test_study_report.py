@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from nemesis_analysis import stats
 from nemesis_analysis.cli import app
 from nemesis_analysis.report import html, seeds, tables
 from nemesis_analysis.storage import store
@@ -78,10 +79,10 @@ def test_smoke_maps_a_study_onto_the_embedded_default(tmp_path, monkeypatch):
 
 
 def test_t_interval_and_seed_summary_known_values():
-    low, high = seeds.t_interval([1.0, 2.0, 3.0])
+    low, high = stats.t_interval([1.0, 2.0, 3.0])
     half = 4.302652729911275 / math.sqrt(3.0)  # t(0.975, df=2) x sem (sample std 1)
     assert low == pytest.approx(2.0 - half) and high == pytest.approx(2.0 + half)
-    assert all(math.isnan(v) for v in seeds.t_interval([5.0]))
+    assert all(math.isnan(v) for v in stats.t_interval([5.0]))
     per_seed = pd.DataFrame({"row": ["a"] * 3 + ["b"], "column": ["x"] * 4, "seed": [1, 2, 3, 1], "value": [1.0, 2.0, 3.0, 7.0]})
     summary = seeds.seed_summary(per_seed).set_index("row")
     assert summary.loc["a", ["seed 1", "seed 2", "seed 3", "n", "mean", "std"]].tolist() == [1.0, 2.0, 3.0, 3, 2.0, 1.0]

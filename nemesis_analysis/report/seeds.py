@@ -1,26 +1,12 @@
-"""Per-seed values side by side with their mean, sample std and Student-t 95% interval (pure pandas + scipy)."""
+"""Per-seed values side by side with their mean, sample std and Student-t 95% interval (``stats.t_interval``)."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
-CONFIDENCE = 0.95
-
-
-def t_interval(values, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Two-sided Student-t interval of the mean of ``values`` (NaN, NaN with fewer than two values)."""
-    values = np.asarray([v for v in values if not pd.isna(v)], dtype=float)
-    if values.size < 2:
-        return math.nan, math.nan
-    mean, sem = float(values.mean()), float(values.std(ddof=1) / math.sqrt(values.size))
-    if sem == 0.0:
-        return mean, mean
-    low, high = stats.t.interval(confidence, df=values.size - 1, loc=mean, scale=sem)
-    return float(low), float(high)
+from nemesis_analysis.stats import t_interval
 
 
 def seed_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
@@ -34,7 +20,7 @@ def seed_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
     records = []
     for (row, column), group in per_seed.groupby(["row", "column"], sort=False):
         values = group.set_index("seed")["value"].dropna()
-        low, high = t_interval(values)
+        low, high = t_interval(values.to_numpy(float))
         record = {"row": row, "column": column}
         record.update({f"seed {s}": float(values[s]) if s in values.index else math.nan for s in seeds})
         record.update(
