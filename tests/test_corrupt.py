@@ -43,11 +43,6 @@ def csc_run(tiny_session, tmp_path_factory):
     return train_prompt(config, session)
 
 
-@pytest.fixture
-def session(tiny_session, tmp_path):
-    return tiny_session.replace(reports_dir=tmp_path / "reports")
-
-
 def _identity(run, ctx):
     return run.config.identity(n_ctx=ctx.shape[-2])
 

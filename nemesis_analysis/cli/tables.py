@@ -135,13 +135,13 @@ def summary(
     compare_to: Annotated[Optional[str], typer.Option("--compare-to", help="Compare every other regularizer with this one (e.g. coop) on matched runs: mean difference, 95% interval, paired t-test.")] = None,
 ) -> None:
     """Accuracy tables, mean ± std over seeds per (dataset, shots, regularizer); saved as CSV and Markdown."""
-    from nemesis_analysis.report import figures
+    from nemesis_analysis.report import analysis, summaries
 
     if table_kind is not None or compare is not None or table_format != "md":
-        for path in figures.print_paper_table(reports, out, table_kind, table_format, compare, echo=console.out):
+        for path in summaries.print_paper_table(reports, out, table_kind, table_format, compare, echo=console.out):
             console.print(str(path), highlight=False, soft_wrap=True)
         return
-    tables = figures.summary_tables(reports, min_delta=min_delta, fdr=fdr, compare_to=compare_to)
+    tables = summaries.summary_tables(reports, min_delta=min_delta, fdr=fdr, compare_to=compare_to)
     titles = {
         "runs": "trained runs: test accuracy (%), zero-shot accuracy (%), mean context norm",
         "corruptions": "corruptions: uncorrupted accuracy (%) and accuracy change (points) per op",
@@ -150,23 +150,15 @@ def summary(
         "frequency_counts": "Low-Norm Effect count per seed: n_effect of n_reducing norm-reducing corruptions",
     }
     for name, frame in tables.items():
-        shown = figures.display_table(frame)
+        shown = summaries.display_table(frame)
         table = Table(title=titles.get(name, name))
         for column in shown.columns:
             table.add_column(str(column), overflow="fold")
         for row in shown.itertuples(index=False, name=None):
-            table.add_row(*(_cell(value) for value in row))
+            table.add_row(*(analysis.format_cell(value) for value in row))
         console.print(table)
     for name in ("runs", "corruptions"):
         if name not in tables:
             console.print(f"no {name} rows yet in {reports / name}", highlight=False)
-    for path in figures.write_summary(tables, out if out is not None else reports):
+    for path in summaries.write_summary(tables, out if out is not None else reports):
         console.print(str(path), highlight=False, soft_wrap=True)
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return "–" if value != value else f"{value:.2f}"
-    return str(value)
-
-

@@ -550,6 +550,17 @@ def merge_mean_std(
     return out
 
 
+def format_cell(value, float_fmt: str = "{:.2f}", na: str = "–") -> str:
+    """One table cell as text (Markdown, the terminal): floats through `float_fmt`, None and NaN as `na`."""
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return na
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (float, np.floating)):
+        return float_fmt.format(float(value))
+    return str(value)
+
+
 def format_interval(low: float, high: float, fmt: str = "{:.2f}") -> str:
     """`[70.11, 72.35]`; empty when the interval is NaN (one seed)."""
     if low is None or high is None or pd.isna(low) or pd.isna(high):
@@ -558,16 +569,10 @@ def format_interval(low: float, high: float, fmt: str = "{:.2f}") -> str:
 
 
 def format_table_markdown(df: pd.DataFrame, float_fmt: str = "{:.2f}", na: str = "–") -> str:
-    """A GitHub pipe table: floats through `float_fmt`, NaN as `na`, numbers right-aligned."""
+    """A GitHub pipe table: cells through :func:`format_cell`, numbers right-aligned."""
 
     def cell(value) -> str:
-        if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
-            return na
-        if isinstance(value, (bool, np.bool_)):
-            return str(bool(value))
-        if isinstance(value, (float, np.floating)):
-            return float_fmt.format(float(value))
-        return str(value).replace("|", "\\|").replace("\n", " ")
+        return format_cell(value, float_fmt, na).replace("|", "\\|").replace("\n", " ")
 
     header = [str(c).replace("|", "\\|") for c in df.columns]
     rows = [[cell(v) for v in row] for row in df.itertuples(index=False, name=None)]

@@ -66,28 +66,8 @@ COLORBLIND10: tuple[str, ...] = (
 DATASET_COLORS: tuple[str, ...] = tuple(c for c in COLORBLIND10 if c not in ("#ECE133", "#FBAFE4"))
 # 7 markers against 8 colours (coprime): the first 56 datasets get distinct pairs.
 DATASET_MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X")
-# CoOp's benchmark order; the key is the name lower-cased with non-alphanumerics removed.
-_KNOWN_DATASETS: tuple[tuple[str, str], ...] = (
-    ("imagenet", "ImageNet"),
-    ("caltech101", "Caltech101"),
-    ("oxfordpets", "OxfordPets"),
-    ("stanfordcars", "StanfordCars"),
-    ("oxfordflowers", "Flowers102"),
-    ("food101", "Food101"),
-    ("fgvcaircraft", "FGVCAircraft"),
-    ("sun397", "SUN397"),
-    ("dtd", "DTD"),
-    ("eurosat", "EuroSAT"),
-    ("ucf101", "UCF101"),
-    ("digits", "Digits"),
-    ("imagenetv2", "ImageNet-V2"),
-    ("imagenetsketch", "ImageNet-Sketch"),
-    ("imageneta", "ImageNet-A"),
-    ("imagenetr", "ImageNet-R"),
-)
+# Spellings of dataset names other than the registry's; keys are lower-cased with non-alphanumerics removed.
 _DATASET_ALIASES: dict[str, str] = {"flowers102": "oxfordflowers", "pets": "oxfordpets", "aircraft": "fgvcaircraft"}
-_DATASET_INDEX: dict[str, int] = {key: i for i, (key, _) in enumerate(_KNOWN_DATASETS)}
-_DATASET_LABELS: dict[str, str] = dict(_KNOWN_DATASETS)
 
 NORM_LABELS: dict[str, str] = {
     "norm": "L2 norm ‖p_i‖₂",
@@ -159,17 +139,25 @@ def _dataset_key(dataset: str) -> str:
     return _DATASET_ALIASES.get(key, key)
 
 
+@functools.cache
+def _known_datasets() -> dict[str, tuple[int, str]]:
+    """{key: (registration index, display name)} of the registered datasets (data.registry declares them)."""
+    from nemesis_analysis.data.registry import DATASETS
+
+    return {_dataset_key(name): (i, entry.label) for i, (name, entry) in enumerate(DATASETS.items())}
+
+
 def dataset_label(dataset: str) -> str:
     """Display name of a dataset: oxford_pets -> OxfordPets; unknown names unchanged."""
-    return _DATASET_LABELS.get(_dataset_key(dataset), str(dataset))
+    known = _known_datasets().get(_dataset_key(dataset))
+    return known[1] if known else str(dataset)
 
 
 def dataset_style(dataset: str) -> tuple[str, str]:
-    """(colour, marker) of a dataset in every figure."""
+    """(colour, marker) of a dataset in every figure, fixed by its place in the registry."""
     key = _dataset_key(dataset)
-    index = _DATASET_INDEX.get(key)
-    if index is None:
-        index = len(_KNOWN_DATASETS) + _stable_index(key, 1000)
+    known = _known_datasets().get(key)
+    index = known[0] if known else len(_known_datasets()) + _stable_index(key, 1000)
     return DATASET_COLORS[index % len(DATASET_COLORS)], DATASET_MARKERS[index % len(DATASET_MARKERS)]
 
 

@@ -323,12 +323,12 @@ def compare_paper(table: ResultTable) -> ResultTable:
 
 
 def cell_text(cell: Cell, pm: str = " ± ") -> str:
+    """'71.23 ± 0.45 (n=3)' (analysis.format_mean_std and the seeds), or the cell's note."""
     if cell.note:
         return cell.note
-    text = f"{cell.mean:.2f}" if math.isnan(cell.std) else f"{cell.mean:.2f}{pm}{cell.std:.2f}"
     low, high = cell.ci95
-    interval = "" if math.isnan(low) else f" [{low:.2f}, {high:.2f}]"
-    return f"{text} (n={cell.n_seeds}){interval}"
+    interval = "" if math.isnan(low) else f" {analysis.format_interval(low, high)}"
+    return f"{analysis.format_mean_std(cell.mean, cell.std, sep=pm)} (n={cell.n_seeds}){interval}"
 
 
 def _wide(table: ResultTable, pm: str = " ± ") -> tuple[list[str], list[list[str]]]:
@@ -343,7 +343,7 @@ def _wide(table: ResultTable, pm: str = " ± ") -> tuple[list[str], list[list[st
             line.append(cell_text(cell, pm))
             if table.compared:
                 has = not math.isnan(cell.paper)
-                line.append(f"{cell.paper:.2f}" if has else "–")
+                line.append(analysis.format_cell(cell.paper))
                 line.append(f"{cell.diff:+.2f}" if has and not cell.note else "–")
         body.append(line)
     return header, body
