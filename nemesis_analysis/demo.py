@@ -22,6 +22,19 @@ DEMO_SEED = 1
 DEMO_REGULARIZERS = {"coop": None, "nemesis-pun": 1.0, "nemesis-pan": 0.0}
 
 
+def demo_study(checkpoints: Path, reports: Path, device: str):
+    """What the demo runs, as a study (so ``nemesis study report`` can describe it): its runs, CoOp's sweep."""
+    from nemesis_analysis.study.spec import parse_study
+
+    data = {
+        "study": {"name": "demo", "description": "nemesis demo: CoOp, PUN and PAN on digits, CoOp's prompt swept"},
+        "grid": {"datasets": [DEMO_DATASET], "shots": [DEMO_SHOTS], "seeds": [DEMO_SEED], "methods": ["coop", "pun", "pan"]},
+        "corrupt": {"grid": "default", "methods": ["coop"]},
+        "outputs": {"checkpoints": str(checkpoints), "reports": str(reports), "device": device},
+    }
+    return parse_study(data).with_outputs()
+
+
 def demo_config(beta: float | None) -> RunConfig:
     return RunConfig(dataset=DEMO_DATASET, shots=DEMO_SHOTS, seed=DEMO_SEED, nemesis=NemesisConfig(beta=beta))
 
@@ -94,6 +107,14 @@ def run_demo(
         console.print(str(path), highlight=False, soft_wrap=True)
     if not figure_paths:
         console.print("no figures: the reports tables are empty", highlight=False)
+
+    # ---- step 5: the one-file HTML report
+    from nemesis_analysis.study.report import write_study_report
+
+    console.rule("[bold]5. report")
+    report = write_study_report(demo_study(session.checkpoints_dir, session.reports_dir, session.torch_device().type))
+    result.extra["report"] = report
+    console.print(f"report: {report}", highlight=False, soft_wrap=True)
 
     result.seconds = time.perf_counter() - started
     console.rule("[bold]summary")

@@ -49,9 +49,10 @@ KEY_OPTIONS = {
     ("plot", "base-new"): ["--reports", "--out", "--format", "--min-delta"],
     ("evaluate",): ["--run", "--prompt", "--dataset", "--classes", *ENVIRONMENT],
     ("study", "init"): ["--force"],
-    ("study", "plan"): ["--json", "--checkpoints", "--reports"],
-    ("study", "run"): ["--executor", "--address", "--max-parallel", "--shard", "--figures", "--checkpoints", "--reports"],
-    ("study", "status"): ["--json", "--checkpoints", "--reports"],
+    ("study", "plan"): ["--json", "--checkpoints", "--reports", "--smoke"],
+    ("study", "run"): ["--executor", "--address", "--max-parallel", "--shard", "--figures", "--checkpoints", "--reports", "--smoke"],
+    ("study", "status"): ["--json", "--checkpoints", "--reports", "--smoke"],
+    ("study", "report"): ["--checkpoints", "--reports", "--smoke"],
 }
 GROUPS = {("plot",), ("study",)}
 

@@ -231,6 +231,38 @@ def crossdataset(evaluations: pd.DataFrame, runs: pd.DataFrame | None = None) ->
     return _transfer(evaluations, runs, "crossdataset", "Cross-dataset accuracy (%)")
 
 
+def per_seed_values(kind: str, runs: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFrame:
+    """The per-seed values behind the dataset rows of table ``kind``: row, column, seed, value.
+
+    Same rows, columns and filters as :func:`build`, so each cell's mean is the mean of its values here;
+    a base-to-new H per seed is the harmonic mean of that seed's B and N (the table's H is that of the means).
+    """
+    if kind == "fewshot":
+        table = runs.drop_duplicates("run_id", keep="last")
+        if "protocol" in table.columns:
+            table = table[table["protocol"].fillna("fewshot") == "fewshot"]
+        table = table.assign(column=_column_labels(table, runs) + " " + table["shots"].astype(int).astype(str) + "-shot")
+        out = _per_seed(table, ["dataset", "column"], "final_test_acc").rename(columns={"final_test_acc": "value"})
+        return out.rename(columns={"dataset": "row"})
+    if kind not in TABLE_KINDS:
+        raise ConfigError(f"unknown table {kind!r}; choose one of: {', '.join(TABLE_KINDS)}")
+    table = _evaluations(evaluations, runs, kind)
+    if kind != "base2new":
+        table = table[table["eval_classes"] == "all"]
+        return _per_seed(table, ["eval_dataset", "column"], "acc").rename(columns={"eval_dataset": "row", "acc": "value"})
+    table = table[table["eval_dataset"] == table["dataset"]]
+    parts = {
+        part: _per_seed(table[table["eval_classes"] == classes], ["dataset", "column"], "acc")
+        for classes, part in (("base", "B"), ("new", "N"))
+    }
+    both = parts["B"].merge(parts["N"], on=["dataset", "column", "seed"], suffixes=("_b", "_n"))
+    harmonic = both.assign(acc=[harmonic_mean(b, n) for b, n in zip(both["acc_b"], both["acc_n"])])
+    parts["H"] = harmonic[["dataset", "column", "seed", "acc"]]
+    frames = [frame.assign(column=frame["column"] + f" {part}") for part, frame in parts.items()]
+    out = pd.concat(frames, ignore_index=True).rename(columns={"dataset": "row", "acc": "value"})
+    return out[["row", "column", "seed", "value"]]
+
+
 def build(kind: str, runs: pd.DataFrame, evaluations: pd.DataFrame) -> ResultTable:
     """The table ``kind`` (one of TABLE_KINDS) from the runs and evaluations tables."""
     if kind not in TABLE_KINDS:

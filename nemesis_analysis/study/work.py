@@ -97,25 +97,32 @@ def different_run(job, run_id: str, session: Session) -> str:
 
 
 def corrupt_job(job, session: Session) -> dict:
-    """Sweep the job's grid on its trained prompt; only keys missing from reports/corruptions are computed."""
+    """Sweep the job's grid on its trained prompt, on every class subset of its protocol (base2new: base, then
+    new); only keys missing from reports/corruptions are computed."""
     from nemesis_analysis.storage.artifacts import read_prompt
     from nemesis_analysis.corruption.ops import expand_grid
     from nemesis_analysis.corruption.sweep_runs import method_for_identity
     from nemesis_analysis.corruption.sweep import run_corruption_sweep
+    from nemesis_analysis.protocols import subset_classnames, sweep_classes
 
     config = RunConfig.from_dict(job.payload["config"])
     loaded, dataset = model_and_data(config, session)
     folder = session.run_dir(job.run_id).path
     ctx = read_prompt(folder).ctx
     identity = resolve_run_config(config, loaded.device).identity(n_ctx=ctx.shape[-2])
-    method = method_for_identity(loaded, dataset.classnames, identity, config.method_options())
-    method.load(folder)  # every saved tensor, not only the context (CoCoOp's meta-network)
-    grid = expand_grid(method.n_positions, **job.payload["grid"])  # flat positions (PLOT: N * n_ctx)
-    summary = run_corruption_sweep(
-        session, method, ctx, identity, grid, chunk=job.payload.get("chunk"),
-        on_chunk=lambda index, rows: faults.maybe_exit(job.id),
-    )  # fmt: skip
-    return {"rows_written": summary.rows_written, "acc_original": summary.acc_original}
+    summary = {"rows_written": 0}
+    for classes in sweep_classes(config.protocol):
+        names = subset_classnames(dataset.classnames, classes)
+        method = method_for_identity(loaded, names, identity, config.method_options())
+        method.load(folder)  # every saved tensor, not only the context (CoCoOp's meta-network)
+        grid = expand_grid(method.n_positions, **job.payload["grid"])  # flat positions (PLOT: N * n_ctx)
+        result = run_corruption_sweep(
+            session, method, ctx, identity, grid, chunk=job.payload.get("chunk"), classes=classes,
+            max_test=job.payload.get("max_test"), on_chunk=lambda index, rows: faults.maybe_exit(job.id),
+        )  # fmt: skip
+        summary["rows_written"] += result.rows_written
+        summary[f"acc_original_{classes.value}"] = result.acc_original
+    return summary
 
 
 def evaluate_job(job, session: Session) -> dict:
