@@ -22,6 +22,19 @@ DEMO_SEED = 1
 DEMO_REGULARIZERS = {"coop": None, "nemesis-pun": 1.0, "nemesis-pan": 0.0}
 
 
+def demo_study(checkpoints: Path, reports: Path, device: str):
+    """What the demo runs, as a study (so ``nemesis study report`` can describe it): its runs, CoOp's sweep."""
+    from nemesis_analysis.study.spec import parse_study
+
+    data = {
+        "study": {"name": "demo", "description": "nemesis demo: CoOp, PUN and PAN on digits, CoOp's prompt swept"},
+        "grid": {"datasets": [DEMO_DATASET], "shots": [DEMO_SHOTS], "seeds": [DEMO_SEED], "methods": ["coop", "pun", "pan"]},
+        "corrupt": {"grid": "default", "methods": ["coop"]},
+        "outputs": {"checkpoints": str(checkpoints), "reports": str(reports), "device": device},
+    }
+    return parse_study(data).with_outputs()
+
+
 def demo_config(beta: float | None) -> RunConfig:
     return RunConfig(dataset=DEMO_DATASET, shots=DEMO_SHOTS, seed=DEMO_SEED, nemesis=NemesisConfig(beta=beta))
 
@@ -68,17 +81,21 @@ def run_demo(
     console.print(f"zero-shot accuracy (hand-crafted prompt): {coop.zero_shot_acc:.2f}%", highlight=False)
     console.print(runs_table(result.runs))
 
-    # ---- step 3: corruption sweep on the CoOp run (Low-Norm Effect)
-    console.rule("[bold]3. corruption sweep on the CoOp run (Low-Norm Effect)")
+    # ---- step 3: corruption sweeps of the three prompts (Low-Norm Effect); training dominates, sweeps take seconds
+    console.rule("[bold]3. corruption sweeps of the CoOp, PUN and PAN prompts (Low-Norm Effect)")
     from nemesis_analysis.corruption.ops import GridSpec
     from nemesis_analysis.corruption.sweep_runs import sweep_trained_run
     from nemesis_analysis.corruption.sweep import format_summary
 
     grid = GridSpec().expand(len(coop.position_norms))  # the default grid: every position, rescale and replace
-    sweep = sweep_trained_run(session, coop, grid)
-    result.extra["corruption"] = sweep
-    for line in format_summary(sweep):
-        console.print(line, highlight=False, soft_wrap=True)
+    result.extra["corruptions"] = {}
+    for method, run in result.runs.items():
+        sweep = sweep_trained_run(session, run, grid)
+        result.extra["corruptions"][method] = sweep
+        console.print(f"[bold]{method}[/bold]", highlight=False)
+        for line in format_summary(sweep):
+            console.print(line, highlight=False, soft_wrap=True)
+    result.extra["corruption"] = result.extra["corruptions"]["coop"]
 
     # ---- step 4: figures
     from nemesis_analysis.report.figures import render_all  # no torch: tables and matplotlib only
@@ -90,6 +107,14 @@ def run_demo(
         console.print(str(path), highlight=False, soft_wrap=True)
     if not figure_paths:
         console.print("no figures: the reports tables are empty", highlight=False)
+
+    # ---- step 5: the one-file HTML report
+    from nemesis_analysis.study.report import write_study_report
+
+    console.rule("[bold]5. report")
+    report = write_study_report(demo_study(session.checkpoints_dir, session.reports_dir, session.torch_device().type))
+    result.extra["report"] = report
+    console.print(f"report: {report}", highlight=False, soft_wrap=True)
 
     result.seconds = time.perf_counter() - started
     console.rule("[bold]summary")

@@ -66,7 +66,8 @@ step() {  # step NAME TIMEOUT_SECONDS COMMAND...: run (output shown and kept), t
 step tests 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests
 step bench_train 120 "$PY" benchmarks/bench_train.py --quick --device cuda --checkpoints "$NEMESIS_TEST_CHECKPOINTS"
 step bench_corrupt 90 "$PY" benchmarks/bench_corrupt.py --quick --device cuda --checkpoints "$NEMESIS_TEST_CHECKPOINTS"
-step gpu_study 170 "$PY" benchmarks/gpu_study.py --epochs 1 --budget 60  # timeouts sum to 530s
+step gpu_study 130 "$PY" benchmarks/gpu_study.py --epochs 1 --budget 60
+step bench_study 100 "$PY" benchmarks/bench_study.py --quick --device cuda  # timeouts sum to 590s
 
 echo
 echo "---- gpu-check ($(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"

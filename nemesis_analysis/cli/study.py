@@ -1,4 +1,4 @@
-"""``nemesis study init | plan | run | status``: thin commands over :mod:`nemesis_analysis.study`."""
+"""``nemesis study init | plan | run | status | report``: thin commands over :mod:`nemesis_analysis.study`."""
 
 from __future__ import annotations
 
@@ -20,12 +20,21 @@ StudyArg = Annotated[Path, typer.Argument(help="The study file (TOML); `nemesis 
 CheckpointsOpt = Annotated[Optional[Path], typer.Option("--checkpoints", help="Override the study file's outputs.checkpoints.")]
 ReportsOpt = Annotated[Optional[Path], typer.Option("--reports", help="Override the study file's outputs.reports.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+SmokeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--smoke",
+        help="The same study on the embedded default (digits, tiny CLIP, 2 epochs, one seed, CPU) under ./smoke/NAME/.",
+    ),
+]
 
 
-def _load(path: Path, checkpoints: Path | None, reports: Path | None):
+def _load(path: Path, checkpoints: Path | None, reports: Path | None, smoke: bool = False):
+    from nemesis_analysis.study.smoke import smoke_study
     from nemesis_analysis.study.spec import load_study
 
-    return load_study(path).with_outputs(checkpoints, reports)
+    study = load_study(path)
+    return smoke_study(study, checkpoints, reports) if smoke else study.with_outputs(checkpoints, reports)
 
 
 def _print_frame(frame, title: str) -> None:
@@ -57,29 +66,37 @@ def init(
 
 @study_app.command()
 @handle_errors
-def plan(study_file: StudyArg, as_json: JsonOpt = False, checkpoints: CheckpointsOpt = None, reports: ReportsOpt = None) -> None:
+def plan(
+    study_file: StudyArg, as_json: JsonOpt = False, checkpoints: CheckpointsOpt = None, reports: ReportsOpt = None,
+    smoke: SmokeOpt = False,
+) -> None:
     """Expand the grid into jobs; print jobs per kind, done, to do, and the estimated cost."""
     from nemesis_analysis.study import costs, records
+    from nemesis_analysis.study.datacheck import missing_data
     from nemesis_analysis.study.plan import make_plan
     from nemesis_analysis.study.status import count_states, job_states
 
-    study = _load(study_file, checkpoints, reports)
+    study = _load(study_file, checkpoints, reports, smoke)
     current = make_plan(study)
     states = job_states(current)
     counts = count_states(states, ["kind"])
     cost = costs.estimate(current.todo, records.read_jobs(study.outputs.reports))
+    missing = missing_data(study)
     if as_json:
         jobs = [{**job.as_dict(), "state": current.state(job)} for job in current.jobs]
-        for job in jobs:  # a train job shows its resolved run config (the layout --print-config prints)
+        for job in jobs:  # a train job carries its resolved run config; the other payloads repeat it
             payload = job.pop("payload")
             if job["kind"] == "train":
                 job["config"] = payload["config"]
-        data = {"study": study.name, "counts": counts.to_dict("records"), "cost_todo": cost.to_dict("records"), "jobs": jobs}
+        data = {"study": study.name, "counts": counts.to_dict("records"), "cost_todo": cost.to_dict("records"),
+                "missing_data": missing, "jobs": jobs}  # fmt: skip
         console.print_json(json.dumps(data, default=float))
         return
     console.print(f"study [bold]{study.name}[/]: {len(current.jobs)} jobs, {len(current.todo)} to do", highlight=False)
     _print_frame(counts, "jobs per kind")
     _print_frame(cost, "estimated cost of the jobs to do")
+    for line in missing:
+        console.print(f"missing data: {line}", highlight=False, soft_wrap=True, markup=False)
 
 
 @study_app.command()
@@ -96,11 +113,13 @@ def run(
     checkpoints: CheckpointsOpt = None,
     reports: ReportsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    smoke: SmokeOpt = False,
 ) -> None:
-    """Run every job that is not done; failed jobs are recorded and do not stop the others."""
+    """Run every job that is not done; failed jobs are recorded and do not stop the others; ends with the HTML report."""
     from nemesis_analysis.errors import ConfigError
     from nemesis_analysis.study.outputs import write_study_outputs
     from nemesis_analysis.study.plan import make_plan, parse_shard, select_jobs
+    from nemesis_analysis.study.report import write_study_report
     from nemesis_analysis.study.runner import run_study
 
     if executor not in ("local", "ray"):
@@ -109,7 +128,7 @@ def run(
         raise ConfigError("--address joins a Ray cluster: add --executor ray")
     if max_parallel is not None and max_parallel < 1:
         raise ConfigError(f"--max-parallel must be at least 1, got {max_parallel}")
-    study = _load(study_file, checkpoints, reports)
+    study = _load(study_file, checkpoints, reports, smoke)
     current = make_plan(study)
     jobs = select_jobs(current, parse_shard(shard) if shard else None)
     console.print(f"study [bold]{study.name}[/]: {len(jobs)} jobs to run ({executor})", highlight=False)
@@ -126,18 +145,22 @@ def run(
     if not shard:
         for path in write_study_outputs(study, figures=figures):
             console.print(f"  {path}", highlight=False, soft_wrap=True, markup=False)
+        console.print(f"report: {write_study_report(study, smoke)}", highlight=False, soft_wrap=True, markup=False)
     if report.failed or report.blocked:
         raise typer.Exit(code=1)
 
 
 @study_app.command()
 @handle_errors
-def status(study_file: StudyArg, as_json: JsonOpt = False, checkpoints: CheckpointsOpt = None, reports: ReportsOpt = None) -> None:
+def status(
+    study_file: StudyArg, as_json: JsonOpt = False, checkpoints: CheckpointsOpt = None, reports: ReportsOpt = None,
+    smoke: SmokeOpt = False,
+) -> None:
     """Done / running / failed / blocked / to do per job kind and per dataset, and the errors of failed jobs."""
     from nemesis_analysis.study.plan import make_plan
     from nemesis_analysis.study.status import count_states, failures, job_states
 
-    study = _load(study_file, checkpoints, reports)
+    study = _load(study_file, checkpoints, reports, smoke)
     states = job_states(make_plan(study))
     by_kind, by_dataset, failed = count_states(states, ["kind"]), count_states(states, ["kind", "dataset"]), failures(states)
     if as_json:
@@ -149,3 +172,13 @@ def status(study_file: StudyArg, as_json: JsonOpt = False, checkpoints: Checkpoi
     _print_frame(by_dataset, "jobs per kind and dataset")
     if not failed.empty:
         _print_frame(failed, "failed and blocked jobs")
+
+
+@study_app.command()
+@handle_errors
+def report(study_file: StudyArg, checkpoints: CheckpointsOpt = None, reports: ReportsOpt = None, smoke: SmokeOpt = False) -> None:
+    """Write REPORTS/studies/NAME/report.html: what was run, the paper's tables beside ours, figures, manifest."""
+    from nemesis_analysis.study.report import write_study_report
+
+    study = _load(study_file, checkpoints, reports, smoke)
+    console.print(f"report: {write_study_report(study, smoke)}", highlight=False, soft_wrap=True, markup=False)

@@ -27,7 +27,7 @@ from nemesis_analysis.cli.options import (
     err_console,
     handle_errors,
 )
-from nemesis_analysis.cli.runoptions import RunCommand, given_options, run_parameter_names
+from nemesis_analysis.cli.runoptions import RunCommand, build_run_config, given_options, run_parameter_names
 from nemesis_analysis.cli.interrupt import StopRequest, graceful_stop, stop_requested
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.session import Session
@@ -40,6 +40,13 @@ def run_training(config, session: Session, *, force: bool):
     from nemesis_analysis.training.train import train_prompt
 
     return train_prompt(config, session, force=force, should_stop=stop_requested)
+
+
+def run_siblings(configs: list, session: Session, *, force: bool) -> list:
+    """Train (or reuse) sibling runs fused (``--variants``): one outcome per config, a result or an error."""
+    from nemesis_analysis.training.train import Hooks, train_siblings
+
+    return train_siblings(configs, session, force=force, hooks=Hooks(should_stop=stop_requested))
 
 
 def run_sweep(config, session: Session, grid, *, seeds, prompt, run_id, chunk, force: bool, on_run, on_prompt,
@@ -65,7 +72,7 @@ def config_of_run(session: Session, run_id: str, given: set[str], prompt: Path |
     """The RunConfig a finished or started run was trained with (``run_id`` or a unique prefix of it)."""
     from nemesis_analysis.corruption.sweep_runs import load_run_config
 
-    clashing = sorted(given & run_parameter_names())
+    clashing = sorted(given & (run_parameter_names() - {"print_config"}))
     if clashing or prompt is not None:
         what = "--prompt" if prompt is not None else ", ".join(f"--{n.rstrip('_').replace('_', '-')}" for n in clashing)
         raise ConfigError(f"--run {run_id} sweeps the run with its own config; drop {what}")
@@ -97,6 +104,12 @@ def print_evaluations(result) -> None:
 
 def stop_after_training(result, session: Session, stop: StopRequest) -> None:
     """A training run ended by a signal: one line on what was saved and how to resume, and exit 130/143."""
+    say_stopped(result, session)
+    raise typer.Exit(code=stop.exit_code)
+
+
+def say_stopped(result, session: Session) -> None:
+    """One line on what a stopped run saved and how to resume it."""
     state = session.run_dir(result.run_id).load_state()
     done = state.epoch + 1 if state is not None else 0
     err_console.print(
@@ -104,7 +117,6 @@ def stop_after_training(result, session: Session, stop: StopRequest) -> None:
         f"{result.run_dir}; run the same command again to resume from there",
         highlight=False, soft_wrap=True,
     )  # fmt: skip
-    raise typer.Exit(code=stop.exit_code)
 
 
 def stop_after_sweep(summary, session: Session, stop: StopRequest) -> None:
@@ -132,10 +144,70 @@ def say(text: str) -> None:
     err_console.print(text, highlight=False, soft_wrap=True, markup=False)
 
 
+VariantsOpt = Annotated[
+    Optional[str],
+    typer.Option("--variants", help="Train several Nemesis variants at once, fused (one image pass per step for "
+                 "all): comma-separated coop, pun, pan or a beta in [0, 1], e.g. coop,pun,pan,0.5."),
+]
+
+
+def parse_variants(text: str) -> list[dict]:
+    """``--variants coop,pun,pan,0.5`` -> the Nemesis flags of each run ({"pun", "pan", "beta"})."""
+    variants = []
+    for item in (part.strip().lower() for part in text.split(",")):
+        if item in ("coop", "pun", "pan"):
+            variants.append({"pun": item == "pun", "pan": item == "pan", "beta": None})
+            continue
+        try:
+            beta = float(item.removeprefix("beta"))
+        except ValueError:
+            raise ConfigError(
+                f"--variants: {item!r} is not coop, pun, pan or a beta in [0, 1]; e.g. --variants coop,pun,pan,0.5"
+            ) from None
+        variants.append({"pun": False, "pan": False, "beta": beta})
+    return variants
+
+
+def variant_configs(ctx: typer.Context, variants: str) -> list:
+    """One RunConfig per variant of ``--variants``, each built from the command's other options exactly as
+    ``nemesis train`` with that variant's --pun / --pan / --beta would build it (recipes included)."""
+    given = given_options(ctx)
+    if given & {"pun", "pan", "beta"}:
+        raise ConfigError("--variants sets each run's Nemesis variant; drop --pun, --pan and --beta")
+    run = {name: ctx.params[name] for name in run_parameter_names() if name in ctx.params}
+    for name in ("pun", "pan", "beta", "print_config"):
+        run.pop(name, None)
+    config_file, sets = run.pop("config_file", None), run.pop("set_", None)
+    return [
+        build_run_config(given=given | {"beta"}, config_file=config_file, sets=sets, purpose="train", say=say,
+                         **run, **variant)  # fmt: skip
+        for variant in parse_variants(variants)
+    ]
+
+
+def train_variants(configs: list, session: Session, force: bool) -> None:
+    """``nemesis train --variants``: the runs trained fused and printed; an interrupted group says how to
+    resume each run; a run that failed (diverged) is raised after the others are printed."""
+    with graceful_stop() as stop:
+        outcomes = run_siblings(configs, session, force=force)
+    results = [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
+    for result in results:
+        print_run_result(result)
+    stopped = [result for result in results if result.stopped]
+    for result in stopped[:-1]:
+        say_stopped(result, session)
+    if stopped:
+        stop_after_training(stopped[-1], session, stop)
+    errors = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
+    if errors:
+        raise errors[0]
+
+
 def train_command(
     ctx: typer.Context,
     config,
     print_config: bool,
+    variants: VariantsOpt = None,
     force: ForceOpt = False,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
     reports: ReportsOpt = DEFAULT_REPORTS,
@@ -146,11 +218,14 @@ def train_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a prompt method (--method: CoOp, CoCoOp, PLOT, KgCoOp, ...), with Nemesis via --pun / --pan /
-    --beta, and record it in Parquet."""
+    --beta (or several variants at once, fused, with --variants), and record it in Parquet."""
+    configs = variant_configs(ctx, variants) if variants is not None else None
     if print_config:
         print_config_and_stop(config)
     session = build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
                             offline=offline, cache_dir=cache_dir, quiet=quiet)
+    if configs is not None:
+        return train_variants(configs, session, force)
     with graceful_stop() as stop:
         result = run_training(config, session, force=force)
     if result.stopped:

@@ -7,6 +7,7 @@ once: ``n_ctx``, or the token count of ``ctx_init`` when the context starts from
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -29,8 +30,10 @@ def resolve_n_ctx(prompt: PromptConfig, tokenize: Callable[[list[str]], torch.Te
     return n_ctx
 
 
+@functools.lru_cache(maxsize=None)
 def backbone_tokenizer(backbone: str) -> Callable[[list[str]], torch.Tensor]:
-    """The backbone's tokenizer without loading its weights (to resolve n_ctx before any model loads)."""
+    """The backbone's tokenizer without loading its weights (to resolve n_ctx before any model loads); built
+    once per backbone (reading its vocabulary takes a large part of a second, and a plan asks per job)."""
     import open_clip
 
     from nemesis_analysis.clip.architectures import register_model_configs

@@ -50,12 +50,16 @@ def job_cost(job, sizes: dict) -> dict:
         cost["images_encoded"] = test
     elif job.kind == "train":
         config = RunConfig.from_dict(job.payload["config"])
+        base2new = config.protocol.value == "base2new" and not math.isnan(classes)
+        trained = math.ceil(classes / 2) if base2new else classes
         cost["epochs"] = config.num_epochs
-        cost["train_images"] = config.num_epochs * config.shots * classes
+        cost["train_images"] = config.num_epochs * config.shots * trained  # base2new trains on the base classes
     elif job.kind == "corrupt":
+        from nemesis_analysis.protocols import sweep_classes
         from nemesis_analysis.study.plan import expected_corruption_keys
 
-        cost["variants"] = len(expected_corruption_keys(job))  # each: one text pass over the classes
+        subsets = len(sweep_classes(job.payload["config"].get("protocol", "fewshot")))  # base2new: base and new
+        cost["variants"] = len(expected_corruption_keys(job)) * subsets  # each: one text pass over the classes
     return cost
 
 

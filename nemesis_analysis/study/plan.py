@@ -24,6 +24,7 @@ from nemesis_analysis.protocols import check_protocol
 from nemesis_analysis.storage.schema import CORRUPTION_KEY
 from nemesis_analysis.study import records
 from nemesis_analysis.study.spec import Study, StudyFileError
+from nemesis_analysis.training.siblings import stream_key
 
 KINDS: tuple[str, ...] = ("encode", "train", "corrupt", "evaluate")  # dependency order
 
@@ -148,8 +149,9 @@ def expand_jobs(study: Study) -> list[Job]:
             train_id, Job(train_id, "train", dataset, run_id, label, (encode_id,), {"config": config.to_dict()})
         )
         if corrupt is not None and (study.corrupt.methods is None or method in study.corrupt.methods):
-            job_id = f"corrupt:{run_id}:{_digest(corrupt)}"
-            payload = {"config": config.to_dict(), "grid": corrupt, "chunk": study.corrupt.chunk}
+            max_test = study.corrupt.max_test  # part of the job's id only when set: older ids stay
+            job_id = f"corrupt:{run_id}:{_digest(corrupt if max_test is None else {**corrupt, 'max_test': max_test})}"
+            payload = {"config": config.to_dict(), "grid": corrupt, "chunk": study.corrupt.chunk, "max_test": max_test}
             by_kind["corrupt"].setdefault(job_id, Job(job_id, "corrupt", dataset, run_id, label, (train_id,), payload))
         for target in study.evaluate.targets if study.evaluate is not None else ():
             job_id = f"evaluate:{run_id}:{target}:{study.evaluate.classes}"
@@ -186,6 +188,15 @@ def expected_corruption_keys(job: Job) -> set[tuple]:
     return {row_key(c, pairs) for c in ops.expand_grid(len(pairs), **job.payload["grid"])}
 
 
+def _swept(job: Job, found: dict[tuple, set]) -> bool:
+    """Every key of a corrupt job's grid is in the table, on each class subset its protocol sweeps."""
+    from nemesis_analysis.protocols import sweep_classes
+
+    expected = expected_corruption_keys(job)
+    subsets = sweep_classes(job.payload["config"].get("protocol", "fewshot"))
+    return all(expected <= found.get((job.run_id, classes.value), set()) for classes in subsets)
+
+
 def done_jobs(study: Study, jobs: list[Job]) -> set[str]:
     """Ids of the jobs whose results are already in the tables."""
     from nemesis_analysis.storage import store
@@ -193,15 +204,15 @@ def done_jobs(study: Study, jobs: list[Job]) -> set[str]:
     reports = study.outputs.reports
     runs = set(store.read_table(reports, "runs")["run_id"])
     corruptions = store.read_table(reports, "corruptions")
-    found: dict[str, set] = {}
-    for run_id, frame in corruptions.groupby("run_id"):
-        found[run_id] = set(frame[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
+    found: dict[tuple, set] = {}  # (run_id, eval_classes) -> corruption keys
+    for (run_id, classes), frame in corruptions.groupby(["run_id", "eval_classes"]):
+        found[(run_id, classes)] = set(frame[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
     recorded = records.latest_states(reports)
     done: set[str] = set()
     for job in jobs:
         if job.kind == "train" and job.run_id in runs:
             done.add(job.id)
-        elif job.kind == "corrupt" and expected_corruption_keys(job) <= found.get(job.run_id, set()):
+        elif job.kind == "corrupt" and _swept(job, found):
             done.add(job.id)
         elif job.kind in ("encode", "evaluate") and recorded.get(job.id) == "done":
             done.add(job.id)
@@ -261,8 +272,11 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def shard_of(job: Job, total: int) -> int:
-    """The shard a job belongs to: by run_id, so a run's train, corrupt and evaluate jobs stay together."""
+    """The shard a job belongs to: by its run's sibling group (:func:`~nemesis_analysis.training.siblings.stream_key`),
+    so a run's train, corrupt and evaluate jobs stay together and sibling runs train fused in one shard."""
     group = job.run_id or job.id
+    if job.kind in ("train", "corrupt", "evaluate") and "config" in job.payload:
+        group = "siblings:" + _digest(list(stream_key(RunConfig.from_dict(job.payload["config"]))))
     return int(hashlib.sha256(group.encode()).hexdigest()[:12], 16) % total
 
 

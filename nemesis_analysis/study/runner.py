@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from nemesis_analysis.progress import progress_bar
-from nemesis_analysis.study import records
+from nemesis_analysis.study import groups, records
 from nemesis_analysis.study.plan import Job, Plan
 
 
@@ -63,6 +63,7 @@ class _Driver:
         self.report, self.recorder = RunReport(), _Recorder(plan)
         self.succeeded, self.failed = set(plan.done), set()
         self.queue, self.submitted = list(jobs), {}
+        self.members: dict[str, list[Job]] = {}  # submitted unit id -> its jobs (a sibling group has several)
 
     def take_ready(self, advance) -> list[Job]:
         """Remove blocked and waiting jobs from the queue; return the ready ones that fit the free workers."""
@@ -83,18 +84,34 @@ class _Driver:
                 ready.append(job)
         return ready
 
+    def ready_siblings(self) -> list[Job]:
+        """Queued train jobs whose dependencies are done: they may join a ready sibling's group."""
+        return [j for j in self.queue if j.kind == "train" and all(d in self.succeeded for d in j.deps)]
+
     def dispatch(self, ready: list[Job]) -> None:
-        for job in ready:
-            self.queue.remove(job)
-            self.executor.submit(job)
-            self.submitted[job.id] = time.perf_counter()
-        if ready:
-            self.recorder.start(ready)
+        """Submit the ready jobs, sibling train jobs (ready ones still queued included) as one group each."""
+        started = []
+        for unit, members in groups.bundle(ready, self.ready_siblings() if ready else []):
+            for job in members:
+                self.queue.remove(job)
+            self.executor.submit(unit)
+            self.submitted[unit.id] = time.perf_counter()
+            self.members[unit.id] = members
+            started += members
+        if started:
+            self.recorder.start(started)
+
+    def settle_unit(self, outcome) -> list[bool]:
+        """Record a submitted unit's outcome (a group's: each member's); per job, as :meth:`settle`."""
+        members = self.members.pop(outcome.job_id)
+        self.report.overheads.append(time.perf_counter() - self.submitted.pop(outcome.job_id) - outcome.seconds)
+        if outcome.job_id in self.jobs:
+            return [self.settle(outcome)]
+        return [self.settle(member) for member in groups.member_outcomes(outcome, members)]
 
     def settle(self, outcome) -> bool:
-        """Record one outcome; False when the job goes back to the queue for another attempt."""
+        """Record one job's outcome; False when the job goes back to the queue for another attempt."""
         job, report = self.jobs[outcome.job_id], self.report
-        report.overheads.append(time.perf_counter() - self.submitted.pop(job.id) - outcome.seconds)
         report.job_seconds += outcome.seconds
         common = {"seconds": outcome.seconds, "host": outcome.host, "error": outcome.error}
         if outcome.ok:
@@ -121,7 +138,7 @@ def run_jobs(plan: Plan, jobs: list[Job], executor, progress: bool = True) -> Ru
     try:
         _drive(driver, executor, progress)
     except KeyboardInterrupt:  # the jobs in flight are not running any more: say so in reports/jobs
-        lost = [driver.jobs[job_id] for job_id in driver.submitted]
+        lost = [job for unit_id in driver.submitted for job in driver.members[unit_id]]
         driver.recorder.rows(lost, "lost", error="interrupted on the driver")
         raise
     driver.report.waiting += [job.id for job in driver.queue]
@@ -138,8 +155,9 @@ def _drive(driver: _Driver, executor, progress: bool) -> None:
                 break  # nothing runnable is left (a guard: dependency-ordered jobs never get here)
             advance(0, done=len(driver.report.done), failed=len(driver.failed), running=executor.running)
             for outcome in executor.wait():
-                if driver.settle(outcome):
-                    advance(1, done=len(driver.report.done), failed=len(driver.failed), running=executor.running)
+                for settled in driver.settle_unit(outcome):
+                    if settled:
+                        advance(1, done=len(driver.report.done), failed=len(driver.failed), running=executor.running)
 
 
 def run_study(

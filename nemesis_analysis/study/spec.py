@@ -137,7 +137,7 @@ def _setting(key: str, dotted: str, value: Any) -> Any:
 GRID_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "datasets": lambda k, v: _list(k, v, lambda kk, vv: _setting(kk, "dataset", _string(kk, vv))),
     "shots": lambda k, v: _list(k, v, lambda kk, vv: _setting(kk, "shots", vv)),
-    "seeds": lambda k, v: _list(k, v, lambda kk, vv: _integer(kk, vv, 0)),
+    "seeds": lambda k, v: _list(k, v, lambda kk, vv: _setting(kk, "seed", vv)),
     "backbones": lambda k, v: _list(k, v, _backbone),
     "methods": lambda k, v: _list(k, v, _string),
     "protocol": lambda k, v: _setting(k, "protocol", v).value,
@@ -208,6 +208,7 @@ class CorruptSpec:
     reps: int | None = None
     chunk: int | None = None  # variants per text pass (None: from memory)
     methods: tuple[str, ...] | None = None  # sweep only these variants' runs (None: all)
+    max_test: int | None = None  # a seeded, class-stratified subsample of the test images (None: all)
 
 
 def _corrupt(data: Any) -> CorruptSpec:
@@ -223,6 +224,7 @@ def _corrupt(data: Any) -> CorruptSpec:
             "reps": lambda k, v: _integer(k, v, 1),
             "chunk": lambda k, v: _integer(k, v, 1),
             "methods": lambda k, v: _list(k, v, _string),
+            "max_test": lambda k, v: _integer(k, v, 1),
         },
     )
     grid = checked.pop("grid", "default")

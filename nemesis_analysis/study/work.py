@@ -59,33 +59,70 @@ def train_job(job, session: Session) -> dict:
     config = RunConfig.from_dict(job.payload["config"])
     result = train_prompt(config, session, on_epoch=lambda epoch, info: faults.maybe_exit(job.id))
     if result.run_id != job.run_id:
-        raise NemesisError(
-            f"job {job.id} trained run {result.run_id}: this worker resolves the config differently "
-            f"(device {session.torch_device()}); set grid.precision and outputs.device in the study file"
-        )
+        raise NemesisError(different_run(job, result.run_id, session))
     return {"run_id": result.run_id, "final_test_acc": result.final_test_acc, "reused": result.reused}
 
 
+def train_group_job(job, session: Session) -> dict:
+    """Train sibling runs fused (:mod:`~nemesis_analysis.study.groups`): one image pass per step for all; returns
+    each member's entry ({"ok", "summary"} or {"ok": False, "error"}) under "members"."""
+    from nemesis_analysis.study.plan import Job
+    from nemesis_analysis.training.train import Hooks, train_siblings
+
+    members = [Job.from_dict(member) for member in job.payload["members"]]
+    configs = [RunConfig.from_dict(member.payload["config"]) for member in members]
+
+    def checkpoint(epoch: int, info: dict) -> None:
+        for member in members:
+            faults.maybe_exit(member.id)
+
+    outcomes = train_siblings(configs, session, hooks=Hooks(on_epoch=checkpoint))
+    entries = {}
+    for member, outcome in zip(members, outcomes):
+        if isinstance(outcome, Exception):
+            entries[member.id] = {"ok": False, "error": str(outcome)}
+        elif outcome.run_id != member.run_id:
+            entries[member.id] = {"ok": False, "error": different_run(member, outcome.run_id, session)}
+        else:
+            entries[member.id] = {"ok": True, "summary": {"run_id": outcome.run_id, "reused": outcome.reused,
+                                                          "final_test_acc": outcome.final_test_acc}}  # fmt: skip
+    return {"members": entries}
+
+
+def different_run(job, run_id: str, session: Session) -> str:
+    return (
+        f"job {job.id} trained run {run_id}: this worker resolves the config differently "
+        f"(device {session.torch_device()}); set grid.precision and outputs.device in the study file"
+    )
+
+
 def corrupt_job(job, session: Session) -> dict:
-    """Sweep the job's grid on its trained prompt; only keys missing from reports/corruptions are computed."""
+    """Sweep the job's grid on its trained prompt, on every class subset of its protocol (base2new: base, then
+    new); only keys missing from reports/corruptions are computed."""
     from nemesis_analysis.storage.artifacts import read_prompt
     from nemesis_analysis.corruption.ops import expand_grid
     from nemesis_analysis.corruption.sweep_runs import method_for_identity
     from nemesis_analysis.corruption.sweep import run_corruption_sweep
+    from nemesis_analysis.protocols import subset_classnames, sweep_classes
 
     config = RunConfig.from_dict(job.payload["config"])
     loaded, dataset = model_and_data(config, session)
     folder = session.run_dir(job.run_id).path
     ctx = read_prompt(folder).ctx
     identity = resolve_run_config(config, loaded.device).identity(n_ctx=ctx.shape[-2])
-    method = method_for_identity(loaded, dataset.classnames, identity, config.method_options())
-    method.load(folder)  # every saved tensor, not only the context (CoCoOp's meta-network)
-    grid = expand_grid(method.n_positions, **job.payload["grid"])  # flat positions (PLOT: N * n_ctx)
-    summary = run_corruption_sweep(
-        session, method, ctx, identity, grid, chunk=job.payload.get("chunk"),
-        on_chunk=lambda index, rows: faults.maybe_exit(job.id),
-    )  # fmt: skip
-    return {"rows_written": summary.rows_written, "acc_original": summary.acc_original}
+    summary = {"rows_written": 0}
+    for classes in sweep_classes(config.protocol):
+        names = subset_classnames(dataset.classnames, classes)
+        method = method_for_identity(loaded, names, identity, config.method_options())
+        method.load(folder)  # every saved tensor, not only the context (CoCoOp's meta-network)
+        grid = expand_grid(method.n_positions, **job.payload["grid"])  # flat positions (PLOT: N * n_ctx)
+        result = run_corruption_sweep(
+            session, method, ctx, identity, grid, chunk=job.payload.get("chunk"), classes=classes,
+            max_test=job.payload.get("max_test"), on_chunk=lambda index, rows: faults.maybe_exit(job.id),
+        )  # fmt: skip
+        summary["rows_written"] += result.rows_written
+        summary[f"acc_original_{classes.value}"] = result.acc_original
+    return summary
 
 
 def evaluate_job(job, session: Session) -> dict:
@@ -98,7 +135,8 @@ def evaluate_job(job, session: Session) -> dict:
     return {"acc": evaluation.acc, "n_test": evaluation.n_test}
 
 
-JOB_FUNCTIONS = {"encode": encode_job, "train": train_job, "corrupt": corrupt_job, "evaluate": evaluate_job}
+JOB_FUNCTIONS = {"encode": encode_job, "train": train_job, "train_group": train_group_job, "corrupt": corrupt_job,
+                 "evaluate": evaluate_job}  # fmt: skip
 
 
 def run_job(job, session: Session) -> dict:

@@ -5,6 +5,9 @@ reused every epoch. Each epoch draws its shuffling, augmentation and PAN positio
 seeded by (seed, epoch), and the learning rate is a function of the epoch, so a run resumed from its
 last saved epoch produces exactly the rows of an uninterrupted one. An epoch's batches follow
 :func:`steps_per_epoch`: ours keep the last smaller batch, ``optim.drop_last`` is the reference loader's rule.
+Sibling runs (the same data stream, :mod:`~nemesis_analysis.training.siblings`) train fused
+(:func:`train_siblings`): each batch is augmented and encoded once, then each run takes its own step with
+its own copy of the epoch generator; one run alone (:func:`train_prompt`) is a group of one.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from nemesis_analysis.training import nemesis
+from nemesis_analysis.training.siblings import check_siblings
 from nemesis_analysis import protocols
 from nemesis_analysis.storage import store
 from nemesis_analysis.choices import Precision
@@ -29,7 +34,7 @@ from nemesis_analysis.config import NemesisConfig, OptimConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits, Sample
 from nemesis_analysis.devices import host_features, resolve_run_config
 from nemesis_analysis.data.fewshot import sample_train_shots
-from nemesis_analysis.errors import ConfigError, TrainingDiverged
+from nemesis_analysis.errors import ConfigError, NemesisError, TrainingDiverged
 from nemesis_analysis.evaluate import write_run_evaluations
 from nemesis_analysis.clip.features import encode_images_with_local, image_features, local_image_features
 from nemesis_analysis.methods import build_method_for_run
@@ -180,6 +185,16 @@ class EpochStats:
 # ------------------------------------------------------------------------------------------- the run
 
 
+@dataclass
+class Hooks:
+    """What the caller hears and decides while runs train (see :func:`train_prompt`)."""
+
+    on_epoch: Callable[[int, dict], None] | None = None
+    should_stop: Callable[[int], bool] | None = None
+    save_every: int = SAVE_EVERY
+    on_step: Callable[[StepRecord], None] | None = None
+
+
 def train_prompt(
     config: RunConfig,
     session: Session,
@@ -192,50 +207,131 @@ def train_prompt(
 ) -> RunResult:
     """Train (or reuse, or resume) the run described by ``config``; returns its result.
 
-    ``on_epoch(epoch, {"test_acc", "norms"})`` is called after every epoch; ``should_stop(epoch)``, asked
-    after each epoch, returning True saves that epoch's state and ends training (a later call resumes after
-    it) with ``stopped=True``. ``save_every``: epochs between resume states (the last epoch is always saved).
-    ``on_step(record)`` receives a :class:`StepRecord` after every SGD step. The run is locked while it
-    trains: a second process on the same run waits, then reuses it.
+    ``on_epoch(epoch, {"test_acc", "norms", "run_id"})`` is called after every epoch; ``should_stop(epoch)``,
+    asked after each epoch, returning True saves that epoch's state and ends training (a later call resumes
+    after it) with ``stopped=True``. ``save_every``: epochs between resume states (the last epoch is always
+    saved). ``on_step(record)`` receives a :class:`StepRecord` after every SGD step. The run is locked while
+    it trains: a second process on the same run waits, then reuses it. A group of one: :func:`train_siblings`.
     """
+    hooks = Hooks(on_epoch, should_stop, save_every, on_step)
+    outcome = train_siblings([config], session, force=force, hooks=hooks)[0]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def train_siblings(
+    configs: list[RunConfig], session: Session, *, force: bool = False, hooks: Hooks | None = None
+) -> list[RunResult | NemesisError]:
+    """Train sibling runs (same data stream: :mod:`~nemesis_analysis.training.siblings`) fused, in one loop.
+
+    Each step augments and encodes the batch once; then every sibling takes its own step on those features
+    with its own optimizer, learning rate and PAN draws (from its own copy of the epoch generator), so each
+    run's artifact, rows and run id equal what :func:`train_prompt` gives it alone. Finished runs are reused,
+    interrupted ones resume from their own last saved epoch; ``hooks`` as in :func:`train_prompt`
+    (``should_stop`` stops the whole group). Returns one outcome per config, in order: its
+    :class:`RunResult`, or the error (e.g. :class:`TrainingDiverged`) that ended it while the others went on.
+    A run's ``seconds`` is its share of the group's time.
+    """
+    hooks = hooks or Hooks()
     session.check_output_folders()  # before any model is loaded (or the tiny CLIP pretrained)
-    protocols.check_protocol(config.protocol, config.dataset, config.prompt.csc)
-    loaded, dataset = load_model_and_data(config, session)
+    for config in configs:
+        protocols.check_protocol(config.protocol, config.dataset, config.prompt.csc)
+    check_siblings([resolve_run_config(config, session.torch_device()) for config in configs])
+    first = configs[0]
+    loaded, dataset = load_model_and_data(first, session)
     if not dataset.train:
-        raise ConfigError(f"dataset {config.dataset} has no train split (test-only); train on its source dataset")
-    samples = sample_train_shots(dataset, config.shots, config.seed, config.allow_missing_classes)
-    dataset, samples = protocols.training_view(config.protocol, dataset, samples)  # base2new: base classes only
-    config = resolve_run_config(config, loaded.device).with_dataset_fingerprint(dataset.fingerprint)
-    run_dir = session.run_dir(config.run_id)
-    with run_dir.lock():  # a second process on the same run waits here, then reuses the finished run
+        raise ConfigError(f"dataset {first.dataset} has no train split (test-only); train on its source dataset")
+    samples = sample_train_shots(dataset, first.shots, first.seed, first.allow_missing_classes)
+    dataset, samples = protocols.training_view(first.protocol, dataset, samples)  # base2new: base classes only
+    resolved = [resolve_run_config(c, loaded.device).with_dataset_fingerprint(dataset.fingerprint) for c in configs]
+    unique = list({config.run_id: config for config in resolved}.values())
+    with ExitStack() as locks:  # in run-id order, so that two overlapping groups never wait on each other
+        for run_id in sorted(config.run_id for config in unique):
+            locks.enter_context(session.run_dir(run_id).lock())
+        outcomes = train_locked(unique, session, loaded, dataset, samples, force, hooks)
+    for outcome in outcomes.values():
+        if isinstance(outcome, RunResult) and not outcome.stopped:
+            with_protocol_evaluations(outcome, session, loaded)
+    return [outcomes[config.run_id] for config in resolved]
+
+
+def train_locked(
+    configs: list[RunConfig],
+    session: Session,
+    loaded: LoadedModel,
+    dataset: DatasetSplits,
+    samples: tuple[list[Sample], list[Sample]],
+    force: bool,
+    hooks: Hooks,
+) -> dict[str, RunResult | NemesisError]:
+    """The runs' outcomes by run id, their locks held: finished runs reused, the others trained together."""
+    outcomes: dict[str, RunResult | NemesisError] = {}
+    runs: list[TrainingRun] = []
+    started = time.perf_counter()
+    images = None  # decoded once for the group
+    for config in configs:
+        run_dir = session.run_dir(config.run_id)
         if force:
             supersede_run(session, run_dir)
         elif (done := finished_result(session, config)) is not None:
-            return with_protocol_evaluations(done, session, loaded)
+            outcomes[config.run_id] = done
+            continue
         run_dir.save_config(config.to_dict())
-        started = time.perf_counter()
-        run = start_run(config, session, loaded, dataset, run_dir, samples)
-        run.on_step = on_step
-        if run_epochs(run, session, on_epoch, should_stop, save_every):
-            return result_of(run, time.perf_counter() - started, stopped=True)
-        result = finish_run(run, session, time.perf_counter() - started)
-    return with_protocol_evaluations(result, session, loaded)
+        if images is None:
+            images = TrainImages(dataset, samples[0], loaded.preprocess_cfg)
+        run = start_run(config, session, loaded, dataset, run_dir, samples, images)
+        run.on_step = hooks.on_step
+        runs.append(run)
+    if not runs:
+        return outcomes
+    group = SiblingGroup(runs)
+    stopped = run_epochs(group, session, hooks)
+    seconds = (time.perf_counter() - started) / len(runs)
+    for run in runs:
+        run_id = run.config.run_id
+        if run_id in group.errors:
+            outcomes[run_id] = group.errors[run_id]
+        elif stopped:
+            outcomes[run_id] = result_of(run, seconds, stopped=True)
+        else:
+            outcomes[run_id] = finish_run(run, session, seconds)
+    return outcomes
 
 
-def run_epochs(run: TrainingRun, session: Session, on_epoch, should_stop, save_every: int) -> bool:
+@dataclass
+class SiblingGroup:
+    """Runs training together, and the errors that ended some of them (by run id)."""
+
+    runs: list[TrainingRun]
+    errors: dict[str, NemesisError] = field(default_factory=dict)
+
+    def active(self, epoch: int) -> list[TrainingRun]:
+        """The runs that train ``epoch``: resumed past it already, or ended by an error, they do not."""
+        return [run for run in self.runs if run.start_epoch <= epoch and run.config.run_id not in self.errors]
+
+    def label(self) -> str:
+        config = self.runs[0].config
+        methods = "+".join(dict.fromkeys(f"{r.config.prompt_method} {r.config.regularizer}" for r in self.runs))
+        return f"{methods} {config.dataset} {config.shots}-shot seed {config.seed}"
+
+
+def run_epochs(group: SiblingGroup, session: Session, hooks: Hooks) -> bool:
     """Train the remaining epochs; True when ``should_stop`` ended them early (the last epoch run is saved)."""
-    config = run.config
-    label = f"{config.prompt_method} {config.regularizer} {config.dataset} {config.shots}-shot seed {config.seed}"
-    with progress_bar(label, total=config.num_epochs, enabled=session.progress) as advance:
-        advance(run.start_epoch)
-        for epoch in range(run.start_epoch, config.num_epochs):
-            test_acc, norms = run_epoch(run, epoch, save=(epoch + 1) % save_every == 0)
-            advance(1, acc=test_acc, loss=run.rows[-1]["train_loss"])
-            if on_epoch is not None:
-                on_epoch(epoch, {"test_acc": test_acc, "norms": norms})
-            if should_stop is not None and epoch + 1 < config.num_epochs and should_stop(epoch):
-                if (epoch + 1) % save_every:
-                    save_state(run, epoch)
+    num_epochs = group.runs[0].config.num_epochs
+    start = min(run.start_epoch for run in group.runs)
+    with progress_bar(group.label(), total=num_epochs, enabled=session.progress) as advance:
+        advance(start)
+        for epoch in range(start, num_epochs):
+            active = group.active(epoch)
+            done = run_epoch(group, active, epoch, save=(epoch + 1) % hooks.save_every == 0) if active else []
+            advance(1, **({"acc": done[0][1], "loss": done[0][0].rows[-1]["train_loss"]} if done else {}))
+            for run, test_acc, norms in done if hooks.on_epoch is not None else ():
+                hooks.on_epoch(epoch, {"test_acc": test_acc, "norms": norms, "run_id": run.config.run_id})
+            if hooks.should_stop is not None and epoch + 1 < num_epochs and hooks.should_stop(epoch):
+                for run, _, _ in done:
+                    if (epoch + 1) % hooks.save_every:
+                        save_state(run, epoch)
                 return True
     return False
 
@@ -261,16 +357,19 @@ def start_run(
     dataset: DatasetSplits,
     run_dir: RunDir,
     samples: tuple[list[Sample], list[Sample]],
+    images: TrainImages | None = None,
 ) -> TrainingRun:
-    """Save the few-shot split, encode the test split, build the method and restore a saved epoch."""
+    """Save the few-shot split, encode the test split, build the method and restore a saved epoch.
+    ``images``: the group's decoded training images (built here when not given)."""
     train_samples, val_samples = samples
     run_dir.save_split({"train": train_samples, "val": val_samples}, dataset.classnames)
     test_features, test_labels = image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
     zero_shot = zero_shot_accuracy(loaded, dataset, test_features, test_labels)
     method = build_method_for_run(config, loaded, dataset.classnames)
     optimizer = build_optimizer(list(method.trainable().values()), config.optim)
-    run = TrainingRun(config, loaded, method, optimizer, TrainImages(dataset, train_samples, loaded.preprocess_cfg),
-                      test_features.to(loaded.device), test_labels, zero_shot, run_dir)  # fmt: skip
+    images = images if images is not None else TrainImages(dataset, train_samples, loaded.preprocess_cfg)
+    run = TrainingRun(config, loaded, method, optimizer, images, test_features.to(loaded.device), test_labels,
+                      zero_shot, run_dir)  # fmt: skip
     if method.needs_local_features:
         test_local, _ = local_image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
         run.test_local = host_features(test_local, loaded.device)  # scoring moves chunks (PLOT)
@@ -278,48 +377,110 @@ def start_run(
     return run
 
 
-def run_epoch(run: TrainingRun, epoch: int, save: bool) -> tuple[float, list[float]]:
-    """Train one epoch, evaluate, append its trajectory rows and save the state when asked (or last)."""
-    stats = train_one_epoch(run, epoch)
-    test_acc = evaluate(run.method, run.test_features, run.test_labels, run.test_local)
-    norms = norm_values(run.method.position_tensor())
-    for value in norms["norm"]:
-        check_finite(value, "a context norm", epoch)
-    run.rows.extend(trajectory_rows(run, epoch, test_acc, norms, stats))
-    if save or epoch + 1 == run.config.num_epochs:
-        save_state(run, epoch)
-    return test_acc, norms["norm"]
+def run_epoch(
+    group: SiblingGroup, runs: list[TrainingRun], epoch: int, save: bool
+) -> list[tuple[TrainingRun, float, list[float]]]:
+    """Train one epoch of ``runs``, evaluate each, append its trajectory rows and save its state when asked
+    (or last); returns (run, test accuracy, position norms) of each run that got through (errors in ``group``)."""
+    stats = train_one_epoch(runs, epoch)
+    done = []
+    for run in runs:
+        run_id = run.config.run_id
+        try:
+            if isinstance(stats[run_id], NemesisError):
+                raise stats[run_id]
+            test_acc = evaluate(run.method, run.test_features, run.test_labels, run.test_local)
+            norms = norm_values(run.method.position_tensor())
+            for value in norms["norm"]:
+                check_finite(value, "a context norm", epoch)
+        except NemesisError as error:
+            group.errors[run_id] = error
+            continue
+        run.rows.extend(trajectory_rows(run, epoch, test_acc, norms, stats[run_id]))
+        if save or epoch + 1 == run.config.num_epochs:
+            save_state(run, epoch)
+        done.append((run, test_acc, norms["norm"]))
+    return done
 
 
 # ---------------------------------------------------------------------------------------- one epoch
 
 
-def train_one_epoch(run: TrainingRun, epoch: int) -> EpochStats:
-    """One pass over the few-shot images in seeded order, with seeded augmentation and PAN draws."""
-    config, method, images = run.config, run.method, run.images
-    lr = lr_at_epoch(epoch, config)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
-    spec = config.nemesis
-    omega_value = nemesis.omega(epoch, config.num_epochs, spec.omega.value) if spec.enabled else 0.0
+class EpochTrainer:
+    """One run's part of an epoch: its learning rate and omega, its own copy of the epoch generator (PAN's
+    draws continue from where the order and augmentation draws left it, as when the run trains alone), and
+    its loss sums; an error ends its epoch without stopping its siblings'."""
+
+    def __init__(self, run: TrainingRun, epoch: int, generator_state: torch.Tensor):
+        self.run, self.epoch, config = run, epoch, run.config
+        self.lr = lr_at_epoch(epoch, config)
+        for group in run.optimizer.param_groups:
+            group["lr"] = self.lr
+        spec = config.nemesis
+        self.omega = nemesis.omega(epoch, config.num_epochs, spec.omega.value) if spec.enabled else 0.0
+        self.generator = torch.Generator()
+        self.generator.set_state(generator_state)
+        self.sums = torch.zeros(3, dtype=torch.float64, device=run.loaded.device)  # loss, ce, norm: read once
+        self.alpha_hits = torch.zeros(run.method.n_positions)
+        self.error: NemesisError | None = None
+
+    def step(self, encoded: tuple[torch.Tensor, torch.Tensor | None], labels: torch.Tensor) -> None:
+        if self.error is not None:
+            return
+        features, local = encoded
+        try:
+            losses, hits = member_step(self.run, features, local, labels, self.omega, self.generator, self.epoch)
+        except NemesisError as error:
+            self.error = error
+            return
+        self.alpha_hits += hits
+        self.sums += torch.stack([losses["loss"], losses["ce"], losses["norm"]]).double() * len(labels)
+
+    def result(self, count: int, steps: int) -> EpochStats | NemesisError:
+        if self.error is not None:
+            return self.error
+        loss_sum, ce_sum, norm_sum = self.sums.tolist()  # the epoch's one host sync for its losses
+        try:
+            check_finite(loss_sum, "the training loss", self.epoch)
+        except NemesisError as error:
+            return error
+        uses_pan = self.run.config.nemesis.uses_pan
+        alpha = [float(h) / steps if uses_pan else float("nan") for h in self.alpha_hits]
+        return EpochStats(loss_sum / count, ce_sum / count, norm_sum / count, self.omega, alpha, self.lr)
+
+
+def train_one_epoch(runs: list[TrainingRun], epoch: int) -> dict[str, EpochStats | NemesisError]:
+    """One pass of sibling runs over their few-shot images in seeded order, with seeded augmentation: each
+    batch is augmented and encoded once for all of them, then each run takes its step (and PAN draws)."""
+    config, images = runs[0].config, runs[0].images
     generator = epoch_generator(config.seed, epoch)
     order = torch.randperm(len(images), generator=generator).tolist()
     seeds = torch.randint(0, 2**62, (len(images),), generator=generator).tolist()
+    trainers = [EpochTrainer(run, epoch, generator.get_state()) for run in runs]
     batch_size = config.optim.batch_size
     steps = steps_per_epoch(len(images), batch_size, config.optim.drop_last)
-    sums = torch.zeros(3, dtype=torch.float64, device=run.loaded.device)  # loss, ce, norm: read once per epoch
-    alpha_hits = torch.zeros(method.n_positions)
     for step in range(steps):
         batch = order[step * batch_size : (step + 1) * batch_size]
-        losses, hits = train_step(run, images.batch(batch, [seeds[i] for i in batch]), images.labels[batch],
-                                  omega_value, generator, epoch)  # fmt: skip
-        alpha_hits += hits
-        sums += torch.stack([losses["loss"], losses["ce"], losses["norm"]]).double() * len(batch)
-    loss_sum, ce_sum, norm_sum = sums.tolist()  # the epoch's one host sync for its losses
-    check_finite(loss_sum, "the training loss", epoch)
+        pixels, labels = images.batch(batch, [seeds[i] for i in batch]), images.labels[batch]
+        encoded: dict[bool, tuple] = {}  # one image-tower pass per kind of features the runs need
+        for trainer in trainers:
+            trainer.step(encode_batch(trainer.run.loaded, pixels, trainer.run.method.needs_local_features, encoded), labels)
     count = min(len(images), steps * batch_size)  # images this epoch trained on
-    alpha = [float(h) / steps if spec.uses_pan else float("nan") for h in alpha_hits]
-    return EpochStats(loss_sum / count, ce_sum / count, norm_sum / count, omega_value, alpha, lr)
+    return {trainer.run.config.run_id: trainer.result(count, steps) for trainer in trainers}
+
+
+def encode_batch(
+    loaded: LoadedModel, pixels: torch.Tensor, with_local: bool, encoded: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(features (batch, embed), local (batch, locations, embed) or None) of a batch through the frozen image
+    tower, computed once per kind and kept in ``encoded`` for the batch's other runs."""
+    encoded = {} if encoded is None else encoded
+    if with_local not in encoded:
+        if with_local:
+            encoded[with_local] = encode_images_with_local(loaded, pixels)  # frozen tower, one pass
+        else:
+            encoded[with_local] = (loaded.encode_images(pixels), None)
+    return encoded[with_local]
 
 
 def train_step(
@@ -330,15 +491,25 @@ def train_step(
     generator: torch.Generator,
     epoch: int,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One SGD step on CE + the method's extra loss + the Nemesis term; returns the losses (detached tensors,
-    read at the epoch's end: no host sync per step) and PAN's marks."""
+    """One SGD step of one run on a batch of pixels: encode it, then :func:`member_step`."""
+    features, local = encode_batch(run.loaded, pixels, run.method.needs_local_features)
+    return member_step(run, features, local, labels, omega_value, generator, epoch)
+
+
+def member_step(
+    run: TrainingRun,
+    features: torch.Tensor,
+    local: torch.Tensor | None,
+    labels: torch.Tensor,
+    omega_value: float,
+    generator: torch.Generator,
+    epoch: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One SGD step on CE + the method's extra loss + the Nemesis term, on the batch's image features
+    (``local``: (batch, locations, embed) for methods that score local features); returns the losses and
+    PAN's marks."""
     method, spec = run.method, run.config.nemesis
     labels = labels.to(run.loaded.device)
-    local = None  # (batch, locations, embed) for methods that score local features
-    if method.needs_local_features:
-        features, local = encode_images_with_local(run.loaded, pixels)  # frozen tower, one pass
-    else:
-        features = run.loaded.encode_images(pixels)  # (batch, embed), frozen tower
     logits = method.logits(features, local)  # (batch, classes)
     ce = F.cross_entropy(logits, labels)
     extra = method.extra_loss(features, labels, logits)  # zero for CoOp (KgCoOp adds one)
