@@ -111,7 +111,7 @@ def test_summary_table_command(tmp_path):
     rows = []
     for seed, (base, new) in ((1, (80.0, 60.0)), (2, (84.0, 64.0))):
         for classes, acc in (("base", base), ("new", new)):
-            rows.append({**IDENTITY, "run_id": f"r{seed}", "shots": 16, "seed": seed, "protocol": "base2new",
+            rows.append({**IDENTITY, "run_id": f"r{seed}", "shots": 16, "seed": seed, "protocol": "base2new", "prompt_method": "cocoop",
                          "eval_dataset": "digits", "eval_classes": classes, "acc": acc, "n_test": 50, "n_classes": 5})  # fmt: skip
     store.append_rows(tmp_path, "evaluations", rows)
     runner = CliRunner()
@@ -119,6 +119,7 @@ def test_summary_table_command(tmp_path):
     assert result.exit_code == 0, result.output
     h = 2 * 82 * 62 / (82 + 62)
     assert f"{h:.2f} (n=2)" in result.output and "76.50" in result.output and "not confirmed" in result.output
+    assert "cocoop H paper" in result.output and "other datasets: ours digits" in result.output  # digits vs 11: no Δ
     assert (tmp_path / "table_base2new_vs_paper.md").is_file()
     result = runner.invoke(app, ["summary", "--reports", str(tmp_path), "--table", "base2new", "--format", "csv"])
     assert result.exit_code == 0 and (tmp_path / "table_base2new.csv").is_file()

@@ -164,6 +164,8 @@ def frequency_figure(
     corruptions = _filter(
         corruptions, table_dir, PRODUCERS["corruptions"], backbone=backbone, method=method, dataset=_split_names(datasets)
     )
+    corruptions = analysis.with_run_settings(corruptions, store.read_table(reports_dir, "runs"))
+    analysis.refuse_pooled_settings(analysis.rows_for_view(corruptions), analysis.GROUP_COLUMNS, f"corruptions in {table_dir}")
     if measure == "count":
         return plots.plot_frequency(analysis.low_norm_counts(corruptions, min_delta, same_grid=True), measure="count")
     freq = analysis.low_norm_frequency(corruptions, min_delta=min_delta, same_grid=True)
@@ -252,6 +254,8 @@ def heatmap_figure(
     corruptions = _filter(corruptions, table_dir, producer, prompt_method=prompt_method)
     method = _default_method(corruptions, method)
     corruptions = _filter(corruptions, table_dir, producer, method=method)
+    corruptions = analysis.with_run_settings(corruptions, store.read_table(reports_dir, "runs"))
+    analysis.refuse_pooled_settings(analysis.rows_for_view(corruptions), analysis.GROUP_COLUMNS, f"corruptions of {dataset} in {table_dir}")
     present = sorted(int(k) for k in corruptions["shots"].unique())
     n_seeds = corruptions["seed"].nunique()
     context = " · ".join(
@@ -417,8 +421,11 @@ def summary_tables(reports_dir: Path | str, min_delta: float = 0.0) -> dict[str,
         )
     tables: dict[str, pd.DataFrame] = {}
     if not runs.empty:
-        tables["runs"] = _with_mean_norm(analysis.summarize_runs(runs, by), runs, by)
+        summary = analysis.summarize_runs(runs, by)
+        run_by = analysis.identity_by(runs.drop_duplicates("run_id", keep="last"), by)  # as summarize_runs groups
+        tables["runs"] = _with_mean_norm(summary, runs, run_by)
     if not corruptions.empty:
+        corruptions = analysis.with_run_settings(corruptions, runs)  # e.g. norm_weight: never pooled as seeds
         # base2new sweeps measured base and new classes apart: their rows say which (column eval_classes).
         by = by + ["eval_classes"] if (corruptions["eval_classes"] != analysis.ALL_CLASSES).any() else by
         summary = analysis.summarize_corruptions(corruptions, by)
