@@ -107,7 +107,7 @@ def test_same_named_custom_folders_never_share_a_run(checkpoints_dir, tmp_path):
 def test_built_in_run_ids_do_not_include_an_empty_fingerprint():
     from nemesis_analysis.config import RunConfig
 
-    assert RunConfig().run_id == RunConfig(dataset_fingerprint="").run_id == "972e6ed68120"
+    assert RunConfig().run_id == RunConfig(dataset_fingerprint="").run_id == "3be15d598b22"
     assert RunConfig(dataset_fingerprint="abc").run_id != RunConfig().run_id
     assert RunConfig(allow_missing_classes=True).run_id != RunConfig().run_id
 
@@ -460,3 +460,36 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_tiny_clip_weights_do_not_depend_on_the_callers_thread_count():
+    """One name, one set of weights: pretraining runs on the recipe's thread count whatever the caller set, and
+    the cache name changes with everything else the floats depend on (torch, CPU instruction set, threads)."""
+    from nemesis_analysis.clip import tiny
+
+    recipe = tiny.TinyRecipe(steps=2, batch_size=64)
+    states = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        states.append(tiny.pretrain_tiny_clip(recipe, progress=False))
+        assert torch.get_num_threads() == threads  # the caller's count is restored
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not torch.equal(states[0]["visual.proj"], tiny.pretrain_tiny_clip(tiny.TinyRecipe(steps=3, batch_size=64), False)["visual.proj"])
+    names = {tiny.tiny_cache_path(Path("c"), recipe), tiny.tiny_cache_path(Path("c"), tiny.TinyRecipe(steps=2, batch_size=64, num_threads=2))}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tiny, "compute_environment", lambda: {"torch": "0.0", "cpu": "NONE"})
+        names.add(tiny.tiny_cache_path(Path("c"), recipe))
+    assert len(names) == 3
+
+
+def test_tiny_clip_local_features_carry_class_signal(tiny_context):
+    """The token-level pretraining term: the hand-made prompt classifies test images from the mean of their
+    patch tokens' scores far above chance (10 classes), not only from the class token."""
+    from nemesis_analysis.clip.features import local_image_features
+
+    loaded, dataset = tiny_context.loaded, tiny_context.dataset
+    local, labels = local_image_features(loaded, dataset, dataset.test, None, progress=False)
+    text = loaded.encode_texts([dataset.template.format(name) for name in dataset.classnames])  # (classes, embed)
+    patch_acc = 100.0 * ((local @ text.T.float()).mean(1).argmax(1) == labels).float().mean().item()
+    assert patch_acc > 35.0
