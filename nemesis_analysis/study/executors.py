@@ -31,6 +31,7 @@ class Outcome:
     summary: dict = field(default_factory=dict)
     error: str = ""
     retryable: bool = False  # a system failure (worker died, out of memory): worth another attempt
+    stopped: bool = False  # a stop request (SIGTERM) ended it at a saved point: lost, resumed by the next run
     host: str = ""
     seconds: float = 0.0  # time the job ran on its worker
 
@@ -41,12 +42,14 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError))
 
 
-def execute(job: Job, session: Session) -> Outcome:
+def execute(job: Job, session: Session, should_stop=work._never) -> Outcome:
     """Run one job here; every exception becomes a failed outcome (retryable only when out of memory)."""
     started = time.perf_counter()
     host = socket.gethostname()
     try:
-        summary = work.run_job(job, session)
+        summary = work.run_job(job, session, should_stop)
+    except work.JobStopped as error:
+        return Outcome(job.id, False, error=str(error), stopped=True, host=host, seconds=time.perf_counter() - started)
     except NemesisError as error:
         return Outcome(job.id, False, error=str(error), host=host, seconds=time.perf_counter() - started)
     except Exception as error:  # a bug or a system failure: reported with its type, never silently
@@ -66,10 +69,16 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, study: Study):
+    def __init__(self, study: Study, should_stop=None):
         self.session = work.session_for(study.outputs)
         self.queue: list[Job] = []
         self.capacity = 1
+        self.stopping = False
+        self.should_stop = should_stop or (lambda: False)  # read inside the job: the driver waits on it
+
+    def request_stop(self) -> None:
+        """The job running here ends at its next saved point (after an epoch or a sweep chunk)."""
+        self.stopping = True
 
     def start(self, num_jobs: int) -> None:
         pass
@@ -82,7 +91,8 @@ class LocalExecutor:
         self.queue.append(job)
 
     def wait(self) -> list[Outcome]:
-        return [execute(self.queue.pop(0), self.session)] if self.queue else []
+        stop = lambda *_: self.stopping or self.should_stop()  # noqa: E731
+        return [execute(self.queue.pop(0), self.session, stop)] if self.queue else []
 
     def close(self) -> None:
         self.queue.clear()
@@ -103,11 +113,15 @@ def _worker_class(ray):
 
             torch.set_num_threads(max(1, int(num_cpus)))  # the CPUs this actor holds
             self.session = work.session_for(outputs)
+            self.stopping = False
 
         def run(self, job: dict) -> dict:
-            return asdict(execute(Job.from_dict(job), self.session))
+            return asdict(execute(Job.from_dict(job), self.session, lambda *_: self.stopping))
 
-    return ray.remote(max_restarts=0, max_task_retries=0)(StudyWorker)
+        def request_stop(self) -> None:  # runs beside ``run`` (two threads): the job stops at its next saved point
+            self.stopping = True
+
+    return ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(StudyWorker)
 
 
 def forwarded_env() -> dict[str, str]:
@@ -196,6 +210,11 @@ class RayExecutor:
                 self.idle.append(self._new_actor())
         return outcomes
 
+    def request_stop(self) -> None:
+        """Every running job ends at its next saved point; its outcome comes back from ``wait`` as stopped."""
+        for _, actor in self.pending.values():
+            actor.request_stop.remote()
+
     def close(self) -> None:
         for actor in [*self.idle, *(actor for _, actor in self.pending.values())]:
             self.ray.kill(actor, no_restart=True)
@@ -204,9 +223,9 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def make_executor(name: str, study: Study, address: str | None = None, max_parallel: int | None = None):
+def make_executor(name: str, study: Study, address: str | None = None, max_parallel: int | None = None, should_stop=None):
     if name == "local":
-        return LocalExecutor(study)
+        return LocalExecutor(study, should_stop)
     elif name == "ray":
         return RayExecutor(study, address, max_parallel)
     else:

@@ -10,6 +10,7 @@ for the run (corrupt); ``reports/jobs`` says done (encode, evaluate), or every j
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from nemesis_analysis import protocols
+from nemesis_analysis.choices import plain
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig, apply_recipe
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.storage.schema import CORRUPTION_KEY
@@ -46,6 +49,15 @@ class Job:
         return cls(**{**data, "deps": tuple(data["deps"])})
 
 
+@functools.lru_cache(maxsize=64)
+def custom_fingerprint(dataset: str) -> str:
+    """The content fingerprint training adds to a custom dataset's run id ("" for built-in datasets), so the
+    planned run id is the one the train job trains under."""
+    from nemesis_analysis.data.registry import CUSTOM_PREFIXES, load_dataset
+
+    return load_dataset(dataset).fingerprint if dataset.startswith(CUSTOM_PREFIXES) else ""
+
+
 def run_config(study: Study, dataset: str, backbone, shots: int, seed: int, method: str) -> RunConfig:
     """The resolved RunConfig of one grid cell (precision and epochs filled in for the jobs' device)."""
     grid = study.grid
@@ -66,7 +78,7 @@ def run_config(study: Study, dataset: str, backbone, shots: int, seed: int, meth
         config, _ = apply_recipe(config, grid.recipe)
         device = study.outputs.device
         device_type = "cpu" if device == "cpu" else "cuda" if device.startswith("cuda") else study.resources.device_type
-        return config.resolved(device_type)
+        return config.resolved(device_type).with_dataset_fingerprint(custom_fingerprint(dataset))
     except StudyFileError:
         raise
     except ConfigError as error:
@@ -94,6 +106,7 @@ def _digest(data) -> str:
 def expand_jobs(study: Study) -> list[Job]:
     """Every job of the study, in dependency order (kinds in :data:`KINDS` order, grid order within)."""
     grid = study.grid
+    custom_fingerprint.cache_clear()  # read each custom dataset once per plan, never a stale fingerprint
     by_kind: dict[str, dict[str, Job]] = {kind: {} for kind in KINDS}
     corrupt = corrupt_grid(study) if study.corrupt is not None else None
     cells = itertools.product(grid.datasets, grid.backbones, grid.shots, grid.seeds, grid.methods)
@@ -138,7 +151,9 @@ def expected_corruption_keys(job: Job) -> set[tuple]:
     config = RunConfig.from_dict(job.payload["config"])
     n_ctx = resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
     pairs = [divmod(p, n_ctx) for p in range(config.num_prompts * n_ctx)]
-    return {row_key(c, pairs) for c in ops.expand_grid(len(pairs), **job.payload["grid"])}
+    keys = {row_key(c, pairs) for c in ops.expand_grid(len(pairs), **job.payload["grid"])}
+    # base2new sweeps write base and new rows (as `nemesis corrupt --run` does): both subsets must be there
+    return {(*key, plain(classes)) for key in keys for classes in protocols.sweep_classes(config.protocol)}
 
 
 def done_jobs(study: Study, jobs: list[Job]) -> set[str]:
@@ -150,7 +165,7 @@ def done_jobs(study: Study, jobs: list[Job]) -> set[str]:
     corruptions = store.read_table(reports, "corruptions")
     found: dict[str, set] = {}
     for run_id, frame in corruptions.groupby("run_id"):
-        found[run_id] = set(frame[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
+        found[run_id] = set(frame[[*CORRUPTION_KEY, "eval_classes"]].itertuples(index=False, name=None))
     recorded = records.latest_states(reports)
     done: set[str] = set()
     for job in jobs:
@@ -211,7 +226,10 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         shard, total = -1, 0
     if not sep or total < 1 or not 0 <= shard < total:
-        raise ConfigError(f"--shard {text!r} must be I/N with 0 <= I < N, e.g. --shard 0/4")
+        raise ConfigError(
+            f"--shard {text!r} must be I/N with 0 <= I < N, e.g. --shard 0/4 (shards count from 0: in a SLURM array "
+            "--array=1-N pass --shard $((SLURM_ARRAY_TASK_ID - 1))/N)"
+        )
     return shard, total
 
 

@@ -14,6 +14,14 @@ from nemesis_analysis.session import Session
 from nemesis_analysis.study import faults
 from nemesis_analysis.study.spec import Outputs
 
+class JobStopped(Exception):
+    """A stop request (SIGTERM, Ctrl-C) ended the job at its next saved point; it is not done."""
+
+
+def _never(*_) -> bool:
+    return False
+
+
 _sessions: dict[tuple, Session] = {}  # one Session per outputs in a worker: its models and datasets stay warm
 
 
@@ -41,7 +49,7 @@ def model_and_data(config: RunConfig, session: Session):
     return load_model_and_data(config, session)
 
 
-def encode_job(job, session: Session) -> dict:
+def encode_job(job, session: Session, should_stop=_never) -> dict:
     """Encode the test split's image features into the shared feature cache."""
     from nemesis_analysis.clip.features import image_features
 
@@ -51,43 +59,54 @@ def encode_job(job, session: Session) -> dict:
     return {"n_images": int(features.shape[0])}
 
 
-def train_job(job, session: Session) -> dict:
-    """Train (or resume, or reuse) the job's run; its rows go to reports/runs and reports/trajectories."""
+def _train(job, session: Session, should_stop):
+    """The job's run, trained, resumed or reused; JobStopped when ``should_stop`` ended it (its epoch saved)."""
     from nemesis_analysis.training.train import train_prompt
 
     config = RunConfig.from_dict(job.payload["config"])
-    result = train_prompt(config, session, on_epoch=lambda epoch, info: faults.maybe_exit(job.id))
+    result = train_prompt(config, session, on_epoch=lambda epoch, info: faults.maybe_exit(job.id), should_stop=should_stop)
     if result.run_id != job.run_id:
+        differing = sorted(k for k, v in result.config.to_dict().items() if config.to_dict().get(k) != v)
         raise NemesisError(
-            f"job {job.id} trained run {result.run_id}: this worker resolves the config differently "
-            f"(device {session.torch_device()}); set grid.precision and outputs.device in the study file"
+            f"job {job.id} trained run {result.run_id}, not the planned {job.run_id}: the worker's config differs in "
+            f"{', '.join(differing) or 'nothing visible'} (device {session.torch_device()}); plan and run the study "
+            "on the same data and device settings"
         )
+    if result.stopped:
+        raise JobStopped(f"stopped after a saved epoch of run {result.run_id}; the next `study run` resumes it")
+    return result
+
+
+def train_job(job, session: Session, should_stop=_never) -> dict:
+    """Train (or resume, or reuse) the job's run; its rows go to reports/runs and reports/trajectories."""
+    result = _train(job, session, should_stop)
     return {"run_id": result.run_id, "final_test_acc": result.final_test_acc, "reused": result.reused}
 
 
-def corrupt_job(job, session: Session) -> dict:
-    """Sweep the job's grid on its trained prompt; only keys missing from reports/corruptions are computed."""
-    from nemesis_analysis.storage.artifacts import load_prompt
+def corrupt_job(job, session: Session, should_stop=_never) -> dict:
+    """Sweep the job's grid on its trained prompt on every class subset its protocol evaluates (base2new: base
+    and new, as `nemesis corrupt --run` does); only keys missing from reports/corruptions are computed."""
+    from nemesis_analysis.clip.prompts import backbone_tokenizer, resolve_n_ctx
     from nemesis_analysis.corruption.ops import expand_grid
-    from nemesis_analysis.corruption.sweep_runs import method_for_identity
-    from nemesis_analysis.corruption.sweep import run_corruption_sweep
+    from nemesis_analysis.corruption.sweep_runs import sweep_run_subsets
 
-    config = RunConfig.from_dict(job.payload["config"])
-    loaded, dataset = model_and_data(config, session)
-    folder = session.run_dir(job.run_id).path
-    ctx, _ = load_prompt(folder)
-    identity = config.resolved(loaded.device.type).identity(n_ctx=ctx.shape[-2])
-    method = method_for_identity(loaded, dataset.classnames, identity, config.method_options())
-    method.load(folder)  # every saved tensor, not only the context (CoCoOp's meta-network)
-    grid = expand_grid(method.n_positions, **job.payload["grid"])  # flat positions (PLOT: N * n_ctx)
-    summary = run_corruption_sweep(
-        session, method, ctx, identity, grid, chunk=job.payload.get("chunk"),
-        on_chunk=lambda index, rows: faults.maybe_exit(job.id),
-    )  # fmt: skip
-    return {"rows_written": summary.rows_written, "acc_original": summary.acc_original}
+    run = _train(job, session, should_stop)  # done by the train job this one depends on: reused
+    config = run.config
+    n_positions = config.num_prompts * resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
+    grid = expand_grid(n_positions, **job.payload["grid"])  # flat positions (PLOT: N * n_ctx)
+
+    def stop(index: int) -> bool:
+        if index > 0:  # a chunk has been written
+            faults.maybe_exit(job.id)
+        return should_stop(index)
+
+    summaries = sweep_run_subsets(session, run, grid, chunk=job.payload.get("chunk"), should_stop=stop)
+    if summaries and summaries[-1].stopped:
+        raise JobStopped(f"stopped after a saved chunk of run {run.run_id}; the next `study run` finishes it")
+    return {"rows_written": sum(s.rows_written for s in summaries), "acc_original": summaries[-1].acc_original}
 
 
-def evaluate_job(job, session: Session) -> dict:
+def evaluate_job(job, session: Session, should_stop=_never) -> dict:
     """Evaluate the job's trained prompt on a target dataset's test split (a row in reports/evaluations)."""
     from nemesis_analysis.evaluate import evaluate_saved
 
@@ -100,8 +119,9 @@ def evaluate_job(job, session: Session) -> dict:
 JOB_FUNCTIONS = {"encode": encode_job, "train": train_job, "corrupt": corrupt_job, "evaluate": evaluate_job}
 
 
-def run_job(job, session: Session) -> dict:
-    """Run one job of any kind in this process."""
+def run_job(job, session: Session, should_stop=_never) -> dict:
+    """Run one job of any kind in this process; ``should_stop()`` True ends it at its next saved point
+    (JobStopped)."""
     if job.kind not in JOB_FUNCTIONS:
         raise ValueError(f"unknown job kind {job.kind!r}; kinds: {', '.join(JOB_FUNCTIONS)}")
-    return JOB_FUNCTIONS[job.kind](job, session)
+    return JOB_FUNCTIONS[job.kind](job, session, should_stop)
