@@ -493,3 +493,63 @@ def test_tiny_clip_local_features_carry_class_signal(tiny_context):
     text = loaded.encode_texts([dataset.template.format(name) for name in dataset.classnames])  # (classes, embed)
     patch_acc = 100.0 * ((local @ text.T.float()).mean(1).argmax(1) == labels).float().mean().item()
     assert patch_acc > 35.0
+
+
+# ------------------------------------------------------------------------------ SIGTERM on study run
+
+
+def test_sigterm_on_study_run_saves_the_epoch_records_the_job_lost_and_exits_143(checkpoints_dir, tmp_path):
+    from study_helpers import write_tiny_study
+
+    from nemesis_analysis.study import records
+
+    text = write_tiny_study(tmp_path, checkpoints_dir).read_text()
+    text = text.replace("seeds = [1, 2]", "seeds = [1]").replace('methods = ["coop", "pun"]', 'methods = ["coop"]')
+    study = tmp_path / "long.toml"
+    study.write_text(text.replace("epochs = 2\n", "epochs = 40\n"))
+    process = cli_process(["study", "run", str(study), "--quiet", "--no-figures"])
+    ck = tmp_path / "checkpoints"
+    wait_for(lambda: any(ck.glob("*/split.json")))  # training has started
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "Traceback" not in err and "stopped by signal 15" in out and "recorded as lost" in out
+    state = json.loads((run_folder(ck) / "state.json").read_text())
+    assert 0 <= state["epoch"] < 39  # the epoch in flight was saved, not only the last 10-epoch save
+    jobs = records.read_job_history(tmp_path / "reports")
+    latest = jobs.sort_values("updated").groupby("job_id").last()
+    assert latest.loc[[j for j in latest.index if j.startswith("train:")], "state"].tolist() == ["lost"]
+    assert not any(j.startswith("corrupt:") and s == "running" for j, s in latest["state"].items())
+    resumed = runner.invoke(app, ["study", "run", str(study), "--quiet", "--no-figures"])
+    assert resumed.exit_code == 0, resumed.output
+    trajectories = pd.read_parquet(tmp_path / "reports" / "trajectories")
+    assert len(trajectories) == 40 * 4 and not trajectories.duplicated(["epoch", "position"]).any()
+
+
+# ------------------------------------------------------------------------------ damaged Parquet parts
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_a_damaged_table_part_is_refused_by_writers_and_skipped_by_readers(tmp_path, damage, caplog):
+    from nemesis_analysis.storage import store
+
+    good = {"run_id": "r1", "dataset": "digits", "backbone": "nemesis-tiny", "pretrained": "embedded", "shots": 1,
+            "seed": 1, "method": "coop", "n_ctx": 4, "csc": False, "class_token_position": "end", "precision": "fp32",
+            "final_test_acc": 70.0, "zero_shot_acc": 50.0}  # fmt: skip
+    store.append_rows(tmp_path / "rep", "runs", [good])
+    written = store.append_rows(tmp_path / "rep", "runs", [{**good, "run_id": "r2", "seed": 2}])
+    data = written.read_bytes()
+    written.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    # writers: one line naming the part and the fix, exit 2, before any work (no run folder, no rows)
+    for args in (["train", "--quiet", "--shots", "1", "--epochs", "1"], ["corrupt", "--quiet", "--shots", "1", "--epochs", "1"]):
+        result = runner.invoke(app, [*args, *folders(tmp_path)])
+        assert result.exit_code == 2, result.output
+        assert str(written) in result.output and "move it aside" in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").glob("*/config.json"))
+    # readers: the other parts, and a warning naming the damaged one
+    with caplog.at_level(logging.WARNING):
+        runs = store.read_table(tmp_path / "rep", "runs")
+    assert runs.run_id.tolist() == ["r1"] and str(written) in caplog.text
+    result = runner.invoke(app, ["summary", "--reports", str(tmp_path / "rep"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert written.read_bytes() == (data[: len(data) // 2] if damage == "truncated" else b"")  # nothing removed
