@@ -77,7 +77,7 @@ def test_factor_one_reproduces_uncorrupted_accuracy(tiny_context, generic_run, s
     assert baseline.position == -1 and baseline.factor == 1.0 and baseline.acc == summary.acc_original
     assert baseline.norm_before == pytest.approx(sum(generic_run.position_norms) / 16, rel=1e-5)
     assert rows.n_test.unique().tolist() == [len(tiny_context.dataset.test)]
-    assert set(rows.run_id) == {generic_run.run_id} and set(rows.method) == {"coop"}
+    assert set(rows.run_id) == {generic_run.run_id} and set(rows.regularizer) == {"coop"}
     # the summary is what the rows say
     corrupted = rows[rows.op != "none"]
     assert summary.best["acc"] == corrupted.acc.max() and summary.worst["acc"] == corrupted.acc.min()

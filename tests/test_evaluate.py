@@ -55,7 +55,7 @@ def test_evaluate_a_digits_run_equals_its_final_accuracy_and_reruns_add_nothing(
     assert row.acc == run.final_test_acc  # the same features, the same context: exactly equal
     assert (row.run_id, row.eval_dataset, row.eval_classes, row.protocol) == (run.run_id, "digits", "all", "fewshot")
     assert row.n_classes == 10 and row.n_test == len(tiny_context.dataset.test)
-    assert row.method == "coop" and row.n_ctx == 4 and row.shots == 2
+    assert row.regularizer == "coop" and row.n_ctx == 4 and row.shots == 2
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "already recorded" in again.output
     assert len(_evaluations(reports)) == 1

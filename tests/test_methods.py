@@ -285,7 +285,7 @@ def test_cli_method_flags_help_panels_and_refusals():
 def test_summaries_group_by_prompt_method():
     from nemesis_analysis.report import analysis
 
-    row = {"dataset": "digits", "backbone": "nemesis-tiny", "shots": 4, "method": "coop", "seed": 1,
+    row = {"dataset": "digits", "backbone": "nemesis-tiny", "shots": 4, "regularizer": "coop", "seed": 1,
            "final_test_acc": 50.0, "zero_shot_acc": 10.0, "mean_norm": 1.0}  # fmt: skip
     runs = pd.DataFrame([{**row, "prompt_method": "coop"}, {**row, "prompt_method": "cocoop", "final_test_acc": 60.0}])
     summary = analysis.summarize_runs(runs)

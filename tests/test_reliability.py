@@ -534,7 +534,7 @@ def test_a_damaged_table_part_is_refused_by_writers_and_skipped_by_readers(tmp_p
     from nemesis_analysis.storage import store
 
     good = {"run_id": "r1", "dataset": "digits", "backbone": "nemesis-tiny", "pretrained": "embedded", "shots": 1,
-            "seed": 1, "method": "coop", "n_ctx": 4, "csc": False, "class_token_position": "end", "precision": "fp32",
+            "seed": 1, "regularizer": "coop", "n_ctx": 4, "csc": False, "class_token_position": "end", "precision": "fp32",
             "final_test_acc": 70.0, "zero_shot_acc": 50.0}  # fmt: skip
     store.append_rows(tmp_path / "rep", "runs", [good])
     written = store.append_rows(tmp_path / "rep", "runs", [{**good, "run_id": "r2", "seed": 2}])

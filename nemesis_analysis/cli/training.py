@@ -109,7 +109,7 @@ def print_run_result(result) -> None:
         return  # said by stop_after_training
     state = "reused finished run" if result.reused else f"trained in {result.seconds:.1f} s"
     config = result.config
-    label = config.prompt_method if config.method == "coop" else f"{config.prompt_method} + {config.method}"
+    label = config.prompt_method if config.regularizer == "coop" else f"{config.prompt_method} + {config.regularizer}"
     console.print(f"[bold]{label}[/] run {result.run_id} ({state}) -> {result.run_dir}")
     console.print(
         f"  zero-shot accuracy {result.zero_shot_acc:.2f}%   final test accuracy {result.final_test_acc:.2f}%   "

@@ -195,8 +195,8 @@ class NemesisConfig:
         return self.beta is not None and self.beta < 1.0
 
     @property
-    def method(self) -> str:
-        """The ``method`` column: coop, nemesis-pun, nemesis-pan or nemesis-beta<B>."""
+    def regularizer(self) -> str:
+        """The ``regularizer`` column: coop, nemesis-pun, nemesis-pan or nemesis-beta<B>."""
         if self.beta is None:
             return "coop"
         elif self.beta == 1.0:
@@ -291,8 +291,9 @@ class RunConfig:
         return self.epochs if self.epochs is not None else coop_epochs(self.shots, self.dataset)
 
     @property
-    def method(self) -> str:
-        return self.nemesis.method
+    def regularizer(self) -> str:
+        """The ``regularizer`` column: coop, nemesis-pun, nemesis-pan or nemesis-beta<B>."""
+        return self.nemesis.regularizer
 
     @property
     def prompt_method(self) -> str:
@@ -364,7 +365,7 @@ class RunConfig:
             pretrained=self.pretrained,
             shots=self.shots,
             seed=self.seed,
-            method=self.method,
+            regularizer=self.regularizer,
             n_ctx=self.prompt.n_ctx if n_ctx is None else n_ctx,
             csc=self.prompt.csc,
             class_token_position=plain(self.prompt.class_token_position),

@@ -185,7 +185,7 @@ def check_prompt_protocol(prompt: AnalysisPrompt) -> None:
 
 
 def method_for_identity(loaded, classnames: list[str], identity: RunIdentity, options=None) -> PromptMethod:
-    """The prompt method of a run, rebuilt from its identity (method, n_ctx, csc, class-token position) and
+    """The prompt method of a run, rebuilt from its identity (prompt method, n_ctx, csc, class-token position) and
     the run's method options (``RunConfig.method_options()``: PLOT's num_prompts, KgCoOp's weight).
 
     ``ctx_init`` only changes the initial values, not the layout (each slot is one placeholder token), so

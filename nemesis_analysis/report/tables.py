@@ -1,7 +1,7 @@
 """Builds the paper's result tables (few-shot, base-to-new, domain generalization, cross-dataset) from runs and evaluations.
 
 Every builder takes the ``runs`` and ``evaluations`` tables as DataFrames (torch-free) and returns a
-:class:`ResultTable`: one row per dataset plus an "average" row, one column per method (and shot count
+:class:`ResultTable`: one row per dataset plus an "average" row, one column per regularizer (and shot count
 or split), and in each cell the mean and sample std over seeds and the number of seeds. A cell without
 a run says "no run"; an average over datasets is given only when every dataset row has the cell
 ("incomplete" otherwise). :func:`compare_paper` adds the published value and the difference, and
@@ -48,7 +48,7 @@ class Cell:
 
 @dataclass
 class ResultTable:
-    """Rows (datasets, then "average"), columns (method labels) and their cells."""
+    """Rows (datasets, then "average"), columns (regularizer labels) and their cells."""
 
     kind: str
     title: str
@@ -57,7 +57,7 @@ class ResultTable:
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     compared: bool = False
-    keys: dict[str, tuple] = field(default_factory=dict)  # column -> (prompt_method, method, weight, shots or B/N/H)
+    keys: dict[str, tuple] = field(default_factory=dict)  # column -> (prompt_method, regularizer, weight, shots or B/N/H)
     backbone: str = ""  # the one backbone of the table's runs
 
     def cell(self, row: str, column: str) -> Cell:
@@ -88,27 +88,27 @@ def _weights(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
         return pd.Series(math.nan, index=frame.index)
     weights = runs.drop_duplicates("run_id", keep="last").set_index("run_id")["norm_weight"]
     weight = frame["run_id"].map(weights).astype(float)
-    return weight.where(frame["method"] != "coop")
+    return weight.where(frame["regularizer"] != "coop")
 
 
-def method_label(method: str, weight: float, prompt_method: str = "coop") -> str:
+def column_label(regularizer: str, weight: float, prompt_method: str = "coop") -> str:
     """'coop', 'nemesis-pun (weight 1)', 'cocoop', 'cocoop + nemesis-pun (weight 1)': runs of different
     prompt methods or Nemesis weights are different columns."""
-    label = method if pd.isna(weight) else f"{method} (weight {weight:g})"
+    label = regularizer if pd.isna(weight) else f"{regularizer} (weight {weight:g})"
     if prompt_method in ("coop", "", None) or pd.isna(prompt_method):
         return label
-    return prompt_method if method == "coop" else f"{prompt_method} + {label}"
+    return prompt_method if regularizer == "coop" else f"{prompt_method} + {label}"
 
 
 # What a column label always names; any other setting that differs between runs of a cell is appended.
-_LABELLED = ("prompt_method", "method", "norm_weight")
+_LABELLED = ("prompt_method", "regularizer", "norm_weight")
 
 
-def _method_labels(frame: pd.DataFrame, runs: pd.DataFrame, by: list[str]) -> pd.Series:
+def _column_labels(frame: pd.DataFrame, runs: pd.DataFrame, by: list[str]) -> pd.Series:
     """One label per row: its prompt method, regulariser and weight, plus ``[setting value, ...]`` for every
     other setting that differs between runs that would share a cell (:func:`analysis.identity_by`)."""
     weight = _weights(frame, runs)
-    labels = pd.Series([method_label(m, w, p) for m, w, p in zip(frame["method"], weight, frame["prompt_method"])],
+    labels = pd.Series([column_label(r, w, p) for r, w, p in zip(frame["regularizer"], weight, frame["prompt_method"])],
                        index=frame.index, dtype=object)  # fmt: skip
     joined = analysis.with_run_settings(frame, runs)
     keys = [*by, *_LABELLED]
@@ -119,10 +119,10 @@ def _method_labels(frame: pd.DataFrame, runs: pd.DataFrame, by: list[str]) -> pd
 
 
 def _column_keys(frame: pd.DataFrame, runs: pd.DataFrame, extra: pd.Series | None = None) -> dict[str, tuple]:
-    """{column label: (prompt_method, method, weight, extra)} for matching published values."""
+    """{column label: (prompt_method, regularizer, weight, extra)} for matching published values."""
     weight = _weights(frame, runs)
     extras = extra if extra is not None else pd.Series(None, index=frame.index)
-    return {label: (p, m, w, x) for label, p, m, w, x in zip(frame["column"], frame["prompt_method"], frame["method"], weight, extras)}
+    return {label: (p, m, w, x) for label, p, m, w, x in zip(frame["column"], frame["prompt_method"], frame["regularizer"], weight, extras)}
 
 
 def _one_backbone(frame: pd.DataFrame, what: str) -> str:
@@ -138,7 +138,7 @@ def _per_seed(frame: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
 
 
 def _evaluations(evaluations: pd.DataFrame, runs: pd.DataFrame, protocol: str) -> pd.DataFrame:
-    analysis.require_columns(evaluations, [*schema.KEYS["evaluations"], "protocol", "acc", "seed", "method"], "evaluations table")
+    analysis.require_columns(evaluations, [*schema.KEYS["evaluations"], "protocol", "acc", "seed", "regularizer"], "evaluations table")
     table = schema.with_column_defaults("evaluations", evaluations)
     table = table.drop_duplicates(list(schema.KEYS["evaluations"]), keep="last")
     table = table[table["protocol"] == protocol]
@@ -146,7 +146,7 @@ def _evaluations(evaluations: pd.DataFrame, runs: pd.DataFrame, protocol: str) -
         raise NoDataError(f"no evaluations with protocol {protocol}; run `nemesis train --protocol {protocol}` first")
     _one_backbone(table, f"{protocol} evaluations")
     by = ["dataset"] if protocol == "base2new" else ["dataset", "eval_dataset"]
-    return table.assign(column=_method_labels(table, runs, by))
+    return table.assign(column=_column_labels(table, runs, by))
 
 
 # --------------------------------------------------------------------------- averages
@@ -177,16 +177,16 @@ def _average_cell(table, per_seed, datasets, row_col, column_col, column, value)
 
 
 def fewshot(runs: pd.DataFrame, evaluations: pd.DataFrame | None = None) -> ResultTable:
-    """Final test accuracy per dataset (rows) and method x shots (columns), from the runs table."""
-    analysis.require_columns(runs, ["run_id", "dataset", "backbone", "shots", "seed", "method", "final_test_acc"], "runs table")
+    """Final test accuracy per dataset (rows) and regularizer x shots (columns), from the runs table."""
+    analysis.require_columns(runs, ["run_id", "dataset", "backbone", "shots", "seed", "regularizer", "final_test_acc"], "runs table")
     table = schema.with_column_defaults("runs", runs).drop_duplicates("run_id", keep="last")
     if "protocol" in table.columns:
         table = table[table["protocol"].fillna("fewshot") == "fewshot"]
     if table.empty:
         raise NoDataError("no few-shot runs; run `nemesis train` first")
     _one_backbone(table, "runs")
-    table = table.assign(column=_method_labels(table, runs, ["dataset", "shots"]) + " " + table["shots"].astype(int).astype(str) + "-shot")
-    order = table.sort_values(["method", "shots"])["column"].drop_duplicates().tolist()
+    table = table.assign(column=_column_labels(table, runs, ["dataset", "shots"]) + " " + table["shots"].astype(int).astype(str) + "-shot")
+    order = table.sort_values(["regularizer", "shots"])["column"].drop_duplicates().tolist()
     rows = sorted(table["dataset"].unique()) + [AVERAGE]
     out = ResultTable("fewshot", "Few-shot accuracy (%)", rows, order, keys=_column_keys(table, runs, table["shots"].astype(int)),
                       backbone=_one_backbone(table, "runs"))  # fmt: skip
@@ -195,7 +195,7 @@ def fewshot(runs: pd.DataFrame, evaluations: pd.DataFrame | None = None) -> Resu
 
 
 def base2new(evaluations: pd.DataFrame, runs: pd.DataFrame | None = None) -> ResultTable:
-    """Base, new and harmonic-mean accuracy per trained dataset (rows) and method (columns)."""
+    """Base, new and harmonic-mean accuracy per trained dataset (rows) and regularizer (columns)."""
     runs = runs if runs is not None else pd.DataFrame(columns=["run_id"])
     table = _evaluations(evaluations, runs, "base2new")
     table = table[table["eval_dataset"] == table["dataset"]]
@@ -239,12 +239,12 @@ def _transfer(evaluations: pd.DataFrame, runs: pd.DataFrame | None, protocol: st
 
 
 def dg(evaluations: pd.DataFrame, runs: pd.DataFrame | None = None) -> ResultTable:
-    """Domain generalization: accuracy on the source (ImageNet) and each target variant per method."""
+    """Domain generalization: accuracy on the source (ImageNet) and each target variant per regularizer."""
     return _transfer(evaluations, runs, "dg", "Domain generalization accuracy (%)")
 
 
 def crossdataset(evaluations: pd.DataFrame, runs: pd.DataFrame | None = None) -> ResultTable:
-    """Cross-dataset transfer: accuracy on the source and on every other dataset per method."""
+    """Cross-dataset transfer: accuracy on the source and on every other dataset per regularizer."""
     return _transfer(evaluations, runs, "crossdataset", "Cross-dataset accuracy (%)")
 
 
@@ -266,8 +266,8 @@ def _paper_value(published: pd.DataFrame, kind: str, row: str, key: tuple) -> fl
     A row matches on prompt method and regulariser, and on the Nemesis weight where the paper states one
     (its "omega" label): CoOp runs are never set against the paper's CoCoOp numbers.
     """
-    prompt_method, method, weight, extra = key
-    rows = published[(published["method"] == method) & (published["prompt_method"] == prompt_method)]
+    prompt_method, regularizer, weight, extra = key
+    rows = published[(published["regularizer"] == regularizer) & (published["prompt_method"] == prompt_method)]
     if "norm_weight" in rows.columns:
         stated = rows["norm_weight"].notna()
         rows = rows[~stated | (rows["norm_weight"] == weight)] if not pd.isna(weight) else rows[~stated]
@@ -302,7 +302,7 @@ def compare_paper(table: ResultTable) -> ResultTable:
                 cell = table.cells.setdefault((row, column), Cell(note=NO_RUN))
                 cell.paper, cell.paper_note = value, _incomparable(table, row)
     table.compared = True
-    sources = sorted(set(published[published["method"] != "zero-shot"]["source"])) if published is not None else []
+    sources = sorted(set(published[published["regularizer"] != "zero-shot"]["source"])) if published is not None else []
     table.notes += [f"Paper: {s}" for s in sources]
     if table.kind == "fewshot":
         table.notes.append("Paper values were read off a plot (+-0.1) and exist only for the 11-dataset average.")

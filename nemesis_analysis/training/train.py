@@ -222,7 +222,7 @@ def train_prompt(
 def run_epochs(run: TrainingRun, session: Session, on_epoch, should_stop, save_every: int) -> bool:
     """Train the remaining epochs; True when ``should_stop`` ended them early (the last epoch run is saved)."""
     config = run.config
-    label = f"{config.prompt_method} {config.method} {config.dataset} {config.shots}-shot seed {config.seed}"
+    label = f"{config.prompt_method} {config.regularizer} {config.dataset} {config.shots}-shot seed {config.seed}"
     with progress_bar(label, total=config.num_epochs, enabled=session.progress) as advance:
         advance(run.start_epoch)
         for epoch in range(run.start_epoch, config.num_epochs):
