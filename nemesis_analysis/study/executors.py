@@ -42,7 +42,7 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError))
 
 
-def execute(job: Job, session: Session, should_stop=work._never) -> Outcome:
+def execute(job: Job, session: Session, should_stop=work.never_stop) -> Outcome:
     """Run one job here; every exception becomes a failed outcome (retryable only when out of memory)."""
     started = time.perf_counter()
     host = socket.gethostname()

@@ -18,7 +18,7 @@ class JobStopped(Exception):
     """A stop request (SIGTERM, Ctrl-C) ended the job at its next saved point; it is not done."""
 
 
-def _never(*_) -> bool:
+def never_stop(*_) -> bool:
     return False
 
 
@@ -49,7 +49,7 @@ def model_and_data(config: RunConfig, session: Session):
     return load_model_and_data(config, session)
 
 
-def encode_job(job, session: Session, should_stop=_never) -> dict:
+def encode_job(job, session: Session, should_stop=never_stop) -> dict:
     """Encode the test split's image features into the shared feature cache."""
     from nemesis_analysis.clip.features import image_features
 
@@ -77,13 +77,13 @@ def _train(job, session: Session, should_stop):
     return result
 
 
-def train_job(job, session: Session, should_stop=_never) -> dict:
+def train_job(job, session: Session, should_stop=never_stop) -> dict:
     """Train (or resume, or reuse) the job's run; its rows go to reports/runs and reports/trajectories."""
     result = _train(job, session, should_stop)
     return {"run_id": result.run_id, "final_test_acc": result.final_test_acc, "reused": result.reused}
 
 
-def corrupt_job(job, session: Session, should_stop=_never) -> dict:
+def corrupt_job(job, session: Session, should_stop=never_stop) -> dict:
     """Sweep the job's grid on its trained prompt on every class subset its protocol evaluates (base2new: base
     and new, as `nemesis corrupt --run` does); only keys missing from reports/corruptions are computed."""
     from nemesis_analysis.clip.prompts import backbone_tokenizer, resolve_n_ctx
@@ -106,7 +106,7 @@ def corrupt_job(job, session: Session, should_stop=_never) -> dict:
     return {"rows_written": sum(s.rows_written for s in summaries), "acc_original": summaries[-1].acc_original}
 
 
-def evaluate_job(job, session: Session, should_stop=_never) -> dict:
+def evaluate_job(job, session: Session, should_stop=never_stop) -> dict:
     """Evaluate the job's trained prompt on a target dataset's test split (a row in reports/evaluations)."""
     from nemesis_analysis.evaluate import evaluate_saved
 
@@ -119,7 +119,7 @@ def evaluate_job(job, session: Session, should_stop=_never) -> dict:
 JOB_FUNCTIONS = {"encode": encode_job, "train": train_job, "corrupt": corrupt_job, "evaluate": evaluate_job}
 
 
-def run_job(job, session: Session, should_stop=_never) -> dict:
+def run_job(job, session: Session, should_stop=never_stop) -> dict:
     """Run one job of any kind in this process; ``should_stop()`` True ends it at its next saved point
     (JobStopped)."""
     if job.kind not in JOB_FUNCTIONS:
