@@ -213,3 +213,12 @@ def test_an_empty_shard_is_refused_and_says_shards_count_from_zero(tmp_path, che
     path = write_tiny_study(tmp_path, checkpoints_dir)
     result = runner.invoke(app, ["study", "run", str(path), "--shard", ""])
     assert result.exit_code == 2 and "must be I/N" in result.output and "SLURM_ARRAY_TASK_ID - 1" in result.output
+
+
+def test_job_ids_ending_in_new_print_as_text_not_emoji():
+    from nemesis_analysis.cli.options import console, err_console
+
+    for out in (console, err_console):
+        with out.capture() as captured:
+            out.print("  failed evaluate:abc123:digits:new: boom", highlight=False)  # any print, markup or not
+        assert "digits:new: boom" in captured.get() and "\U0001f195" not in captured.get()
