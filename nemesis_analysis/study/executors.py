@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -124,6 +126,17 @@ def _worker_class(ray):
     return ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(StudyWorker)
 
 
+def _signal_handlers() -> dict:
+    return {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signal_handlers(handlers: dict) -> None:
+    if threading.current_thread() is threading.main_thread():
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
 def forwarded_env() -> dict[str, str]:
     """Environment variables of the driver that workers get too (data and cache folders, offline mode)."""
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
@@ -145,7 +158,9 @@ class RayExecutor:
         self.started_ray = False
         if not ray.is_initialized():
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            handlers = _signal_handlers()
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+            _restore_signal_handlers(handlers)  # SIGTERM stays the driver's: stop at saved points, record lost jobs
             self.started_ray = True
         self.worker_class = _worker_class(ray)
         self.idle: list = []
