@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from nemesis_analysis.config import PromptConfig, RunConfig
-from nemesis_analysis.storage.artifacts import load_prompt
+from nemesis_analysis.storage.artifacts import read_prompt
 from nemesis_analysis.corruption.ops import apply_corruptions, corrupt_context, expand_grid
 from nemesis_analysis.corruption.engine import predict_corruptions, predict_variants
 from nemesis_analysis.clip.features import encode_samples, image_features
@@ -134,7 +134,7 @@ def case_digits(checkpoints: Path, quick: bool, device: str) -> float:
     config = RunConfig(shots=4, epochs=10)
     loaded, dataset = load_model_and_data(config, session)
     run = train_prompt(config, session)
-    ctx, _ = load_prompt(run.run_dir)
+    ctx = read_prompt(run.run_dir).ctx
     identity = run.config.identity(n_ctx=ctx.shape[-2])
     grid = expand_grid(ctx.shape[-2])
     learner = method_for_identity(loaded, dataset.classnames, identity)

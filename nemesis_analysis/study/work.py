@@ -14,6 +14,7 @@ from nemesis_analysis.session import Session
 from nemesis_analysis.study import faults
 from nemesis_analysis.study.spec import Outputs
 
+
 class JobStopped(Exception):
     """A stop request (SIGTERM, Ctrl-C) ended the job at its next saved point; it is not done."""
 
