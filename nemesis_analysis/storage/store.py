@@ -136,6 +136,12 @@ def _read_part(path: Path, table: str) -> pa.Table:
         raise DamagedPartError(path, damaged_part_message(path, error)) from None
 
 
+def read_rows_file(path: Path | str, table: str) -> pd.DataFrame:
+    """One Parquet file of ``table``'s rows (e.g. a run folder's copy) under the current schema, as parts are
+    read: renamed columns under their current name, missing columns with their default."""
+    return _conform(pq.read_table(path), table).to_pandas()
+
+
 def check_parts(reports_dir: Path | str, tables: tuple[str, ...] | list[str] = schema.TABLES) -> None:
     """Raise DamagedPartError naming the first part of ``tables`` whose Parquet footer cannot be read;
     writing commands call this before any work, so nothing is computed that could not be recorded."""
