@@ -35,6 +35,7 @@ class PromptMethodName(str, Enum):
     COCOOP = "cocoop"  # context plus an image-conditioned shift from a meta-network (CVPR 2022)
     PLOT = "plot"  # N prompts per class matched to local image features by optimal transport (ICLR 2023)
     KGCOOP = "kgcoop"  # CoOp plus a pull towards the hand-crafted prompt's text features (CVPR 2023)
+    MAPLE = "maple"  # deep prompts in both towers, vision prompts coupled to text prompts (CVPR 2023)
 
 
 class CscReduction(str, Enum):

@@ -97,7 +97,7 @@ def select(df: pd.DataFrame, **where) -> pd.Series:
 
 def test_frequency_per_seed_counts_and_percent(corruptions):
     per_seed = analysis.low_norm_frequency_per_seed(corruptions)
-    assert list(per_seed.columns) == ["dataset", "backbone", "shots", "prompt_method", "method", "seed", "n_reducing", "n_effect", "frequency"]
+    assert list(per_seed.columns) == ["dataset", "backbone", "shots", "prompt_method", "method", "seed", "n_reducing", "n_effect", "frequency", "n_invisible"]
     assert len(per_seed) == 5
     expected = {
         ("dtd", "coop", 1): (3, 2, 200 / 3),
@@ -110,6 +110,20 @@ def test_frequency_per_seed_counts_and_percent(corruptions):
         row = select(per_seed, dataset=dataset, method=method, seed=seed)
         assert (row["n_reducing"], row["n_effect"]) == (n_reducing, n_effect)
         assert row["frequency"] == pytest.approx(frequency)
+
+
+def test_frequency_leaves_out_invisible_rows_counts_them_and_splits_by_layer(corruptions):
+    base = analysis.low_norm_frequency(corruptions)
+    marked = corruptions.assign(layer=0, invisible=False)
+    reducing_effects = (marked["op"] != "none") & (marked["norm_after"] < marked["norm_before"]) & (marked["delta"] > 0)
+    first = marked.index[reducing_effects & (marked["dataset"] == "dtd") & (marked["method"] == "coop")][0]
+    marked.loc[first, ["invisible", "layer"]] = [True, 1]
+    freq = analysis.low_norm_frequency(marked)
+    dtd, before = select(freq, dataset="dtd", method="coop"), select(base, dataset="dtd", method="coop")
+    assert (dtd["n_reducing"], dtd["n_effect"], dtd["n_invisible"]) == (before["n_reducing"] - 1, before["n_effect"] - 1, 1)
+    by_layer = analysis.low_norm_frequency(marked, by=["dataset", "method", "layer"])
+    layer1 = select(by_layer, dataset="dtd", method="coop", layer=1)
+    assert (layer1["n_reducing"], layer1["n_invisible"]) == (0, 1)
 
 
 def test_frequency_min_delta(corruptions):
@@ -128,7 +142,7 @@ def test_frequency_aggregate_mean_std_over_seeds(corruptions):
     freq = analysis.low_norm_frequency(corruptions)
     assert list(freq.columns) == [
         "dataset", "backbone", "shots", "prompt_method", "method",
-        "frequency_mean", "frequency_std", "num_seeds", "n_effect", "n_reducing", "frequency_pooled",
+        "frequency_mean", "frequency_std", "num_seeds", "n_effect", "n_reducing", "frequency_pooled", "n_invisible",
     ]  # fmt: skip
     assert len(freq) == 3
     dtd = select(freq, dataset="dtd", method="coop")

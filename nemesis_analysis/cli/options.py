@@ -142,7 +142,7 @@ def _help(dotted: str, text: str = "") -> str:
 
 
 ConfigFileOpt = Annotated[
-    Optional[Path], typer.Option("--config", metavar="FILE", help="TOML run config: top-level fields and [prompt], [nemesis], [optim], [plot], [kgcoop].")
+    Optional[Path], typer.Option("--config", metavar="FILE", help="TOML run config: top-level fields and [prompt], [nemesis], [optim], [plot], [kgcoop], [maple].")
 ]
 SetOpt = Annotated[
     Optional[list[str]],
@@ -194,7 +194,8 @@ LrOpt = Annotated[float, typer.Option("--lr", help=_help("optim.lr"))]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help=_help("optim.batch_size"))]
 MethodOpt = Annotated[
     str, typer.Option("--method", help="Prompt method: coop, cocoop (image-conditioned context), plot (N prompts "
-                      "matched by optimal transport) or kgcoop (CoOp pulled towards the hand-crafted prompt).")
+                      "matched by optimal transport), kgcoop (CoOp pulled towards the hand-crafted prompt) or maple (deep "
+                      "prompts in both towers; --set maple.depth=J).")
 ]
 PLOT_PANEL = "PLOT options (--method plot)"
 KGCOOP_PANEL = "KgCoOp options (--method kgcoop)"

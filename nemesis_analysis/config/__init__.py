@@ -139,7 +139,7 @@ class PromptConfig:
 
     SECTION: ClassVar[str] = "prompt"
     method: PromptMethodName = spec(PromptMethodName.COOP, in_id=IN_ID_UNLESS_DEFAULT,
-                                    help="prompt method: coop, cocoop, plot or kgcoop")
+                                    help="prompt method: coop, cocoop, plot, kgcoop or maple")
     n_ctx: int = spec(16, check=at_least_one, help="number of context vectors M")
     csc: bool = spec(False, help="class-specific context: one set of M vectors per class")
     class_token_position: ClassTokenPosition = spec(ClassTokenPosition.END, help="where the class name goes")
@@ -250,6 +250,19 @@ class KgCoOpConfig:
 
 
 @dataclass
+class MapleConfig:
+    """MaPLe's options (``--method maple`` only)."""
+
+    SECTION: ClassVar[str] = "maple"
+    METHOD: ClassVar[PromptMethodName] = PromptMethodName.MAPLE
+    depth: int = spec(9, check=at_least_one,
+                      help="MaPLe: prompted layers J in both towers (capped at the shallower tower's depth)")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+@dataclass
 class RunConfig:
     """Everything that determines a trained prompt. ``run_id`` hashes all of it."""
 
@@ -266,6 +279,7 @@ class RunConfig:
     optim: OptimConfig = spec(default_factory=OptimConfig)
     plot: PlotConfig = spec(default_factory=PlotConfig)
     kgcoop: KgCoOpConfig = spec(default_factory=KgCoOpConfig)
+    maple: MapleConfig = spec(default_factory=MapleConfig)
     recipe: str | None = spec(None, in_id=IN_ID_NEVER,
                               help="a named recipe whose settings were applied (recorded, not hashed)")
     recipe_changes: str = spec("", in_id=IN_ID_NEVER, help="the settings the recipe changed (recorded, not hashed)")
@@ -403,8 +417,9 @@ NESTED = {
     "optim": OptimConfig,
     "plot": PlotConfig,
     "kgcoop": KgCoOpConfig,
+    "maple": MapleConfig,
 }
-METHOD_SECTIONS = ("plot", "kgcoop")  # option sections that belong to one prompt method each
+METHOD_SECTIONS = ("plot", "kgcoop", "maple")  # option sections that belong to one prompt method each
 
 
 def check_method_options(config: RunConfig) -> None:
@@ -572,7 +587,7 @@ def to_toml(config: "RunConfig") -> str:
 # Named, explicit bundles of settings. The reference code hides some of these behind dataset names;
 # here they apply only when asked for, and what they changed is printed and recorded in the run.
 
-RECIPES = ("coop", "paper", "cocoop")
+RECIPES = ("coop", "paper", "cocoop", "maple")
 RECIPE_PURPOSES = ("train", "corrupt")  # what the run is made for: its own sake, or a corruption sweep
 PAPER_PAN_DATASETS = ("food101", "oxford_pets")  # reference: omega = 1 for every beta, PAN's weight 50
 PAPER_PAN_WEIGHT = 50.0
@@ -609,6 +624,29 @@ def cocoop_settings() -> tuple[dict, dict]:
         "prompt.csc": False,
         "prompt.class_token_position": "end",
         "prompt.ctx_init": "a photo of a",
+    }
+    return changed, {}
+
+
+def maple_settings() -> tuple[dict, dict]:
+    """MaPLe's recipe: ViT-B/16, M = 2 from "a photo of a" (the words "of a" stay fixed), prompts in the first 9
+    layers of both towers, 16 shots, 5 epochs, batch 4, SGD 0.0035 with CoOp's schedule (cosine, one constant
+    warm-up epoch at 1e-5). Returns (settings, notes)."""
+    changed = {
+        "prompt.method": "maple",
+        "backbone": "ViT-B-16",
+        "pretrained": "openai",
+        "shots": 16,
+        "epochs": 5,
+        "optim.batch_size": 4,
+        "optim.lr": 0.0035,
+        "optim.warmup_epochs": 1,
+        "optim.warmup_lr": 1e-5,
+        "prompt.n_ctx": 2,
+        "prompt.csc": False,
+        "prompt.class_token_position": "end",
+        "prompt.ctx_init": "a photo of a",
+        "maple.depth": 9,
     }
     return changed, {}
 
@@ -652,6 +690,8 @@ def apply_recipe(config: RunConfig, name: str | None, purpose: str = "train") ->
         changed, notes = coop_settings(config)
     elif name == "cocoop":
         changed, notes = cocoop_settings()
+    elif name == "maple":
+        changed, notes = maple_settings()
     elif name == "paper":
         changed, notes = paper_settings(config, purpose)
     else:

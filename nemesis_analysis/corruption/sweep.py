@@ -22,14 +22,13 @@ from nemesis_analysis.corruption.ops import NO_CORRUPTION, Corruption, apply_cor
 from nemesis_analysis.corruption.engine import (
     accuracy_of,
     auto_chunk,
-    predict_single_position_variants,
-    predict_variants,
     prefix_cache,
     variant_norms,
+    variant_outcomes,
 )
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.evaluate import restrict_to_classes
-from nemesis_analysis.clip.features import image_features, local_image_features
+from nemesis_analysis.clip.features import local_image_features
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.training.nemesis import position_norms
 from nemesis_analysis.progress import progress_bar
@@ -59,6 +58,7 @@ class SweepSummary:
     rows: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # the grid's rows, grid order
     stopped: bool = False  # should_stop ended the sweep before the grid was complete
     eval_classes: str = EvalClasses.ALL.value  # the class subset evaluated (base2new: base or new)
+    num_invisible: int = 0  # corruptions whose scores equal the original's (left out of the two counts above)
 
 
 @dataclass
@@ -68,6 +68,7 @@ class EvalSet:
     features: Tensor  # (n_test, embed)
     labels: Tensor  # (n_test,)
     local_features: Tensor | None = None  # (n_test, locations, embed) for methods that score local features (PLOT)
+    original: Tensor | None = None  # (n_test, classes) scores of the unchanged prompt, set by the sweep
 
     @property
     def size(self) -> int:
@@ -115,11 +116,11 @@ def run_corruption_sweep(
     chunk = resolve_chunk(method, chunk, memory_budget)
     classes = EvalClasses(classes).value
     test = load_test_set(session, method, identity.dataset, classes, max_test)
-    predictions = predict_variants(method, slot_value[None], test.features, test.local_features)
-    acc_original = float(accuracy_of(predictions, test.labels)[0])
+    test.original = original_scores(method, slot_value, test)
+    acc_original = float(accuracy_of(test.original.argmax(-1).cpu()[None], test.labels)[0])
     base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size, "eval_classes": classes}
     base_norms = position_norms(slot_value)  # (n_positions,)
-    pairs = method.position_pairs()  # flat position -> (prompt_index, position)
+    pairs = position_keys(method)  # flat position -> (prompt_index, position, layer)
 
     with store.claim(session.reports_dir, TABLE, identity.run_id):  # held to the end: no key is written twice
         previous = previous_rows(session, identity.run_id, classes)
@@ -152,6 +153,19 @@ def run_corruption_sweep(
     summary.stopped = stopped
     summary.eval_classes = classes
     return summary
+
+
+@torch.no_grad()
+def original_scores(method: PromptMethod, slot_value: Tensor, test: "EvalSet") -> Tensor:
+    """Scores (n_test, classes) of the unchanged prompt: the baseline accuracy and what invisibility compares to."""
+    device = method.device
+    local = test.local_features.to(device) if test.local_features is not None else None
+    return method.variant_scores(slot_value[None].to(device), test.features.to(device), local)[0]
+
+
+def position_keys(method: PromptMethod) -> list[tuple[int, int, int]]:
+    """(prompt_index, position, layer) of each flat position of the method's position slot."""
+    return [(*pair, layer) for pair, layer in zip(method.position_pairs(), method.position_layers())]
 
 
 def check_slot(slot_value: Tensor, identity: RunIdentity, method: PromptMethod | None = None) -> Tensor:
@@ -202,7 +216,8 @@ def load_test_set(
         raise ConfigError(f"--max-test must be at least 1, got {max_test}")
     dataset = session.dataset(dataset_name)
     loaded = method.loaded
-    features, labels = image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
+    # cached frozen features; the test images for a method that prompts the image tower (MaPLe)
+    features, labels = method.image_inputs(dataset, dataset.test, session.feature_cache, session.progress)
     local = None
     if method.needs_local_features:
         local, _ = local_image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
@@ -247,13 +262,14 @@ def previous_rows(session: Session, run_id: str, classes: str = EvalClasses.ALL.
     return table[(table["run_id"] == run_id) & (table["eval_classes"] == classes)]
 
 
-def row_key(corruption: Corruption, pairs: Sequence[tuple[int, int]]) -> tuple:
-    """The table key (op, prompt_index, position, factor, rep) of a corruption of flat position
-    ``corruption.position``; ``pairs`` maps flat positions to (prompt_index, position)."""
+def row_key(corruption: Corruption, pairs: Sequence[tuple[int, ...]]) -> tuple:
+    """The table key (op, prompt_index, position, factor, rep, layer) of a corruption of flat position
+    ``corruption.position``; ``pairs`` maps flat positions to (prompt_index, position[, layer]) (layer 0
+    when not given)."""
     if corruption.op == NONE:
-        return (NONE, 0, corruption.position, float(corruption.factor), corruption.rep)
-    prompt_index, position = pairs[corruption.position]
-    return (corruption.op, int(prompt_index), int(position), float(corruption.factor), corruption.rep)
+        return (NONE, 0, corruption.position, float(corruption.factor), corruption.rep, 0)
+    prompt_index, position, layer = (*pairs[corruption.position], 0)[:3]
+    return (corruption.op, int(prompt_index), int(position), float(corruption.factor), corruption.rep, int(layer))
 
 
 def pending_corruptions(grid: Sequence[Corruption], done: set, pairs: Sequence[tuple[int, int]]) -> list[Corruption]:
@@ -271,7 +287,7 @@ def baseline_row(base_row: dict, base_norms: Tensor) -> dict:
     op, position, factor, rep = NO_CORRUPTION.key()
     return {**base_row, "op": op, "prompt_index": 0, "position": position, "factor": factor, "rep": rep,
             "acc": base_row["acc_original"], "delta": 0.0, "norm_before": mean_norm, "norm_after": mean_norm,
-            "low_norm_effect": False}  # fmt: skip
+            "low_norm_effect": False, "layer": 0, "invisible": True}  # fmt: skip
 
 
 def evaluate_chunk(
@@ -285,11 +301,13 @@ def evaluate_chunk(
     base_norms: Tensor,
     pairs: Sequence[tuple[int, int]],
 ) -> list[dict]:
-    """The table rows of one chunk of corruptions (one stacked text pass)."""
+    """The table rows of one chunk of corruptions (one stacked text pass). ``invisible``: the variant's scores
+    equal the unchanged prompt's (``test.original``) to float precision."""
     variants = apply_corruptions(slot_value, part, run_id)  # (variants, [classes,] n_positions, width)
     positions = [c.position for c in part]
-    predictions = predict_single_position_variants(method, cache, variants, positions, test.features,
-                                                   test.local_features)  # fmt: skip
+    original = test.original if test.original is not None else original_scores(method, slot_value, test)
+    predictions, invisible = variant_outcomes(method, cache, variants, positions, test.features,
+                                              test.local_features, original)  # fmt: skip
     accs = accuracy_of(predictions, test.labels).tolist()
     after = variant_norms(variants)  # (variants, n_ctx)
     rows = []
@@ -299,7 +317,8 @@ def evaluate_chunk(
         delta = accs[i] - base_row["acc_original"]
         rows.append(
             {**base_row, "op": corruption.op, "prompt_index": pairs[corruption.position][0],
-             "position": pairs[corruption.position][1], "factor": float(corruption.factor),
+             "position": pairs[corruption.position][1], "layer": (*pairs[corruption.position], 0)[2],
+             "invisible": bool(invisible[i]), "factor": float(corruption.factor),
              "rep": corruption.rep, "acc": accs[i], "delta": delta, "norm_before": norm_before,
              "norm_after": norm_after, "low_norm_effect": bool(norm_after < norm_before and delta > 0)}
         )  # fmt: skip
@@ -317,7 +336,8 @@ def grid_rows(
     frame = pd.concat(frames, ignore_index=True).drop_duplicates(key, keep="last")
     order = {row_key(c, pairs): i for i, c in reversed(list(enumerate(grid)))}
     keys = list(frame[key].itertuples(index=False, name=None))
-    frame = frame.assign(_order=[order.get((op, int(n), int(p), float(f), int(r)), -1) for op, n, p, f, r in keys])
+    frame = frame.assign(_order=[order.get((op, int(n), int(p), float(f), int(r), int(lay)), -1)
+                                 for op, n, p, f, r, lay in keys])  # fmt: skip
     frame = frame[frame["_order"] >= 0].sort_values("_order", kind="stable").drop(columns="_order")
     return frame.reset_index(drop=True)
 
@@ -331,7 +351,9 @@ def summarise(
     if not corrupted.empty:
         best = corrupted.loc[corrupted["acc"].idxmax()].to_dict()
         worst = corrupted.loc[corrupted["acc"].idxmin()].to_dict()
-    reducing = corrupted["norm_after"] < corrupted["norm_before"]
+    invisible = corrupted["invisible"].fillna(False).astype(bool) if "invisible" in corrupted else False
+    visible = corrupted[~invisible] if "invisible" in corrupted else corrupted
+    reducing = visible["norm_after"] < visible["norm_before"]
     return SweepSummary(
         run_id=run_id,
         acc_original=acc_original,
@@ -342,7 +364,8 @@ def summarise(
         best=best,
         worst=worst,
         num_norm_reducing=int(reducing.sum()),
-        num_low_norm_effect=int((reducing & (corrupted["delta"] > 0)).sum()),
+        num_low_norm_effect=int((reducing & (visible["delta"] > 0)).sum()),
+        num_invisible=len(corrupted) - len(visible),
         chunk=chunk,
         seconds=seconds,
         rows=frame,
@@ -355,6 +378,8 @@ def describe_corruption(row: dict) -> str:
     where = f"position {int(row['position'])}"
     if row.get("prompt_method") == "plot":
         where = f"prompt {int(row.get('prompt_index', 0))} {where}"
+    elif row.get("prompt_method") == "maple":
+        where = f"layer {int(row.get('layer', 0))} {where}"
     if row["op"] == RESCALE:
         return f"rescale {where} by {row['factor']:g}"
     elif row["op"] == REPLACE:
@@ -386,6 +411,7 @@ def format_summary(summary: SweepSummary) -> list[str]:
             )
     lines.append(
         f"  Low-Norm Effect: {summary.num_low_norm_effect} of {summary.num_norm_reducing} norm-reducing "
-        f"corruptions raised accuracy"
+        f"corruptions raised accuracy" + (f" ({summary.num_invisible} invisible corruptions left out)"
+                                          if summary.num_invisible else "")
     )
     return lines

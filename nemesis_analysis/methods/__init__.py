@@ -3,6 +3,7 @@
 from nemesis_analysis.methods import cocoop  # noqa: F401  (registers "cocoop")
 from nemesis_analysis.methods import coop  # noqa: F401  (registers "coop")
 from nemesis_analysis.methods import kgcoop  # noqa: F401  (registers "kgcoop")
+from nemesis_analysis.methods import maple  # noqa: F401  (registers "maple")
 from nemesis_analysis.methods import plot  # noqa: F401  (registers "plot")
 from nemesis_analysis.methods.base import (
     METHODS,

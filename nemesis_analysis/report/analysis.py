@@ -79,9 +79,18 @@ def rows_for_view(
     return corruptions[corruptions["eval_classes"] == eval_classes]
 
 
+def _invisible(corruptions: pd.DataFrame) -> pd.Series:
+    """Mask of corrupted rows whose scores equal the original's (``invisible``; older parts: none)."""
+    if "invisible" not in corruptions.columns:
+        return pd.Series(False, index=corruptions.index)
+    return (corruptions["op"] != "none") & corruptions["invisible"].fillna(False).astype(bool)
+
+
 def _norm_reducing(corruptions: pd.DataFrame) -> pd.Series:
-    """Mask of rows that corrupt a position and lower its norm."""
-    return (corruptions["op"] != "none") & (corruptions["norm_after"] < corruptions["norm_before"])
+    """Mask of visible rows that corrupt a position and lower its norm (an invisible corruption, e.g. a
+    positive rescale that a LayerNorm undoes, changes nothing by construction and is left out)."""
+    reducing = (corruptions["op"] != "none") & (corruptions["norm_after"] < corruptions["norm_before"])
+    return reducing & ~_invisible(corruptions)
 
 
 def sample_std(values: pd.Series) -> float:
@@ -166,15 +175,15 @@ def low_norm_frequency_per_seed(
     min_delta: float = 0.0,
     by: Sequence[str] = GROUP_COLUMNS,
 ) -> pd.DataFrame:
-    """One row per group and seed: `n_reducing`, `n_effect` and `frequency` (percent).
+    """One row per group and seed: `n_reducing`, `n_effect`, `frequency` (percent) and `n_invisible`.
 
-    `n_reducing` counts the norm-reducing corruption rows (op != "none" and
-    norm_after < norm_before), `n_effect` those among them with delta > `min_delta`, and
-    frequency = 100 * n_effect / n_reducing (NaN when nothing reduced the norm). Groups
-    whose rows are all baselines (op == "none") do not appear.
+    `n_reducing` counts the visible norm-reducing corruption rows (op != "none",
+    norm_after < norm_before, not `invisible`), `n_effect` those among them with delta > `min_delta`, and
+    frequency = 100 * n_effect / n_reducing (NaN when nothing reduced the norm); `n_invisible` counts the
+    corruption rows left out as invisible. Groups whose rows are all baselines (op == "none") do not appear.
     """
     by = list(by)
-    columns = [*by, "seed", "n_reducing", "n_effect", "frequency"]
+    columns = [*by, "seed", "n_reducing", "n_effect", "frequency", "n_invisible"]
     corruptions = rows_for_view(corruptions, by)
     require_columns(corruptions, [*by, "seed", *_KEY, "delta", "norm_before", "norm_after"], "corruption table")
     table = dedupe_corruptions(corruptions)
@@ -188,11 +197,12 @@ def low_norm_frequency_per_seed(
             "reducing": reducing.astype(int),
             # NaN delta compares False, so an unmeasured row is never an effect.
             "effect": (reducing & (table["delta"] > min_delta)).astype(int),
+            "invisible": _invisible(table).astype(int),
         }
     )
     keys = [table[c] for c in [*by, "seed"]]
     out = counts.groupby(keys, sort=True, dropna=False).sum()
-    out.columns = ["n_reducing", "n_effect"]
+    out.columns = ["n_reducing", "n_effect", "n_invisible"]
     out = out.reset_index()
     with np.errstate(invalid="ignore", divide="ignore"):
         frequency = 100.0 * out["n_effect"] / out["n_reducing"]
@@ -210,7 +220,9 @@ def low_norm_frequency(
 
     Columns: the `by` columns, `frequency_mean`, `frequency_std` (ddof=1; NaN with one seed),
     `num_seeds` (seeds with a defined frequency), `n_effect` and `n_reducing` (summed over
-    seeds) and `frequency_pooled` = 100 * n_effect / n_reducing over all seeds together.
+    seeds), `frequency_pooled` = 100 * n_effect / n_reducing over all seeds together, and `n_invisible`
+    (corruptions left out as invisible, summed over seeds). Pass ``by=[..., "layer"]`` for one row per
+    prompted layer (MaPLe).
     With `same_grid`, each group first keeps only the cells all its runs measured
     (:func:`restrict_to_common_grid`; the figures and `nemesis summary` use this).
     See FREQUENCY_DEFINITION.
@@ -218,7 +230,8 @@ def low_norm_frequency(
     by = list(by)
     if same_grid:
         corruptions = restrict_to_common_grid(corruptions, by)
-    columns = [*by, "frequency_mean", "frequency_std", "num_seeds", "n_effect", "n_reducing", "frequency_pooled"]
+    columns = [*by, "frequency_mean", "frequency_std", "num_seeds", "n_effect", "n_reducing", "frequency_pooled",
+               "n_invisible"]  # fmt: skip
     per_seed = low_norm_frequency_per_seed(corruptions, min_delta=min_delta, by=by)
     if per_seed.empty:
         return pd.DataFrame(columns=columns)
@@ -227,6 +240,7 @@ def low_norm_frequency(
     out["num_seeds"] = grouped["frequency"].count()
     out["n_effect"] = grouped["n_effect"].sum()
     out["n_reducing"] = grouped["n_reducing"].sum()
+    out["n_invisible"] = grouped["n_invisible"].sum()
     with np.errstate(invalid="ignore", divide="ignore"):
         pooled = 100.0 * out["n_effect"] / out["n_reducing"]
     out["frequency_pooled"] = pooled.where(out["n_reducing"] > 0)

@@ -28,7 +28,7 @@ from nemesis_analysis.data.base import DatasetSplits, Sample
 from nemesis_analysis.data.fewshot import sample_train_shots
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
 from nemesis_analysis.evaluate import write_run_evaluations
-from nemesis_analysis.clip.features import encode_images_with_local, image_features, local_image_features
+from nemesis_analysis.clip.features import image_features, local_image_features
 from nemesis_analysis.methods import build_method_for_run
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.metrics import top1_accuracy
@@ -271,6 +271,8 @@ def start_run(
     if method.needs_local_features:
         test_local, _ = local_image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
         run.test_local = test_local.to(loaded.device)
+    if method.encodes_images:  # its image features depend on the prompt: it scores the test images
+        run.test_features = method.image_inputs(dataset, dataset.test, session.feature_cache, session.progress)[0]
     restore_state(run)
     return run
 
@@ -329,11 +331,9 @@ def train_step(
     """One SGD step on CE + the method's extra loss + the Nemesis term; returns the losses and PAN's marks."""
     method, spec = run.method, run.config.nemesis
     labels = labels.to(run.loaded.device)
-    local = None  # (batch, locations, embed) for methods that score local features
-    if method.needs_local_features:
-        features, local = encode_images_with_local(run.loaded, pixels)  # frozen tower, one pass
-    else:
-        features = run.loaded.encode_images(pixels)  # (batch, embed), frozen tower
+    # (batch, embed) from the frozen tower, plus (batch, locations, embed) for methods that score local
+    # features; the images themselves for a method that prompts the image tower (MaPLe)
+    features, local = method.encode_batch(pixels)
     logits = method.logits(features, local)  # (batch, classes)
     ce = F.cross_entropy(logits, labels)
     extra = method.extra_loss(features, labels, logits)  # zero for CoOp (KgCoOp adds one)
@@ -450,10 +450,12 @@ def trajectory_rows(run: TrainingRun, epoch: int, test_acc: float, norms: dict, 
     """One ``trajectories`` row per position for this epoch."""
     identity = run.config.identity(n_ctx=run.method.n_ctx).as_row()
     pairs = run.method.position_pairs()  # flat position -> (prompt_index, position)
+    layers = run.method.position_layers()  # flat position -> layer (MaPLe's deep prompts; 0 otherwise)
     return [
         {
             **identity,
             "epoch": epoch,
+            "layer": layers[position],
             "prompt_index": pairs[position][0],
             "position": pairs[position][1],
             **{column: values[position] for column, values in norms.items()},
