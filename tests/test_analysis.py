@@ -126,6 +126,19 @@ def test_frequency_leaves_out_invisible_rows_counts_them_and_splits_by_layer(cor
     assert (layer1["n_reducing"], layer1["n_invisible"]) == (0, 1)
 
 
+def test_delta_grid_keeps_layers_apart(corruptions):
+    rows = corruptions[(corruptions["dataset"] == "dtd") & (corruptions["method"] == "coop")]
+    deep = pd.concat([rows.assign(layer=0), rows.assign(layer=1, delta=rows["delta"] + 10.0)], ignore_index=True)
+    flat = analysis.delta_grid(rows, "dtd", method="coop")
+    layer1 = analysis.delta_grid(deep, "dtd", method="coop", layer=1)
+    assert list(layer1.index) == list(flat.index)
+    assert layer1.to_numpy() == pytest.approx(flat.to_numpy() + 10.0, nan_ok=True)
+    both = analysis.delta_grid(deep, "dtd", method="coop")
+    n_ctx = int(rows["n_ctx"].iloc[0])
+    assert list(both.index) == list(flat.index) + [n_ctx + p for p in flat.index]
+    assert both.iloc[len(flat):].to_numpy() == pytest.approx(flat.to_numpy() + 10.0, nan_ok=True)
+
+
 def test_frequency_min_delta(corruptions):
     per_seed = analysis.low_norm_frequency_per_seed(corruptions, min_delta=0.5)
     # dtd seed 1: +1.0 counts, +0.2 no longer does; seed 2: +2.0 counts.

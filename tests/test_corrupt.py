@@ -138,11 +138,11 @@ def test_csc_corrupts_the_position_of_every_class(tiny_context, csc_run, session
     rows = _table(session).set_index(KEY)
     per_class = torch.linalg.vector_norm(ctx[:, 2], dim=-1)  # (classes,)
     before = float(per_class.mean())
-    assert rows.loc[("rescale", 0, 2, 0.0, 0), "norm_before"] == pytest.approx(before, rel=1e-6)
-    assert rows.loc[("rescale", 0, 2, 0.0, 0), "norm_after"] == 0.0
-    assert rows.loc[("rescale", 0, 2, 2.0, 0), "norm_after"] == pytest.approx(2 * before, rel=1e-6)
+    assert rows.loc[("rescale", 0, 2, 0.0, 0, 0), "norm_before"] == pytest.approx(before, rel=1e-6)
+    assert rows.loc[("rescale", 0, 2, 0.0, 0, 0), "norm_after"] == 0.0
+    assert rows.loc[("rescale", 0, 2, 2.0, 0, 0), "norm_after"] == pytest.approx(2 * before, rel=1e-6)
     assert before == pytest.approx(float(position_norms(ctx)[2]), rel=1e-6)
-    assert rows.loc[("replace", 0, 2, 0.5, 0), "norm_after"] == pytest.approx(0.5 * 128**0.5, rel=0.2)
+    assert rows.loc[("replace", 0, 2, 0.5, 0, 0), "norm_after"] == pytest.approx(0.5 * 128**0.5, rel=0.2)
     assert bool(rows.csc.all()) and (rows.n_ctx == 4).all()
 
 

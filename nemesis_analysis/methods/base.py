@@ -186,11 +186,18 @@ class PromptMethod(nn.Module):
         return [0] * self.n_positions
 
     @classmethod
-    def flat_positions(cls, config) -> int:
-        """Flat positions of the run ``config``'s position slot, before any model loads (to expand a grid)."""
+    def flat_position_keys(cls, config) -> list[tuple[int, int, int]]:
+        """(prompt_index, position, layer) of each flat position of the run ``config``'s position slot, before
+        any model loads (to expand a grid and know its table keys): PLOT's N prompts of n_ctx positions."""
         from nemesis_analysis.clip.prompts import backbone_tokenizer, resolve_n_ctx
 
-        return config.num_prompts * resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
+        n_ctx = resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
+        return [(*divmod(p, n_ctx), 0) for p in range(config.num_prompts * n_ctx)]
+
+    @classmethod
+    def flat_positions(cls, config) -> int:
+        """Flat positions of the run ``config``'s position slot, before any model loads."""
+        return len(cls.flat_position_keys(config))
 
     def encode_batch(self, pixels: Tensor) -> tuple[Tensor, Tensor | None]:
         """What :meth:`logits` takes for a preprocessed training batch (batch, 3, H, W): the frozen tower's

@@ -261,8 +261,9 @@ class MaPLe(PromptMethod):
         return [q // self.n_ctx for q in range(self.depth * self.n_ctx)]
 
     @classmethod
-    def flat_positions(cls, config) -> int:
-        return effective_depth(config.maple.depth, config.backbone) * config.prompt.n_ctx
+    def flat_position_keys(cls, config) -> list[tuple[int, int, int]]:
+        n_ctx = config.prompt.n_ctx
+        return [(0, q % n_ctx, q // n_ctx) for q in range(effective_depth(config.maple.depth, config.backbone) * n_ctx)]
 
     def layered(self, slot_variants: Tensor) -> Tensor:
         """Flat variants (variants, J * M, width) as (variants, J, M, width) on the method's device, fp32."""

@@ -373,12 +373,15 @@ def delta_grid(
     backbone: str | None = None,
     shots: int | None = None,
     eval_classes: str = ALL_CLASSES,
+    layer: int | None = None,
 ) -> pd.DataFrame:
     """Position (rows) x factor (columns) table of mean delta for one op, on one class subset (default all).
 
     The rows of each run are first averaged over reps, then the runs (seeds, and whatever
     else the filters leave) are averaged with equal weight. `None` filters keep everything.
-    Missing cells are NaN. Index name "position", columns name "factor".
+    Missing cells are NaN. Index name "position", columns name "factor". Deep prompts (MaPLe): ``layer``
+    keeps one prompted layer; without it, each (layer, position) is its own row, at the flat position
+    ``layer * n_ctx + position`` (layers are never averaged together).
     """
     if op not in CORRUPTION_OPS:
         raise ConfigError(f"op must be one of {', '.join(CORRUPTION_OPS)}; got {op!r}")
@@ -386,7 +389,8 @@ def delta_grid(
     require_columns(corruptions, [*_KEY, "delta"], "corruption table")
     table = dedupe_corruptions(corruptions)
     mask = table["op"] == op
-    for column, value in (("dataset", dataset), ("method", method), ("backbone", backbone), ("shots", shots)):
+    filters = (("dataset", dataset), ("method", method), ("backbone", backbone), ("shots", shots), ("layer", layer))
+    for column, value in filters:
         if value is not None:
             require_columns(table, [column], "corruption table")
             mask &= table[column] == value
@@ -395,6 +399,8 @@ def delta_grid(
         empty = pd.DataFrame(dtype=float)
         empty.index.name, empty.columns.name = "position", "factor"
         return empty
+    if table["layer"].nunique() > 1:  # one row per (layer, position)
+        table = table.assign(position=table["layer"] * table["n_ctx"] + table["position"])
     per_run = table.groupby(["run_id", "position", "factor"], sort=True)["delta"].mean()
     cells = per_run.groupby(level=["position", "factor"], sort=True).mean()
     grid = cells.unstack("factor").sort_index().sort_index(axis=1)
