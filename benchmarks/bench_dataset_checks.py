@@ -66,7 +66,8 @@ def bench_header_check(folder: Path) -> None:
         header = best_of(lambda: [integrity.image_problem(p) for p in names])
         decode = best_of(lambda: [integrity.image_problem(p, decode=True) for p in names])
         damaged = str(damage_image(paths[0], "truncate"))
-        assert integrity.image_problem(damaged) is not None and integrity.image_problem(damaged, decode=True)
+        found = (integrity.image_problem(damaged), integrity.image_problem(damaged, decode=True))
+        assert found[0] is not None and found[1], f"truncated {suffix} file: header check {found[0]!r}, decode {found[1]!r}"
         print(
             f"{suffix[1:]} 500x375 ({paths[1].stat().st_size // 1024} KiB): header check "
             f"{header * 1e6 / NUM_PHOTOS:.0f} us/file, full decode {decode * 1e6 / NUM_PHOTOS:.0f} us/file, "

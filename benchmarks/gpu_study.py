@@ -66,7 +66,7 @@ def sweep(loaded) -> None:
     features, image_seconds = _timed(encode)
     grid = expand_grid(16)
     predictions, sweep_seconds = _timed(lambda: predict_corruptions(learner, learner.ctx.detach(), grid, "gpu-study", features))
-    assert predictions.shape == (len(grid), CALTECH_TEST_IMAGES)
+    assert predictions.shape == (len(grid), CALTECH_TEST_IMAGES), f"predictions {tuple(predictions.shape)}, expected {(len(grid), CALTECH_TEST_IMAGES)}"
     print(
         f"gpu-study sweep: ViT-B-16 (random init, {loaded.precision.value}), 100 classes, {CALTECH_TEST_IMAGES} images "
         f"encoded in {image_seconds:.1f}s; {len(grid)} variants x 16 positions grid in {sweep_seconds:.1f}s "

@@ -30,14 +30,6 @@ class OmegaSchedule(str, Enum):
     CONSTANT = "constant"  # omega(t) = 1
 
 
-class PromptMethodName(str, Enum):
-    COOP = "coop"  # learnable context shared by every image (Zhou et al., IJCV 2022)
-    COCOOP = "cocoop"  # context plus an image-conditioned shift from a meta-network (CVPR 2022)
-    PLOT = "plot"  # N prompts per class matched to local image features by optimal transport (ICLR 2023)
-    KGCOOP = "kgcoop"  # CoOp plus a pull towards the hand-crafted prompt's text features (CVPR 2023)
-    MAPLE = "maple"  # deep prompts in both towers, vision prompts coupled to text prompts (CVPR 2023)
-
-
 class CscReduction(str, Enum):
     MEAN = "mean"  # class-specific context: norms averaged over classes (ours)
     SUM = "sum"  # summed over classes, as the reference code does (num_classes times stronger)

@@ -19,7 +19,7 @@ from nemesis_analysis.training.train import RunResult, load_model_and_data, trai
 DEMO_DATASET = "digits"
 DEMO_SHOTS = 16
 DEMO_SEED = 1
-DEMO_METHODS = {"coop": None, "nemesis-pun": 1.0, "nemesis-pan": 0.0}
+DEMO_REGULARIZERS = {"coop": None, "nemesis-pun": 1.0, "nemesis-pan": 0.0}
 
 
 def demo_config(beta: float | None) -> RunConfig:
@@ -27,19 +27,19 @@ def demo_config(beta: float | None) -> RunConfig:
 
 
 def runs_table(runs: dict[str, RunResult]) -> Table:
-    """Accuracy and per-position norms of each method's run."""
+    """Accuracy and per-position norms of each regularizer's run."""
     table = Table(title="accuracy and context norms (test split)")
-    for column in ("method", "run_id", "test acc %", "mean norm", "per-position L2 norms"):
+    for column in ("regularizer", "run_id", "test acc %", "mean norm", "per-position L2 norms"):
         table.add_column(column)
-    for method, run in runs.items():
+    for regularizer, run in runs.items():
         norms = " ".join(f"{n:.2f}" for n in run.position_norms)
-        table.add_row(method, run.run_id, f"{run.final_test_acc:.2f}", f"{run.mean_norm:.4f}", norms)
+        table.add_row(regularizer, run.run_id, f"{run.final_test_acc:.2f}", f"{run.mean_norm:.4f}", norms)
     return table
 
 
 @dataclass
 class DemoResult:
-    runs: dict[str, RunResult] = field(default_factory=dict)
+    runs: dict[str, RunResult] = field(default_factory=dict)  # regularizer (coop, nemesis-pun, ...) -> its run
     extra: dict = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -61,9 +61,9 @@ def run_demo(
     console.print(f"nemesis-tiny ready ({loaded.weights_id}) on {loaded.device}", highlight=False)
 
     console.rule(f"[bold]2. CoOp and Nemesis on {DEMO_DATASET}, {DEMO_SHOTS} shots, seed {DEMO_SEED}")
-    for method, beta in DEMO_METHODS.items():
+    for regularizer, beta in DEMO_REGULARIZERS.items():
         run = train_prompt(demo_config(beta), session)
-        result.runs[method] = run
+        result.runs[regularizer] = run
     coop = result.runs["coop"]
     console.print(f"zero-shot accuracy (hand-crafted prompt): {coop.zero_shot_acc:.2f}%", highlight=False)
     console.print(runs_table(result.runs))

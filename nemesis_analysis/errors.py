@@ -14,7 +14,12 @@ class DataError(NemesisError):
 
 
 class ModelError(NemesisError):
-    """Weights cannot be loaded, or a checkpoint does not fit the model."""
+    """Weights cannot be loaded, or a checkpoint does not fit the model. ``field``: the dotted config field
+    whose value would make it fit, when there is one (the CLI adds the flag that sets it)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class NoDataError(NemesisError):

@@ -15,7 +15,7 @@ import torch
 
 from nemesis_analysis import protocols
 from nemesis_analysis.storage import store
-from nemesis_analysis.storage.artifacts import ARTIFACT_TENSORS, load_prompt
+from nemesis_analysis.storage.artifacts import ARTIFACT_TENSORS, read_prompt
 from nemesis_analysis.choices import EvalClasses, Protocol, choice, plain
 from nemesis_analysis.config import PromptConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits
@@ -139,7 +139,8 @@ def run_prompt_dir(checkpoints_dir: Path | str, run_id: str) -> Path:
 def load_learned_prompt(path: Path | str) -> LearnedPrompt:
     """Read a prompt artifact that records its run config (what ``nemesis train`` saves)."""
     path = Path(path).expanduser()
-    ctx, meta = load_prompt(path)
+    saved = read_prompt(path)
+    ctx, meta = saved.ctx, saved.metadata
     if "config" not in meta or "prompt" not in meta:
         raise ConfigError(f"{path} records no run config; evaluate prompts saved by `nemesis train`")
     config = RunConfig.from_dict(meta["config"])

@@ -42,5 +42,8 @@ def differing_predictions(
     chosen = reference_scores.gather(-1, other.unsqueeze(-1)).squeeze(-1)[differ]
     gap = float((best - chosen).abs().max())
     if gap > tolerance:
-        raise AssertionError(f"predictions differ by more than a float tie (score gap {gap:.3g} > {tolerance:g})")
+        raise AssertionError(
+            f"{int(differ.sum())} of {differ.numel()} predictions differ, by more than a float tie "
+            f"(largest score gap {gap:.3g} > {tolerance:g})"
+        )
     return int(differ.sum())

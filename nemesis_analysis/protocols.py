@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from nemesis_analysis.choices import EvalClasses, Protocol, choice
 from nemesis_analysis.data.base import DatasetSplits, Sample
-from nemesis_analysis.errors import ConfigError
+from nemesis_analysis.errors import ConfigError, FieldError
 
 TRANSFER_SOURCE = "imagenet"  # dg and crossdataset train here
 DG_TARGETS: tuple[str, ...] = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
@@ -111,12 +111,12 @@ def check_protocol(protocol: Protocol | str, dataset: str, csc: bool) -> Protoco
     if protocol is Protocol.FEWSHOT:
         return protocol
     if csc:
-        raise ConfigError(
-            f"--protocol {protocol.value} evaluates on other class names, which class-specific context (--csc) "
-            "has no vectors for; drop --csc"
-        )
+        raise FieldError(
+            "prompt.csc", f"prompt.csc: protocol {protocol.value} evaluates on other class names, which "
+            "class-specific context has no vectors for; set prompt.csc = false"
+        )  # fmt: skip
     if protocol in (Protocol.DG, Protocol.CROSSDATASET) and dataset != TRANSFER_SOURCE:
-        raise ConfigError(f"--protocol {protocol.value} trains on {TRANSFER_SOURCE}; pass --dataset {TRANSFER_SOURCE}")
+        raise FieldError("dataset", f"protocol {protocol.value} trains on {TRANSFER_SOURCE}; set dataset = {TRANSFER_SOURCE}")
     return protocol
 
 

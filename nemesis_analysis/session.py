@@ -35,6 +35,8 @@ class Session:
             self.data_root = Path(self.data_root).expanduser()
         if self.weights_cache_dir is not None:
             self.weights_cache_dir = Path(self.weights_cache_dir).expanduser()
+        if self.device not in ("auto", "cpu"):  # a GPU this machine lacks fails here, before any work
+            self.torch_device()
 
     @property
     def feature_cache(self) -> Path:
@@ -50,17 +52,19 @@ class Session:
         return other
 
     def torch_device(self):
-        from nemesis_analysis.clip.encoding import resolve_device
+        from nemesis_analysis.devices import resolve_device
 
         return resolve_device(self.device)
 
     def model(self, backbone: str, pretrained: str, precision=None):
-        """The frozen CLIP ``(backbone, pretrained)`` at ``precision`` on this session's device, loaded once."""
+        """The frozen CLIP ``(backbone, pretrained)`` at ``precision`` on this session's device, loaded once
+        (an unset precision is the device's default, resolved before the cache key: one model per precision)."""
         from nemesis_analysis.clip.loading import load_model
+        from nemesis_analysis.devices import resolve_precision
 
         device = self.torch_device()
-        precision_name = None if precision is None else str(getattr(precision, "value", precision))
-        key = (backbone, pretrained, precision_name, str(device))
+        precision = resolve_precision(precision, device)
+        key = (backbone, pretrained, precision.value, str(device))
         if key not in self._models:
             self._models[key] = load_model(
                 backbone,

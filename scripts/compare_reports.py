@@ -2,7 +2,9 @@
 
     python scripts/compare_reports.py REPORTS_A REPORTS_B
 
-Timing and checkpoint-path columns are ignored; rows are compared in key order, exactly.
+Timing and checkpoint-path columns are ignored; rows are compared in key order, exactly. Tables are read
+through the store, so a folder written before a column's rename (``method``, now ``regularizer``) compares
+with one written after it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from nemesis_analysis.storage import store
 from nemesis_analysis.storage.schema import KEYS, TABLES
 
 IGNORED = ("seconds", "checkpoint")  # wall-clock time and the folder the run was written to
@@ -27,7 +30,7 @@ def compare(a: Path, b: Path) -> list[str]:
         if not all(p.exists() for p in paths):
             lines.append(f"{table}: only in {next(p for p in paths if p.exists()).parent}")
             continue
-        x, y = (pd.read_parquet(p).drop(columns=list(IGNORED), errors="ignore") for p in paths)
+        x, y = (store.read_table(p.parent, table, dedupe=False).drop(columns=list(IGNORED), errors="ignore") for p in paths)
         if list(x.columns) != list(y.columns):
             lines.append(f"{table}: columns differ: {list(x.columns)} vs {list(y.columns)}")
             continue

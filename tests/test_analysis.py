@@ -18,7 +18,7 @@ RUN_DEFAULTS = {
     "backbone": "ViT-B-16",
     "pretrained": "openai",
     "shots": 16,
-    "method": "coop",
+    "regularizer": "coop",
     "n_ctx": 4,
     "csc": False,
     "class_token_position": "end",
@@ -67,7 +67,7 @@ def corruptions() -> pd.DataFrame:
         r("b2", "eurosat", 2, "rescale", 0, 0.5, -1.0, 3.0, 1.5, acc_original=82.0),
         r("b2", "eurosat", 2, "rescale", 1, 0.5, 1.0, 3.0, 1.5, acc_original=82.0),
         # nemesis-pun on dtd, one seed only.
-        r("c1", "dtd", 1, "rescale", 0, 0.5, 1.0, 1.0, 0.5, method="nemesis-pun"),
+        r("c1", "dtd", 1, "rescale", 0, 0.5, 1.0, 1.0, 0.5, regularizer="nemesis-pun"),
     ]
     return pd.DataFrame(rows)
 
@@ -97,7 +97,7 @@ def select(df: pd.DataFrame, **where) -> pd.Series:
 
 def test_frequency_per_seed_counts_and_percent(corruptions):
     per_seed = analysis.low_norm_frequency_per_seed(corruptions)
-    assert list(per_seed.columns) == ["dataset", "backbone", "shots", "prompt_method", "method", "seed", "n_reducing", "n_effect", "frequency", "n_invisible"]
+    assert list(per_seed.columns) == ["dataset", "backbone", "shots", "prompt_method", "regularizer", "seed", "n_reducing", "n_effect", "frequency", "n_invisible"]
     assert len(per_seed) == 5
     expected = {
         ("dtd", "coop", 1): (3, 2, 200 / 3),
@@ -106,8 +106,8 @@ def test_frequency_per_seed_counts_and_percent(corruptions):
         ("eurosat", "coop", 2): (2, 1, 50.0),
         ("dtd", "nemesis-pun", 1): (1, 1, 100.0),
     }
-    for (dataset, method, seed), (n_reducing, n_effect, frequency) in expected.items():
-        row = select(per_seed, dataset=dataset, method=method, seed=seed)
+    for (dataset, regularizer, seed), (n_reducing, n_effect, frequency) in expected.items():
+        row = select(per_seed, dataset=dataset, regularizer=regularizer, seed=seed)
         assert (row["n_reducing"], row["n_effect"]) == (n_reducing, n_effect)
         assert row["frequency"] == pytest.approx(frequency)
 
@@ -116,24 +116,24 @@ def test_frequency_leaves_out_invisible_rows_counts_them_and_splits_by_layer(cor
     base = analysis.low_norm_frequency(corruptions)
     marked = corruptions.assign(layer=0, invisible=False)
     reducing_effects = (marked["op"] != "none") & (marked["norm_after"] < marked["norm_before"]) & (marked["delta"] > 0)
-    first = marked.index[reducing_effects & (marked["dataset"] == "dtd") & (marked["method"] == "coop")][0]
+    first = marked.index[reducing_effects & (marked["dataset"] == "dtd") & (marked["regularizer"] == "coop")][0]
     marked.loc[first, ["invisible", "layer"]] = [True, 1]
     freq = analysis.low_norm_frequency(marked)
-    dtd, before = select(freq, dataset="dtd", method="coop"), select(base, dataset="dtd", method="coop")
+    dtd, before = select(freq, dataset="dtd", regularizer="coop"), select(base, dataset="dtd", regularizer="coop")
     assert (dtd["n_reducing"], dtd["n_effect"], dtd["n_invisible"]) == (before["n_reducing"] - 1, before["n_effect"] - 1, 1)
-    by_layer = analysis.low_norm_frequency(marked, by=["dataset", "method", "layer"])
-    layer1 = select(by_layer, dataset="dtd", method="coop", layer=1)
+    by_layer = analysis.low_norm_frequency(marked, by=["dataset", "regularizer", "layer"])
+    layer1 = select(by_layer, dataset="dtd", regularizer="coop", layer=1)
     assert (layer1["n_reducing"], layer1["n_invisible"]) == (0, 1)
 
 
 def test_delta_grid_keeps_layers_apart(corruptions):
-    rows = corruptions[(corruptions["dataset"] == "dtd") & (corruptions["method"] == "coop")]
+    rows = corruptions[(corruptions["dataset"] == "dtd") & (corruptions["regularizer"] == "coop")]
     deep = pd.concat([rows.assign(layer=0), rows.assign(layer=1, delta=rows["delta"] + 10.0)], ignore_index=True)
-    flat = analysis.delta_grid(rows, "dtd", method="coop")
-    layer1 = analysis.delta_grid(deep, "dtd", method="coop", layer=1)
+    flat = analysis.delta_grid(rows, "dtd", regularizer="coop")
+    layer1 = analysis.delta_grid(deep, "dtd", regularizer="coop", layer=1)
     assert list(layer1.index) == list(flat.index)
     assert layer1.to_numpy() == pytest.approx(flat.to_numpy() + 10.0, nan_ok=True)
-    both = analysis.delta_grid(deep, "dtd", method="coop")
+    both = analysis.delta_grid(deep, "dtd", regularizer="coop")
     n_ctx = int(rows["n_ctx"].iloc[0])
     assert list(both.index) == list(flat.index) + [n_ctx + p for p in flat.index]
     assert both.iloc[len(flat):].to_numpy() == pytest.approx(flat.to_numpy() + 10.0, nan_ok=True)
@@ -142,10 +142,10 @@ def test_delta_grid_keeps_layers_apart(corruptions):
 def test_frequency_min_delta(corruptions):
     per_seed = analysis.low_norm_frequency_per_seed(corruptions, min_delta=0.5)
     # dtd seed 1: +1.0 counts, +0.2 no longer does; seed 2: +2.0 counts.
-    assert select(per_seed, dataset="dtd", method="coop", seed=1)["frequency"] == pytest.approx(100 / 3)
-    assert select(per_seed, dataset="dtd", method="coop", seed=2)["frequency"] == pytest.approx(50.0)
+    assert select(per_seed, dataset="dtd", regularizer="coop", seed=1)["frequency"] == pytest.approx(100 / 3)
+    assert select(per_seed, dataset="dtd", regularizer="coop", seed=2)["frequency"] == pytest.approx(50.0)
     aggregate = analysis.low_norm_frequency(corruptions, min_delta=0.5)
-    assert select(aggregate, dataset="dtd", method="coop")["frequency_mean"] == pytest.approx((100 / 3 + 50) / 2)
+    assert select(aggregate, dataset="dtd", regularizer="coop")["frequency_mean"] == pytest.approx((100 / 3 + 50) / 2)
     # min_delta above every delta: zero effects, the frequency is 0 (not NaN).
     high = analysis.low_norm_frequency_per_seed(corruptions, min_delta=10.0)
     assert (high["n_effect"] == 0).all() and (high["frequency"] == 0).all()
@@ -154,19 +154,19 @@ def test_frequency_min_delta(corruptions):
 def test_frequency_aggregate_mean_std_over_seeds(corruptions):
     freq = analysis.low_norm_frequency(corruptions)
     assert list(freq.columns) == [
-        "dataset", "backbone", "shots", "prompt_method", "method",
+        "dataset", "backbone", "shots", "prompt_method", "regularizer",
         "frequency_mean", "frequency_std", "num_seeds", "n_effect", "n_reducing", "frequency_pooled", "n_invisible",
     ]  # fmt: skip
     assert len(freq) == 3
-    dtd = select(freq, dataset="dtd", method="coop")
+    dtd = select(freq, dataset="dtd", regularizer="coop")
     assert dtd["frequency_mean"] == pytest.approx((200 / 3 + 50) / 2)
     assert dtd["frequency_std"] == pytest.approx(abs(200 / 3 - 50) / math.sqrt(2))  # ddof=1
     assert (dtd["num_seeds"], dtd["n_effect"], dtd["n_reducing"]) == (2, 3, 5)
     assert dtd["frequency_pooled"] == pytest.approx(60.0)
-    eurosat = select(freq, dataset="eurosat", method="coop")
+    eurosat = select(freq, dataset="eurosat", regularizer="coop")
     assert eurosat["frequency_mean"] == pytest.approx(75.0)
     assert eurosat["frequency_std"] == pytest.approx(50 / math.sqrt(2))
-    single = select(freq, dataset="dtd", method="nemesis-pun")
+    single = select(freq, dataset="dtd", regularizer="nemesis-pun")
     assert single["frequency_mean"] == pytest.approx(100.0)
     assert math.isnan(single["frequency_std"]) and single["num_seeds"] == 1
 
@@ -185,7 +185,7 @@ def test_frequency_dedupe_keeps_last(corruptions):
     duplicate = rows[(rows.run_id == "a2") & (rows.op == "rescale") & (rows.position == 0)].index
     rows.loc[duplicate, "delta"] = rows.loc[duplicate[::-1], "delta"].to_numpy()
     per_seed = analysis.low_norm_frequency_per_seed(rows)
-    row = select(per_seed, dataset="dtd", method="coop", seed=2)
+    row = select(per_seed, dataset="dtd", regularizer="coop", seed=2)
     assert (row["n_reducing"], row["n_effect"]) == (2, 0)
 
 
@@ -223,7 +223,7 @@ def test_low_norm_positions(corruptions):
 
 
 def test_delta_grid_values(corruptions):
-    grid = analysis.delta_grid(corruptions, dataset="dtd", op="rescale", method="coop")
+    grid = analysis.delta_grid(corruptions, dataset="dtd", op="rescale", regularizer="coop")
     assert grid.index.name == "position" and grid.columns.name == "factor"
     assert grid.index.tolist() == [0, 1]
     assert grid.columns.tolist() == [0.5, 1.0, 2.0]
@@ -258,7 +258,7 @@ def test_delta_grid_averages_reps_then_seeds():
 def test_summarize_runs(runs):
     summary = analysis.summarize_runs(runs)
     assert list(summary.columns) == [
-        "dataset", "backbone", "shots", "prompt_method", "method",
+        "dataset", "backbone", "shots", "prompt_method", "regularizer",
         "final_test_acc_mean", "final_test_acc_std", "zero_shot_acc_mean", "zero_shot_acc_std", "num_seeds",
     ]  # fmt: skip
     dtd = select(summary, dataset="dtd")
@@ -275,14 +275,14 @@ def test_summarize_runs(runs):
 def test_summarize_corruptions(corruptions):
     summary = analysis.summarize_corruptions(corruptions)
     assert "none" not in set(summary["op"])
-    rescale = select(summary, dataset="dtd", method="coop", op="rescale")
+    rescale = select(summary, dataset="dtd", regularizer="coop", op="rescale")
     assert rescale["best_delta"] == pytest.approx(3.0)
     assert rescale["worst_delta"] == pytest.approx(-0.5)
     assert rescale["mean_delta"] == pytest.approx((1.0 - 0.5 + 3.0 + 2.0 + 0.0 + 1.0) / 6)
     assert rescale["acc_original_mean"] == pytest.approx(61.0)
     assert rescale["acc_original_std"] == pytest.approx(math.sqrt(2))
     assert (rescale["num_seeds"], rescale["n_rows"], rescale["n_low_norm_effect"]) == (2, 6, 2)
-    replace = select(summary, dataset="dtd", method="coop", op="replace")
+    replace = select(summary, dataset="dtd", regularizer="coop", op="replace")
     assert (replace["best_delta"], replace["worst_delta"], replace["n_low_norm_effect"]) == (5.0, 0.2, 1)
 
 
@@ -298,7 +298,7 @@ def test_format_mean_std():
 
 def test_merge_mean_std_and_markdown(runs):
     merged = analysis.merge_mean_std(analysis.summarize_runs(runs))
-    assert list(merged.columns) == ["dataset", "backbone", "shots", "prompt_method", "method", "final_test_acc", "zero_shot_acc", "num_seeds"]
+    assert list(merged.columns) == ["dataset", "backbone", "shots", "prompt_method", "regularizer", "final_test_acc", "zero_shot_acc", "num_seeds"]
     assert merged["final_test_acc"].tolist() == ["71.00 ± 1.41", "80.00"]
     assert merged["zero_shot_acc"].tolist() == ["40.00 ± 0.00", ""]
     only = analysis.merge_mean_std(analysis.summarize_runs(runs), columns=["zero_shot_acc"])

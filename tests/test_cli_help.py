@@ -140,7 +140,8 @@ def test_train_and_corrupt_parse_shared_options_identically(calls):
     assert sorted({c.position for c in grid.expand(16) if c.op != "none"}) == [0, 1, 2]
 
 
-def test_defaults_give_the_default_config_and_session(calls):
+def test_defaults_give_the_default_config_and_session(calls, monkeypatch):
+    monkeypatch.delenv("NEMESIS_DEVICE")  # the suite's CPU default (conftest) is not the command's default
     assert runner.invoke(app, ["train"]).exit_code == 0
     assert runner.invoke(app, ["corrupt"]).exit_code == 0
     for _, config, session, _ in calls.calls:

@@ -11,13 +11,14 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from safetensors.numpy import save_file
 from matplotlib.container import ErrorbarContainer
 from typer.testing import CliRunner
 
 from nemesis_analysis.report import analysis, figures
-from nemesis_analysis.storage import store
+from nemesis_analysis.storage import schema, store
 from nemesis_analysis.cli import app
 from nemesis_analysis.errors import ConfigError
 
@@ -32,19 +33,19 @@ RESCALE = (0.5, 2.0)  # 0.5 lowers the norm, 2.0 raises it
 REPLACE = (0.0, 0.02)  # both far below the trained norms (> 1): they lower the norm
 
 
-def run_id(method: str, dataset: str, shots: int, seed: int) -> str:
-    return f"{dataset}-{shots}-{seed}-{method}"
+def run_id(regularizer: str, dataset: str, shots: int, seed: int) -> str:
+    return f"{dataset}-{shots}-{seed}-{regularizer}"
 
 
-def identity(method: str, dataset: str, shots: int, seed: int) -> dict:
+def identity(regularizer: str, dataset: str, shots: int, seed: int) -> dict:
     return {
-        "run_id": run_id(method, dataset, shots, seed),
+        "run_id": run_id(regularizer, dataset, shots, seed),
         "dataset": dataset,
         "backbone": "nemesis-tiny",
         "pretrained": "embedded",
         "shots": shots,
         "seed": seed,
-        "method": method,
+        "regularizer": regularizer,
         "n_ctx": N_CTX,
         "csc": False,
         "class_token_position": "end",
@@ -52,13 +53,13 @@ def identity(method: str, dataset: str, shots: int, seed: int) -> dict:
     }
 
 
-def final_acc(method: str, dataset: str, shots: int, seed: int) -> float:
+def final_acc(regularizer: str, dataset: str, shots: int, seed: int) -> float:
     # digits 4-shot coop: seeds 1, 2 -> 70, 74 (mean 72, sample std 2*sqrt(2)).
-    return 60.0 + 2.5 * shots + (5.0 if method == "nemesis-pun" else 0.0) + (10.0 if dataset == "eurosat" else 0.0) + 4.0 * (seed - 1)
+    return 60.0 + 2.5 * shots + (5.0 if regularizer == "nemesis-pun" else 0.0) + (10.0 if dataset == "eurosat" else 0.0) + 4.0 * (seed - 1)
 
 
-def position_norm(method: str, position: int, epoch: int) -> float:
-    slope = -0.1 if method == "nemesis-pun" else 0.2
+def position_norm(regularizer: str, position: int, epoch: int) -> float:
+    slope = -0.1 if regularizer == "nemesis-pun" else 0.2
     return 1.5 + 0.5 * position + slope * epoch
 
 
@@ -72,16 +73,16 @@ def write_tables(reports: Path, checkpoints: Path | None = None, corruptions: bo
     for dataset in DATASETS:
         for shots in SHOTS:
             for seed in SEEDS:
-                for method in ("coop", "nemesis-pun"):
-                    ident = identity(method, dataset, shots, seed)
-                    acc = final_acc(method, dataset, shots, seed)
+                for regularizer in ("coop", "nemesis-pun"):
+                    ident = identity(regularizer, dataset, shots, seed)
+                    acc = final_acc(regularizer, dataset, shots, seed)
                     for epoch in range(EPOCHS):
                         for position in range(N_CTX):
-                            norm = position_norm(method, position, epoch)
+                            norm = position_norm(regularizer, position, epoch)
                             traj.append({**ident, "epoch": epoch, "position": position, "norm": norm, "norm_l1": 10 * norm,
                                          "norm_inf": norm / 4, "test_acc": acc - (EPOCHS - 1 - epoch), "train_loss": 1.0,
                                          "ce_loss": 1.0, "norm_loss": 0.0, "omega": 1.0, "alpha": math.nan, "lr": 0.002})  # fmt: skip
-                    norms = [position_norm(method, p, EPOCHS - 1) for p in range(N_CTX)]
+                    norms = [position_norm(regularizer, p, EPOCHS - 1) for p in range(N_CTX)]
                     checkpoint = ""
                     if checkpoints is not None:
                         folder = checkpoints / ident["run_id"]
@@ -96,7 +97,7 @@ def write_tables(reports: Path, checkpoints: Path | None = None, corruptions: bo
                                  "lr": 0.002, "batch_size": 32, "recipe": "", "final_test_acc": acc,
                                  "zero_shot_acc": 50.0 if dataset == "digits" else 40.0 + seed,
                                  "mean_norm": float(np.mean(norms)), "checkpoint": checkpoint, "seconds": 1.0})  # fmt: skip
-                    if method != "coop":
+                    if regularizer != "coop":
                         continue
                     corr.append({**ident, "op": "none", "position": -1, "factor": math.nan, "rep": 0, "acc": acc,
                                  "acc_original": acc, "delta": 0.0, "norm_before": math.nan, "norm_after": math.nan,
@@ -265,13 +266,13 @@ def test_trajectory_keeps_one_comparable_run_per_method(reports):
     base = store.read_table(reports, "trajectories")
     split = base[(base.dataset == "digits") & (base.shots == 4) & (base.seed == 1)]
     # A newer CoOp run of the same split with other prompt options (n_ctx 8), and a re-run of PUN.
-    other = split[split.method == "coop"].assign(run_id="other-coop", n_ctx=8, norm=100.0)
-    rerun = split[split.method == "nemesis-pun"].assign(run_id="newer-pun", norm=0.5)
+    other = split[split.regularizer == "coop"].assign(run_id="other-coop", n_ctx=8, norm=100.0)
+    rerun = split[split.regularizer == "nemesis-pun"].assign(run_id="newer-pun", norm=0.5)
     store.append_rows(reports, "trajectories", other)
     store.append_rows(reports, "trajectories", rerun)
     fig = figures.trajectory_figure(reports, "digits", 4, 1)
     lines = {l.get_label(): l for l in fig.axes[0].get_lines() if l.get_label() in ("CoOp", "Nemesis (PUN)")}
-    # The n_ctx=4 set holds both methods, so it wins over the newer single CoOp run.
+    # The n_ctx=4 set holds both regularizers, so it wins over the newer single CoOp run.
     np.testing.assert_allclose(lines["CoOp"].get_ydata(), [np.mean([position_norm("coop", p, e) for p in range(N_CTX)]) for e in range(EPOCHS)])
     np.testing.assert_allclose(lines["Nemesis (PUN)"].get_ydata(), [0.5] * EPOCHS)  # the newest PUN run
     assert "seed 1" in fig.axes[0].get_title()
@@ -313,13 +314,13 @@ def test_summary_tables_and_files(runner, reports):
         assert str(reports / f"summary_{name}.csv") in result.output.replace("\n", "")
 
     runs = pd.read_csv(reports / "summary_runs.csv")
-    assert len(runs) == 2 * 2 * 2  # datasets x shots x methods
-    row = runs[(runs.dataset == "digits") & (runs.shots == 4) & (runs.method == "coop")].iloc[0]
+    assert len(runs) == 2 * 2 * 2  # datasets x shots x regularizers
+    row = runs[(runs.dataset == "digits") & (runs.shots == 4) & (runs.regularizer == "coop")].iloc[0]
     assert row.final_test_acc_mean == pytest.approx(72.0)
     assert row.final_test_acc_std == pytest.approx(2 * math.sqrt(2))
     assert row.zero_shot_acc_mean == pytest.approx(50.0) and row.zero_shot_acc_std == pytest.approx(0.0)
     assert row.num_seeds == 2
-    row = runs[(runs.dataset == "eurosat") & (runs.shots == 1) & (runs.method == "nemesis-pun")].iloc[0]
+    row = runs[(runs.dataset == "eurosat") & (runs.shots == 1) & (runs.regularizer == "nemesis-pun")].iloc[0]
     assert row.final_test_acc_mean == pytest.approx(60 + 2.5 + 5 + 10 + 2)  # seeds: +0, +4
     assert row.zero_shot_acc_mean == pytest.approx(41.5) and row.zero_shot_acc_std == pytest.approx(math.sqrt(0.5))
     assert row.mean_norm_mean == pytest.approx(np.mean([position_norm("nemesis-pun", p, EPOCHS - 1) for p in range(N_CTX)]))
@@ -327,7 +328,7 @@ def test_summary_tables_and_files(runner, reports):
     assert "| 72.00 ± 2.83" in markdown and "| 50.00 ± 0.00" in markdown
 
     corr = pd.read_csv(reports / "summary_corruptions.csv")
-    assert set(corr.op) == {"rescale", "replace"} and set(corr.method) == {"coop"}
+    assert set(corr.op) == {"rescale", "replace"} and set(corr.regularizer) == {"coop"}
     row = corr[(corr.dataset == "digits") & (corr.shots == 4) & (corr.op == "rescale")].iloc[0]
     assert row.acc_original_mean == pytest.approx(72.0) and row.acc_original_std == pytest.approx(2 * math.sqrt(2))
     assert row.best_delta == pytest.approx(1.0 + 2 + 0.5)  # position 2, factor 0.5, seed 1
@@ -338,6 +339,47 @@ def test_summary_tables_and_files(runner, reports):
     row = freq[(freq.dataset == "eurosat") & (freq.shots == 1)].iloc[0]
     assert row.frequency_mean == pytest.approx(37.5) and row.frequency_std == pytest.approx(math.sqrt(2 * 12.5**2))
     assert analysis.FREQUENCY_DEFINITION in (reports / "summary_frequency.md").read_text()
+
+
+def write_pre_rename_copy(reports: Path, old: Path) -> None:
+    """Every part of ``reports`` rewritten with pyarrow as parts were before the rename: ``method``, no ``regularizer``."""
+    for table in schema.TABLES:
+        for part in (reports / table).glob("part-*.parquet"):
+            arrow = pq.read_table(part)
+            target = old / table / part.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(arrow.rename_columns(["method" if n == "regularizer" else n for n in arrow.column_names]), target)
+
+
+def frequency_lines(fig) -> dict[str, tuple[list, list]]:
+    return {c.get_label(): (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata()))
+            for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)}  # fmt: skip
+
+
+def test_parts_written_before_the_regularizer_rename_read_everywhere(runner, reports, tmp_path):
+    old = tmp_path / "old-reports"
+    write_pre_rename_copy(reports, old)
+    part = next((old / "runs").glob("part-*.parquet"))
+    assert "method" in pq.read_schema(part).names and "regularizer" not in pq.read_schema(part).names
+    for table in ("runs", "trajectories", "corruptions"):  # the store reads them under the new name
+        pd.testing.assert_frame_equal(store.read_table(old, table), store.read_table(reports, table))
+    # summary: the same files as from parts written after the rename
+    for folder, out in ((old, tmp_path / "old-summary"), (reports, tmp_path / "new-summary")):
+        assert invoke(runner, "summary", "--reports", folder, "--out", out).exit_code == 0
+    for name in ("runs", "corruptions", "frequency", "frequency_counts"):
+        assert (tmp_path / "old-summary" / f"summary_{name}.csv").read_text() == (tmp_path / "new-summary" / f"summary_{name}.csv").read_text()
+    assert "regularizer" in pd.read_csv(tmp_path / "old-summary" / "summary_runs.csv").columns
+    # analysis on the tables read back
+    frequency = analysis.low_norm_frequency(store.read_table(old, "corruptions"))
+    assert set(frequency.regularizer) == {"coop"} and len(frequency) == len(DATASETS) * len(SHOTS)
+    # plots: --regularizer filters old parts; the former --method spelling still works
+    assert frequency_lines(figures.frequency_figure(old, regularizer="coop")) == frequency_lines(figures.frequency_figure(reports))
+    assert invoke(runner, "plot", "frequency", "--regularizer", "coop", "--reports", old, "--out", tmp_path / "f.png").exit_code == 0
+    assert invoke(runner, "plot", "heatmap", "--dataset", "digits", "--method", "coop", "--reports", old, "--out", tmp_path / "h.png").exit_code == 0
+    refused = runner.invoke(app, ["plot", "frequency", "--regularizer", "nemesis-pun", "--reports", str(old)])
+    assert refused.exit_code == 2 and "regularizer=nemesis-pun" in refused.output and "regularizer: coop" in refused.output
+    traj = figures.trajectory_figure(old, "digits", 4, 1)
+    assert {l.get_label() for l in traj.axes[0].get_lines()} >= {"CoOp", "Nemesis (PUN)"}
 
 
 def test_summary_out_and_runs_only(runner, tmp_path):

@@ -55,7 +55,7 @@ def test_train_cli_writes_tables(checkpoints_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "nemesis-pun" in result.output and "zero-shot accuracy" in result.output
     runs = pd.read_parquet(tmp_path / "runs")
-    assert list(runs.method) == ["nemesis-pun"] and runs.epochs.iloc[0] == 2
+    assert list(runs.regularizer) == ["nemesis-pun"] and runs.epochs.iloc[0] == 2
     assert len(pd.read_parquet(tmp_path / "trajectories")) == 2 * 16
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "reused finished run" in again.output

@@ -9,7 +9,6 @@ from dataclasses import fields
 import pytest
 
 from nemesis_analysis.config import (
-    NESTED,
     NemesisConfig,
     OptimConfig,
     PromptConfig,
@@ -19,6 +18,7 @@ from nemesis_analysis.config import (
     field_help,
     load_config_file,
     parse_assignment,
+    sections,
     to_toml,
     with_overrides,
 )
@@ -42,7 +42,7 @@ RULES = [
     ("nemesis.beta", 1.0, [], ""),
     ("nemesis.weight", 0.0, [-1.0], "must be >= 0"),
     ("nemesis.pan_positions", 1, [0], "must be at least 1"),
-    ("nemesis.pan_factor", 1e-6, [0.0, -0.1], "must be positive"),
+    ("nemesis.pan_factor", 0.0, [-0.1, -1e-9], "must be >= 0"),  # 0 zeroes the position, as the reference allows
     ("nemesis.pan_weight", 0.0, [-1.0], "must be >= 0"),
     ("optim.lr", 1e-9, [0.0, -0.002], "must be positive"),
     ("optim.momentum", 0.0, [1.0, -0.1], "must lie in [0, 1)"),
@@ -87,7 +87,7 @@ def test_every_int_field_refuses_floats_strings_and_bools(dotted):
 def test_every_numeric_field_declares_a_rule_and_help():
     for dotted in FLOAT_FIELDS + INT_FIELDS:
         section, _, name = dotted.rpartition(".")
-        cls = NESTED[section] if section else RunConfig
+        cls = sections()[section] if section else RunConfig
         declared = {f.name: f.metadata for f in fields(cls)}[name]
         assert declared["check"] is not None, dotted
         assert field_help(dotted), dotted

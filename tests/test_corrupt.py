@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from nemesis_analysis.storage import store
 from nemesis_analysis.cli import app
 from nemesis_analysis.config import PromptConfig, RunConfig
-from nemesis_analysis.storage.artifacts import check_fits, load_prompt, read_prompt
+from nemesis_analysis.storage.artifacts import check_fits, read_prompt
 from nemesis_analysis.corruption.ops import Corruption, GridSpec, apply_corruptions, expand_grid
 from nemesis_analysis.corruption.engine import auto_chunk, predict_corruptions
 from nemesis_analysis.errors import ConfigError, ModelError, NoDataError
@@ -77,7 +77,7 @@ def test_factor_one_reproduces_uncorrupted_accuracy(tiny_context, generic_run, s
     assert baseline.position == -1 and baseline.factor == 1.0 and baseline.acc == summary.acc_original
     assert baseline.norm_before == pytest.approx(sum(generic_run.position_norms) / 16, rel=1e-5)
     assert rows.n_test.unique().tolist() == [len(tiny_context.dataset.test)]
-    assert set(rows.run_id) == {generic_run.run_id} and set(rows.method) == {"coop"}
+    assert set(rows.run_id) == {generic_run.run_id} and set(rows.regularizer) == {"coop"}
     # the summary is what the rows say
     corrupted = rows[rows.op != "none"]
     assert summary.best["acc"] == corrupted.acc.max() and summary.worst["acc"] == corrupted.acc.min()
@@ -94,7 +94,7 @@ def test_factor_one_reproduces_uncorrupted_accuracy(tiny_context, generic_run, s
 @pytest.mark.parametrize("which", ["generic", "csc"])
 def test_batched_equals_naive(which, tiny_context, generic_run, csc_run, session):
     run = generic_run if which == "generic" else csc_run
-    ctx, _ = load_prompt(run.run_dir)
+    ctx = read_prompt(run.run_dir).ctx
     n_ctx = ctx.shape[-2]
     grid = expand_grid(n_ctx, positions=[0, n_ctx - 1], factors=[0, 10], stds=[0.5], reps=1)  # 7 variants
     identity = _identity(run, ctx)
@@ -118,7 +118,7 @@ def test_batched_equals_naive(which, tiny_context, generic_run, csc_run, session
 
 
 def test_csc_corrupts_the_position_of_every_class(tiny_context, csc_run, session):
-    ctx, _ = load_prompt(csc_run.run_dir)
+    ctx = read_prompt(csc_run.run_dir).ctx
     assert ctx.shape == (10, 4, 128)
     identity = _identity(csc_run, ctx)
     method = method_for_run(tiny_context, identity)
@@ -190,7 +190,7 @@ def test_killed_sweep_leaves_readable_tables_and_resumes(tiny_context, generic_r
 
 
 def _ctx_identity(run):
-    ctx, _ = load_prompt(run.run_dir)
+    ctx = read_prompt(run.run_dir).ctx
     return ctx, _identity(run, ctx)
 
 
@@ -263,9 +263,9 @@ def test_huge_position_range_fails_before_expanding():
         (["--positions", ""], "--positions: '' is not a comma-separated list"),
         (["--ops", "rescale", "--factors", "1,x"], "--factors: 'x' is not a number"),
         (["--reps", "0"], "reps must be >= 1"),
-        (["--chunk", "0"], "--chunk must be at least 1"),
+        (["--chunk", "0"], "chunk (variants per text pass) must be at least 1"),
         (["--seeds", "1,2", "--prompt", "somewhere"], "give only one"),
-        (["--prompt", "/no/such/prompt"], "--prompt /no/such/prompt does not exist"),
+        (["--prompt", "/no/such/prompt"], "prompt /no/such/prompt does not exist"),
     ],
 )
 def test_corrupt_cli_errors_are_one_line_exit_2(args, message, tmp_path):

@@ -55,7 +55,7 @@ def test_evaluate_a_digits_run_equals_its_final_accuracy_and_reruns_add_nothing(
     assert row.acc == run.final_test_acc  # the same features, the same context: exactly equal
     assert (row.run_id, row.eval_dataset, row.eval_classes, row.protocol) == (run.run_id, "digits", "all", "fewshot")
     assert row.n_classes == 10 and row.n_test == len(tiny_context.dataset.test)
-    assert row.method == "coop" and row.n_ctx == 4 and row.shots == 2
+    assert row.regularizer == "coop" and row.n_ctx == 4 and row.shots == 2
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "already recorded" in again.output
     assert len(_evaluations(reports)) == 1
@@ -104,11 +104,11 @@ def test_base2new_of_other_methods_evaluates_with_the_methods_own_scoring(method
     """CoCoOp's meta-network and PLOT's transport take part in protocol evaluations: the base evaluation
     equals the run's own final accuracy (computed by the training loop with the method itself), and the
     new-class evaluation equals the rebuilt method's own scores on the new test images."""
-    from nemesis_analysis.config import PlotConfig
+    from nemesis_analysis.config import PLOTConfig
     from nemesis_analysis.clip.features import local_image_features
     from nemesis_analysis.methods import build_method_for_run
 
-    options = {"plot": PlotConfig(num_prompts=2)} if method == "plot" else {}
+    options = {"plot": PLOTConfig(num_prompts=2)} if method == "plot" else {}
     config = _config(protocol="base2new", seed=3, prompt=PromptConfig(n_ctx=4, method=method), **options)
     run = train_prompt(config, session.replace(checkpoints_dir=session.reports_dir.parent / "ck"))
     rows = _evaluations(session.reports_dir).set_index("eval_classes")

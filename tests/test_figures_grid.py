@@ -16,7 +16,7 @@ from nemesis_analysis.report import analysis, figures, plots
 from nemesis_analysis.storage import store
 from nemesis_analysis.cli import app
 
-IDENTITY = {"dataset": "digits", "backbone": "tiny", "pretrained": "tiny", "method": "coop", "n_ctx": 4, "csc": False,
+IDENTITY = {"dataset": "digits", "backbone": "tiny", "pretrained": "tiny", "regularizer": "coop", "n_ctx": 4, "csc": False,
             "class_token_position": "end", "precision": "fp32"}  # fmt: skip
 FULL = [(op, p, f) for op, factors in (("rescale", (0.0, 0.5, 2.0)), ("replace", (0.01, 1.0))) for p in range(4) for f in factors]
 SMALL = [("rescale", p, f) for p in range(4) for f in (0.0, 0.5)]  # eight cells, a subset of FULL

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from nemesis_analysis.storage import store
 from nemesis_analysis.storage.artifacts import read_prompt
-from nemesis_analysis.config import KgCoOpConfig, NemesisConfig, OptimConfig, PlotConfig, PromptConfig, RunConfig
+from nemesis_analysis.config import KgCoOpConfig, NemesisConfig, OptimConfig, PLOTConfig, PromptConfig, RunConfig
 from nemesis_analysis.config import apply_recipe
 from nemesis_analysis.corruption.ops import GridSpec
 from nemesis_analysis.errors import ConfigError, ModelError
@@ -38,15 +38,15 @@ def test_coop_run_ids_do_not_change_and_other_methods_get_their_own():
     kg = RunConfig(prompt=PromptConfig(method="kgcoop"))
     assert kg.run_id != RunConfig(prompt=PromptConfig(method="kgcoop"), kgcoop=KgCoOpConfig(weight=2.0)).run_id
     assert RunConfig(prompt=PromptConfig(method="plot")).run_id != RunConfig(
-        prompt=PromptConfig(method="plot"), plot=PlotConfig(num_prompts=2)).run_id
+        prompt=PromptConfig(method="plot"), plot=PLOTConfig(num_prompts=2)).run_id
 
 
 def test_options_of_another_method_are_refused_with_the_field():
-    with pytest.raises(ConfigError, match=r"kgcoop.weight applies to --method kgcoop only") as info:
+    with pytest.raises(ConfigError, match=r"kgcoop.weight applies to prompt.method = kgcoop only") as info:
         RunConfig(kgcoop=KgCoOpConfig(weight=2.0))
     assert info.value.field == "kgcoop.weight"
-    with pytest.raises(ConfigError, match=r"plot.num_prompts applies to --method plot only"):
-        RunConfig(prompt=PromptConfig(method="cocoop"), plot=PlotConfig(num_prompts=3))
+    with pytest.raises(ConfigError, match=r"plot.num_prompts applies to prompt.method = plot only"):
+        RunConfig(prompt=PromptConfig(method="cocoop"), plot=PLOTConfig(num_prompts=3))
     with pytest.raises(ConfigError, match="unknown prompt method 'maple'"):
         PromptConfig(method="maple")
 
@@ -80,9 +80,10 @@ def test_cocoop_recipe():
 
 
 def test_registered_methods_are_prompt_method_choices():
-    from nemesis_analysis.choices import PromptMethodName
+    from nemesis_analysis.methods import method_class, method_names
 
-    assert {"coop", "cocoop", "kgcoop"} <= set(METHODS) <= {m.value for m in PromptMethodName}
+    assert set(method_names()) >= {"coop", "cocoop", "kgcoop", "plot"}
+    assert all(method_class(name).name == name for name in method_names()) and set(method_names()) <= set(METHODS)
 
 
 def test_stratified_subsample_is_seeded_and_balanced():
@@ -176,7 +177,7 @@ def test_cocoop_scores_equal_per_image_prompts_encoded_one_by_one(tiny_session):
 
 def test_cocoop_refuses_class_specific_context(tiny):
     loaded, classnames = tiny
-    with pytest.raises(ConfigError, match="drop --csc"):
+    with pytest.raises(ConfigError, match="cocoop learns generic context only .*; set prompt.csc = false"):
         CoCoOp(loaded, classnames, PromptConfig(csc=True))
 
 
@@ -272,7 +273,7 @@ def test_cli_method_flags_help_panels_and_refusals():
     assert "--max-test" in runner.invoke(app, ["corrupt", "--help"], env={"COLUMNS": "200"}).output
     refused = runner.invoke(app, ["train", "--kg-weight", "2", "--print-config"])
     assert refused.exit_code == 2
-    assert "kgcoop.weight applies to --method kgcoop only" in refused.output and "(flag --kg-weight)" in refused.output
+    assert "kgcoop.weight applies to prompt.method = kgcoop only" in refused.output and "(flag --kg-weight)" in refused.output
     assert len(refused.output.strip().splitlines()) == 1
     shown = runner.invoke(app, ["train", "--method", "kgcoop", "--kg-weight", "2", "--print-config"])
     assert shown.exit_code == 0 and 'method = "kgcoop"' in shown.output and "weight = 2.0" in shown.output
@@ -285,7 +286,7 @@ def test_cli_method_flags_help_panels_and_refusals():
 def test_summaries_group_by_prompt_method():
     from nemesis_analysis.report import analysis
 
-    row = {"dataset": "digits", "backbone": "nemesis-tiny", "shots": 4, "method": "coop", "seed": 1,
+    row = {"dataset": "digits", "backbone": "nemesis-tiny", "shots": 4, "regularizer": "coop", "seed": 1,
            "final_test_acc": 50.0, "zero_shot_acc": 10.0, "mean_norm": 1.0}  # fmt: skip
     runs = pd.DataFrame([{**row, "prompt_method": "coop"}, {**row, "prompt_method": "cocoop", "final_test_acc": 60.0}])
     summary = analysis.summarize_runs(runs)

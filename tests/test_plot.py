@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from nemesis_analysis.storage import store
-from nemesis_analysis.config import OptimConfig, PlotConfig, PromptConfig, RunConfig
+from nemesis_analysis.config import OptimConfig, PLOTConfig, PromptConfig, RunConfig
 from nemesis_analysis.corruption.ops import expand_grid, rescale
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.clip.features import encode_images_with_local, feature_cache_key, image_features, local_image_features
 from nemesis_analysis.clip.loading import load_model
 from nemesis_analysis.methods import method_class
-from nemesis_analysis.methods.plot import PLOT
+from nemesis_analysis.methods.plot import PLOTMethod
 from nemesis_analysis.clip.encoding import encode_text_from_embeddings, eos_positions
 from nemesis_analysis.methods.ot import ot_similarity, sinkhorn_plan
 from nemesis_analysis.corruption.sweep import run_corruption_sweep
@@ -175,18 +175,18 @@ def tiny_random():
 
 
 def test_plot_is_registered_and_refuses_csc(tiny_random):
-    assert method_class("plot") is PLOT
-    with pytest.raises(ConfigError, match="drop --csc"):
-        PLOT(tiny_random, ["a", "b"], PromptConfig(n_ctx=2, csc=True))
+    assert method_class("plot") is PLOTMethod
+    with pytest.raises(ConfigError, match="plot learns generic context only .*; set prompt.csc = false"):
+        PLOTMethod(tiny_random, ["a", "b"], PromptConfig(n_ctx=2, csc=True))
     with pytest.raises(ConfigError, match="num_prompts must be at least 1"):
-        PLOT(tiny_random, ["a", "b"], PromptConfig(n_ctx=2), options=PlotConfig(num_prompts=0))
+        PLOTMethod(tiny_random, ["a", "b"], PromptConfig(n_ctx=2), options=PLOTConfig(num_prompts=0))
 
 
 def test_plot_logits_equal_a_per_image_per_class_computation(tiny_random):
     classnames = ["cat", "dog", "small red bird"]
     num_prompts, n_ctx = 3, 4
-    options = PlotConfig(num_prompts=num_prompts)
-    method = PLOT(tiny_random, classnames, PromptConfig(n_ctx=n_ctx, init_std=0.5), seed=5, options=options)
+    options = PLOTConfig(num_prompts=num_prompts)
+    method = PLOTMethod(tiny_random, classnames, PromptConfig(n_ctx=n_ctx, init_std=0.5), seed=5, options=options)
     assert method.ctx.shape == (num_prompts, n_ctx, tiny_random.text_width)
     generator = torch.Generator().manual_seed(1)
     batch, locations = 4, 16
@@ -220,7 +220,7 @@ def test_plot_logits_equal_a_per_image_per_class_computation(tiny_random):
 
 
 def test_plot_positions_are_prompt_position_pairs(tiny_random):
-    method = PLOT(tiny_random, ["a", "b"], PromptConfig(n_ctx=3), seed=0, options=PlotConfig(num_prompts=2))
+    method = PLOTMethod(tiny_random, ["a", "b"], PromptConfig(n_ctx=3), seed=0, options=PLOTConfig(num_prompts=2))
     flat = method.position_tensor()
     assert flat.shape == (6, tiny_random.text_width) and method.n_positions == 6
     assert method.position_pairs() == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
@@ -240,7 +240,7 @@ def test_plot_positions_are_prompt_position_pairs(tiny_random):
 
 COOP_CONFIG = RunConfig(shots=4, epochs=8, prompt=PromptConfig(n_ctx=4), optim=OptimConfig(batch_size=16))
 CONFIG = RunConfig(shots=4, epochs=8, prompt=PromptConfig(method="plot", n_ctx=4), optim=OptimConfig(batch_size=16),
-                   plot=PlotConfig(num_prompts=4))  # fmt: skip
+                   plot=PLOTConfig(num_prompts=4))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +286,7 @@ def test_sweep_on_a_plot_prompt(plot_runs):
     result, session = plot_runs["plot"]
     loaded = session.model(CONFIG.backbone, CONFIG.pretrained, "fp32")
     classnames = session.dataset(CONFIG.dataset).classnames
-    method = PLOT(loaded, classnames, PromptConfig(n_ctx=4))
+    method = PLOTMethod(loaded, classnames, PromptConfig(n_ctx=4))
     metadata = method.load(result.run_dir)
     assert metadata["num_prompts"] == 4 and metadata["method"] == "plot"
     ctx = method.ctx.detach().clone()  # (N, n_ctx, width), as saved
@@ -332,27 +332,27 @@ def write_plot_checkpoint(folder, ctx: torch.Tensor, num_classes: int, epoch: in
 
 
 def test_official_plot_checkpoint_imports_with_shapes_checked(tiny_random, tmp_path):
-    from nemesis_analysis.storage.artifacts import load_prompt_any, read_prompt
+    from nemesis_analysis.storage.artifacts import read_prompt
 
     classes = ["face", "leopard", "motorbike"]
-    method = PLOT(tiny_random, classes, PromptConfig(n_ctx=4), seed=2, options=PlotConfig(num_prompts=2))
+    method = PLOTMethod(tiny_random, classes, PromptConfig(n_ctx=4), seed=2, options=PLOTConfig(num_prompts=2))
     ctx = method.ctx.detach().half().float()  # exactly representable in the file's fp16
     path = write_plot_checkpoint(tmp_path / "run", ctx, len(classes))
     prompt = read_prompt(tmp_path / "run")
     assert prompt.is_plot and not prompt.csc and prompt.n_ctx == 4
-    loaded, meta = load_prompt_any(path, method)
+    loaded, meta = read_and_check(path, method)
     assert torch.equal(loaded, ctx) and loaded.shape == (2, 4, tiny_random.text_width)
     assert meta["source"] == "plot-checkpoint" and meta["num_prompts"] == 2 and meta["num_classes"] == 3
-    two, four = PlotConfig(num_prompts=2), PlotConfig(num_prompts=4)
+    two, four = PLOTConfig(num_prompts=2), PLOTConfig(num_prompts=4)
     checks = [
-        (PLOT(tiny_random, classes, PromptConfig(n_ctx=4), options=four), "has 2 prompts .* pass --plot-prompts 2"),
-        (PLOT(tiny_random, classes, PromptConfig(n_ctx=3), options=two), "4 context vectors per prompt .* --n-ctx 4"),
-        (PLOT(tiny_random, classes[:2], PromptConfig(n_ctx=4), options=two), "learned for 3 classes .* has 2"),
-        (method_class("coop")(tiny_random, classes, PromptConfig(n_ctx=4)), "holds PLOT prompts .* --method plot"),
+        (PLOTMethod(tiny_random, classes, PromptConfig(n_ctx=4), options=four), "has 2 prompts .* set plot.num_prompts = 2"),
+        (PLOTMethod(tiny_random, classes, PromptConfig(n_ctx=3), options=two), "4 context vectors per prompt .* prompt.n_ctx = 4"),
+        (PLOTMethod(tiny_random, classes[:2], PromptConfig(n_ctx=4), options=two), "learned for 3 classes .* has 2"),
+        (method_class("coop")(tiny_random, classes, PromptConfig(n_ctx=4)), "holds PLOT prompts .* prompt.method = plot"),
     ]
     for other, message in checks:
         with pytest.raises(ModelError, match=message) as excinfo:
-            load_prompt_any(path, other)
+            read_and_check(path, other)
         assert "\n" not in str(excinfo.value)
     # the loaded context drives the method exactly as the saved one
     with torch.no_grad():
@@ -400,3 +400,15 @@ def test_plot_train_and_corrupt_through_the_cli(checkpoints_dir, tmp_path):
                                 "--checkpoints", str(checkpoints_dir), "--reports", str(tmp_path)])  # fmt: skip
     assert again.exit_code == 0, again.output
     assert "0 rows written" in again.output
+
+
+def read_and_check(path, method=None):
+    """(ctx, metadata) of any prompt file, checked against ``method`` when given."""
+    from pathlib import Path
+
+    from nemesis_analysis.storage.artifacts import check_fits, read_prompt
+
+    prompt = read_prompt(path)
+    if method is not None:
+        check_fits(prompt.ctx, method, prompt.metadata, source=Path(path).name)
+    return prompt.ctx, prompt.metadata

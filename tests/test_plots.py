@@ -47,39 +47,39 @@ def containers(ax, kind) -> list:
 def freq() -> pd.DataFrame:
     rows = []
     for i, shots in enumerate(SHOTS):
-        rows.append({"dataset": "dtd", "backbone": "ViT-B-16", "shots": shots, "method": "coop", "frequency_mean": 10.0 + i, "frequency_std": 1.0, "num_seeds": 3})
-        rows.append({"dataset": "eurosat", "backbone": "ViT-B-16", "shots": shots, "method": "coop", "frequency_mean": 30.0 - i, "frequency_std": np.nan, "num_seeds": 1})
+        rows.append({"dataset": "dtd", "backbone": "ViT-B-16", "shots": shots, "regularizer": "coop", "frequency_mean": 10.0 + i, "frequency_std": 1.0, "num_seeds": 3})
+        rows.append({"dataset": "eurosat", "backbone": "ViT-B-16", "shots": shots, "regularizer": "coop", "frequency_mean": 30.0 - i, "frequency_std": np.nan, "num_seeds": 1})
     return pd.DataFrame(rows)
 
 
-def norm_value(method: str, seed: int, epoch: int, position: int) -> float:
+def norm_value(regularizer: str, seed: int, epoch: int, position: int) -> float:
     # Nemesis shrinks the norm over training, CoOp grows it; seeds differ by 0.2.
-    slope = -0.1 if method == "nemesis-pun" else 0.3
+    slope = -0.1 if regularizer == "nemesis-pun" else 0.3
     return 1.0 + 0.5 * position + slope * epoch + 0.2 * seed
 
 
-def acc_value(method: str, seed: int, epoch: int) -> float:
-    return 50.0 + 5.0 * epoch + (2.0 if method == "nemesis-pun" else 0.0) + seed
+def acc_value(regularizer: str, seed: int, epoch: int) -> float:
+    return 50.0 + 5.0 * epoch + (2.0 if regularizer == "nemesis-pun" else 0.0) + seed
 
 
 @pytest.fixture
 def traj() -> pd.DataFrame:
     rows = []
-    for method, seed, epoch, position in itertools.product(("coop", "nemesis-pun"), (1, 2), range(EPOCHS), range(POSITIONS)):
+    for regularizer, seed, epoch, position in itertools.product(("coop", "nemesis-pun"), (1, 2), range(EPOCHS), range(POSITIONS)):
         rows.append(
             {
-                "run_id": f"{method}-{seed}",
+                "run_id": f"{regularizer}-{seed}",
                 "dataset": "oxford_pets",
                 "shots": 16,
                 "seed": seed,
-                "method": method,
+                "regularizer": regularizer,
                 **RUN_DEFAULTS,
                 "epoch": epoch,
                 "position": position,
-                "norm": norm_value(method, seed, epoch, position),
-                "norm_l1": 10 * norm_value(method, seed, epoch, position),
+                "norm": norm_value(regularizer, seed, epoch, position),
+                "norm_l1": 10 * norm_value(regularizer, seed, epoch, position),
                 "norm_inf": np.nan,
-                "test_acc": acc_value(method, seed, epoch),
+                "test_acc": acc_value(regularizer, seed, epoch),
                 "train_loss": 1.0,
                 "ce_loss": 1.0,
                 "norm_loss": 0.0,
@@ -103,7 +103,7 @@ def corruptions() -> pd.DataFrame:
             delta = float(np.round(rng.normal(0, 2), 2))
             rows.append(
                 {
-                    "run_id": f"r{seed}", "dataset": "dtd", "shots": 16, "seed": seed, "method": "coop", **RUN_DEFAULTS,
+                    "run_id": f"r{seed}", "dataset": "dtd", "shots": 16, "seed": seed, "regularizer": "coop", **RUN_DEFAULTS,
                     "op": op, "position": position, "factor": factor, "rep": rep, "acc": 60 + delta,
                     "acc_original": 60.0, "delta": delta, "norm_before": norm_before, "norm_after": norm_after,
                     "low_norm_effect": norm_after < norm_before and delta > 0, "n_test": 100,
@@ -159,17 +159,17 @@ def test_frequency_single_shot_is_bars(freq):
 
 
 def test_frequency_several_methods(freq):
-    both = pd.concat([freq, freq.assign(method="nemesis-pun", frequency_mean=freq.frequency_mean / 2)])
+    both = pd.concat([freq, freq.assign(regularizer="nemesis-pun", frequency_mean=freq.frequency_mean / 2)])
     fig = plots.plot_frequency(both)
     ax = fig.axes[0]
     assert len(containers(ax, ErrorbarContainer)) == 4
     assert "DTD · Nemesis (PUN)" in legend_labels(fig)
     styles = {c.lines[0].get_linestyle() for c in containers(ax, ErrorbarContainer)}
-    assert len(styles) == 2  # one line style per method
+    assert len(styles) == 2  # one line style per regularizer
     bars = plots.plot_frequency(both[both.shots == 16])
     groups = containers(bars.axes[0], BarContainer)
     assert len(groups) == 2
-    assert mcolors.to_hex(groups[1][0].get_facecolor()) == plots.method_color("nemesis-pun").lower()
+    assert mcolors.to_hex(groups[1][0].get_facecolor()) == plots.regularizer_color("nemesis-pun").lower()
     assert legend_labels(bars) == ["CoOp", "Nemesis (PUN)"]
 
 
@@ -192,8 +192,8 @@ def test_trajectory_twin_axes(traj):
     np.testing.assert_allclose(norm_lines[0].get_ydata(), 1.0 + 0.75 + 0.3 * epochs + 0.3)
     np.testing.assert_allclose(norm_lines[1].get_ydata(), 1.0 + 0.75 - 0.1 * epochs + 0.3)
     np.testing.assert_allclose(acc_lines[1].get_ydata(), 50.0 + 5.0 * epochs + 2.0 + 1.5)
-    assert norm_lines[0].get_color() == plots.method_color("coop")
-    assert acc_lines[1].get_color() == plots.method_color("nemesis-pun")
+    assert norm_lines[0].get_color() == plots.regularizer_color("coop")
+    assert acc_lines[1].get_color() == plots.regularizer_color("nemesis-pun")
     labels = legend_labels(fig)
     assert labels[:2] == ["CoOp", "Nemesis (PUN)"]
     assert any("norm" in label and "left" in label for label in labels)
@@ -211,11 +211,11 @@ def test_trajectory_per_position(traj):
     fig = plots.plot_trajectory(traj, per_position=True)
     main = [ax for ax in fig.axes if ax.get_xlabel() == "Epoch"]
     assert len(main) == 2 and len(fig.axes) == 4  # a twin accuracy axis per panel
-    for ax, method in zip(main, ("coop", "nemesis-pun")):
+    for ax, regularizer in zip(main, ("coop", "nemesis-pun")):
         lines = ax.get_lines()
         assert len(lines) == POSITIONS + 1  # every position, then the bold mean
-        assert ax.get_title() == plots.method_label(method)
-        slope = 0.3 if method == "coop" else -0.1
+        assert ax.get_title() == plots.regularizer_label(regularizer)
+        slope = 0.3 if regularizer == "coop" else -0.1
         np.testing.assert_allclose(lines[3].get_ydata(), 1.0 + 1.5 + slope * np.arange(EPOCHS) + 0.3)
         assert lines[0].get_linewidth() < lines[-1].get_linewidth()
     labels = legend_labels(fig)
@@ -270,7 +270,7 @@ def test_norms_highlight():
 
 
 def test_norms_from_tables(traj, corruptions):
-    fig = plots.plot_norms(traj[traj.method == "coop"], highlight=[0])
+    fig = plots.plot_norms(traj[traj.regularizer == "coop"], highlight=[0])
     heights = sorted((p.get_x(), p.get_height()) for c in containers(fig.axes[0], BarContainer) for p in c)
     # Last epoch (4), mean over seeds 1 and 2.
     np.testing.assert_allclose([h for _, h in heights], [1.0 + 0.5 * i + 1.2 + 0.3 for i in range(POSITIONS)])
@@ -301,9 +301,9 @@ def test_norms_empty_sequence():
 
 
 def test_method_colours_are_stable_and_distinct():
-    assert plots.method_color("coop") != plots.method_color("nemesis-pun") != plots.method_color("nemesis-pan")
-    assert plots.method_color("nemesis-beta0.5") == plots.method_color("nemesis-beta0.5")
-    assert plots.method_label("nemesis-beta0.5") == "Nemesis (β = 0.5)"
+    assert plots.regularizer_color("coop") != plots.regularizer_color("nemesis-pun") != plots.regularizer_color("nemesis-pan")
+    assert plots.regularizer_color("nemesis-beta0.5") == plots.regularizer_color("nemesis-beta0.5")
+    assert plots.regularizer_label("nemesis-beta0.5") == "Nemesis (β = 0.5)"
     assert plots.dataset_label("oxford_flowers") == "Flowers102"
     pairs = {plots.dataset_style(d) for d in ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")}
     assert len(pairs) == 11

@@ -120,7 +120,7 @@ def test_default_protocol_leaves_run_ids_unchanged():
 
 def _identity(run_id: str = "r1", seed: int = 1) -> dict:
     return dict(run_id=run_id, dataset="digits", backbone="nemesis-tiny", pretrained="embedded", shots=2, seed=seed,
-                method="coop", n_ctx=2, csc=False, class_token_position="end", precision="fp32")  # fmt: skip
+                regularizer="coop", n_ctx=2, csc=False, class_token_position="end", precision="fp32")  # fmt: skip
 
 
 def _row(identity: dict, eval_classes: str, op: str, position: int, factor: float, acc: float, acc_original: float,

@@ -366,7 +366,7 @@ def test_damaged_resume_state_is_ignored_with_a_warning(checkpoints_dir, tmp_pat
     ck = tmp_path / "ck"
     ck.mkdir()
     (ck / "features").symlink_to(checkpoints_dir / "features")
-    session = Session(ck, tmp_path / "rep", progress=False)
+    session = Session(ck, tmp_path / "rep", device="cpu", progress=False)
     config = RunConfig(shots=1, epochs=3, optim=OptimConfig())
     assert train_prompt(config, session, save_every=1, should_stop=lambda epoch: epoch >= 0).stopped
     run = run_folder(ck)

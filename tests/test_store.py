@@ -19,7 +19,7 @@ IDENTITY = {
     "pretrained": "tiny",
     "shots": 4,
     "seed": 1,
-    "method": "coop",
+    "regularizer": "coop",
     "n_ctx": 4,
     "csc": False,
     "class_token_position": "end",

@@ -9,7 +9,7 @@ from study_helpers import write_tiny_study
 from typer.testing import CliRunner
 
 from nemesis_analysis.cli import app
-from nemesis_analysis.config import NemesisConfig, OptimConfig, PlotConfig, PromptConfig, RunConfig
+from nemesis_analysis.config import NemesisConfig, OptimConfig, PLOTConfig, PromptConfig, RunConfig
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.data.registry import load_dataset
 from nemesis_analysis.study import costs, records, spec
@@ -44,7 +44,7 @@ def test_plan_gives_exactly_the_expected_jobs_and_dependencies(tmp_path):
     # PLOT's flat positions: the grid spans N * n_ctx, flat p is (prompt p // n_ctx, position p % n_ctx)
     plot_config = RunConfig.from_dict(corrupt[0].payload["config"])
     plot_config = dataclasses.replace(plot_config, prompt=dataclasses.replace(plot_config.prompt, method="plot"),
-                                      plot=PlotConfig(num_prompts=2))  # fmt: skip
+                                      plot=PLOTConfig(num_prompts=2))  # fmt: skip
     grid = {**corrupt[0].payload["grid"], "positions": None}
     plot_job = dataclasses.replace(corrupt[0], payload={**corrupt[0].payload, "config": plot_config.to_dict(),
                                                         "grid": grid})  # fmt: skip
@@ -68,10 +68,25 @@ def test_plan_gives_exactly_the_expected_jobs_and_dependencies(tmp_path):
     "section, key",
     [
         ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nseed = 3\n', "grid.seed: unknown key"),
-        ('[grid]\ndatasets = ["digits"]\nshots = [0]\nseeds = [1]\n', "grid.shots[0]: must be at least 1"),
+        ('[grid]\ndatasets = ["digits"]\nshots = [0]\nseeds = [1]\n', "grid.shots[0]: shots must be at least 1, got 0"),
         ('[grid]\ndatasets = ["digitz"]\nshots = [4]\nseeds = [1]\n', "grid.datasets[0]: unknown dataset"),
         ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nmethods = ["pun2"]\n', "grid.methods: unknown method"),
-        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[variants.x]\nbeta = 2.0\n', "variants.x.beta: must lie"),
+        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[variants.x]\nbeta = 2.0\n',
+         "variants.x: nemesis.beta must lie in [0, 1], got 2.0"),
+        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[optim]\nmomentum = 1.5\n',
+         "optim.momentum must lie in [0, 1), got 1.5"),
+        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[nemesis]\npan_factor = -0.1\n',
+         "nemesis.pan_factor must be >= 0, got -0.1"),
+        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[nemesis]\nnorm_type = "l3"\n',
+         "nemesis.norm_type: unknown norm type 'l3'; choose one of: l2, l1, inf"),
+        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[kgcoop]\nwieght = 1.0\n',
+         "unknown config key 'kgcoop.wieght'"),
+        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nprompt.method = ["coop", "maple"]\n',
+         "grid.prompt.method[1]: prompt.method: unknown prompt method 'maple'"),
+        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n"nemesis.weight" = [1.0, -2.0]\n',
+         "grid.nemesis.weight[1]: nemesis.weight must be >= 0, got -2.0"),
+        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nnemesis.wieght = [1.0]\n',
+         "grid.nemesis.wieght: unknown key"),
         ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[resources]\nnum_gpu = 1\n', "resources.num_gpu: unknown key"),
         ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[corrupt]\nfactors = "0.5"\n', "corrupt.factors: must be a list"),
         ('[grids]\ndatasets = ["digits"]\n', "grids: unknown section"),

@@ -14,13 +14,13 @@ from nemesis_analysis.storage import schema
 IDENTITY = {"backbone": "RN50", "pretrained": "openai", "n_ctx": 16, "csc": False, "class_token_position": "end", "precision": "fp32"}
 
 
-def run(run_id, dataset, shots, seed, method, acc, weight=1.0):
-    return {**IDENTITY, "run_id": run_id, "dataset": dataset, "shots": shots, "seed": seed, "method": method,
+def run(run_id, dataset, shots, seed, regularizer, acc, weight=1.0):
+    return {**IDENTITY, "run_id": run_id, "dataset": dataset, "shots": shots, "seed": seed, "regularizer": regularizer,
             "final_test_acc": acc, "norm_weight": weight}  # fmt: skip
 
 
-def evaluation(run_id, dataset, seed, method, protocol, eval_dataset, classes, acc):
-    return {**IDENTITY, "run_id": run_id, "dataset": dataset, "shots": 16, "seed": seed, "method": method,
+def evaluation(run_id, dataset, seed, regularizer, protocol, eval_dataset, classes, acc):
+    return {**IDENTITY, "run_id": run_id, "dataset": dataset, "shots": 16, "seed": seed, "regularizer": regularizer,
             "protocol": protocol, "eval_dataset": eval_dataset, "eval_classes": classes, "acc": acc,
             "n_test": 100, "n_classes": 10}  # fmt: skip
 
@@ -129,13 +129,13 @@ def test_csv_long_form(runs):
 
 def test_paper_values_match_the_published_markdown():
     fewshot = paper.load("fewshot")
-    pan16 = fewshot[(fewshot["method"] == "nemesis-pan") & (fewshot["shots"] == 16)].iloc[0]
+    pan16 = fewshot[(fewshot["regularizer"] == "nemesis-pan") & (fewshot["shots"] == 16)].iloc[0]
     assert pan16["acc"] == 74.6 and pan16["read_off_plot"] and "read off the plot" in pan16["note"]
     dg = paper.load("dg")
-    pun10 = dg[(dg["method"] == "nemesis-pun") & (dg["norm_weight"] == 10) & (dg["eval_dataset"] == "imagenet_r")].iloc[0]
+    pun10 = dg[(dg["regularizer"] == "nemesis-pun") & (dg["norm_weight"] == 10) & (dg["eval_dataset"] == "imagenet_r")].iloc[0]
     assert pun10["acc"] == 56.78 and not pun10["read_off_plot"] and "not confirmed" in pun10["note"]
     b2n = paper.load("base2new")
-    pan20 = b2n[(b2n["method"] == "nemesis-pan") & (b2n["norm_weight"] == 20)].iloc[0]
+    pan20 = b2n[(b2n["regularizer"] == "nemesis-pan") & (b2n["norm_weight"] == 20)].iloc[0]
     assert (pan20["base"], pan20["new"], pan20["h"]) == (80.3, 73.9, 77.0)
     frequency = paper.load("frequency")
     assert frequency["count"].max() == 53

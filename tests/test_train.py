@@ -30,10 +30,10 @@ def test_run_id_is_stable_and_sensitive():
 
 
 def test_methods_and_recipes():
-    assert RunConfig().method == "coop"
-    assert RunConfig(nemesis=NemesisConfig(beta=1.0)).method == "nemesis-pun"
-    assert RunConfig(nemesis=NemesisConfig(beta=0.0)).method == "nemesis-pan"
-    assert RunConfig(nemesis=NemesisConfig(beta=0.5)).method == "nemesis-beta0.5"
+    assert RunConfig().regularizer == "coop"
+    assert RunConfig(nemesis=NemesisConfig(beta=1.0)).regularizer == "nemesis-pun"
+    assert RunConfig(nemesis=NemesisConfig(beta=0.0)).regularizer == "nemesis-pan"
+    assert RunConfig(nemesis=NemesisConfig(beta=0.5)).regularizer == "nemesis-beta0.5"
     pan_pets = RunConfig(dataset="oxford_pets", nemesis=NemesisConfig(beta=0.0))
     paper, changed = apply_recipe(pan_pets, "paper")
     # the reference: PAN's weight 50, PUN keeps A, omega = 1
@@ -109,11 +109,11 @@ def test_trajectory_table_has_one_row_per_epoch_and_position(tiny_session, tmp_p
     traj = pd.read_parquet(tmp_path / "reports" / "trajectories")
     assert len(traj) == 3 * 5
     assert sorted(set(zip(traj.epoch, traj.position))) == [(e, p) for e in range(3) for p in range(5)]
-    for column in ["run_id", "dataset", "backbone", "pretrained", "shots", "seed", "method", "n_ctx", "csc",
+    for column in ["run_id", "dataset", "backbone", "pretrained", "shots", "seed", "regularizer", "n_ctx", "csc",
                    "class_token_position", "precision", "epoch", "position", "norm", "test_acc", "train_loss",
                    "ce_loss", "norm_loss", "omega", "alpha"]:
         assert column in traj.columns
-    assert (traj.method == "nemesis-pan").all() and traj.alpha.between(0, 1).all()
+    assert (traj.regularizer == "nemesis-pan").all() and traj.alpha.between(0, 1).all()
     omega = traj.groupby("epoch").omega.first()
     assert omega[0] == pytest.approx(1 - 1 / (1 + math.exp(-0.2 * (0 - 1.5))))
     runs = pd.read_parquet(tmp_path / "reports" / "runs")

@@ -349,7 +349,6 @@ def test_fp16_context_is_updated_in_half_precision(tiny_session):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fp16_training_on_cuda_keeps_the_context_in_half(tiny_session, checkpoints_dir, tmp_path):
     session = tiny_session.replace(device="cuda")
     config = RunConfig(shots=1, epochs=1, precision="fp16", prompt=PromptConfig(n_ctx=2),

@@ -14,7 +14,7 @@ from nemesis_analysis.clip import weights
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ModelError
 from nemesis_analysis.clip.loading import load_model
-from nemesis_analysis.storage.artifacts import find_dassl_checkpoint, load_prompt_any, save_prompt
+from nemesis_analysis.storage.artifacts import check_fits, find_dassl_checkpoint, read_prompt, save_prompt
 from nemesis_analysis.methods.coop import CoOp
 
 
@@ -198,7 +198,7 @@ def test_dassl_checkpoint_round_trip(tiny_random, tmp_path, csc):
     path = write_dassl(tmp_path / "run", ctx)
     write_dassl(tmp_path / "run", torch.zeros_like(ctx), epoch=10)  # an older epoch beside it
     for given in (path, path.parent, tmp_path / "run"):
-        loaded, meta = load_prompt_any(given, learner)
+        loaded, meta = read_and_check(given, learner)
         assert torch.equal(loaded, ctx) and loaded.dtype == torch.float32
         assert meta["source"] == "coop-checkpoint" and meta["epoch"] == 50 and meta["csc"] is csc
     assert find_dassl_checkpoint(tmp_path / "run") == path
@@ -208,7 +208,7 @@ def test_our_artifact_loads_through_the_same_door(tiny_random, tmp_path):
     learner = CoOp(tiny_random, CLASSES, PromptConfig(n_ctx=4))
     save_prompt(tmp_path / "artifact", learner.ctx, {"width": learner.width})
     for given in (tmp_path / "artifact", tmp_path / "artifact" / "prompt.safetensors"):
-        ctx, meta = load_prompt_any(given, learner)
+        ctx, meta = read_and_check(given, learner)
         assert torch.equal(ctx, learner.ctx.detach()) and meta["source"] == "artifact"
 
 
@@ -216,9 +216,9 @@ def test_our_artifact_loads_through_the_same_door(tiny_random, tmp_path):
     "shape, prompt, message",
     [
         ((4, 64), PromptConfig(n_ctx=4), "checkpoint context has width 64 but nemesis-tiny's text width is 128"),
-        ((16, 128), PromptConfig(n_ctx=4), "checkpoint has 16 context vectors but the prompt is set up for 4; pass --n-ctx 16"),
-        ((3, 4, 128), PromptConfig(n_ctx=4), r"class-specific context \(3, 4, 128\); add --csc"),
-        ((4, 128), PromptConfig(n_ctx=4, csc=True), "generic context .*; drop --csc"),
+        ((16, 128), PromptConfig(n_ctx=4), "checkpoint has 16 context vectors but the prompt is set up for 4; set prompt.n_ctx = 16"),
+        ((3, 4, 128), PromptConfig(n_ctx=4), r"class-specific context \(3, 4, 128\); set prompt.csc = true"),
+        ((4, 128), PromptConfig(n_ctx=4, csc=True), "generic context .*; set prompt.csc = false"),
         ((5, 4, 128), PromptConfig(n_ctx=4, csc=True), "class-specific context for 5 classes but the dataset has 3"),
     ],
 )
@@ -226,21 +226,21 @@ def test_shape_mismatch_is_one_clear_line(tiny_random, tmp_path, shape, prompt, 
     learner = CoOp(tiny_random, CLASSES, prompt)
     path = write_dassl(tmp_path / "run", torch.zeros(shape))
     with pytest.raises(ModelError, match=message) as excinfo:
-        load_prompt_any(path, learner)
+        read_and_check(path, learner)
     assert "\n" not in str(excinfo.value)
 
 
 def test_not_a_prompt(tmp_path):
     with pytest.raises(ModelError, match="not found"):
-        load_prompt_any(tmp_path / "missing")
+        read_and_check(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="neither a prompt artifact"):
-        load_prompt_any(tmp_path / "empty")
+        read_and_check(tmp_path / "empty")
     folder = tmp_path / "run" / "prompt_learner"
     folder.mkdir(parents=True)
     torch.save({"state_dict": {"weight": torch.zeros(1)}, "epoch": 1}, folder / "model.pth.tar-1")
     with pytest.raises(ModelError, match="no 'ctx' in its state_dict"):
-        load_prompt_any(folder / "model.pth.tar-1")
+        read_and_check(folder / "model.pth.tar-1")
 
 
 def test_pickled_code_is_refused(tmp_path):
@@ -248,4 +248,12 @@ def test_pickled_code_is_refused(tmp_path):
     folder.mkdir()
     torch.save({"state_dict": {"ctx": torch.zeros(4, 128)}, "epoch": 1, "extra": Path("x")}, folder / "model.pth.tar-1")
     with pytest.raises(ModelError, match="CoOp checkpoint .* is not a plain tensor file.*does not unpickle"):
-        load_prompt_any(folder / "model.pth.tar-1")
+        read_and_check(folder / "model.pth.tar-1")
+
+
+def read_and_check(path, method=None):
+    """(ctx, metadata) of any prompt file, checked against ``method`` when given."""
+    prompt = read_prompt(path)
+    if method is not None:
+        check_fits(prompt.ctx, method, prompt.metadata, source=Path(path).name)
+    return prompt.ctx, prompt.metadata

@@ -70,8 +70,10 @@ def plan(study_file: StudyArg, as_json: JsonOpt = False, checkpoints: Checkpoint
     cost = costs.estimate(current.todo, records.read_jobs(study.outputs.reports))
     if as_json:
         jobs = [{**job.as_dict(), "state": current.state(job)} for job in current.jobs]
-        for job in jobs:
-            job.pop("payload")
+        for job in jobs:  # a train job shows its resolved run config (the layout --print-config prints)
+            payload = job.pop("payload")
+            if job["kind"] == "train":
+                job["config"] = payload["config"]
         data = {"study": study.name, "counts": counts.to_dict("records"), "cost_todo": cost.to_dict("records"), "jobs": jobs}
         console.print_json(json.dumps(data, default=float))
         return

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from nemesis_analysis.cli.options import DEFAULT_REPORTS, ReportsOpt, console, handle_errors
+from nemesis_analysis.errors import ConfigError
 
 
 FigureOutOpt = Annotated[
@@ -17,6 +18,20 @@ FigureOutOpt = Annotated[
 FigureFormatOpt = Annotated[
     Optional[str], typer.Option("--format", "-f", help="png (300 dpi), pdf or svg (default: the --out suffix, else png).")
 ]
+
+
+RegularizerOpt = Annotated[
+    Optional[str], typer.Option("--regularizer", help="Only runs of this regularizer (coop, nemesis-pun, nemesis-pan, ...).")
+]
+# --method was this option's name before the regularizer column was renamed; kept working, not shown.
+RegularizerAliasOpt = Annotated[Optional[str], typer.Option("--method", hidden=True)]
+
+
+def _regularizer(regularizer: str | None, alias: str | None) -> str | None:
+    """--regularizer, or the former --method spelling of it."""
+    if regularizer is not None and alias is not None and regularizer != alias:
+        raise ConfigError(f"--regularizer {regularizer} and --method {alias} disagree; pass --regularizer only")
+    return regularizer if regularizer is not None else alias
 
 
 def _write_figure(build, reports: Path, name: str, out: Path | None, format: str | None) -> None:
@@ -31,18 +46,20 @@ def _write_figure(build, reports: Path, name: str, out: Path | None, format: str
 @handle_errors
 def plot_frequency_command(
     backbone: Annotated[Optional[str], typer.Option("--backbone", help="Only this backbone.")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="Only this method (coop, nemesis-pun, ...).")] = None,
+    regularizer: RegularizerOpt = None,
     datasets: Annotated[Optional[str], typer.Option("--datasets", help="Only these datasets, comma-separated.")] = None,
     min_delta: Annotated[float, typer.Option("--min-delta", help="Count a corruption when it raises accuracy by more than this (points).")] = 0.0,
     reports: ReportsOpt = DEFAULT_REPORTS,
     out: FigureOutOpt = None,
     format: FigureFormatOpt = None,
     measure: Annotated[str, typer.Option("--as", help="percent (of norm-reducing corruptions) or count (as the paper's Figure 1(b)).")] = "percent",
+    method: RegularizerAliasOpt = None,
 ) -> None:
     """Figure 1(b): Low-Norm Effect frequency against shots, one line per dataset (from reports/corruptions)."""
     from nemesis_analysis.report import figures
 
-    build = lambda: figures.frequency_figure(reports, backbone, method, datasets, min_delta, measure)  # noqa: E731
+    regularizer = _regularizer(regularizer, method)
+    build = lambda: figures.frequency_figure(reports, backbone, regularizer, datasets, min_delta, measure)  # noqa: E731
     _write_figure(build, reports, figures.figure_name("frequency"), out, format)
 
 
@@ -52,7 +69,7 @@ def plot_trajectory_command(
     shots: Annotated[int, typer.Option("--shots", "-k", help="Shots per class of the runs.")],
     seed: Annotated[int, typer.Option("--seed", help="Split seed of the runs.")],
     backbone: Annotated[Optional[str], typer.Option("--backbone", help="Backbone (needed when several were trained).")] = None,
-    per_position: Annotated[bool, typer.Option("--per-position", help="One panel per method, a line per position.")] = False,
+    per_position: Annotated[bool, typer.Option("--per-position", help="One panel per regularizer, a line per position.")] = False,
     reports: ReportsOpt = DEFAULT_REPORTS,
     out: FigureOutOpt = None,
     format: FigureFormatOpt = None,
@@ -68,17 +85,21 @@ def plot_trajectory_command(
 @handle_errors
 def plot_heatmap_command(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset of the corrupted runs.")],
-    method: Annotated[Optional[str], typer.Option("--method", help="Method of the runs (default: coop, or the only one).")] = None,
+    regularizer: Annotated[
+        Optional[str], typer.Option("--regularizer", help="Regularizer of the runs (default: coop, or the only one).")
+    ] = None,
     backbone: Annotated[Optional[str], typer.Option("--backbone", help="Only this backbone.")] = None,
     shots: Annotated[Optional[int], typer.Option("--shots", "-k", help="Only this shot count.")] = None,
     reports: ReportsOpt = DEFAULT_REPORTS,
     out: FigureOutOpt = None,
     format: FigureFormatOpt = None,
+    method: RegularizerAliasOpt = None,
 ) -> None:
     """Accuracy delta by position x factor/std, one panel per op, seeds averaged (from reports/corruptions)."""
     from nemesis_analysis.report import figures
 
-    build = lambda: figures.heatmap_figure(reports, dataset, method, backbone, shots)  # noqa: E731
+    regularizer = _regularizer(regularizer, method)
+    build = lambda: figures.heatmap_figure(reports, dataset, regularizer, backbone, shots)  # noqa: E731
     _write_figure(build, reports, figures.figure_name("heatmap", dataset=dataset), out, format)
 
 
@@ -104,7 +125,7 @@ def summary(
     table_format: Annotated[str, typer.Option("--format", help="With --table: md, latex or csv.")] = "md",
     compare: Annotated[Optional[str], typer.Option("--compare", help="With --table: 'paper' adds the published values and the difference.")] = None,
 ) -> None:
-    """Accuracy tables, mean ± std over seeds per (dataset, shots, method); saved as CSV and Markdown."""
+    """Accuracy tables, mean ± std over seeds per (dataset, shots, regularizer); saved as CSV and Markdown."""
     from nemesis_analysis.report import figures
 
     if table_kind is not None or compare is not None or table_format != "md":

@@ -14,52 +14,20 @@ import typer
 from nemesis_analysis.cli.options import (
     DEFAULT_CHECKPOINTS,
     DEFAULT_REPORTS,
-    PARAM_FIELDS,
-    BackboneOpt,
-    BatchOpt,
-    BetaOpt,
     CacheDirOpt,
     CheckpointsOpt,
-    ConfigFileOpt,
-    CscOpt,
-    CtxInitOpt,
     DataRootOpt,
-    DatasetOpt,
     DeviceOpt,
-    EpochsOpt,
     ForceOpt,
-    KgWeightOpt,
-    LrOpt,
-    MethodOpt,
-    NCtxOpt,
-    NormTypeOpt,
-    NormWeightOpt,
     OfflineOpt,
-    OmegaOpt,
-    PanFactorOpt,
-    PanOpt,
-    PanPositionsOpt,
-    PlotPromptsOpt,
-    PositionOpt,
-    PrecisionOpt,
-    PretrainedOpt,
-    PrintConfigOpt,
-    ProtocolOpt,
-    PunOpt,
     QuietOpt,
-    RecipeOpt,
     ReportsOpt,
-    SeedOpt,
-    SetOpt,
-    ShotsOpt,
-    build_run_config,
-    given_options,
-    AllowMissingOpt,
     build_session,
     console,
     err_console,
     handle_errors,
 )
+from nemesis_analysis.cli.runoptions import RunCommand, given_options, run_parameter_names
 from nemesis_analysis.cli.interrupt import StopRequest, graceful_stop, stop_requested
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.session import Session
@@ -97,7 +65,7 @@ def config_of_run(session: Session, run_id: str, given: set[str], prompt: Path |
     """The RunConfig a finished or started run was trained with (``run_id`` or a unique prefix of it)."""
     from nemesis_analysis.corruption.sweep_runs import load_run_config
 
-    clashing = sorted(given & (set(PARAM_FIELDS) | {"pun", "pan", "beta", "config_file", "set_"}))
+    clashing = sorted(given & run_parameter_names())
     if clashing or prompt is not None:
         what = "--prompt" if prompt is not None else ", ".join(f"--{n.rstrip('_').replace('_', '-')}" for n in clashing)
         raise ConfigError(f"--run {run_id} sweeps the run with its own config; drop {what}")
@@ -109,7 +77,7 @@ def print_run_result(result) -> None:
         return  # said by stop_after_training
     state = "reused finished run" if result.reused else f"trained in {result.seconds:.1f} s"
     config = result.config
-    label = config.prompt_method if config.method == "coop" else f"{config.prompt_method} + {config.method}"
+    label = config.prompt_method if config.regularizer == "coop" else f"{config.prompt_method} + {config.regularizer}"
     console.print(f"[bold]{label}[/] run {result.run_id} ({state}) -> {result.run_dir}")
     console.print(
         f"  zero-shot accuracy {result.zero_shot_acc:.2f}%   final test accuracy {result.final_test_acc:.2f}%   "
@@ -159,39 +127,15 @@ def print_config_and_stop(config) -> None:
 # ------------------------------------------------------------------------------------------------ train
 
 
-@handle_errors
-def train(
+def say(text: str) -> None:
+    """A note for people (what a recipe changed): on stderr, so stdout stays what the command prints."""
+    err_console.print(text, highlight=False, soft_wrap=True, markup=False)
+
+
+def train_command(
     ctx: typer.Context,
-    method: MethodOpt = "coop",
-    dataset: DatasetOpt = "digits",
-    shots: ShotsOpt = 16,
-    seed: SeedOpt = 1,
-    backbone: BackboneOpt = "nemesis-tiny",
-    pretrained: PretrainedOpt = None,
-    n_ctx: NCtxOpt = 16,
-    csc: CscOpt = False,
-    class_token_position: PositionOpt = "end",
-    ctx_init: CtxInitOpt = None,
-    epochs: EpochsOpt = None,
-    precision: PrecisionOpt = None,
-    pun: PunOpt = False,
-    pan: PanOpt = False,
-    beta: BetaOpt = None,
-    norm_weight: NormWeightOpt = 1.0,
-    norm_type: NormTypeOpt = "l2",
-    pan_positions: PanPositionsOpt = 1,
-    pan_factor: PanFactorOpt = 0.1,
-    omega: OmegaOpt = "sigmoid",
-    recipe: RecipeOpt = None,
-    protocol: ProtocolOpt = "fewshot",
-    lr: LrOpt = 0.002,
-    batch_size: BatchOpt = 32,
-    plot_prompts: PlotPromptsOpt = 4,
-    kg_weight: KgWeightOpt = 8.0,
-    allow_missing_classes: AllowMissingOpt = False,
-    config_file: ConfigFileOpt = None,
-    set_: SetOpt = None,
-    print_config: PrintConfigOpt = False,
+    config,
+    print_config: bool,
     force: ForceOpt = False,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
     reports: ReportsOpt = DEFAULT_REPORTS,
@@ -201,16 +145,8 @@ def train(
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a prompt method (--method: CoOp, CoCoOp, PLOT, KgCoOp), with Nemesis via --pun / --pan / --beta,
-    and record it in Parquet."""
-    config = build_run_config(
-        given=given_options(ctx), config_file=config_file, sets=set_, pun=pun, pan=pan, beta=beta, dataset=dataset, shots=shots, seed=seed,
-        backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
-        ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
-        pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
-        method=method, plot_prompts=plot_prompts, kg_weight=kg_weight, protocol=protocol,
-        allow_missing_classes=allow_missing_classes,
-    )  # fmt: skip
+    """Train a prompt method (--method: CoOp, CoCoOp, PLOT, KgCoOp, ...), with Nemesis via --pun / --pan /
+    --beta, and record it in Parquet."""
     if print_config:
         print_config_and_stop(config)
     session = build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
@@ -220,6 +156,9 @@ def train(
     if result.stopped:
         stop_after_training(result, session, stop)
     print_run_result(result)
+
+
+train = handle_errors(RunCommand(train_command, purpose="train", say=say))
 
 
 # ---------------------------------------------------------------------------------------------- corrupt
@@ -259,40 +198,10 @@ MaxTestOpt = Annotated[
 ]
 
 
-# Long only in its signature: every option is listed explicitly (fastapi-cli style); the body is short.
-@handle_errors
-def corrupt(
+def corrupt_command(
     ctx: typer.Context,
-    method: MethodOpt = "coop",
-    dataset: DatasetOpt = "digits",
-    shots: ShotsOpt = 16,
-    seed: SeedOpt = 1,
-    backbone: BackboneOpt = "nemesis-tiny",
-    pretrained: PretrainedOpt = None,
-    n_ctx: NCtxOpt = 16,
-    csc: CscOpt = False,
-    class_token_position: PositionOpt = "end",
-    ctx_init: CtxInitOpt = None,
-    epochs: EpochsOpt = None,
-    precision: PrecisionOpt = None,
-    pun: PunOpt = False,
-    pan: PanOpt = False,
-    beta: BetaOpt = None,
-    norm_weight: NormWeightOpt = 1.0,
-    norm_type: NormTypeOpt = "l2",
-    pan_positions: PanPositionsOpt = 1,
-    pan_factor: PanFactorOpt = 0.1,
-    omega: OmegaOpt = "sigmoid",
-    recipe: RecipeOpt = None,
-    protocol: ProtocolOpt = "fewshot",
-    lr: LrOpt = 0.002,
-    batch_size: BatchOpt = 32,
-    plot_prompts: PlotPromptsOpt = 4,
-    kg_weight: KgWeightOpt = 8.0,
-    allow_missing_classes: AllowMissingOpt = False,
-    config_file: ConfigFileOpt = None,
-    set_: SetOpt = None,
-    print_config: PrintConfigOpt = False,
+    config,
+    print_config: bool,
     force: ForceOpt = False,
     prompt: PromptPathOpt = None,
     run: RunOpt = None,
@@ -317,15 +226,6 @@ def corrupt(
     Trains the run first when it has not finished (same flags as `train`), or analyses --prompt or --run.
     Rows already in reports/corruptions are skipped, so widening the grid computes only what is new.
     """
-    config = build_run_config(
-        given=given_options(ctx), config_file=config_file, sets=set_, pun=pun, pan=pan, beta=beta, dataset=dataset, shots=shots, seed=seed,
-        backbone=backbone, pretrained=pretrained, n_ctx=n_ctx, csc=csc, class_token_position=class_token_position,
-        ctx_init=ctx_init, epochs=epochs, precision=precision, norm_weight=norm_weight, norm_type=norm_type,
-        pan_positions=pan_positions, pan_factor=pan_factor, omega=omega, recipe=recipe, lr=lr, batch_size=batch_size,
-        method=method, plot_prompts=plot_prompts, kg_weight=kg_weight, protocol=protocol,
-        purpose="corrupt",
-        allow_missing_classes=allow_missing_classes,
-    )  # fmt: skip
     from nemesis_analysis.corruption.ops import GridSpec, parse_int_list  # imports torch: only once the config is valid
 
     grid = GridSpec.parse(ops, positions, factors, stds, reps)
@@ -348,12 +248,19 @@ def corrupt(
         stop_after_training(stopped_runs[0], session, stop)
     if summaries and summaries[-1].stopped:
         stop_after_sweep(summaries[-1], session, stop)
+    print_sweep_summaries(summaries, session)
+
+
+def print_sweep_summaries(summaries, session: Session) -> None:
     from nemesis_analysis.corruption.sweep import format_summary
 
     for summary_ in summaries:
         for line in format_summary(summary_):
             console.print(line, highlight=False, soft_wrap=True)
     console.print(f"rows in {session.reports_dir / 'corruptions'}/", highlight=False)
+
+
+corrupt = handle_errors(RunCommand(corrupt_command, purpose="corrupt", say=say))
 
 
 # ------------------------------------------------------------------------------------------------- demo

@@ -8,6 +8,7 @@ EOS, which is exact because CLIP's text attention is causal.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -16,22 +17,25 @@ import torch
 import torch.nn.functional as F
 
 from nemesis_analysis.choices import Precision
-from nemesis_analysis.errors import ConfigError, ModelError
+from nemesis_analysis.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(device: str | None = None) -> torch.device:
-    """``None`` or "auto": CUDA when available, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+_FP32_TEXT: contextvars.ContextVar[bool] = contextvars.ContextVar("nemesis_fp32_text", default=False)
+
+
+@contextlib.contextmanager
+def fp32_text_passes():
+    """Within this block text passes run without autocast: in fp32 for ``fp32`` and ``amp`` models (an
+    ``fp16`` model's weights stay half); image passes keep the model's precision (cached features match
+    their key). For comparisons whose sides go through text passes of different shapes (a sweep's plain
+    baseline and its prefix-cached variants, PAN's counts), which bf16 would round apart."""
+    token = _FP32_TEXT.set(True)
     try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return resolved
+        yield
+    finally:
+        _FP32_TEXT.reset(token)
 
 
 @dataclass
@@ -73,6 +77,10 @@ class LoadedModel:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def text_autocast(self):
+        """:meth:`autocast` for text passes; none inside :func:`fp32_text_passes`."""
+        return contextlib.nullcontext() if _FP32_TEXT.get() else self.autocast()
+
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts).to(self.device)
 
@@ -86,7 +94,7 @@ class LoadedModel:
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
         """L2-normalised fp32 text features from token embeddings (batch, length, width)."""
-        with self.autocast():
+        with self.text_autocast():
             features = encode_text_from_embeddings(self.model, embeddings, eos_positions)
         return F.normalize(features.float(), dim=-1)
 

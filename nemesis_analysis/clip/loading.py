@@ -12,7 +12,8 @@ from nemesis_analysis.clip import weights
 from nemesis_analysis.clip.architectures import TINY_BACKBONE, register_model_configs
 from nemesis_analysis.choices import Precision
 from nemesis_analysis.errors import ConfigError
-from nemesis_analysis.clip.encoding import LoadedModel, resolve_device
+from nemesis_analysis.clip.encoding import LoadedModel
+from nemesis_analysis.devices import resolve_device, resolve_precision
 
 
 def load_model(
@@ -35,9 +36,7 @@ def load_model(
     """
     register_model_configs()
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    if precision is None:
-        precision = Precision.AMP if device.type == "cuda" else Precision.FP32
-    precision = Precision(precision)
+    precision = resolve_precision(precision, device)
     if backbone not in open_clip.list_models():
         raise ConfigError(
             f"unknown backbone {backbone!r}; run `nemesis models` to list architectures "

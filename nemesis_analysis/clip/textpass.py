@@ -11,6 +11,7 @@ in/out projections, layer norms, MLP, final norm, projection, positional embeddi
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Sequence
 
 import torch
@@ -63,8 +64,20 @@ def _log_fallback(model: torch.nn.Module) -> None:
         logger.info("%s's text tower does not fit the class-shared prefix pass; using the plain pass", name)
 
 
+_SUPPORT: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
 def supports_shared_prefix(model: torch.nn.Module) -> bool:
-    """Whether this text tower fits: open_clip's plain residual blocks, standard attention, a causal mask, EOS pooling."""
+    """Whether this text tower fits: open_clip's plain residual blocks, standard attention, a causal mask, EOS
+    pooling. Checked once per model and mask (the mask test syncs with the device; every text pass asks)."""
+    mask = getattr(model, "attn_mask", None)
+    cached = _SUPPORT.get(model)
+    if cached is None or cached[0] is not mask:
+        cached = _SUPPORT[model] = (mask, _fits_shared_prefix(model))
+    return cached[1]
+
+
+def _fits_shared_prefix(model: torch.nn.Module) -> bool:
     if not supports_prefix_reuse(model) or getattr(model, "text_pool_type", "argmax") not in ("argmax", "eos"):
         return False
     mask = getattr(model, "attn_mask", None)
@@ -131,16 +144,17 @@ def _shared_block(
         _, k_c, v_c = _qkv(block, cached.to(shared.dtype))  # (1 or V, H, S0, d)
         k = torch.cat([k_c.expand(num_variants, -1, -1, -1), k], dim=-2)  # (V, H, S0 + S1, d)
         v = torch.cat([v_c.expand(num_variants, -1, -1, -1), v], dim=-2)
-    scale = q_sh.shape[-1] ** -0.5
+    scale = q_sh.shape[-1] ** -0.5  # applied to the queries before QK^T, which stays small enough for fp16
     heads, head_dim = q_sh.shape[1], q_sh.shape[-1]
 
-    weights = torch.softmax((q_sh @ k.transpose(-1, -2)) * scale + mask[:shared_len, :context], dim=-1)
+    weights = torch.softmax((q_sh * scale) @ k.transpose(-1, -2) + mask[:shared_len, :context], dim=-1)
     out_shared = (weights @ v).transpose(1, 2).reshape(num_variants, shared_len, width)  # (V, S1, W)
 
     q_s, k_s, v_s = (t.transpose(1, 2) for t in _qkv(block, suffix))  # (V, H, C, T, d)
+    q_s = q_s * scale
     to_shared = (q_s.reshape(num_variants, heads, -1, head_dim) @ k.transpose(-1, -2))  # (V, H, C*T, S0+S1)
     to_shared = to_shared.view(num_variants, heads, num_classes, tokens, context)
-    logits = torch.cat([to_shared, q_s @ k_s.transpose(-1, -2)], dim=-1) * scale + mask[shared_len:]
+    logits = torch.cat([to_shared, q_s @ k_s.transpose(-1, -2)], dim=-1) + mask[shared_len:]
     weights = torch.softmax(logits, dim=-1)  # (V, H, C, T, S0 + S1 + T)
     from_shared = weights[..., :context].reshape(num_variants, heads, -1, context) @ v  # (V, H, C*T, d)
     out = from_shared.view_as(q_s) + weights[..., context:] @ v_s  # (V, H, C, T, d)

@@ -10,13 +10,13 @@ and names the field by its dotted name (``nemesis.beta``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-import math
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 from nemesis_analysis.choices import (
     ClassTokenPosition,
@@ -24,12 +24,30 @@ from nemesis_analysis.choices import (
     NormType,
     OmegaSchedule,
     Precision,
-    PromptMethodName,
     Protocol,
-    choice,
     plain,
 )
+from nemesis_analysis.config.fieldspec import (
+    IN_ID_ALWAYS,
+    IN_ID_NEVER,
+    IN_ID_UNLESS_DEFAULT,
+    Rule,  # noqa: F401  (re-exported: the rules live with spec)
+    Setting,
+    any_number,
+    at_least_one,
+    base_type,
+    check_value,
+    non_negative,
+    positive,
+    section_settings,
+    spec,
+    unit_interval,
+    unit_interval_open,
+    validate_fields,
+)
 from nemesis_analysis.errors import ConfigError, FieldError
+from nemesis_analysis.methods.declarations import KgCoOpConfig, PLOTConfig  # noqa: F401  (re-exported)
+from nemesis_analysis.methods.registry import declaration, method_names, option_sections
 from nemesis_analysis.storage.schema import RunIdentity
 
 
@@ -56,99 +74,24 @@ def corruption_epochs(shots: int) -> int:
     return CORRUPTION_EPOCHS_BY_SHOTS[max(eligible) if eligible else 1]
 
 
-@dataclass(frozen=True)
-class Rule:
-    """One validation rule of a numeric field: ``test(value)`` must hold; ``text`` says what it demands."""
-
-    test: Callable[[float], bool]
-    text: str
-
-
-positive = Rule(lambda v: v > 0, "must be positive")
-non_negative = Rule(lambda v: v >= 0, "must be >= 0")
-at_least_one = Rule(lambda v: v >= 1, "must be at least 1")
-unit_interval = Rule(lambda v: 0 <= v <= 1, "must lie in [0, 1]")
-unit_interval_open = Rule(lambda v: 0 <= v < 1, "must lie in [0, 1)")
-any_number = Rule(lambda v: True, "must be a finite number")
-
-
-# How a field enters ``run_id``: always; only when it differs from its default (fields added after run ids
-# were first recorded, so that existing runs keep their ids); never (bookkeeping such as the recipe name).
-IN_ID_ALWAYS, IN_ID_UNLESS_DEFAULT, IN_ID_NEVER = "always", "unless_default", "never"
-
-
-def spec(default=MISSING, *, check: Rule | None = None, help: str = "", default_factory=MISSING,
-         in_id: str = IN_ID_ALWAYS):
-    """A dataclass field with its validation rule, help text and run-id rule declared next to it."""
-    metadata = {"check": check, "help": help, "in_id": in_id}
-    if default_factory is not MISSING:
-        return field(default_factory=default_factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def _field_types(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
-def _base_type(annotation):
-    """``int | None`` -> int; a plain type is returned unchanged."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if args else annotation
-
-
-def check_value(section: str, name: str, annotation, rule: Rule | None, value):
-    """Validate (and normalise: int -> float for float fields) one field value; raise a FieldError naming it."""
-    dotted = f"{section}.{name}" if section else name
-    if value is None:
-        if type(None) in typing.get_args(annotation):
-            return None
-        raise FieldError(dotted, f"{dotted} must be set, got None")
-    kind = _base_type(annotation)
-    if kind is bool and not isinstance(value, bool):
-        raise FieldError(dotted, f"{dotted} must be true or false, got {value!r}")
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise FieldError(dotted, f"{dotted} must be an integer, got {value!r}")
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise FieldError(dotted, f"{dotted} must be a number, got {value!r}")
-        value = float(value)
-    if kind is str and not isinstance(value, str):
-        raise FieldError(dotted, f"{dotted} must be a string, got {value!r}")
-    if rule is not None:
-        if not math.isfinite(value):
-            raise FieldError(dotted, f"{dotted} must be a finite number, got {value!r}")
-        if not rule.test(value):
-            raise FieldError(dotted, f"{dotted} {rule.text}, got {value!r}")
-    return value
-
-
-def validate_fields(config) -> None:
-    """The one validator: check every field of a config dataclass against its declared type and rule."""
-    hints = _field_types(type(config))
-    for item in fields(config):
-        if item.name in NESTED:
-            continue
-        value = check_value(config.SECTION, item.name, hints[item.name], item.metadata.get("check"),
-                            getattr(config, item.name))
-        object.__setattr__(config, item.name, value)
-
-
 @dataclass
 class PromptConfig:
     """The prompt method and how its learnable context is laid out."""
 
     SECTION: ClassVar[str] = "prompt"
-    method: PromptMethodName = spec(PromptMethodName.COOP, in_id=IN_ID_UNLESS_DEFAULT,
-                                    help="prompt method: coop, cocoop, plot, kgcoop or maple")
-    n_ctx: int = spec(16, check=at_least_one, help="number of context vectors M")
-    csc: bool = spec(False, help="class-specific context: one set of M vectors per class")
-    class_token_position: ClassTokenPosition = spec(ClassTokenPosition.END, help="where the class name goes")
-    ctx_init: str | None = spec(None, help="initialise from these words (n_ctx becomes their token count)")
+    method: str = spec("coop", in_id=IN_ID_UNLESS_DEFAULT, choices=method_names, noun="prompt method", flag="--method",
+                       help="prompt method: coop, cocoop (image-conditioned context), plot (N prompts matched by "
+                            "optimal transport), kgcoop (CoOp pulled towards the hand-crafted prompt) or another "
+                            "registered method")  # fmt: skip
+    n_ctx: int = spec(16, check=at_least_one, flag="--n-ctx", help="number of context vectors M")
+    csc: bool = spec(False, flag="--csc/--no-csc", help="class-specific context: one set of M vectors per class")
+    class_token_position: ClassTokenPosition = spec(ClassTokenPosition.END, flag="--class-token-position",
+                                                    noun="class-token position", help="where the class name goes")
+    ctx_init: str | None = spec(None, flag="--ctx-init",
+                                help="initialise from these words (n_ctx becomes their token count)")
     init_std: float = spec(0.02, check=non_negative, help="std of the N(0, std^2) init when ctx_init is None")
 
     def __post_init__(self) -> None:
-        self.method = choice(PromptMethodName, self.method, "prompt method")
-        self.class_token_position = choice(ClassTokenPosition, self.class_token_position, "class-token position")
         if isinstance(self.ctx_init, str) and not self.ctx_init.strip():
             self.ctx_init = None
         validate_fields(self)
@@ -164,21 +107,23 @@ class NemesisConfig:
     """
 
     SECTION: ClassVar[str] = "nemesis"
-    beta: float | None = spec(None, check=unit_interval, help="1 = PUN, 0 = PAN, in between a mix; unset = CoOp")
-    weight: float = spec(1.0, check=non_negative, help="norm-loss weight (reference: A)")
-    norm_type: NormType = spec(NormType.L2, help="q in ||p_i||_q: l2, l1 or inf")
-    pan_positions: int = spec(1, check=at_least_one, help="PAN: positions rescaled per step (reference: NP)")
-    pan_factor: float = spec(0.1, check=positive, help="PAN: rescale factor of a chosen position (reference: CW)")
-    omega: OmegaSchedule = spec(OmegaSchedule.SIGMOID, help="sigmoid (1 - sigmoid(0.2 (t - T/2))) or constant")
+    beta: float | None = spec(None, check=unit_interval, flag="--beta",
+                              help="mix: beta * PUN + (1 - beta) * PAN, in [0, 1] (1 = PUN, 0 = PAN); unset = CoOp")
+    weight: float = spec(1.0, check=non_negative, flag=("--norm-weight", "--alpha"),
+                         help="norm-loss weight (reference: A); --alpha is an alias")
+    norm_type: NormType = spec(NormType.L2, flag="--norm-type", noun="norm type", help="q in ||p_i||_q")
+    pan_positions: int = spec(1, check=at_least_one, flag="--pan-positions",
+                              help="PAN: positions rescaled per step (reference: NP)")
+    pan_factor: float = spec(0.1, check=non_negative, flag="--pan-factor",
+                             help="PAN: rescale factor of a chosen position, 0 zeroes it (reference: CW)")
+    omega: OmegaSchedule = spec(OmegaSchedule.SIGMOID, flag="--omega", noun="omega schedule",
+                                help="sigmoid (1 - sigmoid(0.2 (t - T/2))) or constant")
     pan_weight: float | None = spec(None, check=non_negative, in_id=IN_ID_UNLESS_DEFAULT,
                                     help="PAN's weight (alpha_j); unset: the norm-loss weight")
-    csc_reduction: CscReduction = spec(CscReduction.MEAN, in_id=IN_ID_UNLESS_DEFAULT,
+    csc_reduction: CscReduction = spec(CscReduction.MEAN, in_id=IN_ID_UNLESS_DEFAULT, noun="class-specific norm reduction",
                                        help="class-specific context: norms averaged (mean) or summed over classes")
 
     def __post_init__(self) -> None:
-        self.norm_type = choice(NormType, self.norm_type, "norm type")
-        self.omega = choice(OmegaSchedule, self.omega, "omega schedule")
-        self.csc_reduction = choice(CscReduction, self.csc_reduction, "class-specific norm reduction")
         validate_fields(self)
 
     @property
@@ -195,8 +140,8 @@ class NemesisConfig:
         return self.beta is not None and self.beta < 1.0
 
     @property
-    def method(self) -> str:
-        """The ``method`` column: coop, nemesis-pun, nemesis-pan or nemesis-beta<B>."""
+    def regularizer(self) -> str:
+        """The ``regularizer`` column: coop, nemesis-pun, nemesis-pan or nemesis-beta<B>."""
         if self.beta is None:
             return "coop"
         elif self.beta == 1.0:
@@ -212,10 +157,10 @@ class OptimConfig:
     """CoOp's recipe: SGD, cosine over the epochs, one constant warm-up epoch."""
 
     SECTION: ClassVar[str] = "optim"
-    lr: float = spec(0.002, check=positive, help="SGD learning rate")
+    lr: float = spec(0.002, check=positive, flag="--lr", help="SGD learning rate")
     momentum: float = spec(0.9, check=unit_interval_open, help="SGD momentum")
     weight_decay: float = spec(5e-4, check=non_negative, help="SGD weight decay")
-    batch_size: int = spec(32, check=at_least_one, help="training batch size")
+    batch_size: int = spec(32, check=at_least_one, flag="--batch-size", help="training batch size")
     warmup_epochs: int = spec(1, check=non_negative, help="constant warm-up epochs")
     warmup_lr: float = spec(1e-5, check=positive, help="learning rate during warm-up")
     drop_last: bool = spec(False, in_id=IN_ID_UNLESS_DEFAULT,
@@ -225,93 +170,87 @@ class OptimConfig:
         validate_fields(self)
 
 
-@dataclass
-class PlotConfig:
-    """PLOT's options (``--method plot`` only)."""
-
-    SECTION: ClassVar[str] = "plot"
-    METHOD: ClassVar[PromptMethodName] = PromptMethodName.PLOT
-    num_prompts: int = spec(4, check=at_least_one, help="PLOT: prompts per class N, matched by optimal transport")
-
-    def __post_init__(self) -> None:
-        validate_fields(self)
+RECIPES_HELP = ("coop (CoOp protocol: RN50, M=16, end, last partial batch dropped), paper (the reference code's rules: "
+                "batches, epochs, CSC norm sums, Food101/OxfordPets weights)")  # fmt: skip
 
 
-@dataclass
-class KgCoOpConfig:
-    """KgCoOp's options (``--method kgcoop`` only)."""
-
-    SECTION: ClassVar[str] = "kgcoop"
-    METHOD: ClassVar[PromptMethodName] = PromptMethodName.KGCOOP
-    weight: float = spec(8.0, check=non_negative, help="KgCoOp: weight lambda of the hand-crafted-prompt term")
-
-    def __post_init__(self) -> None:
-        validate_fields(self)
+def default_pretrained(backbone: str) -> str:
+    """The weights a backbone gets when ``pretrained`` is not given: the tiny CLIP's own, else OpenAI's."""
+    return "embedded" if backbone == "nemesis-tiny" else "openai"
 
 
-@dataclass
-class MapleConfig:
-    """MaPLe's options (``--method maple`` only)."""
-
-    SECTION: ClassVar[str] = "maple"
-    METHOD: ClassVar[PromptMethodName] = PromptMethodName.MAPLE
-    depth: int = spec(9, check=at_least_one,
-                      help="MaPLe: prompted layers J in both towers (capped at the shallower tower's depth)")
-
-    def __post_init__(self) -> None:
-        validate_fields(self)
+def recipe_names() -> tuple[str, ...]:
+    """The named recipes: ``coop``, ``paper`` and those declared by prompt methods (``cocoop``)."""
+    return ("coop", "paper", *(name for name in method_names() if declaration(name).recipe))
 
 
 @dataclass
 class RunConfig:
-    """Everything that determines a trained prompt. ``run_id`` hashes all of it."""
+    """Everything that determines a trained prompt. ``run_id`` hashes all of it.
+
+    The option section of every declared prompt method (``plot``, ``kgcoop``, ...) is held in ``options``
+    and read as an attribute (``config.plot``); ``RunConfig(plot=PLOTConfig(...))`` sets one.
+    """
 
     SECTION: ClassVar[str] = ""
-    dataset: str = spec("digits", help="digits (embedded), a CoOp dataset, or folder:PATH / manifest:PATH")
-    shots: int = spec(16, check=at_least_one, help="training images per class")
-    seed: int = spec(1, check=any_number, help="few-shot sampling and initialisation seed")
-    backbone: str = spec("nemesis-tiny", help="open_clip architecture")
-    pretrained: str = spec("embedded", help="an open_clip tag, a weights file, embedded (tiny CLIP) or none")
-    epochs: int | None = spec(None, check=at_least_one, help="unset: CoOp's epochs for the shot count")
-    precision: Precision | None = spec(None, help="unset: fp32 on CPU, amp on CUDA")
+    dataset: str = spec("digits", flag=("--dataset", "-d"),
+                        help="digits (embedded), a CoOp dataset, or folder:PATH / manifest:PATH")
+    shots: int = spec(16, check=at_least_one, flag=("--shots", "-k"), help="training images per class")
+    seed: int = spec(1, check=any_number, flag="--seed", help="few-shot sampling and initialisation seed")
+    backbone: str = spec("nemesis-tiny", flag="--backbone", help="open_clip architecture (RN50, ViT-B-16, nemesis-tiny)")
+    pretrained: str = spec("embedded", flag="--pretrained",
+                           help="open_clip tag (openai), a weights file, 'embedded' (tiny CLIP) or 'none'; "
+                                "default: embedded for nemesis-tiny, openai otherwise")  # fmt: skip
+    epochs: int | None = spec(None, check=at_least_one, flag="--epochs", help="unset: CoOp's epochs for the shot count")
+    precision: Precision | None = spec(None, flag="--precision", noun="precision",
+                                       help="fp32 (everything fp32; CPU default), amp (bf16 autocast of the frozen "
+                                            "towers, fp32 context and SGD; CUDA default) or fp16 (the reference's "
+                                            "all-half mode; CUDA only)")  # fmt: skip
     prompt: PromptConfig = spec(default_factory=PromptConfig)
     nemesis: NemesisConfig = spec(default_factory=NemesisConfig)
     optim: OptimConfig = spec(default_factory=OptimConfig)
-    plot: PlotConfig = spec(default_factory=PlotConfig)
-    kgcoop: KgCoOpConfig = spec(default_factory=KgCoOpConfig)
-    maple: MapleConfig = spec(default_factory=MapleConfig)
-    recipe: str | None = spec(None, in_id=IN_ID_NEVER,
-                              help="a named recipe whose settings were applied (recorded, not hashed)")
-    recipe_changes: str = spec("", in_id=IN_ID_NEVER, help="the settings the recipe changed (recorded, not hashed)")
-    protocol: Protocol = spec(Protocol.FEWSHOT, in_id=IN_ID_UNLESS_DEFAULT,
-                              help="fewshot, base2new, crossdataset or dg (hashed unless fewshot)")
-    allow_missing_classes: bool = spec(False, in_id=IN_ID_UNLESS_DEFAULT,
-                                       help="train even when classes have fewer training images than shots")
-    dataset_fingerprint: str = spec("", in_id=IN_ID_UNLESS_DEFAULT,
+    recipe: str | None = spec(None, in_id=IN_ID_NEVER, flag="--recipe", choices=lambda: recipe_names(), noun="recipe",
+                              help=f"{RECIPES_HELP} or a method's recipe (cocoop); prints and records what it changed")
+    recipe_changes: str = spec("", in_id=IN_ID_NEVER, settable=False,
+                               help="the settings the recipe changed (recorded, not hashed)")
+    protocol: Protocol = spec(Protocol.FEWSHOT, in_id=IN_ID_UNLESS_DEFAULT, flag="--protocol", noun="protocol",
+                              help="fewshot, base2new (train on base classes, test on base and new), crossdataset or dg")
+    allow_missing_classes: bool = spec(False, in_id=IN_ID_UNLESS_DEFAULT, flag="--allow-missing-classes",
+                                       help="train even when some classes have fewer training images than shots "
+                                            "(or none); recorded in the run")  # fmt: skip
+    dataset_fingerprint: str = spec("", in_id=IN_ID_UNLESS_DEFAULT, settable=False,
                                     help="content fingerprint of a custom dataset (filled in when it is loaded)")
+    options: dict = spec(default_factory=dict, in_id=IN_ID_NEVER, settable=False,
+                         help="the option sections of the declared prompt methods, by section name")
 
     def __post_init__(self) -> None:
-        self.protocol = choice(Protocol, self.protocol, "protocol")
-        if self.precision is not None:
-            self.precision = choice(Precision, self.precision, "precision")
-        for name, section in NESTED.items():
+        for name, section in BASE_SECTIONS.items():
             if not isinstance(getattr(self, name), section):
                 raise FieldError(name, f"{name} must be a {section.__name__}, got {getattr(self, name)!r}")
+        self.options = method_option_sections(self.options)
         validate_fields(self)
         check_method_options(self)
+
+    def __getattr__(self, name: str):
+        # the option section of a declared method: config.plot, config.kgcoop (dataclass fields never get here)
+        if name != "options" and not name.startswith("__") and name in option_sections():
+            options = self.__dict__.get("options", {})
+            return options[name] if name in options else option_sections()[name]()
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def num_epochs(self) -> int:
         return self.epochs if self.epochs is not None else coop_epochs(self.shots, self.dataset)
 
     @property
-    def method(self) -> str:
-        return self.nemesis.method
+    def regularizer(self) -> str:
+        """The ``regularizer`` column: coop, nemesis-pun, nemesis-pan or nemesis-beta<B>."""
+        return self.nemesis.regularizer
 
     @property
     def prompt_method(self) -> str:
-        """The ``prompt_method`` column: coop, cocoop, plot or kgcoop."""
-        return self.prompt.method.value
+        """The ``prompt_method`` column: coop, cocoop, plot, kgcoop or another declared method."""
+        return str(self.prompt.method)
 
     @property
     def num_prompts(self) -> int:
@@ -319,12 +258,8 @@ class RunConfig:
         return self.plot.num_prompts if self.prompt_method == "plot" else 1
 
     def method_options(self):
-        """The options section of this run's prompt method (PlotConfig, KgCoOpConfig), or None."""
-        for name in METHOD_SECTIONS:
-            section = getattr(self, name)
-            if section.METHOD == self.prompt.method:
-                return section
-        return None
+        """The options section of this run's prompt method (PLOTConfig, KgCoOpConfig, ...), or None."""
+        return self.options.get(self.prompt_method) if declaration(self.prompt_method).options else None
 
     def resolved(self, device_type: str) -> "RunConfig":
         """A copy with defaults that depend on the device filled in (precision, epochs)."""
@@ -332,29 +267,32 @@ class RunConfig:
         if data["precision"] is None:
             data["precision"] = Precision.AMP.value if device_type == "cuda" else Precision.FP32.value
         if device_type != "cuda" and data["precision"] == Precision.FP16.value:
-            raise ConfigError("--precision fp16 needs a CUDA device; use --precision amp (bf16 autocast) or fp32 on CPU")
+            raise FieldError("precision", "precision fp16 needs a CUDA device; use amp (bf16 autocast) or fp32 on CPU")
         data["epochs"] = self.num_epochs
         return RunConfig.from_dict(data)
 
     def to_dict(self) -> dict:
-        return plain(asdict(self))
+        """Top-level fields, then one table per section (``prompt``, ``nemesis``, ``optim``, each method's)."""
+        data = plain(asdict(self))
+        data.update(data.pop("options"))
+        return data
 
     @classmethod
     def from_dict(cls, data: dict, strict: bool = False) -> "RunConfig":
         """Build from ``to_dict()``'s layout; ``strict`` refuses unknown keys (config files), else ignores them."""
         data = dict(data)
         if strict:
-            unknown = sorted(set(flatten(data)) - set(field_annotations()))
-            if unknown:
-                raise FieldError(unknown[0], f"unknown config key {unknown[0]!r}; known keys: {', '.join(field_annotations())}")
-        for name, section in NESTED.items():
-            value = data.get(name, {})
+            refuse_unknown(flatten(data))
+        built = {}
+        for name, section in sections().items():
+            value = data.pop(name, {})
             if not isinstance(value, dict):
                 raise FieldError(name, f"{name} must be a table of {section.__name__} fields, got {value!r}")
             known = {f.name for f in fields(section)}
-            data[name] = section(**{k: v for k, v in value.items() if k in known})
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+            built[name] = section(**{k: v for k, v in value.items() if k in known})
+        known = {f.name for f in fields(cls)} - {"options"}
+        options = {name: built.pop(name) for name in list(built) if name not in BASE_SECTIONS}
+        return cls(**{k: v for k, v in data.items() if k in known}, **built, options=options)
 
     def with_dataset_fingerprint(self, fingerprint: str) -> "RunConfig":
         """A copy naming the loaded dataset's content (custom datasets; "" for built-ins), so two
@@ -378,7 +316,7 @@ class RunConfig:
             pretrained=self.pretrained,
             shots=self.shots,
             seed=self.seed,
-            method=self.method,
+            regularizer=self.regularizer,
             n_ctx=self.prompt.n_ctx if n_ctx is None else n_ctx,
             csc=self.prompt.csc,
             class_token_position=plain(self.prompt.class_token_position),
@@ -411,33 +349,58 @@ class RunConfig:
         return flat
 
 
-NESTED = {
-    "prompt": PromptConfig,
-    "nemesis": NemesisConfig,
-    "optim": OptimConfig,
-    "plot": PlotConfig,
-    "kgcoop": KgCoOpConfig,
-    "maple": MapleConfig,
-}
-METHOD_SECTIONS = ("plot", "kgcoop", "maple")  # option sections that belong to one prompt method each
+BASE_SECTIONS: dict[str, type] = {"prompt": PromptConfig, "nemesis": NemesisConfig, "optim": OptimConfig}
+
+
+def sections() -> dict[str, type]:
+    """Every section of a run config by name: prompt, nemesis, optim, then each declared method's options."""
+    return {**BASE_SECTIONS, **option_sections()}
+
+
+def with_method_sections(cls):
+    """Let ``RunConfig(plot=PLOTConfig(...))`` (and ``dataclasses.replace``) set a method's section by name."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        given = {name: kwargs.pop(name) for name in list(kwargs) if name in option_sections()}
+        if given:
+            kwargs["options"] = {**kwargs.get("options", {}), **given}
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
+RunConfig = with_method_sections(RunConfig)
+
+
+def method_option_sections(given: dict) -> dict:
+    """``given`` method sections (by name) checked, plus every other declared section at its defaults."""
+    declared = option_sections()
+    for name, value in given.items():
+        if name not in declared:
+            raise FieldError(name, f"{name}: no prompt method declares this section; known: {', '.join(declared)}")
+        if not isinstance(value, declared[name]):
+            raise FieldError(name, f"{name} must be a {declared[name].__name__}, got {value!r}")
+    return {name: given[name] if name in given else section() for name, section in declared.items()}
 
 
 def check_method_options(config: RunConfig) -> None:
-    """Refuse options of a prompt method other than the run's (e.g. plot.num_prompts with --method coop),
-    and class-specific context for CoCoOp (one generic context shifted per image)."""
-    if config.prompt.method == PromptMethodName.COCOOP and config.prompt.csc:
-        raise FieldError("prompt.csc", "CoCoOp learns one generic context shifted per image; drop --csc")
-    for name in METHOD_SECTIONS:
-        section = getattr(config, name)
-        if section.METHOD == config.prompt.method:
+    """Refuse options of a prompt method other than the run's (e.g. plot.num_prompts with prompt.method coop),
+    and class-specific context for methods that learn one generic context (CoCoOp, PLOT)."""
+    method = declaration(config.prompt_method)
+    if method.generic_only and config.prompt.csc:
+        raise FieldError("prompt.csc", f"prompt.csc: prompt method {method.name} learns generic context only (no "
+                                       f"class-specific context); set prompt.csc = false")  # fmt: skip
+    for name, section in config.options.items():
+        if name == method.name:
             continue
         default = type(section)()
         for item in fields(section):
             if getattr(section, item.name) != getattr(default, item.name):
                 dotted = f"{name}.{item.name}"
-                raise FieldError(
-                    dotted, f"{dotted} applies to --method {section.METHOD.value} only; drop it or pass that method"
-                )
+                raise FieldError(dotted, f"{dotted} applies to prompt.method = {name} only; drop it or set that method")
 
 
 def id_fields(config: RunConfig) -> dict:
@@ -445,13 +408,13 @@ def id_fields(config: RunConfig) -> dict:
     recorded while they hold their default (so existing runs keep their ids), and the option sections of
     prompt methods other than the run's, whole (an empty section left behind would change every id)."""
     data = config.to_dict()
-    for name in METHOD_SECTIONS:
-        if NESTED[name].METHOD != config.prompt.method:
-            data.pop(name)
-    sections = [(section, data[name]) for name, section in NESTED.items() if name in data]
-    for cls, target in [(RunConfig, data)] + sections:
+    for name in option_sections():
+        if name != config.prompt_method:
+            data.pop(name, None)
+    targets = [(RunConfig, data)] + [(section, data[name]) for name, section in sections().items() if name in data]
+    for cls, target in targets:
         for item in fields(cls):
-            if item.name not in target:  # a method section dropped above
+            if item.name not in target:  # the options holder, or a method section dropped above
                 continue
             rule = item.metadata.get("in_id", IN_ID_ALWAYS)
             if rule == IN_ID_NEVER or (rule == IN_ID_UNLESS_DEFAULT and target[item.name] == plain(item.default)):
@@ -462,31 +425,43 @@ def id_fields(config: RunConfig) -> dict:
 # ------------------------------------------------------------------- dotted names, overrides, config files
 
 
+def settings(include_recorded: bool = False) -> dict[str, Setting]:
+    """Every leaf setting of :class:`RunConfig` by dotted name (``nemesis.beta``), in file order: top-level
+    fields, then each section's. Recorded fields (``recipe_changes``, ...) only with ``include_recorded``."""
+    found = section_settings(RunConfig)
+    for name, section in sections().items():
+        found += section_settings(section, f"{name}.")
+    return {s.dotted: s for s in found if (include_recorded or s.settable) and s.dotted != "options"}
+
+
 def field_annotations() -> dict[str, typing.Any]:
-    """Every leaf field of :class:`RunConfig` by dotted name (``nemesis.beta``), with its type annotation."""
-    names: dict[str, typing.Any] = {}
-    for name, kind in _field_types(RunConfig).items():
-        if name == "SECTION":
-            continue
-        if name in NESTED:
-            names.update({f"{name}.{k}": v for k, v in _field_types(NESTED[name]).items() if k != "SECTION"})
-        else:
-            names[name] = kind
-    return names
+    """Every settable leaf field of :class:`RunConfig` by dotted name, with its type annotation."""
+    return {dotted: setting.annotation for dotted, setting in settings().items()}
 
 
 def field_help(dotted: str) -> str:
     """The help text declared next to a field."""
-    *section, name = dotted.split(".")
-    cls = NESTED[section[0]] if section else RunConfig
-    return next(f.metadata.get("help", "") for f in fields(cls) if f.name == name)
+    return settings(include_recorded=True)[dotted].help
+
+
+def unknown_key(dotted: str, where: str = "") -> FieldError:
+    """The error for a key that is no run setting, listing the settable keys."""
+    return FieldError(dotted, f"unknown config key {dotted!r}{where}; known keys: {', '.join(settings())}")
+
+
+def refuse_unknown(flat: dict, where: str = "") -> None:
+    """Refuse dotted keys that are no run setting (recorded fields are accepted: a printed config reads back)."""
+    known = settings(include_recorded=True)
+    for dotted in flat:
+        if dotted not in known:
+            raise unknown_key(dotted, where)
 
 
 def flatten(data: dict, prefix: str = "") -> dict:
     """``{"nemesis": {"beta": 0.5}}`` -> ``{"nemesis.beta": 0.5}``."""
     flat: dict = {}
     for key, value in data.items():
-        if isinstance(value, dict) and not prefix and key in NESTED:
+        if isinstance(value, dict) and not prefix and key in sections():
             flat.update(flatten(value, f"{key}."))
         else:
             flat[f"{prefix}{key}"] = value
@@ -495,11 +470,11 @@ def flatten(data: dict, prefix: str = "") -> dict:
 
 def with_overrides(data: dict, overrides: dict) -> dict:
     """A copy of ``to_dict()``-style ``data`` with dotted ``overrides`` applied; unknown names are refused."""
-    known = field_annotations()
+    known = settings(include_recorded=True)
     data = json.loads(json.dumps(data))
     for dotted, value in overrides.items():
         if dotted not in known:
-            raise FieldError(dotted, f"unknown config key {dotted!r}; known keys: {', '.join(known)}")
+            raise unknown_key(dotted)
         target = data
         *parents, leaf = dotted.split(".")
         for parent in parents:
@@ -508,11 +483,20 @@ def with_overrides(data: dict, overrides: dict) -> dict:
     return data
 
 
+def check_setting(dotted: str, value):
+    """Validate one value of the setting ``dotted`` by its declaration (the words of ``--set`` and files)."""
+    setting = settings(include_recorded=True).get(dotted)
+    if setting is None:
+        raise unknown_key(dotted)
+    section, _, name = dotted.rpartition(".")
+    return check_value(section, name, setting.annotation, setting.metadata, value)
+
+
 def parse_value(dotted: str, text: str):
     """Parse ``text`` by the type of field ``dotted`` (``none`` unsets an optional field)."""
     annotation = field_annotations()[dotted]
     optional = type(None) in typing.get_args(annotation)
-    kind = _base_type(annotation)
+    kind = base_type(annotation)
     if optional and text.strip().lower() in ("none", "null", ""):
         return None
     try:
@@ -537,49 +521,54 @@ def parse_assignment(text: str) -> tuple[str, object]:
     if not sep or not dotted:
         raise ConfigError(f"--set {text!r}: write KEY=VALUE with a dotted config name, e.g. nemesis.beta=0.5")
     if dotted not in field_annotations():
-        raise FieldError(dotted, f"unknown config key {dotted!r}; known keys: {', '.join(field_annotations())}")
+        raise unknown_key(dotted)
     return dotted, parse_value(dotted, raw.strip())
 
 
-def load_config_file(path: Path | str) -> dict:
-    """Read a TOML run config (top-level fields plus [prompt], [nemesis], [optim]) as flat dotted overrides."""
+def read_toml(path: Path | str, what: str = "config file", hint: str = "check the path given to --config") -> dict:
+    """A TOML file as a dict; a one-line ConfigError for a missing, unreadable or malformed file."""
     try:
         import tomllib
     except ModuleNotFoundError:  # pragma: no cover - Python 3.10
         import tomli as tomllib
     path = Path(path).expanduser()
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found; check the path given to --config") from None
+        raise ConfigError(f"{what} {path} not found; {hint}") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"config file {path} cannot be read ({error}); pass a readable TOML file") from None
+        raise ConfigError(f"{what} {path} cannot be read ({error}); pass a readable TOML file") from None
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    flat = flatten(data)
-    known = field_annotations()
-    for dotted in flat:
-        if dotted not in known:
-            raise FieldError(dotted, f"unknown config key {dotted!r} in {path}; known keys: {', '.join(known)}")
+        raise ConfigError(f"{what} {path} is not valid TOML: {error}") from None
+
+
+def load_config_file(path: Path | str) -> dict:
+    """Read a TOML run config (top-level fields plus one table per section) as flat dotted overrides."""
+    flat = flatten(read_toml(path))
+    refuse_unknown(flat, f" in {Path(path).expanduser()}")
     return flat
 
 
+def toml_line(name: str, value, comment: bool = False) -> str:
+    """One ``name = value`` TOML line (an unset value, or a recorded one with ``comment``, as a comment)."""
+    if value is None:
+        return f"# {name} = (unset)"
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    else:
+        text = json.dumps(str(value))
+    return f"{'# ' if comment else ''}{name} = {text}"
+
+
 def to_toml(config: "RunConfig") -> str:
-    """The config as TOML in the layout :func:`load_config_file` reads (unset optional fields as comments)."""
-
-    def line(name: str, value) -> str:
-        if value is None:
-            return f"# {name} = (unset)"
-        if isinstance(value, bool):
-            return f"{name} = {'true' if value else 'false'}"
-        if isinstance(value, (int, float)):
-            return f"{name} = {value!r}"
-        return f"{name} = {json.dumps(str(value))}"
-
-    data = config.to_dict()
-    lines = [line(k, v) for k, v in data.items() if k not in NESTED]
-    for section in NESTED:
-        lines += ["", f"[{section}]"] + [line(k, v) for k, v in data[section].items()]
+    """The config as TOML in the layout :func:`load_config_file` reads (unset optional fields and recorded
+    ones, which the toolkit fills in itself, as comments)."""
+    data, recorded = config.to_dict(), set(settings(include_recorded=True)) - set(settings())
+    lines = [toml_line(k, v, k in recorded) for k, v in data.items() if k not in sections()]
+    for section in sections():
+        lines += ["", f"[{section}]"] + [toml_line(k, v) for k, v in data[section].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -587,7 +576,6 @@ def to_toml(config: "RunConfig") -> str:
 # Named, explicit bundles of settings. The reference code hides some of these behind dataset names;
 # here they apply only when asked for, and what they changed is printed and recorded in the run.
 
-RECIPES = ("coop", "paper", "cocoop", "maple")
 RECIPE_PURPOSES = ("train", "corrupt")  # what the run is made for: its own sake, or a corruption sweep
 PAPER_PAN_DATASETS = ("food101", "oxford_pets")  # reference: omega = 1 for every beta, PAN's weight 50
 PAPER_PAN_WEIGHT = 50.0
@@ -607,48 +595,6 @@ def coop_settings(config: RunConfig) -> tuple[dict, dict]:
         "optim.drop_last": True,
     }
     return changed, {"epochs": "CoOp table"}
-
-
-def cocoop_settings() -> tuple[dict, dict]:
-    """CoCoOp's base-to-new recipe: ViT-B/16, 16 shots, batch 1, 10 epochs, SGD 0.002 with CoOp's schedule,
-    4 context vectors from "a photo of a", class token at the end. Returns (settings, notes)."""
-    changed = {
-        "prompt.method": "cocoop",
-        "backbone": "ViT-B-16",
-        "pretrained": "openai",
-        "shots": 16,
-        "epochs": 10,
-        "optim.batch_size": 1,
-        "optim.lr": 0.002,
-        "prompt.n_ctx": 4,
-        "prompt.csc": False,
-        "prompt.class_token_position": "end",
-        "prompt.ctx_init": "a photo of a",
-    }
-    return changed, {}
-
-
-def maple_settings() -> tuple[dict, dict]:
-    """MaPLe's recipe: ViT-B/16, M = 2 from "a photo of a" (the words "of a" stay fixed), prompts in the first 9
-    layers of both towers, 16 shots, 5 epochs, batch 4, SGD 0.0035 with CoOp's schedule (cosine, one constant
-    warm-up epoch at 1e-5). Returns (settings, notes)."""
-    changed = {
-        "prompt.method": "maple",
-        "backbone": "ViT-B-16",
-        "pretrained": "openai",
-        "shots": 16,
-        "epochs": 5,
-        "optim.batch_size": 4,
-        "optim.lr": 0.0035,
-        "optim.warmup_epochs": 1,
-        "optim.warmup_lr": 1e-5,
-        "prompt.n_ctx": 2,
-        "prompt.csc": False,
-        "prompt.class_token_position": "end",
-        "prompt.ctx_init": "a photo of a",
-        "maple.depth": 9,
-    }
-    return changed, {}
 
 
 def paper_settings(config: RunConfig, purpose: str) -> tuple[dict, dict]:
@@ -688,14 +634,12 @@ def apply_recipe(config: RunConfig, name: str | None, purpose: str = "train") ->
         raise ConfigError(f"unknown recipe purpose {purpose!r}; choose one of: {', '.join(RECIPE_PURPOSES)}")
     if name == "coop":
         changed, notes = coop_settings(config)
-    elif name == "cocoop":
-        changed, notes = cocoop_settings()
-    elif name == "maple":
-        changed, notes = maple_settings()
     elif name == "paper":
         changed, notes = paper_settings(config, purpose)
+    elif name in recipe_names():
+        changed, notes = dict(declaration(name).recipe), {}
     else:
-        raise ConfigError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
+        raise FieldError("recipe", f"unknown recipe {name!r}; choose one of: {', '.join(recipe_names())}")
     data = with_overrides(config.to_dict(), changed)
     data["recipe"], data["recipe_changes"] = name, describe_changes(changed, notes)
     return RunConfig.from_dict(data), changed

@@ -13,23 +13,24 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from nemesis_analysis import devices
 from nemesis_analysis.choices import CorruptionOp, Precision
+from nemesis_analysis.clip.encoding import fp32_text_passes
 from nemesis_analysis.corruption.ops import Corruption, apply_corruptions
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.metrics import predict_classes
 
 # Floats allowed in one chunk's prompt activations, variants * classes * length * width; the text tower's
 # MLP holds 4x that at its peak. On a CPU, moderate chunks stay cache-friendly (one 593-variant pass of the
-# tiny CLIP is ~1.4x slower than two chunks); on a GPU, larger chunks fill the device.
+# tiny CLIP is ~1.4x slower than two chunks); on a GPU the budget follows its free memory (devices.memory_budget).
 CPU_MEMORY_BUDGET = 2**23  # 32 MiB in fp32
-CUDA_MEMORY_BUDGET = 2**27  # 512 MiB in fp32
 
 
 def auto_chunk(method: PromptMethod, memory_budget: int | None = None) -> int:
     """Variants per text pass so that variants * classes * length * width stays within ``memory_budget``
-    (default: by device, :data:`CPU_MEMORY_BUDGET` or :data:`CUDA_MEMORY_BUDGET`)."""
+    (default: :data:`CPU_MEMORY_BUDGET` on CPU, a share of the free memory on CUDA)."""
     if memory_budget is None:
-        memory_budget = CUDA_MEMORY_BUDGET if method.device.type == "cuda" else CPU_MEMORY_BUDGET
+        memory_budget = devices.memory_budget(method.device, CPU_MEMORY_BUDGET)
     return max(1, int(memory_budget) // method.variant_floats())
 
 
@@ -42,9 +43,8 @@ def predict_variants(method: PromptMethod, slot_variants: Tensor, features: Tens
     device. One stacked text pass (cut at the longest EOS) for all variants; image-conditioned methods
     (CoCoOp) chunk over the images inside :meth:`~PromptMethod.variant_scores`.
     """
-    device = method.device
-    local = local_features.to(device) if local_features is not None else None  # (n_test, tokens, embed): PLOT
-    scores = method.variant_scores(slot_variants.to(device), features.to(device), local)  # (variants, n_test, classes)
+    device = method.device  # PLOT's local features (n_test, tokens, embed) stay where they are: it moves chunks
+    scores = method.variant_scores(slot_variants.to(device), features.to(device), local_features)  # (variants, n_test, classes)
     return predict_classes(scores).cpu()
 
 
@@ -100,8 +100,7 @@ def variant_outcomes(
     """(predictions (variants, n_test) long, invisible (variants,) bool) of single-position variants: a variant
     is invisible when its scores equal ``original`` (n_test, classes), the unchanged prompt's, to float
     precision (:func:`invisible_tolerance`)."""
-    features = features.to(method.device)
-    local = local_features.to(method.device) if local_features is not None else None
+    features, local = features.to(method.device), local_features  # PLOT's local features stay where they are
     predictions = torch.empty(len(positions), features.shape[0], dtype=torch.long)
     invisible = torch.zeros(len(positions), dtype=torch.bool)
     if cache is None:
@@ -116,6 +115,7 @@ def variant_outcomes(
     return predictions, invisible
 
 
+@fp32_text_passes()  # the baseline's plain pass and the variants' cached passes round alike
 def predict_corruptions(
     method: PromptMethod,
     slot_value: Tensor,

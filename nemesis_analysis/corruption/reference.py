@@ -42,7 +42,7 @@ class FullLengthPrompts:
             ctx = ctx[None].expand(num_classes, -1, -1)  # (classes, n_ctx, width)
         prompts = self.base.clone()  # (classes, 77, width)
         prompts[torch.arange(num_classes, device=prompts.device)[:, None], self.ctx_index] = ctx
-        with loaded.autocast():
+        with loaded.text_autocast():
             features = encode_text_from_embeddings(loaded.model, prompts, self.eos, truncate=False)
         return F.normalize(features.float(), dim=-1)
 

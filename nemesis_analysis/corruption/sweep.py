@@ -28,7 +28,9 @@ from nemesis_analysis.corruption.engine import (
 )
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.evaluate import restrict_to_classes
+from nemesis_analysis.clip.encoding import fp32_text_passes
 from nemesis_analysis.clip.features import local_image_features
+from nemesis_analysis.devices import host_features
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.training.nemesis import position_norms
 from nemesis_analysis.progress import progress_bar
@@ -63,11 +65,11 @@ class SweepSummary:
 
 @dataclass
 class EvalSet:
-    """The test split's cached image features on the model's device, and their labels."""
+    """The test split's cached image features on the model's device, their labels, and local features on the host."""
 
     features: Tensor  # (n_test, embed)
     labels: Tensor  # (n_test,)
-    local_features: Tensor | None = None  # (n_test, locations, embed) for methods that score local features (PLOT)
+    local_features: Tensor | None = None  # (n_test, locations, embed) on the host, for methods that score them (PLOT)
     original: Tensor | None = None  # (n_test, classes) scores of the unchanged prompt, set by the sweep
 
     @property
@@ -75,6 +77,7 @@ class EvalSet:
         return int(self.labels.shape[0])
 
 
+@fp32_text_passes()  # like with like: the plain baseline and the prefix-cached variants round alike
 def run_corruption_sweep(
     session: Session,
     method: PromptMethod,
@@ -100,7 +103,8 @@ def run_corruption_sweep(
     ``method`` must be built over that subset's class names), recorded in ``eval_classes``. ``max_test``:
     evaluate a seeded, class-stratified subsample of at most this many of the subset's test images
     (:func:`stratified_subsample`; ``n_test`` records its size, and a rerun with another size is refused
-    rather than mixing rows of different test sets).
+    rather than mixing rows of different test sets). Text passes run in fp32 (:func:`fp32_text_passes`) under
+    ``amp`` too (fp16 models stay half), so an identity corruption has delta 0 in fp32 and amp runs.
     ``should_stop(index)``, asked before each chunk, returning True ends the sweep there (every finished
     chunk is saved; the summary has ``stopped=True``). The run's missing rows are found and appended under
     one :func:`store.claim`, so two processes sweeping one run never compute or write a key twice.
@@ -158,9 +162,8 @@ def run_corruption_sweep(
 @torch.no_grad()
 def original_scores(method: PromptMethod, slot_value: Tensor, test: "EvalSet") -> Tensor:
     """Scores (n_test, classes) of the unchanged prompt: the baseline accuracy and what invisibility compares to."""
-    device = method.device
-    local = test.local_features.to(device) if test.local_features is not None else None
-    return method.variant_scores(slot_value[None].to(device), test.features.to(device), local)[0]
+    device = method.device  # PLOT's local features stay where they are: it moves chunks
+    return method.variant_scores(slot_value[None].to(device), test.features.to(device), test.local_features)[0]
 
 
 def position_keys(method: PromptMethod) -> list[tuple[int, int, int]]:
@@ -198,7 +201,7 @@ def check_slot(slot_value: Tensor, identity: RunIdentity, method: PromptMethod |
 def resolve_chunk(method: PromptMethod, chunk: int | None, memory_budget: int | None) -> int:
     chunk = int(chunk) if chunk else auto_chunk(method, memory_budget)
     if chunk < 1:
-        raise ConfigError(f"--chunk must be at least 1, got {chunk}")
+        raise ConfigError(f"chunk (variants per text pass) must be at least 1, got {chunk}")
     return chunk
 
 
@@ -232,7 +235,7 @@ def load_test_set(
         keep = stratified_subsample(labels, max_test)
         features, labels = features[keep.to(features.device)], labels[keep]
         local = None if local is None else local[keep.to(local.device)]
-    return EvalSet(features.to(loaded.device), labels, None if local is None else local.to(loaded.device))
+    return EvalSet(features.to(loaded.device), labels, host_features(local, loaded.device))  # local: chunks move
 
 
 def stratified_subsample(labels: Tensor, size: int, seed: int = 0) -> Tensor:

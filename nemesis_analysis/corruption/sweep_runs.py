@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nemesis_analysis import protocols
-from nemesis_analysis.storage.artifacts import ARTIFACT_TENSORS, AnalysisPrompt, check_fits, load_prompt, read_prompt
+from nemesis_analysis.storage.artifacts import ARTIFACT_TENSORS, AnalysisPrompt, check_fits, read_prompt
 from nemesis_analysis.choices import EvalClasses, Protocol
-from nemesis_analysis.config import PlotConfig, PromptConfig, RunConfig
+from nemesis_analysis.config import PLOTConfig, PromptConfig, RunConfig
 from nemesis_analysis.corruption.ops import Corruption, GridSpec
+from nemesis_analysis.devices import resolve_run_config
 from nemesis_analysis.errors import ConfigError, NoDataError
 from nemesis_analysis.methods import PromptMethod, build_method, build_method_for_run, method_class
 from nemesis_analysis.clip.prompts import resolve_n_ctx
@@ -80,7 +81,7 @@ def sweep_runs(
 def check_sources(seeds, prompt, run_id, chunk) -> None:
     """One source of prompts at a time, and a positive chunk."""
     if chunk is not None and chunk < 1:
-        raise ConfigError(f"--chunk must be at least 1, got {chunk}")
+        raise ConfigError(f"chunk (variants per text pass) must be at least 1, got {chunk}")
     if prompt is not None and seeds is not None:
         raise ConfigError("--seeds trains and sweeps several runs; --prompt analyses one saved prompt: give only one")
     if run_id is not None and (prompt is not None or seeds is not None):
@@ -101,7 +102,7 @@ def sweep_trained_run(
     every saved tensor loaded, so CoCoOp's meta-network keeps shifting)."""
     config = run.config
     run_dir = RunDir(Path(run.run_dir))
-    ctx, _ = load_prompt(run_dir.path, fix=run_dir.damaged_fix)  # a damaged run file: one line, with the fix
+    ctx = read_prompt(run_dir.path, fix=run_dir.damaged_fix).ctx  # a damaged run file: one line, with the fix
     loaded, dataset = load_model_and_data(config, session)
     check_run_prompt(ctx, config, loaded, dataset.num_classes, run_dir)
     method = build_method_for_run(config, loaded, protocols.subset_classnames(dataset.classnames, classes))
@@ -165,11 +166,11 @@ def sweep_prompt(
     name = prompt.metadata.get("prompt_method", config.prompt_method)
     options = config.method_options() if name == config.prompt_method else None
     if prompt.is_plot:  # N from the prompt itself, whatever --plot-prompts says
-        options = PlotConfig(num_prompts=prompt.num_prompts)
+        options = PLOTConfig(num_prompts=prompt.num_prompts)
     method = build_method(name, loaded, dataset.classnames, layout, options=options)
     check_fits(prompt.ctx, method, prompt.metadata, source=str(prompt.path))
     method.load_tensors({**prompt.tensors, method.position_slot: prompt.ctx}, source=str(prompt.path))
-    identity = identity_for_prompt(prompt, config.resolved(loaded.device.type), method)
+    identity = identity_for_prompt(prompt, resolve_run_config(config, loaded.device), method)
     if on_prompt is not None:
         on_prompt(prompt)
     return run_corruption_sweep(session, method, prompt.ctx, identity, grid, chunk=chunk, max_test=max_test,
@@ -187,7 +188,7 @@ def check_prompt_protocol(prompt: AnalysisPrompt) -> None:
 
 
 def method_for_identity(loaded, classnames: list[str], identity: RunIdentity, options=None) -> PromptMethod:
-    """The prompt method of a run, rebuilt from its identity (method, n_ctx, csc, class-token position) and
+    """The prompt method of a run, rebuilt from its identity (prompt method, n_ctx, csc, class-token position) and
     the run's method options (``RunConfig.method_options()``: PLOT's num_prompts, KgCoOp's weight).
 
     ``ctx_init`` only changes the initial values, not the layout (each slot is one placeholder token), so

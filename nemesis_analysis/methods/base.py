@@ -30,10 +30,12 @@ How the next methods fit:
   :meth:`PromptMethod.variant_scores`, whose hook :meth:`PromptMethod.score_variants` solves the transport.
 - KgCoOp: CoOp plus ``extra_loss`` = distance of the learned text features to the hand-crafted ones.
 
-Adding a method is one module plus one registration line (``methods/__init__.py`` imports it). The class:
+Adding a method is one module plus one registration line: a
+:func:`~nemesis_analysis.methods.registry.declare_method` call (``methods/declarations.py`` for the built-in
+ones) that names the implementation and declares its options section, recipe and checkpoint reader. The class:
 
-- subclasses :class:`PromptMethod` (or CoOp), decorated ``@register_method("name")`` with a name of
-  :class:`~nemesis_analysis.choices.PromptMethodName`;
+- subclasses :class:`PromptMethod` (or CoOp), decorated ``@register_method("name")`` (or named by the
+  declaration, which registers it when the method is first built);
 - takes ``(loaded, classnames, config: PromptConfig, seed=0, options=None)``: ``options`` is the run's
   option section of this method (``RunConfig.plot`` for PLOT, ``RunConfig.kgcoop`` for KgCoOp; None
   for methods without one), as :func:`build_method` passes it;
@@ -54,14 +56,15 @@ from typing import Callable, ClassVar
 import torch
 from torch import Tensor, nn
 
-from nemesis_analysis.storage.artifacts import load_prompt_tensors, save_prompt
-from nemesis_analysis.errors import ConfigError, ModelError
+from nemesis_analysis.storage.artifacts import read_prompt, save_prompt
+from nemesis_analysis.errors import FieldError, ModelError
+from nemesis_analysis.methods.registry import declaration, resolve
 
 METHODS: dict[str, type["PromptMethod"]] = {}
 
 
 def register_method(name: str) -> Callable[[type["PromptMethod"]], type["PromptMethod"]]:
-    """Class decorator: make a method available under ``name`` (e.g. ``@register_method("coop")``)."""
+    """Class decorator: the implementation of the declared method ``name`` (``@register_method("coop")``)."""
 
     def decorate(cls: type[PromptMethod]) -> type[PromptMethod]:
         if name in METHODS and METHODS[name] is not cls:
@@ -74,10 +77,20 @@ def register_method(name: str) -> Callable[[type["PromptMethod"]], type["PromptM
 
 
 def method_class(name: str) -> type["PromptMethod"]:
-    """The registered class of ``name``; a ConfigError listing the choices otherwise."""
+    """The implementation of the declared method ``name`` (imported on first use); a ConfigError listing
+    the choices otherwise."""
     if name not in METHODS:
-        raise ConfigError(f"unknown prompt method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
+        implementation = resolve(declaration(name).implementation)
+        if METHODS.get(name) is not implementation:
+            register_method(name)(implementation)
     return METHODS[name]
+
+
+def refuse_class_specific(method: "PromptMethod", config) -> None:
+    """The refusal of class-specific context by methods that learn generic context only (as the run config's)."""
+    if config.csc:
+        raise FieldError("prompt.csc", f"prompt.csc: prompt method {method.name} learns generic context only (no "
+                                       "class-specific context); set prompt.csc = false")  # fmt: skip
 
 
 def build_method(name: str, loaded, classnames: list[str], config, seed: int = 0, options=None) -> "PromptMethod":
@@ -240,9 +253,9 @@ class PromptMethod(nn.Module):
 
     def load(self, directory: Path) -> dict:
         """Load the tensors saved by :meth:`save`; returns the artifact's metadata."""
-        tensors, metadata = load_prompt_tensors(directory)
-        self.load_tensors({self.position_slot: tensors.pop("ctx"), **tensors}, source=str(directory))
-        return metadata
+        prompt = read_prompt(directory)
+        self.load_tensors({self.position_slot: prompt.ctx, **prompt.tensors}, source=str(directory))
+        return prompt.metadata
 
     def load_tensors(self, tensors: dict[str, Tensor], source: str = "artifact") -> None:
         """Copy saved values into every :meth:`trainable` tensor; a one-line ModelError names a missing or

@@ -13,21 +13,23 @@ context. Likewise a corruption of position i changes ``p_i`` and the shift still
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nemesis_analysis.config import PromptConfig
-from nemesis_analysis.errors import ConfigError
-from nemesis_analysis.methods.base import register_method
+from nemesis_analysis.methods.base import refuse_class_specific, register_method
 from nemesis_analysis.methods.coop import CoOp
 from nemesis_analysis.clip.encoding import LoadedModel
+from nemesis_analysis.devices import memory_budget
 from nemesis_analysis.clip.textpass import encode_prompts
+from nemesis_analysis.errors import ModelError
 
-# Floats allowed in one pass's prompt activations (prompts * classes * length * width), as the engine's.
+# Floats allowed in one pass's prompt activations (prompts * classes * length * width) on CPU, as the engine's;
+# on CUDA a share of the free memory (devices.memory_budget).
 CPU_IMAGE_BUDGET = 2**23
-CUDA_IMAGE_BUDGET = 2**27
 META_NET_REDUCTION = 16  # hidden width of the meta-network: embed // 16, as the official code
 NORM_SCOPE = "static context (ctx); the instance-conditioned shift is not included"
 
@@ -48,8 +50,7 @@ class CoCoOp(CoOp):
     """Generic context ``ctx`` (n_ctx, width), the position slot, plus the learnable ``meta_net`` (fp32)."""
 
     def __init__(self, loaded: LoadedModel, classnames: list[str], config: PromptConfig, seed: int = 0, options=None):
-        if config.csc:
-            raise ConfigError("CoCoOp learns one generic context shifted per image; drop --csc")
+        refuse_class_specific(self, config)
         super().__init__(loaded, classnames, config, seed=seed)
         self.meta_net = build_meta_net(loaded.embed_dim, self.width, seed + 1).to(self.base.device)
 
@@ -68,13 +69,13 @@ class CoCoOp(CoOp):
 
         Each context's tokens are encoded once and shared by every class (class-shared prefix pass)."""
         prompts = self.build_embeddings(contexts)  # (prompts, classes, length, width)
-        with self.loaded.autocast():
+        with self.loaded.text_autocast():
             features = encode_prompts(self.loaded.model, prompts, self.eos, self.shared_tokens)
         return F.normalize(features.float(), dim=-1)  # (prompts, classes, embed)
 
     def image_chunk(self, num_variants: int) -> int:
         """Images per text pass so that variants * images * classes * length * width stays in budget."""
-        budget = CUDA_IMAGE_BUDGET if self.device.type == "cuda" else CPU_IMAGE_BUDGET
+        budget = memory_budget(self.device, CPU_IMAGE_BUDGET)
         return max(1, budget // (num_variants * self.variant_floats()))
 
     def variant_scores(self, slot_variants: Tensor, image_features: Tensor,
@@ -102,3 +103,38 @@ class CoCoOp(CoOp):
     def metadata(self) -> dict:
         hidden = self.meta_net.linear1.out_features
         return {**super().metadata(), "cocoop": {"meta_net_hidden": hidden, "nemesis_norms": NORM_SCOPE}}
+
+
+# ------------------------------------------------------------------------------------ official checkpoints
+
+
+COCOOP_META_NET_KEYS = ("meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight",
+                        "meta_net.linear2.bias")  # fmt: skip
+
+
+def read_cocoop_meta_net(state: dict, width: int, path: Path) -> dict[str, Tensor]:
+    """CoCoOp's meta-network from a Dassl prompt-learner state dict (fp32), shapes checked; {} for CoOp.
+
+    Official layout: ``linear1`` (hidden, embed), ``linear2`` (width, hidden), each with a bias.
+    """
+    present = [k for k in COCOOP_META_NET_KEYS if k in state]
+    if not present:
+        return {}
+    if len(present) != len(COCOOP_META_NET_KEYS) or not all(isinstance(state[k], Tensor) for k in present):
+        missing = sorted(set(COCOOP_META_NET_KEYS) - set(present))
+        raise ModelError(f"{path}: CoCoOp meta-network is incomplete (missing {missing}); pass the whole prompt_learner checkpoint")
+    w1, b1, w2, b2 = (state[k].detach().float().cpu() for k in COCOOP_META_NET_KEYS)
+    hidden = w1.shape[0] if w1.dim() == 2 else -1
+    if w1.dim() != 2 or tuple(b1.shape) != (hidden,) or tuple(w2.shape) != (width, hidden) or tuple(b2.shape) != (width,):
+        shapes = [tuple(t.shape) for t in (w1, b1, w2, b2)]
+        raise ModelError(
+            f"{path}: CoCoOp meta-network shapes {shapes} do not fit a context of width {width} "
+            "(expected (hidden, embed), (hidden,), (width, hidden), (width,))"
+        )
+    return dict(zip(COCOOP_META_NET_KEYS, (w1, b1, w2, b2)))
+
+
+def read_official_state(state: dict, ctx: Tensor, path) -> dict | None:
+    """CoCoOp's meta-network from an official prompt-learner state dict, as extra tensors; None for CoOp's."""
+    meta_net = read_cocoop_meta_net(state, int(ctx.shape[-1]), path)
+    return {"prompt_method": "cocoop", "tensors": meta_net} if meta_net else None

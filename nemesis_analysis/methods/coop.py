@@ -129,7 +129,7 @@ class CoOp(PromptMethod):
         if slot_variants is None:
             slot_variants = self.ctx[None]
         prompts = self.build_embeddings(slot_variants)  # (variants, classes, length, width)
-        with self.loaded.autocast():
+        with self.loaded.text_autocast():
             features = encode_prompts(self.loaded.model, prompts, self.eos, self.shared_tokens)
         return F.normalize(features.float(), dim=-1)  # (variants, classes, embed)
 
@@ -165,7 +165,7 @@ class PrefixCache:
         self.prompts = method.build_embeddings(ctx[None].to(method.base.device))[0]  # (classes, length, width)
         self.class_states: list[Tensor] | None = None  # per block (classes, length, width), built when needed
         if self.shared:
-            with method.loaded.autocast():  # per block: (1, shared, width)
+            with method.loaded.text_autocast():  # per block: (1, shared, width)
                 self.states = text_layer_inputs(method.loaded.model, self.prompts[:1, : self.shared])
         else:
             self.states = self.per_class_states()
@@ -173,7 +173,7 @@ class PrefixCache:
     def per_class_states(self) -> list[Tensor]:
         """Every class's per-block input states of the unchanged prompt (computed on first use)."""
         if self.class_states is None:
-            with self.method.loaded.autocast():
+            with self.method.loaded.text_autocast():
                 self.class_states = text_layer_inputs(self.method.loaded.model, self.prompts)
         return self.class_states
 
@@ -185,7 +185,7 @@ class PrefixCache:
         """Like :meth:`CoOp.text_features` for variants that differ from ``ctx`` only at ``position``."""
         method, start, shared = self.method, self.start(position), self.shared
         prompts = method.build_embeddings(ctx_variants.to(method.base.device))  # (variants, classes, length, width)
-        with method.loaded.autocast():
+        with method.loaded.text_autocast():
             if start < shared:  # cached before start; start..shared once per variant; the rest per class
                 cached = [state[:, :start] for state in self.states]  # per block (1, start, width)
                 features = encode_text_from_prefix_shared(

@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nemesis_analysis.clip.encoding import LoadedModel, eos_positions, pool_and_project
-from nemesis_analysis.config import MapleConfig, PromptConfig
+from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.methods.base import PromptMethod, register_method
+from nemesis_analysis.methods.declarations import MapleConfig
 from nemesis_analysis.methods.coop import context_dtype
 
 MAX_WORD_INIT = 4  # the official code starts the context from ctx_init's words only when n_ctx <= 4
@@ -280,7 +281,7 @@ class MaPLe(PromptMethod):
 
     def text_features(self, slot_variants: Tensor | None = None) -> Tensor:
         prompts = self.layered(self.ctx[None] if slot_variants is None else slot_variants)
-        with self.loaded.autocast():
+        with self.loaded.text_autocast():
             features = self.towers.text_from(self.text_start(), prompts, 0, self.eos)
         return F.normalize(features.float(), dim=-1)
 
@@ -360,12 +361,13 @@ class LayerStateCache:
         key = (pixels.data_ptr(), tuple(pixels.shape))
         if key != self.key or layer < self.layer or self.text is None:
             self.key, self.layer = key, 0
+            self.text = method.text_start()
             with method.loaded.autocast():
-                self.text = method.text_start()
                 self.vision = vision_embeddings(method.loaded.model.visual, pixels, method.n_ctx)
         vprompts = towers.vision_prompts(self.prompts)
-        with method.loaded.autocast():
+        with method.loaded.text_autocast():
             self.text = towers.text_state(self.text, self.prompts, self.layer, layer)
+        with method.loaded.autocast():
             self.vision = towers.vision_state(self.vision, vprompts, self.layer, layer)
         self.layer = layer
 
@@ -377,7 +379,7 @@ class LayerStateCache:
         self.advance(pixels, layer)
         prompts = method.layered(variants)
         vprompts = method.towers.vision_prompts(prompts)
-        with method.loaded.autocast():
+        with method.loaded.text_autocast():
             text = F.normalize(method.towers.text_from(self.text, prompts, layer, method.eos).float(), dim=-1)
         chunk = method.image_chunk(prompts.shape[0], self.vision.shape[1])
         parts = []

@@ -7,9 +7,9 @@ times that score, as in the official code (which, for ImageNet only, also adds t
 not done here).
 
 Positions. The learnable slot ``ctx`` has the official shape ``(N, n_ctx, width)``. What the corruption
-engine, the norm losses and the trajectories see is :meth:`PLOT.position_tensor`, the view
+engine, the norm losses and the trajectories see is :meth:`PLOTMethod.position_tensor`, the view
 ``(N * n_ctx, width)``: flat position ``p`` is prompt ``p // n_ctx``, context position ``p % n_ctx``
-(:meth:`PLOT.position_pairs` gives the pairs for the tables' ``prompt_index``/``position`` columns).
+(:meth:`PLOTMethod.position_pairs` gives the pairs for the tables' ``prompt_index``/``position`` columns).
 """
 
 from __future__ import annotations
@@ -17,22 +17,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from nemesis_analysis.storage.artifacts import load_prompt, save_prompt
-from nemesis_analysis.config import PlotConfig, PromptConfig
-from nemesis_analysis.errors import ConfigError, ModelError
-from nemesis_analysis.methods.base import register_method
+from nemesis_analysis.storage.artifacts import read_prompt, save_prompt
+from nemesis_analysis.config import PromptConfig
+from nemesis_analysis.methods.declarations import PLOTConfig
+from nemesis_analysis.errors import ModelError
+from nemesis_analysis.methods.base import refuse_class_specific, register_method
 from nemesis_analysis.methods.coop import CoOp
 from nemesis_analysis.clip.encoding import LoadedModel
+from nemesis_analysis.devices import chunk_to, memory_budget
 from nemesis_analysis.methods.ot import ot_similarity
 
 IMAGE_CHUNK_FLOATS = 2**24  # floats of one chunk's similarity tensor (variants * images * classes * N * L)
 
 
 @register_method("plot")
-class PLOT(CoOp):
+class PLOTMethod(CoOp):
     """N generic contexts ``ctx`` (N, n_ctx, width), each spliced into CoOp's class prompts."""
 
     needs_local_features = True
+    chunk_floats: int | None = None  # similarity floats per image chunk; None: :meth:`image_chunk_floats` decides
 
     def __init__(
         self,
@@ -40,14 +43,10 @@ class PLOT(CoOp):
         classnames: list[str],
         config: PromptConfig,
         seed: int = 0,
-        options: PlotConfig | None = None,
+        options: PLOTConfig | None = None,
     ):
-        num_prompts = (options or PlotConfig()).num_prompts
-        if config.csc:
-            raise ConfigError("PLOT learns generic prompts only (no class-specific context); drop --csc")
-        if int(num_prompts) < 1:
-            raise ConfigError(f"--plot-prompts must be at least 1, got {num_prompts}")
-        self.num_prompts = int(num_prompts)
+        refuse_class_specific(self, config)
+        self.num_prompts = int((options or PLOTConfig()).num_prompts)  # validated by PLOTConfig
         super().__init__(loaded, classnames, config, seed=seed)
 
     def _initial_context(self, embedding: nn.Embedding, seed: int) -> Tensor:
@@ -107,18 +106,24 @@ class PLOT(CoOp):
         variant's prompt features ``text`` (variants, classes, N, embed); chunked over images."""
         if local_features is None:
             raise ModelError("PLOT scores images by their local features; none were given (encode them first)")
-        local = local_features.to(text.device, text.dtype)
         num_variants, num_classes, num_prompts, _ = text.shape
-        per_image = num_variants * num_classes * num_prompts * local.shape[1]
-        step = max(1, IMAGE_CHUNK_FLOATS // per_image)
+        per_image = num_variants * num_classes * num_prompts * local_features.shape[1]
+        step = max(1, self.image_chunk_floats(text.device) // per_image)
         parts = []
-        for start in range(0, local.shape[0], step):
+        for start in range(0, local_features.shape[0], step):
+            # Only this chunk moves to the device (the whole test set's local features stay on the host).
+            local = chunk_to(local_features, start, start + step, text.device, text.dtype)  # (images, L, embed)
             # (variants, images, classes, L, N): locations are the plan's rows, prompts its columns.
-            similarity = torch.einsum("bld,vcnd->vbcln", local[start : start + step], text)
+            similarity = torch.einsum("bld,vcnd->vbcln", local, text)
             parts.append(ot_similarity(similarity))  # (variants, images, classes)
         if not parts:
             return text.new_zeros(num_variants, 0, num_classes)
         return torch.cat(parts, dim=1)
+
+    def image_chunk_floats(self, device: torch.device) -> int:
+        """Floats of one image chunk's similarity tensor: :data:`IMAGE_CHUNK_FLOATS` on CPU, from the free memory on
+        CUDA; ``chunk_floats`` (an instance attribute) overrides both."""
+        return self.chunk_floats or memory_budget(device, IMAGE_CHUNK_FLOATS)
 
     def logits(self, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
         """CLIP's logit scale times the OT scores (batch, classes); the global feature is not used."""
@@ -137,7 +142,37 @@ class PLOT(CoOp):
         return save_prompt(directory, self.ctx, {**self.metadata(), "prompt_method": self.name, **(extra or {})})
 
     def load(self, directory) -> dict:
-        value, metadata = load_prompt(directory)
+        prompt = read_prompt(directory)
+        value, metadata = prompt.ctx, prompt.metadata
         with torch.no_grad():
             self.position_tensor().copy_(self.positions_of(value).to(self.ctx.device))
         return metadata
+
+
+# ------------------------------------------------------------------------------------ official checkpoints
+
+
+def plot_prompts_of(state: dict) -> int | None:
+    """N when a prompt-learner state dict has PLOT's layout, else None.
+
+    PLOT's generic ``ctx`` is (N, n_ctx, width) and its ``token_prefix`` holds one row per (prompt, class):
+    N * num_classes rows. CoOp's class-specific ``ctx`` (num_classes, n_ctx, width) has as many prefix rows
+    as ``ctx`` has classes. (A one-class PLOT checkpoint cannot be told apart and reads as CoOp.)
+    """
+    ctx, prefix = state.get("ctx"), state.get("token_prefix")
+    if not isinstance(ctx, Tensor) or ctx.dim() != 3 or not isinstance(prefix, Tensor) or prefix.dim() < 1:
+        return None
+    prompts, rows = int(ctx.shape[0]), int(prefix.shape[0])
+    if rows == prompts or rows % prompts != 0:
+        return None
+    return prompts
+
+
+def read_official_state(state: dict, ctx: Tensor, path) -> dict | None:
+    """The metadata of an official PLOT prompt-learner state dict (see :func:`plot_prompts_of`), else None."""
+    num_prompts = plot_prompts_of(state)
+    if num_prompts is None:
+        return None
+    num_classes = int(state["token_prefix"].shape[0]) // num_prompts
+    return {"source": "plot-checkpoint", "method": "plot", "prompt_method": "plot", "csc": False,
+            "num_prompts": num_prompts, "num_classes": num_classes}  # fmt: skip

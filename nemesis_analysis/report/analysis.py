@@ -1,6 +1,7 @@
 """Low-Norm Effect frequency and seed aggregates computed from the tables' DataFrames (pure pandas).
 
-Every function takes the tidy tables of DESIGN.md section 4 as DataFrames and returns a
+Every function takes the tidy tables (runs, trajectories, corruptions, evaluations: one row per observation,
+identity columns first; see :mod:`nemesis_analysis.storage.schema`) as DataFrames and returns a
 new DataFrame; nothing here trains, loads a model or imports torch, so a notebook can
 load tables and figures in a fraction of a second.
 
@@ -26,7 +27,7 @@ from nemesis_analysis.errors import ConfigError, NoDataError
 logger = logging.getLogger(__name__)
 
 # What a paper table aggregates over: seeds vary inside a group, nothing else does.
-GROUP_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "shots", "prompt_method", "method")
+GROUP_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "shots", "prompt_method", "regularizer")
 # One corruption observation within the table: run_id plus schema.CORRUPTION_KEY.
 _KEY: tuple[str, ...] = schema.KEYS["corruptions"]
 CORRUPTION_OPS: tuple[str, ...] = ("rescale", "replace")
@@ -369,7 +370,7 @@ def delta_grid(
     dataset: str | None = None,
     op: str = "rescale",
     *,
-    method: str | None = None,
+    regularizer: str | None = None,
     backbone: str | None = None,
     shots: int | None = None,
     eval_classes: str = ALL_CLASSES,
@@ -389,7 +390,8 @@ def delta_grid(
     require_columns(corruptions, [*_KEY, "delta"], "corruption table")
     table = dedupe_corruptions(corruptions)
     mask = table["op"] == op
-    filters = (("dataset", dataset), ("method", method), ("backbone", backbone), ("shots", shots), ("layer", layer))
+    filters = (("dataset", dataset), ("regularizer", regularizer), ("backbone", backbone), ("shots", shots),
+               ("layer", layer))  # fmt: skip
     for column, value in filters:
         if value is not None:
             require_columns(table, [column], "corruption table")

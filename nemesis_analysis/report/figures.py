@@ -149,20 +149,20 @@ def save(fig: Figure, path: Path | str, format: str) -> Path:
 def frequency_figure(
     reports_dir: Path | str,
     backbone: str | None = None,
-    method: str | None = None,
+    regularizer: str | None = None,
     datasets: str | Sequence[str] | None = None,
     min_delta: float = 0.0,
     measure: str = "percent",
 ) -> Figure:
     """Figure 1(b): Low-Norm Effect frequency (percent or count) against shots, one line per dataset.
 
-    Seeds of a (dataset, backbone, shots, method) are compared on the corruption cells they all have
+    Seeds of a (dataset, backbone, shots, regularizer) are compared on the corruption cells they all have
     (analysis.restrict_to_common_grid warns about the cells a seed lacks).
     """
     table_dir = store.table_path(reports_dir, "corruptions")
     corruptions = read_nonempty(reports_dir, "corruptions")
     corruptions = _filter(
-        corruptions, table_dir, PRODUCERS["corruptions"], backbone=backbone, method=method, dataset=_split_names(datasets)
+        corruptions, table_dir, PRODUCERS["corruptions"], backbone=backbone, regularizer=regularizer, dataset=_split_names(datasets)
     )
     if measure == "count":
         return plots.plot_frequency(analysis.low_norm_counts(corruptions, min_delta, same_grid=True), measure="count")
@@ -171,19 +171,19 @@ def frequency_figure(
 
 
 def _pick_trajectory_runs(traj: pd.DataFrame) -> pd.DataFrame:
-    """The newest run per method among runs sharing prompt options (n_ctx, csc, ...).
+    """The newest run per regularizer among runs sharing prompt options (n_ctx, csc, ...).
 
     Runs with different prompt options are not the same experiment; of the option sets present,
-    the one with the most methods wins, ties going to the most recently written.
+    the one with the most regularizers wins, ties going to the most recently written.
     """
     order = list(dict.fromkeys(traj["run_id"]))  # write order: parts sort by time, a run writes its rows at once
     first = traj.drop_duplicates("run_id").set_index("run_id").loc[order].reset_index()
     columns = [c for c in _PROMPT_COLUMNS if c in first.columns]
     first["_options"] = first[columns].astype(str).agg("|".join, axis=1) if columns else ""
     first["_order"] = range(len(first))
-    ranking = first.groupby("_options").agg(methods=("method", "nunique"), newest=("_order", "max"))
-    best = ranking.sort_values(["methods", "newest"]).index[-1]
-    chosen = first[first["_options"] == best].groupby("method", sort=True)["run_id"].last()
+    ranking = first.groupby("_options").agg(regularizers=("regularizer", "nunique"), newest=("_order", "max"))
+    best = ranking.sort_values(["regularizers", "newest"]).index[-1]
+    chosen = first[first["_options"] == best].groupby("regularizer", sort=True)["run_id"].last()
     dropped = sorted(set(order) - set(chosen))
     if dropped:
         logger.warning("trajectory figure: left out %d older run(s) or run(s) with other prompt options: %s", len(dropped), ", ".join(dropped))
@@ -212,16 +212,18 @@ def trajectory_figure(
     return plots.plot_trajectory(traj, per_position=per_position, title=f"{base}\n{context}")
 
 
-def _default_method(corruptions: pd.DataFrame, method: str | None) -> str | None:
-    """Averaging deltas over methods would mix different prompts: default to CoOp, or the only method."""
-    if method is not None:
-        return method
-    methods = sorted(corruptions["method"].dropna().unique())
-    if len(methods) <= 1:
-        return methods[0] if methods else None
-    if "coop" in methods:
+def _default_regularizer(corruptions: pd.DataFrame, regularizer: str | None) -> str | None:
+    """Averaging deltas over regularizers would mix different prompts: default to CoOp, or the only one."""
+    if regularizer is not None:
+        return regularizer
+    present = sorted(corruptions["regularizer"].dropna().unique())
+    if len(present) <= 1:
+        return present[0] if present else None
+    if "coop" in present:
         return "coop"
-    raise ConfigError(f"corruptions exist for several methods ({', '.join(methods)}); choose one with --method")
+    raise ConfigError(
+        f"corruptions exist for several regularizers ({', '.join(present)}); choose one with --regularizer"
+    )
 
 
 def _default_prompt_method(corruptions: pd.DataFrame, prompt_method: str | None) -> str | None:
@@ -237,7 +239,7 @@ def _default_prompt_method(corruptions: pd.DataFrame, prompt_method: str | None)
 def heatmap_figure(
     reports_dir: Path | str,
     dataset: str,
-    method: str | None = None,
+    regularizer: str | None = None,
     backbone: str | None = None,
     shots: int | None = None,
     prompt_method: str | None = None,
@@ -250,17 +252,17 @@ def heatmap_figure(
     corruptions = _filter(corruptions, table_dir, producer, dataset=dataset, backbone=backbone, shots=None if shots is None else int(shots))
     prompt_method = _default_prompt_method(corruptions, prompt_method)
     corruptions = _filter(corruptions, table_dir, producer, prompt_method=prompt_method)
-    method = _default_method(corruptions, method)
-    corruptions = _filter(corruptions, table_dir, producer, method=method)
+    regularizer = _default_regularizer(corruptions, regularizer)
+    corruptions = _filter(corruptions, table_dir, producer, regularizer=regularizer)
     present = sorted(int(k) for k in corruptions["shots"].unique())
     n_seeds = corruptions["seed"].nunique()
     context = " · ".join(
         [plots.dataset_label(dataset), *sorted(map(str, corruptions["backbone"].unique())),
-         "one row per shot count" if len(present) > 1 else f"{present[0]}-shot", plots.method_label(method),
+         "one row per shot count" if len(present) > 1 else f"{present[0]}-shot", plots.regularizer_label(regularizer),
          f"mean over {n_seeds} seed{'s' if n_seeds != 1 else ''} and reps"]
     )  # fmt: skip
     title = f"Accuracy change from corrupting one context vector\n{context}"
-    return plots.plot_heatmap(corruptions, dataset=dataset, method=method, title=title)
+    return plots.plot_heatmap(corruptions, dataset=dataset, regularizer=regularizer, title=title)
 
 
 def _match_run_id(run_id: str, known: Iterable[str]) -> str | None:
@@ -321,7 +323,7 @@ def norms_figure(reports_dir: Path | str, run_id: str) -> Figure:
         note = f"{len(highlight)} of {norms['position'].nunique()} positions: shrinking raised test accuracy"
     first = norms.iloc[0]
     context = " · ".join(
-        [plots.method_label(first["method"]), plots.dataset_label(first["dataset"]), str(first["backbone"]),
+        [plots.regularizer_label(first["regularizer"]), plots.dataset_label(first["dataset"]), str(first["backbone"]),
          f"{int(first['shots'])}-shot", f"seed {int(first['seed'])}", f"run {full}"]
     )  # fmt: skip
     title = f"Per-position norms of the learned context\n{context}\n{note}"
@@ -397,7 +399,7 @@ def _with_mean_norm(summary: pd.DataFrame, runs: pd.DataFrame, by: list[str]) ->
 
 
 def summary_tables(reports_dir: Path | str, min_delta: float = 0.0) -> dict[str, pd.DataFrame]:
-    """Numeric summary tables (mean and std over seeds per dataset, backbone, shots, method).
+    """Numeric summary tables (mean and std over seeds per dataset, backbone, shots, prompt method, regularizer).
 
     "runs": final test, zero-shot accuracy and mean context norm (from reports/runs);
     "corruptions": per op, uncorrupted accuracy over seeds and best/worst/mean delta (per ``eval_classes``
@@ -433,7 +435,7 @@ def summary_tables(reports_dir: Path | str, min_delta: float = 0.0) -> dict[str,
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean/std column pairs merged into "71.23 ± 0.45" strings, shown labels for methods."""
+    """Mean/std column pairs merged into "71.23 ± 0.45" strings."""
     return analysis.merge_mean_std(table)
 
 

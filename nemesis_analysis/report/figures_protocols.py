@@ -16,7 +16,7 @@ SUBSETS: tuple[str, ...] = ("base", "new")
 
 
 def base_new_frequency(corruptions: pd.DataFrame, min_delta: float = 0.0) -> pd.DataFrame:
-    """analysis.low_norm_frequency per (dataset, backbone, shots, method, eval_classes) for base and new rows.
+    """analysis.low_norm_frequency per (dataset, backbone, shots, regularizer, eval_classes) for base and new rows.
 
     Rows of other subsets ("all") are left out; seeds are compared on the cells they all measured.
     """
@@ -28,9 +28,9 @@ def base_new_frequency(corruptions: pd.DataFrame, min_delta: float = 0.0) -> pd.
 
 
 def base_new_frequency_figure(frequency: pd.DataFrame) -> Figure:
-    """Grouped bars: one group per (dataset, shots, method), a base and a new bar (mean, sample-std error bar)."""
+    """Grouped bars: one group per (dataset, shots, regularizer), a base and a new bar (mean, sample-std error bar)."""
     groups = frequency.assign(
-        group=frequency["dataset"] + " " + frequency["shots"].astype(int).astype(str) + "-shot\n" + frequency["method"]
+        group=frequency["dataset"] + " " + frequency["shots"].astype(int).astype(str) + "-shot\n" + frequency["regularizer"]
     )
     labels = sorted(groups["group"].unique())
     figure = Figure(figsize=(max(4.0, 1.4 * len(labels) + 1.5), 3.6))

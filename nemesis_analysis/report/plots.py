@@ -4,9 +4,9 @@ Nothing here saves (except `save_figure`), shows, or imports torch. Figures are 
 `matplotlib.figure.Figure` directly, not through pyplot, so a notebook neither shows them
 twice nor keeps them alive in pyplot's registry; Jupyter renders a returned Figure inline.
 
-Colours come from colour-blind-safe palettes (Okabe-Ito for methods, seaborn's
-"colorblind" for datasets) and are fixed per name, so a method keeps its colour in every
-figure: `method_color("nemesis-pun")` is always vermillion.
+Colours come from colour-blind-safe palettes (Okabe-Ito for regularizers, seaborn's
+"colorblind" for datasets) and are fixed per name, so a regularizer (coop, nemesis-pun, ...) keeps its
+colour in every figure: `regularizer_color("nemesis-pun")` is always vermillion.
 """
 
 from __future__ import annotations
@@ -47,15 +47,15 @@ OKABE_ITO: dict[str, str] = {
     "vermillion": "#D55E00",
     "purple": "#CC79A7",
 }
-METHOD_COLORS: dict[str, str] = {
+REGULARIZER_COLORS: dict[str, str] = {
     "coop": OKABE_ITO["blue"],
     "nemesis-pun": OKABE_ITO["vermillion"],
     "nemesis-pan": OKABE_ITO["green"],
     "zero-shot": OKABE_ITO["black"],
 }
-# Other methods (e.g. nemesis-beta0.5) draw from these by a stable hash of their name.
+# Other regularizers (e.g. nemesis-beta0.5) draw from these by a stable hash of their name.
 # Yellow is left out: it is unreadable as a thin line on white.
-_EXTRA_METHOD_COLORS: tuple[str, ...] = (OKABE_ITO["orange"], OKABE_ITO["purple"], OKABE_ITO["sky_blue"], "#7F7F7F")
+_EXTRA_REGULARIZER_COLORS: tuple[str, ...] = (OKABE_ITO["orange"], OKABE_ITO["purple"], OKABE_ITO["sky_blue"], "#7F7F7F")
 # seaborn's "colorblind" palette, written out so that importing this module stays light.
 COLORBLIND10: tuple[str, ...] = (
     "#0173B2", "#DE8F05", "#029E73", "#D55E00", "#CC78BC",
@@ -96,7 +96,7 @@ NORM_LABELS: dict[str, str] = {
 DELTA_LABEL = "Δ accuracy (points)"
 _OP_TITLES = {"rescale": "RESCALE: p_i ← s · p_i", "replace": "REPLACE: p_i ← N(0, σ²I)"}
 _OP_XLABELS = {"rescale": "Scale factor s", "replace": "Replacement std σ"}
-_CONTEXT_COLUMNS = ("dataset", "backbone", "shots", "method")
+_CONTEXT_COLUMNS = ("dataset", "backbone", "shots", "regularizer")
 
 STYLE: dict[str, object] = {
     "font.size": 9,
@@ -135,22 +135,22 @@ def _stable_index(name: str, modulo: int) -> int:
     return zlib.crc32(name.encode("utf-8")) % modulo
 
 
-def method_color(method: str) -> str:
-    """The colour of a method in every figure (Okabe-Ito)."""
-    if method in METHOD_COLORS:
-        return METHOD_COLORS[method]
-    return _EXTRA_METHOD_COLORS[_stable_index(method, len(_EXTRA_METHOD_COLORS))]
+def regularizer_color(regularizer: str) -> str:
+    """The colour of a regularizer in every figure (Okabe-Ito)."""
+    if regularizer in REGULARIZER_COLORS:
+        return REGULARIZER_COLORS[regularizer]
+    return _EXTRA_REGULARIZER_COLORS[_stable_index(regularizer, len(_EXTRA_REGULARIZER_COLORS))]
 
 
-def method_label(method: str) -> str:
+def regularizer_label(regularizer: str) -> str:
     """Display name: coop -> CoOp, nemesis-pun -> Nemesis (PUN), nemesis-beta0.5 -> Nemesis (β = 0.5)."""
     fixed = {"coop": "CoOp", "nemesis-pun": "Nemesis (PUN)", "nemesis-pan": "Nemesis (PAN)", "zero-shot": "Zero-shot CLIP"}
-    if method in fixed:
-        return fixed[method]
-    beta = re.fullmatch(r"nemesis-beta([0-9.]+)", method)
+    if regularizer in fixed:
+        return fixed[regularizer]
+    beta = re.fullmatch(r"nemesis-beta([0-9.]+)", regularizer)
     if beta:
         return f"Nemesis (β = {beta.group(1)})"
-    return str(method)
+    return str(regularizer)
 
 
 def _dataset_key(dataset: str) -> str:
@@ -173,8 +173,8 @@ def dataset_style(dataset: str) -> tuple[str, str]:
 
 
 def _format_value(column: str, value) -> str:
-    if column == "method":
-        return method_label(value)
+    if column == "regularizer":
+        return regularizer_label(value)
     if column == "dataset":
         return dataset_label(value)
     if column == "shots":
@@ -265,7 +265,7 @@ def _measured(freq: pd.DataFrame, measure: str) -> pd.DataFrame:
 
 
 def _series_keys(freq: pd.DataFrame) -> tuple[list[str], list[tuple]]:
-    columns = _varying(freq, ["prompt_method", "method", "backbone"])
+    columns = _varying(freq, ["prompt_method", "regularizer", "backbone"])
     if not columns:
         return columns, [()]
     return columns, [tuple(k) for k in freq[columns].drop_duplicates().sort_values(columns).itertuples(index=False)]
@@ -289,7 +289,7 @@ def _frequency_bars(ax, freq: pd.DataFrame, integer: bool) -> None:
         offset = (i - (len(series_keys) - 1) / 2) * width
         if series_columns:
             label = _series_label(dict(zip(series_columns, key)))
-            color = method_color(key[0]) if series_columns[0] == "method" else COLORBLIND10[i % len(COLORBLIND10)]
+            color = regularizer_color(key[0]) if series_columns[0] == "regularizer" else COLORBLIND10[i % len(COLORBLIND10)]
         else:
             label, color = None, [dataset_style(d)[0] for d in datasets]
         bars = ax.bar(
@@ -351,8 +351,8 @@ def plot_frequency(freq: pd.DataFrame, *, title: str | None = None, measure: str
 
     `freq` is `analysis.low_norm_frequency(...)` for `measure="percent"` or `analysis.low_norm_counts(...)`
     for `measure="count"` (per-seed or raw corruption rows are aggregated first). Error bars are the
-    std over seeds. With a single shot count the figure is one bar per dataset. When several methods or
-    backbones are present each gets its own line style (lines) or bar group (bars).
+    std over seeds. With a single shot count the figure is one bar per dataset. When several prompt methods,
+    regularizers or backbones are present each gets its own line style (lines) or bar group (bars).
     """
     freq = _measured(freq, measure)
     ylabel, name, caption = _MEASURE_TEXT[measure]
@@ -371,7 +371,7 @@ def plot_frequency(freq: pd.DataFrame, *, title: str | None = None, measure: str
     else:
         _frequency_lines(ax, freq, shots)
         base = f"{name} vs. shots"
-    context = _context(freq, ("dataset", "backbone", "method"))
+    context = _context(freq, ("dataset", "backbone", "regularizer"))
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, max(5.0, top * 1.15))
     ax.set_title(_title(base, context, title))
@@ -391,8 +391,8 @@ def _run_column(df: pd.DataFrame) -> str | None:
 
 
 def _series_groups(df: pd.DataFrame) -> list[tuple[dict[str, object], pd.DataFrame]]:
-    """Split by method plus whichever of dataset/backbone/shots vary, in a stable order."""
-    columns = ["method", *_varying(df, ("dataset", "backbone", "shots"))]
+    """Split by regularizer plus whichever of dataset/backbone/shots vary, in a stable order."""
+    columns = ["regularizer", *_varying(df, ("dataset", "backbone", "shots"))]
     groups = []
     for key, rows in df.groupby(columns, sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -401,10 +401,10 @@ def _series_groups(df: pd.DataFrame) -> list[tuple[dict[str, object], pd.DataFra
 
 
 def _series_colors(groups: list[tuple[dict[str, object], pd.DataFrame]]) -> list[str]:
-    methods = [key["method"] for key, _ in groups]
-    if len(set(methods)) == len(methods):
-        return [method_color(m) for m in methods]
-    # The same method appears in several series: fall back to distinct palette colours.
+    regularizers = [key["regularizer"] for key, _ in groups]
+    if len(set(regularizers)) == len(regularizers):
+        return [regularizer_color(m) for m in regularizers]
+    # The same regularizer appears in several series: fall back to distinct palette colours.
     return [COLORBLIND10[i % len(COLORBLIND10)] for i in range(len(groups))]
 
 
@@ -433,12 +433,12 @@ def plot_trajectory(
 ) -> Figure:
     """Figure 3: context-vector norm (left axis, solid) and test accuracy (right axis, dashed) per epoch.
 
-    One colour per method. Norms are averaged over positions, then over seeds (shaded band:
-    std over seeds); accuracy is averaged over seeds. With `per_position=True` each method
+    One colour per regularizer. Norms are averaged over positions, then over seeds (shaded band:
+    std over seeds); accuracy is averaged over seeds. With `per_position=True` each regularizer
     gets a panel in which every position's norm (mean over seeds) is a thin line.
     `norm_column` picks `norm` (L2), `norm_l1` or `norm_inf`.
     """
-    _require(traj, ["epoch", "position", norm_column, "test_acc", "method"], "trajectory table")
+    _require(traj, ["epoch", "position", norm_column, "test_acc", "regularizer"], "trajectory table")
     run = _run_column(traj)
     groups = _series_groups(traj)
     colors = _series_colors(groups)
@@ -448,7 +448,7 @@ def plot_trajectory(
 
 
 def _trajectory_lines(traj, groups, colors, norm_column: str, run: str | None, title: str | None) -> Figure:
-    """One axes: mean norm per method (solid, left) and test accuracy (dashed, right)."""
+    """One axes: mean norm per regularizer (solid, left) and test accuracy (dashed, right)."""
     norm_name = NORM_LABELS.get(norm_column, norm_column)
     style_handles = [
         Line2D([], [], color="black", linestyle="-", label=f"Mean {norm_name} (left axis)"),
@@ -459,7 +459,7 @@ def _trajectory_lines(traj, groups, colors, norm_column: str, run: str | None, t
     ax_acc = ax.twinx()
     ax_acc.spines["right"].set_visible(True)
     ax_acc.grid(False)
-    method_handles = []
+    regularizer_handles = []
     for (key, rows), color in zip(groups, colors):
         curves = _epoch_curves(rows, norm_column, run)
         label = _series_label(key)
@@ -469,14 +469,14 @@ def _trajectory_lines(traj, groups, colors, norm_column: str, run: str | None, t
             ax.fill_between(curves.index, low, high, color=color, alpha=0.15, linewidth=0)
         acc = curves["test_acc"].dropna()
         ax_acc.plot(acc.index, acc.to_numpy(), color=color, linestyle="--", label=f"{label} (accuracy)")
-        method_handles.append(Line2D([], [], color=color, linewidth=3, label=label))
+        regularizer_handles.append(Line2D([], [], color=color, linewidth=3, label=label))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("Epoch")
     ax.set_ylabel(f"Mean {norm_name}")
     ax_acc.set_ylabel("Test accuracy (%)")
     context = _context(traj, ("dataset", "backbone", "shots"))
     ax.set_title(_title("Prompt norm and test accuracy during training", context, title))
-    fig.legend(handles=[*method_handles, *style_handles], loc="outside lower center", ncol=min(4, len(method_handles) + 2))
+    fig.legend(handles=[*regularizer_handles, *style_handles], loc="outside lower center", ncol=min(4, len(regularizer_handles) + 2))
     return fig
 
 
@@ -498,7 +498,7 @@ def _position_lines(ax, rows: pd.DataFrame, color: str, norm_column: str, run: s
 
 
 def _trajectory_panels(traj, groups, colors, norm_column: str, run: str | None, title: str | None) -> Figure:
-    """One panel per method: per-position norms and the method's test accuracy."""
+    """One panel per regularizer: per-position norms and the regularizer's test accuracy."""
     norm_name = NORM_LABELS.get(norm_column, norm_column)
     acc_label = "Test accuracy (%)"
     ncols = min(3, len(groups))
@@ -541,14 +541,14 @@ def _trajectory_panels(traj, groups, colors, norm_column: str, run: str | None, 
 # --------------------------------------------------------------------------- heatmap
 
 
-def _heatmap_grids(corruptions: pd.DataFrame, dataset: str | None, method: str | None) -> dict[tuple, pd.DataFrame]:
+def _heatmap_grids(corruptions: pd.DataFrame, dataset: str | None, regularizer: str | None) -> dict[tuple, pd.DataFrame]:
     """{(shots, op): delta grid}, one facet row per shot count: prompts of different shots are not averaged."""
     shot_counts = sorted(corruptions["shots"].dropna().unique()) if "shots" in corruptions.columns else [None]
     grids = {}
     for shots in shot_counts:
         rows = corruptions if shots is None else corruptions[corruptions["shots"] == shots]
         for op in analysis.CORRUPTION_OPS:
-            grid = analysis.delta_grid(rows, dataset, op, method=method)
+            grid = analysis.delta_grid(rows, dataset, op, regularizer=regularizer)
             if not grid.empty:
                 grids[(None if shots is None else int(shots), op)] = grid
     return grids
@@ -581,7 +581,7 @@ def plot_heatmap(
     corruptions: pd.DataFrame,
     *,
     dataset: str | None = None,
-    method: str | None = None,
+    regularizer: str | None = None,
     annotate: bool | None = None,
     title: str | None = None,
 ) -> Figure:
@@ -594,7 +594,7 @@ def plot_heatmap(
     """
     corruptions = analysis.rows_for_view(corruptions)  # the "all" rows; base2new subsets have their own figure
     _require(corruptions, [*schema.KEYS["corruptions"], "delta"], "corruption table")
-    grids = _heatmap_grids(corruptions, dataset, method)
+    grids = _heatmap_grids(corruptions, dataset, regularizer)
     if not grids:
         where = f" for dataset {dataset!r}" if dataset else ""
         raise NoDataError(f"corruption table has no rescale/replace rows to plot{where}")
@@ -622,8 +622,8 @@ def plot_heatmap(
     colorbar = fig.colorbar(mesh, ax=list(axes.ravel()), label=DELTA_LABEL, shrink=0.9)
     colorbar.outline.set_visible(False)
     table = corruptions if dataset is None else corruptions[corruptions["dataset"] == dataset]
-    if method is not None:
-        table = table[table["method"] == method]
+    if regularizer is not None:
+        table = table[table["regularizer"] == regularizer]
     n_seeds = table["seed"].nunique() if "seed" in table.columns else table["run_id"].nunique()
     context = _context(table)
     suffix = f"mean over {n_seeds} seed{'s' if n_seeds != 1 else ''} and reps"
@@ -758,12 +758,12 @@ def save_figure(fig: Figure, path: str | os.PathLike, format: str | None = None)
 
 __all__ = [
     "COLORBLIND10",
-    "METHOD_COLORS",
+    "REGULARIZER_COLORS",
     "OKABE_ITO",
     "dataset_label",
     "dataset_style",
-    "method_color",
-    "method_label",
+    "regularizer_color",
+    "regularizer_label",
     "plot_frequency",
     "plot_heatmap",
     "plot_norms",

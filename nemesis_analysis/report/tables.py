@@ -1,7 +1,7 @@
 """Builds the paper's result tables (few-shot, base-to-new, domain generalization, cross-dataset) from runs and evaluations.
 
 Every builder takes the ``runs`` and ``evaluations`` tables as DataFrames (torch-free) and returns a
-:class:`ResultTable`: one row per dataset plus an "average" row, one column per method (and shot count
+:class:`ResultTable`: one row per dataset plus an "average" row, one column per regularizer (and shot count
 or split), and in each cell the mean and sample std over seeds and the number of seeds. A cell without
 a run says "no run"; an average over datasets is given only when every dataset row has the cell
 ("incomplete" otherwise). :func:`compare_paper` adds the published value and the difference, and
@@ -47,7 +47,7 @@ class Cell:
 
 @dataclass
 class ResultTable:
-    """Rows (datasets, then "average"), columns (method labels) and their cells."""
+    """Rows (datasets, then "average"), columns (regularizer labels) and their cells."""
 
     kind: str
     title: str
@@ -56,7 +56,7 @@ class ResultTable:
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     compared: bool = False
-    keys: dict[str, tuple] = field(default_factory=dict)  # column -> (method, weight, shots or B/N/H)
+    keys: dict[str, tuple] = field(default_factory=dict)  # column -> (regularizer, weight, shots or B/N/H)
 
     def cell(self, row: str, column: str) -> Cell:
         return self.cells.get((row, column), Cell(note=NO_RUN))
@@ -86,24 +86,25 @@ def _weights(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
         return pd.Series(math.nan, index=frame.index)
     weights = runs.drop_duplicates("run_id", keep="last").set_index("run_id")["norm_weight"]
     weight = frame["run_id"].map(weights).astype(float)
-    return weight.where(frame["method"] != "coop")
+    return weight.where(frame["regularizer"] != "coop")
 
 
-def method_label(method: str, weight: float) -> str:
+def column_label(regularizer: str, weight: float) -> str:
     """'coop', or 'nemesis-pun (weight 1)': Nemesis rows of different weights are different columns."""
-    return method if pd.isna(weight) else f"{method} (weight {weight:g})"
+    return regularizer if pd.isna(weight) else f"{regularizer} (weight {weight:g})"
 
 
-def _method_labels(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
+def _column_labels(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
     weight = _weights(frame, runs)
-    return pd.Series([method_label(m, w) for m, w in zip(frame["method"], weight)], index=frame.index, dtype=object)
+    labels = [column_label(r, w) for r, w in zip(frame["regularizer"], weight)]
+    return pd.Series(labels, index=frame.index, dtype=object)
 
 
 def _column_keys(frame: pd.DataFrame, runs: pd.DataFrame, extra: pd.Series | None = None) -> dict[str, tuple]:
-    """{column label: (method, weight, extra)} for matching published values."""
+    """{column label: (regularizer, weight, extra)} for matching published values."""
     weight = _weights(frame, runs)
     extras = extra if extra is not None else pd.Series(None, index=frame.index)
-    return {label: (m, w, x) for label, m, w, x in zip(frame["column"], frame["method"], weight, extras)}
+    return {label: (m, w, x) for label, m, w, x in zip(frame["column"], frame["regularizer"], weight, extras)}
 
 
 def _one_backbone(frame: pd.DataFrame, what: str) -> None:
@@ -118,13 +119,13 @@ def _per_seed(frame: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
 
 
 def _evaluations(evaluations: pd.DataFrame, runs: pd.DataFrame, protocol: str) -> pd.DataFrame:
-    analysis.require_columns(evaluations, [*schema.KEYS["evaluations"], "protocol", "acc", "seed", "method"], "evaluations table")
+    analysis.require_columns(evaluations, [*schema.KEYS["evaluations"], "protocol", "acc", "seed", "regularizer"], "evaluations table")
     table = evaluations.drop_duplicates(list(schema.KEYS["evaluations"]), keep="last")
     table = table[table["protocol"] == protocol]
     if table.empty:
         raise NoDataError(f"no evaluations with protocol {protocol}; run `nemesis train --protocol {protocol}` first")
     _one_backbone(table, f"{protocol} evaluations")
-    return table.assign(column=_method_labels(table, runs))
+    return table.assign(column=_column_labels(table, runs))
 
 
 # --------------------------------------------------------------------------- averages
@@ -155,16 +156,16 @@ def _average_cell(table, per_seed, datasets, row_col, column_col, column, value)
 
 
 def fewshot(runs: pd.DataFrame, evaluations: pd.DataFrame | None = None) -> ResultTable:
-    """Final test accuracy per dataset (rows) and method x shots (columns), from the runs table."""
-    analysis.require_columns(runs, ["run_id", "dataset", "backbone", "shots", "seed", "method", "final_test_acc"], "runs table")
+    """Final test accuracy per dataset (rows) and regularizer x shots (columns), from the runs table."""
+    analysis.require_columns(runs, ["run_id", "dataset", "backbone", "shots", "seed", "regularizer", "final_test_acc"], "runs table")
     table = runs.drop_duplicates("run_id", keep="last")
     if "protocol" in table.columns:
         table = table[table["protocol"].fillna("fewshot") == "fewshot"]
     if table.empty:
         raise NoDataError("no few-shot runs; run `nemesis train` first")
     _one_backbone(table, "runs")
-    table = table.assign(column=_method_labels(table, runs) + " " + table["shots"].astype(int).astype(str) + "-shot")
-    order = table.sort_values(["method", "shots"])["column"].drop_duplicates().tolist()
+    table = table.assign(column=_column_labels(table, runs) + " " + table["shots"].astype(int).astype(str) + "-shot")
+    order = table.sort_values(["regularizer", "shots"])["column"].drop_duplicates().tolist()
     rows = sorted(table["dataset"].unique()) + [AVERAGE]
     out = ResultTable("fewshot", "Few-shot accuracy (%)", rows, order, keys=_column_keys(table, runs, table["shots"].astype(int)))
     _fill(out, _per_seed(table, ["dataset", "column"], "final_test_acc"), "dataset", "column", "final_test_acc")
@@ -172,26 +173,26 @@ def fewshot(runs: pd.DataFrame, evaluations: pd.DataFrame | None = None) -> Resu
 
 
 def base2new(evaluations: pd.DataFrame, runs: pd.DataFrame | None = None) -> ResultTable:
-    """Base, new and harmonic-mean accuracy per trained dataset (rows) and method (columns)."""
+    """Base, new and harmonic-mean accuracy per trained dataset (rows) and regularizer (columns)."""
     runs = runs if runs is not None else pd.DataFrame(columns=["run_id"])
     table = _evaluations(evaluations, runs, "base2new")
     table = table[table["eval_dataset"] == table["dataset"]]
-    methods = sorted(table["column"].unique())
+    labels = sorted(table["column"].unique())
     rows = sorted(table["dataset"].unique()) + [AVERAGE]
-    columns = [f"{m} {part}" for m in methods for part in ("B", "N", "H")]
+    columns = [f"{label} {part}" for label in labels for part in ("B", "N", "H")]
     keys = {f"{label} {part}": (m, w, part) for label, (m, w, _) in _column_keys(table, runs).items() for part in ("B", "N", "H")}
     out = ResultTable("base2new", "Base-to-new accuracy (%): base B, new N, harmonic mean H = 2BN/(B+N)", rows, columns, keys=keys)
     for classes, part in (("base", "B"), ("new", "N")):
         split = table[table["eval_classes"] == classes]
         split = split.assign(column=split["column"] + f" {part}")
         _fill(out, _per_seed(split, ["dataset", "column"], "acc"), "dataset", "column", "acc")
-    for method in methods:
+    for label in labels:
         for row in rows:
-            base, new = out.cell(row, f"{method} B"), out.cell(row, f"{method} N")
+            base, new = out.cell(row, f"{label} B"), out.cell(row, f"{label} N")
             if base.note or new.note:
-                out.cells[(row, f"{method} H")] = Cell(note=base.note or new.note)
+                out.cells[(row, f"{label} H")] = Cell(note=base.note or new.note)
             else:
-                out.cells[(row, f"{method} H")] = Cell(harmonic_mean(base.mean, new.mean), math.nan, min(base.n_seeds, new.n_seeds))
+                out.cells[(row, f"{label} H")] = Cell(harmonic_mean(base.mean, new.mean), math.nan, min(base.n_seeds, new.n_seeds))
     out.notes.append("H is computed from B and N averaged over seeds (no std); the average row's H from the averaged B and N.")
     return out
 
@@ -214,12 +215,12 @@ def _transfer(evaluations: pd.DataFrame, runs: pd.DataFrame | None, protocol: st
 
 
 def dg(evaluations: pd.DataFrame, runs: pd.DataFrame | None = None) -> ResultTable:
-    """Domain generalization: accuracy on the source (ImageNet) and each target variant per method."""
+    """Domain generalization: accuracy on the source (ImageNet) and each target variant per regularizer."""
     return _transfer(evaluations, runs, "dg", "Domain generalization accuracy (%)")
 
 
 def crossdataset(evaluations: pd.DataFrame, runs: pd.DataFrame | None = None) -> ResultTable:
-    """Cross-dataset transfer: accuracy on the source and on every other dataset per method."""
+    """Cross-dataset transfer: accuracy on the source and on every other dataset per regularizer."""
     return _transfer(evaluations, runs, "crossdataset", "Cross-dataset accuracy (%)")
 
 
@@ -238,11 +239,11 @@ def build(kind: str, runs: pd.DataFrame, evaluations: pd.DataFrame) -> ResultTab
 def _paper_value(published: pd.DataFrame, kind: str, row: str, key: tuple) -> float:
     """The published value for our cell (row, column key), NaN when the paper has none.
 
-    A row matches on method, and on the Nemesis weight where the paper states one (its "omega" label);
+    A row matches on regularizer, and on the Nemesis weight where the paper states one (its "omega" label);
     prompt_method is compared when the paper row states one and our tables carry the column.
     """
-    method, weight, extra = key
-    rows = published[published["method"] == method]
+    regularizer, weight, extra = key
+    rows = published[published["regularizer"] == regularizer]
     if "norm_weight" in rows.columns:
         stated = rows["norm_weight"].notna()
         rows = rows[~stated | (rows["norm_weight"] == weight)] if not pd.isna(weight) else rows[~stated]
@@ -265,7 +266,7 @@ def compare_paper(table: ResultTable) -> ResultTable:
             if not math.isnan(value):
                 table.cells.setdefault((row, column), Cell(note=NO_RUN)).paper = value
     table.compared = True
-    sources = sorted(set(published[published["method"] != "zero-shot"]["source"])) if published is not None else []
+    sources = sorted(set(published[published["regularizer"] != "zero-shot"]["source"])) if published is not None else []
     table.notes += [f"Paper: {s}" for s in sources]
     if table.kind == "fewshot":
         table.notes.append("Paper values were read off a plot (+-0.1) and exist only for the 11-dataset average.")

@@ -51,26 +51,12 @@ def save_prompt(directory: Path, ctx: Tensor, metadata: dict, extra: dict[str, T
     return directory
 
 
-PROMPT_FIX = "save the prompt again, or pass another --prompt"
+PROMPT_FIX = "save the prompt again, or pass another prompt"
 
 
-def load_prompt(path: Path, fix: str = PROMPT_FIX) -> tuple[Tensor, dict]:
-    """Read our prompt artifact (its folder or its .safetensors/.json file): (ctx, metadata).
-
-    A damaged file is a one-line :class:`~nemesis_analysis.storage.safeload.DamagedFileError` naming it and ending
-    in ``fix`` (a run folder passes "retrain with --force...").
-    """
-    tensors, metadata = load_prompt_tensors(path, fix)
-    return tensors["ctx"], metadata
-
-
-def load_prompt_tensors(path: Path, fix: str = PROMPT_FIX) -> tuple[dict[str, Tensor], dict]:
+def read_artifact(directory: Path, fix: str) -> tuple[dict[str, Tensor], dict]:
     """Every tensor of our prompt artifact by name (``ctx`` and a method's extras), and its metadata."""
-    path = Path(path)
-    directory = path if path.is_dir() else path.parent
     tensors, meta = directory / ARTIFACT_TENSORS, directory / ARTIFACT_META
-    if not tensors.is_file() or not meta.is_file():
-        raise ModelError(f"{path} is not a prompt artifact: expected {ARTIFACT_TENSORS} and {ARTIFACT_META} there")
     loaded = load_safetensors(tensors, fix, "prompt file")
     metadata = read_json(meta, fix, "prompt file")
     if "ctx" not in loaded or not isinstance(metadata, dict):
@@ -105,12 +91,12 @@ def find_dassl_checkpoint(path: Path) -> Path | None:
 
             return max(candidates, key=epoch_of)
     return None
-def read_dassl_checkpoint(path: Path) -> tuple[torch.Tensor, dict]:
-    """(ctx as fp32, metadata) from a CoOp/Dassl ``model.pth.tar-N``; never unpickles code.
+def read_dassl_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict]:
+    """(tensors: ``ctx`` as fp32 and a method's extras, metadata) from a CoOp/Dassl ``model.pth.tar-N``;
+    never unpickles code. Each declared method's reader of the official layout (CoCoOp's meta-network,
+    PLOT's N prompts) may claim the state dict and add to the metadata."""
+    from nemesis_analysis.methods.registry import official_readers
 
-    A PLOT checkpoint (see :func:`plot_prompts_of`) gives ``ctx`` (N, n_ctx, width) and metadata with
-    ``method: "plot"``, ``num_prompts`` N and ``num_classes``."""
-    path = Path(path)
     checkpoint = torch_load(path, "CoOp checkpoint")
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or "ctx" not in state:
@@ -124,77 +110,28 @@ def read_dassl_checkpoint(path: Path) -> tuple[torch.Tensor, dict]:
         shape = tuple(ctx.shape) if isinstance(ctx, torch.Tensor) else type(ctx).__name__
         raise ModelError(f"{path}: 'ctx' must be (n_ctx, width) or (num_classes, n_ctx, width), got {shape}")
     ctx = ctx.detach().float().cpu()
-    meta_net = read_cocoop_meta_net(state, int(ctx.shape[-1]), path)
-    ignored = sorted(k for k in state if k != "ctx" and k not in meta_net)
+    metadata = {"source": "coop-checkpoint", "path": str(path),
+                "epoch": checkpoint.get("epoch") if isinstance(checkpoint, dict) else None,
+                "csc": ctx.dim() == 3, "n_ctx": int(ctx.shape[-2]), "width": int(ctx.shape[-1])}  # fmt: skip
+    tensors = {"ctx": ctx}
+    for _, reader in official_readers():
+        claimed = reader(state, ctx, path)
+        if claimed:
+            tensors.update(claimed.pop("tensors", {}))
+            metadata.update(claimed)
+    ignored = sorted(k for k in state if k not in tensors)
     if ignored:
-        logger.info("%s: using ctx, ignoring %s (rebuilt from the model)", path.name, ", ".join(ignored))
-    metadata = {
-        "source": "coop-checkpoint",
-        "path": str(path),
-        "epoch": checkpoint.get("epoch") if isinstance(checkpoint, dict) else None,
-        "csc": ctx.dim() == 3,
-        "n_ctx": int(ctx.shape[-2]),
-        "width": int(ctx.shape[-1]),
-    }
-    if meta_net:
-        metadata.update(prompt_method="cocoop", tensors=meta_net)
-    num_prompts = plot_prompts_of(state)
-    if num_prompts is not None:
-        num_classes = int(state["token_prefix"].shape[0]) // num_prompts
-        metadata.update(source="plot-checkpoint", method="plot", prompt_method="plot", csc=False,
-                        num_prompts=num_prompts, num_classes=num_classes)  # fmt: skip
-    return ctx, metadata
+        logger.info("%s: using %s, ignoring %s (rebuilt from the model)", path.name, ", ".join(tensors), ", ".join(ignored))
+    return tensors, metadata
 
 
-def plot_prompts_of(state: dict) -> int | None:
-    """N when a prompt-learner state dict has PLOT's layout, else None.
-
-    PLOT's generic ``ctx`` is (N, n_ctx, width) and its ``token_prefix`` holds one row per (prompt, class):
-    N * num_classes rows. CoOp's class-specific ``ctx`` (num_classes, n_ctx, width) has as many prefix rows
-    as ``ctx`` has classes. (A one-class PLOT checkpoint cannot be told apart and reads as CoOp.)
-    """
-    ctx, prefix = state.get("ctx"), state.get("token_prefix")
-    if not isinstance(ctx, Tensor) or ctx.dim() != 3 or not isinstance(prefix, Tensor) or prefix.dim() < 1:
-        return None
-    prompts, rows = int(ctx.shape[0]), int(prefix.shape[0])
-    if rows == prompts or rows % prompts != 0:
-        return None
-    return prompts
-
-
-COCOOP_META_NET_KEYS = ("meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight",
-                        "meta_net.linear2.bias")  # fmt: skip
-
-
-def read_cocoop_meta_net(state: dict, width: int, path: Path) -> dict[str, Tensor]:
-    """CoCoOp's meta-network from a Dassl prompt-learner state dict (fp32), shapes checked; {} for CoOp.
-
-    Official layout: ``linear1`` (hidden, embed), ``linear2`` (width, hidden), each with a bias.
-    """
-    present = [k for k in COCOOP_META_NET_KEYS if k in state]
-    if not present:
-        return {}
-    if len(present) != len(COCOOP_META_NET_KEYS) or not all(isinstance(state[k], Tensor) for k in present):
-        missing = sorted(set(COCOOP_META_NET_KEYS) - set(present))
-        raise ModelError(f"{path}: CoCoOp meta-network is incomplete (missing {missing}); pass the whole prompt_learner checkpoint")
-    w1, b1, w2, b2 = (state[k].detach().float().cpu() for k in COCOOP_META_NET_KEYS)
-    hidden = w1.shape[0] if w1.dim() == 2 else -1
-    if w1.dim() != 2 or tuple(b1.shape) != (hidden,) or tuple(w2.shape) != (width, hidden) or tuple(b2.shape) != (width,):
-        shapes = [tuple(t.shape) for t in (w1, b1, w2, b2)]
-        raise ModelError(
-            f"{path}: CoCoOp meta-network shapes {shapes} do not fit a context of width {width} "
-            "(expected (hidden, embed), (hidden,), (width, hidden), (width,))"
-        )
-    return dict(zip(COCOOP_META_NET_KEYS, (w1, b1, w2, b2)))
-
-
-def read_bare_tensor(path: Path) -> tuple[Tensor, dict]:
-    """(ctx, metadata) from a ``.safetensors`` file holding one tensor or a ``ctx`` tensor."""
-    tensors = load_safetensors(path, PROMPT_FIX, "prompt file")
+def read_bare_tensor(path: Path, fix: str) -> tuple[dict[str, Tensor], dict]:
+    """({"ctx": ctx}, metadata) from a ``.safetensors`` file holding one tensor or a ``ctx`` tensor."""
+    tensors = load_safetensors(path, fix, "prompt file")
     if "ctx" not in tensors and len(tensors) != 1:
         raise ModelError(f"{path} holds {len(tensors)} tensors and none is named 'ctx'; save the context alone")
     ctx = tensors.get("ctx", next(iter(tensors.values())))
-    return ctx.detach().float().cpu(), {"source": "tensor-file", "path": str(path)}
+    return {"ctx": ctx.detach().float().cpu()}, {"source": "tensor-file", "path": str(path)}
 
 
 # ------------------------------------------------------------------------------------------ one reader
@@ -235,31 +172,33 @@ class AnalysisPrompt:
         return "plot" in (self.metadata.get("method"), self.metadata.get("prompt_method"))
 
 
-def read_prompt(path: Path | str) -> AnalysisPrompt:
-    """Read a context from our artifact (folder or file), a CoOp/Dassl checkpoint or a bare tensor file."""
+def read_prompt(path: Path | str, fix: str = PROMPT_FIX) -> AnalysisPrompt:
+    """The one prompt reader: our artifact (folder or file), a CoOp/Dassl checkpoint (any declared method's
+    official layout) or a bare tensor file. A damaged file is a one-line
+    :class:`~nemesis_analysis.storage.safeload.DamagedFileError` naming it and ending in ``fix`` (a run
+    folder passes "retrain with --force..."). Whether the prompt fits a method is :func:`check_fits`'s job."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelError(
-            f"--prompt {path} does not exist (not found); pass a prompt folder (prompt.safetensors + prompt.json) "
+            f"prompt {path} does not exist (not found); pass a prompt folder (prompt.safetensors + prompt.json) "
             "or a CoOp model.pth.tar-N file"
         )
     if is_artifact(path):
         directory = path if path.is_dir() else path.parent
-        tensors, metadata = load_prompt_tensors(directory)
-        ctx = tensors.pop("ctx")
+        tensors, metadata = read_artifact(directory, fix)
         metadata, tensor_file = {**metadata, "source": "artifact", "path": str(directory)}, directory / ARTIFACT_TENSORS
     elif (checkpoint := find_dassl_checkpoint(path)) is not None:
-        (ctx, metadata), tensor_file = read_dassl_checkpoint(checkpoint), checkpoint
-        tensors = metadata.pop("tensors", {})
+        (tensors, metadata), tensor_file = read_dassl_checkpoint(checkpoint), checkpoint
     elif path.is_file() and path.suffix == ".safetensors":
-        (ctx, metadata), tensor_file, tensors = read_bare_tensor(path), path, {}
+        (tensors, metadata), tensor_file = read_bare_tensor(path, fix), path
     else:
         raise ModelError(
             f"{path} is neither a prompt artifact ({ARTIFACT_TENSORS} + {ARTIFACT_META}) nor a CoOp checkpoint "
             f"({DASSL_SUBFOLDER}/model.pth.tar-N) nor a .safetensors tensor file"
         )
+    ctx = tensors.pop("ctx").float()
     run_id = metadata.get("run_id") or f"file-{hashlib.sha256(tensor_file.read_bytes()).hexdigest()[:12]}"
-    return AnalysisPrompt(ctx.float(), str(run_id), metadata, recorded_layout(metadata, ctx), path,
+    return AnalysisPrompt(ctx, str(run_id), metadata, recorded_layout(metadata, ctx), path,
                           {name: t.float() for name, t in tensors.items()})  # fmt: skip
 
 
@@ -275,14 +214,6 @@ def recorded_layout(metadata: dict, ctx: Tensor) -> PromptConfig | None:
     )
 
 
-def load_prompt_any(path: Path | str, method=None) -> tuple[Tensor, dict]:
-    """(ctx, metadata) from any supported file (see :func:`read_prompt`); checked against ``method`` if given."""
-    prompt = read_prompt(path)
-    if method is not None:
-        check_fits(prompt.ctx, method, prompt.metadata, source=Path(path).name)
-    return prompt.ctx, prompt.metadata
-
-
 def check_fits(ctx: Tensor, method, metadata: dict | None = None, source: str = "checkpoint") -> None:
     """Raise a one-line ModelError unless ``ctx`` (and what ``metadata`` recorded) fits the loaded method."""
     if getattr(method, "name", "") == "plot" or (metadata or {}).get("method") == "plot":
@@ -295,24 +226,25 @@ def check_fits(ctx: Tensor, method, metadata: dict | None = None, source: str = 
     if meta.get("backbone") and meta["backbone"] != backbone:
         raise ModelError(
             f"{source} was trained on {meta['backbone']} but the model is {backbone}; "
-            f"pass --backbone {meta['backbone']} (and its --pretrained weights)"
+            f"set backbone = {meta['backbone']} (and its pretrained weights)", "backbone"
         )
     width, n_ctx = int(ctx.shape[-1]), int(ctx.shape[-2])
     if width != method.width or meta.get("width", width) != method.width:
         raise ModelError(
             f"{source}: checkpoint context has width {width} but {backbone}'s text width is {method.width}; "
-            "use the --backbone the prompt was trained with"
+            "use the backbone the prompt was trained with", "backbone"
         )
     _check_classnames(meta.get("classnames"), method, source)
     if n_ctx != method.n_ctx:
         raise ModelError(
             f"{source}: checkpoint has {n_ctx} context vectors but the prompt is set up for {method.n_ctx}; "
-            f"pass --n-ctx {n_ctx}"
+            f"set prompt.n_ctx = {n_ctx}", "prompt.n_ctx"
         )
     csc = ctx.dim() == 3
     if csc != bool(method.config.csc):
-        hint, kind = ("add --csc", "class-specific") if csc else ("drop --csc", "generic")
-        raise ModelError(f"{source}: checkpoint has {kind} context {tuple(ctx.shape)}; {hint}")
+        kind = "class-specific" if csc else "generic"
+        raise ModelError(f"{source}: checkpoint has {kind} context {tuple(ctx.shape)}; set prompt.csc = {str(csc).lower()}",
+                         "prompt.csc")  # fmt: skip
     if csc and int(ctx.shape[0]) != method.num_classes:
         raise ModelError(
             f"{source}: checkpoint has class-specific context for {int(ctx.shape[0])} classes but the dataset has "
@@ -324,22 +256,23 @@ def check_plot_fits(ctx: Tensor, method, metadata: dict | None = None, source: s
     """Raise a one-line ModelError unless a PLOT context (N, n_ctx, width) fits the loaded PLOT method."""
     meta, backbone = metadata or {}, method.loaded.backbone
     if getattr(method, "name", "") != "plot":
-        raise ModelError(f"{source} holds PLOT prompts {tuple(ctx.shape)}; analyse it with --method plot")
+        raise ModelError(f"{source} holds PLOT prompts {tuple(ctx.shape)}; analyse it with prompt.method = plot",
+                         "prompt.method")  # fmt: skip
     if meta.get("backbone") and meta["backbone"] != backbone:
         raise ModelError(f"{source} was trained on {meta['backbone']} but the model is {backbone}; "
-                         f"pass --backbone {meta['backbone']} (and its --pretrained weights)")  # fmt: skip
+                         f"set backbone = {meta['backbone']} (and its pretrained weights)", "backbone")  # fmt: skip
     if ctx.dim() != 3:
         raise ModelError(f"{source}: a PLOT context must be (prompts, n_ctx, width), got {tuple(ctx.shape)}")
     prompts, n_ctx, width = (int(n) for n in ctx.shape)
     if width != method.width:
         raise ModelError(f"{source}: checkpoint context has width {width} but {backbone}'s text width is "
-                         f"{method.width}; use the --backbone the prompt was trained with")  # fmt: skip
+                         f"{method.width}; use the backbone the prompt was trained with", "backbone")  # fmt: skip
     if prompts != method.num_prompts:
         raise ModelError(f"{source}: checkpoint has {prompts} prompts but the method is set up for "
-                         f"{method.num_prompts}; pass --plot-prompts {prompts}")  # fmt: skip
+                         f"{method.num_prompts}; set plot.num_prompts = {prompts}", "plot.num_prompts")  # fmt: skip
     if n_ctx != method.n_ctx:
         raise ModelError(f"{source}: checkpoint has {n_ctx} context vectors per prompt but the prompt is set up "
-                         f"for {method.n_ctx}; pass --n-ctx {n_ctx}")  # fmt: skip
+                         f"for {method.n_ctx}; set prompt.n_ctx = {n_ctx}", "prompt.n_ctx")  # fmt: skip
     if meta.get("num_classes") not in (None, method.num_classes):
         raise ModelError(f"{source} was learned for {meta['num_classes']} classes but the dataset has "
                          f"{method.num_classes}; use the dataset the prompt was trained on")  # fmt: skip

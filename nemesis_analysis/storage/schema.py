@@ -18,7 +18,7 @@ from nemesis_analysis.choices import plain
 
 @dataclass(frozen=True)
 class RunIdentity:
-    """The columns that identify the trained prompt a row belongs to (DESIGN.md section 4)."""
+    """The columns that identify the trained prompt a row belongs to (every table but ``jobs`` carries them)."""
 
     run_id: str  # hash of the run's resolved config (or of an imported prompt's tensor file)
     dataset: str
@@ -26,7 +26,7 @@ class RunIdentity:
     pretrained: str
     shots: int
     seed: int
-    method: str  # coop, nemesis-pun, nemesis-pan or nemesis-beta<B>
+    regularizer: str  # coop, nemesis-pun, nemesis-pan or nemesis-beta<B> (parts written before it: "method")
     n_ctx: int  # context vectors M, as trained (ctx_init fixes it from the words)
     csc: bool  # class-specific context
     class_token_position: str  # end, middle or front
@@ -176,6 +176,11 @@ COLUMN_DEFAULTS: dict[str, dict[str, object]] = {
     "trajectories": {"layer": 0},
     "runs": {"recipe_changes": ""},
 }
+
+
+# Columns renamed since parts were first written: {current name: former name}. A part that has the former
+# column and not the current one is read with the former renamed (store.read_table), so old reports load.
+RENAMED_COLUMNS: dict[str, str] = {"regularizer": "method"}
 
 
 def column_default(table: str, column: str) -> object:

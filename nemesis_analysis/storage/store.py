@@ -1,4 +1,4 @@
-"""Reads and writes the Parquet tables (DESIGN.md section 4), one folder per table and one part file per write.
+"""Reads and writes the Parquet tables, one folder per table and one part file per write.
 
 Schemas, keys and column defaults come from :mod:`nemesis_analysis.storage.schema`. No torch here: tables load
 fast in a notebook.
@@ -23,8 +23,9 @@ What is guaranteed
   exclusive ``.lock-table`` file; appenders never rewrite a part, so they need only the run's lock.
   Locks are taken run first, table second, so no two lockers wait on each other.
 * **Old parts stay readable.** :func:`read_table` reads parts written under an older schema: a column
-  the part lacks gets the default ``schema.column_default`` declares (a null when none is declared), and
-  a column the schema no longer has is dropped.
+  the part lacks gets the default ``schema.column_default`` declares (a null when none is declared), a
+  column renamed since (``schema.RENAMED_COLUMNS``: ``method`` is now ``regularizer``) is read under its
+  new name, and a column the schema no longer has is dropped.
 
 Locks are advisory and local to one machine's kernel (flock on a network filesystem may be a no-op).
 """
@@ -94,12 +95,16 @@ def append_rows(reports_dir: Path | str, table: str, rows: list[dict] | pd.DataF
 
 
 def _conform(part: pa.Table, table: str) -> pa.Table:
-    """A part's rows under the current schema: missing columns filled with their declared default."""
+    """A part's rows under the current schema: renamed columns under their current name (the regularizer
+    column was ``method`` once), missing columns filled with their declared default."""
     target = schema.schema_of(table)
     arrays = []
     for field in target:
+        former = schema.RENAMED_COLUMNS.get(field.name)
         if field.name in part.column_names:
             arrays.append(part.column(field.name).cast(field.type))
+        elif former is not None and former in part.column_names:
+            arrays.append(part.column(former).cast(field.type))
         else:
             default = schema.column_default(table, field.name)
             arrays.append(pa.array([default] * part.num_rows, type=field.type))

@@ -9,6 +9,7 @@ model and dataset caches serve every job it runs, and replaces an actor that die
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -50,24 +51,72 @@ def execute(job: Job, session: Session) -> Outcome:
     except NemesisError as error:
         return Outcome(job.id, False, error=str(error), host=host, seconds=time.perf_counter() - started)
     except Exception as error:  # a bug or a system failure: reported with its type, never silently
-        retryable = _is_out_of_memory(error)
-        if retryable:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
         message = f"{type(error).__name__}: {error}"
-        return Outcome(job.id, False, error=message, retryable=retryable, host=host, seconds=time.perf_counter() - started)
-    return Outcome(job.id, True, summary=summary, host=host, seconds=time.perf_counter() - started)
+        outcome = Outcome(job.id, False, error=message, retryable=_is_out_of_memory(error), host=host,
+                          seconds=time.perf_counter() - started)  # fmt: skip
+    else:
+        return Outcome(job.id, True, summary=summary, host=host, seconds=time.perf_counter() - started)
+    if outcome.retryable:  # out of the handler, the exception no longer pins the job's tensors
+        release_device_memory()
+    return outcome
+
+
+def release_device_memory() -> None:
+    """Free what a failed job left: collect its reference cycles, then return cached CUDA blocks to the driver."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def check_devices(study: Study, executor: str) -> None:
+    """Refuse, before any work and in one line, device settings that no job of ``executor`` could run with."""
+    from nemesis_analysis.devices import check_cuda_device, cuda_count
+
+    device, gpus = study.outputs.device, study.resources.num_gpus
+    if device.startswith("cuda") and gpus <= 0:
+        raise ConfigError(
+            f'outputs.device = "{device}" but resources.num_gpus = 0 gives the jobs no GPU; '
+            'set resources.num_gpus = 1 (or outputs.device = "auto")'
+        )
+    if executor == "ray":
+        if device.startswith("cuda:") and device != "cuda:0":
+            raise ConfigError(
+                f'outputs.device = "{device}": every Ray worker sees the GPU it holds as cuda:0; '
+                'set outputs.device = "cuda" and let resources.num_gpus place the jobs'
+            )
+        return
+    if gpus > 0 and cuda_count() == 0:
+        raise ConfigError(
+            f"resources.num_gpus = {gpus:g} on the local executor, but no CUDA device is visible to torch here; "
+            "set resources.num_gpus = 0 to run on the CPU"
+        )
+    if device.startswith("cuda"):
+        import torch
+
+        check_cuda_device(torch.device(device), f"outputs.device = {device}")
+
+
+def local_outputs(outputs: Outputs, num_gpus: float) -> Outputs:
+    """The [outputs] local jobs run with: ``device = "auto"`` becomes the device the plan resolved configs for
+    (``cuda`` when ``resources.num_gpus`` > 0, else ``cpu``), so run ids match the plan's."""
+    if outputs.device != "auto":
+        return outputs
+    return dataclasses.replace(outputs, device="cuda" if num_gpus > 0 else "cpu")
 
 
 class LocalExecutor:
-    """Runs jobs one at a time in this process, in the order they are submitted."""
+    """Runs jobs one at a time in this process, in the order they are submitted, on the device the plan
+    resolved their configs for (:func:`local_outputs`)."""
 
     name = "local"
 
     def __init__(self, study: Study):
-        self.session = work.session_for(study.outputs)
+        check_devices(study, self.name)
+        self.session = work.session_for(local_outputs(study.outputs, study.resources.num_gpus))
         self.queue: list[Job] = []
         self.capacity = 1
 
@@ -125,6 +174,7 @@ class RayExecutor:
             import ray
         except ImportError:
             raise ConfigError("--executor ray needs Ray: pip install 'nemesis-analysis[ray]'") from None
+        check_devices(study, self.name)  # before Ray starts
         self.ray, self.study = ray, study
         self.resources = study.resources
         self.max_parallel = max_parallel or self.resources.max_parallel

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig, apply_recipe
+from nemesis_analysis.config import RunConfig, apply_recipe, with_overrides
 from nemesis_analysis.errors import ConfigError
+from nemesis_analysis.methods.registry import option_sections
+from nemesis_analysis.protocols import check_protocol
 from nemesis_analysis.storage.schema import CORRUPTION_KEY
 from nemesis_analysis.study import records
 from nemesis_analysis.study.spec import Study, StudyFileError
@@ -46,31 +48,63 @@ class Job:
         return cls(**{**data, "deps": tuple(data["deps"])})
 
 
-def run_config(study: Study, dataset: str, backbone, shots: int, seed: int, method: str) -> RunConfig:
-    """The resolved RunConfig of one grid cell (precision and epochs filled in for the jobs' device)."""
+@dataclass(frozen=True)
+class GridPoint:
+    """One cell of a study's grid: the fixed axes, the method variant and the values of the setting axes."""
+
+    dataset: str
+    backbone: object  # spec.Backbone
+    shots: int
+    seed: int
+    method: str
+    axes: tuple[tuple[str, object], ...] = ()
+
+    def __str__(self) -> str:
+        settings = "".join(f", {dotted}={value}" for dotted, value in self.axes)
+        return f"{self.dataset}, {self.backbone.name}, {self.shots} shots, seed {self.seed}, {self.method}{settings}"
+
+    @property
+    def label(self) -> str:
+        settings = "".join(f" {dotted}={value}" for dotted, value in self.axes)
+        return f"{self.dataset} {self.backbone.name} {self.shots}-shot seed {self.seed} {self.method}{settings}"
+
+
+def grid_points(study: Study) -> list[GridPoint]:
+    """Every cell of the grid, in file order (datasets, backbones, shots, seeds, methods, then the setting axes)."""
     grid = study.grid
+    axes = [[(dotted, value) for value in values] for dotted, values in grid.axes]
+    cells = itertools.product(grid.datasets, grid.backbones, grid.shots, grid.seeds, grid.methods, *axes)
+    return [GridPoint(*cell[:5], tuple(cell[5:])) for cell in cells]
+
+
+def run_settings(study: Study, point: GridPoint) -> dict:
+    """The dotted run settings of one grid cell: the study's run sections, the cell's axes, its variant."""
+    grid = study.grid
+    layered = {"dataset": point.dataset, "shots": point.shots, "seed": point.seed, "backbone": point.backbone.name,
+               "pretrained": point.backbone.pretrained, "epochs": grid.epochs, "precision": grid.precision,
+               "protocol": grid.protocol, **study.base}  # fmt: skip
+    layered.update(point.axes)
+    layered.update({f"nemesis.{key}": value for key, value in study.variant(point.method).items()})
+    method = layered.get("prompt.method", "coop")  # a method's section applies to that method's runs only
+    return {k: v for k, v in layered.items() if k.split(".")[0] not in option_sections() or k.startswith(f"{method}.")}
+
+
+def run_config(study: Study, point: GridPoint) -> RunConfig:
+    """The resolved RunConfig of one grid cell (precision and epochs filled in for the jobs' device); a
+    combination that cannot run is refused by its key, with the grid point."""
     try:
-        config = RunConfig(
-            dataset=dataset,
-            shots=shots,
-            seed=seed,
-            backbone=backbone.name,
-            pretrained=backbone.pretrained,
-            epochs=grid.epochs,
-            precision=grid.precision,
-            protocol=grid.protocol,
-            prompt=PromptConfig(**study.prompt),
-            nemesis=NemesisConfig(**study.variant(method)),
-            optim=OptimConfig(**study.optim),
-        )
-        config, _ = apply_recipe(config, grid.recipe)
+        data = with_overrides(RunConfig().to_dict(), run_settings(study, point))
+        config, _ = apply_recipe(RunConfig.from_dict(data, strict=True), study.grid.recipe)
+        check_protocol(config.protocol, config.dataset, config.prompt.csc)
         device = study.outputs.device
         device_type = "cpu" if device == "cpu" else "cuda" if device.startswith("cuda") else study.resources.device_type
         return config.resolved(device_type)
     except StudyFileError:
         raise
-    except ConfigError as error:
-        raise StudyFileError(f"grid ({dataset}, {backbone.name}, {shots} shots, seed {seed}, {method}): {error}") from None
+    except ConfigError as error:  # by key: the message starts with the dotted field it names
+        field = getattr(error, "field", None)
+        text = f"{field}: {error}" if field and not str(error).startswith(field) else str(error)
+        raise StudyFileError(f"grid ({point}): {text}") from None
 
 
 def corrupt_grid(study: Study) -> dict:
@@ -93,12 +127,13 @@ def _digest(data) -> str:
 
 def expand_jobs(study: Study) -> list[Job]:
     """Every job of the study, in dependency order (kinds in :data:`KINDS` order, grid order within)."""
-    grid = study.grid
     by_kind: dict[str, dict[str, Job]] = {kind: {} for kind in KINDS}
     corrupt = corrupt_grid(study) if study.corrupt is not None else None
-    cells = itertools.product(grid.datasets, grid.backbones, grid.shots, grid.seeds, grid.methods)
-    for dataset, backbone, shots, seed, method in cells:
-        config = run_config(study, dataset, backbone, shots, seed, method)
+    used: set[str] = set()
+    for point in grid_points(study):
+        dataset, method = point.dataset, point.method
+        config = run_config(study, point)
+        used.add(config.prompt_method)
         precision = config.precision.value
         encode_id = f"encode:{dataset}:{config.backbone}:{config.pretrained}:{precision}"
         by_kind["encode"].setdefault(
@@ -107,7 +142,7 @@ def expand_jobs(study: Study) -> list[Job]:
                 payload={"config": config.to_dict()}),
         )  # fmt: skip
         run_id = config.run_id
-        label = f"{dataset} {config.backbone} {shots}-shot seed {seed} {method}"
+        label = point.label
         train_id = f"train:{run_id}"
         by_kind["train"].setdefault(
             train_id, Job(train_id, "train", dataset, run_id, label, (encode_id,), {"config": config.to_dict()})
@@ -122,7 +157,17 @@ def expand_jobs(study: Study) -> list[Job]:
             by_kind["evaluate"].setdefault(
                 job_id, Job(job_id, "evaluate", dataset, run_id, f"{label} -> {target}", (train_id,), payload)
             )
+    check_sections_used(study, used)
     return [job for kind in KINDS for job in by_kind[kind].values()]
+
+
+def check_sections_used(study: Study, methods: set[str]) -> None:
+    """Refuse a method's section (``[kgcoop]``) when no grid point trains that method: it would change nothing."""
+    for dotted in study.base:
+        section = dotted.split(".")[0]
+        if section in option_sections() and section not in methods:
+            raise StudyFileError(f"{dotted} applies to prompt.method = {section} only, and no grid point trains "
+                                 f"{section}; add it to grid prompt.method or drop [{section}]")
 
 
 # ----------------------------------------------------------------------------------------------- done-detection

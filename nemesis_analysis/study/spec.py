@@ -1,10 +1,13 @@
 """The study file: TOML read into typed, validated dataclasses; a bad key or value is refused by its dotted name.
 
-Sections: ``[study]`` (name), ``[grid]`` (datasets, shots, seeds, backbones, methods, protocol, precision,
-epochs, recipe), ``[prompt]`` and ``[optim]`` (as ``RunConfig``), ``[variants.NAME]`` (named Nemesis
-settings), ``[corrupt]`` (a named grid or explicit ops/positions/factors/stds/reps), ``[evaluate]``
-(protocol targets), ``[outputs]`` (folders, device, network policy) and ``[resources]`` (CPUs and GPUs
-per job, retries, parallelism). Relative output paths are taken from the current directory.
+A study speaks the run config's language: its run sections are exactly a run file's (``[prompt]``,
+``[nemesis]``, ``[optim]`` and each declared method's, e.g. ``[plot]``, ``[kgcoop]``), checked by the run
+config's own declarations, so an error reads as it does for ``--set``. Other sections: ``[study]`` (name),
+``[grid]`` (datasets, shots, seeds, backbones, methods, protocol, precision, epochs, recipe, and any run
+setting by its dotted name as an axis: ``prompt.method = ["coop", "kgcoop"]``), ``[variants.NAME]``
+(named ``nemesis.*`` settings), ``[corrupt]`` (a named grid or explicit ops/positions/factors/stds/reps),
+``[evaluate]`` (protocol targets), ``[outputs]`` (folders, device, network policy) and ``[resources]``
+(CPUs and GPUs per job, retries, parallelism). Relative output paths are taken from the current directory.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from nemesis_analysis.choices import Protocol
-from nemesis_analysis.errors import ConfigError
+from nemesis_analysis.config import check_setting, default_pretrained, flatten, sections
+from nemesis_analysis.errors import ConfigError, FieldError
 
 
 class StudyFileError(ConfigError):
@@ -98,11 +101,6 @@ class Backbone:
     pretrained: str  # open_clip tag, weights file, "embedded" or "none"
 
 
-def default_pretrained(backbone: str) -> str:
-    """The CLI's rule: the tiny CLIP's own weights, OpenAI's for every other architecture."""
-    return "embedded" if backbone == "nemesis-tiny" else "openai"
-
-
 def _backbone(key: str, value: Any) -> Backbone:
     if isinstance(value, str):
         return Backbone(_string(key, value), default_pretrained(value))
@@ -110,7 +108,6 @@ def _backbone(key: str, value: Any) -> Backbone:
     return Backbone(checked["name"], checked.get("pretrained", default_pretrained(checked["name"])))
 
 
-PROTOCOLS = tuple(p.value for p in Protocol)  # fewshot, base2new, crossdataset, dg
 BUILTIN_VARIANTS: dict[str, dict] = {"coop": {}, "pun": {"beta": 1.0}, "pan": {"beta": 0.0}}
 _BETA_NAME = re.compile(r"^beta(\d+(?:\.\d+)?)$")
 
@@ -125,59 +122,76 @@ class Grid:
     protocol: str = "fewshot"
     precision: str | None = None  # None: amp when jobs hold a GPU, fp32 otherwise
     epochs: int | None = None  # None: CoOp's epochs for the shot count
-    recipe: str | None = None  # coop or paper (config.apply_recipe)
+    recipe: str | None = None  # coop, paper or a method's recipe (config.apply_recipe)
+    axes: tuple[tuple[str, tuple], ...] = ()  # (dotted run setting, its values), e.g. ("prompt.method", ("coop", "kgcoop"))
+
+
+def _setting(key: str, dotted: str, value: Any) -> Any:
+    """One run-setting value checked by the run config's declaration (``key``: where it sits in the file)."""
+    try:
+        return check_setting(dotted, value)
+    except FieldError as error:  # the run config's words; no flag (a study file has none)
+        raise StudyFileError(str(error) if key == dotted else f"{key}: {error}") from None
+
+
+GRID_KEYS: dict[str, Callable[[str, Any], Any]] = {
+    "datasets": lambda k, v: _list(k, v, lambda kk, vv: _setting(kk, "dataset", _string(kk, vv))),
+    "shots": lambda k, v: _list(k, v, lambda kk, vv: _setting(kk, "shots", vv)),
+    "seeds": lambda k, v: _list(k, v, lambda kk, vv: _integer(kk, vv, 0)),
+    "backbones": lambda k, v: _list(k, v, _backbone),
+    "methods": lambda k, v: _list(k, v, _string),
+    "protocol": lambda k, v: _setting(k, "protocol", v).value,
+    "precision": lambda k, v: _setting(k, "precision", v).value,
+    "epochs": lambda k, v: _setting(k, "epochs", v),
+    "recipe": lambda k, v: _setting(k, "recipe", v),
+}
+
+
+# run settings that [grid] sets through its own keys (plural lists, or one value for every run)
+GRID_AXIS_KEYS = {"dataset": "datasets", "shots": "shots", "seed": "seeds", "backbone": "backbones",
+                  "pretrained": "backbones", "protocol": "protocol", "precision": "precision", "epochs": "epochs",
+                  "recipe": "recipe"}  # fmt: skip
 
 
 def _grid(data: Any) -> Grid:
-    checked = _section(
-        data,
-        "grid",
-        {
-            "datasets": lambda k, v: _list(k, v, _string),
-            "shots": lambda k, v: _list(k, v, lambda kk, vv: _integer(kk, vv, 1)),
-            "seeds": lambda k, v: _list(k, v, lambda kk, vv: _integer(kk, vv, 0)),
-            "backbones": lambda k, v: _list(k, v, _backbone),
-            "methods": lambda k, v: _list(k, v, _string),
-            "protocol": lambda k, v: _string(k, v, PROTOCOLS),
-            "precision": lambda k, v: _string(k, v, ("fp32", "amp", "fp16")),
-            "epochs": lambda k, v: _integer(k, v, 1),
-            "recipe": lambda k, v: _string(k, v, ("coop", "paper")),
-        },
-        required=("datasets", "shots", "seeds"),
-    )
-    return Grid(**checked)
+    if not isinstance(data, dict):
+        _fail("grid", "must be a table", data)
+    flat = flatten(data)  # prompt.method = [...] in [grid] is a nested table in TOML: back to dotted names
+    fixed = {k: v for k, v in flat.items() if k in GRID_KEYS}
+    checked = _section(fixed, "grid", GRID_KEYS, required=("datasets", "shots", "seeds"))
+    axes = tuple((dotted, _axis(dotted, values)) for dotted, values in flat.items() if dotted not in GRID_KEYS)
+    return Grid(**checked, axes=axes)
 
 
-PROMPT_KEYS: dict[str, Callable[[str, Any], Any]] = {
-    "n_ctx": lambda k, v: _integer(k, v, 1),
-    "csc": _boolean,
-    "class_token_position": lambda k, v: _string(k, v, ("end", "middle", "front")),
-    "ctx_init": _string,
-    "init_std": lambda k, v: _number(k, v, 0.0),
-}
-OPTIM_KEYS: dict[str, Callable[[str, Any], Any]] = {
-    "lr": lambda k, v: _number(k, v, 0.0, strict=True),
-    "batch_size": lambda k, v: _integer(k, v, 1),
-    "momentum": lambda k, v: _number(k, v, 0.0),
-    "weight_decay": lambda k, v: _number(k, v, 0.0),
-    "warmup_epochs": lambda k, v: _integer(k, v, 0),
-    "warmup_lr": lambda k, v: _number(k, v, 0.0),
-}
-VARIANT_KEYS: dict[str, Callable[[str, Any], Any]] = {
-    "beta": lambda k, v: _unit(k, v),
-    "weight": lambda k, v: _number(k, v, 0.0),
-    "norm_type": lambda k, v: _string(k, v, ("l2", "l1", "inf")),
-    "pan_positions": lambda k, v: _integer(k, v, 1),
-    "pan_factor": _number,
-    "omega": lambda k, v: _string(k, v, ("sigmoid", "constant")),
-}
+def _axis(dotted: str, values: Any) -> tuple:
+    """A ``[grid]`` axis over the run setting ``dotted``: a non-empty list of values, each checked as for --set."""
+    from nemesis_analysis.config import settings
+
+    if dotted in GRID_AXIS_KEYS:
+        raise StudyFileError(f"grid.{dotted}: unknown key; the grid's axis of {dotted} is grid.{GRID_AXIS_KEYS[dotted]}")
+    if dotted not in settings():
+        known = ", ".join([*GRID_KEYS, "or a run setting by dotted name (e.g. prompt.method, nemesis.weight)"])
+        raise StudyFileError(f"grid.{dotted}: unknown key; [grid] takes {known}")
+    checked = _list(f"grid.{dotted}", values, lambda k, v: _setting(k, dotted, v))
+    return tuple(getattr(v, "value", v) for v in checked)
 
 
-def _unit(key: str, value: Any) -> float:
-    number = _number(key, value, 0.0)
-    if number > 1.0:
-        _fail(key, "must lie in [0, 1]", value)
-    return number
+def _run_section(name: str, data: Any) -> dict:
+    """A run section (``[prompt]``, ``[kgcoop]``, ...) as dotted settings, checked as a run file's."""
+    if not isinstance(data, dict):
+        _fail(name, "must be a table", data)
+    for key, value in data.items():
+        _setting(f"{name}.{key}", f"{name}.{key}", value)
+    return {f"{name}.{key}": value for key, value in data.items()}
+
+
+def _variant(name: str, data: Any) -> dict:
+    """A ``[variants.NAME]`` table: any ``nemesis.*`` settings, checked as for --set."""
+    if not isinstance(data, dict):
+        _fail(f"variants.{name}", "must be a table of nemesis settings", data)
+    for key, value in data.items():
+        _setting(f"variants.{name}", f"nemesis.{key}", value)
+    return dict(data)
 
 
 CORRUPT_GRIDS = {"default": ("rescale", "replace"), "rescale": ("rescale",), "replace": ("replace",)}
@@ -304,8 +318,7 @@ def _resources(data: Any) -> Resources:
 class Study:
     name: str
     grid: Grid
-    prompt: dict = field(default_factory=dict)  # PromptConfig fields
-    optim: dict = field(default_factory=dict)  # OptimConfig fields
+    base: dict = field(default_factory=dict)  # run settings of the run sections, by dotted name
     variants: dict[str, dict] = field(default_factory=dict)  # method name -> NemesisConfig fields
     corrupt: CorruptSpec | None = None
     evaluate: EvaluateSpec | None = None
@@ -341,14 +354,19 @@ class Study:
         return Study(**{**self.__dict__, "outputs": resolved})
 
 
-SECTIONS = ("study", "grid", "prompt", "optim", "variants", "corrupt", "evaluate", "outputs", "resources")
+STUDY_SECTIONS = ("study", "grid", "variants", "corrupt", "evaluate", "outputs", "resources")
+
+
+def study_sections() -> tuple[str, ...]:
+    """Every section a study file may have: its own, then the run sections (prompt, nemesis, optim, plot, ...)."""
+    return STUDY_SECTIONS[:2] + tuple(sections()) + STUDY_SECTIONS[2:]
 
 
 def parse_study(data: dict, default_name: str = "study", path: Path | None = None) -> Study:
-    """Validate a parsed study file; raises StudyFileError naming the first bad key."""
+    """Validate a parsed study file; raises StudyFileError (or the run config's FieldError) naming the first bad key."""
     for name in data:
-        if name not in SECTIONS:
-            raise StudyFileError(f"{name}: unknown section; a study file has {', '.join(SECTIONS)}")
+        if name not in study_sections():
+            raise StudyFileError(f"{name}: unknown section; a study file has {', '.join(study_sections())}")
     info = _section(data.get("study", {}), "study", {"name": _name, "description": lambda k, v: str(v)})
     variants_table = data.get("variants", {})
     if not isinstance(variants_table, dict):
@@ -357,9 +375,8 @@ def parse_study(data: dict, default_name: str = "study", path: Path | None = Non
         name=info.get("name", default_name),
         description=info.get("description", ""),
         grid=_grid(data.get("grid")) if "grid" in data else _missing_grid(),
-        prompt=_section(data.get("prompt", {}), "prompt", PROMPT_KEYS),
-        optim=_section(data.get("optim", {}), "optim", OPTIM_KEYS),
-        variants={name: _section(v, f"variants.{name}", VARIANT_KEYS) for name, v in variants_table.items()},
+        base={k: v for name in sections() if name in data for k, v in _run_section(name, data[name]).items()},
+        variants={name: _variant(name, v) for name, v in variants_table.items()},
         corrupt=_corrupt(data["corrupt"]) if "corrupt" in data else None,
         evaluate=_evaluate(data["evaluate"]) if "evaluate" in data else None,
         outputs=_outputs(data.get("outputs", {})),

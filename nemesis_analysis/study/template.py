@@ -25,9 +25,10 @@ methods = ["coop", "pun"]          # coop, pun, pan, betaB (e.g. beta0.5), or a 
 protocol = "fewshot"               # fewshot, base2new, crossdataset or dg (see README, Protocols)
 # precision = "fp32"               # fp32, amp or fp16; default: amp when jobs hold a GPU, else fp32
 epochs = 5                         # default: CoOp's epochs for the shot count (50/100/100/200/200)
-# recipe = "paper"                 # coop or paper (see `nemesis train --help`)
+# recipe = "paper"                 # coop, paper or cocoop (see `nemesis train --help`)
+# prompt.method = ["coop", "kgcoop"]  # any run setting by its dotted name is an axis (see docs/config.md)
 
-[prompt]                           # the context layout (as `nemesis train`)
+[prompt]                           # the run sections are a run file's ([prompt], [nemesis], [optim], [plot], [kgcoop])
 n_ctx = 8                          # context vectors M
 # csc = false                      # class-specific context
 # class_token_position = "end"     # end, middle or front
@@ -37,7 +38,10 @@ n_ctx = 8                          # context vectors M
 # lr = 0.002
 # batch_size = 32
 
-# [variants.pun-strong]            # a named Nemesis setting, usable in grid.methods
+# [kgcoop]                         # a method's options apply to that method's runs only
+# weight = 4.0
+
+# [variants.pun-strong]            # a named Nemesis setting (any nemesis.* field), usable in grid.methods
 # beta = 1.0                       # 1 = PUN, 0 = PAN, in between = a mix
 # weight = 2.0                     # the norm-loss weight (--alpha)
 # norm_type = "l2"                 # l2, l1 or inf
@@ -64,12 +68,12 @@ checkpoints = "checkpoints"
 reports = "reports/my-study"
 # data_root = "/data"              # the CoOp datasets (default: $NEMESIS_DATA)
 # cache_dir = "/weights"           # open_clip weights
-# device = "auto"                  # auto, cpu, cuda or cuda:N
+# device = "auto"                  # auto (the GPU when num_gpus > 0, else the CPU), cpu, cuda or cuda:N
 # offline = false
 
 [resources]                        # per job (Ray: one long-lived worker per slot)
 num_cpus = 1                       # torch uses this many threads
-num_gpus = 0                       # 0.5: two workers share a GPU
+num_gpus = 0                       # 1: jobs run on a GPU (local too); 0.5: two Ray workers share one
 max_retries = 2                    # retries after a lost worker (died, out of memory); our own errors are not retried
 # max_parallel = 4                 # default: as many workers as the cluster has slots
 '''

@@ -9,6 +9,7 @@ jobs). The returned summaries are small dicts of numbers and strings.
 from __future__ import annotations
 
 from nemesis_analysis.config import RunConfig
+from nemesis_analysis.devices import resolve_run_config
 from nemesis_analysis.errors import NemesisError
 from nemesis_analysis.session import Session
 from nemesis_analysis.study import faults
@@ -67,7 +68,7 @@ def train_job(job, session: Session) -> dict:
 
 def corrupt_job(job, session: Session) -> dict:
     """Sweep the job's grid on its trained prompt; only keys missing from reports/corruptions are computed."""
-    from nemesis_analysis.storage.artifacts import load_prompt
+    from nemesis_analysis.storage.artifacts import read_prompt
     from nemesis_analysis.corruption.ops import expand_grid
     from nemesis_analysis.corruption.sweep_runs import method_for_identity
     from nemesis_analysis.corruption.sweep import run_corruption_sweep
@@ -75,8 +76,8 @@ def corrupt_job(job, session: Session) -> dict:
     config = RunConfig.from_dict(job.payload["config"])
     loaded, dataset = model_and_data(config, session)
     folder = session.run_dir(job.run_id).path
-    ctx, _ = load_prompt(folder)
-    identity = config.resolved(loaded.device.type).identity(n_ctx=ctx.shape[-2])
+    ctx = read_prompt(folder).ctx
+    identity = resolve_run_config(config, loaded.device).identity(n_ctx=ctx.shape[-2])
     method = method_for_identity(loaded, dataset.classnames, identity, config.method_options())
     method.load(folder)  # every saved tensor, not only the context (CoCoOp's meta-network)
     grid = expand_grid(method.n_positions, **job.payload["grid"])  # flat positions (PLOT: N * n_ctx)

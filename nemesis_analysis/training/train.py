@@ -22,9 +22,12 @@ import torch.nn.functional as F
 from nemesis_analysis.training import nemesis
 from nemesis_analysis import protocols
 from nemesis_analysis.storage import store
+from nemesis_analysis.choices import Precision
 from nemesis_analysis.clip.augment import augment_image
+from nemesis_analysis.clip.encoding import fp32_text_passes
 from nemesis_analysis.config import NemesisConfig, OptimConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits, Sample
+from nemesis_analysis.devices import host_features, resolve_run_config
 from nemesis_analysis.data.fewshot import sample_train_shots
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
 from nemesis_analysis.evaluate import write_run_evaluations
@@ -121,7 +124,7 @@ class TrainingRun:
     rows: list[dict] = field(default_factory=list)
     start_epoch: int = 0
     on_step: Callable[["StepRecord"], None] | None = None  # called after every SGD step
-    test_local: torch.Tensor | None = None  # (n_test, locations, embed) when the method scores local features
+    test_local: torch.Tensor | None = None  # (n_test, locations, embed) on the host, when the method scores them
 
 
 @dataclass
@@ -202,7 +205,7 @@ def train_prompt(
         raise ConfigError(f"dataset {config.dataset} has no train split (test-only); train on its source dataset")
     samples = sample_train_shots(dataset, config.shots, config.seed, config.allow_missing_classes)
     dataset, samples = protocols.training_view(config.protocol, dataset, samples)  # base2new: base classes only
-    config = config.resolved(loaded.device.type).with_dataset_fingerprint(dataset.fingerprint)
+    config = resolve_run_config(config, loaded.device).with_dataset_fingerprint(dataset.fingerprint)
     run_dir = session.run_dir(config.run_id)
     with run_dir.lock():  # a second process on the same run waits here, then reuses the finished run
         if force:
@@ -222,7 +225,7 @@ def train_prompt(
 def run_epochs(run: TrainingRun, session: Session, on_epoch, should_stop, save_every: int) -> bool:
     """Train the remaining epochs; True when ``should_stop`` ended them early (the last epoch run is saved)."""
     config = run.config
-    label = f"{config.prompt_method} {config.method} {config.dataset} {config.shots}-shot seed {config.seed}"
+    label = f"{config.prompt_method} {config.regularizer} {config.dataset} {config.shots}-shot seed {config.seed}"
     with progress_bar(label, total=config.num_epochs, enabled=session.progress) as advance:
         advance(run.start_epoch)
         for epoch in range(run.start_epoch, config.num_epochs):
@@ -246,7 +249,7 @@ def supersede_run(session: Session, run_dir: RunDir) -> None:
 
 def load_model_and_data(config: RunConfig, session: Session) -> tuple[LoadedModel, DatasetSplits]:
     """The session's model and dataset for ``config``; bad precision/device pairs fail before any loading."""
-    config.resolved(session.torch_device().type)
+    config = resolve_run_config(config, session.torch_device())
     dataset = session.dataset(config.dataset)
     return session.model(config.backbone, config.pretrained, config.precision), dataset
 
@@ -270,7 +273,7 @@ def start_run(
                       test_features.to(loaded.device), test_labels, zero_shot, run_dir)  # fmt: skip
     if method.needs_local_features:
         test_local, _ = local_image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
-        run.test_local = test_local.to(loaded.device)
+        run.test_local = host_features(test_local, loaded.device)  # scoring moves chunks (PLOT)
     if method.encodes_images:  # its image features depend on the prompt: it scores the test images
         run.test_features = method.image_inputs(dataset, dataset.test, session.feature_cache, session.progress)[0]
     restore_state(run)
@@ -401,19 +404,44 @@ def nemesis_term(
     term = NemesisTerm(zero, pun, zero, torch.zeros(method.n_positions))
     if spec.uses_pan:
         positions = nemesis.choose_pan_positions(method.n_positions, spec.pan_positions, generator)
-        with torch.no_grad():
-            # Pre-inference reuses this step's image features; all NP variants in one text pass.
-            variants = nemesis.rescale_positions_variants(slot.detach(), positions.to(slot.device), spec.pan_factor)
-            rescaled_logits = method.variant_scores(variants, features, local)  # (NP, batch, classes)
-            correct_rescaled = (rescaled_logits.argmax(-1) == labels[None]).sum(-1)  # (NP,)
-            correct_base = (logits.argmax(-1) == labels).sum()
-            alpha = nemesis.pan_alpha(correct_base, correct_rescaled, spec.pan_alpha_weight)
+        correct_base, correct_rescaled = pan_counts(method, slot, positions, spec.pan_factor, features, labels,
+                                                    logits, local)  # fmt: skip
+        alpha = nemesis.pan_alpha(correct_base, correct_rescaled, spec.pan_alpha_weight)
         term.pan = nemesis.pan_loss(slot, positions.to(slot.device), alpha.to(slot.device), norm_type, reduction)
         term.hits[positions[alpha.cpu() > 0]] += 1
         term.positions, term.alpha = positions, alpha
         term.correct_base, term.correct_rescaled = int(correct_base), correct_rescaled
     term.loss = nemesis.nemesis_loss(term.pun, term.pan, spec.beta, omega_value)
     return term
+
+
+@torch.no_grad()
+@fp32_text_passes()
+def pan_counts(
+    method: PromptMethod,
+    slot: torch.Tensor,
+    positions: torch.Tensor,
+    factor: float,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    logits: torch.Tensor,
+    local: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PAN's pre-inference: the batch's correct count without rescaling, and ``(NP,)`` with each chosen
+    position rescaled alone by ``factor``, from this step's image features; all NP variants in one text pass.
+
+    Like with like: the counts come from fp32 text passes, and unless the training pass itself ran in fp32
+    the unchanged slot joins the variants' pass (bf16 or fp16 would round the differently shaped training
+    pass and the variants' pass apart, so an identity rescale could change a count)."""
+    variants = nemesis.rescale_positions_variants(slot.detach(), positions.to(slot.device), factor)
+    same_pass = method.loaded.precision != Precision.FP32
+    if same_pass:
+        variants = torch.cat([slot.detach()[None].to(variants.dtype), variants])
+    scores = method.variant_scores(variants, features, local)  # ([1 +] NP, batch, classes)
+    correct = (scores.argmax(-1) == labels[None]).sum(-1)  # ([1 +] NP,)
+    if same_pass:
+        return correct[0], correct[1:]
+    return (logits.argmax(-1) == labels).sum(), correct
 
 
 def evaluate(
