@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis.config import MapleConfig, NemesisConfig, OptimConfig, PromptConfig, RunConfig
+from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig
+from nemesis_analysis.methods.declarations import MapleConfig
 from nemesis_analysis.corruption.engine import variant_outcomes
 from nemesis_analysis.corruption.ops import GridSpec
 from nemesis_analysis.errors import ConfigError, ModelError
