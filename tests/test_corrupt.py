@@ -163,7 +163,7 @@ def test_resume_adds_only_missing_rows(tiny_context, generic_run, session):
     assert widened.rows_written == len(wider) - 5 and widened.rows_reused == 5
     new_keys = set(after[KEY].itertuples(index=False, name=None)) - before
     new_cells = {c.key() for c in wider} - {c.key() for c in small}  # (op, position, factor, rep)
-    assert new_keys == {(op, 0, position, factor, rep) for op, position, factor, rep in new_cells}  # prompt 0
+    assert new_keys == {(op, 0, position, factor, rep, 0) for op, position, factor, rep in new_cells}  # prompt 0, layer 0
     assert not after.duplicated(KEY).any()
 
 
