@@ -47,8 +47,8 @@ def test_options_of_another_method_are_refused_with_the_field():
     assert info.value.field == "kgcoop.weight"
     with pytest.raises(ConfigError, match=r"plot.num_prompts applies to prompt.method = plot only"):
         RunConfig(prompt=PromptConfig(method="cocoop"), plot=PLOTConfig(num_prompts=3))
-    with pytest.raises(ConfigError, match="unknown prompt method 'maple'"):
-        PromptConfig(method="maple")
+    with pytest.raises(ConfigError, match="unknown prompt method 'promptsrc'"):
+        PromptConfig(method="promptsrc")
 
 
 def test_identity_records_the_prompt_method_and_old_parts_read_as_coop(tmp_path):
