@@ -279,8 +279,8 @@ def test_cli_method_flags_help_panels_and_refusals():
     assert shown.exit_code == 0 and 'method = "kgcoop"' in shown.output and "weight = 2.0" in shown.output
     config = RunConfig.from_dict({"prompt": {"method": "kgcoop"}, "kgcoop": {"weight": 2.0}})
     assert config.method_options() == KgCoOpConfig(weight=2.0) and RunConfig().method_options() is None
-    unknown = runner.invoke(app, ["train", "--method", "maple", "--print-config"])
-    assert unknown.exit_code == 2 and "unknown prompt method 'maple'" in unknown.output
+    unknown = runner.invoke(app, ["train", "--method", "promptsrc", "--print-config"])
+    assert unknown.exit_code == 2 and "unknown prompt method 'promptsrc'" in unknown.output
 
 
 def test_summaries_group_by_prompt_method():
