@@ -86,7 +86,7 @@ def maple(loaded, classnames, depth=9, n_ctx=2, ctx_init="a photo of a", seed=0)
 
 
 def check_exact(method, pixels):
-    prompts = method.layered(method.ctx[None].detach())[0]
+    prompts = method.layered(method.position_tensor()[None].detach())[0]
     with torch.no_grad():
         assert torch.allclose(method.text_features()[0], reference_text(method, prompts), atol=2e-5)
         ours = method.image_features_of(prompts[None], pixels)[0]
@@ -105,7 +105,7 @@ def test_towers_equal_the_per_layer_computation_on_a_random_init_vit_b16():
 
     loaded = load_model("ViT-B-16", pretrained="none", device="cpu", precision="fp32")
     method = randomised(maple(loaded, ["cat", "dog", "sea_lion"], depth=9))
-    assert method.depth == 9 and method.ctx.shape == (9 * 2, 512)
+    assert method.depth == 9 and method.ctx.shape == (9, 2, 512) and method.position_tensor().shape == (18, 512)
     assert [c.out_features for c in method.coupling] == [768] * 9  # vision width read from the model
     check_exact(method, torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2)))
 
@@ -116,14 +116,14 @@ def test_official_context_handling_with_two_words_of_a_photo_of_a(tiny_context):
     embedded = tiny_context.loaded.model.token_embedding(tokens)[0].float()
     length = method.base.shape[1]
     assert torch.equal(method.base[0], embedded[:length].to(method.base))  # "of a" stays as fixed text
-    assert torch.allclose(method.ctx[:2].detach(), embedded[1:3])  # "a photo" is learned
+    assert torch.allclose(method.ctx[0].detach(), embedded[1:3])  # "a photo" is learned
     first = method.coupling[0]
     assert all(torch.equal(c.weight, first.weight) and torch.equal(c.bias, first.bias) for c in method.coupling)
 
 
 def test_layer_state_cache_equals_the_full_pass_in_any_layer_order(tiny_context):
     method = randomised(maple(tiny_context.loaded, tiny_context.dataset.classnames, n_ctx=2), seed=3)
-    ctx = method.ctx.detach().clone()
+    ctx = method.position_tensor().detach().clone()
     pixels = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(4))
     cache = method.prefix_cache(ctx)
     with torch.no_grad():
@@ -139,7 +139,7 @@ def test_layer_state_cache_equals_the_full_pass_in_any_layer_order(tiny_context)
 
 def rescale_visibility(method, pixels, positions, factor=2.0):
     """``invisible`` of rescaling each flat position by ``factor`` (the engine's cached path)."""
-    ctx = method.ctx.detach().clone()
+    ctx = method.position_tensor().detach().clone()
     original = method.variant_scores(ctx[None], pixels)[0]
     variants = ctx[None].repeat(len(positions), 1, 1)
     for row, position in enumerate(positions):
@@ -186,8 +186,8 @@ def test_official_checkpoint_import_checks_shapes(tiny_context):
     state["prompt_learner.proj.weight"] = torch.randn(vision, width, generator=generator)
     state["prompt_learner.proj.bias"] = torch.randn(vision, generator=generator)
     method.load_official({"state_dict": state, "epoch": 5})
-    assert torch.equal(method.ctx[:2].detach(), state["prompt_learner.ctx"])
-    assert torch.equal(method.ctx[4:].detach(), state["prompt_learner.compound_prompts_text.1"])
+    assert torch.equal(method.ctx[0].detach(), state["prompt_learner.ctx"])
+    assert torch.equal(method.ctx[2].detach(), state["prompt_learner.compound_prompts_text.1"])
     assert torch.equal(method.coupling[0].weight.detach(), state["prompt_learner.proj.weight"])
     assert torch.equal(method.coupling[2].bias.detach(), state["prompt_learner.compound_prompt_projections.1.bias"])
     with pytest.raises(ModelError, match="maple.depth=2"):

@@ -138,8 +138,8 @@ def check_run_prompt(ctx, config: RunConfig, loaded, num_classes: int, run_dir: 
     expected = (num_classes, n_ctx, width) if config.prompt.csc else (n_ctx, width)
     if config.prompt_method == "plot":
         expected = (config.num_prompts, n_ctx, width)
-    elif config.prompt_method == "maple":  # every layer's prompts, flat
-        expected = (method_class("maple").flat_positions(config), width)
+    elif config.prompt_method == "maple":  # every prompted layer's M prompts
+        expected = (method_class("maple").flat_positions(config) // config.prompt.n_ctx, config.prompt.n_ctx, width)
     if tuple(ctx.shape) != expected:
         raise DamagedFileError(
             f"run file {run_dir.file(ARTIFACT_TENSORS)} is damaged (context of shape {tuple(ctx.shape)}, the run's "

@@ -11,8 +11,9 @@ tokens of ``ctx_init`` when ``n_ctx <= 4`` (with M = 2 and "a photo of a", "a ph
 stays fixed text), else from N(0, init_std^2) with placeholder tokens; compound prompts start from
 N(0, init_std^2); the coupling layers start as copies of one PyTorch-initialised linear layer.
 
-The position slot ``ctx`` holds every learned prompt vector, ``(J * M, width)``: flat position ``q`` is layer
-``q // M``, position ``q % M`` (:meth:`MaPLe.position_layers`). Nemesis norms exactly these (layer, position)
+The slot ``ctx`` holds every learned prompt vector, ``(J, M, width)`` (saved so); corruption, norms and
+trajectories see it flat, ``(J * M, width)``: flat position ``q`` is layer ``q // M``, position ``q % M``
+(:meth:`MaPLe.position_layers`). Nemesis norms exactly these (layer, position)
 vectors; the coupling layers are maps, not positions, so they are trained but never normed or corrupted
 (a corruption of ``p^i`` reaches the vision tower through ``Linear_i``).
 
@@ -178,7 +179,7 @@ class MapleTowers:
 
 @register_method("maple")
 class MaPLe(PromptMethod):
-    """The position slot ``ctx`` (J * M, width), fp32, plus the ``coupling`` layers (J linear maps, fp32)."""
+    """The slot ``ctx`` (J, M, width), fp32 (positions: its flat view), plus the ``coupling`` layers (J linear maps)."""
 
     encodes_images = True
 
@@ -216,13 +217,13 @@ class MaPLe(PromptMethod):
         self.towers = MapleTowers(loaded.model, self.n_ctx, self.depth, self.coupling)
 
     def _initial_prompts(self, base: Tensor, seed: int) -> Tensor:
-        """(J * M, width): layer 0 from ctx_init's words (or N(0, std^2)), deeper layers from N(0, std^2)."""
+        """(J, M, width): layer 0 from ctx_init's words (or N(0, std^2)), deeper layers from N(0, std^2)."""
         generator = torch.Generator().manual_seed(seed)
         width = base.shape[-1]
         prompts = torch.randn(self.depth, self.n_ctx, width, generator=generator) * self.config.init_std
         if self.from_words:
             prompts[0] = base[0, 1 : 1 + self.n_ctx].cpu()
-        return prompts.flatten(0, 1)
+        return prompts
 
     def _initial_coupling(self, seed: int) -> nn.ModuleList:
         """J copies of one ``Linear(text width, vision width)`` with PyTorch's default init drawn from ``seed``."""
@@ -252,6 +253,24 @@ class MaPLe(PromptMethod):
     def trainable(self) -> dict[str, Tensor]:
         return {"ctx": self.ctx, **{f"coupling.{name}": p for name, p in self.coupling.named_parameters()}}
 
+    def position_tensor(self) -> Tensor:
+        """``ctx`` viewed as (J * M, width): flat position q is (layer q // M, position q % M)."""
+        return self.ctx.view(self.depth * self.n_ctx, self.width)
+
+    def positions_of(self, slot_value: Tensor) -> Tensor:
+        """A saved ``ctx`` (J, M, width) as flat positions (J * M, width); flat input is returned as it is."""
+        if tuple(slot_value.shape) == (self.depth, self.n_ctx, self.width):
+            return slot_value.reshape(self.depth * self.n_ctx, self.width)
+        return slot_value
+
+    def save(self, directory, extra: dict | None = None):
+        """Write ``ctx`` as (J, M, width) and the coupling layers, with the metadata."""
+        from nemesis_analysis.storage.artifacts import save_prompt
+
+        tensors = {name: t for name, t in self.trainable().items() if name != "ctx"}
+        return save_prompt(directory, self.ctx, {**self.metadata(), "prompt_method": self.name, **(extra or {})},
+                           extra=tensors)  # fmt: skip
+
     def variant_floats(self) -> int:
         return self.num_classes * self.base.shape[1] * self.width
 
@@ -267,8 +286,10 @@ class MaPLe(PromptMethod):
         return [(0, q % n_ctx, q // n_ctx) for q in range(effective_depth(config.maple.depth, config.backbone) * n_ctx)]
 
     def layered(self, slot_variants: Tensor) -> Tensor:
-        """Flat variants (variants, J * M, width) as (variants, J, M, width) on the method's device, fp32."""
-        return slot_variants.to(self.device, torch.float32).unflatten(1, (self.depth, self.n_ctx))
+        """Flat variants (variants, J * M, width) (or already (variants, J, M, width), as the slot is saved) as
+        (variants, J, M, width) on the method's device, fp32."""
+        slot_variants = slot_variants.to(self.device, torch.float32)
+        return slot_variants if slot_variants.dim() == 4 else slot_variants.unflatten(1, (self.depth, self.n_ctx))
 
     def text_start(self) -> Tensor:
         """The text states at the input of block 0 before substitution: embeddings + positions (classes, length, width)."""
@@ -280,7 +301,7 @@ class MaPLe(PromptMethod):
         return max(1, budget // (variants * tokens * self.loaded.model.visual.conv1.out_channels))
 
     def text_features(self, slot_variants: Tensor | None = None) -> Tensor:
-        prompts = self.layered(self.ctx[None] if slot_variants is None else slot_variants)
+        prompts = self.layered(self.position_tensor()[None] if slot_variants is None else slot_variants)
         with self.loaded.text_autocast():
             features = self.towers.text_from(self.text_start(), prompts, 0, self.eos)
         return F.normalize(features.float(), dim=-1)
@@ -305,7 +326,7 @@ class MaPLe(PromptMethod):
         return torch.cat(parts, dim=1)
 
     def scores(self, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
-        return self.variant_scores(self.ctx[None], image_features)[0]
+        return self.variant_scores(self.position_tensor()[None], image_features)[0]
 
     def logits(self, image_features: Tensor, local_features: Tensor | None = None) -> Tensor:
         return self.loaded.logit_scale * self.scores(image_features)
@@ -418,7 +439,7 @@ def official_tensors(source: Path | str | dict, depth: int, n_ctx: int) -> dict[
         shapes = sorted({tuple(t.shape) for t in layers})
         raise ModelError(f"the MaPLe checkpoint's prompts have shapes {shapes}; this run needs ({n_ctx}, width): "
                          "pass its --n-ctx")  # fmt: skip
-    tensors = {"ctx": torch.cat([t.float() for t in layers])}
+    tensors = {"ctx": torch.stack([t.float() for t in layers])}
     for i in range(depth):
         source_name = "proj" if i == 0 else f"compound_prompt_projections.{i - 1}"
         for part in ("weight", "bias"):
