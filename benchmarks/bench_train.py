@@ -85,7 +85,7 @@ def ours_step(learner: RecordingCoOp, ctx0: torch.Tensor) -> Callable:
 
     def step(pixels, labels):
         losses, _ = train_step(run, pixels, labels, 0.0, generator, epoch=0)
-        return losses["loss"], learner.last_logits.argmax(dim=1).cpu()
+        return float(losses["loss"]), learner.last_logits.argmax(dim=1).cpu()
 
     return step
 

@@ -68,7 +68,7 @@ def sweep(loaded) -> None:
     predictions, sweep_seconds = _timed(lambda: predict_corruptions(learner, learner.ctx.detach(), grid, "gpu-study", features))
     assert predictions.shape == (len(grid), CALTECH_TEST_IMAGES), f"predictions {tuple(predictions.shape)}, expected {(len(grid), CALTECH_TEST_IMAGES)}"
     print(
-        f"gpu-study sweep: ViT-B-16 (random init, {loaded.precision.value}), 100 classes, {CALTECH_TEST_IMAGES} images "
+        f"gpu-study sweep: ViT-B-16 (random init, {loaded.precision.value}; text passes fp32), 100 classes, {CALTECH_TEST_IMAGES} images "
         f"encoded in {image_seconds:.1f}s; {len(grid)} variants x 16 positions grid in {sweep_seconds:.1f}s "
         f"({1000 * sweep_seconds / len(grid):.1f} ms/variant); peak {_peak()}"
     )
@@ -85,8 +85,8 @@ def train(loaded, epochs: int, shots: int, budget: float) -> None:
     def step():
         pixels = torch.randn(BATCH, 3, 224, 224, generator=generator, device="cuda")
         labels = torch.randint(0, 1000, (BATCH,), generator=generator, device="cuda")
-        losses, _ = train_step(run, pixels, labels, 0.0, pan_generator, epoch=0)  # float() syncs, as training does
-        return losses["loss"]
+        losses, _ = train_step(run, pixels, labels, 0.0, pan_generator, epoch=0)
+        return float(losses["loss"])  # a sync per step, so that the timing covers the finished steps
 
     step()  # warm-up
     done, started = 0, time.perf_counter()

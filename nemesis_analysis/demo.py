@@ -68,17 +68,21 @@ def run_demo(
     console.print(f"zero-shot accuracy (hand-crafted prompt): {coop.zero_shot_acc:.2f}%", highlight=False)
     console.print(runs_table(result.runs))
 
-    # ---- step 3: corruption sweep on the CoOp run (Low-Norm Effect)
-    console.rule("[bold]3. corruption sweep on the CoOp run (Low-Norm Effect)")
+    # ---- step 3: corruption sweeps of the three prompts (Low-Norm Effect); training dominates, sweeps take seconds
+    console.rule("[bold]3. corruption sweeps of the CoOp, PUN and PAN prompts (Low-Norm Effect)")
     from nemesis_analysis.corruption.ops import GridSpec
     from nemesis_analysis.corruption.sweep_runs import sweep_trained_run
     from nemesis_analysis.corruption.sweep import format_summary
 
     grid = GridSpec().expand(len(coop.position_norms))  # the default grid: every position, rescale and replace
-    sweep = sweep_trained_run(session, coop, grid)
-    result.extra["corruption"] = sweep
-    for line in format_summary(sweep):
-        console.print(line, highlight=False, soft_wrap=True)
+    result.extra["corruptions"] = {}
+    for method, run in result.runs.items():
+        sweep = sweep_trained_run(session, run, grid)
+        result.extra["corruptions"][method] = sweep
+        console.print(f"[bold]{method}[/bold]", highlight=False)
+        for line in format_summary(sweep):
+            console.print(line, highlight=False, soft_wrap=True)
+    result.extra["corruption"] = result.extra["corruptions"]["coop"]
 
     # ---- step 4: figures
     from nemesis_analysis.report.figures import render_all  # no torch: tables and matplotlib only

@@ -68,6 +68,26 @@ def tiny_session(checkpoints_dir):
 
 
 @pytest.fixture
+def folders(tmp_path):
+    """Fresh, not yet created folders of one test: ``.checkpoints``, ``.reports`` and ``.cache``."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(checkpoints=tmp_path / "checkpoints", reports=tmp_path / "reports", cache=tmp_path / "cache")
+
+
+@pytest.fixture
+def session(tiny_session, folders):
+    """The tiny session (its warm model, dataset and feature caches) writing its tables to fresh reports."""
+    return tiny_session.replace(reports_dir=folders.reports)
+
+
+@pytest.fixture
+def fresh_session(tiny_session, folders):
+    """The tiny session with fresh checkpoints and reports: nothing trained or written yet."""
+    return tiny_session.replace(checkpoints_dir=folders.checkpoints, reports_dir=folders.reports)
+
+
+@pytest.fixture
 def tiny_context(tiny_session):
     """The loaded tiny CLIP and digits from the session's caches (``.loaded``, ``.dataset``)."""
     from types import SimpleNamespace

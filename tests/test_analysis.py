@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from nemesis_analysis.report import analysis
-from nemesis_analysis.errors import NoDataError
+from nemesis_analysis.errors import ConfigError, NoDataError
 
 RUN_DEFAULTS = {
     "backbone": "ViT-B-16",
@@ -97,7 +98,9 @@ def select(df: pd.DataFrame, **where) -> pd.Series:
 
 def test_frequency_per_seed_counts_and_percent(corruptions):
     per_seed = analysis.low_norm_frequency_per_seed(corruptions)
-    assert list(per_seed.columns) == ["dataset", "backbone", "shots", "prompt_method", "regularizer", "seed", "n_reducing", "n_effect", "frequency", "n_invisible"]
+    assert list(per_seed.columns) == ["dataset", "backbone", "shots", "prompt_method", "regularizer", "seed", "n_reducing", "n_effect", "frequency",
+                                      "n_significant", "frequency_significant", "n_invisible"]  # fmt: skip
+    assert per_seed["frequency_significant"].isna().all()  # rows without p-values: unknown, not zero
     assert len(per_seed) == 5
     expected = {
         ("dtd", "coop", 1): (3, 2, 200 / 3),
@@ -155,7 +158,10 @@ def test_frequency_aggregate_mean_std_over_seeds(corruptions):
     freq = analysis.low_norm_frequency(corruptions)
     assert list(freq.columns) == [
         "dataset", "backbone", "shots", "prompt_method", "regularizer",
-        "frequency_mean", "frequency_std", "num_seeds", "n_effect", "n_reducing", "frequency_pooled", "n_invisible",
+        "frequency_mean", "frequency_std", "frequency_n", "frequency_ci95_low", "frequency_ci95_high",
+        "frequency_significant_mean", "frequency_significant_std", "frequency_significant_n",
+        "frequency_significant_ci95_low", "frequency_significant_ci95_high",
+        "num_seeds", "n_effect", "n_significant", "n_reducing", "frequency_pooled", "n_invisible",
     ]  # fmt: skip
     assert len(freq) == 3
     dtd = select(freq, dataset="dtd", regularizer="coop")
@@ -259,7 +265,9 @@ def test_summarize_runs(runs):
     summary = analysis.summarize_runs(runs)
     assert list(summary.columns) == [
         "dataset", "backbone", "shots", "prompt_method", "regularizer",
-        "final_test_acc_mean", "final_test_acc_std", "zero_shot_acc_mean", "zero_shot_acc_std", "num_seeds",
+        "final_test_acc_mean", "final_test_acc_std", "final_test_acc_n", "final_test_acc_ci95_low",
+        "final_test_acc_ci95_high", "zero_shot_acc_mean", "zero_shot_acc_std", "zero_shot_acc_n",
+        "zero_shot_acc_ci95_low", "zero_shot_acc_ci95_high", "num_seeds",
     ]  # fmt: skip
     dtd = select(summary, dataset="dtd")
     assert dtd["final_test_acc_mean"] == pytest.approx(71.0)  # the stale 10.0 row is replaced
@@ -298,8 +306,12 @@ def test_format_mean_std():
 
 def test_merge_mean_std_and_markdown(runs):
     merged = analysis.merge_mean_std(analysis.summarize_runs(runs))
-    assert list(merged.columns) == ["dataset", "backbone", "shots", "prompt_method", "regularizer", "final_test_acc", "zero_shot_acc", "num_seeds"]
+    assert list(merged.columns) == ["dataset", "backbone", "shots", "prompt_method", "regularizer", "final_test_acc",
+                                    "final_test_acc 95% CI", "final_test_acc_n", "zero_shot_acc", "zero_shot_acc 95% CI",
+                                    "zero_shot_acc_n", "num_seeds"]  # fmt: skip
     assert merged["final_test_acc"].tolist() == ["71.00 ± 1.41", "80.00"]
+    half = scipy_stats.t.ppf(0.975, 1) * math.sqrt(2) / math.sqrt(2)  # two seeds: 70 and 72
+    assert merged["final_test_acc 95% CI"].tolist() == [f"[{71 - half:.2f}, {71 + half:.2f}]", ""]
     assert merged["zero_shot_acc"].tolist() == ["40.00 ± 0.00", ""]
     only = analysis.merge_mean_std(analysis.summarize_runs(runs), columns=["zero_shot_acc"])
     assert "final_test_acc_mean" in only.columns and "zero_shot_acc" in only.columns
@@ -318,3 +330,53 @@ def test_analysis_does_not_import_torch():
     code = "import sys, nemesis_analysis.report.analysis, nemesis_analysis.report.plots; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_paired_comparisons_match_runs_and_equal_ttest_rel():
+    treated = {1: 71.0, 2: 74.5, 3: 73.0}
+    base = {1: 70.0, 2: 72.0, 3: 72.5}
+    rows = []
+    for seed in (1, 2, 3):
+        rows.append({**RUN_DEFAULTS, "run_id": f"c{seed}", "dataset": "dtd", "seed": seed, "final_test_acc": base[seed], "zero_shot_acc": 40.0})
+        rows.append({**RUN_DEFAULTS, "run_id": f"p{seed}", "dataset": "dtd", "seed": seed, "regularizer": "nemesis-pun",
+                     "norm_weight": 1.0, "final_test_acc": treated[seed], "zero_shot_acc": 40.0})  # fmt: skip
+    # Unmatched: another shot count for PUN (no CoOp run to pair with), and a CoOp run of another backbone.
+    rows.append({**RUN_DEFAULTS, "run_id": "p9", "dataset": "dtd", "seed": 1, "shots": 4, "regularizer": "nemesis-pun",
+                 "norm_weight": 1.0, "final_test_acc": 10.0, "zero_shot_acc": 40.0})  # fmt: skip
+    rows.append({**RUN_DEFAULTS, "run_id": "c9", "dataset": "dtd", "seed": 1, "backbone": "RN50", "final_test_acc": 0.0, "zero_shot_acc": 40.0})
+    table = analysis.paired_comparisons(pd.DataFrame(rows), "coop")
+    assert len(table) == 1
+    row = table.iloc[0]
+    a, b = list(treated.values()), list(base.values())
+    diff = np.subtract(a, b)
+    assert (row["regularizer"], row["baseline"], row["n_pairs"]) == ("nemesis-pun", "coop", 3)
+    assert row["mean_diff"] == pytest.approx(diff.mean())
+    assert row["p_value"] == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue, rel=1e-12)
+    low, high = scipy_stats.t.interval(0.95, 2, loc=diff.mean(), scale=scipy_stats.sem(diff))
+    assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((low, high), rel=1e-12)
+    with pytest.raises(NoDataError, match="no kgcoop runs to compare with"):
+        analysis.paired_comparisons(pd.DataFrame(rows), "kgcoop")
+
+
+def test_q_values_are_bh_within_each_run_and_class_subset(corruptions):
+    rng = np.random.default_rng(3)
+    table = corruptions.assign(p_value=rng.uniform(0, 0.1, len(corruptions)), eval_classes="all")
+    table = pd.concat([table, table[table.run_id == "a1"].assign(eval_classes="base")], ignore_index=True)
+    with_q = analysis.with_q_values(table)
+    for (run, classes), rows in with_q[with_q.op != "none"].groupby(["run_id", "eval_classes"]):
+        expected = scipy_stats.false_discovery_control(rows["p_value"].to_numpy(), method="bh")
+        np.testing.assert_allclose(rows["q_value"].to_numpy(), expected, rtol=1e-12)
+    assert with_q[with_q.op == "none"]["q_value"].isna().all()
+
+
+def test_frequency_significant_counts_effects_below_the_fdr(corruptions):
+    table = corruptions.assign(p_value=1e-6)  # every row decisive: significant share == raw share
+    per_seed = analysis.low_norm_frequency_per_seed(table)
+    pd.testing.assert_series_equal(per_seed["frequency_significant"], per_seed["frequency"], check_names=False)
+    none = analysis.low_norm_frequency_per_seed(corruptions.assign(p_value=0.5))
+    assert (none["frequency_significant"].dropna() == 0).all() and none["n_significant"].sum() == 0
+    with pytest.raises(ConfigError, match="--fdr"):
+        analysis.low_norm_frequency(table, fdr=1.5)

@@ -256,7 +256,7 @@ def test_figures_draw_the_table_numbers(reports):
     hit_colors = {p.get_x() + p.get_width() / 2: p.get_facecolor() for p in norms_fig.axes[0].patches}
     assert hit_colors[0] == hit_colors[2] != hit_colors[1]  # positions 0 and 2 highlighted (seed 1)
     traj_fig = figures.trajectory_figure(reports, "digits", 4, 1)
-    norm_lines = [l for l in traj_fig.axes[0].get_lines() if l.get_label() in ("CoOp", "Nemesis (PUN)")]
+    norm_lines = [line for line in traj_fig.axes[0].get_lines() if line.get_label() in ("CoOp", "Nemesis (PUN)")]
     assert len(norm_lines) == 2
     heat = figures.heatmap_figure(reports, "digits")
     assert [a.get_title() for a in heat.axes[:2]][0].startswith("RESCALE")
@@ -271,7 +271,7 @@ def test_trajectory_keeps_one_comparable_run_per_method(reports):
     store.append_rows(reports, "trajectories", other)
     store.append_rows(reports, "trajectories", rerun)
     fig = figures.trajectory_figure(reports, "digits", 4, 1)
-    lines = {l.get_label(): l for l in fig.axes[0].get_lines() if l.get_label() in ("CoOp", "Nemesis (PUN)")}
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines() if line.get_label() in ("CoOp", "Nemesis (PUN)")}
     # The n_ctx=4 set holds both regularizers, so it wins over the newer single CoOp run.
     np.testing.assert_allclose(lines["CoOp"].get_ydata(), [np.mean([position_norm("coop", p, e) for p in range(N_CTX)]) for e in range(EPOCHS)])
     np.testing.assert_allclose(lines["Nemesis (PUN)"].get_ydata(), [0.5] * EPOCHS)  # the newest PUN run
@@ -379,7 +379,7 @@ def test_parts_written_before_the_regularizer_rename_read_everywhere(runner, rep
     refused = runner.invoke(app, ["plot", "frequency", "--regularizer", "nemesis-pun", "--reports", str(old)])
     assert refused.exit_code == 2 and "regularizer=nemesis-pun" in refused.output and "regularizer: coop" in refused.output
     traj = figures.trajectory_figure(old, "digits", 4, 1)
-    assert {l.get_label() for l in traj.axes[0].get_lines()} >= {"CoOp", "Nemesis (PUN)"}
+    assert {line.get_label() for line in traj.axes[0].get_lines()} >= {"CoOp", "Nemesis (PUN)"}
 
 
 def test_summary_out_and_runs_only(runner, tmp_path):
@@ -395,3 +395,18 @@ def test_summary_out_and_runs_only(runner, tmp_path):
 def test_summary_no_data(runner, tmp_path):
     result = invoke(runner, "summary", "--reports", tmp_path / "none")
     assert result.exit_code == 2 and "`nemesis train" in result.output
+
+
+def test_summary_compare_to_pairs_matched_runs(runner, reports):
+    result = invoke(runner, "summary", "--reports", reports, "--compare-to", "coop")
+    assert result.exit_code == 0, result.output
+    comparison = pd.read_csv(reports / "summary_comparison.csv")
+    assert len(comparison) == len(DATASETS) * len(SHOTS) and set(comparison.regularizer) == {"nemesis-pun"}
+    assert (comparison.n_pairs == len(SEEDS)).all()
+    assert comparison.mean_diff.to_numpy() == pytest.approx(5.0)  # final_acc: PUN is CoOp + 5 on every seed
+    assert comparison.ci95_low.to_numpy() == pytest.approx(5.0) and comparison.ci95_high.to_numpy() == pytest.approx(5.0)
+    assert "mean_diff" in (reports / "summary_comparison.md").read_text()
+    refused = invoke(runner, "summary", "--reports", reports, "--compare-to", "kgcoop")
+    assert refused.exit_code == 2 and "no kgcoop runs to compare with" in refused.output
+    bad = invoke(runner, "summary", "--reports", reports, "--fdr", "0")
+    assert bad.exit_code == 2 and "--fdr must be between 0 and 1" in bad.output

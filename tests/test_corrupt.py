@@ -43,11 +43,6 @@ def csc_run(tiny_session, tmp_path_factory):
     return train_prompt(config, session)
 
 
-@pytest.fixture
-def session(tiny_session, tmp_path):
-    return tiny_session.replace(reports_dir=tmp_path / "reports")
-
-
 def _identity(run, ctx):
     return run.config.identity(n_ctx=ctx.shape[-2])
 
@@ -356,3 +351,71 @@ def test_corrupt_cli_rejects_prompt_for_other_classes(checkpoints_dir, generic_r
                                  "--reports", str(tmp_path / "rep")])  # fmt: skip
     assert result.exit_code == 2 and "the order differs" in result.output, result.output
     assert not (tmp_path / "rep").exists()
+
+
+def test_paired_counts_match_the_accuracy_change_and_scipy(tiny_context, generic_run, session):
+    from scipy.stats import binomtest
+
+    grid = expand_grid(16, positions=[0, 3, 7], factors=[0.0, 0.5, 2.0], stds=[0.5, 2.0], reps=2)
+    summary = sweep_trained_run(session, generic_run, grid)
+    rows = _table(session)
+    assert len(rows) == len(grid) and summary.n_test == 540
+    assert rows[["n_gained", "n_lost", "p_value"]].notna().all().all()
+    change = rows["delta"] * rows["n_test"] / 100  # images newly right minus images newly wrong
+    assert ((rows["n_gained"] - rows["n_lost"]) - change).abs().max() < 1e-6
+    assert ((rows["n_gained"] + rows["n_lost"]) > 0).any()
+    for row in rows.itertuples():
+        n = int(row.n_gained + row.n_lost)
+        expected = 1.0 if n == 0 else binomtest(int(row.n_gained), n, 0.5).pvalue
+        assert row.p_value == pytest.approx(expected, rel=1e-9, abs=1e-300)
+    baseline = rows[rows.op == "none"].iloc[0]
+    assert (baseline.n_gained, baseline.n_lost, baseline.p_value) == (0, 0, 1.0)
+
+    # The counts are those of the engine's predictions, image by image, against the uncorrupted prompt's.
+    ctx, identity = _ctx_identity(generic_run)
+    method = method_for_run(tiny_context, identity)
+    features, labels = image_features(
+        tiny_context.loaded, tiny_context.dataset, tiny_context.dataset.test, session.feature_cache, progress=False
+    )
+    predictions = predict_corruptions(method, ctx, [Corruption("none", -1, 1.0, 0), grid[5]], identity.run_id, features)
+    correct = predictions == labels[None]
+    by_key = rows.set_index(KEY)
+    row = by_key.loc[(grid[5].op, 0, grid[5].position, float(grid[5].factor), grid[5].rep)]
+    assert row.n_gained == int((correct[1] & ~correct[0]).sum()) and row.n_lost == int((~correct[1] & correct[0]).sum())
+
+
+def test_rerun_and_wider_grid_never_change_stored_counts(tiny_context, generic_run, session):
+    small = expand_grid(16, positions=[1, 2], factors=[0.0, 0.5], stds=[1.0], reps=1)
+    sweep_trained_run(session, generic_run, small)
+    before = _table(session).set_index(KEY)[["n_gained", "n_lost", "p_value", "acc"]]
+    sweep_trained_run(session, generic_run, small)
+    sweep_trained_run(session, generic_run, expand_grid(16, positions=[1, 2, 5], factors=[0.0, 0.5, 3.0], stds=[1.0], reps=2))
+    after = _table(session, dedupe=False)
+    assert not after.duplicated(KEY).any()
+    pd.testing.assert_frame_equal(after.set_index(KEY).loc[before.index, before.columns], before)
+
+
+def test_fill_counts_restores_the_counts_of_old_rows_in_place(tiny_context, generic_run, session):
+    import pyarrow.parquet as pq
+
+    from nemesis_analysis.corruption.sweep_runs import fill_run_counts
+
+    grid = expand_grid(16, positions=[0, 4], factors=[0.0, 0.5], stds=[1.0], reps=2)
+    sweep_trained_run(session, generic_run, grid, chunk=3)  # several parts
+    original = _table(session).set_index(KEY)
+    parts = sorted((session.reports_dir / "corruptions").glob("part-*.parquet"))
+    assert len(parts) > 1
+    for part in parts:  # parts as an older version wrote them: no count columns
+        pq.write_table(pq.read_table(part).drop(["n_gained", "n_lost", "p_value"]), part)
+    old = _table(session)
+    assert old[["n_gained", "n_lost", "p_value"]].isna().all().all()
+
+    assert fill_run_counts(session, generic_run.run_id[:8]) == {"all": len(grid)}
+    filled = _table(session, dedupe=False)
+    assert len(filled) == len(grid) and not filled.duplicated(KEY).any()
+    pd.testing.assert_frame_equal(filled.set_index(KEY).loc[original.index], original, check_like=True)
+    assert fill_run_counts(session, generic_run.run_id) == {"all": 0}  # nothing left to fill
+
+    result = runner.invoke(app, ["fill-counts", "--run", "nope", "--checkpoints", str(session.checkpoints_dir),
+                                 "--reports", str(session.reports_dir)])  # fmt: skip
+    assert result.exit_code == 2 and "no run 'nope'" in result.output

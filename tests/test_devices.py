@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from nemesis_analysis import devices
 from nemesis_analysis.choices import Precision
 from nemesis_analysis.cli import app
-from nemesis_analysis.config import PlotConfig, PromptConfig, RunConfig
+from nemesis_analysis.config import PLOTConfig, PromptConfig, RunConfig
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.session import Session
 from nemesis_analysis.study.executors import LocalExecutor, RayExecutor
@@ -177,10 +177,10 @@ def test_plot_moves_local_features_in_chunks_and_scores_them_alike(tiny_context)
     chunk size gives the scores of one chunk."""
     from nemesis_analysis.clip.features import encode_images_with_local
     from nemesis_analysis.corruption.engine import predict_variants
-    from nemesis_analysis.methods.plot import PLOT
+    from nemesis_analysis.methods.plot import PLOTMethod
 
     loaded, dataset = tiny_context.loaded, tiny_context.dataset
-    method = PLOT(loaded, dataset.classnames, PromptConfig(n_ctx=2), seed=1, options=PlotConfig(num_prompts=2))
+    method = PLOTMethod(loaded, dataset.classnames, PromptConfig(n_ctx=2), seed=1, options=PLOTConfig(num_prompts=2))
     images = torch.stack([loaded.preprocess(dataset.load_image(s.source)) for s in dataset.test[:24]])
     features, local = encode_images_with_local(loaded, images)  # (24, embed), (24, locations, embed)
     variants = method.position_tensor().detach()[None].repeat(3, 1, 1)

@@ -37,11 +37,6 @@ def _evaluations(reports) -> pd.DataFrame:
     return store.read_table(reports, "evaluations", dedupe=False)
 
 
-@pytest.fixture
-def session(tiny_session, tmp_path):
-    return tiny_session.replace(reports_dir=tmp_path / "reports")
-
-
 def test_evaluate_a_digits_run_equals_its_final_accuracy_and_reruns_add_nothing(tiny_context, session, checkpoints_dir):
     reports = session.reports_dir
     run = train_prompt(_config(), session)
@@ -188,5 +183,5 @@ def test_transfer_protocols_evaluate_every_target_on_fixtures(protocol, tiny_ses
     assert rows.acc.iloc[0] == run.final_test_acc
     for target, n_classes in zip(rows.eval_dataset, rows.n_classes):
         assert n_classes == load_dataset(target, root).num_classes
-    with pytest.raises(ConfigError, match="--dataset imagenet"):
+    with pytest.raises(ConfigError, match="set dataset = imagenet"):
         train_prompt(_config(protocol=protocol), session.replace(reports_dir=tmp_path / "r2", data_root=None))

@@ -12,7 +12,7 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 from typer.testing import CliRunner
 
-from nemesis_analysis.report import analysis, figures, plots
+from nemesis_analysis.report import analysis, figures, plots, summaries
 from nemesis_analysis.storage import store
 from nemesis_analysis.cli import app
 
@@ -97,7 +97,7 @@ def test_written_files_get_umask_modes(tmp_path):
     old = os.umask(0o002)
     try:
         png = plots.save_figure(figures.frequency_figure(tmp_path), tmp_path / "figs" / "f.png")
-        written = figures.write_summary(figures.summary_tables(tmp_path), tmp_path / "out")
+        written = summaries.write_summary(summaries.summary_tables(tmp_path), tmp_path / "out")
     finally:
         os.umask(old)
     for path in [png, *written]:

@@ -1,9 +1,11 @@
-"""The package's imports run one way: no cycles (module- or function-level), no private names across
-modules, and the table/figure modules stay importable without torch."""
+"""The package's imports run one way: no cycles (module-level, function-level or type-only), no private
+names across modules, at most 15 modules at the package's top, the table/figure modules importable without
+torch, and the public API (``nemesis_analysis.__all__``) resolving lazily."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -30,15 +32,6 @@ def module_files() -> dict[str, Path]:
 MODULES = module_files()
 
 
-def _type_checking_nodes(tree: ast.AST) -> set[int]:
-    """ids of nodes under ``if TYPE_CHECKING:`` (never run, so no runtime edge)."""
-    skipped: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skipped.update(id(child) for stmt in node.body for child in ast.walk(stmt))
-    return skipped
-
-
 def _resolve(module: str, node: ast.ImportFrom) -> str:
     if not node.level:
         return node.module or ""
@@ -51,15 +44,13 @@ def _resolve(module: str, node: ast.ImportFrom) -> str:
 def imports_of(module: str) -> list[tuple[str, str | None, int]]:
     """(imported package module, imported name or None, line) for every import anywhere in ``module``.
 
-    Importing ``a.b`` counts as an edge to ``a.b`` only: a package's ``__init__`` importing its own
+    Imports under ``if TYPE_CHECKING:`` count too: a type-only cycle is still two modules that need each
+    other. Importing ``a.b`` counts as an edge to ``a.b`` only: a package's ``__init__`` importing its own
     submodules is how registries are filled, and would otherwise read as a cycle with every submodule.
     """
     tree = ast.parse(MODULES[module].read_text())
-    skipped = _type_checking_nodes(tree)
     found = []
     for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] == PACKAGE:
@@ -112,6 +103,13 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def test_type_only_imports_are_edges(tmp_path, monkeypatch):
+    module = tmp_path / "typed.py"
+    module.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from nemesis_analysis.data.base import Sample\n")
+    monkeypatch.setitem(MODULES, f"{PACKAGE}.typed", module)
+    assert (f"{PACKAGE}.data.base", "Sample", 3) in imports_of(f"{PACKAGE}.typed")
+
+
 def test_cycle_finder_finds_a_planted_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set()}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
@@ -158,7 +156,7 @@ def test_no_module_imports_a_private_name_from_another():
 
 
 @pytest.mark.parametrize(
-    "module", ["storage.schema", "report.analysis", "report.plots", "storage.store", "report.figures", "report.tables", "config", "cli"]
+    "module", ["storage.schema", "report.analysis", "report.plots", "storage.store", "report.figures", "report.summaries", "report.tables", "config", "cli"]
 )
 def test_module_imports_without_torch(module):
     code = f"import sys, nemesis_analysis.{module}; print('torch' in sys.modules)"
@@ -176,3 +174,28 @@ def test_dataset_registry_imports_no_reader_and_is_complete_whatever_is_imported
             "print(len(r.dataset_names()), 'digits' in r.DATASETS, sorted(r.DATASET_KINDS))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, timeout=120)
     assert result.stdout.strip().split(maxsplit=2) == ["16", "True", "['folder', 'manifest']"], result.stdout + result.stderr
+
+
+def test_at_most_15_modules_at_the_package_top():
+    top = sorted(p.name for p in ROOT.glob("*.py") if p.name != "__init__.py")
+    assert len(top) <= 15, f"{len(top)} modules directly in {PACKAGE}/: {', '.join(top)}; group them in a subpackage"
+
+
+def test_every_public_name_resolves_to_its_module():
+    exports = nemesis_analysis._EXPORTS
+    assert set(nemesis_analysis.__all__) == {"__version__", *exports}
+    for name in exports:
+        assert getattr(nemesis_analysis, name) is getattr(importlib.import_module(exports[name]), name), name
+    assert set(nemesis_analysis.__all__) <= set(dir(nemesis_analysis))
+    with pytest.raises(AttributeError, match="no attribute 'train'"):
+        nemesis_analysis.train  # noqa: B018  (a module name is not a public name)
+
+
+def test_public_table_and_figure_names_import_no_torch():
+    exports = nemesis_analysis._EXPORTS
+    light = [n for n, m in exports.items() if m.startswith((f"{PACKAGE}.report.", f"{PACKAGE}.storage.", f"{PACKAGE}.errors"))]
+    assert {"read_table", "frequency_figure", "summary_tables", "low_norm_frequency"} <= set(light)
+    code = f"import sys; from nemesis_analysis import {', '.join(light)}; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False", "a public table or figure name imports torch"

@@ -137,13 +137,13 @@ def _own_folders(tiny_session, checkpoints_dir, tmp_path):
 def _trained_context(tiny_session, checkpoints_dir, tmp_path):
     """A context trained for a few epochs (fp32, seconds): (session on its own folders, run config, context)."""
     from nemesis_analysis.config import OptimConfig, RunConfig
-    from nemesis_analysis.storage.artifacts import load_prompt
+    from nemesis_analysis.storage.artifacts import read_prompt
     from nemesis_analysis.training.train import train_prompt
 
     session = _own_folders(tiny_session, checkpoints_dir, tmp_path)
     config = RunConfig(shots=4, epochs=10, prompt=PromptConfig(n_ctx=4), optim=OptimConfig(batch_size=8))
     run = train_prompt(config, session)
-    return session, run.config, load_prompt(run.run_dir)[0]
+    return session, run.config, read_prompt(run.run_dir).ctx
 
 
 def _amp_features(tiny_session):
@@ -209,3 +209,34 @@ def test_pan_under_fp32_counts_the_base_from_the_training_logits(tiny_session):
     logits[torch.arange(20), labels] = 1.0  # every image right
     base, rescaled = pan_counts(learner, learner.ctx, torch.arange(8), 1.0, features, labels, logits)
     assert int(base) == 20 and rescaled.shape == (8,) and bool((rescaled < 20).all())
+
+
+@pytest.mark.cuda
+def test_identity_rescale_writes_delta_zero_under_amp_on_cuda(tiny_session, checkpoints_dir, tmp_path):
+    """The CPU test above on the GPU, where ``amp`` is the default: every identity rescale has delta 0."""
+    from nemesis_analysis.corruption.ops import expand_grid
+    from nemesis_analysis.corruption.sweep import run_corruption_sweep
+
+    session, config, ctx = _trained_context(tiny_session, checkpoints_dir, tmp_path)
+    session = session.replace(device="cuda")
+    amp = session.model("nemesis-tiny", "embedded", "amp")
+    assert amp.device.type == "cuda" and amp.precision == Precision.AMP
+    method = CoOp(amp, tiny_session.dataset("digits").classnames, config.prompt)
+    identity = dataclasses.replace(config, precision="amp").identity()
+    grid = expand_grid(4, ops=["rescale"], factors=[1.0], stds=[], reps=1)
+    rows = run_corruption_sweep(session, method, ctx, identity, grid).rows
+    assert rows.loc[rows["op"] == "rescale", "delta"].tolist() == [0.0] * 4
+
+
+@pytest.mark.cuda
+def test_plot_local_features_stay_pinned_on_the_host_on_cuda(tiny_session):
+    from nemesis_analysis.config import PlotConfig
+    from nemesis_analysis.corruption.sweep import load_test_set
+    from nemesis_analysis.methods.plot import PLOT
+
+    session = tiny_session.replace(device="cuda")
+    loaded = session.model("nemesis-tiny", "embedded")
+    method = PLOT(loaded, session.dataset("digits").classnames, PromptConfig(n_ctx=2), options=PlotConfig(num_prompts=2))
+    test = load_test_set(session, method, "digits")
+    assert test.features.device.type == "cuda"
+    assert test.local_features.device.type == "cpu" and test.local_features.is_pinned()

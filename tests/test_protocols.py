@@ -81,7 +81,7 @@ def test_refusals_are_one_line():
     with pytest.raises(ConfigError, match="class-specific context") as error:
         protocols.check_protocol("base2new", "digits", csc=True)
     assert "\n" not in str(error.value)
-    with pytest.raises(ConfigError, match="--dataset imagenet"):
+    with pytest.raises(ConfigError, match="set dataset = imagenet"):
         protocols.check_protocol("dg", "digits", csc=False)
     with pytest.raises(ConfigError, match="unknown protocol"):
         protocols.check_protocol("zeroshot", "digits", csc=False)
@@ -188,11 +188,11 @@ def test_default_views_never_pool_base_and_new_rows():
 def test_summary_tables_say_which_class_subset(tmp_path):
     import pandas as pd
 
-    from nemesis_analysis.report import figures
+    from nemesis_analysis.report import summaries
     from nemesis_analysis.storage import store
 
     store.append_rows(tmp_path, "corruptions", pd.DataFrame(_hand_rows() + _hand_rows("r1", 1, ("all",))))
-    tables = figures.summary_tables(tmp_path)
+    tables = summaries.summary_tables(tmp_path)
     frequency = tables["frequency"].set_index("eval_classes")
     assert frequency.frequency_mean.to_dict() == {"all": 100.0, "base": 100.0, "new": 0.0}
     accuracy = tables["corruptions"].set_index("eval_classes").acc_original_mean.to_dict()

@@ -146,3 +146,16 @@ def test_evaluations_schema():
     assert schema.KEYS["evaluations"] == ("run_id", "eval_dataset", "eval_classes")
     assert {"protocol", "eval_dataset", "eval_classes", "acc", "n_test", "n_classes"} <= set(schema.columns("evaluations"))
     assert set(schema.IDENTITY_COLUMNS) <= set(schema.columns("evaluations"))
+
+
+def test_cells_give_the_student_t_interval_over_seeds(runs):
+    from scipy import stats as scipy_stats
+
+    table = tables.fewshot(runs)
+    frame = tables.to_frame(table).set_index(["row", "column"])
+    dtd = frame.loc[("dtd", "coop 1-shot")]
+    low, high = scipy_stats.t.interval(0.95, 1, loc=53.0, scale=scipy_stats.sem([52.0, 54.0]))
+    assert (dtd["ci95_low"], dtd["ci95_high"]) == pytest.approx((low, high), rel=1e-12)
+    one_seed = frame.loc[("dtd", "nemesis-pun (weight 1) 1-shot")]
+    assert math.isnan(one_seed["ci95_low"]) and math.isnan(one_seed["ci95_high"])
+    assert f"53.00 ± 1.41 (n=2) [{low:.2f}, {high:.2f}]" in tables.render(table, "md")

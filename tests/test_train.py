@@ -102,11 +102,10 @@ def test_resume_equals_uninterrupted(tiny_session, checkpoints_dir, tmp_path):
     assert len(store.read_table(full_ws.reports_dir, "runs", dedupe=False)) == 1
 
 
-def test_trajectory_table_has_one_row_per_epoch_and_position(tiny_session, tmp_path):
+def test_trajectory_table_has_one_row_per_epoch_and_position(session):
     config = _config(epochs=3, prompt=PromptConfig(n_ctx=5), nemesis=NemesisConfig(beta=0.0))
-    ws = tiny_session.replace(reports_dir=tmp_path / "reports")
-    result = train_prompt(config, ws)
-    traj = pd.read_parquet(tmp_path / "reports" / "trajectories")
+    result = train_prompt(config, session)
+    traj = pd.read_parquet(session.reports_dir / "trajectories")
     assert len(traj) == 3 * 5
     assert sorted(set(zip(traj.epoch, traj.position))) == [(e, p) for e in range(3) for p in range(5)]
     for column in ["run_id", "dataset", "backbone", "pretrained", "shots", "seed", "regularizer", "n_ctx", "csc",
@@ -116,7 +115,7 @@ def test_trajectory_table_has_one_row_per_epoch_and_position(tiny_session, tmp_p
     assert (traj.regularizer == "nemesis-pan").all() and traj.alpha.between(0, 1).all()
     omega = traj.groupby("epoch").omega.first()
     assert omega[0] == pytest.approx(1 - 1 / (1 + math.exp(-0.2 * (0 - 1.5))))
-    runs = pd.read_parquet(tmp_path / "reports" / "runs")
+    runs = pd.read_parquet(session.reports_dir / "runs")
     assert runs.final_test_acc.iloc[0] == pytest.approx(traj[traj.epoch == 2].test_acc.iloc[0])
     split = load_split(result.run_dir / "split.json")
     assert len(split["train"]) == 2 * 10 and len(split["val"]) == 2 * 10
@@ -124,11 +123,10 @@ def test_trajectory_table_has_one_row_per_epoch_and_position(tiny_session, tmp_p
     assert (result.run_dir / "prompt.safetensors").is_file()
 
 
-def test_coop_beats_zero_shot_and_pun_shrinks_norms(tiny_session, tmp_path):
-    ws = tiny_session.replace(reports_dir=tmp_path / "reports")
-    coop = train_prompt(RunConfig(shots=16, epochs=40), ws)
+def test_coop_beats_zero_shot_and_pun_shrinks_norms(session):
+    coop = train_prompt(RunConfig(shots=16, epochs=40), session)
     assert coop.final_test_acc > coop.zero_shot_acc + 10
-    pun = train_prompt(RunConfig(shots=16, epochs=40, nemesis=NemesisConfig(beta=1.0)), ws)
+    pun = train_prompt(RunConfig(shots=16, epochs=40, nemesis=NemesisConfig(beta=1.0)), session)
     assert pun.mean_norm < coop.mean_norm
     assert pun.zero_shot_acc == coop.zero_shot_acc
 
@@ -156,11 +154,11 @@ def test_config_errors(kwargs, message):
         RunConfig.from_dict({**RunConfig().to_dict(), **kwargs})
 
 
-def test_state_killed_between_its_two_files_is_not_resumed(tiny_session, checkpoints_dir, tmp_path):
+def test_state_killed_between_its_two_files_is_not_resumed(tiny_session, fresh_session, checkpoints_dir, tmp_path):
     from safetensors.torch import load_file
 
     config = _config(epochs=3)
-    ws = tiny_session.replace(checkpoints_dir=tmp_path / "ck", reports_dir=tmp_path / "reports")
+    ws = fresh_session
     ws.checkpoints_dir.mkdir()
     (ws.checkpoints_dir / "features").symlink_to(checkpoints_dir / "features")
     assert train_prompt(config, ws, save_every=1, should_stop=_stop_after(1)).stopped
@@ -174,14 +172,14 @@ def test_state_killed_between_its_two_files_is_not_resumed(tiny_session, checkpo
     assert load_file(str(run_dir / "state.safetensors"))["ctx"].shape == (16, 128)
 
 
-def test_run_files_get_umask_permissions(tiny_session, checkpoints_dir, tmp_path):
+def test_run_files_get_umask_permissions(fresh_session):
     """safetensors writes private 0600 files; every file of a run (and the feature cache) gets the umask's mode."""
     import os
     import stat
 
     from nemesis_analysis.storage.fsio import file_mode
 
-    ws = tiny_session.replace(checkpoints_dir=tmp_path / "ck", reports_dir=tmp_path / "reports")
+    ws = fresh_session
     config = _config(epochs=2, prompt=PromptConfig(n_ctx=3))
     result = train_prompt(config, ws)
     names = ["prompt.safetensors", "prompt.json", "state.safetensors", "state.json", "result.json", "split.json",

@@ -139,9 +139,18 @@ def test_offline_missing_tag_says_which_file(tmp_path, monkeypatch, no_network, 
 
 def test_unreachable_network_fails_fast(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(weights, "_reachable", lambda host, *a, **k: False)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    probed = []
+
+    def unreachable(address, *args, **kwargs):  # the network's boundary: no route to any host
+        probed.append(address)
+        raise OSError(f"no route to {address[0]}")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
     with pytest.raises(ModelError, match="cannot reach huggingface.co to download RN50/openai"):
         load_model("RN50", "openai", device="cpu", cache_dir=tmp_path)
+    assert probed == [("huggingface.co", 443)]  # one probe, no download attempt
 
 
 def test_cached_tag_loads_without_network(rn50_random, tmp_path, no_network):

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from nemesis_analysis.cli import inventory, protocols, study, tables, training
+from nemesis_analysis.cli import inventory, protocols, stats, study, tables, training
 
 app = typer.Typer(
     name="nemesis",
@@ -22,6 +22,7 @@ app.command("train")(training.train)
 app.command("corrupt")(training.corrupt)
 app.command("demo")(training.demo)
 app.command("evaluate")(protocols.evaluate_command)
+app.command("fill-counts")(stats.fill_counts_command)
 app.command("summary")(tables.summary)
 app.command("datasets")(inventory.datasets)
 app.command("models")(inventory.models)

@@ -15,6 +15,10 @@ from nemesis_analysis.errors import ConfigError
 FigureOutOpt = Annotated[
     Optional[Path], typer.Option("--out", "-o", help="Figure file to write (default: REPORTS/figures/<name>.<format>).")
 ]
+FdrOpt = Annotated[
+    float,
+    typer.Option("--fdr", help="False-discovery rate: an effect is significant when its Benjamini-Hochberg q-value (per sweep) is below this."),
+]
 FigureFormatOpt = Annotated[
     Optional[str], typer.Option("--format", "-f", help="png (300 dpi), pdf or svg (default: the --out suffix, else png).")
 ]
@@ -53,13 +57,15 @@ def plot_frequency_command(
     out: FigureOutOpt = None,
     format: FigureFormatOpt = None,
     measure: Annotated[str, typer.Option("--as", help="percent (of norm-reducing corruptions) or count (as the paper's Figure 1(b)).")] = "percent",
+    fdr: FdrOpt = 0.05,
     method: RegularizerAliasOpt = None,
 ) -> None:
-    """Figure 1(b): Low-Norm Effect frequency against shots, one line per dataset (from reports/corruptions)."""
+    """Figure 1(b): Low-Norm Effect frequency against shots, one line per dataset, 95% intervals over seeds and
+    the BH-significant share (from reports/corruptions)."""
     from nemesis_analysis.report import figures
 
     regularizer = _regularizer(regularizer, method)
-    build = lambda: figures.frequency_figure(reports, backbone, regularizer, datasets, min_delta, measure)  # noqa: E731
+    build = lambda: figures.frequency_figure(reports, backbone, regularizer, datasets, min_delta, measure, fdr)  # noqa: E731
     _write_figure(build, reports, figures.figure_name("frequency"), out, format)
 
 
@@ -93,13 +99,14 @@ def plot_heatmap_command(
     reports: ReportsOpt = DEFAULT_REPORTS,
     out: FigureOutOpt = None,
     format: FigureFormatOpt = None,
+    fdr: FdrOpt = 0.05,
     method: RegularizerAliasOpt = None,
 ) -> None:
-    """Accuracy delta by position x factor/std, one panel per op, seeds averaged (from reports/corruptions)."""
+    """Accuracy delta by position x factor/std, one panel per op, seeds averaged; framed cells survive BH (from reports/corruptions)."""
     from nemesis_analysis.report import figures
 
     regularizer = _regularizer(regularizer, method)
-    build = lambda: figures.heatmap_figure(reports, dataset, regularizer, backbone, shots)  # noqa: E731
+    build = lambda: figures.heatmap_figure(reports, dataset, regularizer, backbone, shots, fdr=fdr)  # noqa: E731
     _write_figure(build, reports, figures.figure_name("heatmap", dataset=dataset), out, format)
 
 
@@ -124,39 +131,34 @@ def summary(
     table_kind: Annotated[Optional[str], typer.Option("--table", help="A paper table instead: fewshot, base2new, dg or crossdataset.")] = None,
     table_format: Annotated[str, typer.Option("--format", help="With --table: md, latex or csv.")] = "md",
     compare: Annotated[Optional[str], typer.Option("--compare", help="With --table: 'paper' adds the published values and the difference.")] = None,
+    fdr: FdrOpt = 0.05,
+    compare_to: Annotated[Optional[str], typer.Option("--compare-to", help="Compare every other regularizer with this one (e.g. coop) on matched runs: mean difference, 95% interval, paired t-test.")] = None,
 ) -> None:
     """Accuracy tables, mean ± std over seeds per (dataset, shots, regularizer); saved as CSV and Markdown."""
-    from nemesis_analysis.report import figures
+    from nemesis_analysis.report import analysis, summaries
 
     if table_kind is not None or compare is not None or table_format != "md":
-        for path in figures.print_paper_table(reports, out, table_kind, table_format, compare, echo=console.out):
+        for path in summaries.print_paper_table(reports, out, table_kind, table_format, compare, echo=console.out):
             console.print(str(path), highlight=False, soft_wrap=True)
         return
-    tables = figures.summary_tables(reports, min_delta=min_delta)
+    tables = summaries.summary_tables(reports, min_delta=min_delta, fdr=fdr, compare_to=compare_to)
     titles = {
         "runs": "trained runs: test accuracy (%), zero-shot accuracy (%), mean context norm",
         "corruptions": "corruptions: uncorrupted accuracy (%) and accuracy change (points) per op",
-        "frequency": "Low-Norm Effect frequency (%)",
+        "frequency": "Low-Norm Effect frequency (%), all and BH-significant, 95% intervals over seeds",
+        "comparison": f"paired comparison with {compare_to}: accuracy difference (points) on matched runs",
         "frequency_counts": "Low-Norm Effect count per seed: n_effect of n_reducing norm-reducing corruptions",
     }
     for name, frame in tables.items():
-        shown = figures.display_table(frame)
+        shown = summaries.display_table(frame)
         table = Table(title=titles.get(name, name))
         for column in shown.columns:
             table.add_column(str(column), overflow="fold")
         for row in shown.itertuples(index=False, name=None):
-            table.add_row(*(_cell(value) for value in row))
+            table.add_row(*(analysis.format_cell(value) for value in row))
         console.print(table)
     for name in ("runs", "corruptions"):
         if name not in tables:
             console.print(f"no {name} rows yet in {reports / name}", highlight=False)
-    for path in figures.write_summary(tables, out if out is not None else reports):
+    for path in summaries.write_summary(tables, out if out is not None else reports):
         console.print(str(path), highlight=False, soft_wrap=True)
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return "–" if value != value else f"{value:.2f}"
-    return str(value)
-
-

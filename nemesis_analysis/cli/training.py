@@ -65,7 +65,7 @@ def config_of_run(session: Session, run_id: str, given: set[str], prompt: Path |
     """The RunConfig a finished or started run was trained with (``run_id`` or a unique prefix of it)."""
     from nemesis_analysis.corruption.sweep_runs import load_run_config
 
-    clashing = sorted(given & run_parameter_names())
+    clashing = sorted(given & (run_parameter_names() - {"print_config"}))
     if clashing or prompt is not None:
         what = "--prompt" if prompt is not None else ", ".join(f"--{n.rstrip('_').replace('_', '-')}" for n in clashing)
         raise ConfigError(f"--run {run_id} sweeps the run with its own config; drop {what}")

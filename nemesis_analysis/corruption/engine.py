@@ -153,3 +153,13 @@ def variant_norms(variants: Tensor) -> Tensor:
     """L2 norm of each position of each variant, averaged over classes for CSC: (variants, n_ctx)."""
     norms = torch.linalg.vector_norm(variants.float(), ord=2, dim=-1)  # (variants, [classes,] n_ctx)
     return norms.mean(dim=1) if norms.dim() == 3 else norms
+
+
+def paired_counts(predictions: Tensor, labels: Tensor, baseline_correct: Tensor) -> tuple[Tensor, Tensor]:
+    """(n_gained, n_lost) of each row of predictions (variants, n_test) against the uncorrupted prompt's
+    per-image correctness ``baseline_correct`` (n_test,) bool: images a variant newly gets right, and newly
+    gets wrong. Both (variants,) int64; ``n_gained - n_lost`` is the change in correct images."""
+    correct = predictions == labels[None]
+    gained = (correct & ~baseline_correct[None]).sum(dim=1)
+    lost = (~correct & baseline_correct[None]).sum(dim=1)
+    return gained, lost

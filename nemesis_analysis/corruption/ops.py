@@ -1,6 +1,6 @@
 """Pure corruption operations on a learned context, the corruption grid, and list parsers for the CLI.
 
-DESIGN.md section 3: RESCALE at position i sets ``p_i <- factor * p_i``; REPLACE at i sets
+The corruptions of the paper (Fu et al., ICLR 2024): RESCALE at position i sets ``p_i <- factor * p_i``; REPLACE at i sets
 ``p_i <- N(0, std^2 I_d)`` with d the context width (std 0 gives the zero vector). With class-specific
 context (CSC, shape ``(num_classes, n_ctx, width)``) position i is corrupted in every class.
 

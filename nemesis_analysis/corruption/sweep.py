@@ -22,6 +22,8 @@ from nemesis_analysis.corruption.ops import NO_CORRUPTION, Corruption, apply_cor
 from nemesis_analysis.corruption.engine import (
     accuracy_of,
     auto_chunk,
+    paired_counts,
+    predict_variants,
     prefix_cache,
     variant_norms,
     variant_outcomes,
@@ -36,6 +38,9 @@ from nemesis_analysis.training.nemesis import position_norms
 from nemesis_analysis.progress import progress_bar
 from nemesis_analysis.storage.schema import CORRUPTION_KEY, SCHEMAS, RunIdentity
 from nemesis_analysis.session import Session
+from nemesis_analysis.stats import bh_q_values, mcnemar_p
+
+SIGNIFICANCE_FDR = 0.05  # the false-discovery rate of SweepSummary.num_significant
 
 TABLE = "corruptions"
 NONE, RESCALE, REPLACE = (op.value for op in CorruptionOp)
@@ -59,6 +64,7 @@ class SweepSummary:
     seconds: float
     rows: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # the grid's rows, grid order
     stopped: bool = False  # should_stop ended the sweep before the grid was complete
+    num_significant: int = 0  # Low-Norm Effects whose McNemar p-value survives BH over the grid's rows (q < 0.05)
     eval_classes: str = EvalClasses.ALL.value  # the class subset evaluated (base2new: base or new)
     num_invisible: int = 0  # corruptions whose scores equal the original's (left out of the two counts above)
 
@@ -71,6 +77,7 @@ class EvalSet:
     labels: Tensor  # (n_test,)
     local_features: Tensor | None = None  # (n_test, locations, embed) on the host, for methods that score them (PLOT)
     original: Tensor | None = None  # (n_test, classes) scores of the unchanged prompt, set by the sweep
+    baseline_correct: Tensor | None = None  # (n_test,) bool: the uncorrupted prompt's correct images (paired counts)
 
     @property
     def size(self) -> int:
@@ -121,7 +128,9 @@ def run_corruption_sweep(
     classes = EvalClasses(classes).value
     test = load_test_set(session, method, identity.dataset, classes, max_test)
     test.original = original_scores(method, slot_value, test)
-    acc_original = float(accuracy_of(test.original.argmax(-1).cpu()[None], test.labels)[0])
+    predictions = test.original.argmax(-1).cpu()[None]
+    acc_original = float(accuracy_of(predictions, test.labels)[0])
+    test.baseline_correct = predictions[0] == test.labels
     base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size, "eval_classes": classes}
     base_norms = position_norms(slot_value)  # (n_positions,)
     pairs = position_keys(method)  # flat position -> (prompt_index, position, layer)
@@ -169,6 +178,75 @@ def original_scores(method: PromptMethod, slot_value: Tensor, test: "EvalSet") -
 def position_keys(method: PromptMethod) -> list[tuple[int, int, int]]:
     """(prompt_index, position, layer) of each flat position of the method's position slot."""
     return [(*pair, layer) for pair, layer in zip(method.position_pairs(), method.position_layers())]
+
+
+COUNT_COLUMNS: tuple[str, ...] = ("n_gained", "n_lost", "p_value")
+
+
+def fill_counts(
+    session: Session,
+    method: PromptMethod,
+    slot_value: Tensor,
+    identity: RunIdentity,
+    classes: EvalClasses | str = EvalClasses.ALL,
+    chunk: int | None = None,
+) -> int:
+    """Fill ``n_gained``, ``n_lost`` and ``p_value`` of this run's rows written before those columns existed
+    (NaN there); returns the rows filled. Their predictions are recomputed on the rows' own test set (the
+    ``n_test`` they record) and each stored row is updated in place (:meth:`store.Claim.update`), so no key
+    is added or duplicated. Refuses when a recomputed accuracy differs from the stored one: the counts would
+    not belong to that row."""
+    slot_value = check_slot(slot_value, identity, method)
+    chunk = resolve_chunk(method, chunk, None)
+    classes = EvalClasses(classes).value
+    with store.claim(session.reports_dir, TABLE, identity.run_id) as claim:
+        previous = previous_rows(session, identity.run_id, classes)
+        todo = previous[previous[list(COUNT_COLUMNS)].isna().any(axis=1)]
+        if todo.empty:
+            return 0
+        test = load_test_set(session, method, identity.dataset, classes, int(todo["n_test"].max()))
+        check_same_test_set(previous, test.size, identity.run_id)
+        predictions = predict_variants(method, slot_value[None], test.features, test.local_features)
+        test.baseline_correct = predictions[0] == test.labels
+        base_row = {**identity.as_row(), "acc_original": float(accuracy_of(predictions, test.labels)[0]),
+                    "n_test": test.size, "eval_classes": classes}  # fmt: skip
+        corruptions = corruptions_of_rows(todo, method.position_pairs())
+        rows = [baseline_row(base_row, position_norms(slot_value))] if any(c.op == NONE for c in corruptions) else []
+        todo_corrupted = [c for c in corruptions if c.op != NONE]
+        cache = prefix_cache(method, slot_value) if todo_corrupted else None
+        for start in range(0, len(todo_corrupted), chunk):
+            rows += evaluate_chunk(method, cache, slot_value, todo_corrupted[start : start + chunk], identity.run_id,
+                                   test, base_row, position_norms(slot_value), method.position_pairs())  # fmt: skip
+        filled = pd.DataFrame(rows)
+        check_same_accuracy(todo, filled, identity.run_id)
+        return claim.update(filled, list(COUNT_COLUMNS))
+
+
+def corruptions_of_rows(rows: pd.DataFrame, pairs: Sequence[tuple[int, int]]) -> list[Corruption]:
+    """The corruptions (flat positions) of table rows; ``pairs`` maps flat positions to (prompt_index, position)."""
+    flat = {(int(n), int(p)): i for i, (n, p) in enumerate(pairs)}
+    out = []
+    columns = ["op", "prompt_index", "position", "factor", "rep"]
+    for op, prompt_index, position, factor, rep in rows[columns].itertuples(index=False, name=None):
+        if op == NONE:
+            out.append(NO_CORRUPTION)
+        elif (int(prompt_index), int(position)) not in flat:
+            raise ConfigError(f"a stored row corrupts prompt {prompt_index} position {position}, which the run lacks")
+        else:
+            out.append(Corruption(op, flat[(int(prompt_index), int(position))], float(factor), int(rep)))
+    return out
+
+
+def check_same_accuracy(stored: pd.DataFrame, recomputed: pd.DataFrame, run_id: str) -> None:
+    """Recomputed rows must reproduce the stored accuracies, else their counts would describe other predictions."""
+    key = list(CORRUPTION_KEY)
+    joined = stored[[*key, "acc"]].merge(recomputed[[*key, "acc"]], on=key, suffixes=("", "_now"))
+    differs = (joined["acc"] - joined["acc_now"]).abs() > 1e-9
+    if differs.any():
+        raise ModelError(
+            f"run {run_id}: {int(differs.sum())} of {len(joined)} stored rows no longer reproduce their accuracy "
+            "(another model, device or precision?); sweep again into a fresh --reports folder"
+        )
 
 
 def check_slot(slot_value: Tensor, identity: RunIdentity, method: PromptMethod | None = None) -> Tensor:
@@ -290,7 +368,8 @@ def baseline_row(base_row: dict, base_norms: Tensor) -> dict:
     op, position, factor, rep = NO_CORRUPTION.key()
     return {**base_row, "op": op, "prompt_index": 0, "position": position, "factor": factor, "rep": rep,
             "acc": base_row["acc_original"], "delta": 0.0, "norm_before": mean_norm, "norm_after": mean_norm,
-            "low_norm_effect": False, "layer": 0, "invisible": True}  # fmt: skip
+            "low_norm_effect": False, "n_gained": 0.0, "n_lost": 0.0, "p_value": 1.0, "layer": 0,
+            "invisible": True}  # fmt: skip
 
 
 def evaluate_chunk(
@@ -312,6 +391,8 @@ def evaluate_chunk(
     predictions, invisible = variant_outcomes(method, cache, variants, positions, test.features,
                                               test.local_features, original)  # fmt: skip
     accs = accuracy_of(predictions, test.labels).tolist()
+    gained, lost = paired_counts(predictions, test.labels, test.baseline_correct)
+    p_values = mcnemar_p(gained.numpy(), lost.numpy())
     after = variant_norms(variants)  # (variants, n_ctx)
     rows = []
     for i, corruption in enumerate(part):
@@ -323,7 +404,8 @@ def evaluate_chunk(
              "position": pairs[corruption.position][1], "layer": (*pairs[corruption.position], 0)[2],
              "invisible": bool(invisible[i]), "factor": float(corruption.factor),
              "rep": corruption.rep, "acc": accs[i], "delta": delta, "norm_before": norm_before,
-             "norm_after": norm_after, "low_norm_effect": bool(norm_after < norm_before and delta > 0)}
+             "norm_after": norm_after, "low_norm_effect": bool(norm_after < norm_before and delta > 0),
+             "n_gained": float(gained[i]), "n_lost": float(lost[i]), "p_value": float(p_values[i])}
         )  # fmt: skip
     return rows
 
@@ -357,6 +439,8 @@ def summarise(
     invisible = corrupted["invisible"].fillna(False).astype(bool) if "invisible" in corrupted else False
     visible = corrupted[~invisible] if "invisible" in corrupted else corrupted
     reducing = visible["norm_after"] < visible["norm_before"]
+    effect = reducing & (visible["delta"] > 0)
+    q = bh_q_values(visible["p_value"].to_numpy(float)) if "p_value" in visible.columns else float("nan")
     return SweepSummary(
         run_id=run_id,
         acc_original=acc_original,
@@ -367,7 +451,8 @@ def summarise(
         best=best,
         worst=worst,
         num_norm_reducing=int(reducing.sum()),
-        num_low_norm_effect=int((reducing & (visible["delta"] > 0)).sum()),
+        num_low_norm_effect=int(effect.sum()),
+        num_significant=int((effect & (q < SIGNIFICANCE_FDR)).sum()),
         num_invisible=len(corrupted) - len(visible),
         chunk=chunk,
         seconds=seconds,
@@ -414,7 +499,8 @@ def format_summary(summary: SweepSummary) -> list[str]:
             )
     lines.append(
         f"  Low-Norm Effect: {summary.num_low_norm_effect} of {summary.num_norm_reducing} norm-reducing "
-        f"corruptions raised accuracy" + (f" ({summary.num_invisible} invisible corruptions left out)"
-                                          if summary.num_invisible else "")
+        f"corruptions raised accuracy; {summary.num_significant} of them significantly (exact McNemar test, "
+        f"Benjamini-Hochberg q < {SIGNIFICANCE_FDR:g} over the sweep)"
+        + (f"; {summary.num_invisible} invisible corruptions left out" if summary.num_invisible else "")
     )
     return lines

@@ -23,8 +23,8 @@ from nemesis_analysis.storage.rundir import RunDir
 from nemesis_analysis.storage.safeload import DamagedFileError
 from nemesis_analysis.storage.schema import RunIdentity
 from nemesis_analysis.session import Session
-from nemesis_analysis.corruption.sweep import SweepSummary, run_corruption_sweep
-from nemesis_analysis.training.train import RunResult, load_model_and_data, train_prompt
+from nemesis_analysis.corruption.sweep import SweepSummary, fill_counts, run_corruption_sweep
+from nemesis_analysis.training.train import RunResult, finished_result, load_model_and_data, train_prompt
 
 
 def sweep_runs(
@@ -100,6 +100,13 @@ def sweep_trained_run(
     """Sweep the prompt that :func:`~nemesis_analysis.training.train.train_prompt` saved for ``run`` on one class
     subset (all classes, or base2new's base or new: the run's method rebuilt over that subset's class names,
     every saved tensor loaded, so CoCoOp's meta-network keeps shifting)."""
+    method, slot, identity = method_of_run(session, run, classes)
+    return run_corruption_sweep(session, method, slot, identity, grid, chunk=chunk, classes=classes,
+                                max_test=max_test, should_stop=should_stop)  # fmt: skip
+
+
+def method_of_run(session: Session, run: RunResult, classes: EvalClasses | str = EvalClasses.ALL):
+    """(method, position slot, identity) of a finished run on one class subset, its saved tensors loaded."""
     config = run.config
     run_dir = RunDir(Path(run.run_dir))
     ctx = read_prompt(run_dir.path, fix=run_dir.damaged_fix).ctx  # a damaged run file: one line, with the fix
@@ -107,10 +114,21 @@ def sweep_trained_run(
     check_run_prompt(ctx, config, loaded, dataset.num_classes, run_dir)
     method = build_method_for_run(config, loaded, protocols.subset_classnames(dataset.classnames, classes))
     method.load(run.run_dir)
-    slot = method.position_tensor().detach()
-    identity = config.identity(n_ctx=method.n_ctx)
-    return run_corruption_sweep(session, method, slot, identity, grid, chunk=chunk, classes=classes,
-                                max_test=max_test, should_stop=should_stop)  # fmt: skip
+    return method, method.position_tensor().detach(), config.identity(n_ctx=method.n_ctx)
+
+
+def fill_run_counts(session: Session, run_id: str, chunk: int | None = None) -> dict[str, int]:
+    """Fill the paired counts and p-values of the recorded run ``run_id``'s corruption rows written before
+    those columns existed, on every class subset its protocol sweeps; returns rows filled per subset."""
+    config = load_run_config(session, run_id)
+    run = finished_result(session, config)
+    if run is None:
+        raise NoDataError(f"run {config.run_id} has not finished training; nothing of it was swept")
+    filled = {}
+    for classes in protocols.sweep_classes(config.protocol):
+        method, slot, identity = method_of_run(session, run, classes)
+        filled[EvalClasses(classes).value] = fill_counts(session, method, slot, identity, classes, chunk)
+    return filled
 
 
 def sweep_run_subsets(

@@ -57,7 +57,7 @@ class CoopLayout:
     folder: str  # folder directly under the data root
     image_dir: str  # image folder, relative to ``folder`` ("" = ``folder`` itself)
     split_file: str | None  # split_zhou JSON inside ``folder``; None where the split comes from elsewhere
-    section: str  # heading of DATASETS.md with the download steps
+    section: str  # heading of DATASETS.md with the download steps; also the display name in figures and tables
     template: str  # CoOp's hand-crafted zero-shot prompt (trainers/zsclip.py CUSTOM_TEMPLATES)
     test_only: bool = False
     renames: dict[str, str] = field(default_factory=dict)  # raw class name -> CoOp name
@@ -71,6 +71,14 @@ class CoopLayout:
 
     def how_to_get(self) -> str:
         return f"see section {self.section!r} of {DATASETS_MD}"
+
+
+def register_layout(name: str, description: str):
+    """``register_dataset`` for a CoOp dataset: folder, test-only flag and display name from ``LAYOUTS[name]``."""
+    layout = LAYOUTS[name]
+    return register_dataset(
+        name, folder=layout.folder, test_only=layout.test_only, description=description, label=layout.section
+    )
 
 
 def _layouts(*layouts: CoopLayout) -> dict[str, CoopLayout]:
@@ -264,47 +272,47 @@ def read_zhou_split(layout: CoopLayout, root: Path | None) -> DatasetSplits:
     )
 
 
-@register_dataset("caltech101", folder="caltech-101", description="Caltech101, 100 object classes (CoOp split)")
+@register_layout("caltech101", "Caltech101, 100 object classes (CoOp split)")
 def read_caltech101(root: Path | None) -> DatasetSplits:
     return read_zhou_split(LAYOUTS["caltech101"], root)
 
 
-@register_dataset("oxford_pets", folder="oxford_pets", description="Oxford-IIIT Pets, 37 breeds (CoOp split)")
+@register_layout("oxford_pets", "Oxford-IIIT Pets, 37 breeds (CoOp split)")
 def read_oxford_pets(root: Path | None) -> DatasetSplits:
     return read_zhou_split(LAYOUTS["oxford_pets"], root)
 
 
-@register_dataset("stanford_cars", folder="stanford_cars", description="Stanford Cars, 196 models (CoOp split)")
+@register_layout("stanford_cars", "Stanford Cars, 196 models (CoOp split)")
 def read_stanford_cars(root: Path | None) -> DatasetSplits:
     return read_zhou_split(LAYOUTS["stanford_cars"], root)
 
 
-@register_dataset("oxford_flowers", folder="oxford_flowers", description="Flowers102, 102 species (CoOp split)")
+@register_layout("oxford_flowers", "Flowers102, 102 species (CoOp split)")
 def read_oxford_flowers(root: Path | None) -> DatasetSplits:
     return read_zhou_split(LAYOUTS["oxford_flowers"], root)
 
 
-@register_dataset("food101", folder="food-101", description="Food-101, 101 dishes (CoOp split)")
+@register_layout("food101", "Food-101, 101 dishes (CoOp split)")
 def read_food101(root: Path | None) -> DatasetSplits:
     return read_zhou_split(LAYOUTS["food101"], root)
 
 
-@register_dataset("sun397", folder="sun397", description="SUN397, 397 scene categories (CoOp split)")
+@register_layout("sun397", "SUN397, 397 scene categories (CoOp split)")
 def read_sun397(root: Path | None) -> DatasetSplits:
     return read_zhou_split(LAYOUTS["sun397"], root)
 
 
-@register_dataset("dtd", folder="dtd", description="Describable Textures, 47 textures (CoOp split)")
+@register_layout("dtd", "Describable Textures, 47 textures (CoOp split)")
 def read_dtd(root: Path | None) -> DatasetSplits:
     return read_zhou_split(LAYOUTS["dtd"], root)
 
 
-@register_dataset("eurosat", folder="eurosat", description="EuroSAT RGB, 10 land-use classes (CoOp split)")
+@register_layout("eurosat", "EuroSAT RGB, 10 land-use classes (CoOp split)")
 def read_eurosat(root: Path | None) -> DatasetSplits:
     return read_zhou_split(LAYOUTS["eurosat"], root)
 
 
-@register_dataset("ucf101", folder="ucf101", description="UCF101 middle frames, 101 actions (CoOp split)")
+@register_layout("ucf101", "UCF101 middle frames, 101 actions (CoOp split)")
 def read_ucf101(root: Path | None) -> DatasetSplits:
     return read_zhou_split(LAYOUTS["ucf101"], root)
 
@@ -348,7 +356,7 @@ def _read_fgvc_list(layout: CoopLayout, path: Path, image_dir: Path, label_of: d
     return samples
 
 
-@register_dataset("fgvc_aircraft", folder="fgvc_aircraft", description="FGVC-Aircraft, 100 variants (official split)")
+@register_layout("fgvc_aircraft", "FGVC-Aircraft, 100 variants (official split)")
 def read_fgvc_aircraft(root: Path | None) -> DatasetSplits:
     layout = LAYOUTS["fgvc_aircraft"]
     base = fgvc_base_dir(layout, require_dataset_dir(layout, root))
@@ -436,7 +444,7 @@ def _imagenet_splits(
     )
 
 
-@register_dataset("imagenet", folder="imagenet", description="ImageNet-1k; CoOp tests on the official val set")
+@register_layout("imagenet", "ImageNet-1k; CoOp tests on the official val set")
 def read_imagenet(root: Path | None) -> DatasetSplits:
     """ImageNet: labels follow classnames.txt; ``images/val`` is the test split and there is no val split.
 
@@ -475,30 +483,22 @@ def read_imagenet_test_set(
     return _imagenet_splits(layout, wnids, names, test=test)
 
 
-@register_dataset(
-    "imagenet_sketch", folder="imagenet-sketch", test_only=True, description="ImageNet-Sketch (test only)"
-)
+@register_layout("imagenet_sketch", "ImageNet-Sketch (test only)")
 def read_imagenet_sketch(root: Path | None) -> DatasetSplits:
     return read_imagenet_test_set(LAYOUTS["imagenet_sketch"], root)
 
 
-@register_dataset(
-    "imagenetv2", folder="imagenetv2", test_only=True, description="ImageNetV2 matched-frequency (test only)"
-)
+@register_layout("imagenetv2", "ImageNetV2 matched-frequency (test only)")
 def read_imagenetv2(root: Path | None) -> DatasetSplits:
     return read_imagenet_test_set(LAYOUTS["imagenetv2"], root, folders_by_label=True)
 
 
-@register_dataset(
-    "imagenet_a", folder="imagenet-adversarial", test_only=True, description="ImageNet-A, 200 classes (test only)"
-)
+@register_layout("imagenet_a", "ImageNet-A, 200 classes (test only)")
 def read_imagenet_a(root: Path | None) -> DatasetSplits:
     return read_imagenet_test_set(LAYOUTS["imagenet_a"], root, subset=IMAGENET_A_WNIDS)
 
 
-@register_dataset(
-    "imagenet_r", folder="imagenet-rendition", test_only=True, description="ImageNet-R, 200 classes (test only)"
-)
+@register_layout("imagenet_r", "ImageNet-R, 200 classes (test only)")
 def read_imagenet_r(root: Path | None) -> DatasetSplits:
     return read_imagenet_test_set(LAYOUTS["imagenet_r"], root, subset=IMAGENET_R_WNIDS)
 

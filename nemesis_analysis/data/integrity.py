@@ -11,19 +11,22 @@ decoded, by few-shot sampling and by ``nemesis datasets``.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable, Protocol
 
 from PIL import Image
 
 from nemesis_analysis.errors import DataError
 
-if TYPE_CHECKING:  # base imports this module; the type is only needed for annotations
-    from nemesis_analysis.data.base import Sample
-
 MAX_EXAMPLES = 3  # paths quoted in one problem line
 JPEG_EOI = b"\xff\xd9"
 JPEG_TAIL_PADDING = b"\x00\r\n \t"  # bytes some writers leave after the end-of-image marker
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class Sample(Protocol):
+    """What the checks read of a sample (data.base.Sample, which imports this module): its file path."""
+
+    source: str
 
 
 def examples(paths: list[str], limit: int = MAX_EXAMPLES) -> str:

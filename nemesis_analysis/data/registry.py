@@ -22,18 +22,20 @@ class DatasetEntry:
     folder: str | None  # sub-folder under --data-root; None for embedded datasets
     test_only: bool = False
     description: str = ""
+    label: str = ""  # display name in figures and tables (e.g. Flowers102); the name itself when empty
 
 
+# In registration order, which fixes each dataset's colour and marker in figures (report.plots.dataset_style).
 DATASETS: dict[str, DatasetEntry] = {}
 
 
-def register_dataset(name: str, *, folder: str | None, test_only: bool = False, description: str = ""):
+def register_dataset(name: str, *, folder: str | None, test_only: bool = False, description: str = "", label: str = ""):
     """Decorator: ``@register_dataset("caltech101", folder="caltech-101")`` over ``reader(root) -> DatasetSplits``."""
 
     def decorate(reader: Callable[[Path | None], DatasetSplits]):
         if name in DATASETS:
             raise RuntimeError(f"dataset {name!r} registered twice")
-        DATASETS[name] = DatasetEntry(name, reader, folder, test_only, description)
+        DATASETS[name] = DatasetEntry(name, reader, folder, test_only, description, label or name)
         return reader
 
     return decorate

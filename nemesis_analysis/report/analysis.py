@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from nemesis_analysis import stats
 from nemesis_analysis.storage import schema
 from nemesis_analysis.errors import ConfigError, NoDataError
 
@@ -32,6 +33,9 @@ GROUP_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "shots", "prompt_method
 _KEY: tuple[str, ...] = schema.KEYS["corruptions"]
 CORRUPTION_OPS: tuple[str, ...] = ("rescale", "replace")
 ALL_CLASSES = "all"  # eval_classes of a sweep over every class (fewshot runs); base2new sweeps write base and new
+DEFAULT_FDR = 0.05  # the false-discovery rate of frequency_significant
+# The family of one Benjamini-Hochberg correction: one sweep, i.e. the rows of one run on one class subset.
+FDR_FAMILY: tuple[str, ...] = ("run_id", "eval_classes")
 
 FREQUENCY_DEFINITION = (
     "Low-Norm Effect frequency: for a trained soft prompt, take every single-position "
@@ -40,12 +44,17 @@ FREQUENCY_DEFINITION = (
     "the uncorrupted baseline is excluded); the frequency is the percentage of these "
     "norm-reducing corruptions whose test accuracy is higher than the uncorrupted prompt's "
     "(delta > min_delta points, min_delta = 0 by default). It is computed separately for "
-    "each seed and reported as mean ± sample standard deviation over seeds."
+    "each seed and reported as mean ± sample standard deviation over seeds, with the number of seeds n "
+    "and the 95% Student-t interval of the mean (none with one seed). frequency_significant counts only "
+    "the effects that survive false-discovery control: each row's exact two-sided McNemar p-value "
+    "(n_gained vs n_lost test images) is adjusted by Benjamini-Hochberg over its sweep (one run, one "
+    "class subset), and an effect counts when its q-value is below the FDR (0.05 by default)."
 )
 # Short form for figure captions.
 FREQUENCY_SHORT = (
     "Frequency = % of norm-reducing single-position corruptions (rescale/replace) "
-    "that raise test accuracy; mean ± std over seeds."
+    "that raise test accuracy; mean over seeds, error bars: 95% t-interval;\n"
+    "hatched: effects whose exact McNemar test survives Benjamini-Hochberg control per sweep (q < FDR)."
 )
 
 
@@ -100,13 +109,23 @@ def sample_std(values: pd.Series) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
-def _aggregate_over_seeds(per_seed: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
-    """Mean, std (ddof=1) and count over the seeds of each group for one value column."""
+def interval_columns(stem: str) -> list[str]:
+    """The columns of one value aggregated over seeds: mean, std, n and the 95% Student-t interval."""
+    return [f"{stem}_{s}" for s in ("mean", "std", "n", "ci95_low", "ci95_high")]
+
+
+def aggregate_over_seeds(per_seed: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
+    """Mean, std (ddof=1), n (non-NaN values) and the 95% Student-t interval of the mean over the seeds of
+    each group, for one value column (interval NaN below two values)."""
     grouped = per_seed.groupby(by, sort=True, dropna=False)[value]
+    intervals = grouped.agg(lambda values: stats.t_interval(values.to_numpy(float)))
     return pd.DataFrame(
         {
             f"{value}_mean": grouped.mean(),
             f"{value}_std": grouped.agg(sample_std),
+            f"{value}_n": grouped.count(),
+            f"{value}_ci95_low": intervals.map(lambda pair: pair[0]),
+            f"{value}_ci95_high": intervals.map(lambda pair: pair[1]),
         }
     )
 
@@ -171,44 +190,71 @@ def restrict_to_common_grid(corruptions: pd.DataFrame, by: Sequence[str] = GROUP
 # --------------------------------------------------------------------------- frequency
 
 
+def with_q_values(corruptions: pd.DataFrame) -> pd.DataFrame:
+    """The deduplicated rows with a ``q_value`` column: each corrupted row's ``p_value`` adjusted by
+    Benjamini-Hochberg within its sweep (:data:`FDR_FAMILY`: one run on one class subset), over the rows
+    present; NaN for the baseline and for rows without a p-value (parts written before it existed)."""
+    table = dedupe_corruptions(corruptions)
+    q = pd.Series(np.nan, index=table.index, dtype=float)
+    corrupted = table[table["op"] != "none"]
+    for _, rows in corrupted.groupby(list(FDR_FAMILY), sort=False, dropna=False):
+        q[rows.index] = stats.bh_q_values(rows["p_value"].to_numpy(float))
+    return table.assign(q_value=q)
+
+
 def low_norm_frequency_per_seed(
     corruptions: pd.DataFrame,
     min_delta: float = 0.0,
     by: Sequence[str] = GROUP_COLUMNS,
+    fdr: float = DEFAULT_FDR,
 ) -> pd.DataFrame:
-    """One row per group and seed: `n_reducing`, `n_effect`, `frequency` (percent) and `n_invisible`.
+    """One row per group and seed: `n_reducing`, `n_effect`, `frequency`, `n_significant` and
+    `frequency_significant` (percent).
 
-    `n_reducing` counts the visible norm-reducing corruption rows (op != "none",
-    norm_after < norm_before, not `invisible`), `n_effect` those among them with delta > `min_delta`, and
-    frequency = 100 * n_effect / n_reducing (NaN when nothing reduced the norm); `n_invisible` counts the
-    corruption rows left out as invisible. Groups whose rows are all baselines (op == "none") do not appear.
+    `n_reducing` counts the norm-reducing corruption rows (op != "none" and
+    norm_after < norm_before), `n_effect` those among them with delta > `min_delta`, and
+    frequency = 100 * n_effect / n_reducing (NaN when nothing reduced the norm). `n_significant` counts
+    the effects whose q-value (``q_value`` when the frame has one, else :func:`with_q_values` of the rows
+    given) is below `fdr`; frequency_significant = 100 * n_significant / n_reducing, NaN when a
+    norm-reducing row lacks its p-value (fill it with `nemesis fill-counts`). Groups whose rows are all
+    baselines (op == "none") do not appear.
     """
     by = list(by)
-    columns = [*by, "seed", "n_reducing", "n_effect", "frequency", "n_invisible"]
+    columns = [*by, "seed", "n_reducing", "n_effect", "frequency", "n_significant", "frequency_significant",
+               "n_invisible"]
     corruptions = rows_for_view(corruptions, by)
     require_columns(corruptions, [*by, "seed", *_KEY, "delta", "norm_before", "norm_after"], "corruption table")
-    table = dedupe_corruptions(corruptions)
+    check_fdr(fdr)
+    table = corruptions if "q_value" in corruptions.columns else with_q_values(corruptions)
+    table = dedupe_corruptions(table)
     table = table[table["op"] != "none"]
     if table.empty:
         return pd.DataFrame(columns=columns)
 
     reducing = _norm_reducing(table)
+    effect = reducing & (table["delta"] > min_delta)  # NaN delta compares False: never an effect
     counts = pd.DataFrame(
         {
-            "reducing": reducing.astype(int),
-            # NaN delta compares False, so an unmeasured row is never an effect.
-            "effect": (reducing & (table["delta"] > min_delta)).astype(int),
-            "invisible": _invisible(table).astype(int),
+            "n_reducing": reducing.astype(int),
+            "n_effect": effect.astype(int),
+            "n_significant": (effect & (table["q_value"] < fdr)).astype(int),
+            "unknown": (reducing & table["q_value"].isna()).astype(int),
+            "n_invisible": _invisible(table).astype(int),
         }
     )
     keys = [table[c] for c in [*by, "seed"]]
-    out = counts.groupby(keys, sort=True, dropna=False).sum()
-    out.columns = ["n_reducing", "n_effect", "n_invisible"]
-    out = out.reset_index()
+    out = counts.groupby(keys, sort=True, dropna=False).sum().reset_index()
     with np.errstate(invalid="ignore", divide="ignore"):
         frequency = 100.0 * out["n_effect"] / out["n_reducing"]
+        significant = 100.0 * out["n_significant"] / out["n_reducing"]
     out["frequency"] = frequency.where(out["n_reducing"] > 0)
+    out["frequency_significant"] = significant.where((out["n_reducing"] > 0) & (out["unknown"] == 0))
     return out[columns]
+
+
+def check_fdr(fdr: float) -> None:
+    if not 0 < fdr < 1:
+        raise ConfigError(f"--fdr must be between 0 and 1 (exclusive), got {fdr}")
 
 
 def low_norm_frequency(
@@ -216,32 +262,37 @@ def low_norm_frequency(
     min_delta: float = 0.0,
     by: Sequence[str] = GROUP_COLUMNS,
     same_grid: bool = False,
+    fdr: float = DEFAULT_FDR,
 ) -> pd.DataFrame:
-    """One row per group: `frequency_mean`, `frequency_std` over seeds, and totals.
+    """One row per group: `frequency` and `frequency_significant` over seeds, and totals.
 
-    Columns: the `by` columns, `frequency_mean`, `frequency_std` (ddof=1; NaN with one seed),
-    `num_seeds` (seeds with a defined frequency), `n_effect` and `n_reducing` (summed over
-    seeds), `frequency_pooled` = 100 * n_effect / n_reducing over all seeds together, and `n_invisible`
-    (corruptions left out as invisible, summed over seeds). Pass ``by=[..., "layer"]`` for one row per
-    prompted layer (MaPLe).
+    Columns: the `by` columns; for `frequency` and `frequency_significant` each, `_mean`, `_std`
+    (ddof=1), `_n` (seeds with a defined value) and `_ci95_low`/`_ci95_high` (95% Student-t interval of
+    the mean; NaN with one seed); `num_seeds` (seeds with a defined frequency), `n_effect`,
+    `n_significant` and `n_reducing` (summed over seeds) and `frequency_pooled` = 100 * n_effect /
+    n_reducing over all seeds together, `n_invisible` (rows left out as invisible); pass
+    ``by=[..., "layer"]`` for one row per prompted layer (MaPLe). q-values are computed per sweep before any grid restriction.
     With `same_grid`, each group first keeps only the cells all its runs measured
     (:func:`restrict_to_common_grid`; the figures and `nemesis summary` use this).
     See FREQUENCY_DEFINITION.
     """
     by = list(by)
+    corruptions = rows_for_view(corruptions, by)
+    if "q_value" not in corruptions.columns:  # q-values over each whole sweep, before any grid restriction
+        corruptions = with_q_values(corruptions)
     if same_grid:
         corruptions = restrict_to_common_grid(corruptions, by)
-    columns = [*by, "frequency_mean", "frequency_std", "num_seeds", "n_effect", "n_reducing", "frequency_pooled",
-               "n_invisible"]  # fmt: skip
-    per_seed = low_norm_frequency_per_seed(corruptions, min_delta=min_delta, by=by)
+    values = ("frequency", "frequency_significant")
+    columns = [*by, *(c for v in values for c in interval_columns(v)), "num_seeds", "n_effect", "n_significant",
+               "n_reducing", "frequency_pooled", "n_invisible"]  # fmt: skip
+    per_seed = low_norm_frequency_per_seed(corruptions, min_delta=min_delta, by=by, fdr=fdr)
     if per_seed.empty:
         return pd.DataFrame(columns=columns)
-    out = _aggregate_over_seeds(per_seed, by, "frequency")
+    out = pd.concat([aggregate_over_seeds(per_seed, by, v) for v in values], axis=1)
     grouped = per_seed.groupby(by, sort=True, dropna=False)
     out["num_seeds"] = grouped["frequency"].count()
-    out["n_effect"] = grouped["n_effect"].sum()
-    out["n_reducing"] = grouped["n_reducing"].sum()
-    out["n_invisible"] = grouped["n_invisible"].sum()
+    for total in ("n_effect", "n_significant", "n_reducing", "n_invisible"):
+        out[total] = grouped[total].sum()
     with np.errstate(invalid="ignore", divide="ignore"):
         pooled = 100.0 * out["n_effect"] / out["n_reducing"]
     out["frequency_pooled"] = pooled.where(out["n_reducing"] > 0)
@@ -257,26 +308,21 @@ def low_norm_counts(
     """One row per group: the count of Low-Norm Effect corruptions, mean and std over seeds.
 
     The paper's Figure 1(b) plots counts, not percentages. Columns: the `by` columns, `count_mean`,
-    `count_std` (ddof=1; NaN with one seed) of `n_effect`, `n_reducing_mean` (the denominator the
-    percentage would use) and `num_seeds`.
+    `count_std` (ddof=1; NaN with one seed), `count_n`, `count_ci95_low`/`count_ci95_high` of `n_effect`,
+    `n_reducing_mean` (the denominator the percentage would use) and `num_seeds`.
     """
     by = list(by)
-    columns = [*by, "count_mean", "count_std", "n_reducing_mean", "num_seeds"]
+    columns = [*by, *interval_columns("count"), "n_reducing_mean", "num_seeds"]
     if same_grid:
         corruptions = restrict_to_common_grid(corruptions, by)
     per_seed = low_norm_frequency_per_seed(corruptions, min_delta=min_delta, by=by)
     if per_seed.empty:
         return pd.DataFrame(columns=columns)
-    per_seed = per_seed.astype({"n_effect": float, "n_reducing": float})
+    per_seed = per_seed.astype({"n_effect": float, "n_reducing": float}).assign(count=lambda f: f["n_effect"])
     grouped = per_seed.groupby(by, sort=True, dropna=False)
-    out = pd.DataFrame(
-        {
-            "count_mean": grouped["n_effect"].mean(),
-            "count_std": grouped["n_effect"].agg(sample_std),
-            "n_reducing_mean": grouped["n_reducing"].mean(),
-            "num_seeds": grouped["seed"].nunique(),
-        }
-    )
+    out = aggregate_over_seeds(per_seed, by, "count")
+    out["n_reducing_mean"] = grouped["n_reducing"].mean()
+    out["num_seeds"] = grouped["seed"].nunique()
     return out.reset_index()[columns]
 
 
@@ -299,19 +345,19 @@ def low_norm_positions(corruptions: pd.DataFrame, run_id: str, eval_classes: str
 def summarize_runs(runs: pd.DataFrame, by: Sequence[str] = GROUP_COLUMNS) -> pd.DataFrame:
     """Mean and std (ddof=1) over seeds of `final_test_acc` and `zero_shot_acc` per group.
 
-    A run_id that appears twice keeps its last row. Columns: the `by` columns,
-    `final_test_acc_mean`, `final_test_acc_std`, `zero_shot_acc_mean`, `zero_shot_acc_std`,
-    `num_seeds`.
+    A run_id that appears twice keeps its last row. Columns: the `by` columns, then for
+    `final_test_acc` and `zero_shot_acc` each `_mean`, `_std`, `_n`, `_ci95_low`, `_ci95_high`
+    (:func:`interval_columns`), and `num_seeds`.
     """
     by = list(by)
     runs = schema.with_column_defaults("runs", runs)  # e.g. prompt_method for rows from before it
     values = ["final_test_acc", "zero_shot_acc"]
-    columns = [*by, *(f"{v}_{s}" for v in values for s in ("mean", "std")), "num_seeds"]
+    columns = [*by, *(c for v in values for c in interval_columns(v)), "num_seeds"]
     require_columns(runs, [*by, "seed", *values], "runs table")
     if runs.empty:
         return pd.DataFrame(columns=columns)
     table = runs.drop_duplicates(subset=["run_id"], keep="last") if "run_id" in runs.columns else runs
-    parts = [_aggregate_over_seeds(table, by, v) for v in values]
+    parts = [aggregate_over_seeds(table, by, v) for v in values]
     out = pd.concat(parts, axis=1)
     out["num_seeds"] = table.groupby(by, sort=True, dropna=False)["seed"].nunique()
     return out.reset_index()[columns]
@@ -321,8 +367,8 @@ def summarize_corruptions(corruptions: pd.DataFrame, by: Sequence[str] = GROUP_C
     """Per group and corruption op: best, worst and mean delta, uncorrupted accuracy over seeds.
 
     Columns: the `by` columns, `op`, `best_delta` (max), `worst_delta` (min), `mean_delta`
-    (over every corruption row of every seed), `acc_original_mean` and `acc_original_std`
-    (ddof=1, over seeds: the uncorrupted accuracy, one value per seed), `num_seeds`,
+    (over every corruption row of every seed), `acc_original_mean`, `_std`, `_n`, `_ci95_low` and
+    `_ci95_high` (over seeds: the uncorrupted accuracy, one value per seed), `num_seeds`,
     `n_rows` and `n_low_norm_effect` (rows flagged `low_norm_effect`). The baseline rows
     (op == "none") are left out.
     """
@@ -333,8 +379,7 @@ def summarize_corruptions(corruptions: pd.DataFrame, by: Sequence[str] = GROUP_C
         "best_delta",
         "worst_delta",
         "mean_delta",
-        "acc_original_mean",
-        "acc_original_std",
+        *interval_columns("acc_original"),
         "num_seeds",
         "n_rows",
         "n_low_norm_effect",
@@ -359,7 +404,7 @@ def summarize_corruptions(corruptions: pd.DataFrame, by: Sequence[str] = GROUP_C
     )
     # The uncorrupted accuracy is one number per seed: average its rows first.
     per_seed = table.groupby([*keys, "seed"], sort=True, dropna=False)["acc_original"].mean().reset_index()
-    acc = _aggregate_over_seeds(per_seed, keys, "acc_original")
+    acc = aggregate_over_seeds(per_seed, keys, "acc_original")
     out = out.join(acc)
     out["num_seeds"] = per_seed.groupby(keys, sort=True, dropna=False)["seed"].nunique()
     return out.reset_index()[columns]
@@ -411,6 +456,78 @@ def delta_grid(
     return grid.astype(float)
 
 
+def significance_grid(
+    corruptions: pd.DataFrame,
+    dataset: str | None = None,
+    op: str = "rescale",
+    *,
+    regularizer: str | None = None,
+    fdr: float = DEFAULT_FDR,
+    eval_classes: str = ALL_CLASSES,
+) -> pd.DataFrame:
+    """Position x factor table (as :func:`delta_grid`) of booleans: True where some row of the cell (any
+    seed or rep) changed accuracy significantly, its McNemar p-value surviving Benjamini-Hochberg control
+    within its sweep (q < ``fdr``). Rows without a p-value never count."""
+    check_fdr(fdr)
+    table = with_q_values(rows_for_view(corruptions, eval_classes=eval_classes))
+    mask = table["op"] == op
+    for column, value in (("dataset", dataset), ("regularizer", regularizer)):
+        if value is not None:
+            mask &= table[column] == value
+    table = table[mask]
+    significant = (table["q_value"] < fdr).groupby([table["position"].astype(int), table["factor"]], sort=True).any()
+    if significant.empty:
+        return pd.DataFrame(dtype=bool)
+    grid = significant.unstack("factor", fill_value=False).sort_index().sort_index(axis=1)
+    grid.index.name, grid.columns.name = "position", "factor"
+    return grid.astype(bool)
+
+
+# --------------------------------------------------------------------------- paired comparisons
+
+# Runs are paired when they agree on these (and differ in the regularizer): the same split, model and prompt.
+MATCH_COLUMNS: tuple[str, ...] = ("dataset", "backbone", "pretrained", "shots", "seed", "prompt_method", "protocol",
+                                  "n_ctx", "csc", "class_token_position", "precision")  # fmt: skip
+COMPARISON_DEFINITION = (
+    "Paired comparison: each regularizer's runs against the baseline's runs of the same dataset, backbone, shots, "
+    "seed, prompt method, protocol and prompt layout. mean_diff is the mean over pairs of the accuracy "
+    "difference (regularizer - baseline, points), ci95_low/ci95_high its 95% Student-t interval, n_pairs the "
+    "number of pairs and p_value the two-sided paired t-test (none below two pairs)."
+)
+
+
+def paired_comparisons(runs: pd.DataFrame, baseline: str = "coop", value: str = "final_test_acc") -> pd.DataFrame:
+    """Each regularizer (and Nemesis weight) against ``baseline`` on matched runs (:data:`MATCH_COLUMNS`).
+
+    One row per group (the match columns but the seed) and regularizer: `regularizer`, `norm_weight`,
+    `baseline`, `n_pairs`, `regularizer_mean`, `baseline_mean` (over the pairs), `mean_diff`, `ci95_low`, `ci95_high`
+    (:func:`stats.paired_difference`) and `p_value` (paired t-test). A run_id that appears twice keeps its
+    last row; of several runs with the same match key and regularizer, the last one is paired.
+    """
+    runs = schema.with_column_defaults("runs", runs)
+    require_columns(runs, ["run_id", "regularizer", value, *MATCH_COLUMNS], "runs table")
+    table = runs.drop_duplicates("run_id", keep="last")
+    if "norm_weight" not in table.columns:
+        table = table.assign(norm_weight=math.nan)
+    table = table.assign(norm_weight=table["norm_weight"].where(table["regularizer"] != baseline))
+    regularizers = sorted(table["regularizer"].dropna().unique())
+    if baseline not in regularizers:
+        raise NoDataError(f"no {baseline} runs to compare with (regularizers: {', '.join(regularizers) or 'none'}); "
+                          f"pass --compare-to one of them")  # fmt: skip
+    match, group = list(MATCH_COLUMNS), [c for c in MATCH_COLUMNS if c != "seed"]
+    base = table[table["regularizer"] == baseline].drop_duplicates(match, keep="last")[[*match, value]]
+    treated = table[table["regularizer"] != baseline].drop_duplicates([*match, "regularizer", "norm_weight"], keep="last")
+    pairs = treated.merge(base, on=match, suffixes=("", "_baseline"))
+    out = []
+    for key, rows in pairs.groupby([*group, "regularizer", "norm_weight"], sort=True, dropna=False):
+        diff = stats.paired_difference(rows[value].to_numpy(float), rows[f"{value}_baseline"].to_numpy(float))
+        out.append([*key, baseline, diff.n_pairs, float(rows[value].mean()), float(rows[f"{value}_baseline"].mean()),
+                    diff.mean_diff, diff.ci95_low, diff.ci95_high, diff.p_value])  # fmt: skip
+    columns = [*group, "regularizer", "norm_weight", "baseline", "n_pairs", "regularizer_mean", "baseline_mean", "mean_diff",
+               "ci95_low", "ci95_high", "p_value"]  # fmt: skip
+    return pd.DataFrame(out, columns=columns)
+
+
 # --------------------------------------------------------------------------- formatting
 
 
@@ -429,7 +546,8 @@ def merge_mean_std(
     fmt: str = "{:.2f}",
     sep: str = " ± ",
 ) -> pd.DataFrame:
-    """Replace each `x_mean`/`x_std` column pair by one string column `x` ("71.23 ± 0.45").
+    """Replace each `x_mean`/`x_std` column pair by one string column `x` ("71.23 ± 0.45"), and an
+    `x_ci95_low`/`x_ci95_high` pair, when present, by the column `x 95% CI` ("[70.11, 72.35]") after it.
 
     `columns` names the stems `x` to merge; by default every stem with both columns.
     The merged column takes the place of `x_mean`.
@@ -443,20 +561,37 @@ def merge_mean_std(
         at = list(out.columns).index(f"{stem}_mean")
         out = out.drop(columns=[f"{stem}_mean", f"{stem}_std"])
         out.insert(at, stem, pd.Series(merged, index=out.index, dtype=object))
+        low, high = f"{stem}_ci95_low", f"{stem}_ci95_high"
+        if low in out.columns and high in out.columns:
+            shown = [format_interval(a, b, fmt) for a, b in zip(out[low], out[high])]
+            out = out.drop(columns=[low, high])
+            out.insert(list(out.columns).index(stem) + 1, f"{stem} 95% CI", pd.Series(shown, index=out.index, dtype=object))
     return out
 
 
+def format_cell(value, float_fmt: str = "{:.2f}", na: str = "–") -> str:
+    """One table cell as text (Markdown, the terminal): floats through `float_fmt`, None and NaN as `na`."""
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return na
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (float, np.floating)):
+        return float_fmt.format(float(value))
+    return str(value)
+
+
+def format_interval(low: float, high: float, fmt: str = "{:.2f}") -> str:
+    """`[70.11, 72.35]`; empty when the interval is NaN (one seed)."""
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return ""
+    return f"[{fmt.format(low)}, {fmt.format(high)}]"
+
+
 def format_table_markdown(df: pd.DataFrame, float_fmt: str = "{:.2f}", na: str = "–") -> str:
-    """A GitHub pipe table: floats through `float_fmt`, NaN as `na`, numbers right-aligned."""
+    """A GitHub pipe table: cells through :func:`format_cell`, numbers right-aligned."""
 
     def cell(value) -> str:
-        if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
-            return na
-        if isinstance(value, (bool, np.bool_)):
-            return str(bool(value))
-        if isinstance(value, (float, np.floating)):
-            return float_fmt.format(float(value))
-        return str(value).replace("|", "\\|").replace("\n", " ")
+        return format_cell(value, float_fmt, na).replace("|", "\\|").replace("\n", " ")
 
     header = [str(c).replace("|", "\\|") for c in df.columns]
     rows = [[cell(v) for v in row] for row in df.itertuples(index=False, name=None)]

@@ -1,11 +1,11 @@
-"""Turns the tables under a reports folder into the paper's figures and summary files (no torch here).
+"""Turns the tables under a reports folder into the paper's figures (no torch here).
 
 Each ``*_figure`` function reads the tables under a reports folder, filters them, and returns a
 matplotlib Figure from :mod:`nemesis_analysis.report.plots`. When the rows a figure needs are not there
 it raises :class:`~nemesis_analysis.errors.NoDataError` whose message names the command that
 produces them, so the CLI can print one line and exit 2. :func:`render_all` renders every figure
-whose data exists (the demo and the notebook use it); :func:`summary_tables` builds the
-mean ± std accuracy tables and :func:`write_summary` saves them as CSV and Markdown.
+whose data exists (the demo and the notebook use it). Summary and paper tables live in
+:mod:`nemesis_analysis.report.summaries`.
 """
 
 from __future__ import annotations
@@ -20,36 +20,19 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from nemesis_analysis.report import analysis, plots
-from nemesis_analysis.storage import fsio, schema, store
+from nemesis_analysis.report.reading import PRODUCERS, read_nonempty
+from nemesis_analysis.storage import schema, store
 from nemesis_analysis.errors import ConfigError, NoDataError
 
 logger = logging.getLogger(__name__)
 
 FIGURE_FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
 FIGURES_FOLDER = "figures"
-# What to run when a table is empty: the command that writes it.
-PRODUCERS: dict[str, str] = {
-    "corruptions": "`nemesis corrupt --dataset digits`",
-    "trajectories": "`nemesis train --dataset digits` (or `nemesis demo`)",
-    "runs": "`nemesis train --dataset digits` (or `nemesis demo`)",
-}
-_ROW_NAMES = {"corruptions": "corruption", "trajectories": "trajectory", "runs": "run"}
 # Prompt options that must agree for runs to count as "the same setting" in a trajectory figure.
 _PROMPT_COLUMNS: tuple[str, ...] = ("prompt_method", "pretrained", "n_ctx", "csc", "class_token_position", "precision")
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def read_nonempty(reports_dir: Path | str, table: str) -> pd.DataFrame:
-    """The table, or NoDataError naming the command that writes it."""
-    frame = store.read_table(reports_dir, table)
-    if frame.empty:
-        raise NoDataError(
-            f"no {_ROW_NAMES[table]} rows in {store.table_path(reports_dir, table)}; "
-            f"run {PRODUCERS[table]} first"
-        )
-    return frame
 
 
 def _split_names(values: str | Iterable[str] | None) -> list[str] | None:
@@ -153,12 +136,15 @@ def frequency_figure(
     datasets: str | Sequence[str] | None = None,
     min_delta: float = 0.0,
     measure: str = "percent",
+    fdr: float = analysis.DEFAULT_FDR,
 ) -> Figure:
-    """Figure 1(b): Low-Norm Effect frequency (percent or count) against shots, one line per dataset.
+    """Figure 1(b): Low-Norm Effect frequency (percent or count) against shots, one line per dataset, with
+    the 95% interval over seeds and the share of effects that survive Benjamini-Hochberg control at ``fdr``.
 
     Seeds of a (dataset, backbone, shots, regularizer) are compared on the corruption cells they all have
     (analysis.restrict_to_common_grid warns about the cells a seed lacks).
     """
+    analysis.check_fdr(fdr)
     table_dir = store.table_path(reports_dir, "corruptions")
     corruptions = read_nonempty(reports_dir, "corruptions")
     corruptions = _filter(
@@ -166,7 +152,7 @@ def frequency_figure(
     )
     if measure == "count":
         return plots.plot_frequency(analysis.low_norm_counts(corruptions, min_delta, same_grid=True), measure="count")
-    freq = analysis.low_norm_frequency(corruptions, min_delta=min_delta, same_grid=True)
+    freq = analysis.low_norm_frequency(corruptions, min_delta=min_delta, same_grid=True, fdr=fdr)
     return plots.plot_frequency(freq, measure=measure)
 
 
@@ -243,9 +229,11 @@ def heatmap_figure(
     backbone: str | None = None,
     shots: int | None = None,
     prompt_method: str | None = None,
+    fdr: float = analysis.DEFAULT_FDR,
 ) -> Figure:
     """Accuracy delta by position x factor/std, one panel per op and shot count (never averaged over shots)
-    nor over prompt methods: CoOp by default, or ``prompt_method``."""
+    nor over prompt methods: CoOp by default, or ``prompt_method``; cells whose change survives
+    Benjamini-Hochberg control at ``fdr`` are framed."""
     table_dir = store.table_path(reports_dir, "corruptions")
     corruptions = read_nonempty(reports_dir, "corruptions")
     producer = f"`nemesis corrupt --dataset {dataset}`"
@@ -262,7 +250,7 @@ def heatmap_figure(
          f"mean over {n_seeds} seed{'s' if n_seeds != 1 else ''} and reps"]
     )  # fmt: skip
     title = f"Accuracy change from corrupting one context vector\n{context}"
-    return plots.plot_heatmap(corruptions, dataset=dataset, regularizer=regularizer, title=title)
+    return plots.plot_heatmap(corruptions, dataset=dataset, regularizer=regularizer, title=title, fdr=fdr)
 
 
 def _match_run_id(run_id: str, known: Iterable[str]) -> str | None:
@@ -386,103 +374,6 @@ def render_all(
     return paths
 
 
-# --------------------------------------------------------------------------- summaries
-
-
-def _with_mean_norm(summary: pd.DataFrame, runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    table = runs.drop_duplicates("run_id", keep="last")
-    grouped = table.groupby(by, sort=True, dropna=False)["mean_norm"]
-    norms = pd.DataFrame({"mean_norm_mean": grouped.mean(), "mean_norm_std": grouped.agg(analysis.sample_std)}).reset_index()
-    out = summary.merge(norms, on=by, how="left")
-    order = [c for c in out.columns if c != "num_seeds"] + ["num_seeds"]
-    return out[order]
-
-
-def summary_tables(reports_dir: Path | str, min_delta: float = 0.0) -> dict[str, pd.DataFrame]:
-    """Numeric summary tables (mean and std over seeds per dataset, backbone, shots, prompt method, regularizer).
-
-    "runs": final test, zero-shot accuracy and mean context norm (from reports/runs);
-    "corruptions": per op, uncorrupted accuracy over seeds and best/worst/mean delta (per ``eval_classes``
-    too when base2new runs were swept on base and new classes);
-    "frequency": the Low-Norm Effect frequency (analysis.FREQUENCY_DEFINITION), seeds compared on
-    their common corruption cells; "frequency_counts": per seed, the count of Low-Norm Effect
-    corruptions `n_effect` out of the `n_reducing` norm-reducing ones (the paper plots counts).
-    Tables without rows are left out; NoDataError when neither runs nor corruptions exist.
-    """
-    by = list(analysis.GROUP_COLUMNS)
-    runs = store.read_table(reports_dir, "runs")
-    corruptions = store.read_table(reports_dir, "corruptions")
-    if runs.empty and corruptions.empty:
-        raise NoDataError(
-            f"no rows in {store.table_path(reports_dir, 'runs')} or {store.table_path(reports_dir, 'corruptions')}; "
-            f"run {PRODUCERS['runs']} first"
-        )
-    tables: dict[str, pd.DataFrame] = {}
-    if not runs.empty:
-        tables["runs"] = _with_mean_norm(analysis.summarize_runs(runs, by), runs, by)
-    if not corruptions.empty:
-        # base2new sweeps measured base and new classes apart: their rows say which (column eval_classes).
-        by = by + ["eval_classes"] if (corruptions["eval_classes"] != analysis.ALL_CLASSES).any() else by
-        summary = analysis.summarize_corruptions(corruptions, by)
-        if not summary.empty:
-            tables["corruptions"] = summary
-        common = analysis.restrict_to_common_grid(corruptions, by)
-        frequency = analysis.low_norm_frequency(common, min_delta=min_delta, by=by)
-        if not frequency.empty:
-            tables["frequency"] = frequency
-            tables["frequency_counts"] = analysis.low_norm_frequency_per_seed(common, min_delta=min_delta, by=by)
-    return tables
-
-
-def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean/std column pairs merged into "71.23 ± 0.45" strings."""
-    return analysis.merge_mean_std(table)
-
-
-def write_summary(tables: dict[str, pd.DataFrame], out_dir: Path | str) -> list[Path]:
-    """summary_<name>.csv (numeric mean/std columns) and summary_<name>.md (mean ± std) per table."""
-    out_dir = Path(out_dir)
-    paths = []
-    for name, table in tables.items():
-        csv = out_dir / f"summary_{name}.csv"
-        markdown = out_dir / f"summary_{name}.md"
-        fsio.atomic_write_text(csv, table.to_csv(index=False), "a summary table")
-        text = f"{analysis.FREQUENCY_DEFINITION}\n\n" if name == "frequency" else ""
-        fsio.atomic_write_text(markdown, text + analysis.format_table_markdown(display_table(table)) + "\n", "a summary table")
-        paths += [csv, markdown]
-    return paths
-
-
-TABLE_SUFFIXES = {"md": "md", "latex": "tex", "csv": "csv"}
-
-
-def paper_table(reports_dir: Path | str, kind: str | None, format: str = "md", compare: str | None = None) -> tuple[str, str]:
-    """(file name, text) of the paper table ``kind`` built from reports/runs and reports/evaluations."""
-    from nemesis_analysis.report import tables
-
-    if kind is None:
-        raise ConfigError(f"--compare and --format need --table; choose one of: {', '.join(tables.TABLE_KINDS)}")
-    if compare not in (None, "paper"):
-        raise ConfigError(f"--compare takes 'paper'; got {compare!r}")
-    if format not in tables.FORMATS:
-        raise ConfigError(f"unknown --format {format!r} for --table; choose one of: {', '.join(tables.FORMATS)}")
-    runs = store.read_table(reports_dir, "runs")
-    evaluations = store.read_table(reports_dir, "evaluations")
-    table = tables.build(kind, runs, evaluations)
-    if compare == "paper":
-        table = tables.compare_paper(table)
-    suffix = "_vs_paper" if compare else ""
-    return f"table_{kind}{suffix}.{TABLE_SUFFIXES[format]}", tables.render(table, format)
-
-
-def print_paper_table(reports_dir, out_dir, kind, format="md", compare=None, echo=print) -> list[Path]:
-    """Print the paper table and save it under ``out_dir`` (default: the reports folder); returns the path."""
-    name, text = paper_table(reports_dir, kind, format, compare)
-    echo(text.rstrip("\n"))
-    path = Path(out_dir if out_dir is not None else reports_dir) / name
-    return [fsio.atomic_write_text(path, text, "a summary table")]
-
-
 __all__ = [
     "FIGURE_FORMATS",
     "checkpoint_norms",
@@ -494,9 +385,6 @@ __all__ = [
     "render_all",
     "resolve_output",
     "run_norms",
-    "summary_tables",
+    "save",
     "trajectory_figure",
-    "paper_table",
-    "print_paper_table",
-    "write_summary",
 ]

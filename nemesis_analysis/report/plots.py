@@ -26,6 +26,7 @@ import pandas as pd
 from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator, NullLocator
 
 from nemesis_analysis.report import analysis
@@ -65,28 +66,8 @@ COLORBLIND10: tuple[str, ...] = (
 DATASET_COLORS: tuple[str, ...] = tuple(c for c in COLORBLIND10 if c not in ("#ECE133", "#FBAFE4"))
 # 7 markers against 8 colours (coprime): the first 56 datasets get distinct pairs.
 DATASET_MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X")
-# CoOp's benchmark order; the key is the name lower-cased with non-alphanumerics removed.
-_KNOWN_DATASETS: tuple[tuple[str, str], ...] = (
-    ("imagenet", "ImageNet"),
-    ("caltech101", "Caltech101"),
-    ("oxfordpets", "OxfordPets"),
-    ("stanfordcars", "StanfordCars"),
-    ("oxfordflowers", "Flowers102"),
-    ("food101", "Food101"),
-    ("fgvcaircraft", "FGVCAircraft"),
-    ("sun397", "SUN397"),
-    ("dtd", "DTD"),
-    ("eurosat", "EuroSAT"),
-    ("ucf101", "UCF101"),
-    ("digits", "Digits"),
-    ("imagenetv2", "ImageNet-V2"),
-    ("imagenetsketch", "ImageNet-Sketch"),
-    ("imageneta", "ImageNet-A"),
-    ("imagenetr", "ImageNet-R"),
-)
+# Spellings of dataset names other than the registry's; keys are lower-cased with non-alphanumerics removed.
 _DATASET_ALIASES: dict[str, str] = {"flowers102": "oxfordflowers", "pets": "oxfordpets", "aircraft": "fgvcaircraft"}
-_DATASET_INDEX: dict[str, int] = {key: i for i, (key, _) in enumerate(_KNOWN_DATASETS)}
-_DATASET_LABELS: dict[str, str] = dict(_KNOWN_DATASETS)
 
 NORM_LABELS: dict[str, str] = {
     "norm": "L2 norm ‖p_i‖₂",
@@ -158,17 +139,25 @@ def _dataset_key(dataset: str) -> str:
     return _DATASET_ALIASES.get(key, key)
 
 
+@functools.cache
+def _known_datasets() -> dict[str, tuple[int, str]]:
+    """{key: (registration index, display name)} of the registered datasets (data.registry declares them)."""
+    from nemesis_analysis.data.registry import DATASETS
+
+    return {_dataset_key(name): (i, entry.label) for i, (name, entry) in enumerate(DATASETS.items())}
+
+
 def dataset_label(dataset: str) -> str:
     """Display name of a dataset: oxford_pets -> OxfordPets; unknown names unchanged."""
-    return _DATASET_LABELS.get(_dataset_key(dataset), str(dataset))
+    known = _known_datasets().get(_dataset_key(dataset))
+    return known[1] if known else str(dataset)
 
 
 def dataset_style(dataset: str) -> tuple[str, str]:
-    """(colour, marker) of a dataset in every figure."""
+    """(colour, marker) of a dataset in every figure, fixed by its place in the registry."""
     key = _dataset_key(dataset)
-    index = _DATASET_INDEX.get(key)
-    if index is None:
-        index = len(_KNOWN_DATASETS) + _stable_index(key, 1000)
+    known = _known_datasets().get(key)
+    index = known[0] if known else len(_known_datasets()) + _stable_index(key, 1000)
     return DATASET_COLORS[index % len(DATASET_COLORS)], DATASET_MARKERS[index % len(DATASET_MARKERS)]
 
 
@@ -244,7 +233,7 @@ _MEASURE_TEXT = {
         "Corruptions with the Low-Norm Effect (count)",
         "Low-Norm Effect count",
         "Count = norm-reducing single-position corruptions (rescale/replace) that raise test accuracy; "
-        "mean ± std over seeds.",
+        "mean over seeds, error bars: 95% t-interval.",
     ),
 }
 
@@ -261,7 +250,10 @@ def _measured(freq: pd.DataFrame, measure: str) -> pd.DataFrame:
         freq = analysis.low_norm_counts(freq)
     _require(freq, ["dataset", "shots", "count_mean"], "Low-Norm Effect count table")
     std = freq["count_std"] if "count_std" in freq.columns else np.nan
-    return freq.assign(frequency_mean=freq["count_mean"], frequency_std=std)
+    freq = freq.assign(frequency_mean=freq["count_mean"], frequency_std=std)
+    if {"count_ci95_low", "count_ci95_high"} <= set(freq.columns):
+        freq = freq.assign(frequency_ci95_low=freq["count_ci95_low"], frequency_ci95_high=freq["count_ci95_high"])
+    return freq
 
 
 def _series_keys(freq: pd.DataFrame) -> tuple[list[str], list[tuple]]:
@@ -278,8 +270,33 @@ def _series_rows(freq: pd.DataFrame, columns: list[str], key: tuple) -> pd.DataF
     return rows
 
 
+def _error_bars(rows: pd.DataFrame) -> np.ndarray:
+    """(2, n) lower/upper error-bar lengths: the 95% Student-t interval over seeds when the table has one,
+    else the std; NaN (no bar) with one seed."""
+    mean = rows["frequency_mean"].to_numpy(float)
+    if {"frequency_ci95_low", "frequency_ci95_high"} <= set(rows.columns):
+        return np.vstack([mean - rows["frequency_ci95_low"].to_numpy(float), rows["frequency_ci95_high"].to_numpy(float) - mean])
+    std = rows["frequency_std"].to_numpy(float)
+    return np.vstack([std, std])
+
+
+def _significant_bars(ax, x, rows: pd.DataFrame, width: float, first: bool) -> None:
+    """The share of each bar that survives false-discovery control, drawn hatched inside the bar."""
+    if "frequency_significant_mean" not in rows.columns:
+        return
+    heights = rows["frequency_significant_mean"].to_numpy(float)
+    if np.isnan(heights).all():
+        return
+    ax.bar(x, np.nan_to_num(heights), width, fill=False, hatch="////", edgecolor="#222222", linewidth=0.0,
+           label="BH-significant share" if first else None)  # fmt: skip
+    for at, height in zip(np.atleast_1d(x), heights):
+        if np.isfinite(height):
+            ax.annotate(f"{height:.1f} sig.", (at, height), xytext=(0, 3), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=7, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "lw": 0})  # fmt: skip
+
+
 def _frequency_bars(ax, freq: pd.DataFrame, integer: bool) -> None:
-    """One bar per dataset (and series) for a single shot count."""
+    """One bar per dataset (and series) for a single shot count; the BH-significant share hatched inside."""
     series_columns, series_keys = _series_keys(freq)
     datasets = sorted(freq["dataset"].unique(), key=dataset_label)
     x = np.arange(len(datasets))
@@ -296,7 +313,7 @@ def _frequency_bars(ax, freq: pd.DataFrame, integer: bool) -> None:
             x + offset,
             rows["frequency_mean"].to_numpy(float),
             width * 0.92,
-            yerr=rows["frequency_std"].to_numpy(float),
+            yerr=_error_bars(rows),
             color=color,
             edgecolor="black",
             linewidth=0.4,
@@ -305,12 +322,16 @@ def _frequency_bars(ax, freq: pd.DataFrame, integer: bool) -> None:
             label=label,
         )
         ax.bar_label(bars, fmt="%.0f" if integer else "%.1f", padding=2, fontsize=7)
+        _significant_bars(ax, x + offset, rows, width * 0.92, first=i == 0)
     crowded = len(datasets) > 4
     ax.set_xticks(x, [dataset_label(d) for d in datasets], rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_xlabel("Dataset")
     ax.grid(axis="x", visible=False)
-    if series_columns:
-        ax.legend(title=" · ".join(c.capitalize() for c in series_columns))
+    handles, labels = ax.get_legend_handles_labels()
+    if labels:  # the series first, the significant share last
+        order = sorted(range(len(labels)), key=lambda i: labels[i] == "BH-significant share")
+        ax.legend([handles[i] for i in order], [labels[i] for i in order],
+                  title=" · ".join(c.capitalize() for c in series_columns) or None)  # fmt: skip
 
 
 def _frequency_lines(ax, freq: pd.DataFrame, shots: list[int]) -> None:
@@ -328,7 +349,7 @@ def _frequency_lines(ax, freq: pd.DataFrame, shots: list[int]) -> None:
             ax.errorbar(
                 line.index.to_numpy(float),
                 line["frequency_mean"].to_numpy(float),
-                yerr=line["frequency_std"].to_numpy(float),
+                yerr=_error_bars(line),
                 color=color,
                 marker=marker,
                 linestyle=linestyles[i % len(linestyles)],
@@ -336,6 +357,10 @@ def _frequency_lines(ax, freq: pd.DataFrame, shots: list[int]) -> None:
                 elinewidth=0.8,
                 label=label,
             )
+            if "frequency_significant_mean" in line.columns and line["frequency_significant_mean"].notna().any():
+                ax.plot(line.index.to_numpy(float), line["frequency_significant_mean"].to_numpy(float), color=color,
+                        marker=marker, markerfacecolor="none", linestyle=":", linewidth=0.9,
+                        label=f"{label} (BH-significant)")  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_xticks(shots, [str(s) for s in shots])
     ax.xaxis.set_minor_locator(NullLocator())
@@ -350,8 +375,10 @@ def plot_frequency(freq: pd.DataFrame, *, title: str | None = None, measure: str
     """Figure 1(b): Low-Norm Effect frequency (%) or count against shots per class, one line per dataset.
 
     `freq` is `analysis.low_norm_frequency(...)` for `measure="percent"` or `analysis.low_norm_counts(...)`
-    for `measure="count"` (per-seed or raw corruption rows are aggregated first). Error bars are the
-    std over seeds. With a single shot count the figure is one bar per dataset. When several prompt methods,
+    for `measure="count"` (per-seed or raw corruption rows are aggregated first). Error bars are the 95%
+    Student-t interval of the mean over seeds (the std for tables without one; none with one seed); the
+    share of effects that survive Benjamini-Hochberg control (`frequency_significant_mean`) is drawn hatched
+    inside each bar, or as a dotted line. With a single shot count the figure is one bar per dataset. When several prompt methods,
     regularizers or backbones are present each gets its own line style (lines) or bar group (bars).
     """
     freq = _measured(freq, measure)
@@ -364,7 +391,7 @@ def plot_frequency(freq: pd.DataFrame, *, title: str | None = None, measure: str
     shots = sorted(int(s) for s in freq["shots"].unique())
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
-    top = float((freq["frequency_mean"] + freq["frequency_std"].fillna(0)).max())
+    top = float(np.nanmax(np.append(freq["frequency_mean"].to_numpy(float) + np.nan_to_num(_error_bars(freq)[1]), 0.0)))
     if len(shots) == 1:
         _frequency_bars(ax, freq, integer=measure == "count")
         base = f"{name} ({shots[0]} shots per class)"
@@ -541,8 +568,11 @@ def _trajectory_panels(traj, groups, colors, norm_column: str, run: str | None, 
 # --------------------------------------------------------------------------- heatmap
 
 
-def _heatmap_grids(corruptions: pd.DataFrame, dataset: str | None, regularizer: str | None) -> dict[tuple, pd.DataFrame]:
-    """{(shots, op): delta grid}, one facet row per shot count: prompts of different shots are not averaged."""
+def _heatmap_grids(
+    corruptions: pd.DataFrame, dataset: str | None, regularizer: str | None, fdr: float = analysis.DEFAULT_FDR
+) -> dict[tuple, tuple[pd.DataFrame, pd.DataFrame]]:
+    """{(shots, op): (delta grid, significance grid)}, one facet row per shot count: prompts of different
+    shots are not averaged."""
     shot_counts = sorted(corruptions["shots"].dropna().unique()) if "shots" in corruptions.columns else [None]
     grids = {}
     for shots in shot_counts:
@@ -550,8 +580,17 @@ def _heatmap_grids(corruptions: pd.DataFrame, dataset: str | None, regularizer: 
         for op in analysis.CORRUPTION_OPS:
             grid = analysis.delta_grid(rows, dataset, op, regularizer=regularizer)
             if not grid.empty:
-                grids[(None if shots is None else int(shots), op)] = grid
+                marks = analysis.significance_grid(rows, dataset, op, regularizer=regularizer, fdr=fdr)
+                marks = marks.reindex(index=grid.index, columns=grid.columns, fill_value=False).astype(bool)
+                grids[(None if shots is None else int(shots), op)] = (grid, marks)
     return grids
+
+
+def _mark_significant(ax, marks: pd.DataFrame) -> None:
+    """A black frame around each cell whose effect survives Benjamini-Hochberg control."""
+    for (row, column), marked in np.ndenumerate(marks.to_numpy(bool)):
+        if marked:
+            ax.add_patch(Rectangle((column + 0.06, row + 0.06), 0.88, 0.88, fill=False, edgecolor="black", linewidth=1.4))
 
 
 def _draw_heatmap_panel(ax, grid: pd.DataFrame, op: str, shots: int | None, faceted: bool, norm, cmap, annotate: bool):
@@ -584,17 +623,21 @@ def plot_heatmap(
     regularizer: str | None = None,
     annotate: bool | None = None,
     title: str | None = None,
+    fdr: float = analysis.DEFAULT_FDR,
 ) -> Figure:
     """Accuracy delta by position (rows) x factor or std (columns), one panel per corruption op and shot count.
 
     Cells are `analysis.delta_grid` (reps then seeds averaged) within one shot count; several shot
     counts give one row of panels each. The colour map is diverging and centred at 0 with one
-    symmetric scale shared by the panels; grey cells were not measured. `annotate` writes the value
-    in each cell (default: when the grid is small).
+    symmetric scale shared by the panels; grey cells were not measured. A black frame marks a cell where
+    some row's accuracy change survives Benjamini-Hochberg control at `fdr` within its sweep
+    (:func:`analysis.significance_grid`). `annotate` writes the value in each cell (default: when the grid
+    is small).
     """
     corruptions = analysis.rows_for_view(corruptions)  # the "all" rows; base2new subsets have their own figure
     _require(corruptions, [*schema.KEYS["corruptions"], "delta"], "corruption table")
-    grids = _heatmap_grids(corruptions, dataset, regularizer)
+    both = _heatmap_grids(corruptions, dataset, regularizer, fdr)
+    grids = {key: grid for key, (grid, _) in both.items()}
     if not grids:
         where = f" for dataset {dataset!r}" if dataset else ""
         raise NoDataError(f"corruption table has no rescale/replace rows to plot{where}")
@@ -619,6 +662,7 @@ def plot_heatmap(
                 ax.set_axis_off()
                 continue
             mesh = _draw_heatmap_panel(ax, grids[(shots, op)], op, shots, len(facets) > 1, norm, cmap, annotate)
+            _mark_significant(ax, both[(shots, op)][1])
     colorbar = fig.colorbar(mesh, ax=list(axes.ravel()), label=DELTA_LABEL, shrink=0.9)
     colorbar.outline.set_visible(False)
     table = corruptions if dataset is None else corruptions[corruptions["dataset"] == dataset]
@@ -629,6 +673,9 @@ def plot_heatmap(
     suffix = f"mean over {n_seeds} seed{'s' if n_seeds != 1 else ''} and reps"
     context = f"{context} ({suffix})" if context else suffix
     fig.suptitle(_title("Accuracy change from corrupting one context vector", context, title))
+    if any(marks.to_numpy().any() for _, marks in both.values()):
+        fig.text(0.01, 0.005, f"Framed cells: a row's accuracy change survives Benjamini-Hochberg control within its "
+                 f"sweep (exact McNemar test, q < {fdr:g}).", fontsize=7, ha="left", va="bottom", color="#444444")  # fmt: skip
     return fig
 
 

@@ -2,7 +2,8 @@
 
 Every builder takes the ``runs`` and ``evaluations`` tables as DataFrames (torch-free) and returns a
 :class:`ResultTable`: one row per dataset plus an "average" row, one column per regularizer (and shot count
-or split), and in each cell the mean and sample std over seeds and the number of seeds. A cell without
+or split), and in each cell the mean and sample std over seeds, the number of seeds and the 95% Student-t
+interval of the mean (none with one seed). A cell without
 a run says "no run"; an average over datasets is given only when every dataset row has the cell
 ("incomplete" otherwise). :func:`compare_paper` adds the published value and the difference, and
 :func:`render` writes Markdown, LaTeX or CSV.
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from nemesis_analysis import stats
 from nemesis_analysis.report import analysis, paper
 from nemesis_analysis.storage import schema
 from nemesis_analysis.errors import ConfigError, NoDataError
@@ -43,6 +45,11 @@ class Cell:
     @property
     def diff(self) -> float:
         return self.mean - self.paper
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """The 95% Student-t interval of the mean over seeds (NaN with one seed, or without a std: H cells)."""
+        return stats.t_interval_from(self.mean, self.std, self.n_seeds)
 
 
 @dataclass
@@ -284,10 +291,12 @@ def compare_paper(table: ResultTable) -> ResultTable:
 
 
 def cell_text(cell: Cell, pm: str = " ± ") -> str:
+    """'71.23 ± 0.45 (n=3)' (analysis.format_mean_std and the seeds), or the cell's note."""
     if cell.note:
         return cell.note
-    text = f"{cell.mean:.2f}" if math.isnan(cell.std) else f"{cell.mean:.2f}{pm}{cell.std:.2f}"
-    return f"{text} (n={cell.n_seeds})"
+    low, high = cell.ci95
+    interval = "" if math.isnan(low) else f" {analysis.format_interval(low, high)}"
+    return f"{analysis.format_mean_std(cell.mean, cell.std, sep=pm)} (n={cell.n_seeds}){interval}"
 
 
 def _wide(table: ResultTable, pm: str = " ± ") -> tuple[list[str], list[list[str]]]:
@@ -302,19 +311,22 @@ def _wide(table: ResultTable, pm: str = " ± ") -> tuple[list[str], list[list[st
             line.append(cell_text(cell, pm))
             if table.compared:
                 has = not math.isnan(cell.paper)
-                line.append(f"{cell.paper:.2f}" if has else "–")
+                line.append(analysis.format_cell(cell.paper))
                 line.append(f"{cell.diff:+.2f}" if has and not cell.note else "–")
         body.append(line)
     return header, body
 
 
 def to_frame(table: ResultTable) -> pd.DataFrame:
-    """Long numeric form: row, column, mean, std, n_seeds, note (and paper, diff when compared)."""
+    """Long numeric form: row, column, mean, std, n_seeds, ci95_low, ci95_high (95% Student-t interval of the
+    mean over seeds), note (and paper, diff when compared)."""
     records = []
     for row in table.rows:
         for column in table.columns:
             cell = table.cell(row, column)
-            record = {"row": row, "column": column, "mean": cell.mean, "std": cell.std, "n_seeds": cell.n_seeds, "note": cell.note}
+            low, high = cell.ci95
+            record = {"row": row, "column": column, "mean": cell.mean, "std": cell.std, "n_seeds": cell.n_seeds,
+                      "ci95_low": low, "ci95_high": high, "note": cell.note}  # fmt: skip
             if table.compared:
                 record.update(paper=cell.paper, diff=cell.diff)
             records.append(record)

@@ -8,6 +8,7 @@ it takes in parts written before it existed, so old reports keep loading.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
@@ -81,6 +82,10 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("low_norm_effect", pa.bool_()),  # norm_after < norm_before and delta > 0
             ("n_test", pa.int64()),
             ("eval_classes", pa.string()),  # all; base or new for a base2new run (each its own accuracy)
+            # Paired counts against the uncorrupted prompt (float64: NaN in parts written before them).
+            ("n_gained", pa.float64()),  # test images the variant gets right and the uncorrupted prompt wrong
+            ("n_lost", pa.float64()),  # test images the uncorrupted prompt gets right and the variant wrong
+            ("p_value", pa.float64()),  # exact two-sided McNemar test of n_gained vs n_lost (1 when both are 0)
             ("layer", pa.int64()),  # prompted layer (MaPLe's deep prompts: 0..J-1); 0 for input-only methods
             ("invisible", pa.bool_()),  # the variant's scores equal the original's to float precision
         ]
@@ -172,7 +177,8 @@ KEYS: dict[str, tuple[str, ...]] = {
 # so that old reports keep loading; a column without an entry reads as null (NaN, None).
 COLUMN_DEFAULTS: dict[str, dict[str, object]] = {
     "*": {"protocol": "fewshot", "prompt_method": "coop", "prompt_index": 0},
-    "corruptions": {"eval_classes": "all", "layer": 0, "invisible": False},
+    "corruptions": {"eval_classes": "all", "n_gained": math.nan, "n_lost": math.nan, "p_value": math.nan, "layer": 0,
+                    "invisible": False},
     "trajectories": {"layer": 0},
     "runs": {"recipe_changes": ""},
 }

@@ -19,6 +19,9 @@ What is guaranteed
 * **Superseding a run.** :func:`supersede_run` (a forced retrain) rewrites, under the run's lock in every
   named table, each part that holds rows of the run without them, one atomic rename per part; a reader
   at any moment sees each part old or new, so it may still see an old row but never a duplicate.
+* **Filling columns in place.** :meth:`Claim.update` (``nemesis fill-counts``) sets columns of a run's
+  stored rows by key, rewriting each affected part atomically under the run's lock and the table's rewrite
+  lock; it adds no row, so no key appears twice.
 * **Rewrites never race each other.** :func:`compact` and :func:`supersede_run` also take the table's
   exclusive ``.lock-table`` file; appenders never rewrite a part, so they need only the run's lock.
   Locks are taken run first, table second, so no two lockers wait on each other.
@@ -186,6 +189,20 @@ class Claim:
         fresh = [key not in done for key in frame[columns].itertuples(index=False, name=None)]
         return append_rows(self.reports_dir, self.table, frame[fresh])
 
+    def update(self, rows: pd.DataFrame, columns: list[str]) -> int:
+        """Set ``columns`` of this run's stored rows to the values in ``rows`` with the same key (every copy
+        of a key); returns the stored rows changed. No row is added, so no key appears twice: each part
+        holding such rows is rewritten atomically in place, under the table's rewrite lock."""
+        key = [c for c in schema.KEYS[self.table] if c != "run_id"]
+        if rows.empty:
+            return 0
+        if (rows["run_id"].astype(str) != self.run_id).any():
+            raise ValueError(f"a claim on run {self.run_id} can only update that run's rows")
+        values = rows.drop_duplicates(key, keep="last").set_index(key)[columns]
+        folder = table_path(self.reports_dir, self.table)
+        with _flock(folder / TABLE_LOCK):
+            return sum(_update_part(part, self.table, self.run_id, key, values) for part in _parts(folder))
+
 
 @contextlib.contextmanager
 def claim(reports_dir: Path | str, table: str, run_id: str) -> Iterator[Claim]:
@@ -216,6 +233,20 @@ def _rewrite_parts(folder: Path, table: str, parts: list[Path], keep) -> int:
         else:
             part.unlink()
     return removed
+
+
+def _update_part(part: Path, table: str, run_id: str, key: list[str], values: pd.DataFrame) -> int:
+    """Rewrite ``part`` with the rows of ``run_id`` whose key is in ``values`` set to its columns; rows changed."""
+    frame = _conform(pq.read_table(part), table).to_pandas()
+    keys = pd.MultiIndex.from_frame(frame[key])
+    hit = (frame["run_id"] == run_id).to_numpy() & keys.isin(values.index)
+    if not hit.any():
+        return 0
+    found = values.reindex(keys[hit])
+    for column in values.columns:
+        frame.loc[hit, column] = found[column].to_numpy()
+    _write_part(part.parent, _to_arrow(table, frame), name=part.name)
+    return int(hit.sum())
 
 
 def supersede_run(reports_dir: Path | str, run_id: str, tables: tuple[str, ...] | list[str] = schema.TABLES) -> int:

@@ -14,14 +14,16 @@ def study_output_dir(study: Study) -> Path:
 
 def write_study_outputs(study: Study, figures: bool = True) -> list[Path]:
     """summary_*.csv/.md (mean ± std over seeds) and, with ``figures``, every figure whose data exists."""
-    from nemesis_analysis.report import figures as figure_functions
+    from nemesis_analysis.report import summaries
 
     out = study_output_dir(study)
     try:
-        tables = figure_functions.summary_tables(study.outputs.reports)
+        tables = summaries.summary_tables(study.outputs.reports)
     except NoDataError:
         return []
-    paths = figure_functions.write_summary(tables, out)
+    paths = summaries.write_summary(tables, out)
     if figures:
-        paths += figure_functions.render_all(study.outputs.reports, out_dir=out / "figures")
+        from nemesis_analysis.report.figures import render_all
+
+        paths += render_all(study.outputs.reports, out_dir=out / "figures")
     return paths

@@ -137,7 +137,7 @@ def _setting(key: str, dotted: str, value: Any) -> Any:
 GRID_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "datasets": lambda k, v: _list(k, v, lambda kk, vv: _setting(kk, "dataset", _string(kk, vv))),
     "shots": lambda k, v: _list(k, v, lambda kk, vv: _setting(kk, "shots", vv)),
-    "seeds": lambda k, v: _list(k, v, lambda kk, vv: _integer(kk, vv, 0)),
+    "seeds": lambda k, v: _list(k, v, lambda kk, vv: _setting(kk, "seed", vv)),
     "backbones": lambda k, v: _list(k, v, _backbone),
     "methods": lambda k, v: _list(k, v, _string),
     "protocol": lambda k, v: _setting(k, "protocol", v).value,

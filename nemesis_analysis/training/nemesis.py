@@ -1,7 +1,8 @@
 """Pure functions behind Nemesis: position norms, PUN, PAN (alpha, loss, variants) and the omega schedule.
 
 No model and no I/O here: everything takes and returns tensors (or plain numbers), so the training loop
-can compose them and the tests can check them against hand computation. DESIGN.md section 3 is the spec:
+can compose them and the tests can check them against hand computation. The rules (Fu et al., ICLR 2024;
+docs/methods.md writes them out):
 
 - norm of a position: ``||p_i||_q`` with q in {2 (default), 1, inf};
 - PUN:  ``L_pun = A * mean_i ||p_i||_q``;

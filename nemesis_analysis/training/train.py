@@ -309,18 +309,19 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> EpochStats:
     seeds = torch.randint(0, 2**62, (len(images),), generator=generator).tolist()
     batch_size = config.optim.batch_size
     steps = steps_per_epoch(len(images), batch_size, config.optim.drop_last)
-    sums = {"loss": 0.0, "ce": 0.0, "norm": 0.0}
+    sums = torch.zeros(3, dtype=torch.float64, device=run.loaded.device)  # loss, ce, norm: read once per epoch
     alpha_hits = torch.zeros(method.n_positions)
     for step in range(steps):
         batch = order[step * batch_size : (step + 1) * batch_size]
         losses, hits = train_step(run, images.batch(batch, [seeds[i] for i in batch]), images.labels[batch],
                                   omega_value, generator, epoch)  # fmt: skip
         alpha_hits += hits
-        for name, value in losses.items():
-            sums[name] += value * len(batch)
+        sums += torch.stack([losses["loss"], losses["ce"], losses["norm"]]).double() * len(batch)
+    loss_sum, ce_sum, norm_sum = sums.tolist()  # the epoch's one host sync for its losses
+    check_finite(loss_sum, "the training loss", epoch)
     count = min(len(images), steps * batch_size)  # images this epoch trained on
     alpha = [float(h) / steps if spec.uses_pan else float("nan") for h in alpha_hits]
-    return EpochStats(sums["loss"] / count, sums["ce"] / count, sums["norm"] / count, omega_value, alpha, lr)
+    return EpochStats(loss_sum / count, ce_sum / count, norm_sum / count, omega_value, alpha, lr)
 
 
 def train_step(
@@ -330,8 +331,9 @@ def train_step(
     omega_value: float,
     generator: torch.Generator,
     epoch: int,
-) -> tuple[dict[str, float], torch.Tensor]:
-    """One SGD step on CE + the method's extra loss + the Nemesis term; returns the losses and PAN's marks."""
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One SGD step on CE + the method's extra loss + the Nemesis term; returns the losses (detached tensors,
+    read at the epoch's end: no host sync per step) and PAN's marks."""
     method, spec = run.method, run.config.nemesis
     labels = labels.to(run.loaded.device)
     # (batch, embed) from the frozen tower, plus (batch, locations, embed) for methods that score local
@@ -345,15 +347,17 @@ def train_step(
     if spec.enabled:
         term = nemesis_term(method, features, labels, logits, spec, omega_value, generator, local)
     loss = ce + extra + term.loss
-    loss_value = float(loss.detach())
-    check_finite(loss_value, "the training loss", epoch)
-    before = method.position_tensor().detach().cpu().clone() if run.on_step is not None else None
+    before = None
+    if run.on_step is not None:
+        check_finite(float(loss.detach()), "the training loss", epoch)  # recorded steps stop at once
+        before = method.position_tensor().detach().cpu().clone()
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
     if run.on_step is not None:
-        run.on_step(step_record(run, epoch, omega_value, features, labels, logits, ce, term, loss_value, before))
-    return {"loss": loss_value, "ce": float(ce.detach()), "norm": float(term.loss.detach())}, term.hits
+        record = step_record(run, epoch, omega_value, features, labels, logits, ce, term, float(loss.detach()), before)
+        run.on_step(record)
+    return {"loss": loss.detach(), "ce": ce.detach(), "norm": term.loss.detach()}, term.hits
 
 
 def step_record(
