@@ -380,7 +380,7 @@ def test_paired_counts_match_the_accuracy_change_and_scipy(tiny_context, generic
     predictions = predict_corruptions(method, ctx, [Corruption("none", -1, 1.0, 0), grid[5]], identity.run_id, features)
     correct = predictions == labels[None]
     by_key = rows.set_index(KEY)
-    row = by_key.loc[(grid[5].op, 0, grid[5].position, float(grid[5].factor), grid[5].rep)]
+    row = by_key.loc[(grid[5].op, 0, grid[5].position, float(grid[5].factor), grid[5].rep, 0)]
     assert row.n_gained == int((correct[1] & ~correct[0]).sum()) and row.n_lost == int((~correct[1] & correct[0]).sum())
 
 
