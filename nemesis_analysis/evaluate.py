@@ -22,7 +22,7 @@ from nemesis_analysis.config import PromptConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits
 from nemesis_analysis.corruption.engine import accuracy_of, predict_variants
 from nemesis_analysis.errors import ConfigError, NoDataError
-from nemesis_analysis.clip.features import image_features, local_image_features
+from nemesis_analysis.clip.features import image_features, image_pixels, local_image_features
 from nemesis_analysis.methods import build_method_for_run
 from nemesis_analysis.methods.base import PromptMethod, method_class
 from nemesis_analysis.clip.encoding import LoadedModel
@@ -189,7 +189,10 @@ def evaluate_context(
     selected = protocols.selected_labels(range(dataset.num_classes), classes)
     names = [dataset.classnames[label] for label in selected]
     protocols.check_transfer(prompt.csc, prompt.classnames, names)
-    all_features, all_labels = image_features(loaded, dataset, dataset.test, cache_dir, progress)
+    if prompt.config is not None and method_class(prompt.config.prompt_method).encodes_images:  # MaPLe: the images
+        all_features, all_labels = image_pixels(loaded, dataset, dataset.test, progress)
+    else:
+        all_features, all_labels = image_features(loaded, dataset, dataset.test, cache_dir, progress)
     features, labels = restrict_to_classes(all_features, all_labels, selected)
     if labels.numel() == 0:
         raise ConfigError(f"dataset {dataset.name} has no test images of its {classes.value} classes")

@@ -99,7 +99,7 @@ def select(df: pd.DataFrame, **where) -> pd.Series:
 def test_frequency_per_seed_counts_and_percent(corruptions):
     per_seed = analysis.low_norm_frequency_per_seed(corruptions)
     assert list(per_seed.columns) == ["dataset", "backbone", "shots", "prompt_method", "regularizer", "seed", "n_reducing", "n_effect", "frequency",
-                                      "n_significant", "frequency_significant"]  # fmt: skip
+                                      "n_significant", "frequency_significant", "n_invisible"]  # fmt: skip
     assert per_seed["frequency_significant"].isna().all()  # rows without p-values: unknown, not zero
     assert len(per_seed) == 5
     expected = {
@@ -113,6 +113,33 @@ def test_frequency_per_seed_counts_and_percent(corruptions):
         row = select(per_seed, dataset=dataset, regularizer=regularizer, seed=seed)
         assert (row["n_reducing"], row["n_effect"]) == (n_reducing, n_effect)
         assert row["frequency"] == pytest.approx(frequency)
+
+
+def test_frequency_leaves_out_invisible_rows_counts_them_and_splits_by_layer(corruptions):
+    base = analysis.low_norm_frequency(corruptions)
+    marked = corruptions.assign(layer=0, invisible=False)
+    reducing_effects = (marked["op"] != "none") & (marked["norm_after"] < marked["norm_before"]) & (marked["delta"] > 0)
+    first = marked.index[reducing_effects & (marked["dataset"] == "dtd") & (marked["regularizer"] == "coop")][0]
+    marked.loc[first, ["invisible", "layer"]] = [True, 1]
+    freq = analysis.low_norm_frequency(marked)
+    dtd, before = select(freq, dataset="dtd", regularizer="coop"), select(base, dataset="dtd", regularizer="coop")
+    assert (dtd["n_reducing"], dtd["n_effect"], dtd["n_invisible"]) == (before["n_reducing"] - 1, before["n_effect"] - 1, 1)
+    by_layer = analysis.low_norm_frequency(marked, by=["dataset", "regularizer", "layer"])
+    layer1 = select(by_layer, dataset="dtd", regularizer="coop", layer=1)
+    assert (layer1["n_reducing"], layer1["n_invisible"]) == (0, 1)
+
+
+def test_delta_grid_keeps_layers_apart(corruptions):
+    rows = corruptions[(corruptions["dataset"] == "dtd") & (corruptions["regularizer"] == "coop")]
+    deep = pd.concat([rows.assign(layer=0), rows.assign(layer=1, delta=rows["delta"] + 10.0)], ignore_index=True)
+    flat = analysis.delta_grid(rows, "dtd", regularizer="coop")
+    layer1 = analysis.delta_grid(deep, "dtd", regularizer="coop", layer=1)
+    assert list(layer1.index) == list(flat.index)
+    assert layer1.to_numpy() == pytest.approx(flat.to_numpy() + 10.0, nan_ok=True)
+    both = analysis.delta_grid(deep, "dtd", regularizer="coop")
+    n_ctx = int(rows["n_ctx"].iloc[0])
+    assert list(both.index) == list(flat.index) + [n_ctx + p for p in flat.index]
+    assert both.iloc[len(flat):].to_numpy() == pytest.approx(flat.to_numpy() + 10.0, nan_ok=True)
 
 
 def test_frequency_min_delta(corruptions):
@@ -134,7 +161,7 @@ def test_frequency_aggregate_mean_std_over_seeds(corruptions):
         "frequency_mean", "frequency_std", "frequency_n", "frequency_ci95_low", "frequency_ci95_high",
         "frequency_significant_mean", "frequency_significant_std", "frequency_significant_n",
         "frequency_significant_ci95_low", "frequency_significant_ci95_high",
-        "num_seeds", "n_effect", "n_significant", "n_reducing", "frequency_pooled",
+        "num_seeds", "n_effect", "n_significant", "n_reducing", "frequency_pooled", "n_invisible",
     ]  # fmt: skip
     assert len(freq) == 3
     dtd = select(freq, dataset="dtd", regularizer="coop")

@@ -30,7 +30,7 @@ from nemesis_analysis.errors import ConfigError, FieldError
 
 def build(**dotted) -> RunConfig:
     # A method's own options need that method (plot.num_prompts with --method plot).
-    sections = {name.split(".")[0] for name in dotted} & {"plot", "kgcoop"}
+    sections = {name.split(".")[0] for name in dotted} & {"plot", "kgcoop", "maple"}
     dotted = {**{"prompt.method": section for section in sections}, **dotted}
     return RunConfig.from_dict(with_overrides(RunConfig().to_dict(), dotted), strict=True)
 
@@ -55,6 +55,7 @@ RULES = [
     ("optim.warmup_lr", 1e-9, [0.0], "must be positive"),
     ("plot.num_prompts", 1, [0], "must be at least 1"),
     ("kgcoop.weight", 0.0, [-1.0], "must be >= 0"),
+    ("maple.depth", 1, [0], "must be at least 1"),
 ]
 FLOAT_FIELDS = [name for name, kind in field_annotations().items() if "float" in str(kind)]
 INT_FIELDS = [name for name, kind in field_annotations().items() if "int" in str(kind)]

@@ -161,7 +161,7 @@ def test_base_and_new_rows_are_separate_keys_and_old_parts_read_as_all(tmp_path)
     assert set(table[table.run_id == "r1"].eval_classes) == {"base", "new"}
     assert schema.KEYS["corruptions"][-1] == "eval_classes" and "eval_classes" not in schema.CORRUPTION_KEY
     with store.claim(tmp_path, "corruptions", "r1") as claim:
-        assert ("rescale", 0, 0, 0.5, 0, "base") in claim.existing_keys()  # (op, prompt_index, position, ...)
+        assert ("rescale", 0, 0, 0.5, 0, 0, "base") in claim.existing_keys()  # (op, prompt_index, position, ...)
         assert claim.append(rows) is None  # every key is there already: nothing is written
 
 

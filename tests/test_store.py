@@ -79,8 +79,8 @@ def test_claim_appends_only_missing_keys(tmp_path):
         assert claim.existing_keys() == set()
         claim.append(corruption_rows("r1", [0, 1]))
     with store.claim(tmp_path, "corruptions", "r1") as claim:
-        # (op, prompt_index, position, factor, rep, eval_classes)
-        assert claim.existing_keys() == {("rescale", 0, 0, 0.5, 0, "all"), ("rescale", 0, 1, 0.5, 0, "all")}
+        # (op, prompt_index, position, factor, rep, layer, eval_classes)
+        assert claim.existing_keys() == {("rescale", 0, 0, 0.5, 0, 0, "all"), ("rescale", 0, 1, 0.5, 0, 0, "all")}
         claim.append(corruption_rows("r1", [1, 2, 2]))
         with pytest.raises(ValueError):
             claim.append(corruption_rows("r9", [0]))

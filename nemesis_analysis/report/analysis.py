@@ -89,9 +89,18 @@ def rows_for_view(
     return corruptions[corruptions["eval_classes"] == eval_classes]
 
 
+def _invisible(corruptions: pd.DataFrame) -> pd.Series:
+    """Mask of corrupted rows whose scores equal the original's (``invisible``; older parts: none)."""
+    if "invisible" not in corruptions.columns:
+        return pd.Series(False, index=corruptions.index)
+    return (corruptions["op"] != "none") & corruptions["invisible"].fillna(False).astype(bool)
+
+
 def _norm_reducing(corruptions: pd.DataFrame) -> pd.Series:
-    """Mask of rows that corrupt a position and lower its norm."""
-    return (corruptions["op"] != "none") & (corruptions["norm_after"] < corruptions["norm_before"])
+    """Mask of visible rows that corrupt a position and lower its norm (an invisible corruption, e.g. a
+    positive rescale that a LayerNorm undoes, changes nothing by construction and is left out)."""
+    reducing = (corruptions["op"] != "none") & (corruptions["norm_after"] < corruptions["norm_before"])
+    return reducing & ~_invisible(corruptions)
 
 
 def sample_std(values: pd.Series) -> float:
@@ -268,7 +277,8 @@ def low_norm_frequency_per_seed(
     """
     corruptions = rows_for_view(corruptions, by)
     by = identity_by(corruptions, by)
-    columns = [*by, "seed", "n_reducing", "n_effect", "frequency", "n_significant", "frequency_significant"]
+    columns = [*by, "seed", "n_reducing", "n_effect", "frequency", "n_significant", "frequency_significant",
+               "n_invisible"]
     require_columns(corruptions, [*by, "seed", *_KEY, "delta", "norm_before", "norm_after"], "corruption table")
     check_fdr(fdr)
     table = corruptions if "q_value" in corruptions.columns else with_q_values(corruptions)
@@ -285,6 +295,7 @@ def low_norm_frequency_per_seed(
             "n_effect": effect.astype(int),
             "n_significant": (effect & (table["q_value"] < fdr)).astype(int),
             "unknown": (reducing & table["q_value"].isna()).astype(int),
+            "n_invisible": _invisible(table).astype(int),
         }
     )
     keys = [table[c] for c in [*by, "seed"]]
@@ -315,7 +326,8 @@ def low_norm_frequency(
     (ddof=1), `_n` (seeds with a defined value) and `_ci95_low`/`_ci95_high` (95% Student-t interval of
     the mean; NaN with one seed); `num_seeds` (seeds with a defined frequency), `n_effect`,
     `n_significant` and `n_reducing` (summed over seeds) and `frequency_pooled` = 100 * n_effect /
-    n_reducing over all seeds together. q-values are computed per sweep before any grid restriction.
+    n_reducing over all seeds together, `n_invisible` (rows left out as invisible); pass
+    ``by=[..., "layer"]`` for one row per prompted layer (MaPLe). q-values are computed per sweep before any grid restriction.
     With `same_grid`, each group first keeps only the cells all its runs measured
     (:func:`restrict_to_common_grid`; the figures and `nemesis summary` use this).
     See FREQUENCY_DEFINITION.
@@ -328,14 +340,14 @@ def low_norm_frequency(
         corruptions = restrict_to_common_grid(corruptions, by)
     values = ("frequency", "frequency_significant")
     columns = [*by, *(c for v in values for c in interval_columns(v)), "num_seeds", "n_effect", "n_significant",
-               "n_reducing", "frequency_pooled"]  # fmt: skip
+               "n_reducing", "frequency_pooled", "n_invisible"]  # fmt: skip
     per_seed = low_norm_frequency_per_seed(corruptions, min_delta=min_delta, by=by, fdr=fdr)
     if per_seed.empty:
         return pd.DataFrame(columns=columns)
     out = pd.concat([aggregate_over_seeds(per_seed, by, v) for v in values], axis=1)
     grouped = per_seed.groupby(by, sort=True, dropna=False)
     out["num_seeds"] = grouped["frequency"].count()
-    for total in ("n_effect", "n_significant", "n_reducing"):
+    for total in ("n_effect", "n_significant", "n_reducing", "n_invisible"):
         out[total] = grouped[total].sum()
     with np.errstate(invalid="ignore", divide="ignore"):
         pooled = 100.0 * out["n_effect"] / out["n_reducing"]
@@ -465,12 +477,15 @@ def delta_grid(
     backbone: str | None = None,
     shots: int | None = None,
     eval_classes: str = ALL_CLASSES,
+    layer: int | None = None,
 ) -> pd.DataFrame:
     """Position (rows) x factor (columns) table of mean delta for one op, on one class subset (default all).
 
     The rows of each run are first averaged over reps, then the runs (seeds, and whatever
     else the filters leave) are averaged with equal weight. `None` filters keep everything.
-    Missing cells are NaN. Index name "position", columns name "factor".
+    Missing cells are NaN. Index name "position", columns name "factor". Deep prompts (MaPLe): ``layer``
+    keeps one prompted layer; without it, each (layer, position) is its own row, at the flat position
+    ``layer * n_ctx + position`` (layers are never averaged together).
     """
     if op not in CORRUPTION_OPS:
         raise ConfigError(f"op must be one of {', '.join(CORRUPTION_OPS)}; got {op!r}")
@@ -478,7 +493,9 @@ def delta_grid(
     require_columns(corruptions, [*_KEY, "delta"], "corruption table")
     table = dedupe_corruptions(corruptions)
     mask = table["op"] == op
-    for column, value in (("dataset", dataset), ("regularizer", regularizer), ("backbone", backbone), ("shots", shots)):
+    filters = (("dataset", dataset), ("regularizer", regularizer), ("backbone", backbone), ("shots", shots),
+               ("layer", layer))  # fmt: skip
+    for column, value in filters:
         if value is not None:
             require_columns(table, [column], "corruption table")
             mask &= table[column] == value
@@ -487,6 +504,8 @@ def delta_grid(
         empty = pd.DataFrame(dtype=float)
         empty.index.name, empty.columns.name = "position", "factor"
         return empty
+    if table["layer"].nunique() > 1:  # one row per (layer, position)
+        table = table.assign(position=table["layer"] * table["n_ctx"] + table["position"])
     per_run = table.groupby(["run_id", "position", "factor"], sort=True)["delta"].mean()
     cells = per_run.groupby(level=["position", "factor"], sort=True).mean()
     grid = cells.unstack("factor").sort_index().sort_index(axis=1)

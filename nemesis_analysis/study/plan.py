@@ -189,15 +189,14 @@ def check_sections_used(study: Study, methods: set[str]) -> None:
 
 
 def expected_corruption_keys(job: Job) -> set[tuple]:
-    """The (op, prompt_index, position, factor, rep) keys a corrupt job writes for its run (flat position p
-    of PLOT's N prompts is prompt p // n_ctx, position p % n_ctx; one prompt: prompt_index 0)."""
+    """The (op, prompt_index, position, factor, rep, layer, eval_classes) keys a corrupt job writes for its run
+    (flat position p of PLOT's N prompts is prompt p // n_ctx, position p % n_ctx; MaPLe's layer p // n_ctx)."""
     from nemesis_analysis.corruption import ops
-    from nemesis_analysis.clip.prompts import backbone_tokenizer, resolve_n_ctx
     from nemesis_analysis.corruption.sweep import row_key
+    from nemesis_analysis.methods import method_class
 
     config = RunConfig.from_dict(job.payload["config"])
-    n_ctx = resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
-    pairs = [divmod(p, n_ctx) for p in range(config.num_prompts * n_ctx)]
+    pairs = method_class(config.prompt_method).flat_position_keys(config)  # MaPLe: (0, position, layer)
     keys = {row_key(c, pairs) for c in ops.expand_grid(len(pairs), **job.payload["grid"])}
     # base2new sweeps write base and new rows (as `nemesis corrupt --run` does): both subsets must be there
     return {(*key, plain(classes)) for key in keys for classes in protocols.sweep_classes(config.protocol)}
