@@ -27,7 +27,7 @@ from nemesis_analysis.choices import (
     Protocol,
     plain,
 )
-from nemesis_analysis.config.fieldspec import (
+from nemesis_analysis.fieldspec import (
     IN_ID_ALWAYS,
     IN_ID_NEVER,
     IN_ID_UNLESS_DEFAULT,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from nemesis_analysis.config.fieldspec import at_least_one, non_negative, spec, validate_fields
+from nemesis_analysis.fieldspec import at_least_one, non_negative, spec, validate_fields
 from nemesis_analysis.methods.registry import MethodDeclaration, declare_method
 
 
