@@ -126,11 +126,7 @@ def run_corruption_sweep(
     slot_value = check_slot(slot_value, identity, method)
     chunk = resolve_chunk(method, chunk, memory_budget)
     classes = EvalClasses(classes).value
-    test = load_test_set(session, method, identity.dataset, classes, max_test)
-    test.original = original_scores(method, slot_value, test)
-    predictions = test.original.argmax(-1).cpu()[None]
-    acc_original = float(accuracy_of(predictions, test.labels)[0])
-    test.baseline_correct = predictions[0] == test.labels
+    test, acc_original = baseline_test_set(session, method, slot_value, identity.dataset, classes, max_test)
     base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size, "eval_classes": classes}
     base_norms = position_norms(slot_value)  # (n_positions,)
     pairs = position_keys(method)  # flat position -> (prompt_index, position, layer)
@@ -166,6 +162,17 @@ def run_corruption_sweep(
     summary.stopped = stopped
     summary.eval_classes = classes
     return summary
+
+
+def baseline_test_set(
+    session: Session, method: PromptMethod, slot_value: Tensor, dataset: str, classes: str, max_test: int | None
+) -> tuple["EvalSet", float]:
+    """The sweep's test set with the unchanged prompt's scores and per-image correctness, and its accuracy."""
+    test = load_test_set(session, method, dataset, classes, max_test)
+    test.original = original_scores(method, slot_value, test)
+    predictions = test.original.argmax(-1).cpu()[None]
+    test.baseline_correct = predictions[0] == test.labels
+    return test, float(accuracy_of(predictions, test.labels)[0])
 
 
 @torch.no_grad()
