@@ -3,6 +3,7 @@
     python benchmarks/bench_corrupt.py            # case 1 in full (naive path on all 593 variants: minutes)
     python benchmarks/bench_corrupt.py --quick    # naive path on a spread sample of variants, fewer ViT variants
     python benchmarks/bench_corrupt.py --device cuda   # both paths on a GPU, under the default precision (amp)
+    python benchmarks/bench_corrupt.py --maple --quick # only the MaPLe case, small
 
 Case 1 (digits): nemesis-tiny on the embedded digits, a short CoOp run, the default grid (593 variants for
 n_ctx=16) on the 540 test images.
@@ -22,6 +23,13 @@ images from a measured per-image encode time and a measured per-variant 77-token
 batched prediction (corruption, stacked text pass, classification) on a reduced number of variants against
 2,465 synthetic random image features (fine for ours: image features are encoded once and cached, so
 their values do not change the cost). Prints one line per case and, last, ``speedup: <x>`` for case 1.
+
+Case maple-digits (``--maple``, run alone): a short MaPLe run (M = 2, 3 prompted layers) on the tiny CLIP. Its image
+features depend on the prompts, so every variant re-encodes the test images in both towers.
+  naive: every variant alone through both towers from the input;
+  ours:  ``run_corruption_sweep`` end to end (variants batched, both towers' states at the changed layer's
+         input cached and reused), divided by the number of variants.
+  Predictions asserted equal (fp32, but for float ties).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis.config import PromptConfig, RunConfig
+from nemesis_analysis.config import NemesisConfig, PromptConfig, RunConfig
 from nemesis_analysis.storage.artifacts import read_prompt
 from nemesis_analysis.corruption.ops import apply_corruptions, corrupt_context, expand_grid
 from nemesis_analysis.corruption.engine import predict_corruptions, predict_variants
@@ -235,12 +243,58 @@ def case_caltech_size(checkpoints: Path, quick: bool, num_variants: int, device:
     return naive / ours
 
 
+# ------------------------------------------------------------------------------------------- case maple
+
+
+def case_maple(checkpoints: Path, quick: bool, device: str) -> float:
+    from nemesis_analysis.corruption.sweep import load_test_set
+    from nemesis_analysis.corruption.sweep_runs import sweep_trained_run
+
+    reports = Path(tempfile.mkdtemp(prefix="bench-corrupt-maple-"))
+    session = Session(checkpoints, reports, device=device, progress=False)
+    config = RunConfig(shots=2, epochs=2, prompt=PromptConfig(method="maple", n_ctx=2), nemesis=NemesisConfig(beta=1.0))
+    run = train_prompt(config, session)
+    max_test = 60 if quick else 200
+    grid = expand_grid(6, factors=(0.5, 1.0, 2.0), stds=(0.02,), reps=1 if quick else 2)
+    started = time.perf_counter()
+    summary = sweep_trained_run(session, run, grid, max_test=max_test)
+    ours = (time.perf_counter() - started) / len(grid)
+    loaded, dataset = load_model_and_data(run.config, session)
+    from nemesis_analysis.methods import build_method_for_run
+
+    method = build_method_for_run(run.config, loaded, dataset.classnames)
+    method.load(run.run_dir)
+    ctx = method.position_tensor().detach().cpu()
+    test = load_test_set(session, method, run.config.dataset, max_test=max_test)
+    naive_scores = []
+    started = time.perf_counter()
+    with torch.no_grad():
+        for corruption in grid:
+            variant = corrupt_context(ctx, corruption, run.run_id)
+            naive_scores.append(method.variant_scores(variant[None], test.features)[0])
+    _sync(loaded.device)
+    naive = (time.perf_counter() - started) / len(grid)
+    ours_predictions = predict_corruptions(method, ctx, grid, run.run_id, test.features)
+    ties = differing_predictions(torch.stack(naive_scores), ours_predictions, _tolerance(loaded))
+    accs = summary.rows.set_index(list(CORRUPTION_KEY))["acc"]
+    keys = [(*pair, layer) for pair, layer in zip(method.position_pairs(), method.position_layers())]
+    for corruption, predictions in zip(grid, ours_predictions):
+        assert abs(accs[row_key(corruption, keys)] - 100.0 * float((predictions == test.labels).double().mean())) < 1e-9
+    print(f"maple-digits: {len(grid)} variants over {method.depth} layers, {test.size} test images; predictions "
+          f"equal but for {ties} float ties; {summary.num_invisible} invisible; {loaded.device.type}, "
+          f"{loaded.precision.value}")  # fmt: skip
+    print(f"case maple-digits: naive {naive:.4g}s/variant, ours {ours:.4g}s/variant, speedup {naive / ours:.1f}x")
+    shutil.rmtree(reports, ignore_errors=True)
+    return naive / ours
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Naive path on a sample of variants; fewer ViT variants.")
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="Holds the tiny CLIP cache.")
     parser.add_argument("--variants", type=int, default=None, help="Case 2: variants for ours (default 32; quick 4).")
     parser.add_argument("--skip-case2", action="store_true", help="Only case 1.")
+    parser.add_argument("--maple", action="store_true", help="Only the MaPLe case (small; with --quick, smaller).")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (both paths under the model's default precision).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -248,6 +302,9 @@ def main() -> int:
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         print("bench_corrupt: --device cuda but no CUDA device is available; use --device cpu", file=sys.stderr)
         return 2
+    if args.maple:
+        print(f"speedup: {case_maple(args.checkpoints, args.quick, args.device):.1f}x")
+        return 0
     speedup = case_digits(args.checkpoints, args.quick, args.device)
     if not args.skip_case2:
         case_caltech_size(args.checkpoints, args.quick, args.variants or (4 if args.quick else 32), args.device)

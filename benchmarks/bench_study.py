@@ -184,7 +184,7 @@ def _path(loaded, ctx0, batches, fused: bool) -> tuple[float, int, list[list[flo
         out = []
         for run, generator in zip(runs, generators):
             if fused:
-                features, local = encode_batch(loaded, pixels, run.method.needs_local_features, encoded)
+                features, local = encode_batch(run.method, pixels, encoded)
                 values, _ = member_step(run, features, local, labels, 1.0, generator, epoch=0)
             else:
                 values, _ = train_step(run, pixels, labels, 1.0, generator, epoch=0)

@@ -36,3 +36,11 @@ class FieldError(ConfigError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class DamagedPartError(NemesisError):
+    """A table's Parquet part cannot be read (truncated, empty, not Parquet); ``path`` names it."""
+
+    def __init__(self, path, message: str) -> None:
+        super().__init__(message)
+        self.path = path

@@ -7,6 +7,7 @@ store's run claim and only for keys not yet in the table, so a rerun adds nothin
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from nemesis_analysis.config import PromptConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits
 from nemesis_analysis.corruption.engine import accuracy_of, predict_variants
 from nemesis_analysis.errors import ConfigError, NoDataError
-from nemesis_analysis.clip.features import image_features, local_image_features
+from nemesis_analysis.clip.features import image_features, image_pixels, local_image_features
 from nemesis_analysis.methods import build_method_for_run
 from nemesis_analysis.methods.base import PromptMethod, method_class
 from nemesis_analysis.clip.encoding import LoadedModel
@@ -127,13 +128,24 @@ def masked_accuracy(
 
 
 def run_prompt_dir(checkpoints_dir: Path | str, run_id: str) -> Path:
-    """The folder of a finished run's prompt, or a NoDataError naming the fix."""
-    folder = Path(checkpoints_dir) / run_id
-    if not (folder / ARTIFACT_TENSORS).is_file():
+    """The folder of a finished run's prompt, ``run_id`` being an id or a unique prefix of one; or a
+    NoDataError (ConfigError for an ambiguous prefix) naming the fix."""
+    checkpoints_dir = Path(checkpoints_dir)
+    if not run_id:
+        raise ConfigError("--run needs a run id (or a unique prefix of one); see the runs table")
+    folders = sorted(checkpoints_dir.glob(f"{glob.escape(run_id)}*")) if checkpoints_dir.is_dir() else []
+    finished = [f for f in folders if (f / ARTIFACT_TENSORS).is_file()]
+    if len(finished) > 1:
+        names = ", ".join(f.name for f in finished[:4])
+        raise ConfigError(f"run id prefix {run_id!r} is ambiguous ({names}); give more characters")
+    if finished:
+        return finished[0]
+    if folders:
         raise NoDataError(
-            f"run {run_id} has no saved prompt under {Path(checkpoints_dir)}; train it first or pass --checkpoints"
+            f"run {folders[0].name} in {checkpoints_dir} has no saved prompt yet (unfinished or stopped); "
+            "finish it with the same `nemesis train` command"
         )
-    return folder
+    raise NoDataError(f"no run {run_id!r} in {checkpoints_dir}; pass a run id from the runs table or the right --checkpoints")
 
 
 def load_learned_prompt(path: Path | str) -> LearnedPrompt:
@@ -177,7 +189,10 @@ def evaluate_context(
     selected = protocols.selected_labels(range(dataset.num_classes), classes)
     names = [dataset.classnames[label] for label in selected]
     protocols.check_transfer(prompt.csc, prompt.classnames, names)
-    all_features, all_labels = image_features(loaded, dataset, dataset.test, cache_dir, progress)
+    if prompt.config is not None and method_class(prompt.config.prompt_method).encodes_images:  # MaPLe: the images
+        all_features, all_labels = image_pixels(loaded, dataset, dataset.test, progress)
+    else:
+        all_features, all_labels = image_features(loaded, dataset, dataset.test, cache_dir, progress)
     features, labels = restrict_to_classes(all_features, all_labels, selected)
     if labels.numel() == 0:
         raise ConfigError(f"dataset {dataset.name} has no test images of its {classes.value} classes")
@@ -305,6 +320,7 @@ def evaluate_saved(
     if (run_id is None) == (prompt_path is None):
         raise ConfigError("give exactly one of --run RUN_ID and --prompt PATH")
     classes = choice(EvalClasses, classes, "class subset")
+    session.check_output_folders()  # a damaged table part is named before any work
     path = run_prompt_dir(session.checkpoints_dir, run_id) if run_id is not None else prompt_path
     prompt = load_learned_prompt(path)
     name = dataset or str(prompt.identity["dataset"])

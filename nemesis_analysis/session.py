@@ -89,11 +89,15 @@ class Session:
 
     def check_output_folders(self) -> None:
         """Raise a one-line WriteError unless ``--checkpoints`` and ``--reports`` are (or can become) folders
-        this process can write into; called before any long work. Creates nothing."""
+        this process can write into, or a DamagedPartError naming a table part that cannot be read; called
+        before any long work. Creates nothing."""
         from nemesis_analysis.storage.fsio import check_writable
 
         check_writable(self.checkpoints_dir, "--checkpoints")
         check_writable(self.reports_dir, "--reports")
+        from nemesis_analysis.storage.store import check_parts
+
+        check_parts(self.reports_dir)  # a damaged part is named now, not after the work it would record
 
     def run_dir(self, run_id: str):
         """The folder of run ``run_id`` (a :class:`~nemesis_analysis.storage.rundir.RunDir`)."""

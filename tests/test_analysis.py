@@ -99,7 +99,7 @@ def select(df: pd.DataFrame, **where) -> pd.Series:
 def test_frequency_per_seed_counts_and_percent(corruptions):
     per_seed = analysis.low_norm_frequency_per_seed(corruptions)
     assert list(per_seed.columns) == ["dataset", "backbone", "shots", "prompt_method", "regularizer", "seed", "n_reducing", "n_effect", "frequency",
-                                      "n_significant", "frequency_significant"]  # fmt: skip
+                                      "n_significant", "frequency_significant", "n_invisible"]  # fmt: skip
     assert per_seed["frequency_significant"].isna().all()  # rows without p-values: unknown, not zero
     assert len(per_seed) == 5
     expected = {
@@ -113,6 +113,33 @@ def test_frequency_per_seed_counts_and_percent(corruptions):
         row = select(per_seed, dataset=dataset, regularizer=regularizer, seed=seed)
         assert (row["n_reducing"], row["n_effect"]) == (n_reducing, n_effect)
         assert row["frequency"] == pytest.approx(frequency)
+
+
+def test_frequency_leaves_out_invisible_rows_counts_them_and_splits_by_layer(corruptions):
+    base = analysis.low_norm_frequency(corruptions)
+    marked = corruptions.assign(layer=0, invisible=False)
+    reducing_effects = (marked["op"] != "none") & (marked["norm_after"] < marked["norm_before"]) & (marked["delta"] > 0)
+    first = marked.index[reducing_effects & (marked["dataset"] == "dtd") & (marked["regularizer"] == "coop")][0]
+    marked.loc[first, ["invisible", "layer"]] = [True, 1]
+    freq = analysis.low_norm_frequency(marked)
+    dtd, before = select(freq, dataset="dtd", regularizer="coop"), select(base, dataset="dtd", regularizer="coop")
+    assert (dtd["n_reducing"], dtd["n_effect"], dtd["n_invisible"]) == (before["n_reducing"] - 1, before["n_effect"] - 1, 1)
+    by_layer = analysis.low_norm_frequency(marked, by=["dataset", "regularizer", "layer"])
+    layer1 = select(by_layer, dataset="dtd", regularizer="coop", layer=1)
+    assert (layer1["n_reducing"], layer1["n_invisible"]) == (0, 1)
+
+
+def test_delta_grid_keeps_layers_apart(corruptions):
+    rows = corruptions[(corruptions["dataset"] == "dtd") & (corruptions["regularizer"] == "coop")]
+    deep = pd.concat([rows.assign(layer=0), rows.assign(layer=1, delta=rows["delta"] + 10.0)], ignore_index=True)
+    flat = analysis.delta_grid(rows, "dtd", regularizer="coop")
+    layer1 = analysis.delta_grid(deep, "dtd", regularizer="coop", layer=1)
+    assert list(layer1.index) == list(flat.index)
+    assert layer1.to_numpy() == pytest.approx(flat.to_numpy() + 10.0, nan_ok=True)
+    both = analysis.delta_grid(deep, "dtd", regularizer="coop")
+    n_ctx = int(rows["n_ctx"].iloc[0])
+    assert list(both.index) == list(flat.index) + [n_ctx + p for p in flat.index]
+    assert both.iloc[len(flat):].to_numpy() == pytest.approx(flat.to_numpy() + 10.0, nan_ok=True)
 
 
 def test_frequency_min_delta(corruptions):
@@ -134,7 +161,7 @@ def test_frequency_aggregate_mean_std_over_seeds(corruptions):
         "frequency_mean", "frequency_std", "frequency_n", "frequency_ci95_low", "frequency_ci95_high",
         "frequency_significant_mean", "frequency_significant_std", "frequency_significant_n",
         "frequency_significant_ci95_low", "frequency_significant_ci95_high",
-        "num_seeds", "n_effect", "n_significant", "n_reducing", "frequency_pooled",
+        "num_seeds", "n_effect", "n_significant", "n_reducing", "frequency_pooled", "n_invisible",
     ]  # fmt: skip
     assert len(freq) == 3
     dtd = select(freq, dataset="dtd", regularizer="coop")
@@ -152,10 +179,15 @@ def test_frequency_aggregate_mean_std_over_seeds(corruptions):
 
 def test_frequency_custom_grouping(corruptions):
     freq = analysis.low_norm_frequency(corruptions, by=("dataset",))
-    dtd = select(freq, dataset="dtd")
-    # Seed 1 now pools coop and nemesis-pun: 3 effects of 4 reducing rows.
-    assert dtd["frequency_mean"] == pytest.approx((75.0 + 50.0) / 2)
-    assert (dtd["n_effect"], dtd["n_reducing"]) == (4, 6)
+    # Grouping by dataset alone never pools coop with nemesis-pun: the regularizer differs between their runs, so
+    # it joins the grouping (and shows as a column); shots, backbone, ... are equal and stay out.
+    assert list(freq.columns[:2]) == ["dataset", "regularizer"] and "shots" not in freq.columns
+    coop = select(freq, dataset="dtd", regularizer="coop")
+    assert coop["frequency_mean"] == pytest.approx((2 / 3 * 100 + 50.0) / 2)
+    assert (coop["n_effect"], coop["n_reducing"]) == (3, 5)
+    pun = select(freq, dataset="dtd", regularizer="nemesis-pun")
+    assert (pun["frequency_mean"], pun["n_effect"], pun["n_reducing"]) == (100.0, 1, 1)
+    assert len(select(freq, dataset="eurosat")) > 0  # eurosat has coop only: one row
 
 
 def test_frequency_dedupe_keeps_last(corruptions):
@@ -353,3 +385,35 @@ def test_frequency_significant_counts_effects_below_the_fdr(corruptions):
     assert (none["frequency_significant"].dropna() == 0).all() and none["n_significant"].sum() == 0
     with pytest.raises(ConfigError, match="--fdr"):
         analysis.low_norm_frequency(table, fdr=1.5)
+
+
+# --------------------------------------------------------------------------- no pooling of settings
+
+
+def test_runs_that_differ_in_a_setting_are_never_pooled_as_seeds():
+    """PUN at weight 1 and at weight 20, and a base2new CoOp run beside a few-shot one: four groups, not two."""
+    def run(run_id, seed, regularizer, weight, protocol, acc):
+        return {**RUN_DEFAULTS, "run_id": run_id, "dataset": "dtd", "seed": seed, "regularizer": regularizer, "norm_weight": weight,
+                "epochs": 50, "protocol": protocol, "final_test_acc": acc, "zero_shot_acc": 40.0}
+    runs = pd.DataFrame([
+        run("p1", 1, "nemesis-pun", 1.0, "fewshot", 70.0), run("p2", 2, "nemesis-pun", 1.0, "fewshot", 72.0),
+        run("q1", 1, "nemesis-pun", 20.0, "fewshot", 60.0), run("q2", 2, "nemesis-pun", 20.0, "fewshot", 62.0),
+        run("c1", 1, "coop", 1.0, "fewshot", 80.0), run("b1", 1, "coop", 1.0, "base2new", 90.0),
+    ])  # fmt: skip
+    summary = analysis.summarize_runs(runs)
+    assert {"norm_weight", "protocol"} <= set(summary.columns) and "epochs" not in summary.columns
+    assert len(summary) == 4 and summary["num_seeds"].tolist() == [1, 1, 2, 2]
+    weight_20 = select(summary, regularizer="nemesis-pun", norm_weight=20.0)
+    assert (weight_20["final_test_acc_mean"], weight_20["num_seeds"]) == (61.0, 2)
+    assert select(summary, regularizer="coop", protocol="base2new")["final_test_acc_mean"] == 90.0
+    # Corruption rows carry no norm weight: it is joined from the runs table by run_id.
+    r = corruption_row
+    rows = [r(rid, "dtd", seed, "rescale", 0, 0.5, delta, 2.0, 1.0, regularizer="nemesis-pun")
+            for rid, seed, delta in (("p1", 1, 1.0), ("p2", 2, 1.0), ("q1", 1, -1.0), ("q2", 2, -1.0))]
+    joined = analysis.with_run_settings(pd.DataFrame(rows), runs)
+    frequency = analysis.low_norm_frequency(joined)
+    assert frequency.set_index("norm_weight")["frequency_mean"].to_dict() == {1.0: 100.0, 20.0: 0.0}
+    assert analysis.differing_settings(joined, analysis.GROUP_COLUMNS) == "norm_weight (1.0, 20.0)"
+    with pytest.raises(ConfigError, match=r"differ in norm_weight \(1.0, 20.0\)"):
+        analysis.refuse_pooled_settings(joined, analysis.GROUP_COLUMNS, "corruptions")
+    analysis.refuse_pooled_settings(joined[joined.run_id.isin(["p1", "p2"])], analysis.GROUP_COLUMNS, "corruptions")

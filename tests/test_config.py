@@ -3,6 +3,8 @@ TOML round trip; run ids pinned."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import fields
 
@@ -16,6 +18,7 @@ from nemesis_analysis.config import (
     apply_recipe,
     field_annotations,
     field_help,
+    id_fields,
     load_config_file,
     parse_assignment,
     sections,
@@ -27,7 +30,7 @@ from nemesis_analysis.errors import ConfigError, FieldError
 
 def build(**dotted) -> RunConfig:
     # A method's own options need that method (plot.num_prompts with --method plot).
-    sections = {name.split(".")[0] for name in dotted} & {"plot", "kgcoop"}
+    sections = {name.split(".")[0] for name in dotted} & {"plot", "kgcoop", "maple"}
     dotted = {**{"prompt.method": section for section in sections}, **dotted}
     return RunConfig.from_dict(with_overrides(RunConfig().to_dict(), dotted), strict=True)
 
@@ -52,6 +55,7 @@ RULES = [
     ("optim.warmup_lr", 1e-9, [0.0], "must be positive"),
     ("plot.num_prompts", 1, [0], "must be at least 1"),
     ("kgcoop.weight", 0.0, [-1.0], "must be >= 0"),
+    ("maple.depth", 1, [0], "must be at least 1"),
 ]
 FLOAT_FIELDS = [name for name, kind in field_annotations().items() if "float" in str(kind)]
 INT_FIELDS = [name for name, kind in field_annotations().items() if "int" in str(kind)]
@@ -109,20 +113,24 @@ def test_int_given_for_a_float_field_is_stored_as_float_and_hashes_alike():
 
 
 def test_run_ids_are_unchanged():
-    # Regression pins: these ids were computed before field rules and metadata were added. Field names and
-    # their serialisation feed run_id; changing either orphans every trained run and table row.
-    assert RunConfig().run_id == "972e6ed68120"
+    # Regression pins: field names and their serialisation feed run_id; changing either orphans every trained
+    # run and table row. Runs on the embedded tiny CLIP name its weights' version (2 since the token-level
+    # pretraining): with the version left out, their ids are the ones pinned before it existed.
+    unversioned = {**id_fields(RunConfig()), "pretrained": "embedded"}
+    text = json.dumps(unversioned, sort_keys=True, separators=(",", ":"))
+    assert hashlib.sha256(text.encode()).hexdigest()[:12] == "972e6ed68120"
+    assert RunConfig().run_id == "3be15d598b22"
     assert RunConfig(dataset="caltech101", shots=4, seed=2, backbone="RN50", pretrained="openai").run_id == "c69fdbf55c1d"
-    assert RunConfig(nemesis=NemesisConfig(beta=0.5, weight=2.0, norm_type="l1")).run_id == "d998a2867a24"
+    assert RunConfig(nemesis=NemesisConfig(beta=0.5, weight=2.0, norm_type="l1")).run_id == "92f46cc90ec4"
     config = RunConfig(prompt=PromptConfig(n_ctx=4, csc=True, class_token_position="middle"),
                        optim=OptimConfig(lr=0.01, batch_size=8), epochs=5)
-    assert config.run_id == "efd739ae7ff3"
+    assert config.run_id == "344f04a9db9d"
     # What the paper recipe used to produce for Food101 + PAN (weight 50 on both terms) keeps its id; the
     # recipe now reproduces the reference (PAN's weight only, the last-batch rule, its epochs): a new id.
     old_paper = RunConfig(dataset="food101", nemesis=NemesisConfig(beta=0.0, weight=50.0, omega="constant"))
-    assert old_paper.run_id == "cb3e25bddf21"
+    assert old_paper.run_id == "7fa5f516b5f7"
     paper, _ = apply_recipe(RunConfig(dataset="food101", nemesis=NemesisConfig(beta=0.0)), "paper")
-    assert paper.run_id == "a3cf3bb5317d"
+    assert paper.run_id == "51cee5f218a3"
 
 
 @pytest.mark.parametrize("dotted, value", [("optim.drop_last", True), ("nemesis.pan_weight", 50.0),
@@ -130,7 +138,7 @@ def test_run_ids_are_unchanged():
 def test_fields_added_later_enter_the_run_id_only_off_their_default(dotted, value):
     section, name = dotted.split(".")
     default = getattr(getattr(RunConfig(), section), name)
-    assert build(**{dotted: default}).run_id == RunConfig().run_id == "972e6ed68120"
+    assert build(**{dotted: default}).run_id == RunConfig().run_id == "3be15d598b22"
     assert build(**{dotted: value}).run_id != RunConfig().run_id
     # bookkeeping never enters it
     assert build(recipe="paper", recipe_changes="optim.drop_last=True").run_id == RunConfig().run_id

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from nemesis_analysis.cli import app, build_run_config
 from nemesis_analysis.config import RunConfig, load_config_file, settings
-from nemesis_analysis.config.fieldspec import positive, spec, validate_fields
+from nemesis_analysis.fieldspec import positive, spec, validate_fields
 from nemesis_analysis.methods import registry
 from nemesis_analysis.study.plan import expand_jobs, make_plan
 from nemesis_analysis.study.runner import run_study

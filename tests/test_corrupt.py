@@ -133,11 +133,11 @@ def test_csc_corrupts_the_position_of_every_class(tiny_context, csc_run, session
     rows = _table(session).set_index(KEY)
     per_class = torch.linalg.vector_norm(ctx[:, 2], dim=-1)  # (classes,)
     before = float(per_class.mean())
-    assert rows.loc[("rescale", 0, 2, 0.0, 0), "norm_before"] == pytest.approx(before, rel=1e-6)
-    assert rows.loc[("rescale", 0, 2, 0.0, 0), "norm_after"] == 0.0
-    assert rows.loc[("rescale", 0, 2, 2.0, 0), "norm_after"] == pytest.approx(2 * before, rel=1e-6)
+    assert rows.loc[("rescale", 0, 2, 0.0, 0, 0), "norm_before"] == pytest.approx(before, rel=1e-6)
+    assert rows.loc[("rescale", 0, 2, 0.0, 0, 0), "norm_after"] == 0.0
+    assert rows.loc[("rescale", 0, 2, 2.0, 0, 0), "norm_after"] == pytest.approx(2 * before, rel=1e-6)
     assert before == pytest.approx(float(position_norms(ctx)[2]), rel=1e-6)
-    assert rows.loc[("replace", 0, 2, 0.5, 0), "norm_after"] == pytest.approx(0.5 * 128**0.5, rel=0.2)
+    assert rows.loc[("replace", 0, 2, 0.5, 0, 0), "norm_after"] == pytest.approx(0.5 * 128**0.5, rel=0.2)
     assert bool(rows.csc.all()) and (rows.n_ctx == 4).all()
 
 
@@ -158,7 +158,7 @@ def test_resume_adds_only_missing_rows(tiny_context, generic_run, session):
     assert widened.rows_written == len(wider) - 5 and widened.rows_reused == 5
     new_keys = set(after[KEY].itertuples(index=False, name=None)) - before
     new_cells = {c.key() for c in wider} - {c.key() for c in small}  # (op, position, factor, rep)
-    assert new_keys == {(op, 0, position, factor, rep) for op, position, factor, rep in new_cells}  # prompt 0
+    assert new_keys == {(op, 0, position, factor, rep, 0) for op, position, factor, rep in new_cells}  # prompt 0, layer 0
     assert not after.duplicated(KEY).any()
 
 
@@ -380,7 +380,7 @@ def test_paired_counts_match_the_accuracy_change_and_scipy(tiny_context, generic
     predictions = predict_corruptions(method, ctx, [Corruption("none", -1, 1.0, 0), grid[5]], identity.run_id, features)
     correct = predictions == labels[None]
     by_key = rows.set_index(KEY)
-    row = by_key.loc[(grid[5].op, 0, grid[5].position, float(grid[5].factor), grid[5].rep)]
+    row = by_key.loc[(grid[5].op, 0, grid[5].position, float(grid[5].factor), grid[5].rep, 0)]
     assert row.n_gained == int((correct[1] & ~correct[0]).sum()) and row.n_lost == int((~correct[1] & correct[0]).sum())
 
 

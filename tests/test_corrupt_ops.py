@@ -219,3 +219,10 @@ def test_parse_int_list() -> None:
             parse_int_list(bad, "--positions")
     with pytest.raises(ConfigError, match="backwards"):
         parse_int_list("7-5")
+
+
+def test_a_position_error_counts_flat_positions_not_n_ctx():
+    # PLOT with 2 prompts of n_ctx=2: 4 flat positions; the message must not call 4 "n_ctx".
+    with pytest.raises(ConfigError) as error:
+        expand_grid(4, positions=[4])
+    assert "outside 0..3" in str(error.value) and "n_ctx=4" not in str(error.value) and "N*n_ctx" in str(error.value)

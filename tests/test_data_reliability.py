@@ -347,3 +347,47 @@ def test_replaced_dataset_names_its_own_splits(tmp_path):
     with pytest.raises(DataError) as excinfo:
         moved.load_image(str(bad))
     assert one_line(excinfo).startswith(f"renamed: test image {bad} cannot be read")
+
+
+# --------------------------------------------------------------------------------------------- bad manifests
+
+
+def _edited_manifest(tmp_path, edit) -> Path:
+    manifest = make_custom_manifest(tmp_path / "m", [("train", "a", 3), ("train", "b", 3), ("test", "a", 2), ("test", "b", 2)])
+    table = pd.read_csv(manifest)
+    edit(table).to_csv(manifest, index=False)
+    return manifest
+
+
+def test_a_manifests_exact_duplicates_are_dropped_with_a_warning_and_reported(tmp_path, caplog):
+    manifest = _edited_manifest(tmp_path, lambda t: pd.concat([t, t.iloc[[0, 0, 1]]]))
+    with caplog.at_level("WARNING"):
+        data = load_manifest(manifest)
+    assert len(data.train) == 6 and len({s.source for s in data.train}) == 6  # no image twice in a few-shot sample
+    first = str(tmp_path / "m" / "img" / "train_a_0.png")
+    assert f"3 exact duplicate row(s), e.g. {first}; dropped them" in caplog.text
+    (report,) = diagnose_datasets(None, names=[f"manifest:{manifest}"], sample_size=0)
+    assert not report.ok and any("3 exact duplicate row(s)" in p for p in report.problems)
+
+
+@pytest.mark.parametrize("case", ["two labels", "train and test"])
+def test_a_manifest_with_conflicting_labels_or_split_overlap_is_refused_in_one_line(tmp_path, case):
+    def edit(table):
+        row = table.iloc[[0]].copy()  # train_a_0.png again, under label b or in the test split
+        row[["label"] if case == "two labels" else ["split"]] = "b" if case == "two labels" else "test"
+        return pd.concat([table, row])
+
+    manifest = _edited_manifest(tmp_path, edit)
+    first = tmp_path / "m" / "img" / "train_a_0.png"
+    expected = (f"1 image(s) have two or more labels, e.g. {first} (labels [0, 1])" if case == "two labels"
+                else f"1 image(s) are in test and in train or val, e.g. {first}; keep each image in one split")  # fmt: skip
+    with pytest.raises(DataError) as error:
+        load_manifest(manifest)
+    assert str(error.value).startswith(f"manifest {manifest}: ") and expected in str(error.value)
+    assert "\n" not in str(error.value)
+    (report,) = diagnose_datasets(None, names=[f"manifest:{manifest}"], sample_size=0)
+    assert not report.ok and expected in report.problems[0]
+    from nemesis_analysis.cli import app
+
+    result = CliRunner().invoke(app, ["datasets", "--dataset", f"manifest:{manifest}", "--sample", "0"])
+    assert result.exit_code == 0 and "1 problem(s)" in result.output and "0 without problems" in result.output

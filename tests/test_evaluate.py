@@ -185,3 +185,21 @@ def test_transfer_protocols_evaluate_every_target_on_fixtures(protocol, tiny_ses
         assert n_classes == load_dataset(target, root).num_classes
     with pytest.raises(ConfigError, match="set dataset = imagenet"):
         train_prompt(_config(protocol=protocol), session.replace(reports_dir=tmp_path / "r2", data_root=None))
+
+
+def test_evaluate_run_resolves_a_unique_prefix_and_names_an_unfinished_run(tmp_path):
+    from nemesis_analysis.errors import NoDataError
+    from nemesis_analysis.storage.artifacts import ARTIFACT_TENSORS
+
+    for run_id, finished in (("abc123000000", True), ("abc456000000", True), ("def789000000", False)):
+        (tmp_path / run_id).mkdir()
+        if finished:
+            (tmp_path / run_id / ARTIFACT_TENSORS).write_bytes(b"")
+    assert evaluate.run_prompt_dir(tmp_path, "abc4") == tmp_path / "abc456000000"
+    assert evaluate.run_prompt_dir(tmp_path, "abc123000000") == tmp_path / "abc123000000"
+    with pytest.raises(ConfigError, match=r"prefix 'abc' is ambiguous \(abc123000000, abc456000000\)"):
+        evaluate.run_prompt_dir(tmp_path, "abc")
+    with pytest.raises(NoDataError, match="run def789000000 .* has no saved prompt yet .* finish it"):
+        evaluate.run_prompt_dir(tmp_path, "def")  # exists: never "train it first"
+    with pytest.raises(NoDataError, match="no run 'xyz'"):
+        evaluate.run_prompt_dir(tmp_path, "xyz")

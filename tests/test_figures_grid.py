@@ -111,7 +111,7 @@ def test_summary_table_command(tmp_path):
     rows = []
     for seed, (base, new) in ((1, (80.0, 60.0)), (2, (84.0, 64.0))):
         for classes, acc in (("base", base), ("new", new)):
-            rows.append({**IDENTITY, "run_id": f"r{seed}", "shots": 16, "seed": seed, "protocol": "base2new",
+            rows.append({**IDENTITY, "run_id": f"r{seed}", "shots": 16, "seed": seed, "protocol": "base2new", "prompt_method": "cocoop",
                          "eval_dataset": "digits", "eval_classes": classes, "acc": acc, "n_test": 50, "n_classes": 5})  # fmt: skip
     store.append_rows(tmp_path, "evaluations", rows)
     runner = CliRunner()
@@ -119,6 +119,7 @@ def test_summary_table_command(tmp_path):
     assert result.exit_code == 0, result.output
     h = 2 * 82 * 62 / (82 + 62)
     assert f"{h:.2f} (n=2)" in result.output and "76.50" in result.output and "not confirmed" in result.output
+    assert "cocoop H paper" in result.output and "other datasets: ours digits" in result.output  # digits vs 11: no Δ
     assert (tmp_path / "table_base2new_vs_paper.md").is_file()
     result = runner.invoke(app, ["summary", "--reports", str(tmp_path), "--table", "base2new", "--format", "csv"])
     assert result.exit_code == 0 and (tmp_path / "table_base2new.csv").is_file()
@@ -136,3 +137,26 @@ def test_plot_frequency_as_count_command(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 5000
     result = runner.invoke(app, ["plot", "frequency", "--reports", str(tmp_path), "--as", "ratio"])
     assert result.exit_code == 2
+
+
+def test_figures_refuse_and_summaries_split_runs_that_differ_in_a_setting(tmp_path):
+    """Two PUN runs of one seed at weights 1 and 20: the summary shows two rows with a norm_weight column, the
+    frequency and heatmap figures refuse in one line naming the setting (exit 2)."""
+    reports = tmp_path / "rep"
+    corruptions, runs = [], []
+    for run_id, weight, effect in (("w1", 1.0, True), ("w20", 20.0, False)):
+        part = rows(1, 16, SMALL, lambda op, p, f: effect)
+        corruptions += [{**row, "run_id": run_id, "regularizer": "nemesis-pun"} for row in part]
+        runs.append({**IDENTITY, "run_id": run_id, "shots": 16, "seed": 1, "regularizer": "nemesis-pun", "norm_weight": weight,
+                     "final_test_acc": 60.0, "zero_shot_acc": 40.0, "epochs": 50, "ctx_init": "", "beta": 1.0,
+                     "norm_type": "l2", "pan_positions": 1, "pan_factor": 0.0, "omega_schedule": "sigmoid", "lr": 0.002,
+                     "batch_size": 32, "recipe": "", "mean_norm": 1.0, "checkpoint": "", "seconds": 1.0})  # fmt: skip
+    store.append_rows(reports, "corruptions", corruptions)
+    store.append_rows(reports, "runs", runs)
+    tables = figures.summary_tables(reports)
+    frequency = tables["frequency"].set_index("norm_weight")["frequency_mean"].to_dict()
+    assert frequency == {1.0: 100.0, 20.0: 0.0} and tables["runs"]["num_seeds"].tolist() == [1, 1]
+    for args in (["plot", "frequency"], ["plot", "heatmap", "--dataset", "digits"]):
+        result = CliRunner().invoke(app, [*args, "--reports", str(reports)])
+        assert result.exit_code == 2, result.output
+        assert "differ in norm_weight (1.0, 20.0)" in result.output and "Traceback" not in result.output

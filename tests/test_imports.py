@@ -199,3 +199,25 @@ def test_public_table_and_figure_names_import_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False", "a public table or figure name imports torch"
+
+
+SUBPACKAGES = sorted({name.split(".")[1] for name in MODULES if name.count(".") >= 1})
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    """A module that fails when it is the first one imported has a cycle through a package ``__init__`` that the
+    graph above cannot see (importing ``a.b`` runs ``a/__init__.py`` first)."""
+    code = (
+        "import importlib, subprocess, sys\n"
+        "failed = []\n"
+        f"for name in {sorted(MODULES)!r}:\n"
+        "    r = subprocess.run([sys.executable, '-c', f'import {name}'], capture_output=True, text=True)\n"
+        "    if r.returncode:\n"
+        "        failed.append(name + ': ' + (r.stderr.strip().splitlines() or ['?'])[-1])\n"
+        "print('\\n'.join(failed))\n"
+    )
+    packages = [f"{PACKAGE}.{name}" for name in SUBPACKAGES]
+    code = code.replace(repr(sorted(MODULES)), repr(packages))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", "modules that cannot be imported first:\n" + result.stdout

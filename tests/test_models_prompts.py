@@ -148,5 +148,5 @@ def test_coop_through_the_method_interface(tiny_random, tmp_path):
     assert not torch.equal(other.ctx, method.ctx)
     metadata = other.load(tmp_path / "artifact")
     assert torch.equal(other.ctx, method.ctx) and metadata["run_id"] == "r" and metadata["prompt"]["n_ctx"] == 4
-    with pytest.raises(ConfigError, match="unknown prompt method 'maple'"):
-        method_class("maple")
+    with pytest.raises(ConfigError, match="unknown prompt method 'promptsrc'"):
+        method_class("promptsrc")

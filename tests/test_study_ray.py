@@ -88,7 +88,7 @@ def test_a_worker_killed_mid_job_is_retried_without_duplicate_or_missing_rows(
     assert not corruptions.duplicated(list(store.KEYS["corruptions"])).any()
     for job in (j for j in plan.jobs if j.kind == "corrupt"):
         rows = corruptions[corruptions["run_id"] == job.run_id]
-        assert set(rows[list(CORRUPTION_KEY)].itertuples(index=False, name=None)) == expected_corruption_keys(job)
+        assert set(rows[[*CORRUPTION_KEY, "eval_classes"]].itertuples(index=False, name=None)) == expected_corruption_keys(job)
     assert_same_tables(local_study.outputs.reports, study.outputs.reports)
 
 

@@ -79,12 +79,32 @@ def test_base2new_harmonic_mean_from_seed_averages():
 
 
 def test_base2new_compare_paper_shows_published_values_and_caveat():
-    table = tables.compare_paper(tables.base2new(b2n_evaluations()))
-    cell = table.cell("average", "coop H")
-    assert cell.paper == 76.5 and cell.diff == pytest.approx(cell.mean - 76.5)
-    assert math.isnan(table.cell("dtd", "coop H").paper)
+    # The paper's base-to-new numbers are CoCoOp's, averaged over the 11 datasets.
+    cocoop = b2n_evaluations().assign(prompt_method="cocoop")
+    everything = pd.concat([cocoop.assign(dataset=d, eval_dataset=d, run_id=cocoop.run_id + d) for d in paper.PAPER_DATASETS])
+    table = tables.compare_paper(tables.base2new(everything))
+    cell = table.cell("average", "cocoop H")
+    assert cell.paper == 76.5 and cell.diff == pytest.approx(cell.mean - 76.5) and not cell.paper_note
+    assert math.isnan(table.cell("dtd", "cocoop H").paper)
     text = tables.render(table, "md")
-    assert "coop H paper" in text and "76.50" in text and paper.OMEGA_CAVEAT in text
+    assert "cocoop H paper" in text and "76.50" in text and paper.OMEGA_CAVEAT in text
+
+
+def test_base2new_compare_never_pools_or_mislabels_prompt_methods():
+    """CoOp and CoCoOp runs are two columns; CoOp is never set against CoCoOp's published numbers; a table over
+    other datasets shows the paper's value without a difference and says why in the cell."""
+    mixed = pd.concat([b2n_evaluations(), b2n_evaluations().assign(prompt_method="cocoop", acc=lambda f: f.acc - 10,
+                                                                   run_id=lambda f: "c" + f.run_id)])  # fmt: skip
+    table = tables.compare_paper(tables.base2new(mixed))
+    assert table.columns == ["cocoop B", "cocoop N", "cocoop H", "coop B", "coop N", "coop H"]
+    assert table.cell("dtd", "coop B").mean == 82.0 and table.cell("dtd", "cocoop B").mean == 72.0
+    assert math.isnan(table.cell("average", "coop H").paper)  # the paper has no CoOp base-to-new row
+    cell = table.cell("average", "cocoop H")
+    assert cell.paper == 76.5 and math.isnan(cell.diff) and cell.paper_note.startswith("other datasets: ours dtd, eurosat")
+    text = tables.render(table, "md")
+    assert "– (other datasets: ours dtd, eurosat, the paper's 11)" in text
+    frame = tables.to_frame(table)
+    assert frame[(frame.row == "average") & (frame.column == "cocoop H")]["paper_note"].iloc[0] == cell.paper_note
 
 
 def test_dg_rows_average_over_targets_and_paper():

@@ -22,8 +22,8 @@ from nemesis_analysis.session import Session
 
 # Off a terminal (pipes, CI logs, notebooks) rich would wrap tables at 80 columns; give them room.
 _WIDTH = None if sys.stdout.isatty() else 160
-console = Console(width=_WIDTH)
-err_console = Console(stderr=True, width=_WIDTH)
+console = Console(width=_WIDTH, emoji=False)  # job ids like corrupt:...:new: are text, never emoji
+err_console = Console(stderr=True, width=_WIDTH, emoji=False)
 
 def error_line(error: NemesisError) -> str:
     """A library error's message, with the flag that sets the field it names."""

@@ -66,7 +66,7 @@ def option_help(setting) -> str:
 def setting_parameter(name: str, setting) -> inspect.Parameter:
     """One typer option of a setting: its flags, type (Enum and open choices as str), default and help."""
     from nemesis_analysis.choices import plain
-    from nemesis_analysis.config.fieldspec import base_type, is_optional
+    from nemesis_analysis.fieldspec import base_type, is_optional
 
     kind = base_type(setting.annotation)
     kind = kind if kind in (bool, int, float) else str

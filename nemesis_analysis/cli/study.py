@@ -121,6 +121,8 @@ def run(
     from nemesis_analysis.study.plan import make_plan, parse_shard, select_jobs
     from nemesis_analysis.study.report import write_study_report
     from nemesis_analysis.study.runner import run_study
+    from nemesis_analysis.storage import store
+    from nemesis_analysis.cli.interrupt import graceful_stop
 
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor {executor!r}: choose local or ray")
@@ -129,10 +131,16 @@ def run(
     if max_parallel is not None and max_parallel < 1:
         raise ConfigError(f"--max-parallel must be at least 1, got {max_parallel}")
     study = _load(study_file, checkpoints, reports, smoke)
+    store.check_parts(study.outputs.reports)  # a damaged table part is named before any job runs
     current = make_plan(study)
-    jobs = select_jobs(current, parse_shard(shard) if shard else None)
+    jobs = select_jobs(current, parse_shard(shard) if shard is not None else None)
     console.print(f"study [bold]{study.name}[/]: {len(jobs)} jobs to run ({executor})", highlight=False)
-    report = run_study(current, jobs, executor, address, max_parallel, progress=not quiet)
+    with graceful_stop() as request:
+        report = run_study(current, jobs, executor, address, max_parallel, progress=not quiet, should_stop=request)
+    if request.signum is not None:
+        console.print(f"stopped by signal {request.signum}: {len(report.done)} done; {len(report.stopped)} job(s) saved "
+                      "and recorded as lost; `nemesis study run` again resumes them", highlight=False, markup=False)  # fmt: skip
+        raise typer.Exit(code=request.exit_code)
     console.print(
         f"{len(report.done)} done, {len(report.failed)} failed, {len(report.blocked)} blocked, "
         f"{len(report.waiting)} waiting for other shards, {sum(report.retries.values())} retries; "
@@ -142,7 +150,7 @@ def run(
     )
     for job_id, error in report.failed.items():
         console.print(f"  failed {job_id}: {error}", highlight=False, soft_wrap=True, markup=False)
-    if not shard:
+    if shard is None:
         for path in write_study_outputs(study, figures=figures):
             console.print(f"  {path}", highlight=False, soft_wrap=True, markup=False)
         console.print(f"report: {write_study_report(study, smoke)}", highlight=False, soft_wrap=True, markup=False)

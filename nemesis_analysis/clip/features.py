@@ -98,6 +98,18 @@ def image_features(
     return cached_features(path, "features", "the image feature cache", samples, encode)
 
 
+def image_pixels(
+    loaded: LoadedModel, dataset: DatasetSplits, samples: list[Sample], progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(preprocessed images (n, 3, H, W) on the CPU, labels (n,)): what a method that prompts the image tower
+    scores (its features depend on the prompt, so nothing is cached on disk)."""
+    size = loaded.preprocess_cfg.get("size", 224)
+    size = size if isinstance(size, int) else size[0]
+    pixels = encode_with(lambda images: images, lambda: (0, 3, size, size), f"loading {dataset.name} images",
+                         dataset, samples, lambda image: loaded.preprocess(image), progress=progress)  # fmt: skip
+    return pixels, torch.tensor([s.label for s in samples], dtype=torch.long)
+
+
 # ------------------------------------------------------------------------------------- local features
 
 

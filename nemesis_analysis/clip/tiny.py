@@ -2,9 +2,15 @@
 
 Pretraining is contrastive, on the *train* split of ``digits`` only, with varied caption templates
 (none of them the zero-shot template). Positives are class-level: every caption of an image's class
-counts as a match, which is what CLIP's loss means when captions repeat. The result is cached in the
-per-user cache (``~/.cache/nemesis/nemesis-tiny/<hash>.safetensors``, see ``usercache.default_cache_root``),
-keyed by the architecture, the recipe and the data.
+counts as a match, which is what CLIP's loss means when captions repeat. A token-level term aligns every
+patch token (after ``ln_post`` and ``proj``, the local features PLOT and MaPLe read) with its image's
+caption too, so local features carry class signal and not only the class token.
+
+Pretraining runs on one CPU thread whatever the caller's thread count, so its weights are the same
+on every machine with the same torch and CPU instruction set. The result is cached in the per-user
+cache (``~/.cache/nemesis/nemesis-tiny/<hash>.safetensors``, see ``usercache.default_cache_root``), keyed
+by everything it depends on: the architecture, the recipe, the data, the torch version, the CPU
+instruction set and the thread count.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +30,7 @@ from safetensors.torch import save_file
 from nemesis_analysis.clip.architectures import MODEL_CONFIG_DIR, TINY_BACKBONE, random_init, register_model_configs
 from nemesis_analysis.storage.fsio import WriteError, atomic_path
 from nemesis_analysis.progress import progress_bar
+from nemesis_analysis.storage.schema import TINY_WEIGHTS_VERSION
 from nemesis_analysis.storage.usercache import default_cache_root
 
 logger = logging.getLogger(__name__)
@@ -53,6 +61,26 @@ class TinyRecipe:
     # for half of the classes, and prompt learning has something real to recover.
     word_fraction: float = 0.5
     word_classes: tuple[int, ...] = (0, 2, 4, 6, 8)
+    # Weight of the token-level term: every patch token classified against its image's captions.
+    token_weight: float = 0.5
+    version: int = TINY_WEIGHTS_VERSION  # the weights' version, part of embedded runs' ids
+    num_threads: int = 1  # pretraining's CPU thread count: thread counts change float sums, so it is fixed
+
+
+def compute_environment() -> dict:
+    """What else pretraining's floats depend on: the torch version and the CPU instruction set."""
+    return {"torch": torch.__version__.split("+")[0], "cpu": torch.backends.cpu.get_cpu_capability()}
+
+
+@contextmanager
+def fixed_threads(num_threads: int):
+    """Run the block on ``num_threads`` intra-op threads, then restore the caller's count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _config_text() -> str:
@@ -65,9 +93,10 @@ def tiny_cache_path(checkpoints_dir: Path, recipe: TinyRecipe = TinyRecipe()) ->
 
     data = load_dataset("digits")
     key = json.dumps(
-        {"config": json.loads(_config_text()), "recipe": asdict(recipe), "train": fingerprint_samples(data.train)},
+        {"config": json.loads(_config_text()), "recipe": asdict(recipe), "train": fingerprint_samples(data.train),
+         "environment": compute_environment()},
         sort_keys=True,
-    )
+    )  # fmt: skip
     return Path(checkpoints_dir) / "nemesis-tiny" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
 
@@ -98,7 +127,7 @@ def ensure_tiny_clip(checkpoints_dir: Path, recipe: TinyRecipe = TinyRecipe(), p
     path = tiny_cache_path(default_cache_root(), recipe)
     logger.info("pretraining %s (cached at %s)", "nemesis-tiny", path)
     state = pretrain_tiny_clip(recipe, progress=progress)
-    metadata = {"recipe": json.dumps(asdict(recipe))}
+    metadata = {"recipe": json.dumps(asdict(recipe)), "environment": json.dumps(compute_environment())}
     try:
         with atomic_path(path, "the tiny CLIP cache") as tmp:
             save_file(state, str(tmp), metadata=metadata)
@@ -111,12 +140,19 @@ def ensure_tiny_clip(checkpoints_dir: Path, recipe: TinyRecipe = TinyRecipe(), p
 
 
 def pretrain_tiny_clip(recipe: TinyRecipe = TinyRecipe(), progress: bool = True) -> dict[str, torch.Tensor]:
-    """Contrastive pretraining on the digits train split; returns the state dict."""
+    """Contrastive pretraining on the digits train split, on ``recipe.num_threads`` CPU threads whatever the
+    caller's count (the weights do not depend on it); returns the state dict."""
+    with fixed_threads(recipe.num_threads):
+        return _pretrain(recipe, progress)
+
+
+def _pretrain(recipe: TinyRecipe, progress: bool) -> dict[str, torch.Tensor]:
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     from nemesis_analysis.data.registry import load_dataset
     from nemesis_analysis.clip.encoding import eos_positions, encode_text_from_embeddings
+    from nemesis_analysis.clip.features import vit_sequence
 
     register_model_configs()
     started = time.perf_counter()
@@ -139,7 +175,8 @@ def pretrain_tiny_clip(recipe: TinyRecipe = TinyRecipe(), progress: bool = True)
     with progress_bar("pretraining nemesis-tiny", total=recipe.steps, enabled=progress) as advance:
         for _ in range(recipe.steps):
             batch = torch.randint(len(images), (recipe.batch_size,), generator=generator)
-            image_features = F.normalize(model.encode_image(images[batch]), dim=-1)  # (batch, embed)
+            sequence = F.normalize(vit_sequence(model.visual, images[batch]), dim=-1)  # (batch, 1 + patches, embed)
+            image_features, patches = sequence[:, 0], sequence[:, 1:]  # token 0 is encode_image's output
             text = encode_text_from_embeddings(model, model.token_embedding(tokens), eos)
             text = F.normalize(text, dim=-1).view(num_templates, num_classes, -1)  # (templates, classes, embed)
             template = torch.randint(len(recipe.templates), (recipe.batch_size,), generator=generator)
@@ -150,6 +187,10 @@ def pretrain_tiny_clip(recipe: TinyRecipe = TinyRecipe(), progress: bool = True)
             # image -> text: each image against the classes under its own caption template
             logits = scale * torch.einsum("be,bce->bc", image_features, text[template])
             loss_image = F.cross_entropy(logits, labels[batch])
+            # token level: every patch token against the classes under its image's caption template
+            logits_patch = scale * torch.einsum("bpe,bce->bpc", patches, text[template])  # (batch, patches, classes)
+            targets_patch = labels[batch][:, None].expand(-1, patches.shape[1])  # (batch, patches)
+            loss_token = F.cross_entropy(logits_patch.flatten(0, 1), targets_patch.flatten())
             # text -> image: each caption against the batch; every image of its class is a positive
             # text -> image: each caption against the batch images captioned in its form; every image
             # of its class is a positive
@@ -165,7 +206,7 @@ def pretrain_tiny_clip(recipe: TinyRecipe = TinyRecipe(), progress: bool = True)
                 targets = positives[present] / positives[present].sum(1, keepdim=True)  # (present, members)
                 log_probs = logits_text[form_templates][:, present][..., members].log_softmax(-1)
                 loss_text = loss_text + weight * -(targets * log_probs).sum(-1).mean()
-            loss = 0.5 * (loss_image + loss_text)
+            loss = 0.5 * (loss_image + loss_text) + recipe.token_weight * loss_token
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

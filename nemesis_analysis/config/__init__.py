@@ -27,7 +27,7 @@ from nemesis_analysis.choices import (
     Protocol,
     plain,
 )
-from nemesis_analysis.config.fieldspec import (
+from nemesis_analysis.fieldspec import (
     IN_ID_ALWAYS,
     IN_ID_NEVER,
     IN_ID_UNLESS_DEFAULT,
@@ -48,7 +48,7 @@ from nemesis_analysis.config.fieldspec import (
 from nemesis_analysis.errors import ConfigError, FieldError
 from nemesis_analysis.methods.declarations import KgCoOpConfig, PLOTConfig  # noqa: F401  (re-exported)
 from nemesis_analysis.methods.registry import declaration, method_names, option_sections
-from nemesis_analysis.storage.schema import RunIdentity
+from nemesis_analysis.storage.schema import TINY_WEIGHTS_VERSION, RunIdentity
 
 
 # CoOp's few-shot protocol: epochs by number of shots (ImageNet uses 50 for every shot count).
@@ -419,6 +419,8 @@ def id_fields(config: RunConfig) -> dict:
             rule = item.metadata.get("in_id", IN_ID_ALWAYS)
             if rule == IN_ID_NEVER or (rule == IN_ID_UNLESS_DEFAULT and target[item.name] == plain(item.default)):
                 target.pop(item.name)
+    if data["pretrained"] == "embedded":  # runs on other versions of the tiny CLIP's weights are other runs
+        data["pretrained"] = f"embedded-v{TINY_WEIGHTS_VERSION}"
     return data
 
 

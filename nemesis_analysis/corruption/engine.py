@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from nemesis_analysis import devices
-from nemesis_analysis.choices import CorruptionOp
+from nemesis_analysis.choices import CorruptionOp, Precision
 from nemesis_analysis.clip.encoding import fp32_text_passes
 from nemesis_analysis.corruption.ops import Corruption, apply_corruptions
 from nemesis_analysis.methods.base import PromptMethod
@@ -67,11 +67,52 @@ def predict_single_position_variants(
         return predict_variants(method, variants, features, local_features)
     features = features.to(method.device)
     out = torch.empty(len(positions), features.shape[0], dtype=torch.long)
+    for rows, scores in position_group_scores(method, cache, variants, positions, features, local_features):
+        out[rows] = predict_classes(scores).cpu()
+    return out
+
+
+def position_group_scores(method: PromptMethod, cache, variants: Tensor, positions: Sequence[int], features: Tensor,
+                          local_features: Tensor | None = None):  # fmt: skip
+    """Yield (rows, scores (group, n_test, classes)) for the variants of each position. A cache with its own
+    ``scores(variants, position, features, local)`` scores them (MaPLe: both towers from the first changed
+    layer on); otherwise its ``text_features`` go through :meth:`PromptMethod.score_variants`."""
     for position in sorted(set(positions)):
         rows = [i for i, p in enumerate(positions) if p == position]
-        text = cache.text_features(variants[rows], position)  # (group, classes, embed)
-        out[rows] = predict_classes(method.score_variants(text, features, local_features)).cpu()
-    return out
+        if hasattr(cache, "scores"):
+            yield rows, cache.scores(variants[rows], position, features, local_features)
+        else:
+            text = cache.text_features(variants[rows], position)  # (group, classes, embed)
+            yield rows, method.score_variants(text, features, local_features)
+
+
+def invisible_tolerance(method: PromptMethod) -> float:
+    """Largest score difference still counted as float noise: 1e-5 on cosine scores in fp32 (different but
+    exact passes differ by ~1e-7), 1e-2 under half precision or bf16 autocast (its rounding is ~4e-3)."""
+    return 1e-5 if method.loaded.precision == Precision.FP32 else 1e-2
+
+
+@torch.no_grad()
+def variant_outcomes(
+    method: PromptMethod, cache, variants: Tensor, positions: Sequence[int], features: Tensor,
+    local_features: Tensor | None, original: Tensor,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(predictions (variants, n_test) long, invisible (variants,) bool) of single-position variants: a variant
+    is invisible when its scores equal ``original`` (n_test, classes), the unchanged prompt's, to float
+    precision (:func:`invisible_tolerance`)."""
+    features, local = features.to(method.device), local_features  # PLOT's local features stay where they are
+    predictions = torch.empty(len(positions), features.shape[0], dtype=torch.long)
+    invisible = torch.zeros(len(positions), dtype=torch.bool)
+    if cache is None:
+        groups = [(list(range(len(positions))), method.variant_scores(variants.to(method.device), features, local))]
+    else:
+        groups = position_group_scores(method, cache, variants, positions, features, local)
+    tolerance = invisible_tolerance(method)
+    for rows, scores in groups:
+        predictions[rows] = predict_classes(scores).cpu()
+        gap = (scores.float() - original.to(scores.device, torch.float32)[None]).abs().flatten(1).amax(dim=1)
+        invisible[rows] = (gap <= tolerance).cpu()
+    return predictions, invisible
 
 
 @fp32_text_passes()  # the baseline's plain pass and the variants' cached passes round alike

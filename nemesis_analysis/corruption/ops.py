@@ -208,7 +208,10 @@ def check_positions(positions: Sequence[int | range], n_ctx: int) -> list[int]:
         else:
             bad = int(item) if not 0 <= int(item) < n_ctx else None
         if bad is not None:
-            raise ConfigError(f"position {bad} is outside 0..{n_ctx - 1}; pick positions below n_ctx={n_ctx}")
+            raise ConfigError(
+                f"position {bad} is outside 0..{n_ctx - 1}; pick positions below {n_ctx}, the prompt's number of "
+                "positions (flat: PLOT's N prompts of n_ctx vectors each are positions 0..N*n_ctx-1)"
+            )
     out = [p for item in positions for p in (item if isinstance(item, range) else [int(item)])]
     if not out:
         raise ConfigError("no positions selected; pass at least one position or omit the option for all")

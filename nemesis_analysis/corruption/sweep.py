@@ -23,15 +23,15 @@ from nemesis_analysis.corruption.engine import (
     accuracy_of,
     auto_chunk,
     paired_counts,
-    predict_single_position_variants,
     predict_variants,
     prefix_cache,
     variant_norms,
+    variant_outcomes,
 )
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.evaluate import restrict_to_classes
 from nemesis_analysis.clip.encoding import fp32_text_passes
-from nemesis_analysis.clip.features import image_features, local_image_features
+from nemesis_analysis.clip.features import local_image_features
 from nemesis_analysis.devices import host_features
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.training.nemesis import position_norms
@@ -66,6 +66,7 @@ class SweepSummary:
     stopped: bool = False  # should_stop ended the sweep before the grid was complete
     num_significant: int = 0  # Low-Norm Effects whose McNemar p-value survives BH over the grid's rows (q < 0.05)
     eval_classes: str = EvalClasses.ALL.value  # the class subset evaluated (base2new: base or new)
+    num_invisible: int = 0  # corruptions whose scores equal the original's (left out of the two counts above)
 
 
 @dataclass
@@ -75,6 +76,7 @@ class EvalSet:
     features: Tensor  # (n_test, embed)
     labels: Tensor  # (n_test,)
     local_features: Tensor | None = None  # (n_test, locations, embed) on the host, for methods that score them (PLOT)
+    original: Tensor | None = None  # (n_test, classes) scores of the unchanged prompt, set by the sweep
     baseline_correct: Tensor | None = None  # (n_test,) bool: the uncorrupted prompt's correct images (paired counts)
 
     @property
@@ -124,13 +126,10 @@ def run_corruption_sweep(
     slot_value = check_slot(slot_value, identity, method)
     chunk = resolve_chunk(method, chunk, memory_budget)
     classes = EvalClasses(classes).value
-    test = load_test_set(session, method, identity.dataset, classes, max_test)
-    predictions = predict_variants(method, slot_value[None], test.features, test.local_features)
-    acc_original = float(accuracy_of(predictions, test.labels)[0])
-    test.baseline_correct = predictions[0] == test.labels
+    test, acc_original = baseline_test_set(session, method, slot_value, identity.dataset, classes, max_test)
     base_row = {**identity.as_row(), "acc_original": acc_original, "n_test": test.size, "eval_classes": classes}
     base_norms = position_norms(slot_value)  # (n_positions,)
-    pairs = method.position_pairs()  # flat position -> (prompt_index, position)
+    pairs = position_keys(method)  # flat position -> (prompt_index, position, layer)
 
     with store.claim(session.reports_dir, TABLE, identity.run_id):  # held to the end: no key is written twice
         previous = previous_rows(session, identity.run_id, classes)
@@ -163,6 +162,29 @@ def run_corruption_sweep(
     summary.stopped = stopped
     summary.eval_classes = classes
     return summary
+
+
+def baseline_test_set(
+    session: Session, method: PromptMethod, slot_value: Tensor, dataset: str, classes: str, max_test: int | None
+) -> tuple["EvalSet", float]:
+    """The sweep's test set with the unchanged prompt's scores and per-image correctness, and its accuracy."""
+    test = load_test_set(session, method, dataset, classes, max_test)
+    test.original = original_scores(method, slot_value, test)
+    predictions = test.original.argmax(-1).cpu()[None]
+    test.baseline_correct = predictions[0] == test.labels
+    return test, float(accuracy_of(predictions, test.labels)[0])
+
+
+@torch.no_grad()
+def original_scores(method: PromptMethod, slot_value: Tensor, test: "EvalSet") -> Tensor:
+    """Scores (n_test, classes) of the unchanged prompt: the baseline accuracy and what invisibility compares to."""
+    device = method.device  # PLOT's local features stay where they are: it moves chunks
+    return method.variant_scores(slot_value[None].to(device), test.features.to(device), test.local_features)[0]
+
+
+def position_keys(method: PromptMethod) -> list[tuple[int, int, int]]:
+    """(prompt_index, position, layer) of each flat position of the method's position slot."""
+    return [(*pair, layer) for pair, layer in zip(method.position_pairs(), method.position_layers())]
 
 
 COUNT_COLUMNS: tuple[str, ...] = ("n_gained", "n_lost", "p_value")
@@ -211,7 +233,8 @@ def corruptions_of_rows(rows: pd.DataFrame, pairs: Sequence[tuple[int, int]]) ->
     """The corruptions (flat positions) of table rows; ``pairs`` maps flat positions to (prompt_index, position)."""
     flat = {(int(n), int(p)): i for i, (n, p) in enumerate(pairs)}
     out = []
-    for op, prompt_index, position, factor, rep in rows[list(CORRUPTION_KEY)].itertuples(index=False, name=None):
+    columns = ["op", "prompt_index", "position", "factor", "rep"]
+    for op, prompt_index, position, factor, rep in rows[columns].itertuples(index=False, name=None):
         if op == NONE:
             out.append(NO_CORRUPTION)
         elif (int(prompt_index), int(position)) not in flat:
@@ -281,7 +304,8 @@ def load_test_set(
         raise ConfigError(f"--max-test must be at least 1, got {max_test}")
     dataset = session.dataset(dataset_name)
     loaded = method.loaded
-    features, labels = image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
+    # cached frozen features; the test images for a method that prompts the image tower (MaPLe)
+    features, labels = method.image_inputs(dataset, dataset.test, session.feature_cache, session.progress)
     local = None
     if method.needs_local_features:
         local, _ = local_image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
@@ -326,13 +350,14 @@ def previous_rows(session: Session, run_id: str, classes: str = EvalClasses.ALL.
     return table[(table["run_id"] == run_id) & (table["eval_classes"] == classes)]
 
 
-def row_key(corruption: Corruption, pairs: Sequence[tuple[int, int]]) -> tuple:
-    """The table key (op, prompt_index, position, factor, rep) of a corruption of flat position
-    ``corruption.position``; ``pairs`` maps flat positions to (prompt_index, position)."""
+def row_key(corruption: Corruption, pairs: Sequence[tuple[int, ...]]) -> tuple:
+    """The table key (op, prompt_index, position, factor, rep, layer) of a corruption of flat position
+    ``corruption.position``; ``pairs`` maps flat positions to (prompt_index, position[, layer]) (layer 0
+    when not given)."""
     if corruption.op == NONE:
-        return (NONE, 0, corruption.position, float(corruption.factor), corruption.rep)
-    prompt_index, position = pairs[corruption.position]
-    return (corruption.op, int(prompt_index), int(position), float(corruption.factor), corruption.rep)
+        return (NONE, 0, corruption.position, float(corruption.factor), corruption.rep, 0)
+    prompt_index, position, layer = (*pairs[corruption.position], 0)[:3]
+    return (corruption.op, int(prompt_index), int(position), float(corruption.factor), corruption.rep, int(layer))
 
 
 def pending_corruptions(grid: Sequence[Corruption], done: set, pairs: Sequence[tuple[int, int]]) -> list[Corruption]:
@@ -350,7 +375,8 @@ def baseline_row(base_row: dict, base_norms: Tensor) -> dict:
     op, position, factor, rep = NO_CORRUPTION.key()
     return {**base_row, "op": op, "prompt_index": 0, "position": position, "factor": factor, "rep": rep,
             "acc": base_row["acc_original"], "delta": 0.0, "norm_before": mean_norm, "norm_after": mean_norm,
-            "low_norm_effect": False, "n_gained": 0.0, "n_lost": 0.0, "p_value": 1.0}  # fmt: skip
+            "low_norm_effect": False, "n_gained": 0.0, "n_lost": 0.0, "p_value": 1.0, "layer": 0,
+            "invisible": True}  # fmt: skip
 
 
 def evaluate_chunk(
@@ -364,11 +390,13 @@ def evaluate_chunk(
     base_norms: Tensor,
     pairs: Sequence[tuple[int, int]],
 ) -> list[dict]:
-    """The table rows of one chunk of corruptions (one stacked text pass)."""
+    """The table rows of one chunk of corruptions (one stacked text pass). ``invisible``: the variant's scores
+    equal the unchanged prompt's (``test.original``) to float precision."""
     variants = apply_corruptions(slot_value, part, run_id)  # (variants, [classes,] n_positions, width)
     positions = [c.position for c in part]
-    predictions = predict_single_position_variants(method, cache, variants, positions, test.features,
-                                                   test.local_features)  # fmt: skip
+    original = test.original if test.original is not None else original_scores(method, slot_value, test)
+    predictions, invisible = variant_outcomes(method, cache, variants, positions, test.features,
+                                              test.local_features, original)  # fmt: skip
     accs = accuracy_of(predictions, test.labels).tolist()
     gained, lost = paired_counts(predictions, test.labels, test.baseline_correct)
     p_values = mcnemar_p(gained.numpy(), lost.numpy())
@@ -380,7 +408,8 @@ def evaluate_chunk(
         delta = accs[i] - base_row["acc_original"]
         rows.append(
             {**base_row, "op": corruption.op, "prompt_index": pairs[corruption.position][0],
-             "position": pairs[corruption.position][1], "factor": float(corruption.factor),
+             "position": pairs[corruption.position][1], "layer": (*pairs[corruption.position], 0)[2],
+             "invisible": bool(invisible[i]), "factor": float(corruption.factor),
              "rep": corruption.rep, "acc": accs[i], "delta": delta, "norm_before": norm_before,
              "norm_after": norm_after, "low_norm_effect": bool(norm_after < norm_before and delta > 0),
              "n_gained": float(gained[i]), "n_lost": float(lost[i]), "p_value": float(p_values[i])}
@@ -399,7 +428,8 @@ def grid_rows(
     frame = pd.concat(frames, ignore_index=True).drop_duplicates(key, keep="last")
     order = {row_key(c, pairs): i for i, c in reversed(list(enumerate(grid)))}
     keys = list(frame[key].itertuples(index=False, name=None))
-    frame = frame.assign(_order=[order.get((op, int(n), int(p), float(f), int(r)), -1) for op, n, p, f, r in keys])
+    frame = frame.assign(_order=[order.get((op, int(n), int(p), float(f), int(r), int(lay)), -1)
+                                 for op, n, p, f, r, lay in keys])  # fmt: skip
     frame = frame[frame["_order"] >= 0].sort_values("_order", kind="stable").drop(columns="_order")
     return frame.reset_index(drop=True)
 
@@ -413,9 +443,11 @@ def summarise(
     if not corrupted.empty:
         best = corrupted.loc[corrupted["acc"].idxmax()].to_dict()
         worst = corrupted.loc[corrupted["acc"].idxmin()].to_dict()
-    reducing = corrupted["norm_after"] < corrupted["norm_before"]
-    effect = reducing & (corrupted["delta"] > 0)
-    q = bh_q_values(corrupted["p_value"].to_numpy(float)) if "p_value" in corrupted.columns else float("nan")
+    invisible = corrupted["invisible"].fillna(False).astype(bool) if "invisible" in corrupted else False
+    visible = corrupted[~invisible] if "invisible" in corrupted else corrupted
+    reducing = visible["norm_after"] < visible["norm_before"]
+    effect = reducing & (visible["delta"] > 0)
+    q = bh_q_values(visible["p_value"].to_numpy(float)) if "p_value" in visible.columns else float("nan")
     return SweepSummary(
         run_id=run_id,
         acc_original=acc_original,
@@ -428,6 +460,7 @@ def summarise(
         num_norm_reducing=int(reducing.sum()),
         num_low_norm_effect=int(effect.sum()),
         num_significant=int((effect & (q < SIGNIFICANCE_FDR)).sum()),
+        num_invisible=len(corrupted) - len(visible),
         chunk=chunk,
         seconds=seconds,
         rows=frame,
@@ -440,6 +473,8 @@ def describe_corruption(row: dict) -> str:
     where = f"position {int(row['position'])}"
     if row.get("prompt_method") == "plot":
         where = f"prompt {int(row.get('prompt_index', 0))} {where}"
+    elif row.get("prompt_method") == "maple":
+        where = f"layer {int(row.get('layer', 0))} {where}"
     if row["op"] == RESCALE:
         return f"rescale {where} by {row['factor']:g}"
     elif row["op"] == REPLACE:
@@ -473,5 +508,6 @@ def format_summary(summary: SweepSummary) -> list[str]:
         f"  Low-Norm Effect: {summary.num_low_norm_effect} of {summary.num_norm_reducing} norm-reducing "
         f"corruptions raised accuracy; {summary.num_significant} of them significantly (exact McNemar test, "
         f"Benjamini-Hochberg q < {SIGNIFICANCE_FDR:g} over the sweep)"
+        + (f"; {summary.num_invisible} invisible corruptions left out" if summary.num_invisible else "")
     )
     return lines

@@ -17,8 +17,8 @@ from nemesis_analysis.config import PLOTConfig, PromptConfig, RunConfig
 from nemesis_analysis.corruption.ops import Corruption, GridSpec
 from nemesis_analysis.devices import resolve_run_config
 from nemesis_analysis.errors import ConfigError, NoDataError
-from nemesis_analysis.methods import PromptMethod, build_method, build_method_for_run
-from nemesis_analysis.clip.prompts import backbone_tokenizer, resolve_n_ctx
+from nemesis_analysis.methods import PromptMethod, build_method, build_method_for_run, method_class
+from nemesis_analysis.clip.prompts import resolve_n_ctx
 from nemesis_analysis.storage.rundir import RunDir
 from nemesis_analysis.storage.safeload import DamagedFileError
 from nemesis_analysis.storage.schema import RunIdentity
@@ -57,8 +57,8 @@ def sweep_runs(
     analysed = read_prompt(prompt) if prompt is not None else None
     if analysed is not None:
         n_positions = analysed.n_positions
-    else:  # flat positions: PLOT's N prompts of n_ctx each
-        n_positions = config.num_prompts * resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
+    else:  # flat positions: PLOT's N prompts of n_ctx each, MaPLe's J layers of n_ctx each
+        n_positions = method_class(config.prompt_method).flat_positions(config)
     corruptions = grid.expand(n_positions)
     config = dataclasses.replace(config, seed=seeds[0])
     if analysed is not None:
@@ -156,6 +156,8 @@ def check_run_prompt(ctx, config: RunConfig, loaded, num_classes: int, run_dir: 
     expected = (num_classes, n_ctx, width) if config.prompt.csc else (n_ctx, width)
     if config.prompt_method == "plot":
         expected = (config.num_prompts, n_ctx, width)
+    elif config.prompt_method == "maple":  # every prompted layer's M prompts
+        expected = (method_class("maple").flat_positions(config) // config.prompt.n_ctx, config.prompt.n_ctx, width)
     if tuple(ctx.shape) != expected:
         raise DamagedFileError(
             f"run file {run_dir.file(ARTIFACT_TENSORS)} is damaged (context of shape {tuple(ctx.shape)}, the run's "

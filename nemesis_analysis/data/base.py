@@ -73,6 +73,9 @@ class DatasetSplits:
     load_image: Callable[[str], Image.Image] = open_rgb
     augmentation: Augmentation = field(default_factory=Augmentation)
     template: str = "a photo of a {}."  # hand-crafted prompt for zero-shot accuracy (CoOp's per dataset)
+    # What loading dropped or repaired, one line each (e.g. a manifest's exact duplicate rows): `nemesis
+    # datasets` reports them.
+    notes: list[str] = field(default_factory=list)
     # Content fingerprint of a custom dataset (resolved path + file list with sizes and times, see
     # :func:`fingerprint_files`); "" for built-in datasets, whose name alone identifies them.
     fingerprint: str = ""

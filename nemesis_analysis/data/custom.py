@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections import Counter
 from pathlib import Path
 
 from nemesis_analysis.data.base import DatasetSplits, Sample, fingerprint_files
@@ -183,6 +184,32 @@ def _labels_from_names(path: Path, values: list, classnames: list[str] | None) -
     return [label_of[n] for n in names], classnames
 
 
+def manifest_row_problems(rows: list[tuple[str, int, str]]) -> tuple[list[tuple[str, int, str]], str, list[str]]:
+    """(rows without exact duplicates, a note on the duplicates or "", refusals) for (path, label, split) rows.
+
+    Refused: an image under two labels (it would be trained under both) and an image in test and in train
+    or val (test accuracy would measure memory). Each is one phrase with the count and the first example.
+    """
+    unique = list(dict.fromkeys(rows))
+    repeated = [row for row, count in Counter(rows).items() if count > 1]
+    duplicates = (f"{len(rows) - len(unique)} exact duplicate row(s), e.g. {repeated[0][0]}" if repeated else "")
+    labels: dict[str, set[int]] = {}
+    splits: dict[str, set[str]] = {}
+    for source, label, split in unique:
+        labels.setdefault(source, set()).add(label)
+        splits.setdefault(source, set()).add(split)
+    refusals = []
+    conflicting = [p for p, found in labels.items() if len(found) > 1]
+    if conflicting:
+        refusals.append(f"{len(conflicting)} image(s) have two or more labels, e.g. {conflicting[0]} "
+                        f"(labels {sorted(labels[conflicting[0]])}); give each image one label")  # fmt: skip
+    overlap = [p for p, found in splits.items() if "test" in found and found & {"train", "val"}]
+    if overlap:
+        refusals.append(f"{len(overlap)} image(s) are in test and in train or val, e.g. {overlap[0]}; "
+                        "keep each image in one split")  # fmt: skip
+    return unique, duplicates, refusals
+
+
 def load_manifest(path: Path, classnames_file: Path | None = None) -> DatasetSplits:
     """Read a CSV/Parquet manifest with columns ``path,label,split`` (split in train/val/test).
 
@@ -218,9 +245,15 @@ def load_manifest(path: Path, classnames_file: Path | None = None) -> DatasetSpl
     else:
         labels, classnames = _labels_from_names(path, values, classnames)
     base = path.parent
+    rows = [(os.path.abspath(os.path.join(base, os.path.expanduser(source))), label, split)  # absolute paths stay
+            for source, label, split in zip(table["path"].astype(str), labels, splits_col)]  # fmt: skip
+    rows, duplicates, refusals = manifest_row_problems(rows)
+    if refusals:
+        raise DataError(f"manifest {path}: {'; '.join(refusals)}")
+    if duplicates:
+        logger.warning("manifest %s: %s; dropped them", path, duplicates)
     splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
-    for source, label, split in zip(table["path"].astype(str), labels, splits_col):
-        full = os.path.abspath(os.path.join(base, os.path.expanduser(source)))  # absolute paths stay as they are
+    for full, label, split in rows:
         splits[split].append(Sample(full, label))
     fingerprint = fingerprint_files(  # the rows and the class list are all a manifest contributes
         path,
@@ -237,4 +270,5 @@ def load_manifest(path: Path, classnames_file: Path | None = None) -> DatasetSpl
         val=splits["val"],
         test=splits["test"],
         fingerprint=fingerprint,
+        notes=[f"{duplicates}; dropped them"] if duplicates else [],
     )

@@ -188,6 +188,7 @@ def diagnose_custom(
         f"{spec}: the {s} split is empty; add images to it" for s in ("train", "test") if not splits.split(s)
     ]
     problems += class_problems(spec, splits, shots)
+    problems += [f"{spec}: {note}" for note in splits.notes]
     for split in SPLITS:
         problems += check_split_files(spec, split, splits.split(split), sample_size, header_check_all=True)
     counts = {s: len(splits.split(s)) for s in SPLITS}

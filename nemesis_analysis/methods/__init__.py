@@ -6,7 +6,7 @@ interface and the builders (``PromptMethod``, ``build_method``, ...) live in ``b
 from here without importing torch until they are used.
 """
 
-from nemesis_analysis.methods import declarations  # noqa: F401  (declares coop, cocoop, plot, kgcoop)
+from nemesis_analysis.methods import declarations  # noqa: F401  (declares coop, cocoop, plot, kgcoop, maple)
 from nemesis_analysis.methods.registry import DECLARED, MethodDeclaration, declare_method, method_names
 
 _FROM_BASE = ("METHODS", "PromptMethod", "build_method", "build_method_for_run", "method_class", "register_method")

@@ -114,6 +114,7 @@ class PromptMethod(nn.Module):
     name: ClassVar[str] = ""
     position_slot: ClassVar[str] = "ctx"  # the slot whose axis -2 is corrupted, normed and recorded
     needs_local_features: ClassVar[bool] = False  # PLOT: scores need per-location image features
+    encodes_images: ClassVar[bool] = False  # MaPLe: prompts the image tower, so it scores preprocessed images
 
     @property
     def num_classes(self) -> int:
@@ -191,6 +192,42 @@ class PromptMethod(nn.Module):
         """``(prompt_index, position)`` of each flat position of :meth:`position_tensor` (axis -2): the
         columns ``prompt_index``/``position`` of the corruption and trajectory tables. One prompt: ``(0, p)``."""
         return [(0, position) for position in range(self.n_positions)]
+
+    def position_layers(self) -> list[int]:
+        """The layer of each flat position of :meth:`position_tensor` (the ``layer`` column): 0 for methods
+        that prompt only the input; MaPLe's deep prompts are at layers 0..J-1."""
+        return [0] * self.n_positions
+
+    @classmethod
+    def flat_position_keys(cls, config) -> list[tuple[int, int, int]]:
+        """(prompt_index, position, layer) of each flat position of the run ``config``'s position slot, before
+        any model loads (to expand a grid and know its table keys): PLOT's N prompts of n_ctx positions."""
+        from nemesis_analysis.clip.prompts import backbone_tokenizer, resolve_n_ctx
+
+        n_ctx = resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
+        return [(*divmod(p, n_ctx), 0) for p in range(config.num_prompts * n_ctx)]
+
+    @classmethod
+    def flat_positions(cls, config) -> int:
+        """Flat positions of the run ``config``'s position slot, before any model loads."""
+        return len(cls.flat_position_keys(config))
+
+    def encode_batch(self, pixels: Tensor) -> tuple[Tensor, Tensor | None]:
+        """What :meth:`logits` takes for a preprocessed training batch (batch, 3, H, W): the frozen tower's
+        (features, local features or None); a method that prompts the image tower (``encodes_images``) takes
+        the images themselves."""
+        from nemesis_analysis.clip.features import encode_images_with_local
+
+        if self.needs_local_features:
+            return encode_images_with_local(self.loaded, pixels)
+        return self.loaded.encode_images(pixels), None
+
+    def image_inputs(self, dataset, samples, cache_dir, progress: bool = True) -> tuple[Tensor, Tensor]:
+        """(what the method scores for ``samples``, labels): cached frozen features (n, embed), or for a method
+        that prompts the image tower (``encodes_images``) the preprocessed images (n, 3, H, W)."""
+        from nemesis_analysis.clip.features import image_features
+
+        return image_features(self.loaded, dataset, samples, cache_dir, progress)
 
     def positions_of(self, slot_value: Tensor) -> Tensor:
         """A saved position slot (as :meth:`save` writes it) in :meth:`position_tensor`'s layout."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from nemesis_analysis.config.fieldspec import at_least_one, non_negative, spec, validate_fields
+from nemesis_analysis.fieldspec import at_least_one, non_negative, spec, validate_fields
 from nemesis_analysis.methods.registry import MethodDeclaration, declare_method
 
 
@@ -38,6 +38,35 @@ class KgCoOpConfig:
     def __post_init__(self) -> None:
         validate_fields(self)
 
+
+@dataclass
+class MapleConfig:
+    """MaPLe's options (``--method maple`` only)."""
+
+    SECTION: ClassVar[str] = "maple"
+    depth: int = spec(9, check=at_least_one, flag="--maple-depth", panel="MaPLe options (--method maple)",
+                      help="prompted layers J in both towers, capped at the shallower tower's depth (MaPLe only)")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+MAPLE_RECIPE = {
+    "prompt.method": "maple",
+    "backbone": "ViT-B-16",
+    "pretrained": "openai",
+    "shots": 16,
+    "epochs": 5,
+    "optim.batch_size": 4,
+    "optim.lr": 0.0035,
+    "optim.warmup_epochs": 1,
+    "optim.warmup_lr": 1e-5,
+    "prompt.n_ctx": 2,
+    "prompt.csc": False,
+    "prompt.class_token_position": "end",
+    "prompt.ctx_init": "a photo of a",
+    "maple.depth": 9,
+}
 
 COCOOP_RECIPE = {
     "prompt.method": "cocoop",
@@ -66,4 +95,9 @@ PLOT = declare_method(MethodDeclaration(
 KGCOOP = declare_method(MethodDeclaration(
     "kgcoop", "nemesis_analysis.methods.kgcoop:KgCoOp", help="kgcoop (CoOp pulled towards the hand-crafted prompt)",
     options=KgCoOpConfig,
+))  # fmt: skip
+MAPLE = declare_method(MethodDeclaration(
+    "maple", "nemesis_analysis.methods.maple:MaPLe", help="maple (deep prompts in both towers, coupled)",
+    options=MapleConfig, recipe=MAPLE_RECIPE, generic_only=True,
+    recipe_help="MaPLe: ViT-B-16, M = 2 from 'a photo of a', depth 9, 16 shots, 5 epochs, batch 4, SGD 0.0035",
 ))  # fmt: skip

@@ -89,9 +89,18 @@ def rows_for_view(
     return corruptions[corruptions["eval_classes"] == eval_classes]
 
 
+def _invisible(corruptions: pd.DataFrame) -> pd.Series:
+    """Mask of corrupted rows whose scores equal the original's (``invisible``; older parts: none)."""
+    if "invisible" not in corruptions.columns:
+        return pd.Series(False, index=corruptions.index)
+    return (corruptions["op"] != "none") & corruptions["invisible"].fillna(False).astype(bool)
+
+
 def _norm_reducing(corruptions: pd.DataFrame) -> pd.Series:
-    """Mask of rows that corrupt a position and lower its norm."""
-    return (corruptions["op"] != "none") & (corruptions["norm_after"] < corruptions["norm_before"])
+    """Mask of visible rows that corrupt a position and lower its norm (an invisible corruption, e.g. a
+    positive rescale that a LayerNorm undoes, changes nothing by construction and is left out)."""
+    reducing = (corruptions["op"] != "none") & (corruptions["norm_after"] < corruptions["norm_before"])
+    return reducing & ~_invisible(corruptions)
 
 
 def sample_std(values: pd.Series) -> float:
@@ -131,9 +140,9 @@ def grid_gaps(corruptions: pd.DataFrame, by: Sequence[str] = GROUP_COLUMNS) -> p
     `seed`, `run_id`, `n_cells` (the run's cells), `n_union` (cells of the group), `missing` (sorted
     list of the keys it lacks). Only runs with at least one missing cell appear.
     """
-    by = list(by)
-    columns = [*by, "seed", "run_id", "n_cells", "n_union", "missing"]
     table = dedupe_corruptions(rows_for_view(corruptions, by))
+    by = identity_by(table, by)
+    columns = [*by, "seed", "run_id", "n_cells", "n_union", "missing"]
     table = table[table["op"] != "none"]
     out = []
     for group, rows in table.groupby(by, sort=True, dropna=False):
@@ -154,8 +163,8 @@ def restrict_to_common_grid(corruptions: pd.DataFrame, by: Sequence[str] = GROUP
     are otherwise incomparable: a frequency over 200 cells and one over 8 are not averaged. Logs a
     warning naming, per seed, how many cells it lacks and the first few.
     """
-    by = list(by)
     corruptions = rows_for_view(corruptions, by)
+    by = identity_by(corruptions, by)
     gaps = grid_gaps(corruptions, by)
     table = dedupe_corruptions(corruptions)
     if gaps.empty:
@@ -176,6 +185,62 @@ def restrict_to_common_grid(corruptions: pd.DataFrame, by: Sequence[str] = GROUP
                 "/".join(map(str, group)), gap.seed, gap.run_id, len(gap.missing), gap.n_union, shown, len(common),
             )  # fmt: skip
     return table[keep].reset_index(drop=True)
+
+# --------------------------------------------------------------------------- run settings
+
+# Columns a run carries that are outcomes or bookkeeping; every other column of the runs table (and of
+# RunIdentity) is a setting: rows that differ in one are different experiments, never seeds of one.
+NOT_SETTINGS = frozenset({"run_id", "seed", "recipe", "final_test_acc", "zero_shot_acc", "mean_norm", "checkpoint", "seconds"})
+
+
+def setting_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns of ``frame`` that are run settings (identity or runs-table config columns, less the seed)."""
+    known = {*schema.IDENTITY_COLUMNS, *schema.columns("runs")}
+    return [c for c in frame.columns if c in known and c not in NOT_SETTINGS]
+
+
+def with_run_settings(frame: pd.DataFrame, runs: pd.DataFrame | None) -> pd.DataFrame:
+    """``frame`` (rows with a ``run_id``) with the settings of its runs that it lacks, joined from ``runs``
+    (e.g. ``norm_weight``, ``epochs``, ``protocol``); rows of runs the table lacks get NaN."""
+    if runs is None or runs.empty or "run_id" not in runs.columns or "run_id" not in frame.columns:
+        return frame
+    settings = runs.drop_duplicates("run_id", keep="last").set_index("run_id")
+    extra = [c for c in setting_columns(settings) if c not in frame.columns]
+    return frame.join(settings[extra], on="run_id") if extra else frame
+
+
+def identity_by(frame: pd.DataFrame, by: Sequence[str]) -> list[str]:
+    """``by`` plus every setting column of ``frame`` that differs between runs of one ``by`` group.
+
+    The one grouping rule of every summary, paper table and figure: rows are pooled over seeds only,
+    never over runs that differ in another setting (norm weight, epochs, protocol, n_ctx, precision, ...).
+    """
+    by = list(by)
+    candidates = [c for c in setting_columns(frame) if c not in by]
+    if not candidates or frame.empty:
+        return by
+    per_run = frame.drop_duplicates("run_id") if "run_id" in frame.columns else frame
+    present = [c for c in by if c in frame.columns]  # a column the rows lack cannot differ between them
+    if not present:
+        per_run = per_run.assign(_all=0)
+    grouped = per_run.groupby(present or ["_all"], sort=True, dropna=False)
+    return by + [c for c in candidates if (grouped[c].nunique(dropna=False) > 1).any()]
+
+
+def differing_settings(frame: pd.DataFrame, by: Sequence[str]) -> str:
+    """"norm_weight (1, 20); epochs (50, 100)": the settings that differ within a ``by`` group, or ""."""
+    extra = identity_by(frame, by)[len(list(by)):]
+    return "; ".join(f"{c} ({', '.join(sorted(map(str, frame[c].drop_duplicates())))})" for c in extra)
+
+
+def refuse_pooled_settings(frame: pd.DataFrame, by: Sequence[str], what: str) -> None:
+    """ConfigError when rows of one ``by`` group come from runs that differ in a setting other than the seed."""
+    differing = differing_settings(frame, by)
+    if differing:
+        raise ConfigError(
+            f"{what} come from runs that differ in {differing}, which would be averaged as if they were seeds; "
+            "keep one setting (filter the rows, or move the other runs' parts aside)"
+        )
 
 
 # --------------------------------------------------------------------------- frequency
@@ -210,9 +275,10 @@ def low_norm_frequency_per_seed(
     norm-reducing row lacks its p-value (fill it with `nemesis fill-counts`). Groups whose rows are all
     baselines (op == "none") do not appear.
     """
-    by = list(by)
-    columns = [*by, "seed", "n_reducing", "n_effect", "frequency", "n_significant", "frequency_significant"]
     corruptions = rows_for_view(corruptions, by)
+    by = identity_by(corruptions, by)
+    columns = [*by, "seed", "n_reducing", "n_effect", "frequency", "n_significant", "frequency_significant",
+               "n_invisible"]
     require_columns(corruptions, [*by, "seed", *_KEY, "delta", "norm_before", "norm_after"], "corruption table")
     check_fdr(fdr)
     table = corruptions if "q_value" in corruptions.columns else with_q_values(corruptions)
@@ -229,6 +295,7 @@ def low_norm_frequency_per_seed(
             "n_effect": effect.astype(int),
             "n_significant": (effect & (table["q_value"] < fdr)).astype(int),
             "unknown": (reducing & table["q_value"].isna()).astype(int),
+            "n_invisible": _invisible(table).astype(int),
         }
     )
     keys = [table[c] for c in [*by, "seed"]]
@@ -259,27 +326,28 @@ def low_norm_frequency(
     (ddof=1), `_n` (seeds with a defined value) and `_ci95_low`/`_ci95_high` (95% Student-t interval of
     the mean; NaN with one seed); `num_seeds` (seeds with a defined frequency), `n_effect`,
     `n_significant` and `n_reducing` (summed over seeds) and `frequency_pooled` = 100 * n_effect /
-    n_reducing over all seeds together. q-values are computed per sweep before any grid restriction.
+    n_reducing over all seeds together, `n_invisible` (rows left out as invisible); pass
+    ``by=[..., "layer"]`` for one row per prompted layer (MaPLe). q-values are computed per sweep before any grid restriction.
     With `same_grid`, each group first keeps only the cells all its runs measured
     (:func:`restrict_to_common_grid`; the figures and `nemesis summary` use this).
     See FREQUENCY_DEFINITION.
     """
-    by = list(by)
     corruptions = rows_for_view(corruptions, by)
+    by = identity_by(corruptions, by)
     if "q_value" not in corruptions.columns:  # q-values over each whole sweep, before any grid restriction
         corruptions = with_q_values(corruptions)
     if same_grid:
         corruptions = restrict_to_common_grid(corruptions, by)
     values = ("frequency", "frequency_significant")
     columns = [*by, *(c for v in values for c in interval_columns(v)), "num_seeds", "n_effect", "n_significant",
-               "n_reducing", "frequency_pooled"]  # fmt: skip
+               "n_reducing", "frequency_pooled", "n_invisible"]  # fmt: skip
     per_seed = low_norm_frequency_per_seed(corruptions, min_delta=min_delta, by=by, fdr=fdr)
     if per_seed.empty:
         return pd.DataFrame(columns=columns)
     out = pd.concat([aggregate_over_seeds(per_seed, by, v) for v in values], axis=1)
     grouped = per_seed.groupby(by, sort=True, dropna=False)
     out["num_seeds"] = grouped["frequency"].count()
-    for total in ("n_effect", "n_significant", "n_reducing"):
+    for total in ("n_effect", "n_significant", "n_reducing", "n_invisible"):
         out[total] = grouped[total].sum()
     with np.errstate(invalid="ignore", divide="ignore"):
         pooled = 100.0 * out["n_effect"] / out["n_reducing"]
@@ -299,7 +367,7 @@ def low_norm_counts(
     `count_std` (ddof=1; NaN with one seed), `count_n`, `count_ci95_low`/`count_ci95_high` of `n_effect`,
     `n_reducing_mean` (the denominator the percentage would use) and `num_seeds`.
     """
-    by = list(by)
+    by = identity_by(rows_for_view(corruptions, by), by)
     columns = [*by, *interval_columns("count"), "n_reducing_mean", "num_seeds"]
     if same_grid:
         corruptions = restrict_to_common_grid(corruptions, by)
@@ -345,6 +413,8 @@ def summarize_runs(runs: pd.DataFrame, by: Sequence[str] = GROUP_COLUMNS) -> pd.
     if runs.empty:
         return pd.DataFrame(columns=columns)
     table = runs.drop_duplicates(subset=["run_id"], keep="last") if "run_id" in runs.columns else runs
+    by = identity_by(table, by)
+    columns = [*by, *(c for v in values for c in interval_columns(v)), "num_seeds"]
     parts = [aggregate_over_seeds(table, by, v) for v in values]
     out = pd.concat(parts, axis=1)
     out["num_seeds"] = table.groupby(by, sort=True, dropna=False)["seed"].nunique()
@@ -360,7 +430,8 @@ def summarize_corruptions(corruptions: pd.DataFrame, by: Sequence[str] = GROUP_C
     `n_rows` and `n_low_norm_effect` (rows flagged `low_norm_effect`). The baseline rows
     (op == "none") are left out.
     """
-    by = list(by)
+    corruptions = rows_for_view(corruptions, by)
+    by = identity_by(corruptions, by)
     columns = [
         *by,
         "op",
@@ -372,7 +443,6 @@ def summarize_corruptions(corruptions: pd.DataFrame, by: Sequence[str] = GROUP_C
         "n_rows",
         "n_low_norm_effect",
     ]
-    corruptions = rows_for_view(corruptions, by)
     require_columns(corruptions, [*by, "seed", *_KEY, "delta", "acc_original", "low_norm_effect"], "corruption table")
     table = dedupe_corruptions(corruptions)
     table = table[table["op"] != "none"]
@@ -407,12 +477,15 @@ def delta_grid(
     backbone: str | None = None,
     shots: int | None = None,
     eval_classes: str = ALL_CLASSES,
+    layer: int | None = None,
 ) -> pd.DataFrame:
     """Position (rows) x factor (columns) table of mean delta for one op, on one class subset (default all).
 
     The rows of each run are first averaged over reps, then the runs (seeds, and whatever
     else the filters leave) are averaged with equal weight. `None` filters keep everything.
-    Missing cells are NaN. Index name "position", columns name "factor".
+    Missing cells are NaN. Index name "position", columns name "factor". Deep prompts (MaPLe): ``layer``
+    keeps one prompted layer; without it, each (layer, position) is its own row, at the flat position
+    ``layer * n_ctx + position`` (layers are never averaged together).
     """
     if op not in CORRUPTION_OPS:
         raise ConfigError(f"op must be one of {', '.join(CORRUPTION_OPS)}; got {op!r}")
@@ -420,7 +493,9 @@ def delta_grid(
     require_columns(corruptions, [*_KEY, "delta"], "corruption table")
     table = dedupe_corruptions(corruptions)
     mask = table["op"] == op
-    for column, value in (("dataset", dataset), ("regularizer", regularizer), ("backbone", backbone), ("shots", shots)):
+    filters = (("dataset", dataset), ("regularizer", regularizer), ("backbone", backbone), ("shots", shots),
+               ("layer", layer))  # fmt: skip
+    for column, value in filters:
         if value is not None:
             require_columns(table, [column], "corruption table")
             mask &= table[column] == value
@@ -429,6 +504,8 @@ def delta_grid(
         empty = pd.DataFrame(dtype=float)
         empty.index.name, empty.columns.name = "position", "factor"
         return empty
+    if table["layer"].nunique() > 1:  # one row per (layer, position)
+        table = table.assign(position=table["layer"] * table["n_ctx"] + table["position"])
     per_run = table.groupby(["run_id", "position", "factor"], sort=True)["delta"].mean()
     cells = per_run.groupby(level=["position", "factor"], sort=True).mean()
     grid = cells.unstack("factor").sort_index().sort_index(axis=1)

@@ -150,6 +150,8 @@ def frequency_figure(
     corruptions = _filter(
         corruptions, table_dir, PRODUCERS["corruptions"], backbone=backbone, regularizer=regularizer, dataset=_split_names(datasets)
     )
+    corruptions = analysis.with_run_settings(corruptions, store.read_table(reports_dir, "runs"))
+    analysis.refuse_pooled_settings(analysis.rows_for_view(corruptions), analysis.GROUP_COLUMNS, f"corruptions in {table_dir}")
     if measure == "count":
         return plots.plot_frequency(analysis.low_norm_counts(corruptions, min_delta, same_grid=True), measure="count")
     freq = analysis.low_norm_frequency(corruptions, min_delta=min_delta, same_grid=True, fdr=fdr)
@@ -242,6 +244,8 @@ def heatmap_figure(
     corruptions = _filter(corruptions, table_dir, producer, prompt_method=prompt_method)
     regularizer = _default_regularizer(corruptions, regularizer)
     corruptions = _filter(corruptions, table_dir, producer, regularizer=regularizer)
+    corruptions = analysis.with_run_settings(corruptions, store.read_table(reports_dir, "runs"))
+    analysis.refuse_pooled_settings(analysis.rows_for_view(corruptions), analysis.GROUP_COLUMNS, f"corruptions of {dataset} in {table_dir}")
     present = sorted(int(k) for k in corruptions["shots"].unique())
     n_seeds = corruptions["seed"].nunique()
     context = " · ".join(

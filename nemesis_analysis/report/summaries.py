@@ -54,10 +54,12 @@ def summary_tables(
         )
     tables: dict[str, pd.DataFrame] = {}
     if not runs.empty:
-        tables["runs"] = _with_mean_norm(analysis.summarize_runs(runs, by), runs, by)
+        run_by = analysis.identity_by(runs.drop_duplicates("run_id", keep="last"), by)  # as summarize_runs groups
+        tables["runs"] = _with_mean_norm(analysis.summarize_runs(runs, by), runs, run_by)
         if compare_to is not None:
             tables["comparison"] = analysis.paired_comparisons(runs, compare_to)
     if not corruptions.empty:
+        corruptions = analysis.with_run_settings(corruptions, runs)  # e.g. norm_weight: never pooled as seeds
         # base2new sweeps measured base and new classes apart: their rows say which (column eval_classes).
         by = by + ["eval_classes"] if (corruptions["eval_classes"] != analysis.ALL_CLASSES).any() else by
         summary = analysis.summarize_corruptions(corruptions, by)

@@ -41,10 +41,11 @@ class Cell:
     n_seeds: int = 0
     note: str = ""  # "no run", "incomplete (k of n datasets)", ...
     paper: float = math.nan  # the published value, when compared
+    paper_note: str = ""  # why the published value is shown without a difference ("" when comparable)
 
     @property
     def diff(self) -> float:
-        return self.mean - self.paper
+        return math.nan if self.paper_note else self.mean - self.paper
 
     @property
     def ci95(self) -> tuple[float, float]:
@@ -63,7 +64,8 @@ class ResultTable:
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     compared: bool = False
-    keys: dict[str, tuple] = field(default_factory=dict)  # column -> (regularizer, weight, shots or B/N/H)
+    keys: dict[str, tuple] = field(default_factory=dict)  # column -> (prompt_method, regularizer, weight, shots or B/N/H)
+    backbone: str = ""  # the one backbone of the table's runs
 
     def cell(self, row: str, column: str) -> Cell:
         return self.cells.get((row, column), Cell(note=NO_RUN))
@@ -96,28 +98,45 @@ def _weights(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
     return weight.where(frame["regularizer"] != "coop")
 
 
-def column_label(regularizer: str, weight: float) -> str:
-    """'coop', or 'nemesis-pun (weight 1)': Nemesis rows of different weights are different columns."""
-    return regularizer if pd.isna(weight) else f"{regularizer} (weight {weight:g})"
+def column_label(regularizer: str, weight: float, prompt_method: str = "coop") -> str:
+    """'coop', 'nemesis-pun (weight 1)', 'cocoop', 'cocoop + nemesis-pun (weight 1)': runs of different
+    prompt methods or Nemesis weights are different columns."""
+    label = regularizer if pd.isna(weight) else f"{regularizer} (weight {weight:g})"
+    if prompt_method in ("coop", "", None) or pd.isna(prompt_method):
+        return label
+    return prompt_method if regularizer == "coop" else f"{prompt_method} + {label}"
 
 
-def _column_labels(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
+# What a column label always names; any other setting that differs between runs of a cell is appended.
+_LABELLED = ("prompt_method", "regularizer", "norm_weight")
+
+
+def _column_labels(frame: pd.DataFrame, runs: pd.DataFrame, by: list[str]) -> pd.Series:
+    """One label per row: its prompt method, regulariser and weight, plus ``[setting value, ...]`` for every
+    other setting that differs between runs that would share a cell (:func:`analysis.identity_by`)."""
     weight = _weights(frame, runs)
-    labels = [column_label(r, w) for r, w in zip(frame["regularizer"], weight)]
-    return pd.Series(labels, index=frame.index, dtype=object)
+    labels = pd.Series([column_label(r, w, p) for r, w, p in zip(frame["regularizer"], weight, frame["prompt_method"])],
+                       index=frame.index, dtype=object)  # fmt: skip
+    joined = analysis.with_run_settings(frame, runs)
+    keys = [*by, *_LABELLED]
+    extra = analysis.identity_by(joined, keys)[len(keys):]
+    for column in extra:
+        labels = labels + " [" + column + " " + joined[column].astype(str) + "]"
+    return labels
 
 
 def _column_keys(frame: pd.DataFrame, runs: pd.DataFrame, extra: pd.Series | None = None) -> dict[str, tuple]:
-    """{column label: (regularizer, weight, extra)} for matching published values."""
+    """{column label: (prompt_method, regularizer, weight, extra)} for matching published values."""
     weight = _weights(frame, runs)
     extras = extra if extra is not None else pd.Series(None, index=frame.index)
-    return {label: (m, w, x) for label, m, w, x in zip(frame["column"], frame["regularizer"], weight, extras)}
+    return {label: (p, m, w, x) for label, p, m, w, x in zip(frame["column"], frame["prompt_method"], frame["regularizer"], weight, extras)}
 
 
-def _one_backbone(frame: pd.DataFrame, what: str) -> None:
+def _one_backbone(frame: pd.DataFrame, what: str) -> str:
     backbones = sorted(frame["backbone"].dropna().unique())
     if len(backbones) > 1:
         raise ConfigError(f"{what} exist for several backbones ({', '.join(backbones)}); filter the rows to one backbone")
+    return backbones[0] if backbones else ""
 
 
 def _per_seed(frame: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
@@ -127,12 +146,14 @@ def _per_seed(frame: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
 
 def _evaluations(evaluations: pd.DataFrame, runs: pd.DataFrame, protocol: str) -> pd.DataFrame:
     analysis.require_columns(evaluations, [*schema.KEYS["evaluations"], "protocol", "acc", "seed", "regularizer"], "evaluations table")
-    table = evaluations.drop_duplicates(list(schema.KEYS["evaluations"]), keep="last")
+    table = schema.with_column_defaults("evaluations", evaluations)
+    table = table.drop_duplicates(list(schema.KEYS["evaluations"]), keep="last")
     table = table[table["protocol"] == protocol]
     if table.empty:
         raise NoDataError(f"no evaluations with protocol {protocol}; run `nemesis train --protocol {protocol}` first")
     _one_backbone(table, f"{protocol} evaluations")
-    return table.assign(column=_column_labels(table, runs))
+    by = ["dataset"] if protocol == "base2new" else ["dataset", "eval_dataset"]
+    return table.assign(column=_column_labels(table, runs, by))
 
 
 # --------------------------------------------------------------------------- averages
@@ -165,16 +186,17 @@ def _average_cell(table, per_seed, datasets, row_col, column_col, column, value)
 def fewshot(runs: pd.DataFrame, evaluations: pd.DataFrame | None = None) -> ResultTable:
     """Final test accuracy per dataset (rows) and regularizer x shots (columns), from the runs table."""
     analysis.require_columns(runs, ["run_id", "dataset", "backbone", "shots", "seed", "regularizer", "final_test_acc"], "runs table")
-    table = runs.drop_duplicates("run_id", keep="last")
+    table = schema.with_column_defaults("runs", runs).drop_duplicates("run_id", keep="last")
     if "protocol" in table.columns:
         table = table[table["protocol"].fillna("fewshot") == "fewshot"]
     if table.empty:
         raise NoDataError("no few-shot runs; run `nemesis train` first")
     _one_backbone(table, "runs")
-    table = table.assign(column=_column_labels(table, runs) + " " + table["shots"].astype(int).astype(str) + "-shot")
+    table = table.assign(column=_column_labels(table, runs, ["dataset", "shots"]) + " " + table["shots"].astype(int).astype(str) + "-shot")
     order = table.sort_values(["regularizer", "shots"])["column"].drop_duplicates().tolist()
     rows = sorted(table["dataset"].unique()) + [AVERAGE]
-    out = ResultTable("fewshot", "Few-shot accuracy (%)", rows, order, keys=_column_keys(table, runs, table["shots"].astype(int)))
+    out = ResultTable("fewshot", "Few-shot accuracy (%)", rows, order, keys=_column_keys(table, runs, table["shots"].astype(int)),
+                      backbone=_one_backbone(table, "runs"))  # fmt: skip
     _fill(out, _per_seed(table, ["dataset", "column"], "final_test_acc"), "dataset", "column", "final_test_acc")
     return out
 
@@ -184,22 +206,23 @@ def base2new(evaluations: pd.DataFrame, runs: pd.DataFrame | None = None) -> Res
     runs = runs if runs is not None else pd.DataFrame(columns=["run_id"])
     table = _evaluations(evaluations, runs, "base2new")
     table = table[table["eval_dataset"] == table["dataset"]]
-    labels = sorted(table["column"].unique())
+    methods = sorted(table["column"].unique())
     rows = sorted(table["dataset"].unique()) + [AVERAGE]
-    columns = [f"{label} {part}" for label in labels for part in ("B", "N", "H")]
-    keys = {f"{label} {part}": (m, w, part) for label, (m, w, _) in _column_keys(table, runs).items() for part in ("B", "N", "H")}
-    out = ResultTable("base2new", "Base-to-new accuracy (%): base B, new N, harmonic mean H = 2BN/(B+N)", rows, columns, keys=keys)
+    columns = [f"{m} {part}" for m in methods for part in ("B", "N", "H")]
+    keys = {f"{label} {part}": (p, m, w, part) for label, (p, m, w, _) in _column_keys(table, runs).items() for part in ("B", "N", "H")}
+    out = ResultTable("base2new", "Base-to-new accuracy (%): base B, new N, harmonic mean H = 2BN/(B+N)", rows, columns, keys=keys,
+                      backbone=_one_backbone(table, "base2new evaluations"))  # fmt: skip
     for classes, part in (("base", "B"), ("new", "N")):
         split = table[table["eval_classes"] == classes]
         split = split.assign(column=split["column"] + f" {part}")
         _fill(out, _per_seed(split, ["dataset", "column"], "acc"), "dataset", "column", "acc")
-    for label in labels:
+    for method in methods:
         for row in rows:
-            base, new = out.cell(row, f"{label} B"), out.cell(row, f"{label} N")
+            base, new = out.cell(row, f"{method} B"), out.cell(row, f"{method} N")
             if base.note or new.note:
-                out.cells[(row, f"{label} H")] = Cell(note=base.note or new.note)
+                out.cells[(row, f"{method} H")] = Cell(note=base.note or new.note)
             else:
-                out.cells[(row, f"{label} H")] = Cell(harmonic_mean(base.mean, new.mean), math.nan, min(base.n_seeds, new.n_seeds))
+                out.cells[(row, f"{method} H")] = Cell(harmonic_mean(base.mean, new.mean), math.nan, min(base.n_seeds, new.n_seeds))
     out.notes.append("H is computed from B and N averaged over seeds (no std); the average row's H from the averaged B and N.")
     return out
 
@@ -211,7 +234,8 @@ def _transfer(evaluations: pd.DataFrame, runs: pd.DataFrame | None, protocol: st
     sources = sorted(table["dataset"].unique())
     targets = sorted(d for d in table["eval_dataset"].unique() if d not in sources)
     rows = [*sources, *targets, AVERAGE]
-    out = ResultTable(protocol, title, rows, sorted(table["column"].unique()), keys=_column_keys(table, runs))
+    out = ResultTable(protocol, title, rows, sorted(table["column"].unique()), keys=_column_keys(table, runs),
+                      backbone=_one_backbone(table, f"{protocol} evaluations"))  # fmt: skip
     per_seed = _per_seed(table, ["eval_dataset", "column"], "acc")
     for (row, column), values in per_seed.groupby(["eval_dataset", "column"], sort=True):
         out.cells[(str(row), str(column))] = seed_cell(values["acc"])
@@ -278,11 +302,11 @@ def build(kind: str, runs: pd.DataFrame, evaluations: pd.DataFrame) -> ResultTab
 def _paper_value(published: pd.DataFrame, kind: str, row: str, key: tuple) -> float:
     """The published value for our cell (row, column key), NaN when the paper has none.
 
-    A row matches on regularizer, and on the Nemesis weight where the paper states one (its "omega" label);
-    prompt_method is compared when the paper row states one and our tables carry the column.
+    A row matches on prompt method and regulariser, and on the Nemesis weight where the paper states one
+    (its "omega" label): CoOp runs are never set against the paper's CoCoOp numbers.
     """
-    regularizer, weight, extra = key
-    rows = published[published["regularizer"] == regularizer]
+    prompt_method, regularizer, weight, extra = key
+    rows = published[(published["regularizer"] == regularizer) & (published["prompt_method"] == prompt_method)]
     if "norm_weight" in rows.columns:
         stated = rows["norm_weight"].notna()
         rows = rows[~stated | (rows["norm_weight"] == weight)] if not pd.isna(weight) else rows[~stated]
@@ -296,6 +320,17 @@ def _paper_value(published: pd.DataFrame, kind: str, row: str, key: tuple) -> fl
     return float(rows[column].iloc[0]) if len(rows) else math.nan
 
 
+def _incomparable(table: ResultTable, row: str) -> str:
+    """Why our cell and the paper's differ in what they measure (backbone, dataset set), or ""."""
+    stated = paper.PAPER_BACKBONES.get(table.kind)
+    if stated and table.backbone and table.backbone != stated:
+        return f"other backbone: ours {table.backbone}, the paper's {stated}"
+    ours = sorted(r for r in table.rows if r != AVERAGE)
+    if row == AVERAGE and table.kind in ("fewshot", "base2new") and set(ours) != set(paper.PAPER_DATASETS):
+        return f"other datasets: ours {', '.join(ours)}, the paper's {len(paper.PAPER_DATASETS)}"
+    return ""
+
+
 def compare_paper(table: ResultTable) -> ResultTable:
     """Add the published value to every cell the paper reports (NaN elsewhere), with its caveats."""
     published = paper.load(table.kind) if table.kind != "crossdataset" else None
@@ -303,7 +338,8 @@ def compare_paper(table: ResultTable) -> ResultTable:
         for column in table.columns:
             value = math.nan if published is None else _paper_value(published, table.kind, row, table.keys[column])
             if not math.isnan(value):
-                table.cells.setdefault((row, column), Cell(note=NO_RUN)).paper = value
+                cell = table.cells.setdefault((row, column), Cell(note=NO_RUN))
+                cell.paper, cell.paper_note = value, _incomparable(table, row)
     table.compared = True
     sources = sorted(set(published[published["regularizer"] != "zero-shot"]["source"])) if published is not None else []
     table.notes += [f"Paper: {s}" for s in sources]
@@ -344,7 +380,8 @@ def _wide(table: ResultTable, pm: str = " ± ") -> tuple[list[str], list[list[st
             if table.compared:
                 has = not math.isnan(cell.paper)
                 line.append(analysis.format_cell(cell.paper))
-                line.append(f"{cell.diff:+.2f}" if has and not cell.note else "–")
+                line.append(f"{cell.diff:+.2f}" if has and not cell.note and not cell.paper_note else
+                            f"– ({cell.paper_note})" if has and cell.paper_note else "–")  # fmt: skip
         body.append(line)
     return header, body
 
@@ -360,7 +397,7 @@ def to_frame(table: ResultTable) -> pd.DataFrame:
             record = {"row": row, "column": column, "mean": cell.mean, "std": cell.std, "n_seeds": cell.n_seeds,
                       "ci95_low": low, "ci95_high": high, "note": cell.note}  # fmt: skip
             if table.compared:
-                record.update(paper=cell.paper, diff=cell.diff)
+                record.update(paper=cell.paper, diff=cell.diff, paper_note=cell.paper_note)
             records.append(record)
     return pd.DataFrame(records)
 

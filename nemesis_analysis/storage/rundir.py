@@ -171,10 +171,12 @@ class RunDir:
             saved = self.file(f"{table}.parquet")
             with store.claim(reports_dir, table, self.run_id) as claim:
                 if not claim.existing_keys() and saved.is_file():
-                    claim.append(self.read_table_copy(saved))
+                    claim.append(self.read_table_copy(saved, table))
 
-    def read_table_copy(self, saved: Path) -> pd.DataFrame:
+    def read_table_copy(self, saved: Path, table: str) -> pd.DataFrame:
+        """The run's saved copy of its rows in ``table``, under the current schema (a copy written before a
+        column's rename reads under its new name, as table parts do)."""
         try:
-            return pd.read_parquet(saved)
+            return store.read_rows_file(saved, table)
         except Exception as error:  # pyarrow raises several types for a damaged file
             raise DamagedFileError(f"run file {saved} is damaged ({first_line(error)}); {self.damaged_fix}") from None

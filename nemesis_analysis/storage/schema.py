@@ -17,6 +17,12 @@ import pyarrow as pa
 from nemesis_analysis.choices import plain
 
 
+# The version of the embedded tiny CLIP's weights (``--pretrained embedded``): it enters the run id of every
+# run on them, so results on older weights are never reused as if they came from these. 2: pretraining on
+# a fixed thread count, with the token-level term.
+TINY_WEIGHTS_VERSION = 2
+
+
 @dataclass(frozen=True)
 class RunIdentity:
     """The columns that identify the trained prompt a row belongs to (every table but ``jobs`` carries them)."""
@@ -60,7 +66,9 @@ IDENTITY_SCHEMA: list[tuple[str, pa.DataType]] = [(f.name, _ARROW[f.type]) for f
 # One corruption within its run and class subset (``eval_classes``): (op, prompt_index, position, factor, rep).
 # A position is a (prompt, position) pair: prompt_index is 0 for single-prompt methods (CoOp) and for the
 # baseline row ("none", 0, -1, 1.0, 0).
-CORRUPTION_KEY: tuple[str, ...] = ("op", "prompt_index", "position", "factor", "rep")
+# ``layer`` (last, so the older keys keep their order) is the prompted layer of deep-prompt methods (MaPLe), 0
+# otherwise and in parts written before it existed.
+CORRUPTION_KEY: tuple[str, ...] = ("op", "prompt_index", "position", "factor", "rep", "layer")
 BASELINE_KEY: tuple = ("none", -1, 1.0, 0)  # the baseline Corruption (op, position, factor, rep)
 
 SCHEMAS: dict[str, pa.Schema] = {
@@ -84,6 +92,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("n_gained", pa.float64()),  # test images the variant gets right and the uncorrupted prompt wrong
             ("n_lost", pa.float64()),  # test images the uncorrupted prompt gets right and the variant wrong
             ("p_value", pa.float64()),  # exact two-sided McNemar test of n_gained vs n_lost (1 when both are 0)
+            ("layer", pa.int64()),  # prompted layer (MaPLe's deep prompts: 0..J-1); 0 for input-only methods
+            ("invisible", pa.bool_()),  # the variant's scores equal the original's to float precision
         ]
     ),
     "trajectories": pa.schema(
@@ -102,6 +112,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("omega", pa.float64()),
             ("alpha", pa.float64()),  # share of the epoch's PAN steps that marked the position (NaN without PAN)
             ("lr", pa.float64()),
+            ("layer", pa.int64()),  # prompted layer (MaPLe's deep prompts: 0..J-1); 0 for input-only methods
         ]
     ),
     "runs": pa.schema(
@@ -159,7 +170,7 @@ SCHEMAS: dict[str, pa.Schema] = {
 # Rows with the same key describe the same observation; the newest one wins.
 KEYS: dict[str, tuple[str, ...]] = {
     "corruptions": ("run_id", *CORRUPTION_KEY, "eval_classes"),  # base and new rows of one variant are two rows
-    "trajectories": ("run_id", "epoch", "prompt_index", "position"),
+    "trajectories": ("run_id", "epoch", "prompt_index", "position", "layer"),
     "runs": ("run_id",),
     "evaluations": ("run_id", "eval_dataset", "eval_classes"),
     "jobs": ("job_id",),
@@ -172,7 +183,9 @@ KEYS: dict[str, tuple[str, ...]] = {
 # so that old reports keep loading; a column without an entry reads as null (NaN, None).
 COLUMN_DEFAULTS: dict[str, dict[str, object]] = {
     "*": {"protocol": "fewshot", "prompt_method": "coop", "prompt_index": 0},
-    "corruptions": {"eval_classes": "all", "n_gained": math.nan, "n_lost": math.nan, "p_value": math.nan},
+    "corruptions": {"eval_classes": "all", "n_gained": math.nan, "n_lost": math.nan, "p_value": math.nan, "layer": 0,
+                    "invisible": False},
+    "trajectories": {"layer": 0},
     "runs": {"recipe_changes": ""},
 }
 

@@ -25,6 +25,11 @@ What is guaranteed
 * **Rewrites never race each other.** :func:`compact` and :func:`supersede_run` also take the table's
   exclusive ``.lock-table`` file; appenders never rewrite a part, so they need only the run's lock.
   Locks are taken run first, table second, so no two lockers wait on each other.
+* **A damaged part is named, never a traceback.** A part that cannot be read (truncated, empty, not
+  Parquet: a copy cut short, a full disk outside this toolkit) raises :class:`DamagedPartError` naming the
+  file and the fix in :func:`check_parts`, which every writing command calls before any work;
+  :func:`read_table` leaves it out with a warning naming it, so summaries, figures and ``study status``
+  still show the rest.
 * **Old parts stay readable.** :func:`read_table` reads parts written under an older schema: a column
   the part lacks gets the default ``schema.column_default`` declares (a null when none is declared), a
   column renamed since (``schema.RENAMED_COLUMNS``: ``method`` is now ``regularizer``) is read under its
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import time
@@ -48,7 +54,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nemesis_analysis.errors import DamagedPartError
 from nemesis_analysis.storage import fsio, schema
+
+logger = logging.getLogger(__name__)
 
 # Re-exports for modules that still read the schemas from here; schema.py is their home.
 SCHEMAS = schema.SCHEMAS
@@ -114,11 +123,46 @@ def _conform(part: pa.Table, table: str) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=target)
 
 
+def damaged_part_message(path: Path, error: Exception) -> str:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"table part {path} cannot be read ({reason}); move it aside (its rows drop out of the table) "
+            "or rerun the job that wrote it")  # fmt: skip
+
+
+def _read_part(path: Path, table: str) -> pa.Table:
+    try:
+        return _conform(pq.read_table(path), table)
+    except (pa.ArrowException, OSError) as error:
+        raise DamagedPartError(path, damaged_part_message(path, error)) from None
+
+
+def read_rows_file(path: Path | str, table: str) -> pd.DataFrame:
+    """One Parquet file of ``table``'s rows (e.g. a run folder's copy) under the current schema, as parts are
+    read: renamed columns under their current name, missing columns with their default."""
+    return _conform(pq.read_table(path), table).to_pandas()
+
+
+def check_parts(reports_dir: Path | str, tables: tuple[str, ...] | list[str] = schema.TABLES) -> None:
+    """Raise DamagedPartError naming the first part of ``tables`` whose Parquet footer cannot be read;
+    writing commands call this before any work, so nothing is computed that could not be recorded."""
+    for table in tables:
+        for part in _parts(table_path(reports_dir, table)):
+            try:
+                pq.read_metadata(part)
+            except (pa.ArrowException, OSError) as error:
+                raise DamagedPartError(part, damaged_part_message(part, error)) from None
+
+
 def _read_parts(parts: list[Path], table: str) -> pd.DataFrame:
-    if not parts:
+    arrows = []
+    for part in parts:
+        try:
+            arrows.append(_read_part(part, table))
+        except DamagedPartError as error:
+            logger.warning("skipping a damaged part: %s", error)
+    if not arrows:
         return schema.schema_of(table).empty_table().to_pandas()
-    arrow = pa.concat_tables([_conform(pq.read_table(p), table) for p in parts])
-    return arrow.to_pandas()
+    return pa.concat_tables(arrows).to_pandas()
 
 
 def _dedupe(frame: pd.DataFrame, table: str) -> pd.DataFrame:
@@ -223,7 +267,7 @@ def _rewrite_parts(folder: Path, table: str, parts: list[Path], keep) -> int:
     """Rewrite each of ``parts`` in place through ``keep(frame, index) -> mask``; returns rows removed."""
     removed = 0
     for index, part in enumerate(parts):
-        arrow = _conform(pq.read_table(part), table)
+        arrow = _read_part(part, table)
         mask = keep(arrow.to_pandas(), index)
         if mask.all():
             continue
@@ -277,7 +321,7 @@ def compact(reports_dir: Path | str, table: str) -> int:
     key = list(schema.KEYS[table])
     with _flock(folder / TABLE_LOCK):
         parts = _parts(folder)
-        frames = [_conform(pq.read_table(p), table).to_pandas() for p in parts]
+        frames = [_read_part(p, table).to_pandas() for p in parts]
         if not frames:
             return 0
         everything = pd.concat(frames, ignore_index=True)  # row i of part k has index offsets[k] + i

@@ -55,11 +55,10 @@ def job_cost(job, sizes: dict) -> dict:
         cost["epochs"] = config.num_epochs
         cost["train_images"] = config.num_epochs * config.shots * trained  # base2new trains on the base classes
     elif job.kind == "corrupt":
-        from nemesis_analysis.protocols import sweep_classes
         from nemesis_analysis.study.plan import expected_corruption_keys
 
-        subsets = len(sweep_classes(job.payload["config"].get("protocol", "fewshot")))  # base2new: base and new
-        cost["variants"] = len(expected_corruption_keys(job)) * subsets  # each: one text pass over the classes
+        # one key per variant and class subset (base2new: base and new), each one text pass over the classes
+        cost["variants"] = len(expected_corruption_keys(job))
     return cost
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -32,6 +34,7 @@ class Outcome:
     summary: dict = field(default_factory=dict)
     error: str = ""
     retryable: bool = False  # a system failure (worker died, out of memory): worth another attempt
+    stopped: bool = False  # a stop request (SIGTERM) ended it at a saved point: lost, resumed by the next run
     host: str = ""
     seconds: float = 0.0  # time the job ran on its worker
 
@@ -42,12 +45,14 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError))
 
 
-def execute(job: Job, session: Session) -> Outcome:
+def execute(job: Job, session: Session, should_stop=work.never_stop) -> Outcome:
     """Run one job here; every exception becomes a failed outcome (retryable only when out of memory)."""
     started = time.perf_counter()
     host = socket.gethostname()
     try:
-        summary = work.run_job(job, session)
+        summary = work.run_job(job, session, should_stop)
+    except work.JobStopped as error:
+        return Outcome(job.id, False, error=str(error), stopped=True, host=host, seconds=time.perf_counter() - started)
     except NemesisError as error:
         return Outcome(job.id, False, error=str(error), host=host, seconds=time.perf_counter() - started)
     except Exception as error:  # a bug or a system failure: reported with its type, never silently
@@ -114,11 +119,17 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, study: Study):
+    def __init__(self, study: Study, should_stop=None):
         check_devices(study, self.name)
         self.session = work.session_for(local_outputs(study.outputs, study.resources.num_gpus))
         self.queue: list[Job] = []
         self.capacity = 1
+        self.stopping = False
+        self.should_stop = should_stop or (lambda: False)  # read inside the job: the driver waits on it
+
+    def request_stop(self) -> None:
+        """The job running here ends at its next saved point (after an epoch or a sweep chunk)."""
+        self.stopping = True
 
     def start(self, num_jobs: int) -> None:
         pass
@@ -131,7 +142,8 @@ class LocalExecutor:
         self.queue.append(job)
 
     def wait(self) -> list[Outcome]:
-        return [execute(self.queue.pop(0), self.session)] if self.queue else []
+        stop = lambda *_: self.stopping or self.should_stop()  # noqa: E731
+        return [execute(self.queue.pop(0), self.session, stop)] if self.queue else []
 
     def close(self) -> None:
         self.queue.clear()
@@ -152,11 +164,26 @@ def _worker_class(ray):
 
             torch.set_num_threads(max(1, int(num_cpus)))  # the CPUs this actor holds
             self.session = work.session_for(outputs)
+            self.stopping = False
 
         def run(self, job: dict) -> dict:
-            return asdict(execute(Job.from_dict(job), self.session))
+            return asdict(execute(Job.from_dict(job), self.session, lambda *_: self.stopping))
 
-    return ray.remote(max_restarts=0, max_task_retries=0)(StudyWorker)
+        def request_stop(self) -> None:  # runs beside ``run`` (two threads): the job stops at its next saved point
+            self.stopping = True
+
+    return ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(StudyWorker)
+
+
+def _signal_handlers() -> dict:
+    return {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signal_handlers(handlers: dict) -> None:
+    if threading.current_thread() is threading.main_thread():
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 def forwarded_env() -> dict[str, str]:
@@ -181,7 +208,9 @@ class RayExecutor:
         self.started_ray = False
         if not ray.is_initialized():
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            handlers = _signal_handlers()
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+            _restore_signal_handlers(handlers)  # SIGTERM stays the driver's: stop at saved points, record lost jobs
             self.started_ray = True
         self.worker_class = _worker_class(ray)
         self.idle: list = []
@@ -246,6 +275,11 @@ class RayExecutor:
                 self.idle.append(self._new_actor())
         return outcomes
 
+    def request_stop(self) -> None:
+        """Every running job ends at its next saved point; its outcome comes back from ``wait`` as stopped."""
+        for _, actor in self.pending.values():
+            actor.request_stop.remote()
+
     def close(self) -> None:
         for actor in [*self.idle, *(actor for _, actor in self.pending.values())]:
             self.ray.kill(actor, no_restart=True)
@@ -254,9 +288,9 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def make_executor(name: str, study: Study, address: str | None = None, max_parallel: int | None = None):
+def make_executor(name: str, study: Study, address: str | None = None, max_parallel: int | None = None, should_stop=None):
     if name == "local":
-        return LocalExecutor(study)
+        return LocalExecutor(study, should_stop)
     elif name == "ray":
         return RayExecutor(study, address, max_parallel)
     else:

@@ -10,6 +10,7 @@ for the run (corrupt); ``reports/jobs`` says done (encode, evaluate), or every j
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from nemesis_analysis import protocols
+from nemesis_analysis.choices import plain
 from nemesis_analysis.config import RunConfig, apply_recipe, with_overrides
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.methods.registry import option_sections
@@ -47,6 +50,15 @@ class Job:
     @classmethod
     def from_dict(cls, data: dict) -> "Job":
         return cls(**{**data, "deps": tuple(data["deps"])})
+
+
+@functools.lru_cache(maxsize=64)
+def custom_fingerprint(dataset: str) -> str:
+    """The content fingerprint training adds to a custom dataset's run id ("" for built-in datasets), so the
+    planned run id is the one the train job trains under."""
+    from nemesis_analysis.data.registry import CUSTOM_PREFIXES, load_dataset
+
+    return load_dataset(dataset).fingerprint if dataset.startswith(CUSTOM_PREFIXES) else ""
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,7 @@ def run_config(study: Study, point: GridPoint) -> RunConfig:
         check_protocol(config.protocol, config.dataset, config.prompt.csc)
         device = study.outputs.device
         device_type = "cpu" if device == "cpu" else "cuda" if device.startswith("cuda") else study.resources.device_type
-        return config.resolved(device_type)
+        return config.resolved(device_type).with_dataset_fingerprint(custom_fingerprint(point.dataset))
     except StudyFileError:
         raise
     except ConfigError as error:  # by key: the message starts with the dotted field it names
@@ -128,6 +140,7 @@ def _digest(data) -> str:
 
 def expand_jobs(study: Study) -> list[Job]:
     """Every job of the study, in dependency order (kinds in :data:`KINDS` order, grid order within)."""
+    custom_fingerprint.cache_clear()  # read each custom dataset once per plan, never a stale fingerprint
     by_kind: dict[str, dict[str, Job]] = {kind: {} for kind in KINDS}
     corrupt = corrupt_grid(study) if study.corrupt is not None else None
     used: set[str] = set()
@@ -176,25 +189,22 @@ def check_sections_used(study: Study, methods: set[str]) -> None:
 
 
 def expected_corruption_keys(job: Job) -> set[tuple]:
-    """The (op, prompt_index, position, factor, rep) keys a corrupt job writes for its run (flat position p
-    of PLOT's N prompts is prompt p // n_ctx, position p % n_ctx; one prompt: prompt_index 0)."""
+    """The (op, prompt_index, position, factor, rep, layer, eval_classes) keys a corrupt job writes for its run
+    (flat position p of PLOT's N prompts is prompt p // n_ctx, position p % n_ctx; MaPLe's layer p // n_ctx)."""
     from nemesis_analysis.corruption import ops
-    from nemesis_analysis.clip.prompts import backbone_tokenizer, resolve_n_ctx
     from nemesis_analysis.corruption.sweep import row_key
+    from nemesis_analysis.methods import method_class
 
     config = RunConfig.from_dict(job.payload["config"])
-    n_ctx = resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
-    pairs = [divmod(p, n_ctx) for p in range(config.num_prompts * n_ctx)]
-    return {row_key(c, pairs) for c in ops.expand_grid(len(pairs), **job.payload["grid"])}
+    pairs = method_class(config.prompt_method).flat_position_keys(config)  # MaPLe: (0, position, layer)
+    keys = {row_key(c, pairs) for c in ops.expand_grid(len(pairs), **job.payload["grid"])}
+    # base2new sweeps write base and new rows (as `nemesis corrupt --run` does): both subsets must be there
+    return {(*key, plain(classes)) for key in keys for classes in protocols.sweep_classes(config.protocol)}
 
 
-def _swept(job: Job, found: dict[tuple, set]) -> bool:
+def _swept(job: Job, found: dict[str, set]) -> bool:
     """Every key of a corrupt job's grid is in the table, on each class subset its protocol sweeps."""
-    from nemesis_analysis.protocols import sweep_classes
-
-    expected = expected_corruption_keys(job)
-    subsets = sweep_classes(job.payload["config"].get("protocol", "fewshot"))
-    return all(expected <= found.get((job.run_id, classes.value), set()) for classes in subsets)
+    return expected_corruption_keys(job) <= found.get(job.run_id, set())
 
 
 def done_jobs(study: Study, jobs: list[Job]) -> set[str]:
@@ -204,9 +214,9 @@ def done_jobs(study: Study, jobs: list[Job]) -> set[str]:
     reports = study.outputs.reports
     runs = set(store.read_table(reports, "runs")["run_id"])
     corruptions = store.read_table(reports, "corruptions")
-    found: dict[tuple, set] = {}  # (run_id, eval_classes) -> corruption keys
-    for (run_id, classes), frame in corruptions.groupby(["run_id", "eval_classes"]):
-        found[(run_id, classes)] = set(frame[list(CORRUPTION_KEY)].itertuples(index=False, name=None))
+    found: dict[str, set] = {}  # run_id -> (corruption key..., eval_classes)
+    for run_id, frame in corruptions.groupby("run_id"):
+        found[run_id] = set(frame[[*CORRUPTION_KEY, "eval_classes"]].itertuples(index=False, name=None))
     recorded = records.latest_states(reports)
     done: set[str] = set()
     for job in jobs:
@@ -267,7 +277,10 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         shard, total = -1, 0
     if not sep or total < 1 or not 0 <= shard < total:
-        raise ConfigError(f"--shard {text!r} must be I/N with 0 <= I < N, e.g. --shard 0/4")
+        raise ConfigError(
+            f"--shard {text!r} must be I/N with 0 <= I < N, e.g. --shard 0/4 (shards count from 0: in a SLURM array "
+            "--array=1-N pass --shard $((SLURM_ARRAY_TASK_ID - 1))/N)"
+        )
     return shard, total
 
 

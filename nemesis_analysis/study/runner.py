@@ -26,6 +26,7 @@ class RunReport:
     wall_seconds: float = 0.0
     job_seconds: float = 0.0  # summed time jobs ran on workers
     overheads: list[float] = field(default_factory=list)  # per job: driver round trip minus time on the worker
+    stopped: list[str] = field(default_factory=list)  # jobs a stop request (SIGTERM) ended at a saved point
 
     @property
     def overhead_per_job(self) -> float:
@@ -114,7 +115,10 @@ class _Driver:
         job, report = self.jobs[outcome.job_id], self.report
         report.job_seconds += outcome.seconds
         common = {"seconds": outcome.seconds, "host": outcome.host, "error": outcome.error}
-        if outcome.ok:
+        if outcome.stopped:  # its state is saved; the next invocation resumes it
+            report.stopped.append(job.id)
+            self.recorder.rows([job], "lost", **common)
+        elif outcome.ok:
             self.succeeded.add(job.id)
             report.done.append(job.id)
             self.recorder.rows([job], "done", **common)
@@ -130,13 +134,16 @@ class _Driver:
         return True
 
 
-def run_jobs(plan: Plan, jobs: list[Job], executor, progress: bool = True) -> RunReport:
-    """Run ``jobs`` (a subset of the plan's, in dependency order) with ``executor``; returns what happened."""
+def run_jobs(plan: Plan, jobs: list[Job], executor, progress: bool = True, should_stop=None) -> RunReport:
+    """Run ``jobs`` (a subset of the plan's, in dependency order) with ``executor``; returns what happened.
+
+    Once ``should_stop()`` is True (SIGTERM, Ctrl-C) no job starts; the running ones end at their next saved
+    point and are recorded as lost (``report.stopped``), so the next invocation resumes them."""
     started_at = time.perf_counter()
     driver = _Driver(plan, jobs, executor)
     executor.start(len(jobs))
     try:
-        _drive(driver, executor, progress)
+        _drive(driver, executor, progress, should_stop or (lambda: False))
     except KeyboardInterrupt:  # the jobs in flight are not running any more: say so in reports/jobs
         lost = [job for unit_id in driver.submitted for job in driver.members[unit_id]]
         driver.recorder.rows(lost, "lost", error="interrupted on the driver")
@@ -146,9 +153,12 @@ def run_jobs(plan: Plan, jobs: list[Job], executor, progress: bool = True) -> Ru
     return driver.report
 
 
-def _drive(driver: _Driver, executor, progress: bool) -> None:
+def _drive(driver: _Driver, executor, progress: bool, should_stop) -> None:
     with progress_bar(f"study {driver.plan.study.name}", total=len(driver.jobs), enabled=progress) as advance:
         while driver.queue or executor.running:
+            if should_stop():
+                executor.request_stop()
+                driver.queue.clear()  # nothing new starts; what was queued is still to do
             ready = driver.take_ready(advance)
             driver.dispatch(ready)
             if not ready and not executor.running:
@@ -167,14 +177,15 @@ def run_study(
     address: str | None = None,
     max_parallel: int | None = None,
     progress: bool = True,
+    should_stop=None,
 ) -> RunReport:
     """Run ``jobs`` of ``plan`` with a new executor, closed afterwards (Ray is not started for no jobs)."""
     from nemesis_analysis.study.executors import make_executor
 
     if not jobs:
         return RunReport()
-    executor = make_executor(executor_name, plan.study, address, max_parallel)
+    executor = make_executor(executor_name, plan.study, address, max_parallel, should_stop)
     try:
-        return run_jobs(plan, jobs, executor, progress)
+        return run_jobs(plan, jobs, executor, progress, should_stop)
     finally:
         executor.close()

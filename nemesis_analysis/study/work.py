@@ -9,11 +9,19 @@ jobs). The returned summaries are small dicts of numbers and strings.
 from __future__ import annotations
 
 from nemesis_analysis.config import RunConfig
-from nemesis_analysis.devices import resolve_run_config
 from nemesis_analysis.errors import NemesisError
 from nemesis_analysis.session import Session
 from nemesis_analysis.study import faults
 from nemesis_analysis.study.spec import Outputs
+
+
+class JobStopped(Exception):
+    """A stop request (SIGTERM, Ctrl-C) ended the job at its next saved point; it is not done."""
+
+
+def never_stop(*_) -> bool:
+    return False
+
 
 _sessions: dict[tuple, Session] = {}  # one Session per outputs in a worker: its models and datasets stay warm
 
@@ -42,7 +50,7 @@ def model_and_data(config: RunConfig, session: Session):
     return load_model_and_data(config, session)
 
 
-def encode_job(job, session: Session) -> dict:
+def encode_job(job, session: Session, should_stop=never_stop) -> dict:
     """Encode the test split's image features into the shared feature cache."""
     from nemesis_analysis.clip.features import image_features
 
@@ -52,18 +60,20 @@ def encode_job(job, session: Session) -> dict:
     return {"n_images": int(features.shape[0])}
 
 
-def train_job(job, session: Session) -> dict:
-    """Train (or resume, or reuse) the job's run; its rows go to reports/runs and reports/trajectories."""
+def _train(job, session: Session, should_stop):
+    """The job's run, trained, resumed or reused; JobStopped when ``should_stop`` ended it (its epoch saved)."""
     from nemesis_analysis.training.train import train_prompt
 
     config = RunConfig.from_dict(job.payload["config"])
-    result = train_prompt(config, session, on_epoch=lambda epoch, info: faults.maybe_exit(job.id))
+    result = train_prompt(config, session, on_epoch=lambda epoch, info: faults.maybe_exit(job.id), should_stop=should_stop)
     if result.run_id != job.run_id:
-        raise NemesisError(different_run(job, result.run_id, session))
-    return {"run_id": result.run_id, "final_test_acc": result.final_test_acc, "reused": result.reused}
+        raise NemesisError(different_run(job, config, result, session))
+    if result.stopped:
+        raise JobStopped(f"stopped after a saved epoch of run {result.run_id}; the next `study run` resumes it")
+    return result
 
 
-def train_group_job(job, session: Session) -> dict:
+def train_group_job(job, session: Session, should_stop=never_stop) -> dict:
     """Train sibling runs fused (:mod:`~nemesis_analysis.study.groups`): one image pass per step for all; returns
     each member's entry ({"ok", "summary"} or {"ok": False, "error"}) under "members"."""
     from nemesis_analysis.study.plan import Job
@@ -76,56 +86,62 @@ def train_group_job(job, session: Session) -> dict:
         for member in members:
             faults.maybe_exit(member.id)
 
-    outcomes = train_siblings(configs, session, hooks=Hooks(on_epoch=checkpoint))
+    outcomes = train_siblings(configs, session, hooks=Hooks(on_epoch=checkpoint, should_stop=should_stop))
+    if any(getattr(outcome, "stopped", False) for outcome in outcomes):
+        raise JobStopped("stopped after a saved epoch of every sibling; the next `study run` resumes them")
     entries = {}
-    for member, outcome in zip(members, outcomes):
+    for member, config, outcome in zip(members, configs, outcomes):
         if isinstance(outcome, Exception):
             entries[member.id] = {"ok": False, "error": str(outcome)}
         elif outcome.run_id != member.run_id:
-            entries[member.id] = {"ok": False, "error": different_run(member, outcome.run_id, session)}
+            entries[member.id] = {"ok": False, "error": different_run(member, config, outcome, session)}
         else:
             entries[member.id] = {"ok": True, "summary": {"run_id": outcome.run_id, "reused": outcome.reused,
                                                           "final_test_acc": outcome.final_test_acc}}  # fmt: skip
     return {"members": entries}
 
 
-def different_run(job, run_id: str, session: Session) -> str:
+def different_run(job, config: RunConfig, result, session: Session) -> str:
+    """Why a worker trained another run than the plan named: the config fields that differ."""
+    differing = sorted(k for k, v in result.config.to_dict().items() if config.to_dict().get(k) != v)
     return (
-        f"job {job.id} trained run {run_id}: this worker resolves the config differently "
-        f"(device {session.torch_device()}); set grid.precision and outputs.device in the study file"
+        f"job {job.id} trained run {result.run_id}, not the planned {job.run_id}: the worker's config differs in "
+        f"{', '.join(differing) or 'nothing visible'} (device {session.torch_device()}); plan and run the study "
+        "on the same data and device settings"
     )
 
 
-def corrupt_job(job, session: Session) -> dict:
-    """Sweep the job's grid on its trained prompt, on every class subset of its protocol (base2new: base, then
-    new); only keys missing from reports/corruptions are computed."""
-    from nemesis_analysis.storage.artifacts import read_prompt
+def train_job(job, session: Session, should_stop=never_stop) -> dict:
+    """Train (or resume, or reuse) the job's run; its rows go to reports/runs and reports/trajectories."""
+    result = _train(job, session, should_stop)
+    return {"run_id": result.run_id, "final_test_acc": result.final_test_acc, "reused": result.reused}
+
+
+def corrupt_job(job, session: Session, should_stop=never_stop) -> dict:
+    """Sweep the job's grid on its trained prompt on every class subset its protocol evaluates (base2new: base
+    and new, as `nemesis corrupt --run` does); only keys missing from reports/corruptions are computed."""
+    from nemesis_analysis.clip.prompts import backbone_tokenizer, resolve_n_ctx
     from nemesis_analysis.corruption.ops import expand_grid
-    from nemesis_analysis.corruption.sweep_runs import method_for_identity
-    from nemesis_analysis.corruption.sweep import run_corruption_sweep
-    from nemesis_analysis.protocols import subset_classnames, sweep_classes
+    from nemesis_analysis.corruption.sweep_runs import sweep_run_subsets
 
-    config = RunConfig.from_dict(job.payload["config"])
-    loaded, dataset = model_and_data(config, session)
-    folder = session.run_dir(job.run_id).path
-    ctx = read_prompt(folder).ctx
-    identity = resolve_run_config(config, loaded.device).identity(n_ctx=ctx.shape[-2])
-    summary = {"rows_written": 0}
-    for classes in sweep_classes(config.protocol):
-        names = subset_classnames(dataset.classnames, classes)
-        method = method_for_identity(loaded, names, identity, config.method_options())
-        method.load(folder)  # every saved tensor, not only the context (CoCoOp's meta-network)
-        grid = expand_grid(method.n_positions, **job.payload["grid"])  # flat positions (PLOT: N * n_ctx)
-        result = run_corruption_sweep(
-            session, method, ctx, identity, grid, chunk=job.payload.get("chunk"), classes=classes,
-            max_test=job.payload.get("max_test"), on_chunk=lambda index, rows: faults.maybe_exit(job.id),
-        )  # fmt: skip
-        summary["rows_written"] += result.rows_written
-        summary[f"acc_original_{classes.value}"] = result.acc_original
-    return summary
+    run = _train(job, session, should_stop)  # done by the train job this one depends on: reused
+    config = run.config
+    n_positions = config.num_prompts * resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
+    grid = expand_grid(n_positions, **job.payload["grid"])  # flat positions (PLOT: N * n_ctx)
+
+    def stop(index: int) -> bool:
+        if index > 0:  # a chunk has been written
+            faults.maybe_exit(job.id)
+        return should_stop(index)
+
+    summaries = sweep_run_subsets(session, run, grid, chunk=job.payload.get("chunk"),
+                                  max_test=job.payload.get("max_test"), should_stop=stop)  # fmt: skip
+    if summaries and summaries[-1].stopped:
+        raise JobStopped(f"stopped after a saved chunk of run {run.run_id}; the next `study run` finishes it")
+    return {"rows_written": sum(s.rows_written for s in summaries), "acc_original": summaries[-1].acc_original}
 
 
-def evaluate_job(job, session: Session) -> dict:
+def evaluate_job(job, session: Session, should_stop=never_stop) -> dict:
     """Evaluate the job's trained prompt on a target dataset's test split (a row in reports/evaluations)."""
     from nemesis_analysis.evaluate import evaluate_saved
 
@@ -139,8 +155,9 @@ JOB_FUNCTIONS = {"encode": encode_job, "train": train_job, "train_group": train_
                  "evaluate": evaluate_job}  # fmt: skip
 
 
-def run_job(job, session: Session) -> dict:
-    """Run one job of any kind in this process."""
+def run_job(job, session: Session, should_stop=never_stop) -> dict:
+    """Run one job of any kind in this process; ``should_stop()`` True ends it at its next saved point
+    (JobStopped)."""
     if job.kind not in JOB_FUNCTIONS:
         raise ValueError(f"unknown job kind {job.kind!r}; kinds: {', '.join(JOB_FUNCTIONS)}")
-    return JOB_FUNCTIONS[job.kind](job, session)
+    return JOB_FUNCTIONS[job.kind](job, session, should_stop)

@@ -36,7 +36,7 @@ from nemesis_analysis.devices import host_features, resolve_run_config
 from nemesis_analysis.data.fewshot import sample_train_shots
 from nemesis_analysis.errors import ConfigError, NemesisError, TrainingDiverged
 from nemesis_analysis.evaluate import write_run_evaluations
-from nemesis_analysis.clip.features import encode_images_with_local, image_features, local_image_features
+from nemesis_analysis.clip.features import image_features, local_image_features
 from nemesis_analysis.methods import build_method_for_run
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.metrics import top1_accuracy
@@ -373,6 +373,8 @@ def start_run(
     if method.needs_local_features:
         test_local, _ = local_image_features(loaded, dataset, dataset.test, session.feature_cache, session.progress)
         run.test_local = host_features(test_local, loaded.device)  # scoring moves chunks (PLOT)
+    if method.encodes_images:  # its image features depend on the prompt: it scores the test images
+        run.test_features = method.image_inputs(dataset, dataset.test, session.feature_cache, session.progress)[0]
     restore_state(run)
     return run
 
@@ -464,23 +466,25 @@ def train_one_epoch(runs: list[TrainingRun], epoch: int) -> dict[str, EpochStats
         pixels, labels = images.batch(batch, [seeds[i] for i in batch]), images.labels[batch]
         encoded: dict[bool, tuple] = {}  # one image-tower pass per kind of features the runs need
         for trainer in trainers:
-            trainer.step(encode_batch(trainer.run.loaded, pixels, trainer.run.method.needs_local_features, encoded), labels)
+            trainer.step(encode_batch(trainer.run.method, pixels, encoded), labels)
     count = min(len(images), steps * batch_size)  # images this epoch trained on
     return {trainer.run.config.run_id: trainer.result(count, steps) for trainer in trainers}
 
 
 def encode_batch(
-    loaded: LoadedModel, pixels: torch.Tensor, with_local: bool, encoded: dict | None = None
+    method: PromptMethod, pixels: torch.Tensor, encoded: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(features (batch, embed), local (batch, locations, embed) or None) of a batch through the frozen image
-    tower, computed once per kind and kept in ``encoded`` for the batch's other runs."""
+    """What ``method.logits`` takes for a batch of pixels (:meth:`PromptMethod.encode_batch`): the frozen image
+    tower's (features (batch, embed), local (batch, locations, embed) or None), computed once per kind and
+    kept in ``encoded`` for the batch's other runs. A method that prompts the image tower (MaPLe) scores the
+    pixels themselves, so nothing is shared for it."""
+    if method.encodes_images:
+        return method.encode_batch(pixels)
     encoded = {} if encoded is None else encoded
-    if with_local not in encoded:
-        if with_local:
-            encoded[with_local] = encode_images_with_local(loaded, pixels)  # frozen tower, one pass
-        else:
-            encoded[with_local] = (loaded.encode_images(pixels), None)
-    return encoded[with_local]
+    kind = method.needs_local_features
+    if kind not in encoded:
+        encoded[kind] = method.encode_batch(pixels)  # frozen tower, one pass
+    return encoded[kind]
 
 
 def train_step(
@@ -492,7 +496,7 @@ def train_step(
     epoch: int,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One SGD step of one run on a batch of pixels: encode it, then :func:`member_step`."""
-    features, local = encode_batch(run.loaded, pixels, run.method.needs_local_features)
+    features, local = encode_batch(run.method, pixels)
     return member_step(run, features, local, labels, omega_value, generator, epoch)
 
 
@@ -653,10 +657,12 @@ def trajectory_rows(run: TrainingRun, epoch: int, test_acc: float, norms: dict, 
     """One ``trajectories`` row per position for this epoch."""
     identity = run.config.identity(n_ctx=run.method.n_ctx).as_row()
     pairs = run.method.position_pairs()  # flat position -> (prompt_index, position)
+    layers = run.method.position_layers()  # flat position -> layer (MaPLe's deep prompts; 0 otherwise)
     return [
         {
             **identity,
             "epoch": epoch,
+            "layer": layers[position],
             "prompt_index": pairs[position][0],
             "position": pairs[position][1],
             **{column: values[position] for column, values in norms.items()},

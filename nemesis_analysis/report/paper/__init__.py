@@ -22,6 +22,14 @@ OMEGA_CAVEAT = (
     "column norm_weight), not the sigmoid schedule. This mapping is not confirmed."
 )
 
+# What the paper's numbers were measured on, for judging whether a comparison is like with like. The
+# base-to-new table states neither backbone nor dataset set; CoCoOp's protocol uses the 11 datasets.
+PAPER_DATASETS: tuple[str, ...] = (
+    "caltech101", "dtd", "eurosat", "fgvc_aircraft", "food101", "imagenet", "oxford_flowers", "oxford_pets",
+    "stanford_cars", "sun397", "ucf101",
+)  # fmt: skip
+PAPER_BACKBONES: dict[str, str | None] = {"fewshot": "RN50", "dg": "RN50", "base2new": None, "frequency": "RN50"}
+
 
 def load(table: str) -> pd.DataFrame:
     """The published values of ``table`` as a DataFrame (one row per value, with source and note)."""
