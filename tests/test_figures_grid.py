@@ -56,7 +56,7 @@ def test_frequency_uses_the_cells_every_seed_has(caplog):
     assert any("seed 2" in w for w in warnings) and any("seed 3" in w for w in warnings)
     gaps = analysis.grid_gaps(table)
     assert sorted(gaps["seed"]) == [2, 3] and set(gaps["n_cells"]) == {8}
-    assert ("replace", 0, 0, 0.01, 0) in gaps["missing"].iloc[0]
+    assert ("replace", 0, 0, 0.01, 0, 0) in gaps["missing"].iloc[0]  # (op, prompt_index, position, factor, rep, layer)
 
 
 def test_frequency_figure_and_counts_on_the_scenario(tmp_path):
