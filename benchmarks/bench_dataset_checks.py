@@ -63,8 +63,8 @@ def bench_header_check(folder: Path) -> None:
         for path in paths:
             photo.save(path, quality=90) if suffix == ".jpg" else photo.save(path)
         names = [str(p) for p in paths]
-        header = best_of(lambda: [integrity.image_problem(p) for p in names])
-        decode = best_of(lambda: [integrity.image_problem(p, decode=True) for p in names])
+        header = best_of(lambda names=names: [integrity.image_problem(p) for p in names])
+        decode = best_of(lambda names=names: [integrity.image_problem(p, decode=True) for p in names])
         damaged = str(damage_image(paths[0], "truncate"))
         found = (integrity.image_problem(damaged), integrity.image_problem(damaged, decode=True))
         assert found[0] is not None and found[1], f"truncated {suffix} file: header check {found[0]!r}, decode {found[1]!r}"

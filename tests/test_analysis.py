@@ -371,7 +371,7 @@ def test_q_values_are_bh_within_each_run_and_class_subset(corruptions):
     table = corruptions.assign(p_value=rng.uniform(0, 0.1, len(corruptions)), eval_classes="all")
     table = pd.concat([table, table[table.run_id == "a1"].assign(eval_classes="base")], ignore_index=True)
     with_q = analysis.with_q_values(table)
-    for (run, classes), rows in with_q[with_q.op != "none"].groupby(["run_id", "eval_classes"]):
+    for _, rows in with_q[with_q.op != "none"].groupby(["run_id", "eval_classes"]):
         expected = scipy_stats.false_discovery_control(rows["p_value"].to_numpy(), method="bh")
         np.testing.assert_allclose(rows["q_value"].to_numpy(), expected, rtol=1e-12)
     assert with_q[with_q.op == "none"]["q_value"].isna().all()

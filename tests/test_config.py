@@ -31,7 +31,7 @@ from nemesis_analysis.errors import ConfigError, FieldError
 def build(**dotted) -> RunConfig:
     # A method's own options need that method (plot.num_prompts with --method plot).
     sections = {name.split(".")[0] for name in dotted} & {"plot", "kgcoop", "maple"}
-    dotted = {**{"prompt.method": section for section in sections}, **dotted}
+    dotted = {**({"prompt.method": next(iter(sections))} if sections else {}), **dotted}
     return RunConfig.from_dict(with_overrides(RunConfig().to_dict(), dotted), strict=True)
 
 

@@ -66,7 +66,7 @@ def test_base2new_run_trains_on_base_and_records_base_and_new(tiny_context, sess
     split = json.loads((run.run_dir / "split.json").read_text())
     assert split["classnames"] == dataset.classnames[:5]
     drawn = sample_few_shot(dataset.train, 2, 2)  # the fewshot protocol's sample, over all ten classes
-    assert [[s, l] for s, l, _ in split["train"]] == [[s.source, s.label] for s in drawn if s.label < 5]
+    assert [[source, label] for source, label, _ in split["train"]] == [[s.source, s.label] for s in drawn if s.label < 5]
     rows = _evaluations(reports).set_index("eval_classes")
     assert sorted(rows.index) == ["base", "new"] and set(rows.protocol) == {"base2new"}
     assert rows.loc["base", "acc"] == run.final_test_acc

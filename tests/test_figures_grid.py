@@ -145,7 +145,7 @@ def test_figures_refuse_and_summaries_split_runs_that_differ_in_a_setting(tmp_pa
     reports = tmp_path / "rep"
     corruptions, runs = [], []
     for run_id, weight, effect in (("w1", 1.0, True), ("w20", 20.0, False)):
-        part = rows(1, 16, SMALL, lambda op, p, f: effect)
+        part = rows(1, 16, SMALL, lambda op, p, f, effect=effect: effect)
         corruptions += [{**row, "run_id": run_id, "regularizer": "nemesis-pun"} for row in part]
         runs.append({**IDENTITY, "run_id": run_id, "shots": 16, "seed": 1, "regularizer": "nemesis-pun", "norm_weight": weight,
                      "final_test_acc": 60.0, "zero_shot_acc": 40.0, "epochs": 50, "ctx_init": "", "beta": 1.0,
@@ -153,7 +153,7 @@ def test_figures_refuse_and_summaries_split_runs_that_differ_in_a_setting(tmp_pa
                      "batch_size": 32, "recipe": "", "mean_norm": 1.0, "checkpoint": "", "seconds": 1.0})  # fmt: skip
     store.append_rows(reports, "corruptions", corruptions)
     store.append_rows(reports, "runs", runs)
-    tables = figures.summary_tables(reports)
+    tables = summaries.summary_tables(reports)
     frequency = tables["frequency"].set_index("norm_weight")["frequency_mean"].to_dict()
     assert frequency == {1.0: 100.0, 20.0: 0.0} and tables["runs"]["num_seeds"].tolist() == [1, 1]
     for args in (["plot", "frequency"], ["plot", "heatmap", "--dataset", "digits"]):

@@ -137,7 +137,7 @@ def test_study_runner_trains_siblings_as_one_group_equal_to_solo(solo_runs, tmp_
     study = load_study(path).with_outputs()
     groups = []
     monkeypatch.setitem(work.JOB_FUNCTIONS, "train_group",
-                        lambda job, session: groups.append(job.id) or work.train_group_job(job, session))  # fmt: skip
+                        lambda job, session, *stop: groups.append(job.id) or work.train_group_job(job, session, *stop))  # fmt: skip
     plan = make_plan(study)
     report = run_study(plan, plan.todo, "local", progress=False)
     assert not report.failed and len(groups) == 1  # the three train jobs ran as one execution

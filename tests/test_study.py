@@ -39,8 +39,8 @@ def test_plan_gives_exactly_the_expected_jobs_and_dependencies(tmp_path):
     corrupt = [job for job in jobs if job.kind == "corrupt"]
     assert [(job.run_id, job.deps) for job in corrupt] == [(r, (f"train:{r}",)) for r in run_ids]
     assert len(jobs) == 9 and len({job.id for job in jobs}) == 9
-    # (op, prompt, pos, factor, rep, eval_classes): a fewshot run is swept on all classes
-    keys = {("none", 0, -1, 1.0, 0, "all"), ("rescale", 0, 0, 0.5, 0, "all"), ("rescale", 0, 1, 0.5, 0, "all")}
+    # (op, prompt, pos, factor, rep, layer, eval_classes): a fewshot run is swept on all classes
+    keys = {("none", 0, -1, 1.0, 0, 0, "all"), ("rescale", 0, 0, 0.5, 0, 0, "all"), ("rescale", 0, 1, 0.5, 0, 0, "all")}
     assert expected_corruption_keys(corrupt[0]) == keys
     # PLOT's flat positions: the grid spans N * n_ctx, flat p is (prompt p // n_ctx, position p % n_ctx)
     plot_config = RunConfig.from_dict(corrupt[0].payload["config"])

@@ -93,7 +93,12 @@ def test_a_worker_killed_mid_job_is_retried_without_duplicate_or_missing_rows(
 
 
 def test_a_data_error_is_reported_and_the_rest_completes(ray_cluster, tmp_path, checkpoints_dir):
-    missing = tmp_path / "no-such-dataset"
+    missing = tmp_path / "damaged-dataset"  # plans (its files are fingerprinted), then fails to decode when encoded
+    for split in ("train", "test"):
+        for name in ("zero", "one"):
+            (missing / split / name).mkdir(parents=True)
+            for i in range(3):
+                (missing / split / name / f"{i}.png").write_text("not an image")
     path = write_tiny_study(tmp_path, checkpoints_dir, datasets=f'["digits", "folder:{missing}"]')
     result = runner.invoke(app, ["study", "run", str(path), "--executor", "ray", "--quiet", "--no-figures"])
     assert result.exit_code == 1, result.output

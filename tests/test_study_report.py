@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from nemesis_analysis import stats
 from nemesis_analysis.cli import app
-from nemesis_analysis.report import html, seeds, tables
+from nemesis_analysis.report import html, paper, seeds, tables
 from nemesis_analysis.storage import store
 from nemesis_analysis.study.plan import expand_jobs, make_plan
 from nemesis_analysis.study.smoke import smoke_study
@@ -90,13 +90,14 @@ def test_t_interval_and_seed_summary_known_values():
 
 
 def test_comparison_flags_values_read_off_a_plot_and_the_omega_mapping():
-    fewshot = tables.ResultTable("fewshot", "t", ["average"], ["coop 1-shot"], keys={"coop 1-shot": ("coop", math.nan, 1)})
+    rows = [*paper.PAPER_DATASETS, "average"]  # the paper's dataset set: its average is comparable
+    fewshot = tables.ResultTable("fewshot", "t", rows, ["coop 1-shot"], keys={"coop 1-shot": ("coop", "coop", math.nan, 1)})
     fewshot.cells[("average", "coop 1-shot")] = tables.Cell(60.0, math.nan, 1)
     view = html.comparison_view(tables.compare_paper(fewshot))
     (line,) = view["lines"]
     assert (line["paper"], line["delta"], line["flags"]) == ("59.20", "0.80", html.READ_OFF_PLOT_MARK)
-    base2new = tables.ResultTable("base2new", "t", ["average"], ["nemesis-pan (weight 20) H"],
-                                  keys={"nemesis-pan (weight 20) H": ("nemesis-pan", 20.0, "H")})  # fmt: skip
+    base2new = tables.ResultTable("base2new", "t", rows, ["nemesis-pan (weight 20) H"],
+                                  keys={"nemesis-pan (weight 20) H": ("cocoop", "nemesis-pan", 20.0, "H")})  # fmt: skip
     base2new.cells[("average", "nemesis-pan (weight 20) H")] = tables.Cell(70.0, math.nan, 1)
     (line,) = html.comparison_view(tables.compare_paper(base2new))["lines"]
     assert (line["paper"], line["delta"], line["flags"]) == ("77.00", "-7.00", html.OMEGA_MARK)
@@ -159,13 +160,14 @@ def test_smoke_run_of_paper_base2new_and_its_report(tmp_path, monkeypatch, check
     runs, evaluations = store.read_table(root / "reports", "runs"), store.read_table(root / "reports", "evaluations")
     table = tables.compare_paper(tables.build("base2new", runs, evaluations))
     lines = {(r[0], r[1]): r for r in page.rows["paper"][1:]}
-    cocoop_h = table.cell("average", "coop H")
-    assert lines[("average", "coop H")][2:6] == [f"{cocoop_h.mean:.2f}", "1", "76.50", f"{cocoop_h.mean - 76.5:.2f}"]
+    cocoop_h = table.cell("average", "cocoop H")  # digits against the paper's 11 datasets: no difference, and why
+    assert lines[("average", "cocoop H")][2:6] == [f"{cocoop_h.mean:.2f}", "1", "76.50", f"– ({cocoop_h.paper_note})"]
+    assert "other datasets: ours digits" in cocoop_h.paper_note
     ours = {r[0]: r[1:] for r in page.rows["ours"][1:]}
     for i, column in enumerate(table.columns):
         assert ours["digits"][i].startswith(f"{table.cell('digits', column).mean:.2f}")
     per_seed = {(r[0], r[1]): r for r in page.rows["seeds"][1:]}  # dataset, column, seed 1, n, mean ± std, interval
-    assert per_seed[("digits", "coop B")][2] == f"{table.cell('digits', 'coop B').mean:.2f}"
+    assert per_seed[("digits", "cocoop B")][2] == f"{table.cell('digits', 'cocoop B').mean:.2f}"
 
     assert f"<td>{metadata.version('torch')}</td>" in text and metadata.version("open_clip_torch") in text
     assert all(run_id in text for run_id in runs["run_id"])

@@ -124,9 +124,9 @@ def test_trajectory_table_has_one_row_per_epoch_and_position(session):
 
 
 def test_coop_beats_zero_shot_and_pun_shrinks_norms(session):
-    coop = train_prompt(RunConfig(shots=16, epochs=40), session)
+    coop = train_prompt(RunConfig(shots=16, epochs=100), session)
     assert coop.final_test_acc > coop.zero_shot_acc + 10
-    pun = train_prompt(RunConfig(shots=16, epochs=40, nemesis=NemesisConfig(beta=1.0)), session)
+    pun = train_prompt(RunConfig(shots=16, epochs=100, nemesis=NemesisConfig(beta=1.0)), session)
     assert pun.mean_norm < coop.mean_norm
     assert pun.zero_shot_acc == coop.zero_shot_acc
 

@@ -83,13 +83,13 @@ def comparison_view(table: ResultTable) -> dict:
             cell = table.cell(row, column)
             if math.isnan(cell.paper):
                 continue
-            weight = table.keys.get(column, (None, math.nan, None))[1]
+            weight = table.keys.get(column, (None, None, math.nan, None))[2]  # (prompt method, regularizer, weight, part)
             omega = table.kind in ("base2new", "dg") and not pd.isna(weight)
             ours = cell.note or (f"{cell.mean:.2f}" if math.isnan(cell.std) else f"{cell.mean:.2f} ± {cell.std:.2f}")
             delta = math.nan if cell.note else cell.diff
             lines.append({
                 "row": row, "column": column, "ours": ours, "n": cell.n_seeds if not cell.note else "",
-                "paper": f"{cell.paper:.2f}", "delta": number(delta), "sign": "" if math.isnan(delta) else "up" if delta >= 0 else "down",
+                "paper": f"{cell.paper:.2f}", "delta": f"– ({cell.paper_note})" if cell.paper_note else number(delta), "sign": "" if math.isnan(delta) else "up" if delta >= 0 else "down",
                 "flags": " ".join([READ_OFF_PLOT_MARK] * off_plot + [OMEGA_MARK] * omega),
             })  # fmt: skip
     return {"title": table.title, "kind": table.kind, "lines": lines, "notes": list(table.notes),

@@ -265,7 +265,8 @@ def per_seed_values(kind: str, runs: pd.DataFrame, evaluations: pd.DataFrame) ->
         table = runs.drop_duplicates("run_id", keep="last")
         if "protocol" in table.columns:
             table = table[table["protocol"].fillna("fewshot") == "fewshot"]
-        table = table.assign(column=_column_labels(table, runs) + " " + table["shots"].astype(int).astype(str) + "-shot")
+        labels = _column_labels(table, runs, ["dataset", "shots"])  # as fewshot() labels its columns
+        table = table.assign(column=labels + " " + table["shots"].astype(int).astype(str) + "-shot")
         out = _per_seed(table, ["dataset", "column"], "final_test_acc").rename(columns={"final_test_acc": "value"})
         return out.rename(columns={"dataset": "row"})
     if kind not in TABLE_KINDS:
