@@ -44,24 +44,23 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from nemesis_analysis.config import NemesisConfig, PromptConfig, RunConfig
-from nemesis_analysis.storage.artifacts import read_prompt
-from nemesis_analysis.corruption.ops import apply_corruptions, corrupt_context, expand_grid
-from nemesis_analysis.corruption.engine import predict_corruptions, predict_variants
-from nemesis_analysis.clip.features import encode_samples, image_features
-from nemesis_analysis.methods.coop import CoOp
-from nemesis_analysis.choices import Precision
-from nemesis_analysis.metrics import TIE_TOLERANCE, differing_predictions
-from nemesis_analysis.clip.loading import load_model
-from nemesis_analysis.corruption.reference import FullLengthPrompts
-from nemesis_analysis.corruption.sweep_runs import method_for_identity
-from nemesis_analysis.storage.schema import CORRUPTION_KEY
-from nemesis_analysis.session import Session
-from nemesis_analysis.corruption.sweep import row_key, run_corruption_sweep
-from nemesis_analysis.training.train import load_model_and_data, train_prompt
-
 from classnames import CALTECH_CLASSNAMES  # benchmarks/ is on sys.path when run as a script
+
+from nemesis_analysis.choices import Precision
+from nemesis_analysis.clip.features import encode_samples, image_features
+from nemesis_analysis.clip.loading import load_model
+from nemesis_analysis.config import NemesisConfig, PromptConfig, RunConfig
+from nemesis_analysis.corruption.engine import predict_corruptions, predict_variants
+from nemesis_analysis.corruption.ops import apply_corruptions, corrupt_context, expand_grid
+from nemesis_analysis.corruption.reference import FullLengthPrompts
+from nemesis_analysis.corruption.sweep import row_key, run_corruption_sweep
+from nemesis_analysis.corruption.sweep_runs import method_for_identity
+from nemesis_analysis.methods.coop import CoOp
+from nemesis_analysis.metrics import TIE_TOLERANCE, differing_predictions
+from nemesis_analysis.session import Session
+from nemesis_analysis.storage.artifacts import read_prompt
+from nemesis_analysis.storage.schema import CORRUPTION_KEY
+from nemesis_analysis.training.train import load_model_and_data, train_prompt
 
 CALTECH_TEST_IMAGES = 2465
 AMP_TOLERANCE = 5e-2  # cosine gap within which bf16 rounding (amp) may flip a prediction
@@ -94,7 +93,6 @@ def _line(name: str, naive: float, ours: float, floor: float, note: str = "") ->
         f"case {name}: naive {naive:.4g}s/variant{note}, ours {ours:.4g}s/variant, floor {floor:.4g}s/variant, "
         f"speedup {speedup:.0f}x{note}"
     )
-
 
 
 def require(condition: bool, what: str) -> None:
@@ -226,7 +224,9 @@ def case_caltech_size(checkpoints: Path, quick: bool, num_variants: int, device:
     differing_predictions(naive_scores, ours_predictions, _tolerance(loaded))  # raises unless equal up to ties
 
     # ours: batched predictions on the reduced grid against 2,465 cached (synthetic) features
-    features = F.normalize(torch.randn(CALTECH_TEST_IMAGES, loaded.embed_dim, generator=generator), dim=-1).to(loaded.device)
+    features = F.normalize(torch.randn(CALTECH_TEST_IMAGES, loaded.embed_dim, generator=generator), dim=-1).to(
+        loaded.device
+    )
     ours = _seconds(lambda: predict_corruptions(learner, ctx, sample, "bench", features)) / len(sample)
     variants = apply_corruptions(ctx, sample, "bench")
     with torch.no_grad():

@@ -67,7 +67,9 @@ def bench_header_check(folder: Path) -> None:
         decode = best_of(lambda names=names: [integrity.image_problem(p, decode=True) for p in names])
         damaged = str(damage_image(paths[0], "truncate"))
         found = (integrity.image_problem(damaged), integrity.image_problem(damaged, decode=True))
-        assert found[0] is not None and found[1], f"truncated {suffix} file: header check {found[0]!r}, decode {found[1]!r}"
+        assert found[0] is not None and found[1], (
+            f"truncated {suffix} file: header check {found[0]!r}, decode {found[1]!r}"
+        )
         print(
             f"{suffix[1:]} 500x375 ({paths[1].stat().st_size // 1024} KiB): header check "
             f"{header * 1e6 / NUM_PHOTOS:.0f} us/file, full decode {decode * 1e6 / NUM_PHOTOS:.0f} us/file, "

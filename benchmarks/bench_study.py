@@ -89,7 +89,9 @@ def require(condition: bool, what: str) -> None:
 def _nemesis(*args: str, env: dict) -> float:
     """Run ``nemesis ARGS`` in a fresh process; its wall-clock seconds (a failure raises with its output)."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "nemesis_analysis.cli", *args], env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "nemesis_analysis.cli", *args], env=env, capture_output=True, text=True, check=False
+    )
     seconds = time.perf_counter() - started
     require(done.returncode == 0, f"nemesis {' '.join(args)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
     return seconds
@@ -141,7 +143,10 @@ def check_same_tables(reference: Path, ours: Path, runs: int) -> str:
     """The two paths' runs (ids, final accuracy to one test image) and corruption rows agree; a short note."""
     a = store.read_table(reference, "runs").set_index("run_id").sort_index()
     b = store.read_table(ours, "runs").set_index("run_id").sort_index()
-    require(len(a) == runs and list(a.index) == list(b.index), f"run ids differ: reference {list(a.index)}, ours {list(b.index)}")
+    require(
+        len(a) == runs and list(a.index) == list(b.index),
+        f"run ids differ: reference {list(a.index)}, ours {list(b.index)}",
+    )
     gap = (a["final_test_acc"] - b["final_test_acc"]).abs()
     require(bool((gap <= ONE_TEST_IMAGE + 1e-9).all()), f"final accuracies differ by up to {gap.max():.3f} points")
     key = ["run_id", "op", "prompt_index", "position", "factor", "rep"]

@@ -35,9 +35,9 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,13 +45,13 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from classnames import CALTECH_CLASSNAMES, imagenet_size_classnames  # noqa: E402
 
-from nemesis_analysis.clip.augment import augment_image  # noqa: E402
 from nemesis_analysis.choices import Precision  # noqa: E402
+from nemesis_analysis.clip.augment import augment_image  # noqa: E402
+from nemesis_analysis.clip.encoding import LoadedModel, encode_text_from_embeddings  # noqa: E402
+from nemesis_analysis.clip.loading import load_model  # noqa: E402
 from nemesis_analysis.config import PromptConfig, RunConfig  # noqa: E402
 from nemesis_analysis.data.fewshot import sample_few_shot  # noqa: E402
 from nemesis_analysis.data.registry import load_dataset  # noqa: E402
-from nemesis_analysis.clip.encoding import LoadedModel, encode_text_from_embeddings  # noqa: E402
-from nemesis_analysis.clip.loading import load_model  # noqa: E402
 from nemesis_analysis.methods.coop import CoOp  # noqa: E402
 from nemesis_analysis.training.train import TrainingRun, build_optimizer, train_step  # noqa: E402
 
@@ -268,7 +268,10 @@ def case_digits(device: torch.device, checkpoints: Path, steps: int) -> None:
     for step in range(steps + 1):  # + the warm-up step
         chosen = [samples[order[(step * BATCH + i) % len(samples)]] for i in range(BATCH)]
         pixels = torch.stack(
-            [augment_image(dataset.load_image(s.source), loaded.preprocess_cfg, dataset.augmentation, generator) for s in chosen]
+            [
+                augment_image(dataset.load_image(s.source), loaded.preprocess_cfg, dataset.augmentation, generator)
+                for s in chosen
+            ]
         )
         batches.append((pixels.to(device), torch.tensor([s.label for s in chosen], device=device)))
     learner = RecordingCoOp(loaded, dataset.classnames, PromptConfig(n_ctx=16), seed=1)
@@ -335,7 +338,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Only case 1, with 3 measured steps.")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (ours under the model's default precision).")
-    parser.add_argument("--steps", type=int, default=None, help="Measured steps per case (default 10 / 2 / 2; quick 3).")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="Measured steps per case (default 10 / 2 / 2; quick 3)."
+    )
     parser.add_argument("--backbone", default="ViT-B-16", help="Random-init architecture of cases 2 and 3.")
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="Holds the tiny CLIP cache.")
     args = parser.parse_args()

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import BATCH, training_run  # noqa: E402
 from classnames import CALTECH_CLASSNAMES, imagenet_size_classnames  # noqa: E402
 
+from nemesis_analysis.clip.loading import load_model  # noqa: E402
 from nemesis_analysis.config import PromptConfig  # noqa: E402
 from nemesis_analysis.corruption.engine import predict_corruptions  # noqa: E402
 from nemesis_analysis.corruption.ops import expand_grid  # noqa: E402
-from nemesis_analysis.clip.loading import load_model  # noqa: E402
 from nemesis_analysis.methods.coop import CoOp  # noqa: E402
 from nemesis_analysis.training.train import train_step  # noqa: E402
 
@@ -65,8 +65,12 @@ def sweep(loaded) -> None:
     loaded.encode_images(torch.randn(8, 3, 224, 224, generator=generator, device="cuda"))  # warm-up
     features, image_seconds = _timed(encode)
     grid = expand_grid(16)
-    predictions, sweep_seconds = _timed(lambda: predict_corruptions(learner, learner.ctx.detach(), grid, "gpu-study", features))
-    assert predictions.shape == (len(grid), CALTECH_TEST_IMAGES), f"predictions {tuple(predictions.shape)}, expected {(len(grid), CALTECH_TEST_IMAGES)}"
+    predictions, sweep_seconds = _timed(
+        lambda: predict_corruptions(learner, learner.ctx.detach(), grid, "gpu-study", features)
+    )
+    assert predictions.shape == (len(grid), CALTECH_TEST_IMAGES), (
+        f"predictions {tuple(predictions.shape)}, expected {(len(grid), CALTECH_TEST_IMAGES)}"
+    )
     print(
         f"gpu-study sweep: ViT-B-16 (random init, {loaded.precision.value}; text passes fp32), 100 classes, {CALTECH_TEST_IMAGES} images "
         f"encoded in {image_seconds:.1f}s; {len(grid)} variants x 16 positions grid in {sweep_seconds:.1f}s "
@@ -114,7 +118,9 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_study: no CUDA device is available; run it on a machine with a GPU", file=sys.stderr)
         return 2
-    print(f"gpu: {torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB), torch {torch.__version__}")
+    print(
+        f"gpu: {torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB), torch {torch.__version__}"
+    )
     loaded = load_model("ViT-B-16", "none", device="cuda", progress=False)
     sweep(loaded)
     train(loaded, args.epochs, args.shots, args.budget)

@@ -28,7 +28,12 @@ def demo_study(checkpoints: Path, reports: Path, device: str):
 
     data = {
         "study": {"name": "demo", "description": "nemesis demo: CoOp, PUN and PAN on digits, CoOp's prompt swept"},
-        "grid": {"datasets": [DEMO_DATASET], "shots": [DEMO_SHOTS], "seeds": [DEMO_SEED], "methods": ["coop", "pun", "pan"]},
+        "grid": {
+            "datasets": [DEMO_DATASET],
+            "shots": [DEMO_SHOTS],
+            "seeds": [DEMO_SEED],
+            "methods": ["coop", "pun", "pan"],
+        },
         "corrupt": {"grid": "default", "methods": ["coop"]},
         "outputs": {"checkpoints": str(checkpoints), "reports": str(reports), "device": device},
     }
@@ -84,8 +89,8 @@ def run_demo(
     # ---- step 3: corruption sweeps of the three prompts (Low-Norm Effect); training dominates, sweeps take seconds
     console.rule("[bold]3. corruption sweeps of the CoOp, PUN and PAN prompts (Low-Norm Effect)")
     from nemesis_analysis.corruption.ops import GridSpec
-    from nemesis_analysis.corruption.sweep_runs import sweep_trained_run
     from nemesis_analysis.corruption.sweep import format_summary
+    from nemesis_analysis.corruption.sweep_runs import sweep_trained_run
 
     grid = GridSpec().expand(len(coop.position_norms))  # the default grid: every position, rescale and replace
     result.extra["corruptions"] = {}

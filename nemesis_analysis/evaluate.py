@@ -15,18 +15,18 @@ from pathlib import Path
 import torch
 
 from nemesis_analysis import protocols
-from nemesis_analysis.storage import store
-from nemesis_analysis.storage.artifacts import ARTIFACT_TENSORS, read_prompt
 from nemesis_analysis.choices import EvalClasses, Protocol, choice, plain
-from nemesis_analysis.config import PromptConfig, RunConfig
-from nemesis_analysis.data.base import DatasetSplits
-from nemesis_analysis.corruption.engine import accuracy_of, predict_variants
-from nemesis_analysis.errors import ConfigError, NoDataError
+from nemesis_analysis.clip.encoding import LoadedModel
 from nemesis_analysis.clip.features import image_features, image_pixels, local_image_features
+from nemesis_analysis.config import PromptConfig, RunConfig
+from nemesis_analysis.corruption.engine import accuracy_of, predict_variants
+from nemesis_analysis.data.base import DatasetSplits
+from nemesis_analysis.errors import ConfigError, NoDataError
 from nemesis_analysis.methods import build_method_for_run
 from nemesis_analysis.methods.base import PromptMethod, method_class
-from nemesis_analysis.clip.encoding import LoadedModel
 from nemesis_analysis.session import Session
+from nemesis_analysis.storage import store
+from nemesis_analysis.storage.artifacts import ARTIFACT_TENSORS, read_prompt
 
 TABLE = "evaluations"
 
@@ -96,7 +96,7 @@ def restrict_to_classes(
 
 
 def subset_accuracy(
-    loaded: LoadedModel, prompt: "LearnedPrompt", classnames: Sequence[str], features, labels, local=None
+    loaded: LoadedModel, prompt: LearnedPrompt, classnames: Sequence[str], features, labels, local=None
 ) -> float:
     """Top-1 accuracy (percent) of the run's method over ``classnames``, through the engine's batched
     prediction (``local``: the test images' local features, for methods that need them)."""
@@ -145,7 +145,9 @@ def run_prompt_dir(checkpoints_dir: Path | str, run_id: str) -> Path:
             f"run {folders[0].name} in {checkpoints_dir} has no saved prompt yet (unfinished or stopped); "
             "finish it with the same `nemesis train` command"
         )
-    raise NoDataError(f"no run {run_id!r} in {checkpoints_dir}; pass a run id from the runs table or the right --checkpoints")
+    raise NoDataError(
+        f"no run {run_id!r} in {checkpoints_dir}; pass a run id from the runs table or the right --checkpoints"
+    )
 
 
 def load_learned_prompt(path: Path | str) -> LearnedPrompt:
@@ -197,7 +199,9 @@ def evaluate_context(
     if labels.numel() == 0:
         raise ConfigError(f"dataset {dataset.name} has no test images of its {classes.value} classes")
     local = None
-    if prompt.config is not None and method_class(prompt.config.prompt_method).needs_local_features:  # PLOT scores local image features
+    if (
+        prompt.config is not None and method_class(prompt.config.prompt_method).needs_local_features
+    ):  # PLOT scores local image features
         local = local_image_features(loaded, dataset, dataset.test, cache_dir, progress)[0]
         local = local[class_mask(all_labels, selected)]
     acc = subset_accuracy(loaded, prompt, names, features, labels, local)
@@ -221,7 +225,9 @@ def evaluate_masked(
     features, labels = image_features(loaded, subset, subset.test, cache_dir, progress)
     indices = protocols.subsequence_indices(subset.classnames, parent.classnames)
     if prompt.config is not None and prompt.config.prompt_method != "coop":
-        raise ConfigError("masked 1,000-way evaluation is for CoOp prompts; evaluate other methods on the subset's own classes")
+        raise ConfigError(
+            "masked 1,000-way evaluation is for CoOp prompts; evaluate other methods on the subset's own classes"
+        )
     method = prompt.method_for(loaded, parent.classnames)
     with torch.no_grad():
         text = method.text_features(prompt.ctx[None].to(method.device))[0]  # (parent classes, embed)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
-from typing import Callable
 
 from nemesis_analysis.errors import FieldError
 

@@ -116,7 +116,9 @@ def check_protocol(protocol: Protocol | str, dataset: str, csc: bool) -> Protoco
             "class-specific context has no vectors for; set prompt.csc = false"
         )  # fmt: skip
     if protocol in (Protocol.DG, Protocol.CROSSDATASET) and dataset != TRANSFER_SOURCE:
-        raise FieldError("dataset", f"protocol {protocol.value} trains on {TRANSFER_SOURCE}; set dataset = {TRANSFER_SOURCE}")
+        raise FieldError(
+            "dataset", f"protocol {protocol.value} trains on {TRANSFER_SOURCE}; set dataset = {TRANSFER_SOURCE}"
+        )
     return protocol
 
 

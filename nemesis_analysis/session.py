@@ -45,7 +45,7 @@ class Session:
 
     # ------------------------------------------------------------------------------------------- caches
 
-    def replace(self, **changes) -> "Session":
+    def replace(self, **changes) -> Session:
         """A copy with some options changed that shares this session's caches (e.g. another reports folder)."""
         other = dataclasses.replace(self, **changes)
         other._models, other._datasets = self._models, self._datasets

@@ -12,8 +12,8 @@ Student-t intervals over seeds and paired comparisons (pure numpy/scipy, no torc
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats

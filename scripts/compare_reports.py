@@ -30,7 +30,9 @@ def compare(a: Path, b: Path) -> list[str]:
         if not all(p.exists() for p in paths):
             lines.append(f"{table}: only in {next(p for p in paths if p.exists()).parent}")
             continue
-        x, y = (store.read_table(p.parent, table, dedupe=False).drop(columns=list(IGNORED), errors="ignore") for p in paths)
+        x, y = (
+            store.read_table(p.parent, table, dedupe=False).drop(columns=list(IGNORED), errors="ignore") for p in paths
+        )
         if list(x.columns) != list(y.columns):
             lines.append(f"{table}: columns differ: {list(x.columns)} vs {list(y.columns)}")
             continue

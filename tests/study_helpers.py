@@ -44,7 +44,9 @@ def write_tiny_study(folder: Path, warm_checkpoints: Path, extra: str = "", data
     tiny = Path(warm_checkpoints) / "nemesis-tiny"
     if tiny.is_dir() and not (checkpoints / "nemesis-tiny").exists():
         shutil.copytree(tiny, checkpoints / "nemesis-tiny")
-    text = TINY_STUDY.format(checkpoints=checkpoints, reports=reports).replace('datasets = ["digits"]', f"datasets = {datasets}")
+    text = TINY_STUDY.format(checkpoints=checkpoints, reports=reports).replace(
+        'datasets = ["digits"]', f"datasets = {datasets}"
+    )
     path = folder / "study.toml"
     path.write_text(text + extra)
     return path

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from nemesis_analysis.report import analysis
 from nemesis_analysis.errors import ConfigError, NoDataError
+from nemesis_analysis.report import analysis
 
 RUN_DEFAULTS = {
     "backbone": "ViT-B-16",
@@ -27,7 +27,9 @@ RUN_DEFAULTS = {
 }
 
 
-def corruption_row(run_id, dataset, seed, op, position, factor, delta, norm_before, norm_after, rep=0, acc_original=60.0, **overrides):
+def corruption_row(
+    run_id, dataset, seed, op, position, factor, delta, norm_before, norm_after, rep=0, acc_original=60.0, **overrides
+):
     row = {"run_id": run_id, "dataset": dataset, "seed": seed, **RUN_DEFAULTS, **overrides}
     row.update(
         op=op,
@@ -81,7 +83,9 @@ def runs() -> pd.DataFrame:
         {"run_id": "a1", "dataset": "dtd", "seed": 1, "final_test_acc": 70.0, "zero_shot_acc": 40.0},
         {"run_id": "b1", "dataset": "eurosat", "seed": 1, "final_test_acc": 80.0, "zero_shot_acc": np.nan},
     ]
-    table = pd.DataFrame([{**RUN_DEFAULTS, **row, "checkpoint": f"checkpoints/{row['run_id']}", "seconds": 1.0} for row in rows])
+    table = pd.DataFrame(
+        [{**RUN_DEFAULTS, **row, "checkpoint": f"checkpoints/{row['run_id']}", "seconds": 1.0} for row in rows]
+    )
     return table
 
 
@@ -123,7 +127,11 @@ def test_frequency_leaves_out_invisible_rows_counts_them_and_splits_by_layer(cor
     marked.loc[first, ["invisible", "layer"]] = [True, 1]
     freq = analysis.low_norm_frequency(marked)
     dtd, before = select(freq, dataset="dtd", regularizer="coop"), select(base, dataset="dtd", regularizer="coop")
-    assert (dtd["n_reducing"], dtd["n_effect"], dtd["n_invisible"]) == (before["n_reducing"] - 1, before["n_effect"] - 1, 1)
+    assert (dtd["n_reducing"], dtd["n_effect"], dtd["n_invisible"]) == (
+        before["n_reducing"] - 1,
+        before["n_effect"] - 1,
+        1,
+    )
     by_layer = analysis.low_norm_frequency(marked, by=["dataset", "regularizer", "layer"])
     layer1 = select(by_layer, dataset="dtd", regularizer="coop", layer=1)
     assert (layer1["n_reducing"], layer1["n_invisible"]) == (0, 1)
@@ -139,7 +147,7 @@ def test_delta_grid_keeps_layers_apart(corruptions):
     both = analysis.delta_grid(deep, "dtd", regularizer="coop")
     n_ctx = int(rows["n_ctx"].iloc[0])
     assert list(both.index) == list(flat.index) + [n_ctx + p for p in flat.index]
-    assert both.iloc[len(flat):].to_numpy() == pytest.approx(flat.to_numpy() + 10.0, nan_ok=True)
+    assert both.iloc[len(flat) :].to_numpy() == pytest.approx(flat.to_numpy() + 10.0, nan_ok=True)
 
 
 def test_frequency_min_delta(corruptions):
@@ -332,7 +340,9 @@ def test_merge_mean_std_and_markdown(runs):
 
 
 def test_analysis_does_not_import_torch():
-    code = "import sys, nemesis_analysis.report.analysis, nemesis_analysis.report.plots; sys.exit('torch' in sys.modules)"
+    code = (
+        "import sys, nemesis_analysis.report.analysis, nemesis_analysis.report.plots; sys.exit('torch' in sys.modules)"
+    )
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
 
@@ -345,13 +355,32 @@ def test_paired_comparisons_match_runs_and_equal_ttest_rel():
     base = {1: 70.0, 2: 72.0, 3: 72.5}
     rows = []
     for seed in (1, 2, 3):
-        rows.append({**RUN_DEFAULTS, "run_id": f"c{seed}", "dataset": "dtd", "seed": seed, "final_test_acc": base[seed], "zero_shot_acc": 40.0})
+        rows.append(
+            {
+                **RUN_DEFAULTS,
+                "run_id": f"c{seed}",
+                "dataset": "dtd",
+                "seed": seed,
+                "final_test_acc": base[seed],
+                "zero_shot_acc": 40.0,
+            }
+        )
         rows.append({**RUN_DEFAULTS, "run_id": f"p{seed}", "dataset": "dtd", "seed": seed, "regularizer": "nemesis-pun",
                      "norm_weight": 1.0, "final_test_acc": treated[seed], "zero_shot_acc": 40.0})  # fmt: skip
     # Unmatched: another shot count for PUN (no CoOp run to pair with), and a CoOp run of another backbone.
     rows.append({**RUN_DEFAULTS, "run_id": "p9", "dataset": "dtd", "seed": 1, "shots": 4, "regularizer": "nemesis-pun",
                  "norm_weight": 1.0, "final_test_acc": 10.0, "zero_shot_acc": 40.0})  # fmt: skip
-    rows.append({**RUN_DEFAULTS, "run_id": "c9", "dataset": "dtd", "seed": 1, "backbone": "RN50", "final_test_acc": 0.0, "zero_shot_acc": 40.0})
+    rows.append(
+        {
+            **RUN_DEFAULTS,
+            "run_id": "c9",
+            "dataset": "dtd",
+            "seed": 1,
+            "backbone": "RN50",
+            "final_test_acc": 0.0,
+            "zero_shot_acc": 40.0,
+        }
+    )
     table = analysis.paired_comparisons(pd.DataFrame(rows), "coop")
     assert len(table) == 1
     row = table.iloc[0]
@@ -392,9 +421,21 @@ def test_frequency_significant_counts_effects_below_the_fdr(corruptions):
 
 def test_runs_that_differ_in_a_setting_are_never_pooled_as_seeds():
     """PUN at weight 1 and at weight 20, and a base2new CoOp run beside a few-shot one: four groups, not two."""
+
     def run(run_id, seed, regularizer, weight, protocol, acc):
-        return {**RUN_DEFAULTS, "run_id": run_id, "dataset": "dtd", "seed": seed, "regularizer": regularizer, "norm_weight": weight,
-                "epochs": 50, "protocol": protocol, "final_test_acc": acc, "zero_shot_acc": 40.0}
+        return {
+            **RUN_DEFAULTS,
+            "run_id": run_id,
+            "dataset": "dtd",
+            "seed": seed,
+            "regularizer": regularizer,
+            "norm_weight": weight,
+            "epochs": 50,
+            "protocol": protocol,
+            "final_test_acc": acc,
+            "zero_shot_acc": 40.0,
+        }
+
     runs = pd.DataFrame([
         run("p1", 1, "nemesis-pun", 1.0, "fewshot", 70.0), run("p2", 2, "nemesis-pun", 1.0, "fewshot", 72.0),
         run("q1", 1, "nemesis-pun", 20.0, "fewshot", 60.0), run("q2", 2, "nemesis-pun", 20.0, "fewshot", 62.0),
@@ -408,8 +449,10 @@ def test_runs_that_differ_in_a_setting_are_never_pooled_as_seeds():
     assert select(summary, regularizer="coop", protocol="base2new")["final_test_acc_mean"] == 90.0
     # Corruption rows carry no norm weight: it is joined from the runs table by run_id.
     r = corruption_row
-    rows = [r(rid, "dtd", seed, "rescale", 0, 0.5, delta, 2.0, 1.0, regularizer="nemesis-pun")
-            for rid, seed, delta in (("p1", 1, 1.0), ("p2", 2, 1.0), ("q1", 1, -1.0), ("q2", 2, -1.0))]
+    rows = [
+        r(rid, "dtd", seed, "rescale", 0, 0.5, delta, 2.0, 1.0, regularizer="nemesis-pun")
+        for rid, seed, delta in (("p1", 1, 1.0), ("p2", 2, 1.0), ("q1", 1, -1.0), ("q2", 2, -1.0))
+    ]
     joined = analysis.with_run_settings(pd.DataFrame(rows), runs)
     frequency = analysis.low_norm_frequency(joined)
     assert frequency.set_index("norm_weight")["frequency_mean"].to_dict() == {1.0: 100.0, 20.0: 0.0}

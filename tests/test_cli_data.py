@@ -51,7 +51,9 @@ def test_datasets_reports_every_problem_and_exits_0(damaged_root):
     caltech = [p for p in problems if p.startswith("problem: caltech101:")]
     assert len(caltech) == 2
     assert "1 of 6 train entries point at missing files" in caltech[0] and "re-extract the images" in caltech[0]
-    assert "1 of 6 sampled test images cannot be opened" in caltech[1] and "replace them with intact copies" in caltech[1]
+    assert (
+        "1 of 6 sampled test images cannot be opened" in caltech[1] and "replace them with intact copies" in caltech[1]
+    )
     pets = [p for p in problems if p.startswith("problem: oxford_pets:")]
     assert len(pets) == 1 and "split_zhou_OxfordPets.json not found; download split_zhou_OxfordPets.json" in pets[0]
     assert not any(p.startswith("problem: dtd:") for p in problems)
@@ -93,11 +95,15 @@ def test_models_lists_tags_and_cached_weights(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "RN50.pt").write_bytes(b"placeholder")  # open_clip's legacy cache name for RN50/openai
-    result = runner.invoke(app, ["models", "--filter", "rn50", "--cache-dir", str(cache),
-                                 "--checkpoints", str(tmp_path / "ck")])
+    result = runner.invoke(
+        app, ["models", "--filter", "rn50", "--cache-dir", str(cache), "--checkpoints", str(tmp_path / "ck")]
+    )
     assert result.exit_code == 0, result.output
-    rows = {cells[0]: cells for line in lines_of(result.output)
-            if (cells := [c.strip() for c in line.split("│") if c.strip()]) and cells[0].startswith("RN50")}
+    rows = {
+        cells[0]: cells
+        for line in lines_of(result.output)
+        if (cells := [c.strip() for c in line.split("│") if c.strip()]) and cells[0].startswith("RN50")
+    }
     assert set(rows) >= {"RN50", "RN50-quickgelu", "RN50x4"}
     assert "openai" in rows["RN50"][1] and rows["RN50"][2] == "openai"
     assert "ViT-B-16" not in result.output
@@ -118,14 +124,32 @@ def test_recipe_coop_is_printed_and_recorded(tmp_path, monkeypatch):
     monkeypatch.delenv("NEMESIS_DATA", raising=False)
     root = make_fixture_root(tmp_path / "data", ["caltech101"])
     # Offline without cached RN50 weights: the recipe line first, then the missing file, exit 2.
-    result = runner.invoke(app, ["train", "--quiet", "--recipe", "coop", "--dataset", "caltech101", "--shots", "2",
-                                 "--data-root", str(root), "--offline", "--checkpoints", str(tmp_path / "ck"),
-                                 "--reports", str(tmp_path / "rep")])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--quiet",
+            "--recipe",
+            "coop",
+            "--dataset",
+            "caltech101",
+            "--shots",
+            "2",
+            "--data-root",
+            str(root),
+            "--offline",
+            "--checkpoints",
+            str(tmp_path / "ck"),
+            "--reports",
+            str(tmp_path / "rep"),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "recipe coop: backbone=RN50, pretrained=openai" in result.output and "epochs=100" in result.output
     assert "RN50/openai are not in the local cache" in result.output
-    config = build_run_config(dataset="caltech101", shots=2, n_ctx=4, csc=True, class_token_position="front",
-                              recipe="coop")
+    config = build_run_config(
+        dataset="caltech101", shots=2, n_ctx=4, csc=True, class_token_position="front", recipe="coop"
+    )
     assert config.recipe == "coop" and config.backbone == "RN50" and config.prompt.n_ctx == 16
     assert not config.prompt.csc and config.config_columns()["recipe"] == "coop"
 
@@ -140,8 +164,24 @@ def has_command(name: str) -> bool:
 def test_train_then_corrupt_on_fixture_root(checkpoints_dir, tmp_path):
     root = make_fixture_root(tmp_path / "data", ["caltech101"], images_per_split=(2, 1, 3))
     reports = tmp_path / "reports"
-    common = ["--dataset", "caltech101", "--data-root", str(root), "--backbone", "nemesis-tiny", "--shots", "1",
-              "--seed", "1", "--epochs", "2", "--checkpoints", str(checkpoints_dir), "--reports", str(reports)]
+    common = [
+        "--dataset",
+        "caltech101",
+        "--data-root",
+        str(root),
+        "--backbone",
+        "nemesis-tiny",
+        "--shots",
+        "1",
+        "--seed",
+        "1",
+        "--epochs",
+        "2",
+        "--checkpoints",
+        str(checkpoints_dir),
+        "--reports",
+        str(reports),
+    ]
     result = runner.invoke(app, ["train", "--quiet", *common])
     assert result.exit_code == 0, result.output
     runs = pd.read_parquet(reports / "runs")
@@ -162,12 +202,30 @@ def test_train_then_corrupt_on_fixture_root(checkpoints_dir, tmp_path):
     ctx = load_file(str(run_dir / "prompt.safetensors"))["ctx"]
     dassl = tmp_path / "coop_output" / "prompt_learner"
     dassl.mkdir(parents=True)
-    state = {"ctx": ctx, "token_prefix": torch.zeros(3, 1, ctx.shape[-1]), "token_suffix": torch.zeros(3, 60, ctx.shape[-1])}
+    state = {
+        "ctx": ctx,
+        "token_prefix": torch.zeros(3, 1, ctx.shape[-1]),
+        "token_suffix": torch.zeros(3, 60, ctx.shape[-1]),
+    }
     torch.save({"state_dict": state, "epoch": 50, "optimizer": None, "scheduler": None}, dassl / "model.pth.tar-50")
     other_reports = tmp_path / "reports-coop"
-    args = ["corrupt", "--quiet", "--dataset", "caltech101", "--data-root", str(root), "--backbone", "nemesis-tiny",
-            "--prompt", str(dassl / "model.pth.tar-50"), "--checkpoints", str(checkpoints_dir),
-            "--reports", str(other_reports), *grid]
+    args = [
+        "corrupt",
+        "--quiet",
+        "--dataset",
+        "caltech101",
+        "--data-root",
+        str(root),
+        "--backbone",
+        "nemesis-tiny",
+        "--prompt",
+        str(dassl / "model.pth.tar-50"),
+        "--checkpoints",
+        str(checkpoints_dir),
+        "--reports",
+        str(other_reports),
+        *grid,
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     imported = pd.read_parquet(other_reports / "corruptions")

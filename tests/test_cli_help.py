@@ -31,12 +31,34 @@ def command_paths(command, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]
 
 COMMANDS = command_paths(typer.main.get_command(app))
 ENVIRONMENT = ["--checkpoints", "--reports", "--data-root", "--device", "--offline", "--cache-dir", "--quiet"]
-RUN_OPTIONS = ["--dataset", "--shots", "--seed", "--backbone", "--config", "--set", "--print-config", "--csc / --no-csc",
-               "--norm-weight, --alpha", "--beta", "--pan-factor", "--lr"]
+RUN_OPTIONS = [
+    "--dataset",
+    "--shots",
+    "--seed",
+    "--backbone",
+    "--config",
+    "--set",
+    "--print-config",
+    "--csc / --no-csc",
+    "--norm-weight, --alpha",
+    "--beta",
+    "--pan-factor",
+    "--lr",
+]
 KEY_OPTIONS = {
     ("train",): RUN_OPTIONS + ENVIRONMENT + ["--force", "--protocol"],
-    ("corrupt",): RUN_OPTIONS + ENVIRONMENT + ["--run", "--prompt", "--seeds", "--ops", "--positions", "--protocol",
-                                               "0,0.001,0.01,0.1,0.5,0.9,1.1,2,5,10", "0,0.0001,0.001,0.01,0.02,0.05,0.1,0.5,1"],
+    ("corrupt",): RUN_OPTIONS
+    + ENVIRONMENT
+    + [
+        "--run",
+        "--prompt",
+        "--seeds",
+        "--ops",
+        "--positions",
+        "--protocol",
+        "0,0.001,0.01,0.1,0.5,0.9,1.1,2,5,10",
+        "0,0.0001,0.001,0.01,0.02,0.05,0.1,0.5,1",
+    ],
     ("demo",): ["--checkpoints", "--reports", "--device", "--quiet"],
     ("summary",): ["--reports", "--out", "--min-delta", "--fdr", "--compare-to"],
     ("fill-counts",): ["--run", "--checkpoints", "--reports", "--device"],
@@ -50,7 +72,16 @@ KEY_OPTIONS = {
     ("evaluate",): ["--run", "--prompt", "--dataset", "--classes", *ENVIRONMENT],
     ("study", "init"): ["--force"],
     ("study", "plan"): ["--json", "--checkpoints", "--reports", "--smoke"],
-    ("study", "run"): ["--executor", "--address", "--max-parallel", "--shard", "--figures", "--checkpoints", "--reports", "--smoke"],
+    ("study", "run"): [
+        "--executor",
+        "--address",
+        "--max-parallel",
+        "--shard",
+        "--figures",
+        "--checkpoints",
+        "--reports",
+        "--smoke",
+    ],
     ("study", "status"): ["--json", "--checkpoints", "--reports", "--smoke"],
     ("study", "report"): ["--checkpoints", "--reports", "--smoke"],
 }
@@ -77,32 +108,88 @@ def test_help_defaults_are_the_config_defaults():
     defaults = {param.name: param.default for param in command.params}
     config = RunConfig()
     assert (defaults["dataset"], defaults["shots"], defaults["seed"], defaults["backbone"]) == (
-        config.dataset, config.shots, config.seed, config.backbone)
+        config.dataset,
+        config.shots,
+        config.seed,
+        config.backbone,
+    )
     assert (defaults["n_ctx"], defaults["csc"], defaults["class_token_position"]) == (
-        PromptConfig().n_ctx, PromptConfig().csc, PromptConfig().class_token_position.value)
+        PromptConfig().n_ctx,
+        PromptConfig().csc,
+        PromptConfig().class_token_position.value,
+    )
     nemesis, optim = NemesisConfig(), OptimConfig()
-    assert (defaults["norm_weight"], defaults["norm_type"], defaults["pan_positions"], defaults["pan_factor"],
-            defaults["omega"]) == (nemesis.weight, nemesis.norm_type.value, nemesis.pan_positions, nemesis.pan_factor,
-                                   nemesis.omega.value)
+    assert (
+        defaults["norm_weight"],
+        defaults["norm_type"],
+        defaults["pan_positions"],
+        defaults["pan_factor"],
+        defaults["omega"],
+    ) == (nemesis.weight, nemesis.norm_type.value, nemesis.pan_positions, nemesis.pan_factor, nemesis.omega.value)
     assert (defaults["lr"], defaults["batch_size"]) == (optim.lr, optim.batch_size)
 
 
 # ------------------------------------------------------------- shared options parsed identically
 
 
-SHARED = ["--dataset", "digits", "--shots", "4", "--seed", "3", "--n-ctx", "8", "--csc", "--class-token-position",
-          "middle", "--beta", "0.5", "--alpha", "2", "--norm-type", "l1", "--pan-positions", "2", "--pan-factor",
-          "0.2", "--omega", "constant", "--lr", "0.01", "--batch-size", "16", "--epochs", "3",
-          "--checkpoints", "/tmp/ck", "--reports", "/tmp/rep", "--data-root", "/tmp/data", "--device", "cpu",
-          "--offline", "--cache-dir", "/tmp/cache", "--quiet"]
+SHARED = [
+    "--dataset",
+    "digits",
+    "--shots",
+    "4",
+    "--seed",
+    "3",
+    "--n-ctx",
+    "8",
+    "--csc",
+    "--class-token-position",
+    "middle",
+    "--beta",
+    "0.5",
+    "--alpha",
+    "2",
+    "--norm-type",
+    "l1",
+    "--pan-positions",
+    "2",
+    "--pan-factor",
+    "0.2",
+    "--omega",
+    "constant",
+    "--lr",
+    "0.01",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "3",
+    "--checkpoints",
+    "/tmp/ck",
+    "--reports",
+    "/tmp/rep",
+    "--data-root",
+    "/tmp/data",
+    "--device",
+    "cpu",
+    "--offline",
+    "--cache-dir",
+    "/tmp/cache",
+    "--quiet",
+]
 EXPECTED_CONFIG = RunConfig(
     dataset="digits", shots=4, seed=3, epochs=3,
     prompt=PromptConfig(n_ctx=8, csc=True, class_token_position="middle"),
     nemesis=NemesisConfig(beta=0.5, weight=2.0, norm_type="l1", pan_positions=2, pan_factor=0.2, omega="constant"),
     optim=OptimConfig(lr=0.01, batch_size=16),
 )  # fmt: skip
-EXPECTED_SESSION = Session(checkpoints_dir=Path("/tmp/ck"), reports_dir=Path("/tmp/rep"), device="cpu", offline=True,
-                           data_root=Path("/tmp/data"), weights_cache_dir=Path("/tmp/cache"), progress=False)
+EXPECTED_SESSION = Session(
+    checkpoints_dir=Path("/tmp/ck"),
+    reports_dir=Path("/tmp/rep"),
+    device="cpu",
+    offline=True,
+    data_root=Path("/tmp/data"),
+    weights_cache_dir=Path("/tmp/cache"),
+    progress=False,
+)
 
 
 class Calls:
@@ -114,7 +201,14 @@ class Calls:
         raise typer.Exit(0)
 
     def sweep(self, config, session, grid, **kwargs):
-        self.calls.append(("corrupt", config, session, dict(grid=grid, **{k: kwargs[k] for k in ("seeds", "prompt", "chunk", "force")})))
+        self.calls.append(
+            (
+                "corrupt",
+                config,
+                session,
+                dict(grid=grid, **{k: kwargs[k] for k in ("seeds", "prompt", "chunk", "force")}),
+            )
+        )
         return []
 
 
@@ -128,8 +222,24 @@ def calls(monkeypatch):
 
 def test_train_and_corrupt_parse_shared_options_identically(calls):
     assert runner.invoke(app, ["train", *SHARED, "--force"]).exit_code == 0
-    result = runner.invoke(app, ["corrupt", *SHARED, "--force", "--ops", "rescale", "--positions", "0-2",
-                                 "--factors", "0,2", "--seeds", "1,2", "--chunk", "5"])
+    result = runner.invoke(
+        app,
+        [
+            "corrupt",
+            *SHARED,
+            "--force",
+            "--ops",
+            "rescale",
+            "--positions",
+            "0-2",
+            "--factors",
+            "0,2",
+            "--seeds",
+            "1,2",
+            "--chunk",
+            "5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     (_, train_config, train_session, train_kw), (_, corrupt_config, corrupt_session, corrupt_kw) = calls.calls
     assert train_config == corrupt_config == EXPECTED_CONFIG
@@ -153,19 +263,38 @@ def test_defaults_give_the_default_config_and_session(calls, monkeypatch):
 def test_precedence_defaults_file_flags_set(calls, tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('shots = 4\nbackbone = "nemesis-tiny"\n[nemesis]\nbeta = 0.5\nweight = 3.0\n[optim]\nlr = 0.01\n')
-    result = runner.invoke(app, ["train", "--config", str(path), "--shots", "2", "--alpha", "2",
-                                 "--set", "nemesis.weight=5", "--set", "optim.batch_size=8"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(path),
+            "--shots",
+            "2",
+            "--alpha",
+            "2",
+            "--set",
+            "nemesis.weight=5",
+            "--set",
+            "optim.batch_size=8",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    (_, config, _, _), = calls.calls
+    ((_, config, _, _),) = calls.calls
     # file: shots 4, beta 0.5, weight 3, lr 0.01; flags: shots 2, weight 2; --set: weight 5, batch 8.
     assert (config.shots, config.nemesis.beta, config.nemesis.weight, config.optim.lr, config.optim.batch_size) == (
-        2, 0.5, 5.0, 0.01, 8)
+        2,
+        0.5,
+        5.0,
+        0.01,
+        8,
+    )
     assert config.prompt == PromptConfig() and config.seed == 1  # untouched fields keep their defaults
 
 
 def test_print_config_prints_resolved_toml_and_trains_nothing(calls, tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('shots = 4\n[nemesis]\nbeta = 1.0\n')
+    path.write_text("shots = 4\n[nemesis]\nbeta = 1.0\n")
     result = runner.invoke(app, ["train", "--config", str(path), "--set", "optim.lr=0.005", "--print-config"])
     assert result.exit_code == 0, result.output
     assert calls.calls == []
@@ -220,7 +349,7 @@ def test_corrupt_run_sweeps_an_existing_run_with_its_own_config(calls, tmp_path)
     (run_dir / "config.json").write_text(__import__("json").dumps(trained.to_dict()))
     result = runner.invoke(app, ["corrupt", "--run", trained.run_id[:6], "--checkpoints", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    (_, config, session, _), = calls.calls
+    ((_, config, session, _),) = calls.calls
     assert config == trained and config.run_id == trained.run_id and session.checkpoints_dir == tmp_path
     missing = runner.invoke(app, ["corrupt", "--run", "ffffff", "--checkpoints", str(tmp_path)])
     assert missing.exit_code == 2 and "no run 'ffffff'" in missing.output

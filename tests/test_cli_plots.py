@@ -13,14 +13,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from safetensors.numpy import save_file
 from matplotlib.container import ErrorbarContainer
+from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
-from nemesis_analysis.report import analysis, figures
-from nemesis_analysis.storage import schema, store
 from nemesis_analysis.cli import app
 from nemesis_analysis.errors import ConfigError
+from nemesis_analysis.report import analysis, figures
+from nemesis_analysis.storage import schema, store
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PDF_MAGIC = b"%PDF-"
@@ -55,7 +55,13 @@ def identity(regularizer: str, dataset: str, shots: int, seed: int) -> dict:
 
 def final_acc(regularizer: str, dataset: str, shots: int, seed: int) -> float:
     # digits 4-shot coop: seeds 1, 2 -> 70, 74 (mean 72, sample std 2*sqrt(2)).
-    return 60.0 + 2.5 * shots + (5.0 if regularizer == "nemesis-pun" else 0.0) + (10.0 if dataset == "eurosat" else 0.0) + 4.0 * (seed - 1)
+    return (
+        60.0
+        + 2.5 * shots
+        + (5.0 if regularizer == "nemesis-pun" else 0.0)
+        + (10.0 if dataset == "eurosat" else 0.0)
+        + 4.0 * (seed - 1)
+    )
 
 
 def position_norm(regularizer: str, position: int, epoch: int) -> float:
@@ -104,10 +110,14 @@ def write_tables(reports: Path, checkpoints: Path | None = None, corruptions: bo
                                  "low_norm_effect": False, "n_test": 100})  # fmt: skip
                     for position in range(N_CTX):
                         before = norms[position]
-                        cases = [("rescale", f, before * f) for f in RESCALE] + [("replace", s, s * math.sqrt(8)) for s in REPLACE]
+                        cases = [("rescale", f, before * f) for f in RESCALE] + [
+                            ("replace", s, s * math.sqrt(8)) for s in REPLACE
+                        ]
                         for op, factor, after in cases:
                             reduces = after < before
-                            delta = (1.0 + position + factor) if (reduces and effect(position, seed)) else -(1.0 + factor)
+                            delta = (
+                                (1.0 + position + factor) if (reduces and effect(position, seed)) else -(1.0 + factor)
+                            )
                             corr.append({**ident, "op": op, "position": position, "factor": factor, "rep": 0,
                                          "acc": acc + delta, "acc_original": acc, "delta": delta, "norm_before": before,
                                          "norm_after": after, "low_norm_effect": bool(reduces and delta > 0), "n_test": 100})  # fmt: skip
@@ -148,7 +158,10 @@ def printed_path(result) -> Path:
 PLOT_COMMANDS = {
     "frequency": ([], "frequency"),
     "trajectory": (["--dataset", "digits", "--shots", "4", "--seed", "1"], "trajectory_digits_4shot_seed1"),
-    "trajectory-positions": (["--dataset", "digits", "--shots", "4", "--seed", "1", "--per-position"], "trajectory_digits_4shot_seed1_positions"),
+    "trajectory-positions": (
+        ["--dataset", "digits", "--shots", "4", "--seed", "1", "--per-position"],
+        "trajectory_digits_4shot_seed1_positions",
+    ),
     "heatmap": (["--dataset", "digits"], "heatmap_digits"),
     "norms": (["--run", run_id("coop", "digits", 4, 1)], f"norms_{run_id('coop', 'digits', 4, 1)}"),
 }
@@ -182,7 +195,9 @@ def test_plot_formats(runner, reports, command, fmt):
 
 def test_out_option_and_suffix(runner, reports, tmp_path):
     out = tmp_path / "elsewhere" / "fig.svg"
-    result = invoke(runner, "plot", "norms", "--run", run_id("coop", "digits", 1, 2), "--reports", reports, "--out", out)
+    result = invoke(
+        runner, "plot", "norms", "--run", run_id("coop", "digits", 1, 2), "--reports", reports, "--out", out
+    )
     assert result.exit_code == 0, result.output
     assert printed_path(result) == out and b"<svg" in out.read_bytes()[:2000]  # format from the suffix
     out_png = tmp_path / "noext"
@@ -214,9 +229,15 @@ def test_no_data_names_the_command(runner, tmp_path, command, args, producer):
 
 
 def test_no_match_lists_what_exists(runner, reports):
-    result = invoke(runner, "plot", "trajectory", "--dataset", "digits", "--shots", "16", "--seed", "1", "--reports", reports)
+    result = invoke(
+        runner, "plot", "trajectory", "--dataset", "digits", "--shots", "16", "--seed", "1", "--reports", reports
+    )
     assert result.exit_code == 2
-    assert "shots=16" in result.output and "1, 4" in result.output and "nemesis train --dataset digits --shots 16" in result.output
+    assert (
+        "shots=16" in result.output
+        and "1, 4" in result.output
+        and "nemesis train --dataset digits --shots 16" in result.output
+    )
     result = invoke(runner, "plot", "frequency", "--datasets", "dtd", "--reports", reports)
     assert result.exit_code == 2 and "digits, eurosat" in result.output
 
@@ -271,9 +292,13 @@ def test_trajectory_keeps_one_comparable_run_per_method(reports):
     store.append_rows(reports, "trajectories", other)
     store.append_rows(reports, "trajectories", rerun)
     fig = figures.trajectory_figure(reports, "digits", 4, 1)
-    lines = {line.get_label(): line for line in fig.axes[0].get_lines() if line.get_label() in ("CoOp", "Nemesis (PUN)")}
+    lines = {
+        line.get_label(): line for line in fig.axes[0].get_lines() if line.get_label() in ("CoOp", "Nemesis (PUN)")
+    }
     # The n_ctx=4 set holds both regularizers, so it wins over the newer single CoOp run.
-    np.testing.assert_allclose(lines["CoOp"].get_ydata(), [np.mean([position_norm("coop", p, e) for p in range(N_CTX)]) for e in range(EPOCHS)])
+    np.testing.assert_allclose(
+        lines["CoOp"].get_ydata(), [np.mean([position_norm("coop", p, e) for p in range(N_CTX)]) for e in range(EPOCHS)]
+    )
     np.testing.assert_allclose(lines["Nemesis (PUN)"].get_ydata(), [0.5] * EPOCHS)  # the newest PUN run
     assert "seed 1" in fig.axes[0].get_title()
 
@@ -323,7 +348,9 @@ def test_summary_tables_and_files(runner, reports):
     row = runs[(runs.dataset == "eurosat") & (runs.shots == 1) & (runs.regularizer == "nemesis-pun")].iloc[0]
     assert row.final_test_acc_mean == pytest.approx(60 + 2.5 + 5 + 10 + 2)  # seeds: +0, +4
     assert row.zero_shot_acc_mean == pytest.approx(41.5) and row.zero_shot_acc_std == pytest.approx(math.sqrt(0.5))
-    assert row.mean_norm_mean == pytest.approx(np.mean([position_norm("nemesis-pun", p, EPOCHS - 1) for p in range(N_CTX)]))
+    assert row.mean_norm_mean == pytest.approx(
+        np.mean([position_norm("nemesis-pun", p, EPOCHS - 1) for p in range(N_CTX)])
+    )
     markdown = (reports / "summary_runs.md").read_text()
     assert "| 72.00 ± 2.83" in markdown and "| 50.00 ± 0.00" in markdown
 
@@ -348,7 +375,9 @@ def write_pre_rename_copy(reports: Path, old: Path) -> None:
             arrow = pq.read_table(part)
             target = old / table / part.name
             target.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(arrow.rename_columns(["method" if n == "regularizer" else n for n in arrow.column_names]), target)
+            pq.write_table(
+                arrow.rename_columns(["method" if n == "regularizer" else n for n in arrow.column_names]), target
+            )
 
 
 def frequency_lines(fig) -> dict[str, tuple[list, list]]:
@@ -367,17 +396,43 @@ def test_parts_written_before_the_regularizer_rename_read_everywhere(runner, rep
     for folder, out in ((old, tmp_path / "old-summary"), (reports, tmp_path / "new-summary")):
         assert invoke(runner, "summary", "--reports", folder, "--out", out).exit_code == 0
     for name in ("runs", "corruptions", "frequency", "frequency_counts"):
-        assert (tmp_path / "old-summary" / f"summary_{name}.csv").read_text() == (tmp_path / "new-summary" / f"summary_{name}.csv").read_text()
+        assert (tmp_path / "old-summary" / f"summary_{name}.csv").read_text() == (
+            tmp_path / "new-summary" / f"summary_{name}.csv"
+        ).read_text()
     assert "regularizer" in pd.read_csv(tmp_path / "old-summary" / "summary_runs.csv").columns
     # analysis on the tables read back
     frequency = analysis.low_norm_frequency(store.read_table(old, "corruptions"))
     assert set(frequency.regularizer) == {"coop"} and len(frequency) == len(DATASETS) * len(SHOTS)
     # plots: --regularizer filters old parts; the former --method spelling still works
-    assert frequency_lines(figures.frequency_figure(old, regularizer="coop")) == frequency_lines(figures.frequency_figure(reports))
-    assert invoke(runner, "plot", "frequency", "--regularizer", "coop", "--reports", old, "--out", tmp_path / "f.png").exit_code == 0
-    assert invoke(runner, "plot", "heatmap", "--dataset", "digits", "--method", "coop", "--reports", old, "--out", tmp_path / "h.png").exit_code == 0
+    assert frequency_lines(figures.frequency_figure(old, regularizer="coop")) == frequency_lines(
+        figures.frequency_figure(reports)
+    )
+    assert (
+        invoke(
+            runner, "plot", "frequency", "--regularizer", "coop", "--reports", old, "--out", tmp_path / "f.png"
+        ).exit_code
+        == 0
+    )
+    assert (
+        invoke(
+            runner,
+            "plot",
+            "heatmap",
+            "--dataset",
+            "digits",
+            "--method",
+            "coop",
+            "--reports",
+            old,
+            "--out",
+            tmp_path / "h.png",
+        ).exit_code
+        == 0
+    )
     refused = runner.invoke(app, ["plot", "frequency", "--regularizer", "nemesis-pun", "--reports", str(old)])
-    assert refused.exit_code == 2 and "regularizer=nemesis-pun" in refused.output and "regularizer: coop" in refused.output
+    assert (
+        refused.exit_code == 2 and "regularizer=nemesis-pun" in refused.output and "regularizer: coop" in refused.output
+    )
     traj = figures.trajectory_figure(old, "digits", 4, 1)
     assert {line.get_label() for line in traj.axes[0].get_lines()} >= {"CoOp", "Nemesis (PUN)"}
 
@@ -404,7 +459,9 @@ def test_summary_compare_to_pairs_matched_runs(runner, reports):
     assert len(comparison) == len(DATASETS) * len(SHOTS) and set(comparison.regularizer) == {"nemesis-pun"}
     assert (comparison.n_pairs == len(SEEDS)).all()
     assert comparison.mean_diff.to_numpy() == pytest.approx(5.0)  # final_acc: PUN is CoOp + 5 on every seed
-    assert comparison.ci95_low.to_numpy() == pytest.approx(5.0) and comparison.ci95_high.to_numpy() == pytest.approx(5.0)
+    assert comparison.ci95_low.to_numpy() == pytest.approx(5.0) and comparison.ci95_high.to_numpy() == pytest.approx(
+        5.0
+    )
     assert "mean_diff" in (reports / "summary_comparison.md").read_text()
     refused = invoke(runner, "summary", "--reports", reports, "--compare-to", "kgcoop")
     assert refused.exit_code == 2 and "no kgcoop runs to compare with" in refused.output

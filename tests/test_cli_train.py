@@ -39,8 +39,9 @@ runner = CliRunner()
 )
 def test_train_errors_are_one_line_exit_2(args, message, tmp_path, monkeypatch):
     monkeypatch.delenv("NEMESIS_DATA", raising=False)
-    result = runner.invoke(app, ["train", "--quiet", "--checkpoints", str(tmp_path / "ck"),
-                                 "--reports", str(tmp_path / "rep"), *args])
+    result = runner.invoke(
+        app, ["train", "--quiet", "--checkpoints", str(tmp_path / "ck"), "--reports", str(tmp_path / "rep"), *args]
+    )
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
@@ -49,8 +50,19 @@ def test_train_errors_are_one_line_exit_2(args, message, tmp_path, monkeypatch):
 
 
 def test_train_cli_writes_tables(checkpoints_dir, tmp_path):
-    args = ["train", "--quiet", "--shots", "1", "--epochs", "2", "--pun", "--checkpoints", str(checkpoints_dir),
-            "--reports", str(tmp_path)]
+    args = [
+        "train",
+        "--quiet",
+        "--shots",
+        "1",
+        "--epochs",
+        "2",
+        "--pun",
+        "--checkpoints",
+        str(checkpoints_dir),
+        "--reports",
+        str(tmp_path),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "nemesis-pun" in result.output and "zero-shot accuracy" in result.output
@@ -63,8 +75,22 @@ def test_train_cli_writes_tables(checkpoints_dir, tmp_path):
 
 
 def test_recipe_paper_prints_and_records_every_change(checkpoints_dir, tmp_path):
-    args = ["train", "--quiet", "--shots", "1", "--n-ctx", "2", "--csc", "--pun", "--recipe", "paper",
-            "--checkpoints", str(checkpoints_dir), "--reports", str(tmp_path)]
+    args = [
+        "train",
+        "--quiet",
+        "--shots",
+        "1",
+        "--n-ctx",
+        "2",
+        "--csc",
+        "--pun",
+        "--recipe",
+        "paper",
+        "--checkpoints",
+        str(checkpoints_dir),
+        "--reports",
+        str(tmp_path),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     changes = "epochs=50 (CoOp table), optim.drop_last=True, nemesis.csc_reduction=sum"
@@ -74,8 +100,21 @@ def test_recipe_paper_prints_and_records_every_change(checkpoints_dir, tmp_path)
 
 
 def test_corrupt_recipe_paper_uses_the_corruption_scripts_epochs(tmp_path):
-    result = runner.invoke(app, ["corrupt", "--shots", "2", "--recipe", "paper", "--print-config",
-                                 "--checkpoints", str(tmp_path / "ck"), "--reports", str(tmp_path / "rep")])
+    result = runner.invoke(
+        app,
+        [
+            "corrupt",
+            "--shots",
+            "2",
+            "--recipe",
+            "paper",
+            "--print-config",
+            "--checkpoints",
+            str(tmp_path / "ck"),
+            "--reports",
+            str(tmp_path / "rep"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "recipe paper: epochs=50 (corruption-script table), optim.drop_last=True" in result.output
     assert "\nepochs = 50\n" in result.output and "drop_last = true" in result.output

@@ -120,10 +120,15 @@ def test_run_ids_are_unchanged():
     text = json.dumps(unversioned, sort_keys=True, separators=(",", ":"))
     assert hashlib.sha256(text.encode()).hexdigest()[:12] == "972e6ed68120"
     assert RunConfig().run_id == "3be15d598b22"
-    assert RunConfig(dataset="caltech101", shots=4, seed=2, backbone="RN50", pretrained="openai").run_id == "c69fdbf55c1d"
+    assert (
+        RunConfig(dataset="caltech101", shots=4, seed=2, backbone="RN50", pretrained="openai").run_id == "c69fdbf55c1d"
+    )
     assert RunConfig(nemesis=NemesisConfig(beta=0.5, weight=2.0, norm_type="l1")).run_id == "92f46cc90ec4"
-    config = RunConfig(prompt=PromptConfig(n_ctx=4, csc=True, class_token_position="middle"),
-                       optim=OptimConfig(lr=0.01, batch_size=8), epochs=5)
+    config = RunConfig(
+        prompt=PromptConfig(n_ctx=4, csc=True, class_token_position="middle"),
+        optim=OptimConfig(lr=0.01, batch_size=8),
+        epochs=5,
+    )
     assert config.run_id == "344f04a9db9d"
     # What the paper recipe used to produce for Food101 + PAN (weight 50 on both terms) keeps its id; the
     # recipe now reproduces the reference (PAN's weight only, the last-batch rule, its epochs): a new id.
@@ -133,8 +138,9 @@ def test_run_ids_are_unchanged():
     assert paper.run_id == "51cee5f218a3"
 
 
-@pytest.mark.parametrize("dotted, value", [("optim.drop_last", True), ("nemesis.pan_weight", 50.0),
-                                           ("nemesis.csc_reduction", "sum")])
+@pytest.mark.parametrize(
+    "dotted, value", [("optim.drop_last", True), ("nemesis.pan_weight", 50.0), ("nemesis.csc_reduction", "sum")]
+)
 def test_fields_added_later_enter_the_run_id_only_off_their_default(dotted, value):
     section, name = dotted.split(".")
     default = getattr(getattr(RunConfig(), section), name)
@@ -179,9 +185,20 @@ def test_set_refuses_unknown_keys_and_bad_values(text, message):
 
 
 def test_toml_round_trip_of_every_field(tmp_path):
-    config = build(**{"dataset": "caltech101", "shots": 4, "epochs": 7, "precision": "fp32", "prompt.csc": True,
-                      "prompt.ctx_init": 'a "quoted" photo', "nemesis.beta": 0.25, "nemesis.norm_type": "inf",
-                      "optim.lr": 1e-5, "optim.weight_decay": 0.0})
+    config = build(
+        **{
+            "dataset": "caltech101",
+            "shots": 4,
+            "epochs": 7,
+            "precision": "fp32",
+            "prompt.csc": True,
+            "prompt.ctx_init": 'a "quoted" photo',
+            "nemesis.beta": 0.25,
+            "nemesis.norm_type": "inf",
+            "optim.lr": 1e-5,
+            "optim.weight_decay": 0.0,
+        }
+    )
     path = tmp_path / "run.toml"
     path.write_text(to_toml(config))
     again = build(**load_config_file(path))
@@ -208,7 +225,7 @@ def test_config_file_refuses_unknown_keys_and_bad_toml(tmp_path, text, message):
 
 def test_config_file_values_are_validated_with_the_dotted_name(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('[optim]\nlr = nan\n[nemesis]\nbeta = 0.5\n')
+    path.write_text("[optim]\nlr = nan\n[nemesis]\nbeta = 0.5\n")
     with pytest.raises(FieldError, match="optim.lr must be a finite number, got nan"):
         build(**load_config_file(path))
     path.write_text('shots = "4"\n')

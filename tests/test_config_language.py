@@ -46,13 +46,17 @@ def test_a_study_grid_takes_run_settings_by_dotted_name(tmp_path, checkpoints_di
     result = runner.invoke(app, ["study", "plan", str(path), "--json"])
     assert result.exit_code == 0, result.output
     train = [job for job in json.loads(result.output)["jobs"] if job["kind"] == "train"]
-    shown = [(job["config"]["seed"], job["config"]["prompt"]["method"], job["config"]["kgcoop"]["weight"]) for job in train]
+    shown = [
+        (job["config"]["seed"], job["config"]["prompt"]["method"], job["config"]["kgcoop"]["weight"]) for job in train
+    ]
     assert shown == [(1, "coop", 8.0), (1, "kgcoop", 4.0), (2, "coop", 8.0), (2, "kgcoop", 4.0)]
     for job in train:  # the config shown is the run's: it hashes to the job's run id
         assert RunConfig.from_dict(job["config"]).run_id == job["run_id"]
     kg = RunConfig.from_dict(train[1]["config"])
-    assert kg.method_options().weight == 4.0 and kg.run_id != RunConfig.from_dict(
-        {**train[1]["config"], "kgcoop": {"weight": 8.0}}).run_id
+    assert (
+        kg.method_options().weight == 4.0
+        and kg.run_id != RunConfig.from_dict({**train[1]["config"], "kgcoop": {"weight": 8.0}}).run_id
+    )
 
 
 def test_the_kgcoop_study_runs(tmp_path, checkpoints_dir):
@@ -87,14 +91,18 @@ def test_impossible_combinations_are_refused_at_plan_time_with_the_grid_point(tm
     plot.write_text(text.replace("epochs = 2", 'epochs = 2\nprompt.method = ["coop", "plot"]'))
     with pytest.raises(StudyFileError) as error:
         expand_jobs(load_study(plot))
-    assert str(error.value).startswith("grid (digits, nemesis-tiny, 2 shots, seed 1, coop, prompt.method=plot): prompt.csc")
+    assert str(error.value).startswith(
+        "grid (digits, nemesis-tiny, 2 shots, seed 1, coop, prompt.method=plot): prompt.csc"
+    )
     result = runner.invoke(app, ["study", "plan", str(plot)])
     assert result.exit_code == 2 and "prompt.method=plot" in result.output
 
 
 def test_a_method_section_no_grid_point_uses_is_refused(tmp_path, checkpoints_dir):
     path = write_tiny_study(tmp_path, checkpoints_dir, extra="\n[plot]\nnum_prompts = 2\n")
-    with pytest.raises(StudyFileError, match="plot.num_prompts applies to prompt.method = plot only, and no grid point"):
+    with pytest.raises(
+        StudyFileError, match="plot.num_prompts applies to prompt.method = plot only, and no grid point"
+    ):
         expand_jobs(load_study(path))
 
 
@@ -103,7 +111,9 @@ def test_variants_may_set_any_nemesis_field(tmp_path, checkpoints_dir):
     text = write_tiny_study(tmp_path, checkpoints_dir, extra=extra).read_text()
     path = tmp_path / "variants.toml"
     path.write_text(text.replace('methods = ["coop", "pun"]', 'methods = ["pan0"]'))
-    configs = [RunConfig.from_dict(job.payload["config"]) for job in expand_jobs(load_study(path)) if job.kind == "train"]
+    configs = [
+        RunConfig.from_dict(job.payload["config"]) for job in expand_jobs(load_study(path)) if job.kind == "train"
+    ]
     assert {(c.nemesis.beta, c.nemesis.pan_factor, c.nemesis.pan_weight, c.nemesis.csc_reduction.value)
             for c in configs} == {(0.0, 0.0, 50.0, "sum")}  # fmt: skip
 
@@ -138,7 +148,10 @@ def test_set_lists_only_real_keys():
     "args, message",
     [
         (["--set", "nemesis.norm_type=l3"], "nemesis.norm_type: unknown norm type 'l3'; choose one of: l2, l1, inf"),
-        (["--norm-type", "l3"], "nemesis.norm_type: unknown norm type 'l3'; choose one of: l2, l1, inf (flag --norm-type)"),
+        (
+            ["--norm-type", "l3"],
+            "nemesis.norm_type: unknown norm type 'l3'; choose one of: l2, l1, inf (flag --norm-type)",
+        ),
         (["--method", "plot", "--csc"], "prompt.csc: prompt method plot learns generic context only"),
         (["--method", "cocoop", "--csc"], "prompt method cocoop learns generic context only"),
     ],
@@ -208,15 +221,38 @@ def test_a_method_declared_elsewhere_is_in_help_print_config_studies_and_corrupt
     help_text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
     assert "--toy-temperature" in help_text and "divides the toy's logits" in help_text
     printed = runner.invoke(app, ["train", "--method", "toy", "--toy-temperature", "2", "--print-config"])
-    assert printed.exit_code == 0 and '[toy]\ntemperature = 2.0' in printed.stdout
+    assert printed.exit_code == 0 and "[toy]\ntemperature = 2.0" in printed.stdout
     assert runner.invoke(app, ["train", "--toy-temperature", "2"]).exit_code == 2  # another method's option
     study = write_tiny_study(tmp_path, checkpoints_dir, extra="\n[toy]\ntemperature = 3.0\n")
     study.write_text(study.read_text().replace("epochs = 2", 'epochs = 2\nprompt.method = ["toy"]'))
     configs = [RunConfig.from_dict(j.payload["config"]) for j in expand_jobs(load_study(study)) if j.kind == "train"]
     assert {(c.prompt_method, c.method_options().temperature) for c in configs} == {("toy", 3.0)}
-    args = ["corrupt", "--method", "toy", "--toy-temperature", "2", "--shots", "1", "--epochs", "1", "--n-ctx", "2",
-            "--ops", "rescale", "--positions", "0", "--factors", "0.5", "--device", "cpu", "--quiet",
-            "--checkpoints", str(checkpoints_dir), "--reports", str(tmp_path / "reports")]
+    args = [
+        "corrupt",
+        "--method",
+        "toy",
+        "--toy-temperature",
+        "2",
+        "--shots",
+        "1",
+        "--epochs",
+        "1",
+        "--n-ctx",
+        "2",
+        "--ops",
+        "rescale",
+        "--positions",
+        "0",
+        "--factors",
+        "0.5",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--checkpoints",
+        str(checkpoints_dir),
+        "--reports",
+        str(tmp_path / "reports"),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = pd.read_parquet(tmp_path / "reports" / "corruptions")

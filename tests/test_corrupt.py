@@ -11,19 +11,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nemesis_analysis.storage import store
 from nemesis_analysis.cli import app
-from nemesis_analysis.config import PromptConfig, RunConfig
-from nemesis_analysis.storage.artifacts import check_fits, read_prompt
-from nemesis_analysis.corruption.ops import Corruption, GridSpec, apply_corruptions, expand_grid
-from nemesis_analysis.corruption.engine import auto_chunk, predict_corruptions
-from nemesis_analysis.errors import ConfigError, ModelError, NoDataError
 from nemesis_analysis.clip.features import image_features
-from nemesis_analysis.training.nemesis import position_norms
+from nemesis_analysis.config import PromptConfig, RunConfig
+from nemesis_analysis.corruption.engine import auto_chunk, predict_corruptions
+from nemesis_analysis.corruption.ops import Corruption, GridSpec, apply_corruptions, expand_grid
 from nemesis_analysis.corruption.reference import evaluate_naive
-from nemesis_analysis.corruption.sweep_runs import load_run_config, method_for_identity, sweep_runs, sweep_trained_run
-from nemesis_analysis.storage.schema import CORRUPTION_KEY
 from nemesis_analysis.corruption.sweep import format_summary, run_corruption_sweep
+from nemesis_analysis.corruption.sweep_runs import load_run_config, method_for_identity, sweep_runs, sweep_trained_run
+from nemesis_analysis.errors import ConfigError, ModelError, NoDataError
+from nemesis_analysis.storage import store
+from nemesis_analysis.storage.artifacts import check_fits, read_prompt
+from nemesis_analysis.storage.schema import CORRUPTION_KEY
+from nemesis_analysis.training.nemesis import position_norms
 from nemesis_analysis.training.train import train_prompt
 
 runner = CliRunner()
@@ -158,7 +158,9 @@ def test_resume_adds_only_missing_rows(tiny_context, generic_run, session):
     assert widened.rows_written == len(wider) - 5 and widened.rows_reused == 5
     new_keys = set(after[KEY].itertuples(index=False, name=None)) - before
     new_cells = {c.key() for c in wider} - {c.key() for c in small}  # (op, position, factor, rep)
-    assert new_keys == {(op, 0, position, factor, rep, 0) for op, position, factor, rep in new_cells}  # prompt 0, layer 0
+    assert new_keys == {
+        (op, 0, position, factor, rep, 0) for op, position, factor, rep in new_cells
+    }  # prompt 0, layer 0
     assert not after.duplicated(KEY).any()
 
 
@@ -389,7 +391,9 @@ def test_rerun_and_wider_grid_never_change_stored_counts(tiny_context, generic_r
     sweep_trained_run(session, generic_run, small)
     before = _table(session).set_index(KEY)[["n_gained", "n_lost", "p_value", "acc"]]
     sweep_trained_run(session, generic_run, small)
-    sweep_trained_run(session, generic_run, expand_grid(16, positions=[1, 2, 5], factors=[0.0, 0.5, 3.0], stds=[1.0], reps=2))
+    sweep_trained_run(
+        session, generic_run, expand_grid(16, positions=[1, 2, 5], factors=[0.0, 0.5, 3.0], stds=[1.0], reps=2)
+    )
     after = _table(session, dedupe=False)
     assert not after.duplicated(KEY).any()
     pd.testing.assert_frame_equal(after.set_index(KEY).loc[before.index, before.columns], before)

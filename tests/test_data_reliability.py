@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from nemesis_analysis.clip.features import feature_cache_key
 from nemesis_analysis.data import integrity
 from nemesis_analysis.data.custom import load_image_folder, load_manifest
 from nemesis_analysis.data.diagnose import diagnose_custom, diagnose_datasets
@@ -26,7 +27,6 @@ from nemesis_analysis.data.fixtures import (
 )
 from nemesis_analysis.data.registry import load_dataset
 from nemesis_analysis.errors import DataError
-from nemesis_analysis.clip.features import feature_cache_key
 
 # train: dog's folder is empty, owl has none; test: every class, owl only there; val: only fox.
 UNEVEN = {
@@ -71,8 +71,15 @@ def test_folder_with_uneven_splits_labels_every_image_by_one_class_list(tmp_path
 
 
 def test_manifest_with_uneven_splits_labels_every_image_by_one_class_list(tmp_path):
-    rows = [("train", "b", 2), ("train", "a", 3), ("val", "c", 1),
-            ("test", "a", 2), ("test", "b", 2), ("test", "c", 2), ("test", "d", 2)]  # d: test only
+    rows = [
+        ("train", "b", 2),
+        ("train", "a", 3),
+        ("val", "c", 1),
+        ("test", "a", 2),
+        ("test", "b", 2),
+        ("test", "c", 2),
+        ("test", "d", 2),
+    ]  # d: test only
     manifest = make_custom_manifest(tmp_path / "m", rows, name="m.parquet")
     data = load_manifest(manifest)
     assert data.classnames == ["a", "b", "c", "d"]
@@ -112,7 +119,9 @@ def test_check_shots_names_short_and_missing_classes_with_counts(tmp_path):
         one_line(excinfo)
     )
     assert check_shots(data, 3, allow_missing_classes=True) == [
-        ShortClass(1, "dog", 0), ShortClass(2, "fox", 2), ShortClass(3, "owl", 0)
+        ShortClass(1, "dog", 0),
+        ShortClass(2, "fox", 2),
+        ShortClass(3, "owl", 0),
     ]
     train, val = sample_train_shots(data, 2, seed=1, allow_missing_classes=True)
     assert sorted(s.label for s in train) == [0, 0, 2, 2] and [s.label for s in val] == [2]
@@ -169,8 +178,9 @@ def test_touching_or_replacing_a_file_changes_the_identity(tmp_path):
 
 
 def test_manifest_identity_follows_its_rows_and_files(tmp_path):
-    manifest = make_custom_manifest(tmp_path / "m", [("train", "a", 2), ("train", "b", 2), ("test", "a", 1),
-                                                     ("test", "b", 1)])
+    manifest = make_custom_manifest(
+        tmp_path / "m", [("train", "a", 2), ("train", "b", 2), ("test", "a", 1), ("test", "b", 1)]
+    )
     before = load_manifest(manifest)
     table = pd.read_csv(manifest)
     table.loc[table.split == "test", "label"] = ["b", "a"]  # same files, swapped test labels
@@ -265,8 +275,10 @@ def test_diagnose_reports_custom_dataset_problems(tmp_path):
     manifest = make_custom_manifest(tmp_path / "m", [("train", "a", 1), ("test", "a", 2)])
     (tmp_path / "m" / "img" / "test_a_1.png").unlink()
     (missing,) = diagnose_datasets(None, names=[f"manifest:{manifest}"])
-    assert missing.found and len(missing.problems) == 1 and "names 1 test file(s) that do not exist" in (
-        missing.problems[0]
+    assert (
+        missing.found
+        and len(missing.problems) == 1
+        and "names 1 test file(s) that do not exist" in (missing.problems[0])
     )
     assert not diagnose_custom(f"folder:{tmp_path / 'nowhere'}").found
 
@@ -278,8 +290,22 @@ runner = CliRunner()
 
 
 def train_args(spec: str, checkpoints: Path, reports: Path, shots: int = 1) -> list[str]:
-    return ["train", "--quiet", "--dataset", spec, "--backbone", "nemesis-tiny", "--shots", str(shots),
-            "--epochs", "1", "--checkpoints", str(checkpoints), "--reports", str(reports)]
+    return [
+        "train",
+        "--quiet",
+        "--dataset",
+        spec,
+        "--backbone",
+        "nemesis-tiny",
+        "--shots",
+        str(shots),
+        "--epochs",
+        "1",
+        "--checkpoints",
+        str(checkpoints),
+        "--reports",
+        str(reports),
+    ]
 
 
 def assert_one_line_exit_2(result, expected: str) -> None:
@@ -353,7 +379,9 @@ def test_replaced_dataset_names_its_own_splits(tmp_path):
 
 
 def _edited_manifest(tmp_path, edit) -> Path:
-    manifest = make_custom_manifest(tmp_path / "m", [("train", "a", 3), ("train", "b", 3), ("test", "a", 2), ("test", "b", 2)])
+    manifest = make_custom_manifest(
+        tmp_path / "m", [("train", "a", 3), ("train", "b", 3), ("test", "a", 2), ("test", "b", 2)]
+    )
     table = pd.read_csv(manifest)
     edit(table).to_csv(manifest, index=False)
     return manifest

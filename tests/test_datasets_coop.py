@@ -348,7 +348,7 @@ def test_diagnose_reports_every_planted_problem_and_modifies_nothing(tmp_path):
     ucf = reports["ucf101"]
     assert not ucf.found and ucf.counts == {} and ucf.root == root / "ucf101"
     assert ucf.problems == [
-        f"ucf101: not found at {root / 'ucf101'}; download it there " f"(see section 'UCF101' of {coop.DATASETS_MD})"
+        f"ucf101: not found at {root / 'ucf101'}; download it there (see section 'UCF101' of {coop.DATASETS_MD})"
     ]
     assert ucf.summary() == f"ucf101: not found at {root / 'ucf101'}"
 
@@ -357,7 +357,7 @@ def test_diagnose_reports_every_planted_problem_and_modifies_nothing(tmp_path):
         assert reports[name].ok, reports[name].problems
         assert reports[name].counts == dict(zip(("train", "val", "test"), expected_sizes(name)))
     assert reports["food101"].summary() == "food101: 3 classes, train=6 val=3 test=6, ok"
-    assert all(not "\n" in p for r in reports.values() for p in r.problems)
+    assert all("\n" not in p for r in reports.values() for p in r.problems)
 
 
 def test_diagnose_sample_size_bounds_the_images_opened(tmp_path):

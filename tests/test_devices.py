@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from study_helpers import TINY_STUDY
 from typer.testing import CliRunner
 
 from nemesis_analysis import devices
@@ -18,7 +19,6 @@ from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.session import Session
 from nemesis_analysis.study.executors import LocalExecutor, RayExecutor
 from nemesis_analysis.study.spec import load_study
-from study_helpers import TINY_STUDY
 
 runner = CliRunner()
 

@@ -10,18 +10,18 @@ import torch
 from typer.testing import CliRunner
 
 from nemesis_analysis import evaluate, protocols
-from nemesis_analysis.storage import store
 from nemesis_analysis.choices import Protocol
 from nemesis_analysis.cli import app
+from nemesis_analysis.clip.features import image_features
 from nemesis_analysis.config import OptimConfig, PromptConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits
 from nemesis_analysis.data.fewshot import sample_few_shot
 from nemesis_analysis.data.fixtures import make_fixture_root
 from nemesis_analysis.data.registry import load_dataset
 from nemesis_analysis.errors import ConfigError
-from nemesis_analysis.clip.features import image_features
 from nemesis_analysis.methods.coop import CoOp
 from nemesis_analysis.metrics import top1_accuracy
+from nemesis_analysis.storage import store
 from nemesis_analysis.training.train import train_prompt
 
 runner = CliRunner()
@@ -41,7 +41,16 @@ def test_evaluate_a_digits_run_equals_its_final_accuracy_and_reruns_add_nothing(
     reports = session.reports_dir
     run = train_prompt(_config(), session)
     assert run.extra.get("evaluations", []) == [] and not store.table_path(reports, "evaluations").exists()
-    args = ["evaluate", "--run", run.run_id, "--quiet", "--checkpoints", str(checkpoints_dir), "--reports", str(reports)]
+    args = [
+        "evaluate",
+        "--run",
+        run.run_id,
+        "--quiet",
+        "--checkpoints",
+        str(checkpoints_dir),
+        "--reports",
+        str(reports),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = _evaluations(reports)
@@ -66,7 +75,9 @@ def test_base2new_run_trains_on_base_and_records_base_and_new(tiny_context, sess
     split = json.loads((run.run_dir / "split.json").read_text())
     assert split["classnames"] == dataset.classnames[:5]
     drawn = sample_few_shot(dataset.train, 2, 2)  # the fewshot protocol's sample, over all ten classes
-    assert [[source, label] for source, label, _ in split["train"]] == [[s.source, s.label] for s in drawn if s.label < 5]
+    assert [[source, label] for source, label, _ in split["train"]] == [
+        [s.source, s.label] for s in drawn if s.label < 5
+    ]
     rows = _evaluations(reports).set_index("eval_classes")
     assert sorted(rows.index) == ["base", "new"] and set(rows.protocol) == {"base2new"}
     assert rows.loc["base", "acc"] == run.final_test_acc
@@ -99,8 +110,8 @@ def test_base2new_of_other_methods_evaluates_with_the_methods_own_scoring(method
     """CoCoOp's meta-network and PLOT's transport take part in protocol evaluations: the base evaluation
     equals the run's own final accuracy (computed by the training loop with the method itself), and the
     new-class evaluation equals the rebuilt method's own scores on the new test images."""
-    from nemesis_analysis.config import PLOTConfig
     from nemesis_analysis.clip.features import local_image_features
+    from nemesis_analysis.config import PLOTConfig
     from nemesis_analysis.methods import build_method_for_run
 
     options = {"plot": PLOTConfig(num_prompts=2)} if method == "plot" else {}
@@ -112,7 +123,11 @@ def test_base2new_of_other_methods_evaluates_with_the_methods_own_scoring(method
     dataset, loaded = tiny_context.dataset, tiny_context.loaded
     new = [i for i, s in enumerate(dataset.test) if s.label >= 5]
     features, _ = image_features(loaded, dataset, dataset.test, session.feature_cache, False)
-    local = local_image_features(loaded, dataset, dataset.test, session.feature_cache, False)[0][new] if method == "plot" else None
+    local = (
+        local_image_features(loaded, dataset, dataset.test, session.feature_cache, False)[0][new]
+        if method == "plot"
+        else None
+    )
     trained = build_method_for_run(run.config, loaded, dataset.classnames[5:])
     trained.load(run.run_dir)
     with torch.no_grad():
@@ -155,7 +170,9 @@ def test_200_way_equals_masked_1000_way_on_an_imagenet_a_like_fixture(tiny_conte
     loaded = tiny_context.loaded
     learner = CoOp(loaded, parent.classnames, PromptConfig(n_ctx=4), seed=3)
     ctx = learner.ctx.detach()
-    prompt = evaluate.LearnedPrompt(ctx, PromptConfig(n_ctx=4), parent.classnames, {"run_id": "x"}, Protocol.DG, tmp_path)
+    prompt = evaluate.LearnedPrompt(
+        ctx, PromptConfig(n_ctx=4), parent.classnames, {"run_id": "x"}, Protocol.DG, tmp_path
+    )
     subset_way = evaluate.evaluate_context(loaded, prompt, child, "all", tmp_path / "features", progress=False)
     assert subset_way.n_classes == 4 and subset_way.n_test == 4 * 3
     features, labels = evaluate.restrict_to_classes(

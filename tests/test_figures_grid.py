@@ -12,13 +12,18 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 from typer.testing import CliRunner
 
+from nemesis_analysis.cli import app
 from nemesis_analysis.report import analysis, figures, plots, summaries
 from nemesis_analysis.storage import store
-from nemesis_analysis.cli import app
 
 IDENTITY = {"dataset": "digits", "backbone": "tiny", "pretrained": "tiny", "regularizer": "coop", "n_ctx": 4, "csc": False,
             "class_token_position": "end", "precision": "fp32"}  # fmt: skip
-FULL = [(op, p, f) for op, factors in (("rescale", (0.0, 0.5, 2.0)), ("replace", (0.01, 1.0))) for p in range(4) for f in factors]
+FULL = [
+    (op, p, f)
+    for op, factors in (("rescale", (0.0, 0.5, 2.0)), ("replace", (0.01, 1.0)))
+    for p in range(4)
+    for f in factors
+]
 SMALL = [("rescale", p, f) for p in range(4) for f in (0.0, 0.5)]  # eight cells, a subset of FULL
 
 
@@ -84,7 +89,9 @@ def test_heatmap_has_a_row_per_shot_count_and_says_what_it_averages(tmp_path):
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert any("(4-shot)" in t for t in titles) and any("(16-shot)" in t for t in titles)
     suptitle = fig._suptitle.get_text()
-    assert "Digits" in suptitle and "one row per shot count" in suptitle and "3 seeds" in suptitle and "CoOp" in suptitle
+    assert (
+        "Digits" in suptitle and "one row per shot count" in suptitle and "3 seeds" in suptitle and "CoOp" in suptitle
+    )
     fig = figures.heatmap_figure(tmp_path, "digits", shots=4)
     assert "4-shot" in fig._suptitle.get_text() and "3 seeds" in fig._suptitle.get_text()
     grid4 = analysis.delta_grid(four, op="rescale")
@@ -132,7 +139,9 @@ def test_summary_table_command(tmp_path):
 def test_plot_frequency_as_count_command(tmp_path):
     store.append_rows(tmp_path, "corruptions", readme_scenario(16))
     runner = CliRunner()
-    result = runner.invoke(app, ["plot", "frequency", "--reports", str(tmp_path), "--as", "count", "--out", str(tmp_path / "c.png")])
+    result = runner.invoke(
+        app, ["plot", "frequency", "--reports", str(tmp_path), "--as", "count", "--out", str(tmp_path / "c.png")]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "c.png").stat().st_size > 5000
     result = runner.invoke(app, ["plot", "frequency", "--reports", str(tmp_path), "--as", "ratio"])

@@ -123,8 +123,13 @@ def test_only_runs_with_the_same_data_stream_are_siblings():
     assert group_by_stream(configs) == [[0, 2, 3], [1]]
 
 
-SIBLINGS_STUDY = {"seeds = [1, 2]": "seeds = [1]", "shots = [2]": "shots = [4]", "epochs = 2": "epochs = 3",
-                  'methods = ["coop", "pun"]': 'methods = ["coop", "pun", "pan"]', "n_ctx = 4": "n_ctx = 16"}
+SIBLINGS_STUDY = {
+    "seeds = [1, 2]": "seeds = [1]",
+    "shots = [2]": "shots = [4]",
+    "epochs = 2": "epochs = 3",
+    'methods = ["coop", "pun"]': 'methods = ["coop", "pun", "pan"]',
+    "n_ctx = 4": "n_ctx = 16",
+}
 
 
 def test_study_runner_trains_siblings_as_one_group_equal_to_solo(solo_runs, tmp_path, checkpoints_dir, monkeypatch):
@@ -195,9 +200,14 @@ def test_a_group_outcome_becomes_each_members_own():
     from nemesis_analysis.study.groups import bundle, member_outcomes
     from nemesis_analysis.study.plan import Job
 
-    members = [Job(f"train:{c.run_id}", "train", "digits", c.run_id, "", payload={"config": c.to_dict()}) for c in _siblings()]
+    members = [
+        Job(f"train:{c.run_id}", "train", "digits", c.run_id, "", payload={"config": c.to_dict()}) for c in _siblings()
+    ]
     group, _ = bundle(members, [])[0]
-    entries = {members[0].id: {"ok": True, "summary": {"reused": False}}, members[1].id: {"ok": False, "error": "diverged"}}
+    entries = {
+        members[0].id: {"ok": True, "summary": {"reused": False}},
+        members[1].id: {"ok": False, "error": "diverged"},
+    }
     done = member_outcomes(Outcome(group.id, True, summary={"members": entries}, host="h", seconds=3.0), members)
     assert [(o.job_id, o.ok, o.error, o.seconds) for o in done] == [
         (members[0].id, True, "", 1.0), (members[1].id, False, "diverged", 1.0),

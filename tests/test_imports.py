@@ -95,7 +95,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 stack.pop()
                 path.pop()
             elif colour.get(child) == 1:
-                return path[path.index(child):] + [child]
+                return path[path.index(child) :] + [child]
             elif colour.get(child) == 0:
                 colour[child] = 1
                 path.append(child)
@@ -105,7 +105,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_type_only_imports_are_edges(tmp_path, monkeypatch):
     module = tmp_path / "typed.py"
-    module.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from nemesis_analysis.data.base import Sample\n")
+    module.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from nemesis_analysis.data.base import Sample\n"
+    )
     monkeypatch.setitem(MODULES, f"{PACKAGE}.typed", module)
     assert (f"{PACKAGE}.data.base", "Sample", 3) in imports_of(f"{PACKAGE}.typed")
 
@@ -144,8 +146,12 @@ def private_imports() -> list[str]:
                     if local and full in MODULES and full != module:
                         bound[local] = full
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
-                    and _is_private(node.attr)):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in bound
+                and _is_private(node.attr)
+            ):
                 problems.append(f"{module}:{node.lineno} uses {bound[node.value.id]}.{node.attr}")
     return problems
 
@@ -156,7 +162,18 @@ def test_no_module_imports_a_private_name_from_another():
 
 
 @pytest.mark.parametrize(
-    "module", ["storage.schema", "report.analysis", "report.plots", "storage.store", "report.figures", "report.summaries", "report.tables", "config", "cli"]
+    "module",
+    [
+        "storage.schema",
+        "report.analysis",
+        "report.plots",
+        "storage.store",
+        "report.figures",
+        "report.summaries",
+        "report.tables",
+        "config",
+        "cli",
+    ],
 )
 def test_module_imports_without_torch(module):
     code = f"import sys, nemesis_analysis.{module}; print('torch' in sys.modules)"
@@ -170,10 +187,14 @@ def test_dataset_registry_imports_no_reader_and_is_complete_whatever_is_imported
     assert not {target for target, _, _ in imports_of(f"{PACKAGE}.data.registry")} & readers
     source = MODULES[f"{PACKAGE}.data.registry"].read_text()
     assert "except ImportError" not in source  # a broken reader must fail loudly, not read as "unknown dataset"
-    code = ("import nemesis_analysis.data.registry as r; "
-            "print(len(r.dataset_names()), 'digits' in r.DATASETS, sorted(r.DATASET_KINDS))")
+    code = (
+        "import nemesis_analysis.data.registry as r; "
+        "print(len(r.dataset_names()), 'digits' in r.DATASETS, sorted(r.DATASET_KINDS))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, timeout=120)
-    assert result.stdout.strip().split(maxsplit=2) == ["16", "True", "['folder', 'manifest']"], result.stdout + result.stderr
+    assert result.stdout.strip().split(maxsplit=2) == ["16", "True", "['folder', 'manifest']"], (
+        result.stdout + result.stderr
+    )
 
 
 def test_at_most_15_modules_at_the_package_top():
@@ -193,7 +214,11 @@ def test_every_public_name_resolves_to_its_module():
 
 def test_public_table_and_figure_names_import_no_torch():
     exports = nemesis_analysis._EXPORTS
-    light = [n for n, m in exports.items() if m.startswith((f"{PACKAGE}.report.", f"{PACKAGE}.storage.", f"{PACKAGE}.errors"))]
+    light = [
+        n
+        for n, m in exports.items()
+        if m.startswith((f"{PACKAGE}.report.", f"{PACKAGE}.storage.", f"{PACKAGE}.errors"))
+    ]
     assert {"read_table", "frequency_figure", "summary_tables", "low_norm_frequency"} <= set(light)
     code = f"import sys; from nemesis_analysis import {', '.join(light)}; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, timeout=120)

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig
-from nemesis_analysis.methods.declarations import MapleConfig
 from nemesis_analysis.corruption.engine import variant_outcomes
 from nemesis_analysis.corruption.ops import GridSpec
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.methods import build_method
+from nemesis_analysis.methods.declarations import MapleConfig
 from nemesis_analysis.methods.maple import check_vit, official_tensors
 
 
@@ -164,7 +164,9 @@ def test_a_rescale_is_invisible_only_where_layernorm_hides_it(tiny_context):
         assert rescale_visibility(method, pixels, [2, 0], factor=1.0) == [True, True]  # the identity
         # the coupled vision prompt is no longer proportional (a constant bias would not do: LayerNorm removes
         # the mean)
-        method.coupling[1].bias.copy_(torch.randn(method.coupling[1].bias.shape, generator=torch.Generator().manual_seed(8)))
+        method.coupling[1].bias.copy_(
+            torch.randn(method.coupling[1].bias.shape, generator=torch.Generator().manual_seed(8))
+        )
         assert rescale_visibility(method, pixels, [2, 4]) == [False, True]
         shallow = randomised(maple(tiny_context.loaded, classnames, n_ctx=2, depth=2), seed=5)
         for linear in shallow.coupling:
@@ -181,7 +183,9 @@ def test_official_checkpoint_import_checks_shapes(tiny_context):
              "image_encoder.conv1.weight": torch.zeros(1)}  # fmt: skip
     for i in range(method.depth - 1):
         state[f"prompt_learner.compound_prompts_text.{i}"] = torch.randn(2, width, generator=generator)
-        state[f"prompt_learner.compound_prompt_projections.{i}.weight"] = torch.randn(vision, width, generator=generator)
+        state[f"prompt_learner.compound_prompt_projections.{i}.weight"] = torch.randn(
+            vision, width, generator=generator
+        )
         state[f"prompt_learner.compound_prompt_projections.{i}.bias"] = torch.randn(vision, generator=generator)
     state["prompt_learner.proj.weight"] = torch.randn(vision, width, generator=generator)
     state["prompt_learner.proj.bias"] = torch.randn(vision, generator=generator)

@@ -9,21 +9,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis.storage import store
-from nemesis_analysis.storage.artifacts import read_prompt
-from nemesis_analysis.config import KgCoOpConfig, NemesisConfig, OptimConfig, PLOTConfig, PromptConfig, RunConfig
-from nemesis_analysis.config import apply_recipe
+from nemesis_analysis.clip.encoding import encode_text_from_embeddings, eos_positions
+from nemesis_analysis.config import (
+    KgCoOpConfig,
+    NemesisConfig,
+    OptimConfig,
+    PLOTConfig,
+    PromptConfig,
+    RunConfig,
+    apply_recipe,
+)
 from nemesis_analysis.corruption.ops import GridSpec
+from nemesis_analysis.corruption.sweep import stratified_subsample
+from nemesis_analysis.corruption.sweep_runs import sweep_runs
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.methods import METHODS, build_method
 from nemesis_analysis.methods.cocoop import CoCoOp
 from nemesis_analysis.methods.kgcoop import KgCoOp, knowledge_distance
-from nemesis_analysis.clip.encoding import encode_text_from_embeddings, eos_positions
-from nemesis_analysis.corruption.sweep_runs import sweep_runs
+from nemesis_analysis.storage import store
+from nemesis_analysis.storage.artifacts import read_prompt
 from nemesis_analysis.storage.schema import IDENTITY_COLUMNS, RunIdentity
-from nemesis_analysis.corruption.sweep import stratified_subsample
 from nemesis_analysis.training.train import train_prompt
-
 
 # ------------------------------------------------------------------------------------------- config, tables
 
@@ -37,8 +43,10 @@ def test_coop_run_ids_do_not_change_and_other_methods_get_their_own():
     # A method's options enter the hash only for that method.
     kg = RunConfig(prompt=PromptConfig(method="kgcoop"))
     assert kg.run_id != RunConfig(prompt=PromptConfig(method="kgcoop"), kgcoop=KgCoOpConfig(weight=2.0)).run_id
-    assert RunConfig(prompt=PromptConfig(method="plot")).run_id != RunConfig(
-        prompt=PromptConfig(method="plot"), plot=PLOTConfig(num_prompts=2)).run_id
+    assert (
+        RunConfig(prompt=PromptConfig(method="plot")).run_id
+        != RunConfig(prompt=PromptConfig(method="plot"), plot=PLOTConfig(num_prompts=2)).run_id
+    )
 
 
 def test_options_of_another_method_are_refused_with_the_field():
@@ -74,9 +82,17 @@ def test_identity_records_the_prompt_method_and_old_parts_read_as_coop(tmp_path)
 def test_cocoop_recipe():
     config, changed = apply_recipe(RunConfig(dataset="caltech101"), "cocoop")
     assert (config.prompt_method, config.backbone, config.shots, config.epochs, config.optim.batch_size) == (
-        "cocoop", "ViT-B-16", 16, 10, 1)
+        "cocoop",
+        "ViT-B-16",
+        16,
+        10,
+        1,
+    )
     assert (config.prompt.ctx_init, config.prompt.class_token_position.value, config.optim.lr) == (
-        "a photo of a", "end", 0.002)
+        "a photo of a",
+        "end",
+        0.002,
+    )
 
 
 def test_registered_methods_are_prompt_method_choices():
@@ -226,7 +242,9 @@ def test_cocoop_trains_resumes_and_sweeps(tiny_session, checkpoints_dir, tmp_pat
 
 
 def test_kgcoop_trains_and_sweeps(tiny_session, tmp_path):
-    config = RunConfig(shots=2, epochs=3, prompt=PromptConfig(method="kgcoop", n_ctx=4), optim=OptimConfig(batch_size=8))
+    config = RunConfig(
+        shots=2, epochs=3, prompt=PromptConfig(method="kgcoop", n_ctx=4), optim=OptimConfig(batch_size=8)
+    )
     session = tiny_session.replace(reports_dir=tmp_path / "reports")
     run = train_prompt(config, session)
     rows = store.read_table(session.reports_dir, "trajectories")
@@ -273,7 +291,10 @@ def test_cli_method_flags_help_panels_and_refusals():
     assert "--max-test" in runner.invoke(app, ["corrupt", "--help"], env={"COLUMNS": "200"}).output
     refused = runner.invoke(app, ["train", "--kg-weight", "2", "--print-config"])
     assert refused.exit_code == 2
-    assert "kgcoop.weight applies to prompt.method = kgcoop only" in refused.output and "(flag --kg-weight)" in refused.output
+    assert (
+        "kgcoop.weight applies to prompt.method = kgcoop only" in refused.output
+        and "(flag --kg-weight)" in refused.output
+    )
     assert len(refused.output.strip().splitlines()) == 1
     shown = runner.invoke(app, ["train", "--method", "kgcoop", "--kg-weight", "2", "--print-config"])
     assert shown.exit_code == 0 and 'method = "kgcoop"' in shown.output and "weight = 2.0" in shown.output

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nemesis_analysis.config import PromptConfig
-from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.clip.encoding import encode_text_from_embeddings, eos_positions
 from nemesis_analysis.clip.loading import load_model
-from nemesis_analysis.methods.coop import CoOp
 from nemesis_analysis.clip.prompts import PLACEHOLDER
+from nemesis_analysis.config import PromptConfig
+from nemesis_analysis.errors import ConfigError
+from nemesis_analysis.methods.coop import CoOp
 
 TEXTS = ["a photo of a dog.", "x", "an unusually long sentence about a small red bicycle near the river bank."]
 
@@ -113,8 +113,8 @@ def test_context_is_fp32_and_init_from_words(tiny_random):
 @pytest.mark.parametrize("position", ["end", "middle", "front"])
 @pytest.mark.parametrize("csc", [False, True])
 def test_prefix_reuse_equals_full_pass(random_model, position, csc):
-    from nemesis_analysis.corruption.ops import rescale
     from nemesis_analysis.clip.encoding import supports_prefix_reuse
+    from nemesis_analysis.corruption.ops import rescale
     from nemesis_analysis.methods.coop import PrefixCache
 
     assert supports_prefix_reuse(random_model.model)
@@ -124,8 +124,9 @@ def test_prefix_reuse_equals_full_pass(random_model, position, csc):
     with torch.no_grad():
         for p in range(4):
             variants = torch.stack([rescale(ctx, p, factor) for factor in (0.0, 0.5, 4.0)])
-            torch.testing.assert_close(cache.text_features(variants, p), learner.text_features(variants),
-                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                cache.text_features(variants, p), learner.text_features(variants), atol=1e-5, rtol=1e-5
+            )
     # a change at the last position leaves the longest prefix to reuse
     assert cache.start(3) > cache.start(0) >= 1
 

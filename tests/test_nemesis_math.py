@@ -69,9 +69,7 @@ def test_pun_value_and_gradient() -> None:
     # d/dp_i of weight * mean_i ||p_i||_2 = weight / n * p_i / ||p_i||
     norms = torch.tensor(EXPECTED["l2"])[:, None]
     torch.testing.assert_close(ctx.grad, weight / 3 * CTX / norms)
-    torch.testing.assert_close(
-        ctx.grad, torch.tensor([[0.6, 0.8], [0.0, -1.0], [1 / math.sqrt(2), -1 / math.sqrt(2)]])
-    )
+    torch.testing.assert_close(ctx.grad, torch.tensor([[0.6, 0.8], [0.0, -1.0], [1 / math.sqrt(2), -1 / math.sqrt(2)]]))
 
 
 def test_pun_l1_and_inf_values() -> None:

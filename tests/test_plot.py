@@ -14,17 +14,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis.storage import store
+from nemesis_analysis.clip.encoding import encode_text_from_embeddings, eos_positions
+from nemesis_analysis.clip.features import (
+    encode_images_with_local,
+    feature_cache_key,
+    image_features,
+    local_image_features,
+)
+from nemesis_analysis.clip.loading import load_model
 from nemesis_analysis.config import OptimConfig, PLOTConfig, PromptConfig, RunConfig
 from nemesis_analysis.corruption.ops import expand_grid, rescale
-from nemesis_analysis.errors import ConfigError, ModelError
-from nemesis_analysis.clip.features import encode_images_with_local, feature_cache_key, image_features, local_image_features
-from nemesis_analysis.clip.loading import load_model
-from nemesis_analysis.methods import method_class
-from nemesis_analysis.methods.plot import PLOTMethod
-from nemesis_analysis.clip.encoding import encode_text_from_embeddings, eos_positions
-from nemesis_analysis.methods.ot import ot_similarity, sinkhorn_plan
 from nemesis_analysis.corruption.sweep import run_corruption_sweep
+from nemesis_analysis.errors import ConfigError, ModelError
+from nemesis_analysis.methods import method_class
+from nemesis_analysis.methods.ot import ot_similarity, sinkhorn_plan
+from nemesis_analysis.methods.plot import PLOTMethod
+from nemesis_analysis.storage import store
 from nemesis_analysis.training.train import train_prompt
 
 
@@ -107,7 +112,11 @@ def test_local_features_shape_and_global_token(random_model):
     from open_clip.modified_resnet import ModifiedResNet
     from open_clip.transformer import VisionTransformer
 
-    expected = {"RN50": (ModifiedResNet, 49), "ViT-B-16": (VisionTransformer, 196), "nemesis-tiny": (VisionTransformer, 16)}
+    expected = {
+        "RN50": (ModifiedResNet, 49),
+        "ViT-B-16": (VisionTransformer, 196),
+        "nemesis-tiny": (VisionTransformer, 16),
+    }
     tower, locations = expected[random_model.backbone]
     assert isinstance(random_model.model.visual, tower)  # the tiny CLIP is a ViT (16 px, 4 px patches)
     size = random_model.preprocess_cfg["size"]
@@ -266,8 +275,10 @@ def test_plot_training_lowers_the_loss_and_beats_a_uniform_guess(plot_runs):
     assert len(traj) == CONFIG.epochs * 4 * 4 and (traj.n_ctx == 4).all()
     assert sorted(set(zip(traj.prompt_index, traj.position))) == [(n, m) for n in range(4) for m in range(4)]
     coop, _ = plot_runs["coop"]
-    print(f"digits {CONFIG.shots}-shot seed {CONFIG.seed}, {CONFIG.epochs} epochs: "
-          f"PLOT {result.final_test_acc:.2f}% CoOp {coop.final_test_acc:.2f}% zero-shot {coop.zero_shot_acc:.2f}%")
+    print(
+        f"digits {CONFIG.shots}-shot seed {CONFIG.seed}, {CONFIG.epochs} epochs: "
+        f"PLOT {result.final_test_acc:.2f}% CoOp {coop.final_test_acc:.2f}% zero-shot {coop.zero_shot_acc:.2f}%"
+    )
 
 
 def test_resumed_plot_run_equals_uninterrupted(plot_runs, tiny_session, tmp_path):
@@ -326,7 +337,11 @@ def write_plot_checkpoint(folder, ctx: torch.Tensor, num_classes: int, epoch: in
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"model.pth.tar-{epoch}"
     rows, width = ctx.shape[0] * num_classes, ctx.shape[-1]
-    state = {"ctx": ctx.half(), "token_prefix": torch.randn(rows, 1, width), "token_suffix": torch.randn(rows, 60, width)}
+    state = {
+        "ctx": ctx.half(),
+        "token_prefix": torch.randn(rows, 1, width),
+        "token_suffix": torch.randn(rows, 60, width),
+    }
     torch.save({"state_dict": state, "epoch": epoch, "optimizer": None, "scheduler": None}, path)
     return path
 
@@ -345,10 +360,19 @@ def test_official_plot_checkpoint_imports_with_shapes_checked(tiny_random, tmp_p
     assert meta["source"] == "plot-checkpoint" and meta["num_prompts"] == 2 and meta["num_classes"] == 3
     two, four = PLOTConfig(num_prompts=2), PLOTConfig(num_prompts=4)
     checks = [
-        (PLOTMethod(tiny_random, classes, PromptConfig(n_ctx=4), options=four), "has 2 prompts .* set plot.num_prompts = 2"),
-        (PLOTMethod(tiny_random, classes, PromptConfig(n_ctx=3), options=two), "4 context vectors per prompt .* prompt.n_ctx = 4"),
+        (
+            PLOTMethod(tiny_random, classes, PromptConfig(n_ctx=4), options=four),
+            "has 2 prompts .* set plot.num_prompts = 2",
+        ),
+        (
+            PLOTMethod(tiny_random, classes, PromptConfig(n_ctx=3), options=two),
+            "4 context vectors per prompt .* prompt.n_ctx = 4",
+        ),
         (PLOTMethod(tiny_random, classes[:2], PromptConfig(n_ctx=4), options=two), "learned for 3 classes .* has 2"),
-        (method_class("coop")(tiny_random, classes, PromptConfig(n_ctx=4)), "holds PLOT prompts .* prompt.method = plot"),
+        (
+            method_class("coop")(tiny_random, classes, PromptConfig(n_ctx=4)),
+            "holds PLOT prompts .* prompt.method = plot",
+        ),
     ]
     for other, message in checks:
         with pytest.raises(ModelError, match=message) as excinfo:
@@ -369,8 +393,25 @@ def test_plot_train_and_corrupt_through_the_cli(checkpoints_dir, tmp_path):
     from nemesis_analysis.cli import app
 
     runner = CliRunner()
-    run_flags = ["--method", "plot", "--plot-prompts", "2", "--pan", "--dataset", "digits", "--shots", "2",
-                 "--epochs", "2", "--n-ctx", "4", "--checkpoints", str(checkpoints_dir), "--reports", str(tmp_path)]
+    run_flags = [
+        "--method",
+        "plot",
+        "--plot-prompts",
+        "2",
+        "--pan",
+        "--dataset",
+        "digits",
+        "--shots",
+        "2",
+        "--epochs",
+        "2",
+        "--n-ctx",
+        "4",
+        "--checkpoints",
+        str(checkpoints_dir),
+        "--reports",
+        str(tmp_path),
+    ]
     trained = runner.invoke(app, ["train", "--quiet", *run_flags])
     assert trained.exit_code == 0, trained.output
     runs = store.read_table(tmp_path, "runs")

@@ -18,8 +18,8 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 from PIL import Image
 
-from nemesis_analysis.report import analysis, plots
 from nemesis_analysis.errors import ConfigError, NoDataError
+from nemesis_analysis.report import analysis, plots
 
 RUN_DEFAULTS = {
     "backbone": "ViT-B-16",
@@ -47,8 +47,28 @@ def containers(ax, kind) -> list:
 def freq() -> pd.DataFrame:
     rows = []
     for i, shots in enumerate(SHOTS):
-        rows.append({"dataset": "dtd", "backbone": "ViT-B-16", "shots": shots, "regularizer": "coop", "frequency_mean": 10.0 + i, "frequency_std": 1.0, "num_seeds": 3})
-        rows.append({"dataset": "eurosat", "backbone": "ViT-B-16", "shots": shots, "regularizer": "coop", "frequency_mean": 30.0 - i, "frequency_std": np.nan, "num_seeds": 1})
+        rows.append(
+            {
+                "dataset": "dtd",
+                "backbone": "ViT-B-16",
+                "shots": shots,
+                "regularizer": "coop",
+                "frequency_mean": 10.0 + i,
+                "frequency_std": 1.0,
+                "num_seeds": 3,
+            }
+        )
+        rows.append(
+            {
+                "dataset": "eurosat",
+                "backbone": "ViT-B-16",
+                "shots": shots,
+                "regularizer": "coop",
+                "frequency_mean": 30.0 - i,
+                "frequency_std": np.nan,
+                "num_seeds": 1,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -65,7 +85,9 @@ def acc_value(regularizer: str, seed: int, epoch: int) -> float:
 @pytest.fixture
 def traj() -> pd.DataFrame:
     rows = []
-    for regularizer, seed, epoch, position in itertools.product(("coop", "nemesis-pun"), (1, 2), range(EPOCHS), range(POSITIONS)):
+    for regularizer, seed, epoch, position in itertools.product(
+        ("coop", "nemesis-pun"), (1, 2), range(EPOCHS), range(POSITIONS)
+    ):
         rows.append(
             {
                 "run_id": f"{regularizer}-{seed}",
@@ -240,7 +262,9 @@ def test_heatmap_matches_delta_grid(corruptions):
         assert ax.get_ylabel() == "Context position i"
         norm = mesh.norm
         assert norm(0.0) == pytest.approx(0.5) and norm.vmin == pytest.approx(-norm.vmax)
-        assert norm.vmax == pytest.approx(max(np.abs(analysis.delta_grid(corruptions, op=o).to_numpy()).max() for o in ("rescale", "replace")))
+        assert norm.vmax == pytest.approx(
+            max(np.abs(analysis.delta_grid(corruptions, op=o).to_numpy()).max() for o in ("rescale", "replace"))
+        )
     assert fig.axes[0].get_xlabel() == "Scale factor s"
     assert fig.axes[1].get_xlabel() == "Replacement std σ"
 
@@ -288,7 +312,12 @@ def test_norms_from_tables(traj, corruptions):
     ids=["frequency", "trajectory", "heatmap", "norms"],
 )
 def test_empty_tables_raise_no_data(plot, freq, traj, corruptions):
-    table = {plots.plot_frequency: freq, plots.plot_trajectory: traj, plots.plot_heatmap: corruptions, plots.plot_norms: traj}[plot]
+    table = {
+        plots.plot_frequency: freq,
+        plots.plot_trajectory: traj,
+        plots.plot_heatmap: corruptions,
+        plots.plot_norms: traj,
+    }[plot]
     with pytest.raises(NoDataError):
         plot(table.iloc[0:0])
     with pytest.raises(NoDataError):
@@ -301,11 +330,30 @@ def test_norms_empty_sequence():
 
 
 def test_method_colours_are_stable_and_distinct():
-    assert plots.regularizer_color("coop") != plots.regularizer_color("nemesis-pun") != plots.regularizer_color("nemesis-pan")
+    assert (
+        plots.regularizer_color("coop")
+        != plots.regularizer_color("nemesis-pun")
+        != plots.regularizer_color("nemesis-pan")
+    )
     assert plots.regularizer_color("nemesis-beta0.5") == plots.regularizer_color("nemesis-beta0.5")
     assert plots.regularizer_label("nemesis-beta0.5") == "Nemesis (β = 0.5)"
     assert plots.dataset_label("oxford_flowers") == "Flowers102"
-    pairs = {plots.dataset_style(d) for d in ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")}
+    pairs = {
+        plots.dataset_style(d)
+        for d in (
+            "imagenet",
+            "caltech101",
+            "oxford_pets",
+            "stanford_cars",
+            "oxford_flowers",
+            "food101",
+            "fgvc_aircraft",
+            "sun397",
+            "dtd",
+            "eurosat",
+            "ucf101",
+        )
+    }
     assert len(pairs) == 11
 
 

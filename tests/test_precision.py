@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from nemesis_analysis.choices import Precision
-from nemesis_analysis.config import PromptConfig
-from nemesis_analysis.clip.features import encode_samples
 from nemesis_analysis.clip.encoding import encode_text_from_embeddings
+from nemesis_analysis.clip.features import encode_samples
 from nemesis_analysis.clip.loading import load_model
-from nemesis_analysis.methods.coop import CoOp, PrefixCache
 from nemesis_analysis.clip.textpass import encode_prompts, shared_prefix_length
+from nemesis_analysis.config import PromptConfig
+from nemesis_analysis.methods.coop import CoOp, PrefixCache
 
 # Stated tolerances of amp (bf16 autocast) against fp32 on the digits test set with the tiny CLIP.
 MIN_AGREEMENT = 0.98  # share of test images with the same predicted class
@@ -85,7 +85,12 @@ def test_amp_shared_prefix_training_pass_on_cpu(tiny_session):
 def test_amp_on_cuda_matches_fp32_on_cpu(tiny_session, checkpoints_dir):
     fp32, dataset = _tiny(tiny_session)
     amp = load_model("nemesis-tiny", "embedded", device="cuda", precision="amp", checkpoints_dir=checkpoints_dir)
-    assert (fp32.device.type, fp32.precision, amp.device.type, amp.precision) == ("cpu", Precision.FP32, "cuda", Precision.AMP)
+    assert (fp32.device.type, fp32.precision, amp.device.type, amp.precision) == (
+        "cpu",
+        Precision.FP32,
+        "cuda",
+        Precision.AMP,
+    )
     gap, agreement, acc, acc_amp = _compare_amp_to_fp32(fp32, amp, dataset)
     assert 1e-4 < gap < MAX_FEATURE_GAP  # bf16 really ran on the GPU, and differs from fp32 only by rounding
     assert agreement >= MIN_AGREEMENT and abs(acc - acc_amp) <= MAX_ACC_GAP
@@ -120,7 +125,6 @@ def test_fp16_and_prefix_cache_on_cuda():
         full = learner.text_features(variants)
     assert torch.isfinite(cached).all()
     assert float((cached.float() - full.float()).abs().max()) < 1e-2  # fp16 rounding only
-
 
 
 # ------------------------------------------------------------------------------- like with like under amp
@@ -236,7 +240,9 @@ def test_plot_local_features_stay_pinned_on_the_host_on_cuda(tiny_session):
 
     session = tiny_session.replace(device="cuda")
     loaded = session.model("nemesis-tiny", "embedded")
-    method = PLOTMethod(loaded, session.dataset("digits").classnames, PromptConfig(n_ctx=2), options=PLOTConfig(num_prompts=2))
+    method = PLOTMethod(
+        loaded, session.dataset("digits").classnames, PromptConfig(n_ctx=2), options=PLOTConfig(num_prompts=2)
+    )
     test = load_test_set(session, method, "digits")
     assert test.features.device.type == "cuda"
     assert test.local_features.device.type == "cpu" and test.local_features.is_pinned()

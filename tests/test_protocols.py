@@ -17,7 +17,9 @@ from nemesis_analysis.data.registry import load_dataset
 from nemesis_analysis.errors import ConfigError
 
 
-@pytest.mark.parametrize("n, base, new", [(5, [0, 1, 2], [3, 4]), (4, [0, 1], [2, 3]), (1, [0], []), (10, [0, 1, 2, 3, 4], [5, 6, 7, 8, 9])])
+@pytest.mark.parametrize(
+    "n, base, new", [(5, [0, 1, 2], [3, 4]), (4, [0, 1], [2, 3]), (1, [0], []), (10, [0, 1, 2, 3, 4], [5, 6, 7, 8, 9])]
+)
 def test_split_rule_is_ceil_half_of_sorted_ids(n, base, new):
     labels = list(reversed(range(n))) * 2  # order and repeats do not matter
     assert protocols.split_base_new(labels) == (base, new)
@@ -112,7 +114,10 @@ def test_default_protocol_leaves_run_ids_unchanged():
     assert other.config_columns()["protocol"] == "base2new"
     with pytest.raises(ConfigError, match="unknown protocol"):
         RunConfig(protocol="nope")
-    assert RunConfig(prompt=PromptConfig(csc=True), protocol="fewshot").run_id == RunConfig(prompt=PromptConfig(csc=True)).run_id
+    assert (
+        RunConfig(prompt=PromptConfig(csc=True), protocol="fewshot").run_id
+        == RunConfig(prompt=PromptConfig(csc=True)).run_id
+    )
 
 
 # ------------------------------------------------------------------------------ corruption under a protocol
@@ -123,12 +128,34 @@ def _identity(run_id: str = "r1", seed: int = 1) -> dict:
                 regularizer="coop", n_ctx=2, csc=False, class_token_position="end", precision="fp32")  # fmt: skip
 
 
-def _row(identity: dict, eval_classes: str, op: str, position: int, factor: float, acc: float, acc_original: float,
-         norm_before: float, norm_after: float, n_test: int) -> dict:
+def _row(
+    identity: dict,
+    eval_classes: str,
+    op: str,
+    position: int,
+    factor: float,
+    acc: float,
+    acc_original: float,
+    norm_before: float,
+    norm_after: float,
+    n_test: int,
+) -> dict:
     delta = acc - acc_original
-    return {**identity, "eval_classes": eval_classes, "op": op, "position": position, "factor": factor, "rep": 0,
-            "acc": acc, "acc_original": acc_original, "delta": delta, "norm_before": norm_before,
-            "norm_after": norm_after, "low_norm_effect": norm_after < norm_before and delta > 0, "n_test": n_test}
+    return {
+        **identity,
+        "eval_classes": eval_classes,
+        "op": op,
+        "position": position,
+        "factor": factor,
+        "rep": 0,
+        "acc": acc,
+        "acc_original": acc_original,
+        "delta": delta,
+        "norm_before": norm_before,
+        "norm_after": norm_after,
+        "low_norm_effect": norm_after < norm_before and delta > 0,
+        "n_test": n_test,
+    }
 
 
 def _hand_rows(run_id="r1", seed=1, subsets=("base", "new")):
@@ -239,8 +266,8 @@ def test_plot_base_new_command_writes_the_figure(tmp_path):
     import pandas as pd
     from typer.testing import CliRunner
 
-    from nemesis_analysis.storage import store
     from nemesis_analysis.cli import app
+    from nemesis_analysis.storage import store
 
     runner = CliRunner()
     empty = runner.invoke(app, ["plot", "base-new", "--reports", str(tmp_path)])

@@ -475,8 +475,13 @@ def test_tiny_clip_weights_do_not_depend_on_the_callers_thread_count():
         assert torch.get_num_threads() == threads  # the caller's count is restored
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
-    assert not torch.equal(states[0]["visual.proj"], tiny.pretrain_tiny_clip(tiny.TinyRecipe(steps=3, batch_size=64), False)["visual.proj"])
-    names = {tiny.tiny_cache_path(Path("c"), recipe), tiny.tiny_cache_path(Path("c"), tiny.TinyRecipe(steps=2, batch_size=64, num_threads=2))}
+    assert not torch.equal(
+        states[0]["visual.proj"], tiny.pretrain_tiny_clip(tiny.TinyRecipe(steps=3, batch_size=64), False)["visual.proj"]
+    )
+    names = {
+        tiny.tiny_cache_path(Path("c"), recipe),
+        tiny.tiny_cache_path(Path("c"), tiny.TinyRecipe(steps=2, batch_size=64, num_threads=2)),
+    }
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tiny, "compute_environment", lambda: {"torch": "0.0", "cpu": "NONE"})
         names.add(tiny.tiny_cache_path(Path("c"), recipe))
@@ -543,7 +548,10 @@ def test_a_damaged_table_part_is_refused_by_writers_and_skipped_by_readers(tmp_p
     data = written.read_bytes()
     written.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
     # writers: one line naming the part and the fix, exit 2, before any work (no run folder, no rows)
-    for args in (["train", "--quiet", "--shots", "1", "--epochs", "1"], ["corrupt", "--quiet", "--shots", "1", "--epochs", "1"]):
+    for args in (
+        ["train", "--quiet", "--shots", "1", "--epochs", "1"],
+        ["corrupt", "--quiet", "--shots", "1", "--epochs", "1"],
+    ):
         result = runner.invoke(app, [*args, *folders(tmp_path)])
         assert result.exit_code == 2, result.output
         assert str(written) in result.output and "move it aside" in result.output and "Traceback" not in result.output

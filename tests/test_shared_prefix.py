@@ -6,10 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.clip.encoding import encode_text_from_embeddings, text_layer_inputs
 from nemesis_analysis.clip.loading import load_model
-from nemesis_analysis.methods.coop import CoOp
 from nemesis_analysis.clip.textpass import (
     SharedPrefixUnsupported,
     encode_prompts,
@@ -18,6 +16,8 @@ from nemesis_analysis.clip.textpass import (
     shared_prefix_length,
     supports_shared_prefix,
 )
+from nemesis_analysis.config import PromptConfig
+from nemesis_analysis.methods.coop import CoOp
 
 NAMES = ["cat", "sea lion", "hot air balloon"]  # 1, 2 and 3 BPE tokens: unequal prompt lengths
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -120,7 +120,9 @@ def test_sweep_variants_reuse_cached_states_and_shared_positions(random_model, p
     shared = shared_prefix_length(learner.ctx_index, learner.eos)
     with torch.no_grad():
         states = [state[0, :start] for state in text_layer_inputs(model, original)]  # (start, W) per block
-        ours = encode_text_from_prefix_shared(model, states, prompts[:, 0, start:shared], prompts[:, :, shared:], learner.eos)
+        ours = encode_text_from_prefix_shared(
+            model, states, prompts[:, 0, start:shared], prompts[:, :, shared:], learner.eos
+        )
         plain = _plain(model, prompts, learner.eos)
     torch.testing.assert_close(ours, plain, **TOL)
 

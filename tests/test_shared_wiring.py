@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig
-from nemesis_analysis.corruption.ops import apply_corruptions, expand_grid, rescale
-from nemesis_analysis.corruption.engine import predict_corruptions
 from nemesis_analysis.clip.loading import load_model
+from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig
+from nemesis_analysis.corruption.engine import predict_corruptions
+from nemesis_analysis.corruption.ops import apply_corruptions, expand_grid, rescale
 from nemesis_analysis.methods.coop import CoOp, PrefixCache
 from nemesis_analysis.metrics import differing_predictions
 from nemesis_analysis.training.train import train_prompt
@@ -38,8 +38,14 @@ def _random_ctx(learner, seed=0, variants=None):
 
 
 @pytest.mark.parametrize(
-    "position, csc, expected", [("end", False, 1 + N_CTX), ("middle", False, 1 + N_CTX // 2), ("front", False, 1),
-                                ("end", True, 0), ("middle", True, 0)]  # fmt: skip
+    "position, csc, expected",
+    [
+        ("end", False, 1 + N_CTX),
+        ("middle", False, 1 + N_CTX // 2),
+        ("front", False, 1),
+        ("end", True, 0),
+        ("middle", True, 0),
+    ],  # fmt: skip
 )
 def test_shared_tokens_of_each_layout(tiny_random, position, csc, expected):
     learner = _learner(tiny_random, position, csc)
@@ -108,7 +114,9 @@ def test_training_rows_equal_with_and_without_sharing(tiny_session, checkpoints_
     for share in (False, True):
         monkeypatch.setattr(CoOp, "share_prefix", share)
         # own checkpoints folders (sharing the feature cache): both runs train, neither reuses a finished one
-        session = tiny_session.replace(checkpoints_dir=tmp_path / f"ck-{share}", reports_dir=tmp_path / f"share-{share}")
+        session = tiny_session.replace(
+            checkpoints_dir=tmp_path / f"ck-{share}", reports_dir=tmp_path / f"share-{share}"
+        )
         session.checkpoints_dir.mkdir()
         (checkpoints_dir / "features").mkdir(exist_ok=True)  # the link must not dangle when this test runs first
         (session.checkpoints_dir / "features").symlink_to(checkpoints_dir / "features")

@@ -139,7 +139,9 @@ def test_compact_keeps_the_newest_row_per_key(tmp_path):
     raw = pd.read_parquet(tmp_path / "corruptions").sort_values("position")
     assert list(zip(raw["position"], raw["acc"])) == [(0, 40.0), (1, 60.0), (2, 70.0)]
     after = store.read_table(tmp_path, "corruptions")
-    pd.testing.assert_frame_equal(before.sort_values("position").reset_index(drop=True), after.sort_values("position").reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        before.sort_values("position").reset_index(drop=True), after.sort_values("position").reset_index(drop=True)
+    )
     assert store.compact(tmp_path, "corruptions") == 0
 
 

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from nemesis_analysis.cli import app
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PLOTConfig, PromptConfig, RunConfig
-from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.data.registry import load_dataset
+from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.study import costs, records, spec
 from nemesis_analysis.study.plan import expand_jobs, expected_corruption_keys, make_plan, parse_shard, select_jobs
 from nemesis_analysis.study.runner import run_study
@@ -71,25 +71,50 @@ def test_plan_gives_exactly_the_expected_jobs_and_dependencies(tmp_path):
         ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nseed = 3\n', "grid.seed: unknown key"),
         ('[grid]\ndatasets = ["digits"]\nshots = [0]\nseeds = [1]\n', "grid.shots[0]: shots must be at least 1, got 0"),
         ('[grid]\ndatasets = ["digitz"]\nshots = [4]\nseeds = [1]\n', "grid.datasets[0]: unknown dataset"),
-        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nmethods = ["pun2"]\n', "grid.methods: unknown method"),
-        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[variants.x]\nbeta = 2.0\n',
-         "variants.x: nemesis.beta must lie in [0, 1], got 2.0"),
-        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[optim]\nmomentum = 1.5\n',
-         "optim.momentum must lie in [0, 1), got 1.5"),
-        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[nemesis]\npan_factor = -0.1\n',
-         "nemesis.pan_factor must be >= 0, got -0.1"),
-        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[nemesis]\nnorm_type = "l3"\n',
-         "nemesis.norm_type: unknown norm type 'l3'; choose one of: l2, l1, inf"),
-        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[kgcoop]\nwieght = 1.0\n',
-         "unknown config key 'kgcoop.wieght'"),
-        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nprompt.method = ["coop", "promptsrc"]\n',
-         "grid.prompt.method[1]: prompt.method: unknown prompt method 'promptsrc'"),
-        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n"nemesis.weight" = [1.0, -2.0]\n',
-         "grid.nemesis.weight[1]: nemesis.weight must be >= 0, got -2.0"),
-        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nnemesis.wieght = [1.0]\n',
-         "grid.nemesis.wieght: unknown key"),
-        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[resources]\nnum_gpu = 1\n', "resources.num_gpu: unknown key"),
-        ('[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[corrupt]\nfactors = "0.5"\n', "corrupt.factors: must be a list"),
+        (
+            '[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nmethods = ["pun2"]\n',
+            "grid.methods: unknown method",
+        ),
+        (
+            '[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[variants.x]\nbeta = 2.0\n',
+            "variants.x: nemesis.beta must lie in [0, 1], got 2.0",
+        ),
+        (
+            '[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[optim]\nmomentum = 1.5\n',
+            "optim.momentum must lie in [0, 1), got 1.5",
+        ),
+        (
+            '[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[nemesis]\npan_factor = -0.1\n',
+            "nemesis.pan_factor must be >= 0, got -0.1",
+        ),
+        (
+            '[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[nemesis]\nnorm_type = "l3"\n',
+            "nemesis.norm_type: unknown norm type 'l3'; choose one of: l2, l1, inf",
+        ),
+        (
+            '[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[kgcoop]\nwieght = 1.0\n',
+            "unknown config key 'kgcoop.wieght'",
+        ),
+        (
+            '[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nprompt.method = ["coop", "promptsrc"]\n',
+            "grid.prompt.method[1]: prompt.method: unknown prompt method 'promptsrc'",
+        ),
+        (
+            '[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n"nemesis.weight" = [1.0, -2.0]\n',
+            "grid.nemesis.weight[1]: nemesis.weight must be >= 0, got -2.0",
+        ),
+        (
+            '[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\nnemesis.wieght = [1.0]\n',
+            "grid.nemesis.wieght: unknown key",
+        ),
+        (
+            '[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[resources]\nnum_gpu = 1\n',
+            "resources.num_gpu: unknown key",
+        ),
+        (
+            '[grid]\ndatasets = ["digits"]\nshots = [4]\nseeds = [1]\n[corrupt]\nfactors = "0.5"\n',
+            "corrupt.factors: must be a list",
+        ),
         ('[grids]\ndatasets = ["digits"]\n', "grids: unknown section"),
     ],
 )
@@ -203,10 +228,14 @@ def test_a_base2new_study_sweeps_base_and_new_classes_as_the_command_does(tmp_pa
     assert not make_plan(study).todo  # done means both subsets are there
     # `nemesis corrupt --run` on the same run, into another reports folder: the same rows
     session = tiny_session.replace(checkpoints_dir=study.outputs.checkpoints, reports_dir=tmp_path / "by-command")
-    sweep_runs(RunConfig(), session, GridSpec(ops=("rescale",), positions=(0, 1), factors=(0.5,)), run_id=rows.run_id.iloc[0])
+    sweep_runs(
+        RunConfig(), session, GridSpec(ops=("rescale",), positions=(0, 1), factors=(0.5,)), run_id=rows.run_id.iloc[0]
+    )
     command = pd.read_parquet(tmp_path / "by-command" / "corruptions")
     key = ["eval_classes", "op", "position", "factor"]
-    assert command.sort_values(key)[[*key, "acc"]].values.tolist() == rows.sort_values(key)[[*key, "acc"]].values.tolist()
+    assert (
+        command.sort_values(key)[[*key, "acc"]].values.tolist() == rows.sort_values(key)[[*key, "acc"]].values.tolist()
+    )
 
 
 def test_a_folder_dataset_runs_in_a_study(tmp_path, tiny_session, checkpoints_dir):

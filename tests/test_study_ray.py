@@ -10,8 +10,8 @@ import pytest
 from study_helpers import write_tiny_study
 from typer.testing import CliRunner
 
-from nemesis_analysis.storage import store
 from nemesis_analysis.cli import app
+from nemesis_analysis.storage import store
 from nemesis_analysis.storage.schema import CORRUPTION_KEY
 from nemesis_analysis.study import records
 from nemesis_analysis.study.faults import FAULT_ENV
@@ -88,7 +88,9 @@ def test_a_worker_killed_mid_job_is_retried_without_duplicate_or_missing_rows(
     assert not corruptions.duplicated(list(store.KEYS["corruptions"])).any()
     for job in (j for j in plan.jobs if j.kind == "corrupt"):
         rows = corruptions[corruptions["run_id"] == job.run_id]
-        assert set(rows[[*CORRUPTION_KEY, "eval_classes"]].itertuples(index=False, name=None)) == expected_corruption_keys(job)
+        assert set(
+            rows[[*CORRUPTION_KEY, "eval_classes"]].itertuples(index=False, name=None)
+        ) == expected_corruption_keys(job)
     assert_same_tables(local_study.outputs.reports, study.outputs.reports)
 
 

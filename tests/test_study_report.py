@@ -42,7 +42,9 @@ def test_paper_base2new_plans_231_cocoop_runs_without_the_data():
         ("ViT-B-16", 16, 10, 1, "base2new")
     }
     assert len({c["dataset"] for c in configs}) == 11 and {c["seed"] for c in configs} == {1, 2, 3}
-    variants = {(c["nemesis"]["beta"], c["nemesis"]["weight"] if c["nemesis"]["beta"] is not None else None) for c in configs}
+    variants = {
+        (c["nemesis"]["beta"], c["nemesis"]["weight"] if c["nemesis"]["beta"] is not None else None) for c in configs
+    }
     assert variants == {(None, None), *((beta, w) for beta in (1.0, 0.0) for w in (1.0, 10.0, 20.0))}
     assert sum(1 for job in data["jobs"] if job["kind"] == "corrupt") == 231
     # no data here: the plan names each dataset folder it would read
@@ -68,9 +70,10 @@ def test_smoke_maps_a_study_onto_the_embedded_default(tmp_path, monkeypatch):
     jobs = expand_jobs(smoke)
     configs = [job.payload["config"] for job in jobs if job.kind == "train"]
     assert len(configs) == 5  # every variant, one seed
-    assert {(c["dataset"], c["backbone"], c["pretrained"], c["seed"], c["epochs"], c["protocol"], c["shots"]) for c in configs} == {
-        ("digits", "nemesis-tiny", "embedded", 1, 2, "fewshot", 4)
-    }
+    assert {
+        (c["dataset"], c["backbone"], c["pretrained"], c["seed"], c["epochs"], c["protocol"], c["shots"])
+        for c in configs
+    } == {("digits", "nemesis-tiny", "embedded", 1, 2, "fewshot", 4)}
     assert {job.kind for job in jobs} == {"encode", "train", "evaluate"}
     assert {job.payload["target"] for job in jobs if job.kind == "evaluate"} == {"digits"}
     # --checkpoints / --reports win over ./smoke
@@ -83,15 +86,21 @@ def test_t_interval_and_seed_summary_known_values():
     half = 4.302652729911275 / math.sqrt(3.0)  # t(0.975, df=2) x sem (sample std 1)
     assert low == pytest.approx(2.0 - half) and high == pytest.approx(2.0 + half)
     assert all(math.isnan(v) for v in stats.t_interval([5.0]))
-    per_seed = pd.DataFrame({"row": ["a"] * 3 + ["b"], "column": ["x"] * 4, "seed": [1, 2, 3, 1], "value": [1.0, 2.0, 3.0, 7.0]})
+    per_seed = pd.DataFrame(
+        {"row": ["a"] * 3 + ["b"], "column": ["x"] * 4, "seed": [1, 2, 3, 1], "value": [1.0, 2.0, 3.0, 7.0]}
+    )
     summary = seeds.seed_summary(per_seed).set_index("row")
     assert summary.loc["a", ["seed 1", "seed 2", "seed 3", "n", "mean", "std"]].tolist() == [1.0, 2.0, 3.0, 3, 2.0, 1.0]
-    assert summary.loc["b", "n"] == 1 and math.isnan(summary.loc["b", "seed 2"]) and math.isnan(summary.loc["b", "ci_low"])
+    assert (
+        summary.loc["b", "n"] == 1 and math.isnan(summary.loc["b", "seed 2"]) and math.isnan(summary.loc["b", "ci_low"])
+    )
 
 
 def test_comparison_flags_values_read_off_a_plot_and_the_omega_mapping():
     rows = [*paper.PAPER_DATASETS, "average"]  # the paper's dataset set: its average is comparable
-    fewshot = tables.ResultTable("fewshot", "t", rows, ["coop 1-shot"], keys={"coop 1-shot": ("coop", "coop", math.nan, 1)})
+    fewshot = tables.ResultTable(
+        "fewshot", "t", rows, ["coop 1-shot"], keys={"coop 1-shot": ("coop", "coop", math.nan, 1)}
+    )
     fewshot.cells[("average", "coop 1-shot")] = tables.Cell(60.0, math.nan, 1)
     view = html.comparison_view(tables.compare_paper(fewshot))
     (line,) = view["lines"]

@@ -11,7 +11,14 @@ import pytest
 from nemesis_analysis.report import paper, tables
 from nemesis_analysis.storage import schema
 
-IDENTITY = {"backbone": "RN50", "pretrained": "openai", "n_ctx": 16, "csc": False, "class_token_position": "end", "precision": "fp32"}
+IDENTITY = {
+    "backbone": "RN50",
+    "pretrained": "openai",
+    "n_ctx": 16,
+    "csc": False,
+    "class_token_position": "end",
+    "precision": "fp32",
+}
 
 
 def run(run_id, dataset, shots, seed, regularizer, acc, weight=1.0):
@@ -54,7 +61,12 @@ def test_fewshot_cells_and_average(runs):
 
 def b2n_evaluations() -> pd.DataFrame:
     rows = []
-    values = {("dtd", 1): (80.0, 60.0), ("dtd", 2): (84.0, 64.0), ("eurosat", 1): (90.0, 50.0), ("eurosat", 2): (92.0, 54.0)}
+    values = {
+        ("dtd", 1): (80.0, 60.0),
+        ("dtd", 2): (84.0, 64.0),
+        ("eurosat", 1): (90.0, 50.0),
+        ("eurosat", 2): (92.0, 54.0),
+    }
     for (dataset, seed), (base, new) in values.items():
         rid = f"{dataset}{seed}"
         rows.append(evaluation(rid, dataset, seed, "coop", "base2new", dataset, "base", base))
@@ -81,7 +93,9 @@ def test_base2new_harmonic_mean_from_seed_averages():
 def test_base2new_compare_paper_shows_published_values_and_caveat():
     # The paper's base-to-new numbers are CoCoOp's, averaged over the 11 datasets.
     cocoop = b2n_evaluations().assign(prompt_method="cocoop")
-    everything = pd.concat([cocoop.assign(dataset=d, eval_dataset=d, run_id=cocoop.run_id + d) for d in paper.PAPER_DATASETS])
+    everything = pd.concat(
+        [cocoop.assign(dataset=d, eval_dataset=d, run_id=cocoop.run_id + d) for d in paper.PAPER_DATASETS]
+    )
     table = tables.compare_paper(tables.base2new(everything))
     cell = table.cell("average", "cocoop H")
     assert cell.paper == 76.5 and cell.diff == pytest.approx(cell.mean - 76.5) and not cell.paper_note
@@ -100,7 +114,9 @@ def test_base2new_compare_never_pools_or_mislabels_prompt_methods():
     assert table.cell("dtd", "coop B").mean == 82.0 and table.cell("dtd", "cocoop B").mean == 72.0
     assert math.isnan(table.cell("average", "coop H").paper)  # the paper has no CoOp base-to-new row
     cell = table.cell("average", "cocoop H")
-    assert cell.paper == 76.5 and math.isnan(cell.diff) and cell.paper_note.startswith("other datasets: ours dtd, eurosat")
+    assert (
+        cell.paper == 76.5 and math.isnan(cell.diff) and cell.paper_note.startswith("other datasets: ours dtd, eurosat")
+    )
     text = tables.render(table, "md")
     assert "– (other datasets: ours dtd, eurosat, the paper's 11)" in text
     frame = tables.to_frame(table)
@@ -121,7 +137,10 @@ def test_dg_rows_average_over_targets_and_paper():
 
 
 def test_crossdataset_has_no_paper_values():
-    rows = [evaluation("r1", "imagenet", 1, "coop", "crossdataset", d, "all", a) for d, a in (("imagenet", 60.0), ("dtd", 40.0))]
+    rows = [
+        evaluation("r1", "imagenet", 1, "coop", "crossdataset", d, "all", a)
+        for d, a in (("imagenet", 60.0), ("dtd", 40.0))
+    ]
     table = tables.compare_paper(tables.crossdataset(pd.DataFrame(rows)))
     assert table.cell("dtd", "coop").mean == 40.0 and math.isnan(table.cell("dtd", "coop").paper)
     assert table.cell("average", "coop").mean == 40.0
@@ -152,7 +171,9 @@ def test_paper_values_match_the_published_markdown():
     pan16 = fewshot[(fewshot["regularizer"] == "nemesis-pan") & (fewshot["shots"] == 16)].iloc[0]
     assert pan16["acc"] == 74.6 and pan16["read_off_plot"] and "read off the plot" in pan16["note"]
     dg = paper.load("dg")
-    pun10 = dg[(dg["regularizer"] == "nemesis-pun") & (dg["norm_weight"] == 10) & (dg["eval_dataset"] == "imagenet_r")].iloc[0]
+    pun10 = dg[
+        (dg["regularizer"] == "nemesis-pun") & (dg["norm_weight"] == 10) & (dg["eval_dataset"] == "imagenet_r")
+    ].iloc[0]
     assert pun10["acc"] == 56.78 and not pun10["read_off_plot"] and "not confirmed" in pun10["note"]
     b2n = paper.load("base2new")
     pan20 = b2n[(b2n["regularizer"] == "nemesis-pan") & (b2n["norm_weight"] == 20)].iloc[0]
@@ -164,7 +185,9 @@ def test_paper_values_match_the_published_markdown():
 
 def test_evaluations_schema():
     assert schema.KEYS["evaluations"] == ("run_id", "eval_dataset", "eval_classes")
-    assert {"protocol", "eval_dataset", "eval_classes", "acc", "n_test", "n_classes"} <= set(schema.columns("evaluations"))
+    assert {"protocol", "eval_dataset", "eval_classes", "acc", "n_test", "n_classes"} <= set(
+        schema.columns("evaluations")
+    )
     assert set(schema.IDENTITY_COLUMNS) <= set(schema.columns("evaluations"))
 
 

@@ -8,11 +8,11 @@ import math
 import pandas as pd
 import pytest
 
-from nemesis_analysis.storage import store
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig, apply_recipe
 from nemesis_analysis.data.fewshot import load_split, sample_few_shot
 from nemesis_analysis.data.registry import load_dataset
 from nemesis_analysis.errors import ConfigError, TrainingDiverged
+from nemesis_analysis.storage import store
 from nemesis_analysis.training.train import lr_at_epoch, train_prompt
 
 
@@ -26,7 +26,10 @@ def test_run_id_is_stable_and_sensitive():
     # Round trip through JSON keeps the id (it is what resume and reuse rely on).
     assert RunConfig.from_dict(json.loads(json.dumps(a.to_dict()))).run_id == a.run_id
     # A known value guards against accidental changes of the hashing scheme.
-    assert RunConfig(shots=4, seed=1).resolved("cpu").run_id == RunConfig(shots=4, seed=1, epochs=100, precision="fp32").run_id
+    assert (
+        RunConfig(shots=4, seed=1).resolved("cpu").run_id
+        == RunConfig(shots=4, seed=1, epochs=100, precision="fp32").run_id
+    )
 
 
 def test_methods_and_recipes():
@@ -108,9 +111,28 @@ def test_trajectory_table_has_one_row_per_epoch_and_position(session):
     traj = pd.read_parquet(session.reports_dir / "trajectories")
     assert len(traj) == 3 * 5
     assert sorted(set(zip(traj.epoch, traj.position))) == [(e, p) for e in range(3) for p in range(5)]
-    for column in ["run_id", "dataset", "backbone", "pretrained", "shots", "seed", "regularizer", "n_ctx", "csc",
-                   "class_token_position", "precision", "epoch", "position", "norm", "test_acc", "train_loss",
-                   "ce_loss", "norm_loss", "omega", "alpha"]:
+    for column in [
+        "run_id",
+        "dataset",
+        "backbone",
+        "pretrained",
+        "shots",
+        "seed",
+        "regularizer",
+        "n_ctx",
+        "csc",
+        "class_token_position",
+        "precision",
+        "epoch",
+        "position",
+        "norm",
+        "test_acc",
+        "train_loss",
+        "ce_loss",
+        "norm_loss",
+        "omega",
+        "alpha",
+    ]:
         assert column in traj.columns
     assert (traj.regularizer == "nemesis-pan").all() and traj.alpha.between(0, 1).all()
     omega = traj.groupby("epoch").omega.first()

@@ -17,11 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis.training import nemesis
 from nemesis_analysis.choices import Precision
+from nemesis_analysis.clip.encoding import encode_text_from_embeddings
 from nemesis_analysis.config import NemesisConfig, OptimConfig, PromptConfig, RunConfig, apply_recipe
 from nemesis_analysis.methods.coop import CoOp, context_dtype
-from nemesis_analysis.clip.encoding import encode_text_from_embeddings
+from nemesis_analysis.training import nemesis
 from nemesis_analysis.training.train import build_optimizer, steps_per_epoch, train_prompt
 
 ORD = {"l2": 2.0, "l1": 1.0, "inf": math.inf}
@@ -46,9 +46,19 @@ def full_prompt_features(loaded, classnames: list[str], ctx: torch.Tensor) -> to
 
 def class_norms(ctx: torch.Tensor, norm_type: str, reduction: str) -> torch.Tensor:
     """(n_ctx,) per-position norms; class-specific context reduced over classes by mean or sum."""
-    norms = torch.stack([torch.stack([row.abs().pow(ORD[norm_type]).sum().pow(1 / ORD[norm_type])
-                                      if norm_type != "inf" else row.abs().max() for row in block])
-                         for block in (ctx if ctx.dim() == 3 else ctx[None])])  # (classes or 1, n_ctx)
+    norms = torch.stack(
+        [
+            torch.stack(
+                [
+                    row.abs().pow(ORD[norm_type]).sum().pow(1 / ORD[norm_type])
+                    if norm_type != "inf"
+                    else row.abs().max()
+                    for row in block
+                ]
+            )
+            for block in (ctx if ctx.dim() == 3 else ctx[None])
+        ]
+    )  # (classes or 1, n_ctx)
     return norms.sum(0) if reduction == "sum" else norms.mean(0)
 
 
@@ -119,8 +129,12 @@ def context(tiny_session):
 
 def base_config(**nemesis) -> RunConfig:
     # weight decay and momentum large enough that dropping either moves the update far beyond rounding
-    return RunConfig(shots=1, epochs=3, optim=OptimConfig(batch_size=4, weight_decay=0.05, momentum=0.9),
-                     nemesis=NemesisConfig(**nemesis) if nemesis else NemesisConfig())
+    return RunConfig(
+        shots=1,
+        epochs=3,
+        optim=OptimConfig(batch_size=4, weight_decay=0.05, momentum=0.9),
+        nemesis=NemesisConfig(**nemesis) if nemesis else NemesisConfig(),
+    )
 
 
 def check_sgd_chain(loaded, classnames, config, records) -> None:
@@ -173,8 +187,9 @@ def test_logits_ce_and_sgd_steps_match_an_independent_computation(tiny_session, 
 PAN_CASES = {
     "generic-l2-np1": dict(beta=0.0, weight=3.0, pan_positions=1, pan_factor=0.0),
     "csc-inf-np3-mix": dict(beta=0.5, weight=3.0, norm_type="inf", pan_positions=3, pan_factor=0.05),
-    "csc-l2-np2-sum-panweight": dict(beta=0.0, weight=1.0, pan_weight=5.0, pan_positions=2, pan_factor=0.05,
-                                     csc_reduction="sum"),
+    "csc-l2-np2-sum-panweight": dict(
+        beta=0.0, weight=1.0, pan_weight=5.0, pan_positions=2, pan_factor=0.05, csc_reduction="sum"
+    ),
 }
 
 
@@ -210,14 +225,26 @@ def test_pan_inside_the_loop_matches_an_independent_recount(tiny_session, checkp
 @pytest.mark.parametrize("beta", [1.0, 0.0, 0.5])
 def test_paper_recipe_on_food101_fixes_omega_and_weighs_only_pan(tiny_session, checkpoints_dir, tmp_path, beta):
     weight = 2.0
-    food, changed = apply_recipe(RunConfig(dataset="food101", shots=1, nemesis=NemesisConfig(
-        beta=beta, weight=weight, pan_factor=0.05, pan_positions=3)), "paper")
+    food, changed = apply_recipe(
+        RunConfig(
+            dataset="food101",
+            shots=1,
+            nemesis=NemesisConfig(beta=beta, weight=weight, pan_factor=0.05, pan_positions=3),
+        ),
+        "paper",
+    )
     assert changed["nemesis.omega"] == "constant" and changed["optim.drop_last"] is True
     assert ("nemesis.pan_weight" in changed) == (beta < 1) and "nemesis.weight" not in changed
     assert food.recipe_changes.startswith("epochs=50 (CoOp table), optim.drop_last=True")
     # The same settings trained on the embedded data (Food101 itself is not at hand in tests), shorter.
-    config = dataclasses.replace(food, dataset="digits", shots=2, epochs=3, prompt=PromptConfig(n_ctx=4),
-                                 optim=dataclasses.replace(food.optim, batch_size=6))
+    config = dataclasses.replace(
+        food,
+        dataset="digits",
+        shots=2,
+        epochs=3,
+        prompt=PromptConfig(n_ctx=4),
+        optim=dataclasses.replace(food.optim, batch_size=6),
+    )
     config, records = train_recorded(tiny_session, checkpoints_dir, tmp_path, config)
     loaded, classnames = context(tiny_session)
     assert len(records) == 3 * 3 and all(len(r.labels) == 6 for r in records)  # 20 images: the last 2 dropped
@@ -294,8 +321,9 @@ def test_steps_per_epoch_under_both_rules(n, batch, ours, reference):
 
 @pytest.mark.parametrize("drop_last, batch, sizes", [(False, 4, [4, 4, 2]), (True, 4, [4, 4]), (True, 16, [10])])
 def test_the_loop_follows_the_batch_rule(tiny_session, checkpoints_dir, tmp_path, drop_last, batch, sizes):
-    config = RunConfig(shots=1, epochs=2, prompt=PromptConfig(n_ctx=2),
-                       optim=OptimConfig(batch_size=batch, drop_last=drop_last))
+    config = RunConfig(
+        shots=1, epochs=2, prompt=PromptConfig(n_ctx=2), optim=OptimConfig(batch_size=batch, drop_last=drop_last)
+    )
     _, records = train_recorded(tiny_session, checkpoints_dir, tmp_path, config)
     assert [len(r.labels) for r in records] == sizes * 2
     # one image per class: an epoch's batches hold distinct images (classes), as many as the rule keeps
@@ -327,6 +355,7 @@ def test_fp16_context_is_updated_in_half_precision(tiny_session):
     p0, grad = method.ctx.detach().clone(), method.ctx.grad.clone()
     assert grad.dtype == torch.float16 and bool(grad.abs().max() > 0)
     optimizer.step()
+
     # by hand, in half: each operation's result rounded to fp16, its scalars (lr, weight decay) too, as
     # torch's half kernels do (fp32 arithmetic inside one operation)
     def half(x: float) -> float:
@@ -336,7 +365,7 @@ def test_fp16_context_is_updated_in_half_precision(tiny_session):
     expected = (p0.float() + half(-optim.lr) * d.float()).half()
     assert method.ctx.dtype == torch.float16 and torch.equal(method.ctx.detach(), expected)
     assert optimizer.state[method.ctx]["momentum_buffer"].dtype == torch.float16
-    single = (p0.float() - optim.lr * (grad.float() + optim.weight_decay * p0.float()))
+    single = p0.float() - optim.lr * (grad.float() + optim.weight_decay * p0.float())
     assert not torch.equal(method.ctx.detach().float(), single)  # an fp32 update would differ
     # weight decay alone is below half's resolution: the context does not move (in fp32 it would)
     method.ctx.grad = torch.zeros_like(method.ctx)
@@ -351,7 +380,13 @@ def test_fp16_context_is_updated_in_half_precision(tiny_session):
 @pytest.mark.cuda
 def test_fp16_training_on_cuda_keeps_the_context_in_half(tiny_session, checkpoints_dir, tmp_path):
     session = tiny_session.replace(device="cuda")
-    config = RunConfig(shots=1, epochs=1, precision="fp16", prompt=PromptConfig(n_ctx=2),
-                       nemesis=NemesisConfig(beta=0.5), optim=OptimConfig(batch_size=4))
+    config = RunConfig(
+        shots=1,
+        epochs=1,
+        precision="fp16",
+        prompt=PromptConfig(n_ctx=2),
+        nemesis=NemesisConfig(beta=0.5),
+        optim=OptimConfig(batch_size=4),
+    )
     config, records = train_recorded(session, checkpoints_dir, tmp_path, config)
     assert records and all(r.slot_after.dtype == torch.float16 and r.grad.dtype == torch.float16 for r in records)

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import save_file
 
 from nemesis_analysis.clip import weights
+from nemesis_analysis.clip.loading import load_model
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ModelError
-from nemesis_analysis.clip.loading import load_model
-from nemesis_analysis.storage.artifacts import check_fits, find_dassl_checkpoint, read_prompt, save_prompt
 from nemesis_analysis.methods.coop import CoOp
+from nemesis_analysis.storage.artifacts import check_fits, find_dassl_checkpoint, read_prompt, save_prompt
 
 
 @pytest.fixture()
@@ -114,7 +114,9 @@ def test_openai_tag_resolves_to_quickgelu_variant():
 
 
 def test_explicit_quickgelu_mismatch_is_refused():
-    with pytest.raises(ModelError, match=r"QuickGELU mismatch: ViT-B-32-quickgelu .* trained with GELU; use --backbone ViT-B-32"):
+    with pytest.raises(
+        ModelError, match=r"QuickGELU mismatch: ViT-B-32-quickgelu .* trained with GELU; use --backbone ViT-B-32"
+    ):
         weights.resolve_tag_architecture("ViT-B-32-quickgelu", "laion2b_s34b_b79k")
     with pytest.raises(ModelError, match="unknown weights 'nope' for RN50; tags: cc12m, openai, yfcc15m"):
         weights.resolve_tag_architecture("RN50", "nope")
@@ -169,7 +171,10 @@ def test_cached_tag_loads_without_network(rn50_random, tmp_path, no_network):
     snapshot.mkdir(parents=True)
     (hub / "models--timm--resnet50_clip.yfcc15m" / "refs").mkdir()
     (hub / "models--timm--resnet50_clip.yfcc15m" / "refs" / "main").write_text("0" * 40)
-    save_file({k: v.contiguous() for k, v in rn50_random.model.state_dict().items()}, str(snapshot / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in rn50_random.model.state_dict().items()},
+        str(snapshot / "open_clip_model.safetensors"),
+    )
     assert weights.cached_weights_path("RN50", "yfcc15m", hub) == snapshot / "open_clip_model.safetensors"
     loaded = load_model("RN50", "yfcc15m", device="cpu", offline=True, cache_dir=hub)
     assert loaded.extra["quick_gelu"] is True
@@ -225,7 +230,11 @@ def test_our_artifact_loads_through_the_same_door(tiny_random, tmp_path):
     "shape, prompt, message",
     [
         ((4, 64), PromptConfig(n_ctx=4), "checkpoint context has width 64 but nemesis-tiny's text width is 128"),
-        ((16, 128), PromptConfig(n_ctx=4), "checkpoint has 16 context vectors but the prompt is set up for 4; set prompt.n_ctx = 16"),
+        (
+            (16, 128),
+            PromptConfig(n_ctx=4),
+            "checkpoint has 16 context vectors but the prompt is set up for 4; set prompt.n_ctx = 16",
+        ),
         ((3, 4, 128), PromptConfig(n_ctx=4), r"class-specific context \(3, 4, 128\); set prompt.csc = true"),
         ((4, 128), PromptConfig(n_ctx=4, csc=True), "generic context .*; set prompt.csc = false"),
         ((5, 4, 128), PromptConfig(n_ctx=4, csc=True), "class-specific context for 5 classes but the dataset has 3"),

@@ -18,12 +18,22 @@ from nemesis_analysis.cli.options import (
     handle_errors,
 )
 
+
 @handle_errors
 def datasets(
     data_root: DataRootOpt = None,
-    sample: Annotated[int, typer.Option("--sample", help="Images decoded per split (0: none; existence is always checked).")] = 50,
-    dataset: Annotated[Optional[list[str]], typer.Option("--dataset", "-d", help="Only this dataset: a CoOp name or folder:PATH / manifest:PATH (repeatable).")] = None,
-    shots: Annotated[Optional[int], typer.Option("--shots", "-k", help="Also report classes with fewer training images than this.")] = None,
+    sample: Annotated[
+        int, typer.Option("--sample", help="Images decoded per split (0: none; existence is always checked).")
+    ] = 50,
+    dataset: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--dataset", "-d", help="Only this dataset: a CoOp name or folder:PATH / manifest:PATH (repeatable)."
+        ),
+    ] = None,
+    shots: Annotated[
+        Optional[int], typer.Option("--shots", "-k", help="Also report classes with fewer training images than this.")
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Report every CoOp dataset under the data root (or the --dataset ones, custom folder:/manifest: specs
@@ -67,7 +77,9 @@ def datasets(
 
 @handle_errors
 def models(
-    filter: Annotated[Optional[str], typer.Option("--filter", help="Only architectures whose name contains this (case-insensitive).")] = None,
+    filter: Annotated[
+        Optional[str], typer.Option("--filter", help="Only architectures whose name contains this (case-insensitive).")
+    ] = None,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
     cache_dir: CacheDirOpt = None,
 ) -> None:
@@ -102,5 +114,3 @@ def models(
         "OpenAI weights pick the QuickGELU variant automatically",
         highlight=False,
     )
-
-

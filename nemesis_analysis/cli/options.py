@@ -25,6 +25,7 @@ _WIDTH = None if sys.stdout.isatty() else 160
 console = Console(width=_WIDTH, emoji=False)  # job ids like corrupt:...:new: are text, never emoji
 err_console = Console(stderr=True, width=_WIDTH, emoji=False)
 
+
 def error_line(error: NemesisError) -> str:
     """A library error's message, with the flag that sets the field it names."""
     from nemesis_analysis.cli.runoptions import flag_of

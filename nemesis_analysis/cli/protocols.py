@@ -26,7 +26,8 @@ from nemesis_analysis.cli.tables import FigureFormatOpt, FigureOutOpt
 RunOpt = Annotated[Optional[str], typer.Option("--run", help="Run id of a trained prompt (under --checkpoints).")]
 PromptOpt = Annotated[Optional[Path], typer.Option("--prompt", help="A prompt folder saved by `nemesis train`.")]
 EvalDatasetOpt = Annotated[
-    Optional[str], typer.Option("--dataset", "-d", help="Dataset whose test split to evaluate (default: the run's own).")
+    Optional[str],
+    typer.Option("--dataset", "-d", help="Dataset whose test split to evaluate (default: the run's own)."),
 ]
 ClassesOpt = Annotated[str, typer.Option("--classes", help="all, base or new (base2new's class halves).")]
 MinDeltaOpt = Annotated[

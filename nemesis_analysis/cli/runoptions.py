@@ -24,7 +24,11 @@ ConfigFileOpt = Annotated[
 ]  # fmt: skip
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", metavar="KEY=VALUE", help="Override a config field by dotted name, e.g. --set nemesis.beta=0.5 (repeatable)."),
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a config field by dotted name, e.g. --set nemesis.beta=0.5 (repeatable).",
+    ),
 ]
 PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved config as TOML and exit.")]
 PunOpt = Annotated[bool, typer.Option("--pun", help="Nemesis PUN: beta = 1.")]

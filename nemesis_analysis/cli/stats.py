@@ -25,7 +25,9 @@ from nemesis_analysis.cli.options import (
 @handle_errors
 def fill_counts_command(
     run: Annotated[str, typer.Option("--run", help="Run id (or a unique prefix) whose corruption rows to fill.")],
-    chunk: Annotated[Optional[int], typer.Option("--chunk", help="Variants per text pass (default: from memory).")] = None,
+    chunk: Annotated[
+        Optional[int], typer.Option("--chunk", help="Variants per text pass (default: from memory).")
+    ] = None,
     checkpoints: CheckpointsOpt = DEFAULT_CHECKPOINTS,
     reports: ReportsOpt = DEFAULT_REPORTS,
     data_root: DataRootOpt = None,

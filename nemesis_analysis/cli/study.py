@@ -17,7 +17,9 @@ study_app = typer.Typer(
 )
 
 StudyArg = Annotated[Path, typer.Argument(help="The study file (TOML); `nemesis study init` writes a template.")]
-CheckpointsOpt = Annotated[Optional[Path], typer.Option("--checkpoints", help="Override the study file's outputs.checkpoints.")]
+CheckpointsOpt = Annotated[
+    Optional[Path], typer.Option("--checkpoints", help="Override the study file's outputs.checkpoints.")
+]
 ReportsOpt = Annotated[Optional[Path], typer.Option("--reports", help="Override the study file's outputs.reports.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
 SmokeOpt = Annotated[
@@ -67,7 +69,10 @@ def init(
 @study_app.command()
 @handle_errors
 def plan(
-    study_file: StudyArg, as_json: JsonOpt = False, checkpoints: CheckpointsOpt = None, reports: ReportsOpt = None,
+    study_file: StudyArg,
+    as_json: JsonOpt = False,
+    checkpoints: CheckpointsOpt = None,
+    reports: ReportsOpt = None,
     smoke: SmokeOpt = False,
 ) -> None:
     """Expand the grid into jobs; print jobs per kind, done, to do, and the estimated cost."""
@@ -116,13 +121,13 @@ def run(
     smoke: SmokeOpt = False,
 ) -> None:
     """Run every job that is not done; failed jobs are recorded and do not stop the others; ends with the HTML report."""
+    from nemesis_analysis.cli.interrupt import graceful_stop
     from nemesis_analysis.errors import ConfigError
+    from nemesis_analysis.storage import store
     from nemesis_analysis.study.outputs import write_study_outputs
     from nemesis_analysis.study.plan import make_plan, parse_shard, select_jobs
     from nemesis_analysis.study.report import write_study_report
     from nemesis_analysis.study.runner import run_study
-    from nemesis_analysis.storage import store
-    from nemesis_analysis.cli.interrupt import graceful_stop
 
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor {executor!r}: choose local or ray")
@@ -161,7 +166,10 @@ def run(
 @study_app.command()
 @handle_errors
 def status(
-    study_file: StudyArg, as_json: JsonOpt = False, checkpoints: CheckpointsOpt = None, reports: ReportsOpt = None,
+    study_file: StudyArg,
+    as_json: JsonOpt = False,
+    checkpoints: CheckpointsOpt = None,
+    reports: ReportsOpt = None,
     smoke: SmokeOpt = False,
 ) -> None:
     """Done / running / failed / blocked / to do per job kind and per dataset, and the errors of failed jobs."""
@@ -170,7 +178,11 @@ def status(
 
     study = _load(study_file, checkpoints, reports, smoke)
     states = job_states(make_plan(study))
-    by_kind, by_dataset, failed = count_states(states, ["kind"]), count_states(states, ["kind", "dataset"]), failures(states)
+    by_kind, by_dataset, failed = (
+        count_states(states, ["kind"]),
+        count_states(states, ["kind", "dataset"]),
+        failures(states),
+    )
     if as_json:
         data = {"study": study.name, "by_kind": by_kind.to_dict("records"), "by_dataset": by_dataset.to_dict("records"),
                 "failures": failed.to_dict("records")}  # fmt: skip
@@ -184,7 +196,9 @@ def status(
 
 @study_app.command()
 @handle_errors
-def report(study_file: StudyArg, checkpoints: CheckpointsOpt = None, reports: ReportsOpt = None, smoke: SmokeOpt = False) -> None:
+def report(
+    study_file: StudyArg, checkpoints: CheckpointsOpt = None, reports: ReportsOpt = None, smoke: SmokeOpt = False
+) -> None:
     """Write REPORTS/studies/NAME/report.html: what was run, the paper's tables beside ours, figures, manifest."""
     from nemesis_analysis.study.report import write_study_report
 

@@ -11,21 +11,25 @@ from rich.table import Table
 from nemesis_analysis.cli.options import DEFAULT_REPORTS, ReportsOpt, console, handle_errors
 from nemesis_analysis.errors import ConfigError
 
-
 FigureOutOpt = Annotated[
     Optional[Path], typer.Option("--out", "-o", help="Figure file to write (default: REPORTS/figures/<name>.<format>).")
 ]
 FdrOpt = Annotated[
     float,
-    typer.Option("--fdr", help="False-discovery rate: an effect is significant when its Benjamini-Hochberg q-value (per sweep) is below this."),
+    typer.Option(
+        "--fdr",
+        help="False-discovery rate: an effect is significant when its Benjamini-Hochberg q-value (per sweep) is below this.",
+    ),
 ]
 FigureFormatOpt = Annotated[
-    Optional[str], typer.Option("--format", "-f", help="png (300 dpi), pdf or svg (default: the --out suffix, else png).")
+    Optional[str],
+    typer.Option("--format", "-f", help="png (300 dpi), pdf or svg (default: the --out suffix, else png)."),
 ]
 
 
 RegularizerOpt = Annotated[
-    Optional[str], typer.Option("--regularizer", help="Only runs of this regularizer (coop, nemesis-pun, nemesis-pan, ...).")
+    Optional[str],
+    typer.Option("--regularizer", help="Only runs of this regularizer (coop, nemesis-pun, nemesis-pan, ...)."),
 ]
 # --method was this option's name before the regularizer column was renamed; kept working, not shown.
 RegularizerAliasOpt = Annotated[Optional[str], typer.Option("--method", hidden=True)]
@@ -52,11 +56,16 @@ def plot_frequency_command(
     backbone: Annotated[Optional[str], typer.Option("--backbone", help="Only this backbone.")] = None,
     regularizer: RegularizerOpt = None,
     datasets: Annotated[Optional[str], typer.Option("--datasets", help="Only these datasets, comma-separated.")] = None,
-    min_delta: Annotated[float, typer.Option("--min-delta", help="Count a corruption when it raises accuracy by more than this (points).")] = 0.0,
+    min_delta: Annotated[
+        float,
+        typer.Option("--min-delta", help="Count a corruption when it raises accuracy by more than this (points)."),
+    ] = 0.0,
     reports: ReportsOpt = DEFAULT_REPORTS,
     out: FigureOutOpt = None,
     format: FigureFormatOpt = None,
-    measure: Annotated[str, typer.Option("--as", help="percent (of norm-reducing corruptions) or count (as the paper's Figure 1(b)).")] = "percent",
+    measure: Annotated[
+        str, typer.Option("--as", help="percent (of norm-reducing corruptions) or count (as the paper's Figure 1(b)).")
+    ] = "percent",
     fdr: FdrOpt = 0.05,
     method: RegularizerAliasOpt = None,
 ) -> None:
@@ -74,8 +83,12 @@ def plot_trajectory_command(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset of the runs.")],
     shots: Annotated[int, typer.Option("--shots", "-k", help="Shots per class of the runs.")],
     seed: Annotated[int, typer.Option("--seed", help="Split seed of the runs.")],
-    backbone: Annotated[Optional[str], typer.Option("--backbone", help="Backbone (needed when several were trained).")] = None,
-    per_position: Annotated[bool, typer.Option("--per-position", help="One panel per regularizer, a line per position.")] = False,
+    backbone: Annotated[
+        Optional[str], typer.Option("--backbone", help="Backbone (needed when several were trained).")
+    ] = None,
+    per_position: Annotated[
+        bool, typer.Option("--per-position", help="One panel per regularizer, a line per position.")
+    ] = False,
     reports: ReportsOpt = DEFAULT_REPORTS,
     out: FigureOutOpt = None,
     format: FigureFormatOpt = None,
@@ -120,19 +133,36 @@ def plot_norms_command(
     """Per-position norms of a trained prompt; positions where shrinking raised accuracy highlighted."""
     from nemesis_analysis.report import figures
 
-    _write_figure(lambda: figures.norms_figure(reports, run), reports, figures.figure_name("norms", run_id=run), out, format)
+    _write_figure(
+        lambda: figures.norms_figure(reports, run), reports, figures.figure_name("norms", run_id=run), out, format
+    )
 
 
 @handle_errors
 def summary(
     reports: ReportsOpt = DEFAULT_REPORTS,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for summary_*.csv/.md (default: REPORTS).")] = None,
-    min_delta: Annotated[float, typer.Option("--min-delta", help="Low-Norm Effect threshold for the frequency (points).")] = 0.0,
-    table_kind: Annotated[Optional[str], typer.Option("--table", help="A paper table instead: fewshot, base2new, dg or crossdataset.")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Folder for summary_*.csv/.md (default: REPORTS).")
+    ] = None,
+    min_delta: Annotated[
+        float, typer.Option("--min-delta", help="Low-Norm Effect threshold for the frequency (points).")
+    ] = 0.0,
+    table_kind: Annotated[
+        Optional[str], typer.Option("--table", help="A paper table instead: fewshot, base2new, dg or crossdataset.")
+    ] = None,
     table_format: Annotated[str, typer.Option("--format", help="With --table: md, latex or csv.")] = "md",
-    compare: Annotated[Optional[str], typer.Option("--compare", help="With --table: 'paper' adds the published values and the difference.")] = None,
+    compare: Annotated[
+        Optional[str],
+        typer.Option("--compare", help="With --table: 'paper' adds the published values and the difference."),
+    ] = None,
     fdr: FdrOpt = 0.05,
-    compare_to: Annotated[Optional[str], typer.Option("--compare-to", help="Compare every other regularizer with this one (e.g. coop) on matched runs: mean difference, 95% interval, paired t-test.")] = None,
+    compare_to: Annotated[
+        Optional[str],
+        typer.Option(
+            "--compare-to",
+            help="Compare every other regularizer with this one (e.g. coop) on matched runs: mean difference, 95% interval, paired t-test.",
+        ),
+    ] = None,
 ) -> None:
     """Accuracy tables, mean ± std over seeds per (dataset, shots, regularizer); saved as CSV and Markdown."""
     from nemesis_analysis.report import analysis, summaries

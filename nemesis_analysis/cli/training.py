@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from nemesis_analysis.cli.interrupt import StopRequest, graceful_stop, stop_requested
 from nemesis_analysis.cli.options import (
     DEFAULT_CHECKPOINTS,
     DEFAULT_REPORTS,
@@ -28,7 +29,6 @@ from nemesis_analysis.cli.options import (
     handle_errors,
 )
 from nemesis_analysis.cli.runoptions import RunCommand, build_run_config, given_options, run_parameter_names
-from nemesis_analysis.cli.interrupt import StopRequest, graceful_stop, stop_requested
 from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.session import Session
 
@@ -64,8 +64,9 @@ def run_demo_pipeline(session: Session):
     """The demo on the session's folders and device."""
     from nemesis_analysis.demo import run_demo
 
-    return run_demo(session.checkpoints_dir, session.reports_dir, device=session.device,
-                    progress=session.progress, console=console)
+    return run_demo(
+        session.checkpoints_dir, session.reports_dir, device=session.device, progress=session.progress, console=console
+    )
 
 
 def config_of_run(session: Session, run_id: str, given: set[str], prompt: Path | None):
@@ -146,8 +147,11 @@ def say(text: str) -> None:
 
 VariantsOpt = Annotated[
     Optional[str],
-    typer.Option("--variants", help="Train several Nemesis variants at once, fused (one image pass per step for "
-                 "all): comma-separated coop, pun, pan or a beta in [0, 1], e.g. coop,pun,pan,0.5."),
+    typer.Option(
+        "--variants",
+        help="Train several Nemesis variants at once, fused (one image pass per step for "
+        "all): comma-separated coop, pun, pan or a beta in [0, 1], e.g. coop,pun,pan,0.5.",
+    ),
 ]
 
 
@@ -179,8 +183,9 @@ def variant_configs(ctx: typer.Context, variants: str) -> list:
         run.pop(name, None)
     config_file, sets = run.pop("config_file", None), run.pop("set_", None)
     return [
-        build_run_config(given=given | {"beta"}, config_file=config_file, sets=sets, purpose="train", say=say,
-                         **run, **variant)  # fmt: skip
+        build_run_config(
+            given=given | {"beta"}, config_file=config_file, sets=sets, purpose="train", say=say, **run, **variant
+        )  # fmt: skip
         for variant in parse_variants(variants)
     ]
 
@@ -222,8 +227,15 @@ def train_command(
     configs = variant_configs(ctx, variants) if variants is not None else None
     if print_config:
         print_config_and_stop(config)
-    session = build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
-                            offline=offline, cache_dir=cache_dir, quiet=quiet)
+    session = build_session(
+        checkpoints=checkpoints,
+        reports=reports,
+        data_root=data_root,
+        device=device,
+        offline=offline,
+        cache_dir=cache_dir,
+        quiet=quiet,
+    )
     if configs is not None:
         return train_variants(configs, session, force)
     with graceful_stop() as stop:
@@ -240,8 +252,11 @@ train = handle_errors(RunCommand(train_command, purpose="train", say=say))
 
 PromptPathOpt = Annotated[
     Optional[Path],
-    typer.Option("--prompt", help="Analyse this saved prompt (a folder with prompt.safetensors + prompt.json, "
-                 "or a CoOp checkpoint) instead of training."),
+    typer.Option(
+        "--prompt",
+        help="Analyse this saved prompt (a folder with prompt.safetensors + prompt.json, "
+        "or a CoOp checkpoint) instead of training.",
+    ),
 ]
 RunOpt = Annotated[
     Optional[str],
@@ -256,11 +271,17 @@ PositionsOpt = Annotated[
 ]
 FactorsOpt = Annotated[
     Optional[str],
-    typer.Option("--factors", help="Rescale factors, comma-separated.", show_default="0,0.001,0.01,0.1,0.5,0.9,1.1,2,5,10"),
+    typer.Option(
+        "--factors", help="Rescale factors, comma-separated.", show_default="0,0.001,0.01,0.1,0.5,0.9,1.1,2,5,10"
+    ),
 ]
 StdsOpt = Annotated[
     Optional[str],
-    typer.Option("--stds", help="Replace stds of N(0, std^2), comma-separated.", show_default="0,0.0001,0.001,0.01,0.02,0.05,0.1,0.5,1"),
+    typer.Option(
+        "--stds",
+        help="Replace stds of N(0, std^2), comma-separated.",
+        show_default="0,0.0001,0.001,0.01,0.02,0.05,0.1,0.5,1",
+    ),
 ]
 RepsOpt = Annotated[int, typer.Option("--reps", help="Random draws per replace cell.")]
 ChunkOpt = Annotated[
@@ -268,8 +289,11 @@ ChunkOpt = Annotated[
 ]
 MaxTestOpt = Annotated[
     Optional[int],
-    typer.Option("--max-test", help="Evaluate a seeded class-stratified subsample of at most N test images "
-                 "(for CoCoOp on large test sets; n_test records it)."),
+    typer.Option(
+        "--max-test",
+        help="Evaluate a seeded class-stratified subsample of at most N test images "
+        "(for CoCoOp on large test sets; n_test records it).",
+    ),
 ]
 
 
@@ -304,8 +328,15 @@ def corrupt_command(
     from nemesis_analysis.corruption.ops import GridSpec, parse_int_list  # imports torch: only once the config is valid
 
     grid = GridSpec.parse(ops, positions, factors, stds, reps)
-    session = build_session(checkpoints=checkpoints, reports=reports, data_root=data_root, device=device,
-                            offline=offline, cache_dir=cache_dir, quiet=quiet)
+    session = build_session(
+        checkpoints=checkpoints,
+        reports=reports,
+        data_root=data_root,
+        device=device,
+        offline=offline,
+        cache_dir=cache_dir,
+        quiet=quiet,
+    )
     if run is not None:
         config = config_of_run(session, run, given_options(ctx), prompt)
     if print_config:

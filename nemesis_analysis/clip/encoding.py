@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +161,9 @@ def supports_prefix_reuse(model: torch.nn.Module) -> bool:
         return False
     if getattr(transformer, "grad_checkpointing", False):
         return False
-    return all(type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv") for block in transformer.resblocks)
+    return all(
+        type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv") for block in transformer.resblocks
+    )
 
 
 def text_layer_inputs(model: torch.nn.Module, embeddings: torch.Tensor) -> list[torch.Tensor]:

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from nemesis_analysis.clip.encoding import LoadedModel
 from nemesis_analysis.data.base import DatasetSplits, Sample, fingerprint_samples
 from nemesis_analysis.errors import ModelError
-from nemesis_analysis.storage.fsio import atomic_path
-from nemesis_analysis.clip.encoding import LoadedModel
 from nemesis_analysis.progress import progress_bar
+from nemesis_analysis.storage.fsio import atomic_path
 
 logger = logging.getLogger(__name__)
 

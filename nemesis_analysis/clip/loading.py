@@ -8,12 +8,12 @@ import open_clip
 import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
+from nemesis_analysis.choices import Precision
 from nemesis_analysis.clip import weights
 from nemesis_analysis.clip.architectures import TINY_BACKBONE, register_model_configs
-from nemesis_analysis.choices import Precision
-from nemesis_analysis.errors import ConfigError
 from nemesis_analysis.clip.encoding import LoadedModel
 from nemesis_analysis.devices import resolve_device, resolve_precision
+from nemesis_analysis.errors import ConfigError
 
 
 def load_model(
@@ -44,7 +44,11 @@ def load_model(
         )
     pretrained = pretrained or "none"
     model, weights_id = weights.create_with_weights(
-        backbone, pretrained, checkpoints_dir=Path(checkpoints_dir), offline=offline, progress=progress,
+        backbone,
+        pretrained,
+        checkpoints_dir=Path(checkpoints_dir),
+        offline=offline,
+        progress=progress,
         cache_dir=cache_dir,
     )
     if precision == Precision.FP16:

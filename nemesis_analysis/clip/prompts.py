@@ -8,14 +8,14 @@ once: ``n_ctx``, or the token count of ``ctx_init`` when the context starts from
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from nemesis_analysis.choices import ClassTokenPosition
+from nemesis_analysis.clip.encoding import LoadedModel, eos_positions
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ConfigError, ModelError
-from nemesis_analysis.clip.encoding import LoadedModel, eos_positions
 
 PLACEHOLDER = "X"  # one BPE token per context slot in the tokenised layout
 
@@ -30,7 +30,7 @@ def resolve_n_ctx(prompt: PromptConfig, tokenize: Callable[[list[str]], torch.Te
     return n_ctx
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def backbone_tokenizer(backbone: str) -> Callable[[list[str]], torch.Tensor]:
     """The backbone's tokenizer without loading its weights (to resolve n_ctx before any model loads); built
     once per backbone (reading its vocabulary takes a large part of a second, and a plan asks per job)."""

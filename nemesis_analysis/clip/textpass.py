@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis.errors import ModelError
 from nemesis_analysis.clip.encoding import encode_text_from_embeddings, pool_and_project, supports_prefix_reuse
+from nemesis_analysis.errors import ModelError
 
 logger = logging.getLogger(__name__)
 _LOGGED_FALLBACKS: set[str] = set()
@@ -46,9 +46,7 @@ def shared_prefix_length(ctx_index: torch.Tensor, eos: torch.Tensor, csc: bool =
     return min(shared, int(eos.min()))
 
 
-def usable_shared_prefix(
-    model: torch.nn.Module, ctx_index: torch.Tensor, eos: torch.Tensor, csc: bool = False
-) -> int:
+def usable_shared_prefix(model: torch.nn.Module, ctx_index: torch.Tensor, eos: torch.Tensor, csc: bool = False) -> int:
     """:func:`shared_prefix_length` when the text tower fits the shared pass, else 0 (said once in the log)."""
     shared = shared_prefix_length(ctx_index, eos, csc)
     if shared > 0 and not supports_shared_prefix(model):
@@ -64,7 +62,7 @@ def _log_fallback(model: torch.nn.Module) -> None:
         logger.info("%s's text tower does not fit the class-shared prefix pass; using the plain pass", name)
 
 
-_SUPPORT: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_SUPPORT: weakref.WeakKeyDictionary[torch.nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def supports_shared_prefix(model: torch.nn.Module) -> bool:
@@ -152,7 +150,7 @@ def _shared_block(
 
     q_s, k_s, v_s = (t.transpose(1, 2) for t in _qkv(block, suffix))  # (V, H, C, T, d)
     q_s = q_s * scale
-    to_shared = (q_s.reshape(num_variants, heads, -1, head_dim) @ k.transpose(-1, -2))  # (V, H, C*T, S0+S1)
+    to_shared = q_s.reshape(num_variants, heads, -1, head_dim) @ k.transpose(-1, -2)  # (V, H, C*T, S0+S1)
     to_shared = to_shared.view(num_variants, heads, num_classes, tokens, context)
     logits = torch.cat([to_shared, q_s @ k_s.transpose(-1, -2)], dim=-1) + mask[shared_len:]
     weights = torch.softmax(logits, dim=-1)  # (V, H, C, T, S0 + S1 + T)
@@ -187,7 +185,9 @@ def encode_text_from_prefix_shared(
     num_variants, num_classes, tokens, _ = suffix.shape
     start, length = cached_len + shared.shape[1], cached_len + shared.shape[1] + tokens
     if int(eos.min()) < start:
-        raise ModelError(f"an EOS at {int(eos.min())} lies inside the shared prefix of {start} tokens; share fewer tokens")
+        raise ModelError(
+            f"an EOS at {int(eos.min())} lies inside the shared prefix of {start} tokens; share fewer tokens"
+        )
     cast_dtype = model.transformer.get_cast_dtype()
     positions = model.positional_embedding.to(cast_dtype)
     x_shared = shared.to(cast_dtype) + positions[cached_len:start]  # (V, S1, W)

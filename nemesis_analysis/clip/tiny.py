@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from nemesis_analysis.clip.architectures import MODEL_CONFIG_DIR, TINY_BACKBONE, random_init, register_model_configs
-from nemesis_analysis.storage.fsio import WriteError, atomic_path
 from nemesis_analysis.progress import progress_bar
+from nemesis_analysis.storage.fsio import WriteError, atomic_path
 from nemesis_analysis.storage.schema import TINY_WEIGHTS_VERSION
 from nemesis_analysis.storage.usercache import default_cache_root
 
@@ -150,9 +150,9 @@ def _pretrain(recipe: TinyRecipe, progress: bool) -> dict[str, torch.Tensor]:
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    from nemesis_analysis.data.registry import load_dataset
-    from nemesis_analysis.clip.encoding import eos_positions, encode_text_from_embeddings
+    from nemesis_analysis.clip.encoding import encode_text_from_embeddings, eos_positions
     from nemesis_analysis.clip.features import vit_sequence
+    from nemesis_analysis.data.registry import load_dataset
 
     register_model_configs()
     started = time.perf_counter()

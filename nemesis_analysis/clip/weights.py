@@ -23,10 +23,10 @@ import open_clip
 import torch
 from open_clip.pretrained import get_pretrained_cfg
 
-from nemesis_analysis.storage import safeload
 from nemesis_analysis.clip import tiny
 from nemesis_analysis.clip.architectures import RANDOM_INIT_SEED, TINY_BACKBONE, random_init
 from nemesis_analysis.errors import ModelError
+from nemesis_analysis.storage import safeload
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")  # OpenAI'
 
 def offline_requested(offline: bool = False) -> bool:
     """``offline``, or the Hugging Face offline environment variables set to a true value."""
-    return offline or any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in OFFLINE_ENVS)
+    return offline or any(
+        os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in OFFLINE_ENVS
+    )
 
 
 # ------------------------------------------------------------------------------------------ QuickGELU
@@ -70,7 +72,9 @@ class Architecture:
         return self.force_quick_gelu or architecture_uses_quick_gelu(self.name)
 
 
-def resolve_architecture(backbone: str, weights_quick_gelu: bool | None, weights_label: str = "the weights") -> Architecture:
+def resolve_architecture(
+    backbone: str, weights_quick_gelu: bool | None, weights_label: str = "the weights"
+) -> Architecture:
     """The architecture to build for weights trained with (True) or without (False) QuickGELU; None: unknown.
 
     Weights that need QuickGELU on a GELU config get the ``-quickgelu`` variant (or QuickGELU forced
@@ -102,13 +106,17 @@ def resolve_tag_architecture(backbone: str, tag: str) -> Architecture:
     """Architecture for an open_clip tag, from the tag's recorded ``quick_gelu`` (no download)."""
     config = tag_config(backbone, tag)
     if not config:
-        raise ModelError(f"unknown weights {tag!r} for {backbone}; tags: {_tags_text(backbone)}; or pass a weights file path")
+        raise ModelError(
+            f"unknown weights {tag!r} for {backbone}; tags: {_tags_text(backbone)}; or pass a weights file path"
+        )
     return resolve_architecture(backbone, bool(config.get("quick_gelu", False)), f"{base_architecture(backbone)}/{tag}")
 
 
 def _tags_text(backbone: str) -> str:
-    tags = sorted(set(open_clip.list_pretrained_tags_by_model(backbone))
-                  | set(open_clip.list_pretrained_tags_by_model(base_architecture(backbone))))
+    tags = sorted(
+        set(open_clip.list_pretrained_tags_by_model(backbone))
+        | set(open_clip.list_pretrained_tags_by_model(base_architecture(backbone)))
+    )
     return ", ".join(tags) if tags else "none known"
 
 
@@ -149,9 +157,7 @@ def cached_weights_path(backbone: str, tag: str, cache_dir: Path | str | None = 
         from huggingface_hub import try_to_load_from_cache
 
         for filename in location.hf_filenames:
-            found = try_to_load_from_cache(
-                location.hf_repo, filename, cache_dir=str(cache_dir) if cache_dir else None
-            )
+            found = try_to_load_from_cache(location.hf_repo, filename, cache_dir=str(cache_dir) if cache_dir else None)
             if isinstance(found, str) and os.path.isfile(found):
                 return Path(found)
     if location.legacy_file is not None and location.legacy_file.is_file():
@@ -172,7 +178,9 @@ def missing_weights_message(backbone: str, tag: str, cache_dir: Path | str | Non
             + "` on a machine with network, then copy the cache folder)"
         )
     if location.legacy_file is not None:
-        where.append(f"place {location.legacy_file.name} (from {tag_config(backbone, tag)['url']}) at {location.legacy_file}")
+        where.append(
+            f"place {location.legacy_file.name} (from {tag_config(backbone, tag)['url']}) at {location.legacy_file}"
+        )
     return (
         f"weights {base_architecture(backbone)}/{tag} are not in the local cache and offline mode forbids downloading: "
         + " or ".join(where)

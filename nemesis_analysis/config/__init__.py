@@ -27,6 +27,7 @@ from nemesis_analysis.choices import (
     Protocol,
     plain,
 )
+from nemesis_analysis.errors import ConfigError, FieldError
 from nemesis_analysis.fieldspec import (
     IN_ID_ALWAYS,
     IN_ID_NEVER,
@@ -45,11 +46,9 @@ from nemesis_analysis.fieldspec import (
     unit_interval_open,
     validate_fields,
 )
-from nemesis_analysis.errors import ConfigError, FieldError
 from nemesis_analysis.methods.declarations import KgCoOpConfig, PLOTConfig  # noqa: F401  (re-exported)
 from nemesis_analysis.methods.registry import declaration, method_names, option_sections
 from nemesis_analysis.storage.schema import TINY_WEIGHTS_VERSION, RunIdentity
-
 
 # CoOp's few-shot protocol: epochs by number of shots (ImageNet uses 50 for every shot count).
 COOP_EPOCHS_BY_SHOTS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
@@ -85,10 +84,15 @@ class PromptConfig:
                             "registered method")  # fmt: skip
     n_ctx: int = spec(16, check=at_least_one, flag="--n-ctx", help="number of context vectors M")
     csc: bool = spec(False, flag="--csc/--no-csc", help="class-specific context: one set of M vectors per class")
-    class_token_position: ClassTokenPosition = spec(ClassTokenPosition.END, flag="--class-token-position",
-                                                    noun="class-token position", help="where the class name goes")
-    ctx_init: str | None = spec(None, flag="--ctx-init",
-                                help="initialise from these words (n_ctx becomes their token count)")
+    class_token_position: ClassTokenPosition = spec(
+        ClassTokenPosition.END,
+        flag="--class-token-position",
+        noun="class-token position",
+        help="where the class name goes",
+    )
+    ctx_init: str | None = spec(
+        None, flag="--ctx-init", help="initialise from these words (n_ctx becomes their token count)"
+    )
     init_std: float = spec(0.02, check=non_negative, help="std of the N(0, std^2) init when ctx_init is None")
 
     def __post_init__(self) -> None:
@@ -107,21 +111,43 @@ class NemesisConfig:
     """
 
     SECTION: ClassVar[str] = "nemesis"
-    beta: float | None = spec(None, check=unit_interval, flag="--beta",
-                              help="mix: beta * PUN + (1 - beta) * PAN, in [0, 1] (1 = PUN, 0 = PAN); unset = CoOp")
-    weight: float = spec(1.0, check=non_negative, flag=("--norm-weight", "--alpha"),
-                         help="norm-loss weight (reference: A); --alpha is an alias")
+    beta: float | None = spec(
+        None,
+        check=unit_interval,
+        flag="--beta",
+        help="mix: beta * PUN + (1 - beta) * PAN, in [0, 1] (1 = PUN, 0 = PAN); unset = CoOp",
+    )
+    weight: float = spec(
+        1.0,
+        check=non_negative,
+        flag=("--norm-weight", "--alpha"),
+        help="norm-loss weight (reference: A); --alpha is an alias",
+    )
     norm_type: NormType = spec(NormType.L2, flag="--norm-type", noun="norm type", help="q in ||p_i||_q")
-    pan_positions: int = spec(1, check=at_least_one, flag="--pan-positions",
-                              help="PAN: positions rescaled per step (reference: NP)")
-    pan_factor: float = spec(0.1, check=non_negative, flag="--pan-factor",
-                             help="PAN: rescale factor of a chosen position, 0 zeroes it (reference: CW)")
-    omega: OmegaSchedule = spec(OmegaSchedule.SIGMOID, flag="--omega", noun="omega schedule",
-                                help="sigmoid (1 - sigmoid(0.2 (t - T/2))) or constant")
-    pan_weight: float | None = spec(None, check=non_negative, in_id=IN_ID_UNLESS_DEFAULT,
-                                    help="PAN's weight (alpha_j); unset: the norm-loss weight")
-    csc_reduction: CscReduction = spec(CscReduction.MEAN, in_id=IN_ID_UNLESS_DEFAULT, noun="class-specific norm reduction",
-                                       help="class-specific context: norms averaged (mean) or summed over classes")
+    pan_positions: int = spec(
+        1, check=at_least_one, flag="--pan-positions", help="PAN: positions rescaled per step (reference: NP)"
+    )
+    pan_factor: float = spec(
+        0.1,
+        check=non_negative,
+        flag="--pan-factor",
+        help="PAN: rescale factor of a chosen position, 0 zeroes it (reference: CW)",
+    )
+    omega: OmegaSchedule = spec(
+        OmegaSchedule.SIGMOID,
+        flag="--omega",
+        noun="omega schedule",
+        help="sigmoid (1 - sigmoid(0.2 (t - T/2))) or constant",
+    )
+    pan_weight: float | None = spec(
+        None, check=non_negative, in_id=IN_ID_UNLESS_DEFAULT, help="PAN's weight (alpha_j); unset: the norm-loss weight"
+    )
+    csc_reduction: CscReduction = spec(
+        CscReduction.MEAN,
+        in_id=IN_ID_UNLESS_DEFAULT,
+        noun="class-specific norm reduction",
+        help="class-specific context: norms averaged (mean) or summed over classes",
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -163,8 +189,11 @@ class OptimConfig:
     batch_size: int = spec(32, check=at_least_one, flag="--batch-size", help="training batch size")
     warmup_epochs: int = spec(1, check=non_negative, help="constant warm-up epochs")
     warmup_lr: float = spec(1e-5, check=positive, help="learning rate during warm-up")
-    drop_last: bool = spec(False, in_id=IN_ID_UNLESS_DEFAULT,
-                           help="drop the last incomplete batch when the set holds at least one batch (reference)")
+    drop_last: bool = spec(
+        False,
+        in_id=IN_ID_UNLESS_DEFAULT,
+        help="drop the last incomplete batch when the set holds at least one batch (reference)",
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -193,11 +222,14 @@ class RunConfig:
     """
 
     SECTION: ClassVar[str] = ""
-    dataset: str = spec("digits", flag=("--dataset", "-d"),
-                        help="digits (embedded), a CoOp dataset, or folder:PATH / manifest:PATH")
+    dataset: str = spec(
+        "digits", flag=("--dataset", "-d"), help="digits (embedded), a CoOp dataset, or folder:PATH / manifest:PATH"
+    )
     shots: int = spec(16, check=at_least_one, flag=("--shots", "-k"), help="training images per class")
     seed: int = spec(1, check=any_number, flag="--seed", help="few-shot sampling and initialisation seed")
-    backbone: str = spec("nemesis-tiny", flag="--backbone", help="open_clip architecture (RN50, ViT-B-16, nemesis-tiny)")
+    backbone: str = spec(
+        "nemesis-tiny", flag="--backbone", help="open_clip architecture (RN50, ViT-B-16, nemesis-tiny)"
+    )
     pretrained: str = spec("embedded", flag="--pretrained",
                            help="open_clip tag (openai), a weights file, 'embedded' (tiny CLIP) or 'none'; "
                                 "default: embedded for nemesis-tiny, openai otherwise")  # fmt: skip
@@ -209,19 +241,39 @@ class RunConfig:
     prompt: PromptConfig = spec(default_factory=PromptConfig)
     nemesis: NemesisConfig = spec(default_factory=NemesisConfig)
     optim: OptimConfig = spec(default_factory=OptimConfig)
-    recipe: str | None = spec(None, in_id=IN_ID_NEVER, flag="--recipe", choices=lambda: recipe_names(), noun="recipe",
-                              help=f"{RECIPES_HELP} or a method's recipe (cocoop); prints and records what it changed")
-    recipe_changes: str = spec("", in_id=IN_ID_NEVER, settable=False,
-                               help="the settings the recipe changed (recorded, not hashed)")
-    protocol: Protocol = spec(Protocol.FEWSHOT, in_id=IN_ID_UNLESS_DEFAULT, flag="--protocol", noun="protocol",
-                              help="fewshot, base2new (train on base classes, test on base and new), crossdataset or dg")
+    recipe: str | None = spec(
+        None,
+        in_id=IN_ID_NEVER,
+        flag="--recipe",
+        choices=lambda: recipe_names(),
+        noun="recipe",
+        help=f"{RECIPES_HELP} or a method's recipe (cocoop); prints and records what it changed",
+    )
+    recipe_changes: str = spec(
+        "", in_id=IN_ID_NEVER, settable=False, help="the settings the recipe changed (recorded, not hashed)"
+    )
+    protocol: Protocol = spec(
+        Protocol.FEWSHOT,
+        in_id=IN_ID_UNLESS_DEFAULT,
+        flag="--protocol",
+        noun="protocol",
+        help="fewshot, base2new (train on base classes, test on base and new), crossdataset or dg",
+    )
     allow_missing_classes: bool = spec(False, in_id=IN_ID_UNLESS_DEFAULT, flag="--allow-missing-classes",
                                        help="train even when some classes have fewer training images than shots "
                                             "(or none); recorded in the run")  # fmt: skip
-    dataset_fingerprint: str = spec("", in_id=IN_ID_UNLESS_DEFAULT, settable=False,
-                                    help="content fingerprint of a custom dataset (filled in when it is loaded)")
-    options: dict = spec(default_factory=dict, in_id=IN_ID_NEVER, settable=False,
-                         help="the option sections of the declared prompt methods, by section name")
+    dataset_fingerprint: str = spec(
+        "",
+        in_id=IN_ID_UNLESS_DEFAULT,
+        settable=False,
+        help="content fingerprint of a custom dataset (filled in when it is loaded)",
+    )
+    options: dict = spec(
+        default_factory=dict,
+        in_id=IN_ID_NEVER,
+        settable=False,
+        help="the option sections of the declared prompt methods, by section name",
+    )
 
     def __post_init__(self) -> None:
         for name, section in BASE_SECTIONS.items():
@@ -261,7 +313,7 @@ class RunConfig:
         """The options section of this run's prompt method (PLOTConfig, KgCoOpConfig, ...), or None."""
         return self.options.get(self.prompt_method) if declaration(self.prompt_method).options else None
 
-    def resolved(self, device_type: str) -> "RunConfig":
+    def resolved(self, device_type: str) -> RunConfig:
         """A copy with defaults that depend on the device filled in (precision, epochs)."""
         data = self.to_dict()
         if data["precision"] is None:
@@ -278,7 +330,7 @@ class RunConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict, strict: bool = False) -> "RunConfig":
+    def from_dict(cls, data: dict, strict: bool = False) -> RunConfig:
         """Build from ``to_dict()``'s layout; ``strict`` refuses unknown keys (config files), else ignores them."""
         data = dict(data)
         if strict:
@@ -294,7 +346,7 @@ class RunConfig:
         options = {name: built.pop(name) for name in list(built) if name not in BASE_SECTIONS}
         return cls(**{k: v for k, v in data.items() if k in known}, **built, options=options)
 
-    def with_dataset_fingerprint(self, fingerprint: str) -> "RunConfig":
+    def with_dataset_fingerprint(self, fingerprint: str) -> RunConfig:
         """A copy naming the loaded dataset's content (custom datasets; "" for built-ins), so two
         different folders with the same spec never share a run id."""
         if fingerprint == self.dataset_fingerprint:
@@ -564,7 +616,7 @@ def toml_line(name: str, value, comment: bool = False) -> str:
     return f"{'# ' if comment else ''}{name} = {text}"
 
 
-def to_toml(config: "RunConfig") -> str:
+def to_toml(config: RunConfig) -> str:
     """The config as TOML in the layout :func:`load_config_file` reads (unset optional fields and recorded
     ones, which the toolkit fills in itself, as comments)."""
     data, recorded = config.to_dict(), set(settings(include_recorded=True)) - set(settings())

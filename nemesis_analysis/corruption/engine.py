@@ -8,7 +8,7 @@ position reuse the unchanged prompt's states before it when the method offers a 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -44,7 +44,9 @@ def predict_variants(method: PromptMethod, slot_variants: Tensor, features: Tens
     (CoCoOp) chunk over the images inside :meth:`~PromptMethod.variant_scores`.
     """
     device = method.device  # PLOT's local features (n_test, tokens, embed) stay where they are: it moves chunks
-    scores = method.variant_scores(slot_variants.to(device), features.to(device), local_features)  # (variants, n_test, classes)
+    scores = method.variant_scores(
+        slot_variants.to(device), features.to(device), local_features
+    )  # (variants, n_test, classes)
     return predict_classes(scores).cpu()
 
 
@@ -55,7 +57,11 @@ def prefix_cache(method: PromptMethod, slot_value: Tensor, reuse_prefix: bool = 
 
 @torch.no_grad()
 def predict_single_position_variants(
-    method: PromptMethod, cache, variants: Tensor, positions: Sequence[int], features: Tensor,
+    method: PromptMethod,
+    cache,
+    variants: Tensor,
+    positions: Sequence[int],
+    features: Tensor,
     local_features: Tensor | None = None,
 ) -> Tensor:
     """Predictions (variants, n_test) for variants that each change the one position given for them.

@@ -33,9 +33,7 @@ DEFAULT_REPS: int = 3
 
 def _check_position(ctx: Tensor, position: int) -> None:
     if ctx.dim() not in (2, 3):
-        raise ValueError(
-            f"ctx must be (n_ctx, width) or (num_classes, n_ctx, width), got shape {tuple(ctx.shape)}"
-        )
+        raise ValueError(f"ctx must be (n_ctx, width) or (num_classes, n_ctx, width), got shape {tuple(ctx.shape)}")
     n_ctx = ctx.shape[-2]
     if not 0 <= position < n_ctx:
         raise ValueError(f"position {position} is outside 0..{n_ctx - 1} (n_ctx={n_ctx})")
@@ -240,7 +238,7 @@ class GridSpec:
         factors: str | None = None,
         stds: str | None = None,
         reps: int = DEFAULT_REPS,
-    ) -> "GridSpec":
+    ) -> GridSpec:
         """A spec from the CLI's texts (``--ops rescale,replace --positions 0,3,5-7 --factors 0,0.5``)."""
         return cls(
             ops=tuple(item.strip() for item in ops.split(",") if item.strip()),

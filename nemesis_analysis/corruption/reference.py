@@ -4,20 +4,20 @@ re-encoded per variant) that tests and ``benchmarks/bench_corrupt.py`` check the
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nemesis_analysis.clip.encoding import encode_text_from_embeddings, eos_positions
+from nemesis_analysis.clip.features import encode_samples
+from nemesis_analysis.clip.prompts import layout_tokens
 from nemesis_analysis.corruption.ops import Corruption, corrupt_context
 from nemesis_analysis.data.base import DatasetSplits
-from nemesis_analysis.clip.features import encode_samples
 from nemesis_analysis.methods.coop import CoOp
 from nemesis_analysis.metrics import predict_classes
-from nemesis_analysis.clip.encoding import encode_text_from_embeddings, eos_positions
 from nemesis_analysis.progress import progress_bar
-from nemesis_analysis.clip.prompts import layout_tokens
 
 
 class FullLengthPrompts:

@@ -8,17 +8,17 @@ missing for the run. Columns follow ``schema.SCHEMAS["corruptions"]``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import pandas as pd
 import torch
 from torch import Tensor
 
 from nemesis_analysis import protocols
-from nemesis_analysis.storage import store
 from nemesis_analysis.choices import CorruptionOp, EvalClasses
-from nemesis_analysis.corruption.ops import NO_CORRUPTION, Corruption, apply_corruptions
+from nemesis_analysis.clip.encoding import fp32_text_passes
+from nemesis_analysis.clip.features import local_image_features
 from nemesis_analysis.corruption.engine import (
     accuracy_of,
     auto_chunk,
@@ -28,17 +28,17 @@ from nemesis_analysis.corruption.engine import (
     variant_norms,
     variant_outcomes,
 )
+from nemesis_analysis.corruption.ops import NO_CORRUPTION, Corruption, apply_corruptions
+from nemesis_analysis.devices import host_features
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.evaluate import restrict_to_classes
-from nemesis_analysis.clip.encoding import fp32_text_passes
-from nemesis_analysis.clip.features import local_image_features
-from nemesis_analysis.devices import host_features
 from nemesis_analysis.methods.base import PromptMethod
-from nemesis_analysis.training.nemesis import position_norms
 from nemesis_analysis.progress import progress_bar
-from nemesis_analysis.storage.schema import CORRUPTION_KEY, SCHEMAS, RunIdentity
 from nemesis_analysis.session import Session
 from nemesis_analysis.stats import bh_q_values, mcnemar_p
+from nemesis_analysis.storage import store
+from nemesis_analysis.storage.schema import CORRUPTION_KEY, SCHEMAS, RunIdentity
+from nemesis_analysis.training.nemesis import position_norms
 
 SIGNIFICANCE_FDR = 0.05  # the false-discovery rate of SweepSummary.num_significant
 
@@ -166,7 +166,7 @@ def run_corruption_sweep(
 
 def baseline_test_set(
     session: Session, method: PromptMethod, slot_value: Tensor, dataset: str, classes: str, max_test: int | None
-) -> tuple["EvalSet", float]:
+) -> tuple[EvalSet, float]:
     """The sweep's test set with the unchanged prompt's scores and per-image correctness, and its accuracy."""
     test = load_test_set(session, method, dataset, classes, max_test)
     test.original = original_scores(method, slot_value, test)
@@ -176,7 +176,7 @@ def baseline_test_set(
 
 
 @torch.no_grad()
-def original_scores(method: PromptMethod, slot_value: Tensor, test: "EvalSet") -> Tensor:
+def original_scores(method: PromptMethod, slot_value: Tensor, test: EvalSet) -> Tensor:
     """Scores (n_test, classes) of the unchanged prompt: the baseline accuracy and what invisibility compares to."""
     device = method.device  # PLOT's local features stay where they are: it moves chunks
     return method.variant_scores(slot_value[None].to(device), test.features.to(device), test.local_features)[0]

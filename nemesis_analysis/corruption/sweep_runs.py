@@ -7,23 +7,23 @@ included, before any model is loaded, anything is trained or any row is written.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from nemesis_analysis import protocols
-from nemesis_analysis.storage.artifacts import ARTIFACT_TENSORS, AnalysisPrompt, check_fits, read_prompt
 from nemesis_analysis.choices import EvalClasses, Protocol
+from nemesis_analysis.clip.prompts import resolve_n_ctx
 from nemesis_analysis.config import PLOTConfig, PromptConfig, RunConfig
 from nemesis_analysis.corruption.ops import Corruption, GridSpec
+from nemesis_analysis.corruption.sweep import SweepSummary, fill_counts, run_corruption_sweep
 from nemesis_analysis.devices import resolve_run_config
 from nemesis_analysis.errors import ConfigError, NoDataError
 from nemesis_analysis.methods import PromptMethod, build_method, build_method_for_run, method_class
-from nemesis_analysis.clip.prompts import resolve_n_ctx
+from nemesis_analysis.session import Session
+from nemesis_analysis.storage.artifacts import ARTIFACT_TENSORS, AnalysisPrompt, check_fits, read_prompt
 from nemesis_analysis.storage.rundir import RunDir
 from nemesis_analysis.storage.safeload import DamagedFileError
 from nemesis_analysis.storage.schema import RunIdentity
-from nemesis_analysis.session import Session
-from nemesis_analysis.corruption.sweep import SweepSummary, fill_counts, run_corruption_sweep
 from nemesis_analysis.training.train import RunResult, finished_result, load_model_and_data, train_prompt
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 
@@ -44,7 +44,7 @@ class _NamedErrorLoader:
     """Wraps a file loader so that a file it cannot read is a one-line DataError naming the file and split."""
 
     inner: Callable[[str], Image.Image]
-    dataset: "DatasetSplits" = field(compare=False, repr=False)
+    dataset: DatasetSplits = field(compare=False, repr=False)
 
     def __call__(self, source: str) -> Image.Image:
         try:
@@ -162,8 +162,7 @@ def fingerprint_files(
             digest.update(("\0".join(map(str, entry)) + "\n").encode())
         if missing:
             raise DataError(
-                f"{what} names {len(missing)} {split} file(s) that do not exist ({integrity.examples(missing)}); "
-                f"{fix}"
+                f"{what} names {len(missing)} {split} file(s) that do not exist ({integrity.examples(missing)}); {fix}"
             )
     return digest.hexdigest()[:16]
 

@@ -192,7 +192,7 @@ def manifest_row_problems(rows: list[tuple[str, int, str]]) -> tuple[list[tuple[
     """
     unique = list(dict.fromkeys(rows))
     repeated = [row for row, count in Counter(rows).items() if count > 1]
-    duplicates = (f"{len(rows) - len(unique)} exact duplicate row(s), e.g. {repeated[0][0]}" if repeated else "")
+    duplicates = f"{len(rows) - len(unique)} exact duplicate row(s), e.g. {repeated[0][0]}" if repeated else ""
     labels: dict[str, set[int]] = {}
     splits: dict[str, set[str]] = {}
     for source, label, split in unique:

@@ -87,8 +87,10 @@ def check_split_files(
     custom = name.startswith(CUSTOM_PREFIXES)
     missing = integrity.missing_sources(samples)
     if missing:
-        fix = "restore the files or remove them from the dataset" if custom else (
-            f"re-extract the images so these paths exist, or download the split file again ({_how_to_get(name)})"
+        fix = (
+            "restore the files or remove them from the dataset"
+            if custom
+            else (f"re-extract the images so these paths exist, or download the split file again ({_how_to_get(name)})")
         )
         problems.append(
             f"{name}: {len(missing)} of {len(samples)} {split} entries point at missing files ({_examples(missing)}); "
@@ -184,9 +186,7 @@ def diagnose_custom(
     except OSError as exc:
         problem = f"{spec}: cannot read {path} ({exc}); check its permissions"
         return DatasetReport(spec, path, found=True, problems=[problem])
-    problems = [
-        f"{spec}: the {s} split is empty; add images to it" for s in ("train", "test") if not splits.split(s)
-    ]
+    problems = [f"{spec}: the {s} split is empty; add images to it" for s in ("train", "test") if not splits.split(s)]
     problems += class_problems(spec, splits, shots)
     problems += [f"{spec}: {note}" for note in splits.notes]
     for split in SPLITS:

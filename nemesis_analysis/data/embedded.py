@@ -49,7 +49,9 @@ def _split_indices(labels: np.ndarray) -> tuple[list[int], list[int], list[int]]
     return sorted(train), sorted(val), sorted(test)
 
 
-@register_dataset("digits", folder=None, label="Digits", description="scikit-learn handwritten digits (embedded, offline)")
+@register_dataset(
+    "digits", folder=None, label="Digits", description="scikit-learn handwritten digits (embedded, offline)"
+)
 def load_digits_dataset(root=None) -> DatasetSplits:
     _, labels = _digits()
     train, val, test = _split_indices(labels)

@@ -61,9 +61,7 @@ def check_shots(dataset: DatasetSplits, shots: int, allow_missing_classes: bool 
         return []
     line = describe_short_classes(dataset, shots, short)
     if not allow_missing_classes:
-        raise DataError(
-            f"{line}; add images, lower --shots, or pass --allow-missing-classes to train with what exists"
-        )
+        raise DataError(f"{line}; add images, lower --shots, or pass --allow-missing-classes to train with what exists")
     logger.warning("%s; training with what exists (--allow-missing-classes)", line)
     return short
 

@@ -11,7 +11,8 @@ decoded, by few-shot sampling and by ``nemesis datasets``.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Protocol
+from collections.abc import Iterable
+from typing import Protocol
 
 from PIL import Image
 

@@ -7,9 +7,9 @@ complete whenever any ``nemesis_analysis.data`` module has been imported, whatev
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from nemesis_analysis.data.base import DatasetSplits
 from nemesis_analysis.errors import ConfigError, DataError

@@ -50,20 +50,21 @@ ones) that names the implementation and declares its options section, recipe and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from nemesis_analysis.storage.artifacts import read_prompt, save_prompt
 from nemesis_analysis.errors import FieldError, ModelError
 from nemesis_analysis.methods.registry import declaration, resolve
+from nemesis_analysis.storage.artifacts import read_prompt, save_prompt
 
-METHODS: dict[str, type["PromptMethod"]] = {}
+METHODS: dict[str, type[PromptMethod]] = {}
 
 
-def register_method(name: str) -> Callable[[type["PromptMethod"]], type["PromptMethod"]]:
+def register_method(name: str) -> Callable[[type[PromptMethod]], type[PromptMethod]]:
     """Class decorator: the implementation of the declared method ``name`` (``@register_method("coop")``)."""
 
     def decorate(cls: type[PromptMethod]) -> type[PromptMethod]:
@@ -76,7 +77,7 @@ def register_method(name: str) -> Callable[[type["PromptMethod"]], type["PromptM
     return decorate
 
 
-def method_class(name: str) -> type["PromptMethod"]:
+def method_class(name: str) -> type[PromptMethod]:
     """The implementation of the declared method ``name`` (imported on first use); a ConfigError listing
     the choices otherwise."""
     if name not in METHODS:
@@ -86,19 +87,19 @@ def method_class(name: str) -> type["PromptMethod"]:
     return METHODS[name]
 
 
-def refuse_class_specific(method: "PromptMethod", config) -> None:
+def refuse_class_specific(method: PromptMethod, config) -> None:
     """The refusal of class-specific context by methods that learn generic context only (as the run config's)."""
     if config.csc:
         raise FieldError("prompt.csc", f"prompt.csc: prompt method {method.name} learns generic context only (no "
                                        "class-specific context); set prompt.csc = false")  # fmt: skip
 
 
-def build_method(name: str, loaded, classnames: list[str], config, seed: int = 0, options=None) -> "PromptMethod":
+def build_method(name: str, loaded, classnames: list[str], config, seed: int = 0, options=None) -> PromptMethod:
     """An instance of the registered method ``name`` (``config`` its PromptConfig, ``options`` its section)."""
     return method_class(name)(loaded, classnames, config, seed=seed, options=options)
 
 
-def build_method_for_run(run_config, loaded, classnames: list[str]) -> "PromptMethod":
+def build_method_for_run(run_config, loaded, classnames: list[str]) -> PromptMethod:
     """The prompt method of a :class:`~nemesis_analysis.config.RunConfig`, initialised with its seed."""
     return build_method(run_config.prompt_method, loaded, classnames, run_config.prompt, seed=run_config.seed,
                         options=run_config.method_options())  # fmt: skip
@@ -264,7 +265,9 @@ class PromptMethod(nn.Module):
         for name, target in own.items():
             value = tensors.get(name)
             if value is None:
-                raise ModelError(f"{source} lacks the tensor {name!r} of method {self.name}; pass an artifact of this method")
+                raise ModelError(
+                    f"{source} lacks the tensor {name!r} of method {self.name}; pass an artifact of this method"
+                )
             if tuple(value.shape) != tuple(target.shape):
                 raise ModelError(
                     f"{source}: tensor {name!r} has shape {tuple(value.shape)} but method {self.name} expects "

@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nemesis_analysis.clip.encoding import LoadedModel
+from nemesis_analysis.clip.textpass import encode_prompts
 from nemesis_analysis.config import PromptConfig
+from nemesis_analysis.devices import memory_budget
+from nemesis_analysis.errors import ModelError
 from nemesis_analysis.methods.base import refuse_class_specific, register_method
 from nemesis_analysis.methods.coop import CoOp
-from nemesis_analysis.clip.encoding import LoadedModel
-from nemesis_analysis.devices import memory_budget
-from nemesis_analysis.clip.textpass import encode_prompts
-from nemesis_analysis.errors import ModelError
 
 # Floats allowed in one pass's prompt activations (prompts * classes * length * width) on CPU, as the engine's;
 # on CUDA a share of the free memory (devices.memory_budget).
@@ -122,10 +122,17 @@ def read_cocoop_meta_net(state: dict, width: int, path: Path) -> dict[str, Tenso
         return {}
     if len(present) != len(COCOOP_META_NET_KEYS) or not all(isinstance(state[k], Tensor) for k in present):
         missing = sorted(set(COCOOP_META_NET_KEYS) - set(present))
-        raise ModelError(f"{path}: CoCoOp meta-network is incomplete (missing {missing}); pass the whole prompt_learner checkpoint")
+        raise ModelError(
+            f"{path}: CoCoOp meta-network is incomplete (missing {missing}); pass the whole prompt_learner checkpoint"
+        )
     w1, b1, w2, b2 = (state[k].detach().float().cpu() for k in COCOOP_META_NET_KEYS)
     hidden = w1.shape[0] if w1.dim() == 2 else -1
-    if w1.dim() != 2 or tuple(b1.shape) != (hidden,) or tuple(w2.shape) != (width, hidden) or tuple(b2.shape) != (width,):
+    if (
+        w1.dim() != 2
+        or tuple(b1.shape) != (hidden,)
+        or tuple(w2.shape) != (width, hidden)
+        or tuple(b2.shape) != (width,)
+    ):
         shapes = [tuple(t.shape) for t in (w1, b1, w2, b2)]
         raise ModelError(
             f"{path}: CoCoOp meta-network shapes {shapes} do not fit a context of width {width} "

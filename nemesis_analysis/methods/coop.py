@@ -15,13 +15,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nemesis_analysis.choices import Precision
+from nemesis_analysis.clip.encoding import (
+    LoadedModel,
+    encode_text_from_prefix,
+    eos_positions,
+    supports_prefix_reuse,
+    text_layer_inputs,
+)
+from nemesis_analysis.clip.prompts import layout_tokens, resolve_n_ctx
+from nemesis_analysis.clip.textpass import encode_prompts, encode_text_from_prefix_shared, usable_shared_prefix
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ModelError
 from nemesis_analysis.methods.base import PromptMethod, register_method
-from nemesis_analysis.clip.encoding import LoadedModel, encode_text_from_prefix, eos_positions, supports_prefix_reuse
-from nemesis_analysis.clip.encoding import text_layer_inputs
-from nemesis_analysis.clip.prompts import layout_tokens, resolve_n_ctx
-from nemesis_analysis.clip.textpass import encode_prompts, encode_text_from_prefix_shared, usable_shared_prefix
 
 
 def context_dtype(loaded: LoadedModel) -> torch.dtype:
@@ -133,7 +138,7 @@ class CoOp(PromptMethod):
             features = encode_prompts(self.loaded.model, prompts, self.eos, self.shared_tokens)
         return F.normalize(features.float(), dim=-1)  # (variants, classes, embed)
 
-    def prefix_cache(self, slot_value: Tensor) -> "PrefixCache | None":
+    def prefix_cache(self, slot_value: Tensor) -> PrefixCache | None:
         if supports_prefix_reuse(self.loaded.model):
             return PrefixCache(self, slot_value.detach().float())
         return None

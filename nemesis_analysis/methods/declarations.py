@@ -20,8 +20,13 @@ class PLOTConfig:
     """PLOT's options (``--method plot`` only)."""
 
     SECTION: ClassVar[str] = "plot"
-    num_prompts: int = spec(4, check=at_least_one, flag="--plot-prompts", panel="PLOT options (--method plot)",
-                            help="prompts per class N, matched by optimal transport (PLOT only)")
+    num_prompts: int = spec(
+        4,
+        check=at_least_one,
+        flag="--plot-prompts",
+        panel="PLOT options (--method plot)",
+        help="prompts per class N, matched by optimal transport (PLOT only)",
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -32,8 +37,13 @@ class KgCoOpConfig:
     """KgCoOp's options (``--method kgcoop`` only)."""
 
     SECTION: ClassVar[str] = "kgcoop"
-    weight: float = spec(8.0, check=non_negative, flag="--kg-weight", panel="KgCoOp options (--method kgcoop)",
-                         help="weight lambda of mean ||t - t_hand-crafted||^2 (KgCoOp only)")
+    weight: float = spec(
+        8.0,
+        check=non_negative,
+        flag="--kg-weight",
+        panel="KgCoOp options (--method kgcoop)",
+        help="weight lambda of mean ||t - t_hand-crafted||^2 (KgCoOp only)",
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -44,8 +54,13 @@ class MapleConfig:
     """MaPLe's options (``--method maple`` only)."""
 
     SECTION: ClassVar[str] = "maple"
-    depth: int = spec(9, check=at_least_one, flag="--maple-depth", panel="MaPLe options (--method maple)",
-                      help="prompted layers J in both towers, capped at the shallower tower's depth (MaPLe only)")
+    depth: int = spec(
+        9,
+        check=at_least_one,
+        flag="--maple-depth",
+        panel="MaPLe options (--method maple)",
+        help="prompted layers J in both towers, capped at the shallower tower's depth (MaPLe only)",
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)

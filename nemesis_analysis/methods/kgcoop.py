@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from nemesis_analysis.clip.encoding import LoadedModel
 from nemesis_analysis.config import PromptConfig
-from nemesis_analysis.methods.declarations import KgCoOpConfig
 from nemesis_analysis.methods.base import register_method
 from nemesis_analysis.methods.coop import CoOp
-from nemesis_analysis.clip.encoding import LoadedModel
+from nemesis_analysis.methods.declarations import KgCoOpConfig
 
 HANDCRAFTED_TEMPLATE = "a photo of a {}."
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +37,8 @@ from nemesis_analysis.clip.encoding import LoadedModel, eos_positions, pool_and_
 from nemesis_analysis.config import PromptConfig
 from nemesis_analysis.errors import ConfigError, ModelError
 from nemesis_analysis.methods.base import PromptMethod, register_method
-from nemesis_analysis.methods.declarations import MapleConfig
 from nemesis_analysis.methods.coop import context_dtype
+from nemesis_analysis.methods.declarations import MapleConfig
 
 MAX_WORD_INIT = 4  # the official code starts the context from ctx_init's words only when n_ctx <= 4
 PLACEHOLDER = "X"
@@ -339,7 +339,7 @@ class MaPLe(PromptMethod):
 
         return image_pixels(self.loaded, dataset, samples, progress)
 
-    def prefix_cache(self, slot_value: Tensor) -> "LayerStateCache":
+    def prefix_cache(self, slot_value: Tensor) -> LayerStateCache:
         return LayerStateCache(self, slot_value.detach().float())
 
     def metadata(self) -> dict:
@@ -426,7 +426,7 @@ def official_tensors(source: Path | str | dict, depth: int, n_ctx: int) -> dict[
 
         state = torch_load(source, "MaPLe checkpoint")
     state = state.get("state_dict", state) if isinstance(state, dict) else {}
-    state = {k[len(OFFICIAL_PREFIX):] if k.startswith(OFFICIAL_PREFIX) else k: v for k, v in state.items()}
+    state = {k[len(OFFICIAL_PREFIX) :] if k.startswith(OFFICIAL_PREFIX) else k: v for k, v in state.items()}
     if "ctx" not in state or "proj.weight" not in state:
         raise ModelError("not a MaPLe checkpoint: no prompt_learner.ctx / prompt_learner.proj.weight; pass the "
                          "model.pth.tar file of the official MultiModalPromptLearner")  # fmt: skip

@@ -17,15 +17,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from nemesis_analysis.storage.artifacts import read_prompt, save_prompt
+from nemesis_analysis.clip.encoding import LoadedModel
 from nemesis_analysis.config import PromptConfig
-from nemesis_analysis.methods.declarations import PLOTConfig
+from nemesis_analysis.devices import chunk_to, memory_budget
 from nemesis_analysis.errors import ModelError
 from nemesis_analysis.methods.base import refuse_class_specific, register_method
 from nemesis_analysis.methods.coop import CoOp
-from nemesis_analysis.clip.encoding import LoadedModel
-from nemesis_analysis.devices import chunk_to, memory_budget
+from nemesis_analysis.methods.declarations import PLOTConfig
 from nemesis_analysis.methods.ot import ot_similarity
+from nemesis_analysis.storage.artifacts import read_prompt, save_prompt
 
 IMAGE_CHUNK_FLOATS = 2**24  # floats of one chunk's similarity tensor (variants * images * classes * N * L)
 

@@ -11,8 +11,9 @@ code's checkpoints. The run config, the CLI, study files and the prompt reader a
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from nemesis_analysis.errors import ConfigError
 

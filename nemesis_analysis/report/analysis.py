@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from nemesis_analysis import stats
-from nemesis_analysis.storage import schema
 from nemesis_analysis.errors import ConfigError, NoDataError
+from nemesis_analysis.storage import schema
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,9 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], what: str) -> None
     """Raise NoDataError naming the columns of `what` that `df` lacks."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise NoDataError(f"{what} lacks column(s) {', '.join(missing)}; got: {', '.join(map(str, df.columns)) or 'none'}")
+        raise NoDataError(
+            f"{what} lacks column(s) {', '.join(missing)}; got: {', '.join(map(str, df.columns)) or 'none'}"
+        )
 
 
 def dedupe_corruptions(corruptions: pd.DataFrame) -> pd.DataFrame:
@@ -78,9 +80,7 @@ def dedupe_corruptions(corruptions: pd.DataFrame) -> pd.DataFrame:
     return corruptions.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
 
 
-def rows_for_view(
-    corruptions: pd.DataFrame, by: Sequence[str] = (), eval_classes: str = ALL_CLASSES
-) -> pd.DataFrame:
+def rows_for_view(corruptions: pd.DataFrame, by: Sequence[str] = (), eval_classes: str = ALL_CLASSES) -> pd.DataFrame:
     """The rows a view aggregates: every class subset when ``by`` groups by ``eval_classes``, else only the
     rows of ``eval_classes`` (default "all"), so base2new's base and new rows are never pooled with them."""
     corruptions = schema.with_column_defaults("corruptions", corruptions)  # e.g. eval_classes, prompt_method
@@ -146,7 +146,10 @@ def grid_gaps(corruptions: pd.DataFrame, by: Sequence[str] = GROUP_COLUMNS) -> p
     table = table[table["op"] != "none"]
     out = []
     for group, rows in table.groupby(by, sort=True, dropna=False):
-        cells = {run: set(part[list(schema.CORRUPTION_KEY)].itertuples(index=False, name=None)) for run, part in rows.groupby("run_id")}
+        cells = {
+            run: set(part[list(schema.CORRUPTION_KEY)].itertuples(index=False, name=None))
+            for run, part in rows.groupby("run_id")
+        }
         union = set().union(*cells.values())
         seeds = rows.drop_duplicates("run_id").set_index("run_id")["seed"]
         for run, have in cells.items():
@@ -186,11 +189,14 @@ def restrict_to_common_grid(corruptions: pd.DataFrame, by: Sequence[str] = GROUP
             )  # fmt: skip
     return table[keep].reset_index(drop=True)
 
+
 # --------------------------------------------------------------------------- run settings
 
 # Columns a run carries that are outcomes or bookkeeping; every other column of the runs table (and of
 # RunIdentity) is a setting: rows that differ in one are different experiments, never seeds of one.
-NOT_SETTINGS = frozenset({"run_id", "seed", "recipe", "final_test_acc", "zero_shot_acc", "mean_norm", "checkpoint", "seconds"})
+NOT_SETTINGS = frozenset(
+    {"run_id", "seed", "recipe", "final_test_acc", "zero_shot_acc", "mean_norm", "checkpoint", "seconds"}
+)
 
 
 def setting_columns(frame: pd.DataFrame) -> list[str]:
@@ -228,8 +234,8 @@ def identity_by(frame: pd.DataFrame, by: Sequence[str]) -> list[str]:
 
 
 def differing_settings(frame: pd.DataFrame, by: Sequence[str]) -> str:
-    """"norm_weight (1, 20); epochs (50, 100)": the settings that differ within a ``by`` group, or ""."""
-    extra = identity_by(frame, by)[len(list(by)):]
+    """ "norm_weight (1, 20); epochs (50, 100)": the settings that differ within a ``by`` group, or ""."""
+    extra = identity_by(frame, by)[len(list(by)) :]
     return "; ".join(f"{c} ({', '.join(sorted(map(str, frame[c].drop_duplicates())))})" for c in extra)
 
 
@@ -277,8 +283,16 @@ def low_norm_frequency_per_seed(
     """
     corruptions = rows_for_view(corruptions, by)
     by = identity_by(corruptions, by)
-    columns = [*by, "seed", "n_reducing", "n_effect", "frequency", "n_significant", "frequency_significant",
-               "n_invisible"]
+    columns = [
+        *by,
+        "seed",
+        "n_reducing",
+        "n_effect",
+        "frequency",
+        "n_significant",
+        "frequency_significant",
+        "n_invisible",
+    ]
     require_columns(corruptions, [*by, "seed", *_KEY, "delta", "norm_before", "norm_after"], "corruption table")
     check_fdr(fdr)
     table = corruptions if "q_value" in corruptions.columns else with_q_values(corruptions)
@@ -574,7 +588,9 @@ def paired_comparisons(runs: pd.DataFrame, baseline: str = "coop", value: str = 
                           f"pass --compare-to one of them")  # fmt: skip
     match, group = list(MATCH_COLUMNS), [c for c in MATCH_COLUMNS if c != "seed"]
     base = table[table["regularizer"] == baseline].drop_duplicates(match, keep="last")[[*match, value]]
-    treated = table[table["regularizer"] != baseline].drop_duplicates([*match, "regularizer", "norm_weight"], keep="last")
+    treated = table[table["regularizer"] != baseline].drop_duplicates(
+        [*match, "regularizer", "norm_weight"], keep="last"
+    )
     pairs = treated.merge(base, on=match, suffixes=("", "_baseline"))
     out = []
     for key, rows in pairs.groupby([*group, "regularizer", "norm_weight"], sort=True, dropna=False):
@@ -623,7 +639,9 @@ def merge_mean_std(
         if low in out.columns and high in out.columns:
             shown = [format_interval(a, b, fmt) for a, b in zip(out[low], out[high])]
             out = out.drop(columns=[low, high])
-            out.insert(list(out.columns).index(stem) + 1, f"{stem} 95% CI", pd.Series(shown, index=out.index, dtype=object))
+            out.insert(
+                list(out.columns).index(stem) + 1, f"{stem} 95% CI", pd.Series(shown, index=out.index, dtype=object)
+            )
     return out
 
 
@@ -653,9 +671,7 @@ def format_table_markdown(df: pd.DataFrame, float_fmt: str = "{:.2f}", na: str =
 
     header = [str(c).replace("|", "\\|") for c in df.columns]
     rows = [[cell(v) for v in row] for row in df.itertuples(index=False, name=None)]
-    numeric = [
-        pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns
-    ]
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
     widths = [max([len(h), 3, *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
 
     def line(cells: list[str]) -> str:

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from nemesis_analysis.errors import ConfigError, NoDataError
 from nemesis_analysis.report import analysis, plots
 from nemesis_analysis.report.reading import PRODUCERS, read_nonempty
 from nemesis_analysis.storage import schema, store
-from nemesis_analysis.errors import ConfigError, NoDataError
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +45,7 @@ def _split_names(values: str | Iterable[str] | None) -> list[str] | None:
     return names or None
 
 
-def _filter(
-    frame: pd.DataFrame, table_dir: Path, producer: str, **filters: object
-) -> pd.DataFrame:
+def _filter(frame: pd.DataFrame, table_dir: Path, producer: str, **filters: object) -> pd.DataFrame:
     """Keep rows matching every non-None filter (a list means "any of"); NoDataError if none match."""
     mask = pd.Series(True, index=frame.index)
     used = {}
@@ -61,7 +59,9 @@ def _filter(
             mask &= frame[column] == value
     out = frame[mask]
     if out.empty:
-        wanted = ", ".join(f"{c}={','.join(map(str, v)) if isinstance(v, (list, tuple, set)) else v}" for c, v in used.items())
+        wanted = ", ".join(
+            f"{c}={','.join(map(str, v)) if isinstance(v, (list, tuple, set)) else v}" for c, v in used.items()
+        )
         available = "; ".join(
             f"{c}: {', '.join(map(str, sorted(frame[c].dropna().unique())))}" for c in used if c in frame.columns
         )
@@ -148,10 +148,17 @@ def frequency_figure(
     table_dir = store.table_path(reports_dir, "corruptions")
     corruptions = read_nonempty(reports_dir, "corruptions")
     corruptions = _filter(
-        corruptions, table_dir, PRODUCERS["corruptions"], backbone=backbone, regularizer=regularizer, dataset=_split_names(datasets)
+        corruptions,
+        table_dir,
+        PRODUCERS["corruptions"],
+        backbone=backbone,
+        regularizer=regularizer,
+        dataset=_split_names(datasets),
     )
     corruptions = analysis.with_run_settings(corruptions, store.read_table(reports_dir, "runs"))
-    analysis.refuse_pooled_settings(analysis.rows_for_view(corruptions), analysis.GROUP_COLUMNS, f"corruptions in {table_dir}")
+    analysis.refuse_pooled_settings(
+        analysis.rows_for_view(corruptions), analysis.GROUP_COLUMNS, f"corruptions in {table_dir}"
+    )
     if measure == "count":
         return plots.plot_frequency(analysis.low_norm_counts(corruptions, min_delta, same_grid=True), measure="count")
     freq = analysis.low_norm_frequency(corruptions, min_delta=min_delta, same_grid=True, fdr=fdr)
@@ -174,7 +181,11 @@ def _pick_trajectory_runs(traj: pd.DataFrame) -> pd.DataFrame:
     chosen = first[first["_options"] == best].groupby("regularizer", sort=True)["run_id"].last()
     dropped = sorted(set(order) - set(chosen))
     if dropped:
-        logger.warning("trajectory figure: left out %d older run(s) or run(s) with other prompt options: %s", len(dropped), ", ".join(dropped))
+        logger.warning(
+            "trajectory figure: left out %d older run(s) or run(s) with other prompt options: %s",
+            len(dropped),
+            ", ".join(dropped),
+        )
     return traj[traj["run_id"].isin(set(chosen))]
 
 
@@ -193,9 +204,13 @@ def trajectory_figure(
     traj = _filter(traj, table_dir, producer, dataset=dataset, shots=int(shots), seed=int(seed), backbone=backbone)
     backbones = sorted(traj["backbone"].unique())
     if len(backbones) > 1:
-        raise ConfigError(f"trajectories of {dataset} {shots}-shot seed {seed} exist for several backbones ({', '.join(backbones)}); choose one with --backbone")
+        raise ConfigError(
+            f"trajectories of {dataset} {shots}-shot seed {seed} exist for several backbones ({', '.join(backbones)}); choose one with --backbone"
+        )
     traj = _pick_trajectory_runs(traj)
-    base = "Per-position prompt norms during training" if per_position else "Prompt norm and test accuracy during training"
+    base = (
+        "Per-position prompt norms during training" if per_position else "Prompt norm and test accuracy during training"
+    )
     context = f"{plots.dataset_label(dataset)} · {backbones[0]} · {int(shots)}-shot · seed {int(seed)}"
     return plots.plot_trajectory(traj, per_position=per_position, title=f"{base}\n{context}")
 
@@ -221,7 +236,9 @@ def _default_prompt_method(corruptions: pd.DataFrame, prompt_method: str | None)
     present = sorted(corruptions["prompt_method"].dropna().unique())
     if len(present) <= 1 or "coop" in present:
         return "coop" if "coop" in present else (present[0] if present else None)
-    raise ConfigError(f"corruptions exist for several prompt methods ({', '.join(present)}); choose one (prompt_method=...)")
+    raise ConfigError(
+        f"corruptions exist for several prompt methods ({', '.join(present)}); choose one (prompt_method=...)"
+    )
 
 
 def heatmap_figure(
@@ -239,13 +256,22 @@ def heatmap_figure(
     table_dir = store.table_path(reports_dir, "corruptions")
     corruptions = read_nonempty(reports_dir, "corruptions")
     producer = f"`nemesis corrupt --dataset {dataset}`"
-    corruptions = _filter(corruptions, table_dir, producer, dataset=dataset, backbone=backbone, shots=None if shots is None else int(shots))
+    corruptions = _filter(
+        corruptions,
+        table_dir,
+        producer,
+        dataset=dataset,
+        backbone=backbone,
+        shots=None if shots is None else int(shots),
+    )
     prompt_method = _default_prompt_method(corruptions, prompt_method)
     corruptions = _filter(corruptions, table_dir, producer, prompt_method=prompt_method)
     regularizer = _default_regularizer(corruptions, regularizer)
     corruptions = _filter(corruptions, table_dir, producer, regularizer=regularizer)
     corruptions = analysis.with_run_settings(corruptions, store.read_table(reports_dir, "runs"))
-    analysis.refuse_pooled_settings(analysis.rows_for_view(corruptions), analysis.GROUP_COLUMNS, f"corruptions of {dataset} in {table_dir}")
+    analysis.refuse_pooled_settings(
+        analysis.rows_for_view(corruptions), analysis.GROUP_COLUMNS, f"corruptions of {dataset} in {table_dir}"
+    )
     present = sorted(int(k) for k in corruptions["shots"].unique())
     n_seeds = corruptions["seed"].nunique()
     context = " · ".join(
@@ -353,13 +379,26 @@ def render_all(
     if not corruptions.empty:
         jobs.append((figure_name("frequency"), lambda: frequency_figure(reports_dir)))
     if not traj.empty:
-        splits = traj[["dataset", "shots", "seed", "backbone"]].drop_duplicates().sort_values(["dataset", "shots", "seed", "backbone"])
+        splits = (
+            traj[["dataset", "shots", "seed", "backbone"]]
+            .drop_duplicates()
+            .sort_values(["dataset", "shots", "seed", "backbone"])
+        )
         several = splits.duplicated(["dataset", "shots", "seed"], keep=False)
-        for (dataset, shots, seed, backbone), dup in limited(list(zip(splits.itertuples(index=False, name=None), several))):
+        for (dataset, shots, seed, backbone), dup in limited(
+            list(zip(splits.itertuples(index=False, name=None), several))
+        ):
             for per_position in (False, True):
                 name = figure_name("trajectory", dataset=dataset, shots=shots, seed=seed, per_position=per_position)
                 name = f"{name}_{backbone}" if dup else name
-                jobs.append((name, lambda d=dataset, k=shots, s=seed, b=backbone, p=per_position: trajectory_figure(reports_dir, d, k, s, b, p)))
+                jobs.append(
+                    (
+                        name,
+                        lambda d=dataset, k=shots, s=seed, b=backbone, p=per_position: trajectory_figure(
+                            reports_dir, d, k, s, b, p
+                        ),
+                    )
+                )
     if not corruptions.empty:
         for dataset in limited(sorted(corruptions["dataset"].unique())):
             jobs.append((figure_name("heatmap", dataset=dataset), lambda d=dataset: heatmap_figure(reports_dir, d)))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from nemesis_analysis.errors import NoDataError
 from nemesis_analysis.report import analysis
 from nemesis_analysis.storage import store
-from nemesis_analysis.errors import NoDataError
 
 BY: tuple[str, ...] = (*analysis.GROUP_COLUMNS, "eval_classes")
 SUBSETS: tuple[str, ...] = ("base", "new")
@@ -23,14 +23,20 @@ def base_new_frequency(corruptions: pd.DataFrame, min_delta: float = 0.0) -> pd.
     corruptions = analysis.rows_for_view(corruptions, BY)  # every subset, eval_classes filled where missing
     rows = corruptions[corruptions["eval_classes"].isin(SUBSETS)]
     if rows.empty:
-        raise NoDataError("no corruption rows on base or new classes; run `nemesis corrupt` on a --protocol base2new run")
+        raise NoDataError(
+            "no corruption rows on base or new classes; run `nemesis corrupt` on a --protocol base2new run"
+        )
     return analysis.low_norm_frequency(rows, min_delta=min_delta, by=BY, same_grid=True)
 
 
 def base_new_frequency_figure(frequency: pd.DataFrame) -> Figure:
     """Grouped bars: one group per (dataset, shots, regularizer), a base and a new bar (mean, sample-std error bar)."""
     groups = frequency.assign(
-        group=frequency["dataset"] + " " + frequency["shots"].astype(int).astype(str) + "-shot\n" + frequency["regularizer"]
+        group=frequency["dataset"]
+        + " "
+        + frequency["shots"].astype(int).astype(str)
+        + "-shot\n"
+        + frequency["regularizer"]
     )
     labels = sorted(groups["group"].unique())
     figure = Figure(figsize=(max(4.0, 1.4 * len(labels) + 1.5), 3.6))

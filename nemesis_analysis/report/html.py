@@ -83,7 +83,9 @@ def comparison_view(table: ResultTable) -> dict:
             cell = table.cell(row, column)
             if math.isnan(cell.paper):
                 continue
-            weight = table.keys.get(column, (None, None, math.nan, None))[2]  # (prompt method, regularizer, weight, part)
+            weight = table.keys.get(column, (None, None, math.nan, None))[
+                2
+            ]  # (prompt method, regularizer, weight, part)
             omega = table.kind in ("base2new", "dg") and not pd.isna(weight)
             ours = cell.note or (f"{cell.mean:.2f}" if math.isnan(cell.std) else f"{cell.mean:.2f} ± {cell.std:.2f}")
             delta = math.nan if cell.note else cell.diff
@@ -116,19 +118,27 @@ def seed_view(summary: pd.DataFrame) -> dict:
     for record in summary.to_dict("records"):
         interval = "–" if math.isnan(record["ci_low"]) else f"[{record['ci_low']:.2f}, {record['ci_high']:.2f}]"
         mean_std = number(record["mean"]) + ("" if math.isnan(record["std"]) else f" ± {record['std']:.2f}")
-        lines.append([record["row"], record["column"], *[number(record[s]) for s in seeds], str(record["n"]), mean_std, interval])
+        lines.append(
+            [record["row"], record["column"], *[number(record[s]) for s in seeds], str(record["n"]), mean_std, interval]
+        )
     return {"columns": ["dataset", "column", *seeds, "n", "mean ± std", "95% interval (t)"], "rows": lines}
 
 
 def environment() -> jinja2.Environment:
     loader = jinja2.PackageLoader("nemesis_analysis.report", "templates")
-    env = jinja2.Environment(loader=loader, autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=loader, autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined
+    )
     env.filters["number"] = number
     return env
 
 
 def render_html(context: dict) -> str:
     """The report's HTML from its context (see study.report.report_context for the keys)."""
-    return environment().get_template(TEMPLATE).render(
-        **context, read_off_plot_mark=READ_OFF_PLOT_MARK, omega_mark=OMEGA_MARK, omega_caveat=paper.OMEGA_CAVEAT
+    return (
+        environment()
+        .get_template(TEMPLATE)
+        .render(
+            **context, read_off_plot_mark=READ_OFF_PLOT_MARK, omega_mark=OMEGA_MARK, omega_caveat=paper.OMEGA_CAVEAT
+        )
     )

@@ -17,8 +17,8 @@ import math
 import os
 import re
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 import numpy as np
@@ -29,9 +29,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator, NullLocator
 
+from nemesis_analysis.errors import ConfigError, NoDataError
 from nemesis_analysis.report import analysis
 from nemesis_analysis.storage import fsio, schema
-from nemesis_analysis.errors import ConfigError, NoDataError
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,12 @@ REGULARIZER_COLORS: dict[str, str] = {
 }
 # Other regularizers (e.g. nemesis-beta0.5) draw from these by a stable hash of their name.
 # Yellow is left out: it is unreadable as a thin line on white.
-_EXTRA_REGULARIZER_COLORS: tuple[str, ...] = (OKABE_ITO["orange"], OKABE_ITO["purple"], OKABE_ITO["sky_blue"], "#7F7F7F")
+_EXTRA_REGULARIZER_COLORS: tuple[str, ...] = (
+    OKABE_ITO["orange"],
+    OKABE_ITO["purple"],
+    OKABE_ITO["sky_blue"],
+    "#7F7F7F",
+)
 # seaborn's "colorblind" palette, written out so that importing this module stays light.
 COLORBLIND10: tuple[str, ...] = (
     "#0173B2", "#DE8F05", "#029E73", "#D55E00", "#CC78BC",
@@ -125,7 +130,12 @@ def regularizer_color(regularizer: str) -> str:
 
 def regularizer_label(regularizer: str) -> str:
     """Display name: coop -> CoOp, nemesis-pun -> Nemesis (PUN), nemesis-beta0.5 -> Nemesis (β = 0.5)."""
-    fixed = {"coop": "CoOp", "nemesis-pun": "Nemesis (PUN)", "nemesis-pan": "Nemesis (PAN)", "zero-shot": "Zero-shot CLIP"}
+    fixed = {
+        "coop": "CoOp",
+        "nemesis-pun": "Nemesis (PUN)",
+        "nemesis-pan": "Nemesis (PAN)",
+        "zero-shot": "Zero-shot CLIP",
+    }
     if regularizer in fixed:
         return fixed[regularizer]
     beta = re.fullmatch(r"nemesis-beta([0-9.]+)", regularizer)
@@ -219,7 +229,11 @@ def _as_frequency_table(table: pd.DataFrame) -> pd.DataFrame:
         per_seed = table.dropna(subset=["frequency"])
         grouped = per_seed.groupby(by, sort=True, dropna=False)["frequency"]
         return pd.DataFrame(
-            {"frequency_mean": grouped.mean(), "frequency_std": grouped.agg(analysis.sample_std), "num_seeds": grouped.count()}
+            {
+                "frequency_mean": grouped.mean(),
+                "frequency_std": grouped.agg(analysis.sample_std),
+                "num_seeds": grouped.count(),
+            }
         ).reset_index()
     if {"op", "norm_before", "norm_after", "delta"} <= set(table.columns):
         return analysis.low_norm_frequency(table)
@@ -275,7 +289,9 @@ def _error_bars(rows: pd.DataFrame) -> np.ndarray:
     else the std; NaN (no bar) with one seed."""
     mean = rows["frequency_mean"].to_numpy(float)
     if {"frequency_ci95_low", "frequency_ci95_high"} <= set(rows.columns):
-        return np.vstack([mean - rows["frequency_ci95_low"].to_numpy(float), rows["frequency_ci95_high"].to_numpy(float) - mean])
+        return np.vstack(
+            [mean - rows["frequency_ci95_low"].to_numpy(float), rows["frequency_ci95_high"].to_numpy(float) - mean]
+        )
     std = rows["frequency_std"].to_numpy(float)
     return np.vstack([std, std])
 
@@ -306,7 +322,9 @@ def _frequency_bars(ax, freq: pd.DataFrame, integer: bool) -> None:
         offset = (i - (len(series_keys) - 1) / 2) * width
         if series_columns:
             label = _series_label(dict(zip(series_columns, key)))
-            color = regularizer_color(key[0]) if series_columns[0] == "regularizer" else COLORBLIND10[i % len(COLORBLIND10)]
+            color = (
+                regularizer_color(key[0]) if series_columns[0] == "regularizer" else COLORBLIND10[i % len(COLORBLIND10)]
+            )
         else:
             label, color = None, [dataset_style(d)[0] for d in datasets]
         bars = ax.bar(
@@ -324,7 +342,9 @@ def _frequency_bars(ax, freq: pd.DataFrame, integer: bool) -> None:
         ax.bar_label(bars, fmt="%.0f" if integer else "%.1f", padding=2, fontsize=7)
         _significant_bars(ax, x + offset, rows, width * 0.92, first=i == 0)
     crowded = len(datasets) > 4
-    ax.set_xticks(x, [dataset_label(d) for d in datasets], rotation=30 if crowded else 0, ha="right" if crowded else "center")
+    ax.set_xticks(
+        x, [dataset_label(d) for d in datasets], rotation=30 if crowded else 0, ha="right" if crowded else "center"
+    )
     ax.set_xlabel("Dataset")
     ax.grid(axis="x", visible=False)
     handles, labels = ax.get_legend_handles_labels()
@@ -503,7 +523,11 @@ def _trajectory_lines(traj, groups, colors, norm_column: str, run: str | None, t
     ax_acc.set_ylabel("Test accuracy (%)")
     context = _context(traj, ("dataset", "backbone", "shots"))
     ax.set_title(_title("Prompt norm and test accuracy during training", context, title))
-    fig.legend(handles=[*regularizer_handles, *style_handles], loc="outside lower center", ncol=min(4, len(regularizer_handles) + 2))
+    fig.legend(
+        handles=[*regularizer_handles, *style_handles],
+        loc="outside lower center",
+        ncol=min(4, len(regularizer_handles) + 2),
+    )
     return fig
 
 
@@ -555,7 +579,9 @@ def _trajectory_panels(traj, groups, colors, norm_column: str, run: str | None, 
     lows, highs = zip(*(a.get_ylim() for a in acc_axes))
     for a in acc_axes:
         a.set_ylim(min(lows), max(highs))
-    fig.suptitle(_title("Per-position prompt norms during training", _context(traj, ("dataset", "backbone", "shots")), title))
+    fig.suptitle(
+        _title("Per-position prompt norms during training", _context(traj, ("dataset", "backbone", "shots")), title)
+    )
     handles = [
         Line2D([], [], color="gray", linewidth=0.6, label=f"Per-position {norm_name}"),
         Line2D([], [], color="gray", linewidth=2.2, label=f"Mean {norm_name} (left axis)"),
@@ -590,7 +616,9 @@ def _mark_significant(ax, marks: pd.DataFrame) -> None:
     """A black frame around each cell whose effect survives Benjamini-Hochberg control."""
     for (row, column), marked in np.ndenumerate(marks.to_numpy(bool)):
         if marked:
-            ax.add_patch(Rectangle((column + 0.06, row + 0.06), 0.88, 0.88, fill=False, edgecolor="black", linewidth=1.4))
+            ax.add_patch(
+                Rectangle((column + 0.06, row + 0.06), 0.88, 0.88, fill=False, edgecolor="black", linewidth=1.4)
+            )
 
 
 def _draw_heatmap_panel(ax, grid: pd.DataFrame, op: str, shots: int | None, faceted: bool, norm, cmap, annotate: bool):
@@ -611,7 +639,15 @@ def _draw_heatmap_panel(ax, grid: pd.DataFrame, op: str, shots: int | None, face
             if np.isfinite(value):
                 dark = abs(norm(value) - 0.5) > 0.3
                 text = f"{value:+.1f}" if round(value, 1) != 0 else "0.0"  # no "-0.0"
-                ax.text(column + 0.5, row + 0.5, text, ha="center", va="center", fontsize=6, color="white" if dark else "black")
+                ax.text(
+                    column + 0.5,
+                    row + 0.5,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if dark else "black",
+                )
     return mesh
 
 
@@ -641,7 +677,9 @@ def plot_heatmap(
     if not grids:
         where = f" for dataset {dataset!r}" if dataset else ""
         raise NoDataError(f"corruption table has no rescale/replace rows to plot{where}")
-    halfrange = max(float(np.nanmax(np.abs(g.to_numpy()))) if np.isfinite(g.to_numpy()).any() else 0.0 for g in grids.values())
+    halfrange = max(
+        float(np.nanmax(np.abs(g.to_numpy()))) if np.isfinite(g.to_numpy()).any() else 0.0 for g in grids.values()
+    )
     norm = mcolors.CenteredNorm(vcenter=0.0, halfrange=halfrange if halfrange > 0 else 1.0)
     cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#D9D9D9")
     facets = sorted({shots for shots, _ in grids}, key=lambda k: -1 if k is None else k)
@@ -651,7 +689,10 @@ def plot_heatmap(
     if annotate is None:
         annotate = max(len(g.index) * len(g.columns) for g in grids.values()) <= 160
     fig = Figure(
-        figsize=(min(16.0, 1.6 + 0.55 * n_factors + 1.2 * len(ops)), min(12.0 * len(facets), (1.6 + 0.3 * n_positions) * len(facets))),
+        figsize=(
+            min(16.0, 1.6 + 0.55 * n_factors + 1.2 * len(ops)),
+            min(12.0 * len(facets), (1.6 + 0.3 * n_positions) * len(facets)),
+        ),
         layout="constrained",
     )
     axes = fig.subplots(len(facets), len(ops), squeeze=False)
@@ -745,7 +786,10 @@ def plot_norms(
     fig = Figure(figsize=(max(5.6, 0.3 * len(positions) + 1.5), 3.8), layout="constrained")
     ax = fig.add_subplot()
     error = std.fillna(0).to_numpy(float) if std.notna().any() else None
-    groups = [(~is_hit, OKABE_ITO["blue"], "Other positions"), (is_hit, OKABE_ITO["vermillion"], "Shrinking raised accuracy")]
+    groups = [
+        (~is_hit, OKABE_ITO["blue"], "Other positions"),
+        (is_hit, OKABE_ITO["vermillion"], "Shrinking raised accuracy"),
+    ]
     for mask, color, label in groups:
         if mask.any():
             ax.bar(
@@ -797,7 +841,10 @@ def save_figure(fig: Figure, path: str | os.PathLike, format: str | None = None)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Dates left out so that re-saving the same figure gives the same bytes.
     metadata = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(format)
-    with fsio.atomic_path(path, "a figure") as temporary, matplotlib.rc_context({"svg.hashsalt": STYLE["svg.hashsalt"]}):
+    with (
+        fsio.atomic_path(path, "a figure") as temporary,
+        matplotlib.rc_context({"svg.hashsalt": STYLE["svg.hashsalt"]}),
+    ):
         fig.savefig(temporary, format=format, dpi=300, bbox_inches="tight", metadata=metadata)
     logger.info("saved figure %s", path)
     return path

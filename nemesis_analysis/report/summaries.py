@@ -89,7 +89,9 @@ def write_summary(tables: dict[str, pd.DataFrame], out_dir: Path | str) -> list[
         fsio.atomic_write_text(csv, table.to_csv(index=False), "a summary table")
         text = {"frequency": f"{analysis.FREQUENCY_DEFINITION}\n\n",
                 "comparison": f"{analysis.COMPARISON_DEFINITION}\n\n"}.get(name, "")  # fmt: skip
-        fsio.atomic_write_text(markdown, text + analysis.format_table_markdown(display_table(table)) + "\n", "a summary table")
+        fsio.atomic_write_text(
+            markdown, text + analysis.format_table_markdown(display_table(table)) + "\n", "a summary table"
+        )
         paths += [csv, markdown]
     return paths
 
@@ -97,7 +99,9 @@ def write_summary(tables: dict[str, pd.DataFrame], out_dir: Path | str) -> list[
 TABLE_SUFFIXES = {"md": "md", "latex": "tex", "csv": "csv"}
 
 
-def paper_table(reports_dir: Path | str, kind: str | None, format: str = "md", compare: str | None = None) -> tuple[str, str]:
+def paper_table(
+    reports_dir: Path | str, kind: str | None, format: str = "md", compare: str | None = None
+) -> tuple[str, str]:
     """(file name, text) of the paper table ``kind`` built from reports/runs and reports/evaluations."""
     if kind is None:
         raise ConfigError(f"--compare and --format need --table; choose one of: {', '.join(tables.TABLE_KINDS)}")
@@ -120,6 +124,7 @@ def print_paper_table(reports_dir, out_dir, kind, format="md", compare=None, ech
     echo(text.rstrip("\n"))
     path = Path(out_dir if out_dir is not None else reports_dir) / name
     return [fsio.atomic_write_text(path, text, "a summary table")]
+
 
 __all__ = [
     "TABLE_SUFFIXES",

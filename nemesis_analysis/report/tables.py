@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from nemesis_analysis import stats
+from nemesis_analysis.errors import ConfigError, NoDataError
 from nemesis_analysis.report import analysis, paper
 from nemesis_analysis.storage import schema
-from nemesis_analysis.errors import ConfigError, NoDataError
 
 TABLE_KINDS: tuple[str, ...] = ("fewshot", "base2new", "dg", "crossdataset")
 FORMATS: tuple[str, ...] = ("md", "latex", "csv")
@@ -64,7 +64,9 @@ class ResultTable:
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     compared: bool = False
-    keys: dict[str, tuple] = field(default_factory=dict)  # column -> (prompt_method, regularizer, weight, shots or B/N/H)
+    keys: dict[str, tuple] = field(
+        default_factory=dict
+    )  # column -> (prompt_method, regularizer, weight, shots or B/N/H)
     backbone: str = ""  # the one backbone of the table's runs
 
     def cell(self, row: str, column: str) -> Cell:
@@ -119,7 +121,7 @@ def _column_labels(frame: pd.DataFrame, runs: pd.DataFrame, by: list[str]) -> pd
                        index=frame.index, dtype=object)  # fmt: skip
     joined = analysis.with_run_settings(frame, runs)
     keys = [*by, *_LABELLED]
-    extra = analysis.identity_by(joined, keys)[len(keys):]
+    extra = analysis.identity_by(joined, keys)[len(keys) :]
     for column in extra:
         labels = labels + " [" + column + " " + joined[column].astype(str) + "]"
     return labels
@@ -129,13 +131,18 @@ def _column_keys(frame: pd.DataFrame, runs: pd.DataFrame, extra: pd.Series | Non
     """{column label: (prompt_method, regularizer, weight, extra)} for matching published values."""
     weight = _weights(frame, runs)
     extras = extra if extra is not None else pd.Series(None, index=frame.index)
-    return {label: (p, m, w, x) for label, p, m, w, x in zip(frame["column"], frame["prompt_method"], frame["regularizer"], weight, extras)}
+    return {
+        label: (p, m, w, x)
+        for label, p, m, w, x in zip(frame["column"], frame["prompt_method"], frame["regularizer"], weight, extras)
+    }
 
 
 def _one_backbone(frame: pd.DataFrame, what: str) -> str:
     backbones = sorted(frame["backbone"].dropna().unique())
     if len(backbones) > 1:
-        raise ConfigError(f"{what} exist for several backbones ({', '.join(backbones)}); filter the rows to one backbone")
+        raise ConfigError(
+            f"{what} exist for several backbones ({', '.join(backbones)}); filter the rows to one backbone"
+        )
     return backbones[0] if backbones else ""
 
 
@@ -145,7 +152,9 @@ def _per_seed(frame: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
 
 
 def _evaluations(evaluations: pd.DataFrame, runs: pd.DataFrame, protocol: str) -> pd.DataFrame:
-    analysis.require_columns(evaluations, [*schema.KEYS["evaluations"], "protocol", "acc", "seed", "regularizer"], "evaluations table")
+    analysis.require_columns(
+        evaluations, [*schema.KEYS["evaluations"], "protocol", "acc", "seed", "regularizer"], "evaluations table"
+    )
     table = schema.with_column_defaults("evaluations", evaluations)
     table = table.drop_duplicates(list(schema.KEYS["evaluations"]), keep="last")
     table = table[table["protocol"] == protocol]
@@ -185,14 +194,21 @@ def _average_cell(table, per_seed, datasets, row_col, column_col, column, value)
 
 def fewshot(runs: pd.DataFrame, evaluations: pd.DataFrame | None = None) -> ResultTable:
     """Final test accuracy per dataset (rows) and regularizer x shots (columns), from the runs table."""
-    analysis.require_columns(runs, ["run_id", "dataset", "backbone", "shots", "seed", "regularizer", "final_test_acc"], "runs table")
+    analysis.require_columns(
+        runs, ["run_id", "dataset", "backbone", "shots", "seed", "regularizer", "final_test_acc"], "runs table"
+    )
     table = schema.with_column_defaults("runs", runs).drop_duplicates("run_id", keep="last")
     if "protocol" in table.columns:
         table = table[table["protocol"].fillna("fewshot") == "fewshot"]
     if table.empty:
         raise NoDataError("no few-shot runs; run `nemesis train` first")
     _one_backbone(table, "runs")
-    table = table.assign(column=_column_labels(table, runs, ["dataset", "shots"]) + " " + table["shots"].astype(int).astype(str) + "-shot")
+    table = table.assign(
+        column=_column_labels(table, runs, ["dataset", "shots"])
+        + " "
+        + table["shots"].astype(int).astype(str)
+        + "-shot"
+    )
     order = table.sort_values(["regularizer", "shots"])["column"].drop_duplicates().tolist()
     rows = sorted(table["dataset"].unique()) + [AVERAGE]
     out = ResultTable("fewshot", "Few-shot accuracy (%)", rows, order, keys=_column_keys(table, runs, table["shots"].astype(int)),
@@ -209,7 +225,11 @@ def base2new(evaluations: pd.DataFrame, runs: pd.DataFrame | None = None) -> Res
     methods = sorted(table["column"].unique())
     rows = sorted(table["dataset"].unique()) + [AVERAGE]
     columns = [f"{m} {part}" for m in methods for part in ("B", "N", "H")]
-    keys = {f"{label} {part}": (p, m, w, part) for label, (p, m, w, _) in _column_keys(table, runs).items() for part in ("B", "N", "H")}
+    keys = {
+        f"{label} {part}": (p, m, w, part)
+        for label, (p, m, w, _) in _column_keys(table, runs).items()
+        for part in ("B", "N", "H")
+    }
     out = ResultTable("base2new", "Base-to-new accuracy (%): base B, new N, harmonic mean H = 2BN/(B+N)", rows, columns, keys=keys,
                       backbone=_one_backbone(table, "base2new evaluations"))  # fmt: skip
     for classes, part in (("base", "B"), ("new", "N")):
@@ -222,8 +242,12 @@ def base2new(evaluations: pd.DataFrame, runs: pd.DataFrame | None = None) -> Res
             if base.note or new.note:
                 out.cells[(row, f"{method} H")] = Cell(note=base.note or new.note)
             else:
-                out.cells[(row, f"{method} H")] = Cell(harmonic_mean(base.mean, new.mean), math.nan, min(base.n_seeds, new.n_seeds))
-    out.notes.append("H is computed from B and N averaged over seeds (no std); the average row's H from the averaged B and N.")
+                out.cells[(row, f"{method} H")] = Cell(
+                    harmonic_mean(base.mean, new.mean), math.nan, min(base.n_seeds, new.n_seeds)
+                )
+    out.notes.append(
+        "H is computed from B and N averaged over seeds (no std); the average row's H from the averaged B and N."
+    )
     return out
 
 
@@ -274,7 +298,9 @@ def per_seed_values(kind: str, runs: pd.DataFrame, evaluations: pd.DataFrame) ->
     table = _evaluations(evaluations, runs, kind)
     if kind != "base2new":
         table = table[table["eval_classes"] == "all"]
-        return _per_seed(table, ["eval_dataset", "column"], "acc").rename(columns={"eval_dataset": "row", "acc": "value"})
+        return _per_seed(table, ["eval_dataset", "column"], "acc").rename(
+            columns={"eval_dataset": "row", "acc": "value"}
+        )
     table = table[table["eval_dataset"] == table["dataset"]]
     parts = {
         part: _per_seed(table[table["eval_classes"] == classes], ["dataset", "column"], "acc")
@@ -348,7 +374,9 @@ def compare_paper(table: ResultTable) -> ResultTable:
         table.notes.append("Paper values were read off a plot (+-0.1) and exist only for the 11-dataset average.")
     if table.kind in ("fewshot", "base2new"):
         n = len(table.rows) - 1
-        table.notes.append(f"Our average row is over the {n} dataset(s) in this table; the paper's is over its full dataset set.")
+        table.notes.append(
+            f"Our average row is over the {n} dataset(s) in this table; the paper's is over its full dataset set."
+        )
     if table.kind in ("dg", "base2new"):
         table.notes.append(paper.OMEGA_CAVEAT)
     if table.kind == "crossdataset":

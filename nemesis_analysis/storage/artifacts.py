@@ -91,6 +91,8 @@ def find_dassl_checkpoint(path: Path) -> Path | None:
 
             return max(candidates, key=epoch_of)
     return None
+
+
 def read_dassl_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict]:
     """(tensors: ``ctx`` as fp32 and a method's extras, metadata) from a CoOp/Dassl ``model.pth.tar-N``;
     never unpickles code. Each declared method's reader of the official layout (CoCoOp's meta-network,
@@ -121,7 +123,9 @@ def read_dassl_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict]:
             metadata.update(claimed)
     ignored = sorted(k for k in state if k not in tensors)
     if ignored:
-        logger.info("%s: using %s, ignoring %s (rebuilt from the model)", path.name, ", ".join(tensors), ", ".join(ignored))
+        logger.info(
+            "%s: using %s, ignoring %s (rebuilt from the model)", path.name, ", ".join(tensors), ", ".join(ignored)
+        )
     return tensors, metadata
 
 
@@ -226,19 +230,22 @@ def check_fits(ctx: Tensor, method, metadata: dict | None = None, source: str = 
     if meta.get("backbone") and meta["backbone"] != backbone:
         raise ModelError(
             f"{source} was trained on {meta['backbone']} but the model is {backbone}; "
-            f"set backbone = {meta['backbone']} (and its pretrained weights)", "backbone"
+            f"set backbone = {meta['backbone']} (and its pretrained weights)",
+            "backbone",
         )
     width, n_ctx = int(ctx.shape[-1]), int(ctx.shape[-2])
     if width != method.width or meta.get("width", width) != method.width:
         raise ModelError(
             f"{source}: checkpoint context has width {width} but {backbone}'s text width is {method.width}; "
-            "use the backbone the prompt was trained with", "backbone"
+            "use the backbone the prompt was trained with",
+            "backbone",
         )
     _check_classnames(meta.get("classnames"), method, source)
     if n_ctx != method.n_ctx:
         raise ModelError(
             f"{source}: checkpoint has {n_ctx} context vectors but the prompt is set up for {method.n_ctx}; "
-            f"set prompt.n_ctx = {n_ctx}", "prompt.n_ctx"
+            f"set prompt.n_ctx = {n_ctx}",
+            "prompt.n_ctx",
         )
     csc = ctx.dim() == 3
     if csc != bool(method.config.csc):

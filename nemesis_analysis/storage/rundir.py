@@ -24,12 +24,18 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from nemesis_analysis.storage import store
-from nemesis_analysis.storage.artifacts import save_prompt
 from nemesis_analysis.data.base import Sample
 from nemesis_analysis.data.fewshot import save_split
+from nemesis_analysis.storage import store
+from nemesis_analysis.storage.artifacts import save_prompt
 from nemesis_analysis.storage.fsio import atomic_path, atomic_write_json, atomic_write_text, file_mode
-from nemesis_analysis.storage.safeload import DamagedFileError, first_line, load_safetensors, read_json, safetensors_metadata
+from nemesis_analysis.storage.safeload import (
+    DamagedFileError,
+    first_line,
+    load_safetensors,
+    read_json,
+    safetensors_metadata,
+)
 
 logger = logging.getLogger(__name__)
 

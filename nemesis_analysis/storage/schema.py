@@ -16,7 +16,6 @@ import pyarrow as pa
 
 from nemesis_analysis.choices import plain
 
-
 # The version of the embedded tiny CLIP's weights (``--pretrained embedded``): it enters the run id of every
 # run on them, so results on older weights are never reused as if they came from these. 2: pretraining on
 # a fixed thread count, with the token-level term.
@@ -51,7 +50,7 @@ class RunIdentity:
         return asdict(self)
 
     @classmethod
-    def from_row(cls, row: Mapping) -> "RunIdentity":
+    def from_row(cls, row: Mapping) -> RunIdentity:
         """The identity of a table row (or any mapping with at least the identity columns)."""
         missing = [name for name in IDENTITY_COLUMNS if name not in row and column_default("*", name) is None]
         if missing:
@@ -183,8 +182,14 @@ KEYS: dict[str, tuple[str, ...]] = {
 # so that old reports keep loading; a column without an entry reads as null (NaN, None).
 COLUMN_DEFAULTS: dict[str, dict[str, object]] = {
     "*": {"protocol": "fewshot", "prompt_method": "coop", "prompt_index": 0},
-    "corruptions": {"eval_classes": "all", "n_gained": math.nan, "n_lost": math.nan, "p_value": math.nan, "layer": 0,
-                    "invisible": False},
+    "corruptions": {
+        "eval_classes": "all",
+        "n_gained": math.nan,
+        "n_lost": math.nan,
+        "p_value": math.nan,
+        "layer": 0,
+        "invisible": False,
+    },
     "trajectories": {"layer": 0},
     "runs": {"recipe_changes": ""},
 }

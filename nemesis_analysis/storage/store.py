@@ -334,4 +334,3 @@ def compact(reports_dir: Path | str, table: str) -> int:
             return pd.Series([offsets[index] + i in winners for i in range(len(frame))], index=frame.index)
 
         return _rewrite_parts(folder, table, parts, keep)
-

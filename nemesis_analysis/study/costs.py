@@ -67,7 +67,9 @@ def estimate(jobs: list, history: pd.DataFrame) -> pd.DataFrame:
     sizes = {name: dataset_size(name) for name in {job.dataset for job in jobs}}
     rows = [{"kind": job.kind, **job_cost(job, sizes)} for job in jobs]
     if not rows:
-        return pd.DataFrame(columns=["kind", "jobs", "images_encoded", "epochs", "train_images", "variants", "est_seconds"])
+        return pd.DataFrame(
+            columns=["kind", "jobs", "images_encoded", "epochs", "train_images", "variants", "est_seconds"]
+        )
     frame = pd.DataFrame(rows)
     total = lambda column: column.sum(skipna=False)  # noqa: E731 - an unknown size makes the sum unknown
     table = frame.groupby("kind", sort=False).agg(

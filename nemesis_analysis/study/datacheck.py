@@ -41,7 +41,9 @@ def missing_data(study: Study) -> list[str]:
         if root is None:
             lines.append(f"{name}: no data root (set outputs.data_root or $NEMESIS_DATA)")
             continue
-        wanted = [layout.dataset_dir(root), layout.image_path(root)] if layout else [root / get_dataset_entry(name).folder]
+        wanted = (
+            [layout.dataset_dir(root), layout.image_path(root)] if layout else [root / get_dataset_entry(name).folder]
+        )
         if layout is not None and layout.split_file:
             wanted.append(layout.dataset_dir(root) / layout.split_file)
         absent = [str(path) for path in dict.fromkeys(wanted) if not path.exists()]

@@ -288,7 +288,9 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def make_executor(name: str, study: Study, address: str | None = None, max_parallel: int | None = None, should_stop=None):
+def make_executor(
+    name: str, study: Study, address: str | None = None, max_parallel: int | None = None, should_stop=None
+):
     if name == "local":
         return LocalExecutor(study, should_stop)
     elif name == "ray":

@@ -48,7 +48,7 @@ class Job:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Job":
+    def from_dict(cls, data: dict) -> Job:
         return cls(**{**data, "deps": tuple(data["deps"])})
 
 
@@ -181,8 +181,10 @@ def check_sections_used(study: Study, methods: set[str]) -> None:
     for dotted in study.base:
         section = dotted.split(".")[0]
         if section in option_sections() and section not in methods:
-            raise StudyFileError(f"{dotted} applies to prompt.method = {section} only, and no grid point trains "
-                                 f"{section}; add it to grid prompt.method or drop [{section}]")
+            raise StudyFileError(
+                f"{dotted} applies to prompt.method = {section} only, and no grid point trains "
+                f"{section}; add it to grid prompt.method or drop [{section}]"
+            )
 
 
 # ----------------------------------------------------------------------------------------------- done-detection

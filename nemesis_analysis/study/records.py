@@ -19,7 +19,9 @@ TABLE = "jobs"
 STATES: tuple[str, ...] = ("running", "done", "failed", "lost", "blocked")
 
 
-def job_row(job, study: str, state: str, attempts: int, seconds: float = float("nan"), host: str = "", error: str = "") -> dict:
+def job_row(
+    job, study: str, state: str, attempts: int, seconds: float = float("nan"), host: str = "", error: str = ""
+) -> dict:
     """A row for ``job`` (a plan.Job) in ``state``; errors are kept to one line."""
     if state not in STATES:
         raise ValueError(f"unknown job state {state!r}; states: {', '.join(STATES)}")

@@ -34,7 +34,10 @@ def report_path(study: Study) -> Path:
 def _table_kinds(runs: pd.DataFrame, evaluations: pd.DataFrame) -> list[str]:
     """The paper tables this study has rows for (few-shot from runs, the others from evaluations)."""
     kinds = []
-    if not runs.empty and (runs.get("protocol", pd.Series("fewshot", index=runs.index)).fillna("fewshot") == "fewshot").any():
+    if (
+        not runs.empty
+        and (runs.get("protocol", pd.Series("fewshot", index=runs.index)).fillna("fewshot") == "fewshot").any()
+    ):
         kinds.append("fewshot")
     if not evaluations.empty:
         kinds += [k for k in ("base2new", "dg", "crossdataset") if (evaluations["protocol"] == k).any()]
@@ -73,7 +76,11 @@ def figure_views(reports: Path) -> list[html.FigureView]:
         if (corruptions["eval_classes"] == "all").any():
             views.append(html.figure_view("Low-Norm Effect frequency", lambda: figures.frequency_figure(reports)))
         if corruptions["eval_classes"].isin(["base", "new"]).any():
-            views.append(html.figure_view("Low-Norm Effect on base vs new classes", lambda: figures_protocols.base_new_figure(reports)))
+            views.append(
+                html.figure_view(
+                    "Low-Norm Effect on base vs new classes", lambda: figures_protocols.base_new_figure(reports)
+                )
+            )
     for dataset, shots, seed, backbone in _splits(reports):
         for per_position in (False, True):
             what = "per-position norms" if per_position else "norm and accuracy"
@@ -81,12 +88,23 @@ def figure_views(reports: Path) -> list[html.FigureView]:
             views.append(html.figure_view(title, lambda d=dataset, k=shots, s=seed, b=backbone, p=per_position:
                                           figures.trajectory_figure(reports, d, k, s, b, p)))  # fmt: skip
     for dataset in sorted(corruptions["dataset"].unique())[:MAX_FIGURES_PER_KIND] if not corruptions.empty else []:
-        subsets = [c for c in ("all", "base", "new") if ((corruptions["dataset"] == dataset) & (corruptions["eval_classes"] == c)).any()]
+        subsets = [
+            c
+            for c in ("all", "base", "new")
+            if ((corruptions["dataset"] == dataset) & (corruptions["eval_classes"] == c)).any()
+        ]
         for subset in subsets:
             if subset == "all":
-                views.append(html.figure_view(f"Heatmap: {dataset}", lambda d=dataset: figures.heatmap_figure(reports, d)))
+                views.append(
+                    html.figure_view(f"Heatmap: {dataset}", lambda d=dataset: figures.heatmap_figure(reports, d))
+                )
             else:
-                views.append(html.figure_view(f"Heatmap: {dataset}, {subset} classes", lambda d=dataset, c=subset: _subset_heatmap(corruptions, d, c)))
+                views.append(
+                    html.figure_view(
+                        f"Heatmap: {dataset}, {subset} classes",
+                        lambda d=dataset, c=subset: _subset_heatmap(corruptions, d, c),
+                    )
+                )
     return views
 
 
@@ -97,7 +115,9 @@ def _subset_heatmap(corruptions: pd.DataFrame, dataset: str, classes: str):
     regularizer = "coop" if "coop" in regularizers else regularizers[0]
     rows = rows[rows["regularizer"] == regularizer].assign(eval_classes="all")  # the figure draws the "all" view
     prompt = ", ".join(sorted(rows["prompt_method"].unique()))
-    title = f"Accuracy change from corrupting one context vector\n{dataset} · {prompt} · {regularizer} · {classes} classes"
+    title = (
+        f"Accuracy change from corrupting one context vector\n{dataset} · {prompt} · {regularizer} · {classes} classes"
+    )
     return plots.plot_heatmap(rows, dataset=dataset, regularizer=regularizer, title=title)
 
 
@@ -109,14 +129,24 @@ def _grid_lines(study: Study) -> list[tuple[str, str]]:
         extra.append(("corrupt", _text({k: v for k, v in dataclasses.asdict(study.corrupt).items() if v is not None})))
     if study.evaluate is not None:
         extra.append(("evaluate", _text(dataclasses.asdict(study.evaluate))))
-    return grid + extra + [("outputs.reports", str(study.outputs.reports)), ("outputs.checkpoints", str(study.outputs.checkpoints))]
+    return (
+        grid
+        + extra
+        + [("outputs.reports", str(study.outputs.reports)), ("outputs.checkpoints", str(study.outputs.checkpoints))]
+    )
 
 
 def _text(value) -> str:
     if isinstance(value, (tuple, list)):
         return ", ".join(_text(v) for v in value)
     if isinstance(value, dict):
-        return "; ".join(f"{k} = {_text(v) if not isinstance(v, (tuple, list)) else '[' + _text(v) + ']'}" for k, v in value.items()) or "–"
+        return (
+            "; ".join(
+                f"{k} = {_text(v) if not isinstance(v, (tuple, list)) else '[' + _text(v) + ']'}"
+                for k, v in value.items()
+            )
+            or "–"
+        )
     if dataclasses.is_dataclass(value):
         return " / ".join(str(v) for v in dataclasses.asdict(value).values())
     return "–" if value is None else str(value)
@@ -157,7 +187,9 @@ def report_context(study: Study, smoke: bool = False, plan: Plan | None = None) 
 def _json_text(value) -> str:
     import json
 
-    return json.dumps(value, indent=1, sort_keys=True, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v))
+    return json.dumps(
+        value, indent=1, sort_keys=True, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)
+    )
 
 
 def write_study_report(study: Study, smoke: bool = False, plan: Plan | None = None) -> Path:

@@ -81,7 +81,10 @@ class _Driver:
                 self.queue.remove(job)  # another shard's dependency: a later invocation runs it
                 report.waiting.append(job.id)
                 advance(1)
-            elif all(d in self.succeeded for d in job.deps) and len(ready) + self.executor.running < self.executor.capacity:
+            elif (
+                all(d in self.succeeded for d in job.deps)
+                and len(ready) + self.executor.running < self.executor.capacity
+            ):
                 ready.append(job)
         return ready
 

@@ -50,5 +50,7 @@ def smoke_study(study: Study, checkpoints: Path | None = None, reports: Path | N
     root = smoke_root(study)
     outputs = Outputs(checkpoints=root / "checkpoints", reports=root / "reports", device="cpu", offline=True)
     resources = Resources(num_cpus=1.0, num_gpus=0.0, max_retries=study.resources.max_retries, max_parallel=None)
-    smoke = dataclasses.replace(study, grid=smoke_grid, corrupt=corrupt, evaluate=evaluate, outputs=outputs, resources=resources)
+    smoke = dataclasses.replace(
+        study, grid=smoke_grid, corrupt=corrupt, evaluate=evaluate, outputs=outputs, resources=resources
+    )
     return smoke.with_outputs(checkpoints, reports)

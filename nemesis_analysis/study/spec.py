@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 try:
     import tomllib
@@ -123,7 +124,9 @@ class Grid:
     precision: str | None = None  # None: amp when jobs hold a GPU, fp32 otherwise
     epochs: int | None = None  # None: CoOp's epochs for the shot count
     recipe: str | None = None  # coop, paper or a method's recipe (config.apply_recipe)
-    axes: tuple[tuple[str, tuple], ...] = ()  # (dotted run setting, its values), e.g. ("prompt.method", ("coop", "kgcoop"))
+    axes: tuple[
+        tuple[str, tuple], ...
+    ] = ()  # (dotted run setting, its values), e.g. ("prompt.method", ("coop", "kgcoop"))
 
 
 def _setting(key: str, dotted: str, value: Any) -> Any:
@@ -168,7 +171,9 @@ def _axis(dotted: str, values: Any) -> tuple:
     from nemesis_analysis.config import settings
 
     if dotted in GRID_AXIS_KEYS:
-        raise StudyFileError(f"grid.{dotted}: unknown key; the grid's axis of {dotted} is grid.{GRID_AXIS_KEYS[dotted]}")
+        raise StudyFileError(
+            f"grid.{dotted}: unknown key; the grid's axis of {dotted} is grid.{GRID_AXIS_KEYS[dotted]}"
+        )
     if dotted not in settings():
         known = ", ".join([*GRID_KEYS, "or a run setting by dotted name (e.g. prompt.method, nemesis.weight)"])
         raise StudyFileError(f"grid.{dotted}: unknown key; [grid] takes {known}")
@@ -342,7 +347,7 @@ class Study:
             f"grid.methods: unknown method {method!r}; use coop, pun, pan, betaB (0 <= B <= 1) or define [variants.{method}]"
         )
 
-    def with_outputs(self, checkpoints: Path | None = None, reports: Path | None = None) -> "Study":
+    def with_outputs(self, checkpoints: Path | None = None, reports: Path | None = None) -> Study:
         """A copy whose output folders are overridden (CLI --checkpoints / --reports) and absolute."""
         out = self.outputs
         resolved = Outputs(
@@ -409,7 +414,9 @@ def _check_references(study: Study) -> None:
     if study.corrupt is not None and study.corrupt.methods is not None:
         for method in study.corrupt.methods:
             if method not in study.grid.methods:
-                raise StudyFileError(f"corrupt.methods: {method!r} is not in grid.methods ({', '.join(study.grid.methods)})")
+                raise StudyFileError(
+                    f"corrupt.methods: {method!r} is not in grid.methods ({', '.join(study.grid.methods)})"
+                )
     for i, dataset in enumerate(study.grid.datasets):
         if not dataset.startswith(CUSTOM_PREFIXES):
             try:

@@ -7,7 +7,7 @@ from pathlib import Path
 from nemesis_analysis.storage.fsio import atomic_write_text
 from nemesis_analysis.study.spec import StudyFileError
 
-TEMPLATE = '''\
+TEMPLATE = """\
 # A nemesis study: a grid of runs, what to do with each, where results go, and what each job needs.
 # Check it with `nemesis study plan THIS_FILE`; run it with `nemesis study run THIS_FILE`.
 # Unknown keys and bad values are refused (by their dotted name) before anything runs.
@@ -76,7 +76,7 @@ num_cpus = 1                       # torch uses this many threads
 num_gpus = 0                       # 1: jobs run on a GPU (local too); 0.5: two Ray workers share one
 max_retries = 2                    # retries after a lost worker (died, out of memory); our own errors are not retried
 # max_parallel = 4                 # default: as many workers as the cluster has slots
-'''
+"""
 
 
 def write_template(path: Path | str, force: bool = False) -> Path:

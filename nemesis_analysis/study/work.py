@@ -65,7 +65,9 @@ def _train(job, session: Session, should_stop):
     from nemesis_analysis.training.train import train_prompt
 
     config = RunConfig.from_dict(job.payload["config"])
-    result = train_prompt(config, session, on_epoch=lambda epoch, info: faults.maybe_exit(job.id), should_stop=should_stop)
+    result = train_prompt(
+        config, session, on_epoch=lambda epoch, info: faults.maybe_exit(job.id), should_stop=should_stop
+    )
     if result.run_id != job.run_id:
         raise NemesisError(different_run(job, config, result, session))
     if result.stopped:

@@ -44,9 +44,7 @@ def _norm_ord(norm_type: str) -> float:
 
 def _check_ctx(ctx: Tensor) -> None:
     if ctx.dim() not in (2, 3):
-        raise ValueError(
-            f"ctx must be (n_ctx, width) or (num_classes, n_ctx, width), got shape {tuple(ctx.shape)}"
-        )
+        raise ValueError(f"ctx must be (n_ctx, width) or (num_classes, n_ctx, width), got shape {tuple(ctx.shape)}")
 
 
 def position_norms(ctx: Tensor, norm_type: str = "l2", class_reduction: str = "mean") -> Tensor:

@@ -15,35 +15,34 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from nemesis_analysis.training import nemesis
-from nemesis_analysis.training.siblings import check_siblings
 from nemesis_analysis import protocols
-from nemesis_analysis.storage import store
 from nemesis_analysis.choices import Precision
 from nemesis_analysis.clip.augment import augment_image
-from nemesis_analysis.clip.encoding import fp32_text_passes
+from nemesis_analysis.clip.encoding import LoadedModel, fp32_text_passes
+from nemesis_analysis.clip.features import image_features, local_image_features
 from nemesis_analysis.config import NemesisConfig, OptimConfig, RunConfig
 from nemesis_analysis.data.base import DatasetSplits, Sample
-from nemesis_analysis.devices import host_features, resolve_run_config
 from nemesis_analysis.data.fewshot import sample_train_shots
+from nemesis_analysis.devices import host_features, resolve_run_config
 from nemesis_analysis.errors import ConfigError, NemesisError, TrainingDiverged
 from nemesis_analysis.evaluate import write_run_evaluations
-from nemesis_analysis.clip.features import image_features, local_image_features
 from nemesis_analysis.methods import build_method_for_run
 from nemesis_analysis.methods.base import PromptMethod
 from nemesis_analysis.metrics import top1_accuracy
-from nemesis_analysis.clip.encoding import LoadedModel
 from nemesis_analysis.progress import progress_bar
-from nemesis_analysis.storage.rundir import SUPERSEDED_TABLES, RunDir
 from nemesis_analysis.session import Session
+from nemesis_analysis.storage import store
+from nemesis_analysis.storage.rundir import SUPERSEDED_TABLES, RunDir
+from nemesis_analysis.training import nemesis
+from nemesis_analysis.training.siblings import check_siblings
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ class TrainingRun:
     run_dir: RunDir
     rows: list[dict] = field(default_factory=list)
     start_epoch: int = 0
-    on_step: Callable[["StepRecord"], None] | None = None  # called after every SGD step
+    on_step: Callable[[StepRecord], None] | None = None  # called after every SGD step
     test_local: torch.Tensor | None = None  # (n_test, locations, embed) on the host, when the method scores them
 
 
