@@ -234,3 +234,33 @@ def test_maple_trains_with_pun_and_sweeps_every_layer(tiny_session, tmp_path):
     last = trajectories[trajectories["epoch"] == 1]
     assert sorted(last["layer"].tolist()) == [0, 0, 1, 1, 2, 2]
     assert (last["norm"] > 0).all()
+
+
+def test_a_maple_study_sweeps_the_deep_layers_its_plan_expects(tmp_path, checkpoints_dir):
+    """A study's corrupt job expands its grid over MaPLe's J * n_ctx flat positions, as the plan does: flat
+    position 5 (layer 1, position 1) is swept and the plan then finds every job done."""
+    from study_helpers import write_tiny_study
+    from typer.testing import CliRunner
+
+    from nemesis_analysis.cli import app
+    from nemesis_analysis.storage import store
+    from nemesis_analysis.study.plan import make_plan
+    from nemesis_analysis.study.spec import load_study
+
+    path = write_tiny_study(tmp_path, checkpoints_dir)
+    text = (
+        path.read_text()
+        .replace("seeds = [1, 2]", "seeds = [1]")
+        .replace('methods = ["coop", "pun"]', 'methods = ["coop"]')
+    )
+    text = text.replace("positions = [0, 1]", "positions = [0, 5]").replace(
+        "epochs = 2\n", 'epochs = 1\n"prompt.method" = ["maple"]\n'
+    )
+    path.write_text(text)
+    result = CliRunner().invoke(app, ["study", "run", str(path), "--quiet", "--no-figures"])
+    assert result.exit_code == 0, result.output
+    study = load_study(path)
+    plan = make_plan(study)
+    assert plan.done == {job.id for job in plan.jobs} and not plan.todo
+    rows = store.read_table(study.outputs.reports, "corruptions")
+    assert sorted(set(zip(rows["layer"], rows["position"]))) == [(0, -1), (0, 0), (1, 1)]

@@ -122,14 +122,14 @@ def train_job(job, session: Session, should_stop=never_stop) -> dict:
 def corrupt_job(job, session: Session, should_stop=never_stop) -> dict:
     """Sweep the job's grid on its trained prompt on every class subset its protocol evaluates (base2new: base
     and new, as `nemesis corrupt --run` does); only keys missing from reports/corruptions are computed."""
-    from nemesis_analysis.clip.prompts import backbone_tokenizer, resolve_n_ctx
     from nemesis_analysis.corruption.ops import expand_grid
     from nemesis_analysis.corruption.sweep_runs import sweep_run_subsets
+    from nemesis_analysis.methods import method_class
 
     run = _train(job, session, should_stop)  # done by the train job this one depends on: reused
     config = run.config
-    n_positions = config.num_prompts * resolve_n_ctx(config.prompt, backbone_tokenizer(config.backbone))
-    grid = expand_grid(n_positions, **job.payload["grid"])  # flat positions (PLOT: N * n_ctx)
+    n_positions = method_class(config.prompt_method).flat_positions(config)  # as the plan expands it
+    grid = expand_grid(n_positions, **job.payload["grid"])  # flat positions (PLOT: N * n_ctx; MaPLe: J * n_ctx)
 
     def stop(index: int) -> bool:
         if index > 0:  # a chunk has been written
